@@ -1,0 +1,59 @@
+"""The ``robvae`` command line: a thin face over the library.
+
+Each command group lives in its own module and registers itself on :data:`app`. Errors that
+robvae raises on bad input (:class:`robvae.errors.RobvaeError`, plus ``ValueError`` and
+``FileNotFoundError`` from the library) are printed as one line ``robvae: error: ...`` with exit
+status 2, never as a traceback; click's own usage errors also exit with 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# modules that add commands to ``app``; a missing optional one is skipped
+_COMMAND_MODULES = ("train", "robust", "study", "sweep", "report")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="robvae")
+def app() -> None:
+    """Train VAEs, certify their r-robustness, and attack them to check the certificates."""
+
+
+def _register() -> None:
+    for name in _COMMAND_MODULES:
+        try:
+            importlib.import_module(f"robvae.cli.{name}")
+        except ModuleNotFoundError as e:  # command module not written (yet)
+            if e.name != f"robvae.cli.{name}":
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    _register()
+    try:
+        app.main(args=argv, prog_name="robvae", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("robvae: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        click.echo(f"robvae: error: {e.format_message()}", err=True)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        click.echo(f"robvae: error: {msg}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("robvae: interrupted (finished work is saved; rerun to resume)", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

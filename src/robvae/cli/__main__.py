@@ -1,0 +1,5 @@
+import sys
+
+from robvae.cli import main
+
+sys.exit(main())

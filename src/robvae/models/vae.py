@@ -1,0 +1,114 @@
+"""The VAE: diagonal-Gaussian encoder with a variance floor tau, deterministic decoder mean.
+
+q(z|x) = N(mu(x), diag(sigma(x)^2)),  sigma(x) = softplus(s(x)) + tau   (SPEC 1)
+g(z) = sigmoid(decoder(z)),  p(x|z) Bernoulli(g) or N(g, s^2 I).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .likelihoods import make_likelihood
+from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a VAE's architecture.
+
+    input_shape: image shape [C, H, W].  arch: "mlp" (any size) or "conv" (H, W divisible by 4).
+    latent_dim: d.  hidden: MLP hidden widths (encoder order; the decoder mirrors them).
+    conv_channels / conv_hidden: channels of the two conv layers and the width of the dense layer.
+    activation: "relu" (default), "elu", "tanh" or "softplus".
+    tau: the encoder standard-deviation floor (>= 0).  likelihood: "bernoulli" or "gaussian".
+    gaussian_scale: fixed Gaussian likelihood scale, or None to learn it.
+    """
+
+    input_shape: tuple[int, ...] = (1, 8, 8)
+    arch: str = "mlp"
+    latent_dim: int = 10
+    hidden: tuple[int, ...] = (256, 128)
+    conv_channels: tuple[int, int] = (32, 64)
+    conv_hidden: int = 256
+    activation: str = "relu"
+    tau: float = 0.0
+    likelihood: str = "bernoulli"
+    gaussian_scale: float | None = 0.1
+
+    def __post_init__(self) -> None:
+        self.input_shape = tuple(int(s) for s in self.input_shape)
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.conv_channels = tuple(int(c) for c in self.conv_channels)  # type: ignore[assignment]
+        if self.arch not in ("mlp", "conv"):
+            raise ValueError(f"unknown arch {self.arch!r}; choose 'mlp' or 'conv'")
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if not (self.tau >= 0.0):
+            raise ValueError(f"tau must be >= 0, got {self.tau}")
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose 'bernoulli' or 'gaussian'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+class VAE(nn.Module):
+    """A VAE following the robvae model protocol (see :mod:`robvae.models.protocol`)."""
+
+    def __init__(self, config: ModelConfig | None = None, **overrides: Any):
+        super().__init__()
+        if config is None:
+            config = ModelConfig(**overrides)
+        elif overrides:
+            config = ModelConfig(**{**config.to_dict(), **overrides})
+        self.config = config
+        self.input_shape = config.input_shape
+        self.latent_dim = config.latent_dim
+        self.tau = float(config.tau)
+        c = config
+        if c.arch == "mlp":
+            self.encoder: nn.Module = MLPEncoder(c.input_shape, c.latent_dim, c.hidden, c.activation)
+            self.decoder: nn.Module = MLPDecoder(c.input_shape, c.latent_dim, c.hidden, c.activation)
+        else:
+            self.encoder = ConvEncoder(c.input_shape, c.latent_dim, c.conv_channels, c.conv_hidden, c.activation)
+            self.decoder = ConvDecoder(c.input_shape, c.latent_dim, c.conv_channels, c.conv_hidden, c.activation)
+        self.likelihood = make_likelihood(c.likelihood, c.gaussian_scale)
+
+    # --- the protocol ---------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, *input_shape] -> (mu [B, d], sigma [B, d]), sigma = softplus(s) + tau >= tau."""
+        mu, s = self.encoder(x).chunk(2, dim=-1)
+        return mu, F.softplus(s) + self.tau
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [N, d] -> g(z) [N, *input_shape], the mean reconstruction in [0, 1]."""
+        return self.likelihood.mean(self.decoder(z))
+
+    # --- extras -------------------------------------------------------------------------
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """z [N, d] -> the decoder's raw output (Bernoulli logits / pre-sigmoid Gaussian mean)."""
+        return self.decoder(z)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels: x [B, *input_shape], z [B, d] -> [B]."""
+        return self.likelihood.log_prob(x, self.decoder(z))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The maximum-likelihood reconstruction g(mu(x))."""
+        return self.decode(self.encode(x)[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(x)
