@@ -1,0 +1,295 @@
+"""Training: the typed run config, the Adam loop, run folders (config, weights, metrics), resume.
+
+A run folder holds
+- ``config.json``        the full :class:`TrainConfig` (reproduces the run with its seed);
+- ``checkpoint.safetensors`` model and optimiser state after the last finished epoch (resume);
+- ``model.safetensors``  the final weights (written when training finishes);
+- ``metrics.csv``        per epoch: train loss, train ELBO, held-out ELBO (nats per image), time;
+- ``reconstructions.png`` held-out images above their reconstructions g(mu(x)).
+Every file is written atomically. Epoch ``e`` shuffles and draws its noise from generators
+seeded by ``(seed, e)``, so an interrupted run resumed from its checkpoint ends with the same
+weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import ImageDataset
+from .errors import CheckpointError
+from .io import load_tensors, read_csv, read_json, save_tensors, write_csv, write_json
+from .models import VAE, ModelConfig
+from .objectives import ObjectiveConfig, compute_objective
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.csv"
+RECON_FILE = "reconstructions.png"
+
+
+@dataclass
+class TrainConfig:
+    """A training run.
+
+    dataset / data_dir: which data (see :func:`robvae.data.load_dataset`). n_train: use only the
+    first n training images (None = all). model / objective: see ModelConfig, ObjectiveConfig
+    (model.input_shape is set from the data set). epochs, batch_size, lr: Adam settings.
+    seed: seeds initialisation, shuffling and reparameterisation noise. device: "cpu", "cuda", ...
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    n_train: int | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        if isinstance(self.objective, dict):
+            self.objective = ObjectiveConfig(**self.objective)
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0):
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"]["input_shape"] = list(self.model.input_shape)
+        return json.loads(json.dumps(d))  # tuples -> lists, a plain JSON tree
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def training_fields(self) -> dict[str, Any]:
+        """The fields that determine the weights (device excluded)."""
+        d = self.to_dict()
+        d.pop("device")
+        return d
+
+
+@dataclass
+class Run:
+    """A loaded run folder: its config, model, and metrics."""
+
+    path: Path
+    config: TrainConfig
+    model: VAE
+    metrics: list[dict[str, str]]
+
+
+def _epoch_generator(seed: int, epoch: int, salt: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + epoch * 7919 + salt) % (2**63))
+    return g
+
+
+def evaluate_elbo(model: VAE, data: ImageDataset, batch_size: int = 512, seed: int = 0) -> float:
+    """Mean ELBO (analytic KL, one reparameterised draw, fixed seed) in nats per image."""
+    device = next(model.parameters()).device
+    g = _epoch_generator(seed, 0, 99, device)
+    total = 0.0
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(data), batch_size):
+            x = data.images[i : i + batch_size].to(device)
+            out = compute_objective(model, x, ObjectiveConfig("elbo"), len(data), generator=g)
+            total += float(out["elbo"]) * x.shape[0]
+    model.train(was_training)
+    return total / len(data)
+
+
+def _optimizer_state(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    flat: dict[str, torch.Tensor] = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            flat[f"optim.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return flat
+
+
+def _load_optimizer_state(opt: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in flat.items():
+        _, idx, k = key.split(".", 2)
+        state.setdefault(int(idx), {})[k] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
+    saved = TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE, "config"))
+    if saved.training_fields() != config.training_fields():
+        a, b = saved.training_fields(), config.training_fields()
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise CheckpointError(
+            f"run folder {run_dir} holds a different config (differs in: {', '.join(diff)}); "
+            "choose a new output folder"
+        )
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    progress: bool = True,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+    data: tuple[ImageDataset, ImageDataset] | None = None,
+) -> Run:
+    """Train a VAE into ``run_dir``; resumes from its checkpoint if the folder holds the same config.
+
+    ``callback(epoch, metrics)`` runs after each finished epoch (after the checkpoint is saved).
+    ``data`` = (train, test) overrides loading ``config.dataset``. Returns the loaded :class:`Run`.
+    """
+    run_dir = Path(run_dir)
+    device = torch.device(config.device)
+    if data is None:
+        from .data import load_dataset
+
+        train_set = load_dataset(config.dataset, "train", config.data_dir)
+        test_set = load_dataset(config.dataset, "test", config.data_dir)
+    else:
+        train_set, test_set = data
+    train_set = train_set.subset(config.n_train)
+    if tuple(config.model.input_shape) != tuple(train_set.shape):
+        config.model = ModelConfig.from_dict({**config.model.to_dict(), "input_shape": tuple(train_set.shape)})
+
+    if (run_dir / CONFIG_FILE).exists():
+        _check_same_config(run_dir, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG_FILE, config.to_dict())
+
+    torch.manual_seed(config.seed)
+    model = VAE(config.model).to(device)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    metrics: list[dict[str, Any]] = []
+    start_epoch = 0
+    if (run_dir / CHECKPOINT_FILE).exists():
+        tensors, meta = load_tensors(run_dir / CHECKPOINT_FILE, device)
+        _load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, run_dir / CHECKPOINT_FILE)
+        _load_optimizer_state(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")})
+        start_epoch = int(meta.get("epoch", "0"))
+        if (run_dir / METRICS_FILE).exists():
+            metrics = [dict(r) for r in read_csv(run_dir / METRICS_FILE)][:start_epoch]
+
+    n = len(train_set)
+    bar = tqdm(range(start_epoch, config.epochs), desc=f"train {config.dataset}", unit="epoch",
+               disable=not progress, initial=start_epoch, total=config.epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        g_shuffle = _epoch_generator(config.seed, epoch, 1, torch.device("cpu"))
+        g_noise = _epoch_generator(config.seed, epoch, 2, device)
+        perm = torch.randperm(n, generator=g_shuffle)
+        tot_loss = tot_elbo = 0.0
+        for i in range(0, n, config.batch_size):
+            x = train_set.images[perm[i : i + config.batch_size]].to(device, non_blocking=True)
+            out = compute_objective(model, x, config.objective, n, generator=g_noise)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+            tot_loss += float(out["loss"].detach()) * x.shape[0]
+            tot_elbo += float(out["elbo"].detach()) * x.shape[0]
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": tot_loss / n,
+            "train_elbo": tot_elbo / n,
+            "test_elbo": evaluate_elbo(model, test_set, seed=config.seed),
+            "seconds": time.perf_counter() - t0,
+        }
+        if not all(math.isfinite(row[k]) for k in ("train_loss", "test_elbo")):
+            raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {row['train_loss']}); lower the learning rate")
+        metrics.append(row)
+        ckpt = {f"model.{k}": v for k, v in model.state_dict().items()}
+        ckpt.update(_optimizer_state(opt))
+        save_tensors(run_dir / CHECKPOINT_FILE, ckpt, {"epoch": str(epoch + 1)})
+        write_csv(run_dir / METRICS_FILE, metrics, fieldnames=list(row))
+        bar.set_postfix(loss=f"{row['train_loss']:.2f}", test_nelbo=f"{-row['test_elbo']:.2f}")
+        if callback is not None:
+            callback(epoch + 1, {k: float(v) for k, v in row.items()})
+
+    save_tensors(run_dir / WEIGHTS_FILE, model.state_dict(), {"config": json.dumps(config.to_dict())})
+    _save_reconstructions(model, test_set, run_dir / RECON_FILE)
+    return load(run_dir, device=config.device)
+
+
+def _save_reconstructions(model: VAE, data: ImageDataset, path: Path, n: int = 10) -> None:
+    from .report.figures import image_grid
+
+    device = next(model.parameters()).device
+    x = data.images[:n].to(device)
+    with torch.inference_mode():
+        rec = model.reconstruct(x)
+    image_grid([x, rec], path, row_titles=["input", "g(mu(x))"])
+
+
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights file {path} does not match the config's architecture "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+        )
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(
+                f"weights file {path} does not match the config's architecture ({k}: {tuple(v.shape)} vs {tuple(expected[k].shape)})"
+            )
+    model.load_state_dict(state)
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu", *, checkpoint: bool = False) -> Run:
+    """Load a trained run folder: its config, the VAE (eval mode) and metrics.
+
+    With ``checkpoint=True`` the last epoch's checkpoint of an unfinished run is loaded instead
+    of the final weights. Missing, corrupt or mismatched files raise CheckpointError naming them.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist")
+    try:
+        config = TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE, "config"))
+    except (TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"config {run_dir / CONFIG_FILE} is invalid: {e}") from None
+    model = VAE(config.model)
+    if checkpoint:
+        path = run_dir / CHECKPOINT_FILE
+        tensors, _ = load_tensors(path, device)
+        state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    else:
+        path = run_dir / WEIGHTS_FILE
+        if not path.exists() and (run_dir / CHECKPOINT_FILE).exists():
+            raise CheckpointError(f"weights file {path} is missing: training has not finished (rerun train to resume)")
+        state, _ = load_tensors(path, device)
+    model = model.to(device)
+    _load_state(model, state, path)
+    model.eval()
+    metrics = read_csv(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else []
+    config.device = str(device)
+    return Run(run_dir, config, model, metrics)
