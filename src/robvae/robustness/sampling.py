@@ -1,0 +1,176 @@
+"""Monte Carlo r-robustness (SPEC 2 and 6): p_r(x, delta), r_min(x) and Clopper-Pearson bounds.
+
+With eta ~ N(0, I_d) and the maximum-likelihood reconstruction g(mu(x)):
+
+- mode "mean" (SPEC 2, Theorem 1's setting):
+  Delta(x, delta) = g(mu(x + delta) + eta * sigma(x)) - g(mu(x))
+- mode "full" (SPEC 6, the full encoder an adversary attacks):
+  Delta(x, delta) = g(mu(x + delta) + eta * sigma(x + delta)) - g(mu(x))
+
+p_r(x, delta) = P_eta(||Delta(x, delta)|| <= r); r-robust iff p_r > 1/2;
+r_min(x) = median ||Delta(x, 0)|| (both modes agree at delta = 0).
+
+Draws are a batch dimension: a chunk of c draws for B inputs is one decoder call on z of shape
+[B * c, d]; chunks bound the memory, which stays flat in the number of draws S.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+
+from ._common import as_radius, check_delta, check_x, default_chunk, draw_chunks, flat_decode, randn
+
+MODES = ("mean", "full")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose 'mean' (sigma(x), SPEC 2) or 'full' (sigma(x+delta), SPEC 6)")
+
+
+def _norm_chunks(
+    model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor | None, n_samples: int, mode: str,
+    chunk_size: int | None, generator: torch.Generator | None,
+) -> Iterator[torch.Tensor]:
+    """Yield ||Delta(x, delta)|| for successive chunks of draws, each of shape [B, c].
+
+    Assumes validated inputs and runs under inference mode (no graph is kept).
+    """
+    B = x.shape[0]
+    mu0, sigma0 = model.encode(x)
+    ref = flat_decode(model, mu0)  # [B, D]
+    if delta is None:
+        mu, sigma = mu0, sigma0
+    else:
+        mu, sigma_d = model.encode(x + delta)
+        sigma = sigma_d if mode == "full" else sigma0
+    d, D = mu.shape[1], ref.shape[1]
+    chunk = chunk_size or default_chunk(n_samples, B, D)
+    for c in draw_chunks(n_samples, chunk):
+        eta = randn((B, c, d), mu, generator)  # [B, c, d]
+        z = (mu[:, None, :] + eta * sigma[:, None, :]).reshape(B * c, d)
+        yield (flat_decode(model, z).view(B, c, D) - ref[:, None, :]).norm(dim=-1)  # [B, c]
+
+
+def delta_norms(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    delta: torch.Tensor | None = None,
+    n_samples: int = 1000,
+    *,
+    mode: str = "mean",
+    chunk_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """||Delta(x, delta)|| for ``n_samples`` draws of eta: x, delta [B, *shape] -> [B, S].
+
+    ``delta=None`` means delta = 0 (encoder noise alone). ``mode`` "mean" keeps sigma(x) (SPEC 2),
+    "full" uses sigma(x + delta) (SPEC 6). ``chunk_size`` draws per decoder call (default: sized
+    so a chunk of decoder outputs holds about 4M numbers).
+    """
+    _check_mode(mode)
+    check_x(model, x)
+    delta = check_delta(x, delta)
+    with torch.inference_mode():
+        return torch.cat(list(_norm_chunks(model, x, delta, n_samples, mode, chunk_size, generator)), dim=1)
+
+
+def clopper_pearson(
+    k: torch.Tensor | np.ndarray | int, n: torch.Tensor | np.ndarray | int, alpha: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-sided Clopper-Pearson bounds for a binomial proportion, each at level 1 - alpha.
+
+    lower = Beta^{-1}(alpha; k, n - k + 1)   (0 when k = 0)
+    upper = Beta^{-1}(1 - alpha; k + 1, n - k)   (1 when k = n)
+    so P(p >= lower) >= 1 - alpha and P(p <= upper) >= 1 - alpha. Returns float64 tensors of
+    k's shape (on k's device when k is a tensor).
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    device = k.device if isinstance(k, torch.Tensor) else None
+    kn = np.asarray(k.detach().cpu() if isinstance(k, torch.Tensor) else k, dtype=np.float64)
+    nn_ = np.asarray(n.detach().cpu() if isinstance(n, torch.Tensor) else n, dtype=np.float64)
+    kn, nn_ = np.broadcast_arrays(kn, nn_)
+    if (kn < 0).any() or (kn > nn_).any() or (nn_ < 1).any():
+        raise ValueError("clopper_pearson needs 0 <= k <= n and n >= 1")
+    with np.errstate(invalid="ignore"):
+        lower = np.where(kn > 0, stats.beta.ppf(alpha, np.maximum(kn, 1e-300), nn_ - kn + 1), 0.0)
+        upper = np.where(kn < nn_, stats.beta.ppf(1 - alpha, kn + 1, np.maximum(nn_ - kn, 1e-300)), 1.0)
+    return (torch.as_tensor(lower, dtype=torch.float64, device=device),
+            torch.as_tensor(upper, dtype=torch.float64, device=device))
+
+
+@dataclass
+class RobustnessEstimate:
+    """Monte Carlo estimate of p_r(x, delta) per input (all tensors of shape [B]).
+
+    p: the estimate n_within / n_samples.  p_lower / p_upper: one-sided Clopper-Pearson bounds at
+    level 1 - alpha each.  n_within: draws with ||Delta|| <= r.  n_samples: draws used.  r: the
+    radius.  robust: p > 1/2 (the point estimate).  alpha, mode: as requested.
+    """
+
+    p: torch.Tensor
+    p_lower: torch.Tensor
+    p_upper: torch.Tensor
+    n_within: torch.Tensor
+    n_samples: torch.Tensor
+    r: torch.Tensor
+    alpha: float
+    mode: str
+
+    @property
+    def robust(self) -> torch.Tensor:
+        return self.p > 0.5
+
+
+def r_robustness(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    r: float | torch.Tensor,
+    delta: torch.Tensor | None = None,
+    n_samples: int = 1000,
+    *,
+    alpha: float = 0.05,
+    mode: str = "mean",
+    chunk_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> RobustnessEstimate:
+    """Estimate p_r(x, delta) = P_eta(||Delta(x, delta)|| <= r) from ``n_samples`` draws of eta.
+
+    x, delta: [B, *shape]; r: a number or a [B] tensor. Memory is flat in ``n_samples`` (only
+    counts are kept). See :func:`delta_norms` for ``mode`` and ``chunk_size``.
+    """
+    _check_mode(mode)
+    check_x(model, x)
+    delta = check_delta(x, delta)
+    rt = as_radius(r, x.shape[0], x)
+    with torch.inference_mode():
+        k = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        for norms in _norm_chunks(model, x, delta, n_samples, mode, chunk_size, generator):
+            k += (norms <= rt.to(norms.dtype)[:, None]).sum(dim=1)
+    n = torch.full_like(k, n_samples)
+    lo, hi = clopper_pearson(k, n, alpha)
+    p = (k.to(x.dtype) / n_samples)
+    return RobustnessEstimate(p=p, p_lower=lo.to(x.dtype), p_upper=hi.to(x.dtype), n_within=k, n_samples=n,
+                              r=rt, alpha=float(alpha), mode=mode)
+
+
+def r_min(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    n_samples: int = 1000,
+    *,
+    chunk_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """r_min(x) = median over eta of ||g(mu(x) + eta * sigma(x)) - g(mu(x))||: [B, *shape] -> [B].
+
+    For r <= r_min(x) the model is not r-robust even on the clean input (SPEC 2).
+    """
+    norms = delta_norms(model, x, None, n_samples, chunk_size=chunk_size, generator=generator)
+    return torch.quantile(norms, 0.5, dim=1)
