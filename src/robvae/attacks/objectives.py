@@ -1,0 +1,98 @@
+"""The objectives the PGD engine maximises (SPEC 5). Each builder takes any protocol model and the
+clean inputs x [B, *shape] and returns ``f(x_adv [R, B, *shape]) -> [R, B]``.
+
+- maximum damage (the paper's eq. 5), averaged over K draws of eta (K = 0: eta = 0):
+    f = mean_k || g(mu(x_adv) + eta_k * s) - g(mu(x)) ||,  s = sigma(x_adv) ("full") or sigma(x) ("mean")
+- latent (targeted; Tabacof et al. 2016, Gondim-Ribeiro et al. 2018):
+    f = -[ KL(q(z|x_adv) || q(z|x_target))  or  ||mu(x_adv) - mu(x_target)|| ] - c ||x_adv - x||
+    KL(N(m, diag s^2) || N(m_t, diag s_t^2)) = sum_i log(s_t,i / s_i) + (s_i^2 + (m_i - m_t,i)^2) / (2 s_t,i^2) - 1/2
+- output (targeted; Kos et al. 2018):
+    f = -|| g(mu(x_adv)) - y_target || - c ||x_adv - x||,  y_target = g(mu(x_target)) or x_target
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..robustness._common import flat_decode, randn
+from .pgd import Norm, Objective
+
+DISTANCES = ("kl", "mean")
+
+
+def max_damage_objective(
+    model: torch.nn.Module, x: torch.Tensor, *, eta_samples: int = 1, mode: str = "full",
+    generator: torch.Generator | None = None,
+) -> Objective:
+    """E_eta ||g(mu(x_adv) + eta * sigma) - g(mu(x))|| by K = ``eta_samples`` draws (fresh at every
+    call, shared by the restarts of an input so restarts are compared on common draws)."""
+    if mode not in ("full", "mean"):
+        raise ValueError(f"unknown mode {mode!r}; choose 'full' (sigma(x+delta)) or 'mean' (sigma(x))")
+    if eta_samples < 0:
+        raise ValueError(f"eta_samples must be >= 0, got {eta_samples}")
+    with torch.no_grad():
+        mu0, sigma0 = model.encode(x)
+        ref = flat_decode(model, mu0)  # [B, D]
+    B, d, D, K = mu0.shape[0], mu0.shape[1], ref.shape[1], int(eta_samples)
+
+    def f(x_adv: torch.Tensor) -> torch.Tensor:
+        R = x_adv.shape[0]
+        mu, sigma = model.encode(x_adv.flatten(0, 1))  # [R*B, d]
+        if K == 0:
+            return (flat_decode(model, mu).view(R, B, D) - ref).norm(dim=-1)
+        s = sigma.view(R, B, 1, d) if mode == "full" else sigma0.view(1, B, 1, d)
+        eta = randn((1, B, K, d), mu, generator)
+        z = (mu.view(R, B, 1, d) + eta * s).reshape(R * B * K, d)
+        return (flat_decode(model, z).view(R, B, K, D) - ref[None, :, None, :]).norm(dim=-1).mean(dim=-1)
+
+    return f
+
+
+def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, mu_t: torch.Tensor, sigma_t: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag sigma^2) || N(mu_t, diag sigma_t^2)) over the last axis (broadcasting)."""
+    return (torch.log(sigma_t / sigma) + (sigma.pow(2) + (mu - mu_t).pow(2)) / (2 * sigma_t.pow(2)) - 0.5).sum(-1)
+
+
+def latent_objective(
+    model: torch.nn.Module, x: torch.Tensor, x_target: torch.Tensor, *, distance: str = "kl", c: float = 0.0,
+    norm: Norm,
+) -> Objective:
+    """-(distance(q(z|x_adv), q(z|x_target)) + c ||x_adv - x||)."""
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
+    with torch.no_grad():
+        mu_t, sigma_t = model.encode(x_target)
+    B, shape = x.shape[0], tuple(x.shape[1:])
+
+    def f(x_adv: torch.Tensor) -> torch.Tensor:
+        R = x_adv.shape[0]
+        mu, sigma = model.encode(x_adv.flatten(0, 1))
+        mu, sigma = mu.view(R, B, -1), sigma.view(R, B, -1)
+        dist = gaussian_kl(mu, sigma, mu_t, sigma_t) if distance == "kl" else (mu - mu_t).norm(dim=-1)
+        if c:
+            dist = dist + c * norm.norm((x_adv - x).reshape(R * B, *shape)).view(R, B)
+        return -dist
+
+    return f
+
+
+def output_objective(
+    model: torch.nn.Module, x: torch.Tensor, x_target: torch.Tensor, *, match: str = "reconstruction",
+    c: float = 0.0, norm: Norm,
+) -> Objective:
+    """-(||g(mu(x_adv)) - y_target|| + c ||x_adv - x||), y_target = g(mu(x_target)) or x_target."""
+    if match not in ("reconstruction", "image"):
+        raise ValueError(f"unknown match {match!r}; choose 'reconstruction' (g(mu(x_target))) or 'image' (x_target)")
+    with torch.no_grad():
+        target = flat_decode(model, model.encode(x_target)[0]) if match == "reconstruction" else x_target.flatten(1)
+    B, shape = x.shape[0], tuple(x.shape[1:])
+
+    def f(x_adv: torch.Tensor) -> torch.Tensor:
+        R = x_adv.shape[0]
+        out = flat_decode(model, model.encode(x_adv.flatten(0, 1))[0]).view(R, B, -1)
+        dist = (out - target).norm(dim=-1)
+        if c:
+            dist = dist + c * norm.norm((x_adv - x).reshape(R * B, *shape)).view(R, B)
+        return -dist
+
+    return f

@@ -1,0 +1,226 @@
+"""One projected-gradient engine for L2 and L-inf balls inside the [0, 1] pixel box (SPEC 5).
+
+The loop lives here once; each norm is a small class with its own random start, steepest-ascent
+direction and ball projection (the layout of foolbox's gradient-descent attacks). Objectives are
+callables ``f(x_adv [R, B, *shape]) -> [R, B]`` to MAXIMISE (targeted attacks return a negated
+loss); R restarts are extra batch rows, never a Python loop per image or per restart.
+
+Feasibility: after every step delta <- box(ball(delta)), where ball() is the norm's projection
+and box(delta) = clip(x + delta, 0, 1) - x. Since x lies in [0, 1], the box step only shrinks
+each |delta_j|, so both ||delta|| <= eps and x + delta in [0, 1] hold after it (up to rounding,
+which a final shrink removes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..robustness._common import check_x, rand, randn
+
+Objective = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[N] -> [N, 1, ..., 1] broadcasting against ``like`` [N, *shape]."""
+    return v.view(-1, *[1] * (like.dim() - 1))
+
+
+class Norm:
+    """An attack norm: ||delta||, a random start inside the ball, the ascent direction, the projection."""
+
+    name = "norm"
+
+    def diameter(self, D: int) -> float:
+        """The largest possible ||delta|| inside the unit box of dimension D."""
+        raise NotImplementedError
+
+    def default_step(self, scale: torch.Tensor, steps: int) -> torch.Tensor:
+        """The default step size for a budget ``scale`` [N] (eps, or the diameter when unbounded)."""
+        return 2.5 * scale / max(steps, 1)
+
+    def norm(self, delta: torch.Tensor) -> torch.Tensor:
+        """[N, *shape] -> [N]."""
+        raise NotImplementedError
+
+    def random_start(self, delta_like: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A uniform draw inside the ball of radius eps [N] (0 where eps is infinite)."""
+        raise NotImplementedError
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """The steepest-ascent unit step for the gradient ``grad`` [N, *shape]."""
+        raise NotImplementedError
+
+    def project(self, delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Projection onto {||delta|| <= eps} (eps [N], possibly inf)."""
+        raise NotImplementedError
+
+
+class L2(Norm):
+    """||delta||_2; start uniform in the ball (radius eps * U^(1/D)); step g/||g||; radial projection."""
+
+    name = "l2"
+
+    def diameter(self, D: int) -> float:
+        return math.sqrt(D)
+
+    def default_step(self, scale: torch.Tensor, steps: int) -> torch.Tensor:
+        """eps / 4: normalised-gradient ascent on the sphere then moves like a damped power
+        iteration (2.5 eps / steps, the L-inf habit, converges far too slowly on the sphere)."""
+        return torch.maximum(0.25 * scale, 2.5 * scale / max(steps, 1))
+
+    def norm(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.flatten(1).norm(dim=1)
+
+    def random_start(self, delta_like, eps, generator):
+        N, D = delta_like.shape[0], delta_like[0].numel()
+        g = randn(delta_like.shape, delta_like, generator)
+        radius = torch.where(torch.isfinite(eps), eps, torch.zeros_like(eps)) * rand((N,), delta_like, generator) ** (1.0 / D)
+        return g * _rows(radius / self.norm(g).clamp_min(torch.finfo(g.dtype).tiny), g)
+
+    def direction(self, grad):
+        return grad / _rows(self.norm(grad).clamp_min(torch.finfo(grad.dtype).tiny), grad)
+
+    def project(self, delta, eps):
+        n = self.norm(delta)
+        factor = torch.where(n > eps, eps / n.clamp_min(torch.finfo(delta.dtype).tiny), torch.ones_like(n))
+        return delta * _rows(factor, delta)
+
+
+class Linf(Norm):
+    """||delta||_inf; start uniform in the cube; step sign(g); coordinate-wise clipping."""
+
+    name = "linf"
+
+    def diameter(self, D: int) -> float:
+        return 1.0
+
+    def norm(self, delta):
+        return delta.flatten(1).abs().amax(dim=1)
+
+    def random_start(self, delta_like, eps, generator):
+        e = _rows(torch.where(torch.isfinite(eps), eps, torch.zeros_like(eps)), delta_like)
+        return (2 * rand(delta_like.shape, delta_like, generator) - 1) * e
+
+    def direction(self, grad):
+        return grad.sign()
+
+    def project(self, delta, eps):
+        e = _rows(eps, delta)
+        return torch.maximum(torch.minimum(delta, e), -e)
+
+
+NORMS: dict[str, type[Norm]] = {"l2": L2, "linf": Linf}
+
+
+def get_norm(norm: str | Norm) -> Norm:
+    if isinstance(norm, Norm):
+        return norm
+    key = str(norm).lower().replace("-", "").replace("_", "")
+    aliases = {"l2": "l2", "2": "l2", "linf": "linf", "inf": "linf", "linfinity": "linf"}
+    if key not in aliases:
+        raise ValueError(f"unknown norm {norm!r}; choose 'l2' or 'linf'")
+    return NORMS[aliases[key]]()
+
+
+def box(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """clip(x + delta, 0, 1) - x: keeps x + delta in the pixel box, shrinking every |delta_j|."""
+    return (x + delta).clamp(0.0, 1.0) - x
+
+
+def feasible(x: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """box(ball(delta)), then shrink the rows that rounding pushed past eps (a few ulps)."""
+    d = box(x, norm.project(delta, eps))
+    tiny = 8 * torch.finfo(d.dtype).eps
+    for _ in range(4):
+        n = norm.norm(d)
+        over = n > eps
+        if not bool(over.any()):
+            break
+        factor = torch.where(over, eps / n.clamp_min(torch.finfo(d.dtype).tiny) * (1 - tiny), torch.ones_like(n))
+        d = box(x, d * _rows(factor, d))
+    return d
+
+
+def as_eps(eps: float | torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """A budget (a number, a [B] tensor or None = unbounded) as a [B] tensor; eps >= 0."""
+    if eps is None:
+        return torch.full((batch,), math.inf, dtype=like.dtype, device=like.device)
+    e = torch.as_tensor(eps, dtype=like.dtype, device=like.device)
+    if e.dim() == 0:
+        e = e.expand(batch)
+    if e.shape != (batch,):
+        raise ValueError(f"eps must be a number or a tensor of shape [{batch}], got shape {tuple(e.shape)}")
+    if torch.isnan(e).any() or (e < 0).any():
+        raise ValueError("eps must be >= 0")
+    return e.clone()
+
+
+@dataclass
+class PGDResult:
+    """delta [B, *shape]: the best restart's perturbation; value [B]: its objective (maximised)."""
+
+    delta: torch.Tensor
+    value: torch.Tensor
+
+
+def pgd(
+    objective: Objective,
+    x: torch.Tensor,
+    eps: float | torch.Tensor | None,
+    *,
+    norm: str | Norm = "l2",
+    steps: int = 40,
+    step_size: float | torch.Tensor | None = None,
+    restarts: int = 1,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+) -> PGDResult:
+    """Projected gradient ascent: maximise ``objective`` over {||delta|| <= eps, x + delta in [0, 1]}.
+
+    x: [B, *shape] in [0, 1]; eps: a number or a per-input [B] tensor (None: the box only).
+    Each of ``steps`` iterations: delta <- feasible(delta + step_size * direction(grad)).
+    step_size (a number or [B]) defaults to eps / 4 for L2 and 2.5 * eps / steps for L-inf (eps
+    replaced by the box diameter when unbounded). ``restarts`` R >= 1 start points per input, random inside the ball (or
+    all at delta = 0 when ``random_start`` is False); the restart with the largest final objective
+    is kept. The objective receives x + delta of shape [R, B, *shape] and returns [R, B].
+    """
+    if steps < 0 or restarts < 1:
+        raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    nrm = get_norm(norm)
+    B, shape = x.shape[0], tuple(x.shape[1:])
+    R = int(restarts)
+    eps_b = as_eps(eps, B, x)
+    if step_size is None:
+        scale = torch.where(torch.isfinite(eps_b), eps_b, torch.full_like(eps_b, nrm.diameter(x[0].numel())))
+        alpha_b = nrm.default_step(scale, steps)
+    else:
+        alpha_b = as_eps(step_size, B, x)
+    with torch.inference_mode(False), torch.enable_grad():
+        xr = x.detach().clone().unsqueeze(0).expand(R, *x.shape).reshape(R * B, *shape)
+        eps_r, alpha_r = eps_b.repeat(R), alpha_b.repeat(R)
+        delta = torch.zeros_like(xr)
+        if random_start:
+            delta = nrm.random_start(delta, eps_r, generator)
+        delta = feasible(xr, delta, eps_r, nrm)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            value = objective((xr + delta).view(R, B, *shape))
+            (grad,) = torch.autograd.grad(value.sum(), delta)
+            with torch.no_grad():
+                grad = torch.nan_to_num(grad)
+                delta = feasible(xr, delta + _rows(alpha_r, delta) * nrm.direction(grad), eps_r, nrm)
+        with torch.no_grad():
+            delta = delta.detach()
+            value = objective((xr + delta).view(R, B, *shape)).detach()  # [R, B]
+    best = value.argmax(dim=0)  # [B]
+    idx = torch.arange(B, device=x.device)
+    return PGDResult(delta=delta.view(R, B, *shape)[best, idx], value=value[best, idx])
+
+
+def check_inputs(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    """Validate an attack's images against the model (InputError on shape, NaN/inf or range)."""
+    return check_x(model, x, name=name)
