@@ -1,0 +1,68 @@
+"""The command line: help, error paths (one line, exit 2, no traceback), train end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from robvae.cli import main
+
+
+def _run(capsys, *args):
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("cmd", [[], ["train"], ["demo"]])
+def test_help_on_every_command(capsys, cmd):
+    rc, out, _ = _run(capsys, *cmd, "--help")
+    assert rc == 0 and "Usage: robvae" in out
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--out", "x", "--dataset", "imagenet"], "'--dataset'"),
+        (["train", "--out", "x", "--bogus"], "No such option '--bogus'"),
+        (["train", "--out", "x", "--epochs", "0"], "'--epochs'"),
+        (["train", "--out", "x", "--tau", "-1"], "'--tau'"),
+        (["train", "--out", "x", "--hidden", "a,b"], "--hidden"),
+        (["train"], "'--out'"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_bad_options_give_one_line_and_exit_2(capsys, args, needle):
+    rc, out, err = _run(capsys, *args)
+    assert rc == 2
+    assert needle in err
+    assert err.startswith("robvae: error:") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err + out
+
+
+def test_library_errors_are_one_line(tmp_path, capsys):
+    # MNIST without a data folder: the loader's error, as one line
+    rc, out, err = _run(capsys, "train", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "r"))
+    assert rc == 2 and err.startswith("robvae: error:") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_train_end_to_end(tmp_path, capsys):
+    rc, out, err = _run(capsys, "train", "--epochs", "2", "--n-train", "200", "--latent-dim", "3",
+                        "--hidden", "32", "--tau", "0.1", "--out", str(tmp_path / "run"), "--quiet")
+    assert rc == 0, err
+    assert "held-out negative ELBO" in out
+    nelbo = float(out.split("held-out negative ELBO:")[1].split()[0])
+    assert 0 < nelbo < 64 * 0.7 + 50  # a finite, plausible bound in nats for 64 pixels
+    from robvae import load
+
+    run = load(tmp_path / "run")
+    assert run.config.model.tau == 0.1 and run.config.model.latent_dim == 3 and run.config.n_train == 200
+
+
+def test_console_script_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "robvae.cli", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "0.1.0" in proc.stdout

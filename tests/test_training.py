@@ -1,0 +1,121 @@
+"""Training: run folders, save/load round trip, determinism, resume, checkpoint errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from robvae import load
+from robvae.errors import CheckpointError
+from robvae.models import ModelConfig
+from robvae.training import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, TrainConfig, train
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(dataset="digits", model=ModelConfig(latent_dim=4, hidden=(32,)), epochs=3, batch_size=64, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_train_writes_a_complete_run_folder_and_loads_back(tmp_path, digits_small):
+    run = train(_config(), tmp_path / "run", progress=False, data=digits_small)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, "metrics.csv", "reconstructions.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert len(run.metrics) == 3
+    first, last = float(run.metrics[0]["test_elbo"]), float(run.metrics[-1]["test_elbo"])
+    assert last > first  # held-out ELBO improves
+    again = load(tmp_path / "run")
+    x = digits_small[1].images[:8]
+    with torch.no_grad():
+        assert torch.equal(again.model.reconstruct(x), run.model.reconstruct(x))
+    assert again.config.to_dict() == run.config.to_dict()
+    assert json.loads((tmp_path / "run" / CONFIG_FILE).read_text())["model"]["latent_dim"] == 4
+
+
+def test_same_config_and_seed_give_the_same_weights(tmp_path, digits_small):
+    a = train(_config(epochs=2), tmp_path / "a", progress=False, data=digits_small)
+    b = train(_config(epochs=2), tmp_path / "b", progress=False, data=digits_small)
+    c = train(_config(epochs=2, seed=4), tmp_path / "c", progress=False, data=digits_small)
+    wa, wb, wc = _weights(a.model), _weights(b.model), _weights(c.model)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, digits_small):
+    full = train(_config(epochs=4), tmp_path / "full", progress=False, data=digits_small)
+
+    def stop_after_two(epoch, metrics):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(epochs=4), tmp_path / "cut", progress=False, data=digits_small, callback=stop_after_two)
+    assert not (tmp_path / "cut" / WEIGHTS_FILE).exists()
+    with pytest.raises(CheckpointError, match="has not finished"):
+        load(tmp_path / "cut")
+    assert load(tmp_path / "cut", checkpoint=True).model is not None
+    epochs_seen = []
+    resumed = train(_config(epochs=4), tmp_path / "cut", progress=False, data=digits_small,
+                    callback=lambda e, m: epochs_seen.append(e))
+    assert epochs_seen == [3, 4]  # epochs 1-2 were not recomputed
+    wf, wr = _weights(full.model), _weights(resumed.model)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    assert [r["test_elbo"] for r in resumed.metrics] == [r["test_elbo"] for r in full.metrics]
+
+
+def test_a_different_config_in_an_existing_folder_is_refused(tmp_path, digits_small):
+    train(_config(epochs=1), tmp_path / "run", progress=False, data=digits_small)
+    with pytest.raises(CheckpointError, match="different config.*model"):
+        train(_config(epochs=1, model=ModelConfig(latent_dim=5, hidden=(32,))), tmp_path / "run",
+              progress=False, data=digits_small)
+
+
+def test_missing_corrupt_and_mismatched_checkpoints_name_the_file(tmp_path, digits_small):
+    train(_config(epochs=1), tmp_path / "run", progress=False, data=digits_small)
+    weights = tmp_path / "run" / WEIGHTS_FILE
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load(tmp_path / "nowhere")
+    # mismatched: the config says a different latent size than the weights hold
+    cfg = json.loads((tmp_path / "run" / CONFIG_FILE).read_text())
+    cfg["model"]["latent_dim"] = 7
+    (tmp_path / "run" / CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=f"{WEIGHTS_FILE}.*does not match"):
+        load(tmp_path / "run")
+    cfg["model"]["latent_dim"] = 4
+    (tmp_path / "run" / CONFIG_FILE).write_text(json.dumps(cfg))
+    load(tmp_path / "run")
+    # corrupt: truncated weights
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=f"{WEIGHTS_FILE}.*corrupt"):
+        load(tmp_path / "run")
+    weights.unlink()
+    (tmp_path / "run" / CHECKPOINT_FILE).unlink()
+    with pytest.raises(CheckpointError, match=f"{WEIGHTS_FILE} is missing"):
+        load(tmp_path / "run")
+    (tmp_path / "run" / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match=f"{CONFIG_FILE} is corrupt"):
+        load(tmp_path / "run")
+
+
+def test_beta_tcvae_and_tau_train(tmp_path, digits_small):
+    from robvae.objectives import ObjectiveConfig
+
+    run = train(_config(epochs=2, objective=ObjectiveConfig("beta-tcvae", 4.0),
+                        model=ModelConfig(latent_dim=4, hidden=(32,), tau=0.3)),
+                tmp_path / "tc", progress=False, data=digits_small)
+    _, sigma = run.model.encode(digits_small[1].images)
+    assert float(sigma.min()) >= 0.3
+    assert run.config.objective.name == "beta-tcvae"
+
+
+def test_bad_train_config_is_rejected():
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="unknown config fields"):
+        TrainConfig.from_dict({"epoch": 3})
