@@ -1,0 +1,104 @@
+"""Encoder Jacobians and their norms: exact vs autograd, Hutchinson, power iteration vs SVD."""
+
+import math
+
+import pytest
+import torch
+
+from robvae.models import VAE, LinearVAE, ModelConfig
+from robvae.robustness import encoder_jacobian, jacobian_norm
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return VAE(ModelConfig(input_shape=(1, 6, 6), latent_dim=3, hidden=(16, 8), activation="tanh")).double()
+
+
+def _conv():
+    torch.manual_seed(1)
+    return VAE(ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=3, conv_channels=(4, 8),
+                           conv_hidden=16)).double()
+
+
+def _autograd_jacobian(model, x):
+    J = torch.autograd.functional.jacobian(lambda xx: model.encode(xx)[0], x)  # [B, d, B, *shape]
+    B = x.shape[0]
+    return torch.stack([J[b, :, b].reshape(J.shape[1], -1) for b in range(B)])
+
+
+def test_linear_jacobian_is_A():
+    m = LinearVAE.random(d=4, s=0.1)
+    x = torch.rand(3, 1, 4, 4, generator=_gen(), dtype=torch.float64)
+    J = encoder_jacobian(m, x)
+    assert J.shape == (3, 4, 16)
+    torch.testing.assert_close(J, m.A.expand(3, 4, 16), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [_mlp, _conv])
+def test_jacobian_matches_autograd(make):
+    m = make()
+    x = torch.rand(4, *m.input_shape, generator=_gen(2), dtype=torch.float64)
+    J = encoder_jacobian(m, x)
+    torch.testing.assert_close(J, _autograd_jacobian(m, x), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(encoder_jacobian(m, x, chunk_size=1), J, rtol=1e-12, atol=1e-14)
+    with torch.inference_mode():  # works inside an outer inference-mode block
+        torch.testing.assert_close(encoder_jacobian(m, x), J)
+
+
+@pytest.mark.parametrize("probe", ["vjp", "jvp"])
+def test_hutchinson_within_its_variance(probe):
+    m = _mlp()
+    x = torch.rand(5, 1, 6, 6, generator=_gen(3), dtype=torch.float64)
+    J = encoder_jacobian(m, x)
+    P = 400
+    est = jacobian_norm(m, x, "frobenius", "hutchinson", n_probes=P, probe=probe, generator=_gen(4))
+    sv = torch.linalg.svdvals(J)
+    # Var ||J v||^2 = Var ||u^T J||^2 = 2 sum_i s_i^4 for Gaussian probes
+    se = torch.sqrt(2 * sv.pow(4).sum(1) / P)
+    assert torch.all((est.pow(2) - J.pow(2).sum((1, 2))).abs() <= 5 * se), (est, J.norm(dim=(1, 2)))
+    torch.testing.assert_close(jacobian_norm(m, x), J.norm(dim=(1, 2)))
+
+
+def test_power_iteration_matches_svd():
+    m = LinearVAE.random(d=4, s=0.1, singular_values=[3.0, 2.0, 1.0, 0.5])
+    x = torch.rand(3, 1, 4, 4, generator=_gen(), dtype=torch.float64)
+    got = jacobian_norm(m, x, "spectral", "hutchinson", n_iter=60, generator=_gen(1))
+    torch.testing.assert_close(got, torch.full((3,), 3.0, dtype=torch.float64), rtol=1e-8, atol=0)
+    mm = _mlp()
+    xx = torch.rand(4, 1, 6, 6, generator=_gen(5), dtype=torch.float64)
+    svd = torch.linalg.svdvals(encoder_jacobian(mm, xx))
+    exact = jacobian_norm(mm, xx, "spectral")
+    torch.testing.assert_close(exact, svd[:, 0])
+    power = jacobian_norm(mm, xx, "spectral", "hutchinson", n_iter=300, generator=_gen(6))
+    gap = (svd[:, 1] / svd[:, 0]).max()
+    assert torch.all(power <= exact * (1 + 1e-10))
+    assert torch.all((exact - power) / exact <= max(1e-6, float(gap) ** 600)), (power, exact, gap)
+
+
+def test_whitened_spectral_matches_svd():
+    m = _mlp()
+    x = torch.rand(4, 1, 6, 6, generator=_gen(7), dtype=torch.float64)
+    J = encoder_jacobian(m, x)
+    with torch.no_grad():
+        sigma = m.encode(x)[1]
+    ref = torch.linalg.svdvals(J / sigma[:, :, None])[:, 0]
+    torch.testing.assert_close(jacobian_norm(m, x, "whitened"), ref)
+    power = jacobian_norm(m, x, "whitened", "hutchinson", n_iter=300, generator=_gen(8))
+    torch.testing.assert_close(power, ref, rtol=1e-5, atol=0)
+    # ||J||_2 / sigma_max <= whitened <= ||J||_2 / sigma_min
+    s2 = jacobian_norm(m, x, "spectral")
+    assert torch.all(ref <= s2 / sigma.amin(1) * (1 + 1e-12)) and torch.all(ref >= s2 / sigma.amax(1) * (1 - 1e-12))
+
+
+def test_bad_options():
+    m = _mlp()
+    x = torch.rand(2, 1, 6, 6, dtype=torch.float64)
+    with pytest.raises(ValueError):
+        jacobian_norm(m, x, "nuclear")
+    with pytest.raises(ValueError):
+        jacobian_norm(m, x, "frobenius", "magic")
+    assert math.isfinite(float(jacobian_norm(m, x, "frobenius", "hutchinson", n_probes=2).sum()))
