@@ -1,0 +1,154 @@
+"""CIFAR-10 from the standard ``cifar-10-batches-py`` folder (the "python version").
+
+The folder holds ``data_batch_1`` .. ``data_batch_5`` (train) and ``test_batch`` (test), each a
+Python 2 pickle (protocol 2) of a dict with ``b"data"``: uint8 [N, 3072] (1,024 red, then green,
+then blue values per image, rows in order) and ``b"labels"``: a list of N ints in 0..9.
+
+Pickles can run arbitrary code, so they are read ONLY through ``RestrictedUnpickler``, whose
+``find_class`` admits the handful of numpy globals needed to rebuild an array and refuses every
+other global (``DataError`` naming the file and the global) before anything is called. CIFAR-10
+is not bundled and cannot be downloaded by robvae: point ``data_dir`` at a folder holding the
+extracted ``cifar-10-batches-py``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .base import ImageDataset
+
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_BATCHES: dict[str, tuple[str, ...]] = {
+    "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "test": ("test_batch",),
+}
+SPLITS = tuple(CIFAR_BATCHES)
+CIFAR_SHAPE = (3, 32, 32)
+_PIXELS = 3 * 32 * 32
+
+
+def _reconstruct() -> Any:
+    try:  # numpy >= 2 keeps it in numpy._core; numpy.core is a deprecated alias there
+        from numpy._core.multiarray import _reconstruct as fn
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct as fn
+    return fn
+
+
+#: (module, name) -> the object; the complete list of globals a CIFAR batch may name.
+def _allowed() -> dict[tuple[str, str], Any]:
+    rec = _reconstruct()
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): rec,
+        ("numpy._core.multiarray", "_reconstruct"): rec,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An Unpickler that resolves only numpy's array-rebuilding globals; anything else -> DataError."""
+
+    def __init__(self, file: io.BufferedIOBase, source: str = "<pickle>") -> None:
+        super().__init__(file, encoding="bytes")
+        self.source = source
+        self._allowed = _allowed()
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise DataError(
+                f"{self.source}: refusing to unpickle the forbidden global {module}.{name} "
+                "(a CIFAR batch may only hold numpy arrays)"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:  # noqa: D102
+        raise DataError(f"{self.source}: refusing a persistent id in the pickle")
+
+
+def restricted_load(path: str | os.PathLike) -> Any:
+    """Unpickle ``path`` through ``RestrictedUnpickler``; every failure is a DataError naming it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return RestrictedUnpickler(f, str(path)).load()
+    except DataError:
+        raise
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
+    except (pickle.UnpicklingError, EOFError) as err:
+        raise DataError(f"{path}: not a valid pickle, or truncated ({err or type(err).__name__})") from err
+    except Exception as err:  # malformed arguments to the allowed numpy globals, bad opcodes, ...
+        raise DataError(f"{path}: corrupt pickle ({type(err).__name__}: {err})") from err
+
+
+def read_cifar_batch(path: str | os.PathLike, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file -> (uint8 [N, 3072], int64 [N]), with keys, shapes and labels validated."""
+    path = Path(path)
+    obj = restricted_load(path)
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
+    entries = {(k.decode("latin-1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+    for key in ("data", "labels"):
+        if key not in entries:
+            raise DataError(f"{path}: missing key b{key!r} (keys: {sorted(map(str, entries))})")
+    data, labels = entries["data"], entries["labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS:
+        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: b'data' must be uint8 [N, {_PIXELS}], found {desc}")
+    if not isinstance(labels, (list, np.ndarray)):
+        raise DataError(f"{path}: b'labels' must be a list of ints, found {type(labels).__name__}")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
+        raise DataError(f"{path}: b'labels' holds values that are not integers")
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if y.shape[0] != data.shape[0]:
+        raise DataError(f"{path}: {y.shape[0]} labels for {data.shape[0]} images")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(f"{path}: labels out of range 0..{num_classes - 1} (min {y.min()}, max {y.max()})")
+    if data.shape[0] == 0:
+        raise DataError(f"{path}: holds no images")
+    return data, y
+
+
+def find_cifar_dir(data_dir: str | os.PathLike) -> Path | None:
+    """The folder holding the batch files: ``data_dir`` itself or ``data_dir/cifar-10-batches-py``."""
+    root = Path(data_dir)
+    for folder in (root, root / CIFAR_FOLDER):
+        if any((folder / b).is_file() for names in CIFAR_BATCHES.values() for b in names):
+            return folder
+    return None
+
+
+def load_cifar10(split: str = "train", data_dir: str | os.PathLike | None = None,
+                 download: bool = False) -> ImageDataset:
+    """CIFAR-10 as float32 [N, 3, 32, 32] in [0, 1] from an extracted ``cifar-10-batches-py``."""
+    if split not in CIFAR_BATCHES:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    how = ("pass --data-dir DIR pointing at the extracted cifar-10-batches-py folder (or its parent), "
+           "from the python version of CIFAR-10")
+    if data_dir is None:
+        extra = " (download is not supported for cifar10)" if download else ""
+        raise DataError(f"cifar10: no data folder given{extra}; {how}")
+    folder = find_cifar_dir(data_dir)
+    if folder is None:
+        extra = " (download is not supported for cifar10)" if download else ""
+        raise DataError(f"cifar10: no {CIFAR_FOLDER} batch files in {data_dir}{extra}; {how}")
+    parts = []
+    for batch in CIFAR_BATCHES[split]:
+        path = folder / batch
+        if not path.is_file():
+            raise DataError(f"{path}: missing (cifar10 {split} needs {', '.join(CIFAR_BATCHES[split])})")
+        parts.append(read_cifar_batch(path))
+    data = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    x = torch.from_numpy(data.reshape(-1, *CIFAR_SHAPE).astype(np.float32) / np.float32(255.0))
+    return ImageDataset(x, torch.from_numpy(labels), "cifar10", split)

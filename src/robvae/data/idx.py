@@ -1,0 +1,216 @@
+"""The IDX format of MNIST and Fashion-MNIST, gzip-compressed or raw.
+
+An IDX file is a 4-byte magic number (two zero bytes, a type code, the number of dimensions),
+one big-endian uint32 per dimension, then the values in C order. MNIST images have magic
+0x00000803 (uint8, 3 dims: count, rows, cols) and labels 0x00000801 (uint8, 1 dim: count).
+Compression is detected from the gzip magic bytes (1f 8b), never from the file name. Every
+problem (bad magic, truncated or over-long payload, image/label count mismatch, labels out of
+range) raises ``DataError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from . import download as _download
+from .base import ImageDataset
+
+IDX_IMAGES_MAGIC = 0x00000803
+IDX_LABELS_MAGIC = 0x00000801
+GZIP_MAGIC = b"\x1f\x8b"
+
+#: Where Debian's ``dataset-fashion-mnist`` package puts the four official .gz files.
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+#: IDX type codes -> big-endian numpy dtypes.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+#: Base file names per split (images, labels); each may end in .gz or not.
+IDX_NAMES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SPLITS = tuple(IDX_NAMES)
+_SEARCH_DEPTH = 3  # how many levels of subfolders are searched for the files
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
+    if raw[:2] != GZIP_MAGIC:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except EOFError as err:
+        raise DataError(f"{path}: truncated gzip stream ({err})") from err
+    except (gzip.BadGzipFile, zlib.error, OSError) as err:
+        raise DataError(f"{path}: corrupt gzip data ({err})") from err
+
+
+def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
+    """Read one IDX file (gzip or raw) into a numpy array of the shape its header gives.
+
+    ``expected_magic`` (e.g. ``IDX_IMAGES_MAGIC``) is checked when given. The payload must be
+    exactly as long as the header says: truncated files and trailing bytes are both refused.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise DataError(f"{path}: {len(data)} bytes, too short for an IDX header (4-byte magic number)")
+    magic = int.from_bytes(data[:4], "big")
+    if expected_magic is not None and magic != expected_magic:
+        raise DataError(f"{path}: bad IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
+    zeros, type_code, ndim = data[0:2], data[2], data[3]
+    if zeros != b"\x00\x00" or type_code not in _IDX_DTYPES or ndim == 0:
+        raise DataError(f"{path}: not an IDX file (magic number 0x{magic:08x})")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes, {ndim} dimensions need {header})")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[type_code])
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    payload = len(data) - header
+    if payload < expected:
+        raise DataError(f"{path}: truncated payload: {payload} bytes, header {dims} needs {expected}")
+    if payload > expected:
+        raise DataError(f"{path}: {payload - expected} extra bytes after the payload of {dims} ({expected} bytes)")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+
+
+def read_idx_pair(
+    images_path: str | os.PathLike,
+    labels_path: str | os.PathLike,
+    image_shape: tuple[int, int] | None = (28, 28),
+    num_classes: int = 10,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [N, rows, cols] and labels int64 [N], validated against each other."""
+    images = read_idx(images_path, IDX_IMAGES_MAGIC)
+    labels = read_idx(labels_path, IDX_LABELS_MAGIC)
+    if images.shape[0] == 0:
+        raise DataError(f"{images_path}: holds no images")
+    if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
+        raise DataError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected "
+                        f"{image_shape[0]}x{image_shape[1]}")
+    if labels.shape[0] != images.shape[0]:
+        raise DataError(f"{labels_path}: {labels.shape[0]} labels but {images_path} holds "
+                        f"{images.shape[0]} images")
+    if labels.size and int(labels.max()) >= num_classes:
+        raise DataError(f"{labels_path}: label {int(labels.max())} out of range 0..{num_classes - 1}")
+    return images, labels.astype(np.int64)
+
+
+def _candidates(folder: Path, base: str) -> list[Path]:
+    # the official names, then the variant some mirrors use ("train-images.idx3-ubyte")
+    variant = base.replace("-idx", ".idx")
+    return [folder / (stem + suffix) for stem in (base, variant) for suffix in (".gz", "")]
+
+
+def _search_dirs(root: Path) -> list[Path]:
+    dirs = [root]
+    frontier = [root]
+    for _ in range(_SEARCH_DEPTH):
+        nxt = []
+        for d in frontier:
+            try:
+                nxt.extend(sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")))
+            except OSError:
+                continue
+        dirs.extend(nxt)
+        frontier = nxt
+    return dirs
+
+
+def find_idx_files(data_dir: str | os.PathLike, split: str) -> tuple[Path, Path] | None:
+    """(images, labels) paths of ``split`` in ``data_dir`` or its subfolders; None when absent.
+
+    Both files must sit in the same folder; the shallowest folder holding both wins. Raises
+    DataError when a folder holds one of the two but no folder holds both.
+    """
+    if split not in IDX_NAMES:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    root = Path(data_dir)
+    if not root.is_dir():
+        return None
+    image_base, label_base = IDX_NAMES[split]
+    half: tuple[Path, str] | None = None
+    for folder in _search_dirs(root):
+        images = next((p for p in _candidates(folder, image_base) if p.is_file()), None)
+        labels = next((p for p in _candidates(folder, label_base) if p.is_file()), None)
+        if images and labels:
+            return images, labels
+        if half is None and (images or labels):
+            half = (images, label_base) if images else (labels, image_base)  # type: ignore[assignment]
+    if half is not None:
+        raise DataError(f"{half[0]}: found, but its partner {half[1]}(.gz) is missing from {half[0].parent}")
+    return None
+
+
+def load_idx_dataset(data_dir: str | os.PathLike, split: str, name: str) -> ImageDataset:
+    """Load a split from a folder of IDX files as float32 [N, 1, 28, 28] in [0, 1]."""
+    found = find_idx_files(data_dir, split)
+    if found is None:
+        raise DataError(_missing_message(name, Path(data_dir), split))
+    images, labels = read_idx_pair(*found)
+    x = torch.from_numpy(images.astype(np.float32) / np.float32(255.0)).unsqueeze(1)
+    return ImageDataset(x, torch.from_numpy(labels), name, split)
+
+
+def _missing_message(name: str, folder: Path, split: str) -> str:
+    wanted = " and ".join(f"{b}(.gz)" for b in IDX_NAMES[split])
+    if folder.is_dir():
+        where = f"no {wanted} in {folder} or its subfolders"
+    else:
+        where = f"{folder} is not a folder" if folder.exists() else f"folder {folder} does not exist"
+    return f"{name} {split} files not found: {where}; pass --data-dir DIR or download=True (--download)"
+
+
+def _load(name: str, split: str, data_dir: Path, download: bool) -> ImageDataset:
+    if split not in IDX_NAMES:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if download and find_idx_files(data_dir, split) is None:
+        _download.download_dataset(name, data_dir, (split,))
+    return load_idx_dataset(data_dir, split, name)
+
+
+def load_mnist(split: str = "train", data_dir: str | os.PathLike | None = None,
+               download: bool = False) -> ImageDataset:
+    """MNIST from a folder of IDX files (any folder holding the standard names, .gz or raw).
+
+    With ``download=True`` the missing files of ``split`` are fetched first (into ``data_dir``,
+    or ``default_data_dir("mnist")`` when it is None) from $ROBVAE_MNIST_URL or the official
+    mirror, and checked against ``download.CHECKSUMS["mnist"]``.
+    """
+    if data_dir is None:
+        if not download:
+            raise DataError("mnist: no data folder given; pass --data-dir DIR (a folder holding the MNIST "
+                            "IDX files) or download=True (--download)")
+        data_dir = _download.default_data_dir("mnist")
+    return _load("mnist", split, Path(data_dir), download)
+
+
+def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike | None = None,
+                       download: bool = False) -> ImageDataset:
+    """Fashion-MNIST from a folder of IDX files.
+
+    With ``data_dir`` None it is read from ``/usr/share/datasets/fashion-mnist`` (Debian package
+    ``dataset-fashion-mnist``); failing that, ``download=True`` fetches it into
+    ``default_data_dir("fashion-mnist")``.
+    """
+    if data_dir is None:
+        if find_idx_files(FASHION_MNIST_SYSTEM_DIR, split) is not None or not download:
+            if not FASHION_MNIST_SYSTEM_DIR.is_dir():
+                raise DataError(f"fashion-mnist: {FASHION_MNIST_SYSTEM_DIR} does not exist; install the Debian "
+                                "package dataset-fashion-mnist, pass --data-dir DIR or download=True (--download)")
+            data_dir = FASHION_MNIST_SYSTEM_DIR
+        else:
+            data_dir = _download.default_data_dir("fashion-mnist")
+    return _load("fashion-mnist", split, Path(data_dir), download)

@@ -1,0 +1,63 @@
+"""One entry point for every data set: ``load_dataset(name, split, data_dir, download)``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from .base import ImageDataset
+
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")
+SPLITS: tuple[str, ...] = ("train", "test")
+
+_SHAPES: dict[str, tuple[int, int, int]] = {
+    "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+}
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10",
+            "cifar_10": "cifar10"}
+
+
+def canonical_name(name: str) -> str:
+    """The registry name for ``name`` (case-insensitive; a few spellings accepted); else ValueError."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
+    return key
+
+
+def dataset_shape(name: str) -> tuple[int, int, int]:
+    """The image shape (C, H, W) of a data set, without loading it."""
+    return _SHAPES[canonical_name(name)]
+
+
+def _loader(name: str) -> Callable[..., ImageDataset]:
+    if name == "digits":
+        from .digits import load_digits
+
+        return lambda split, data_dir, download: load_digits(split)
+    if name == "cifar10":
+        from .cifar import load_cifar10
+
+        return load_cifar10
+    from .idx import load_fashion_mnist, load_mnist
+
+    return load_mnist if name == "mnist" else load_fashion_mnist
+
+
+def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | None = None,
+                 download: bool = False) -> ImageDataset:
+    """Load ``split`` ("train" or "test") of data set ``name`` (one of ``DATASETS``).
+
+    Images are float32 [N, C, H, W] in [0, 1], labels int64 [N]. ``data_dir`` is the folder with
+    the files (ignored by "digits", which ships with scikit-learn); ``download=True`` fetches the
+    official MNIST / Fashion-MNIST files when they are missing. Raises ValueError for an unknown
+    name or split and ``robvae.errors.DataError`` for missing or bad files.
+    """
+    key = canonical_name(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    return _loader(key)(split, data_dir, download)

@@ -1,0 +1,257 @@
+"""robvae.data.download against a local HTTP server: checksums, atomic writes, resume, retries."""
+
+import gzip
+import hashlib
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robvae.data import download as dl
+from robvae.data import load_fashion_mnist, load_mnist
+from robvae.errors import DataError
+
+PAYLOAD = np.random.default_rng(0).integers(0, 256, size=5000, dtype=np.uint8).tobytes()
+SHA = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
+MD5 = "md5:" + hashlib.md5(PAYLOAD).hexdigest()
+
+
+class Server:
+    """Serves ``files`` under /good/ (Range-aware), /norange/, /corrupt/, /truncated/, /flaky/."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {"f.bin": PAYLOAD}
+        self.log: list[tuple[str, str | None, int]] = []  # (path, Range header, body bytes sent)
+        self.flaky_failures = 1
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                _, mode, name = self.path.split("/", 2)
+                body = outer.files.get(name)
+                rng = self.headers.get("Range")
+                if body is None:
+                    outer.log.append((self.path, rng, 0))
+                    self.send_error(404)
+                    return
+                if mode == "corrupt":
+                    body = bytes(b ^ 0xFF for b in body)
+                truncate = mode == "truncated" or (mode == "flaky" and outer.flaky_failures > 0)
+                if mode == "flaky" and truncate:
+                    outer.flaky_failures -= 1
+                start = 0
+                if rng and mode in ("good", "flaky") and not truncate:
+                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                    if start >= len(body):
+                        outer.log.append((self.path, rng, 0))
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                part = body[start:]
+                self.send_header("Content-Length", str(len(part)))
+                self.end_headers()
+                sent = part[: len(part) // 2] if truncate else part
+                self.wfile.write(sent)
+                self.wfile.flush()
+                outer.log.append((self.path, rng, len(sent)))
+                self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def fetch(server, mode, dest, checksum=SHA, retries=2):
+    return dl.download_file(f"{server.url}/{mode}/f.bin", dest, checksum, retries=retries, timeout=10, backoff=0)
+
+
+def test_good_download_saved_with_right_checksum(server, tmp_path):
+    dest = tmp_path / "sub" / "f.bin"
+    assert fetch(server, "good", dest) == dest
+    assert dest.read_bytes() == PAYLOAD
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == SHA.split(":")[1]
+    assert not (tmp_path / "sub" / "f.bin.part").exists()
+    assert server.log == [("/good/f.bin", None, 5000)]
+    # a second call finds the verified file and makes no request
+    fetch(server, "good", dest)
+    assert len(server.log) == 1
+
+
+def test_md5_checksums_work_too(server, tmp_path):
+    dest = tmp_path / "f.bin"
+    fetch(server, "good", dest, checksum=MD5)
+    assert dest.read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("checksum", [SHA, MD5])
+def test_corrupt_file_reported_by_name_and_never_kept(server, tmp_path, checksum):
+    dest = tmp_path / "f.bin"
+    algo = checksum.split(":")[0]
+    with pytest.raises(DataError, match=rf"f.bin \(downloaded from .*/corrupt/f.bin\): {algo} checksum mismatch"):
+        fetch(server, "corrupt", dest, checksum=checksum)
+    assert not dest.exists() and not (tmp_path / "f.bin.part").exists()
+    assert len(server.log) == 1  # a fresh download that fails its checksum is not retried
+
+
+def test_truncated_transfer_retried_then_reported(server, tmp_path):
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DataError, match=r"f.bin: download from .*/truncated/f.bin failed after 3 attempts"):
+        fetch(server, "truncated", dest, retries=2)
+    assert not dest.exists()
+    assert [entry[2] for entry in server.log] == [2500, 2500, 2500]
+    assert (tmp_path / "f.bin.part").stat().st_size == 2500  # kept for a later resume, never final
+
+
+def test_truncated_then_resumed_with_range(server, tmp_path):
+    dest = tmp_path / "f.bin"
+    fetch(server, "flaky", dest, retries=2)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.log == [("/flaky/f.bin", None, 2500), ("/flaky/f.bin", "bytes=2500-", 2500)]
+
+
+def test_resume_from_existing_part(server, tmp_path):
+    dest = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(PAYLOAD[:1234])
+    fetch(server, "good", dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.log == [("/good/f.bin", "bytes=1234-", 5000 - 1234)]
+    assert not (tmp_path / "f.bin.part").exists()
+
+
+def test_server_ignoring_range_restarts(server, tmp_path):
+    dest = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(PAYLOAD[:1234])
+    fetch(server, "norange", dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.log == [("/norange/f.bin", "bytes=1234-", 5000)]
+
+
+def test_bad_part_prefix_detected_and_restarted_once(server, tmp_path):
+    dest = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(b"\x00" * 1000)  # not the file's first bytes
+    fetch(server, "good", dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.log == [("/good/f.bin", "bytes=1000-", 4000), ("/good/f.bin", None, 5000)]
+
+
+def test_complete_part_with_416_is_finished(server, tmp_path):
+    dest = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(PAYLOAD)
+    fetch(server, "good", dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.log == [("/good/f.bin", "bytes=5000-", 0)]
+
+
+def test_stale_final_file_is_replaced(server, tmp_path):
+    dest = tmp_path / "f.bin"
+    dest.write_bytes(b"old")
+    fetch(server, "good", dest)
+    assert dest.read_bytes() == PAYLOAD and len(server.log) == 1
+
+
+def test_http_404_not_retried(server, tmp_path):
+    with pytest.raises(DataError, match=r"nothere.bin: download from .* failed with HTTP 404"):
+        dl.download_file(f"{server.url}/good/nothere.bin", tmp_path / "nothere.bin", SHA, retries=3, backoff=0)
+    assert len(server.log) == 1 and not (tmp_path / "nothere.bin").exists()
+
+
+def test_checksum_parsing_and_official_table():
+    assert dl.parse_checksum("SHA256:" + "A" * 64) == ("sha256", "a" * 64)
+    assert dl.parse_checksum("b" * 32) == ("md5", "b" * 32)
+    assert dl.parse_checksum("c" * 64) == ("sha256", "c" * 64)
+    for bad in ("sha1:" + "a" * 40, "sha256:abc", "xyz"):
+        with pytest.raises(ValueError, match="bad checksum"):
+            dl.parse_checksum(bad)
+    for name in ("mnist", "fashion-mnist"):
+        assert sorted(dl.CHECKSUMS[name]) == sorted(sum(dl.IDX_FILES.values(), ()))
+        for value in dl.CHECKSUMS[name].values():
+            assert dl.parse_checksum(value)[0] == "md5"
+    assert dl.CHECKSUMS["mnist"]["train-images-idx3-ubyte.gz"] == "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873"
+
+
+def test_base_url_precedence(monkeypatch):
+    monkeypatch.delenv("ROBVAE_MNIST_URL", raising=False)
+    assert dl.base_url_for("mnist") == "https://ossci-datasets.s3.amazonaws.com/mnist/"
+    monkeypatch.setenv("ROBVAE_MNIST_URL", "http://mirror/x")
+    assert dl.base_url_for("mnist") == "http://mirror/x/"
+    assert dl.base_url_for("mnist", "http://arg/") == "http://arg/"
+    monkeypatch.setenv("ROBVAE_FASHION_MNIST_URL", "http://fm/")
+    assert dl.base_url_for("fashion-mnist") == "http://fm/"
+
+
+def test_file_without_known_checksum_refused(server, tmp_path):
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: no checksum known for mnist"):
+        dl.download_dataset("mnist", tmp_path, ("test",), base_url=server.url + "/good/", checksums={})
+    assert server.log == []
+
+
+# --- end to end: load_mnist / load_fashion_mnist with download=True ----------------------------
+
+def serve_idx(server, n=6):
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    files = {
+        "t10k-images-idx3-ubyte.gz": struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes(),
+        "t10k-labels-idx1-ubyte.gz": struct.pack(">II", 0x801, n) + labels.tobytes(),
+    }
+    files = {k: gzip.compress(v) for k, v in files.items()}
+    server.files.update(files)
+    return labels, {k: "sha256:" + hashlib.sha256(v).hexdigest() for k, v in files.items()}
+
+
+def test_load_mnist_download_via_env_url(server, tmp_path, monkeypatch):
+    labels, sums = serve_idx(server)
+    monkeypatch.setenv("ROBVAE_MNIST_URL", server.url + "/good")
+    monkeypatch.setitem(dl.CHECKSUMS, "mnist", sums)
+    ds = load_mnist("test", tmp_path / "m", download=True)
+    assert ds.labels.tolist() == labels.tolist() and tuple(ds.images.shape) == (6, 1, 28, 28)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(sums)
+    assert [entry[0] for entry in server.log] == ["/good/t10k-images-idx3-ubyte.gz", "/good/t10k-labels-idx1-ubyte.gz"]
+    load_mnist("test", tmp_path / "m", download=True)  # present: no new requests
+    assert len(server.log) == 2
+    # data_dir None + download: the cache folder under $ROBVAE_DATA_DIR
+    monkeypatch.setenv("ROBVAE_DATA_DIR", str(tmp_path / "cache"))
+    assert load_mnist("test", None, download=True).labels.tolist() == labels.tolist()
+    assert (tmp_path / "cache" / "mnist" / "t10k-labels-idx1-ubyte.gz").is_file()
+
+
+def test_load_mnist_download_with_wrong_official_checksum(server, tmp_path, monkeypatch):
+    serve_idx(server)
+    monkeypatch.setenv("ROBVAE_MNIST_URL", server.url + "/good/")
+    # our small files are not the official ones: the official MD5s must reject them
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz \(downloaded from .*\): md5 checksum mismatch"):
+        load_mnist("test", tmp_path, download=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_fashion_mnist_download(server, tmp_path, monkeypatch):
+    labels, sums = serve_idx(server)
+    monkeypatch.setenv("ROBVAE_FASHION_MNIST_URL", server.url + "/good/")
+    monkeypatch.setitem(dl.CHECKSUMS, "fashion-mnist", sums)
+    ds = load_fashion_mnist("test", tmp_path, download=True)
+    assert ds.name == "fashion-mnist" and ds.labels.tolist() == labels.tolist()
