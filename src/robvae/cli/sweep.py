@@ -1,0 +1,65 @@
+"""``robvae sweep SWEEP.yaml``: run a grid of train-then-evaluate trials (local processes or Ray)."""
+
+from __future__ import annotations
+
+import click
+
+from . import app
+
+
+@app.command("sweep")
+@click.argument("sweep_file", metavar="SWEEP.yaml", type=click.Path(dir_okay=False))
+@click.option("--executor", type=click.Choice(["local", "ray", "serial"]), default="local", show_default=True,
+              help="local: a pool of worker processes; ray: one Ray task per trial; serial: this process.")
+@click.option("--address", default=None,
+              help="Ray cluster to join (auto or HOST:PORT); default: start a local Ray instance.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (local) or CPUs of the local Ray instance.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: the sweep file's out:). Every Ray node must see it at the same path.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Reruns of a trial whose worker process died.")
+@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
+              help="Ray CPUs reserved per trial (and torch threads per trial).")
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Ray GPUs reserved per trial (set device: cuda in base:).")
+@click.option("--dry-run", is_flag=True, help="List the trials and exit.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def sweep_cmd(sweep_file, executor, address, workers, out, max_retries, cpus_per_trial, gpus_per_trial, dry_run,
+              quiet) -> None:
+    """Run the grid of trials in SWEEP.yaml; a rerun skips finished trials and retries the rest.
+
+    \b
+    SWEEP.yaml:
+      out: runs/my-sweep          # output folder
+      base: {dataset: digits, epochs: 5, model: {latent_dim: 4}, objective: {name: beta-vae}}
+      grid: {objective.beta: [1, 4], seed: [0, 1]}
+      evaluation: {n: 50}         # an EvalConfig, or null
+    Results: OUT/results.csv and OUT/results.json (one row per trial); OUT/trials/ID/ per trial.
+    """
+    from ..sweep import collect, load_sweep, run_trials
+
+    spec = load_sweep(sweep_file)
+    out_dir = out or spec.out
+    if not out_dir:
+        raise click.UsageError("no output folder: give --out or set out: in the sweep file")
+    if dry_run:
+        for t in spec.trials:
+            click.echo(f"{t.id}  {t.name}")
+        click.echo(f"{len(spec.trials)} trials -> {out_dir}/trials/")
+        return
+    if executor != "ray" and address:
+        raise click.UsageError("--address needs --executor ray")
+    results = run_trials(spec.trials, out_dir, executor=executor, workers=workers, address=address,
+                         progress=not quiet, max_retries=max_retries, cpus_per_trial=cpus_per_trial,
+                         gpus_per_trial=gpus_per_trial)
+    rows = collect(out_dir, write=False)
+    n_done = sum(r.status == "done" for r in results)
+    n_skip = sum(r.skipped for r in results)
+    failed = [r for r in results if r.status != "done"]
+    click.echo(f"{len(results)} trials: {n_done} done ({n_skip} already done before), {len(failed)} failed")
+    for r in failed:
+        click.echo(f"  {r.status}: {r.id} {r.name}: {r.error} (see {r.dir / 'status.json'})")
+    click.echo(f"results: {out_dir}/results.csv, {out_dir}/results.json ({len(rows)} rows)")
+    if failed:
+        raise click.exceptions.Exit(1)

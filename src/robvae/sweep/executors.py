@@ -1,0 +1,318 @@
+"""Running trials: ``run_trials`` with a local process pool, Ray tasks, or in-process.
+
+Executors
+- "local":  a ``concurrent.futures.ProcessPoolExecutor`` (spawn context) of ``workers``
+            processes on this machine; each trial runs in a worker process, so a crashing trial
+            cannot kill the sweep.
+- "ray":    one Ray remote task per trial (``num_cpus=cpus_per_trial``, ``max_retries``); on a
+            local Ray instance (``ray.init(num_cpus=workers)``) or on a cluster (``address``).
+- "serial": in this process, one trial after another (debugging; a crash ends the sweep).
+
+Retries. A trial that raises is recorded as failed at once (the error is deterministic; rerun the
+sweep to retry it). A trial whose worker process dies (killed, out of memory) is retried up to
+``max_retries`` times: by Ray itself, or by the local executor, which restarts its pool (a
+``ProcessPoolExecutor`` is unusable once a worker dies) and resubmits the unfinished trials;
+a trial that was only a bystander (its worker terminated by the pool, not by its own death)
+does not use up a retry. A trial that keeps dying is marked failed ("worker died ..."), never
+lost. An interrupted sweep (Ctrl-C) marks its unfinished trials "interrupted"; a rerun of the
+same sweep skips the trials that are done and whose outputs exist and reruns every other one
+(training resumes from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..io import write_json
+from .spec import Trial
+from .worker import STATUS_FILE, TRIAL_FILE, outputs_complete, read_status, run_trial, update_status
+
+EXECUTORS = ("local", "ray", "serial")
+SWEEP_FILE = "sweep.json"
+_POLL_S = 0.5
+
+
+@dataclass
+class TrialResult:
+    """The outcome of one trial: status "done" or "failed" ("interrupted" only after Ctrl-C)."""
+
+    id: str
+    name: str
+    status: str
+    error: str | None
+    dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False  # done in an earlier run; nothing was recomputed
+
+
+def trial_dir(out_dir: str | os.PathLike, trial_id: str) -> Path:
+    return Path(out_dir) / "trials" / trial_id
+
+
+def _result(trial: Trial, tdir: Path, skipped: bool = False) -> TrialResult:
+    st = read_status(tdir)
+    return TrialResult(id=trial.id, name=trial.name, status=st.get("status", "failed"), error=st.get("error"),
+                       dir=tdir, summary=dict(st.get("summary") or {}), skipped=skipped)
+
+
+class _Progress:
+    """A tqdm bar of finished trials with done / running / failed / queued counts."""
+
+    def __init__(self, total: int, done: int, enabled: bool, executor: str):
+        self.done, self.failed = done, 0
+        self.bar = tqdm(total=total, initial=done, desc=f"sweep ({executor})", unit="trial", disable=not enabled)
+        self.enabled = enabled
+
+    def finished(self, status: str) -> None:
+        if status == "done":
+            self.done += 1
+        else:
+            self.failed += 1
+        self.bar.update(1)
+
+    def refresh(self, in_flight: Sequence[Path]) -> None:
+        if not self.enabled:
+            return
+        running = sum(1 for d in in_flight if read_status(d).get("status") == "running")
+        counts = (self.done, running, self.failed, len(in_flight) - running)
+        if counts != getattr(self, "_last", None):  # redraw only when a count changes
+            self._last = counts
+            self.bar.set_postfix(done=counts[0], running=counts[1], failed=counts[2], queued=counts[3])
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_trials(
+    trials: Sequence[Trial],
+    out_dir: str | os.PathLike,
+    *,
+    executor: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    progress: bool = True,
+    max_retries: int = 1,
+    cpus_per_trial: float = 1,
+    gpus_per_trial: float = 0,
+    torch_threads: int | None = None,
+) -> list[TrialResult]:
+    """Run trials (train, then evaluate) into ``<out_dir>/trials/<id>/``; returns results in order.
+
+    executor: "local" (``workers`` processes), "ray" (one task per trial; ``address`` "auto" or
+    HOST:PORT joins a running cluster, else a local instance with ``workers`` CPUs is started, or
+    the already initialised one is used), or "serial" (in this process). max_retries: reruns of a
+    trial whose worker process died. cpus_per_trial / gpus_per_trial: Ray resources per task.
+    torch_threads: torch threads in each worker (default: cpus_per_trial rounded, at least 1).
+    Trials already done (status done, outputs present) are skipped. A failing trial is recorded
+    (status.json: error and traceback) and does not stop the others. Writes ``sweep.json`` (the
+    trial ids in order) and ``results.csv`` / ``results.json`` (see :func:`collect`).
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if int(max_retries) < 0:
+        raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+    trials = [t if isinstance(t, Trial) else Trial.from_dict(t) for t in trials]
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch_threads if torch_threads is not None else max(1, int(round(cpus_per_trial)))
+
+    unique: dict[str, Trial] = {}
+    for t in trials:
+        unique.setdefault(t.id, t)
+    todo: list[Trial] = []
+    skipped: set[str] = set()
+    for tid, t in unique.items():
+        tdir = trial_dir(out, tid)
+        if not (tdir / TRIAL_FILE).is_file():
+            write_json(tdir / TRIAL_FILE, t.to_dict())
+        st = read_status(tdir)
+        if st.get("status") == "done" and outputs_complete(tdir, t.evaluation is not None):
+            skipped.add(tid)
+        else:
+            update_status(tdir, id=tid, name=t.name, status="queued", error=None)
+            todo.append(t)
+    write_json(out / SWEEP_FILE, {"trials": [t.id for t in trials], "names": [t.name for t in trials],
+                                  "executor": executor, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    bar = _Progress(len(unique), len(skipped), progress, executor)
+    try:
+        if todo:
+            if executor == "serial":
+                _run_serial(todo, out, bar, threads)
+            elif executor == "local":
+                _run_local(todo, out, bar, int(workers), int(max_retries), threads)
+            else:
+                _run_ray(todo, out, bar, int(workers), address, int(max_retries), cpus_per_trial, gpus_per_trial,
+                         threads)
+    except BaseException:
+        for t in todo:  # whatever did not finish is marked, and rerun next time
+            if read_status(trial_dir(out, t.id)).get("status") in ("queued", "running"):
+                update_status(trial_dir(out, t.id), status="interrupted", error="the sweep was interrupted")
+        raise
+    finally:
+        bar.close()
+        from .results import collect
+
+        collect(out)
+    return [_result(t, trial_dir(out, t.id), skipped=t.id in skipped) for t in trials]
+
+
+def _mark_dead(tdir: Path, detail: str) -> None:
+    st = read_status(tdir)
+    update_status(tdir, status="failed", error=f"worker died {detail} (attempts: {st.get('attempts', 0)})",
+                  traceback=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# serial
+
+
+def _run_serial(todo: list[Trial], out: Path, bar: _Progress, threads: int | None) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        for t in todo:
+            bar.refresh([trial_dir(out, t.id)])
+            st = run_trial(t.to_dict(), str(trial_dir(out, t.id)), torch_threads=threads, cwd=os.getcwd())
+            bar.finished(st["status"])
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# local process pool
+
+
+def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_retries: int,
+               threads: int | None) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")
+    cwd = os.getcwd()
+    starts = {t.id: int(read_status(trial_dir(out, t.id)).get("attempts", 0)) for t in todo}
+    pending = list(todo)
+    while pending:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx)
+        futures = {pool.submit(run_trial, t.to_dict(), str(trial_dir(out, t.id)), torch_threads=threads, cwd=cwd): t
+                   for t in pending}
+        pending = []
+        broken: list[Trial] = []
+        try:
+            remaining = set(futures)
+            while remaining:
+                bar.refresh([trial_dir(out, futures[f].id) for f in remaining])
+                done, remaining = wait(remaining, timeout=_POLL_S, return_when=FIRST_COMPLETED)
+                for f in done:
+                    t = futures[f]
+                    try:
+                        bar.finished(f.result()["status"])
+                    except BrokenProcessPool:
+                        broken.append(t)
+                    except Exception as e:  # the task could not even start (e.g. pickling)
+                        update_status(trial_dir(out, t.id), status="failed", error=f"{type(e).__name__}: {e}")
+                        bar.finished("failed")
+        except BaseException:
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        # which worker died by itself, and which were terminated by the broken pool (SIGTERM)?
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=True)
+        exitcodes = {proc.pid: proc.exitcode for proc in procs}
+        culprit_known = any(c not in (None, 0, -signal.SIGTERM) for c in exitcodes.values())
+        for t in broken:
+            tdir = trial_dir(out, t.id)
+            st = read_status(tdir)
+            if st.get("status") == "done":  # finished just before its worker went down
+                bar.finished("done")
+                continue
+            if st.get("status") != "running":  # never started: resubmit
+                pending.append(t)
+                continue
+            code = exitcodes.get(st.get("pid"))
+            if culprit_known and code == -signal.SIGTERM:  # a bystander, terminated by the pool
+                starts[t.id] += 1  # this start does not use up a retry
+            tries = int(st.get("attempts", 0)) - starts[t.id]
+            if tries > max_retries:
+                how = f"(exit code {code})" if code is not None else "(the process pool broke)"
+                _mark_dead(tdir, how)
+                bar.finished("failed")
+            else:
+                pending.append(t)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray
+
+
+def _run_ray(todo: list[Trial], out: Path, bar: _Progress, workers: int, address: str | None, max_retries: int,
+             cpus_per_trial: float, gpus_per_trial: float, threads: int | None) -> None:
+    ray = _import_ray()
+    started = ensure_ray(address, workers)
+    try:
+        task = ray.remote(run_trial).options(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial,
+                                             max_retries=max_retries, retry_exceptions=False)
+        cwd = os.getcwd()
+        refs = {task.remote(t.to_dict(), str(trial_dir(out, t.id)), torch_threads=threads, cwd=cwd): t for t in todo}
+        try:
+            while refs:
+                bar.refresh([trial_dir(out, t.id) for t in refs.values()])
+                ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=_POLL_S)
+                for ref in ready:
+                    t = refs.pop(ref)
+                    try:
+                        st = ray.get(ref)
+                    except ray.exceptions.RayError as e:  # worker died more than max_retries times, ...
+                        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                        _mark_dead(trial_dir(out, t.id), f"({type(e).__name__}: {first})")
+                        bar.finished("failed")
+                        continue
+                    if st.get("status") != read_status(trial_dir(out, t.id)).get("status"):
+                        # outputs on storage the driver does not see: keep the worker's record
+                        write_json(trial_dir(out, t.id) / STATUS_FILE, st)
+                    bar.finished(st["status"])
+        except BaseException:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("the ray executor needs Ray: pip install 'robvae[ray]' (or pip install 'ray[default]')") from None
+    return ray
+
+
+def ensure_ray(address: str | None, workers: int) -> bool:
+    """Connect to Ray unless already connected; returns True when this call connected (or started) it.
+
+    address "auto" or HOST:PORT joins a running cluster; None starts a local instance with
+    ``workers`` CPUs.
+    """
+    ray = _import_ray()
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    return True

@@ -1,0 +1,103 @@
+"""Gathering a sweep's trials into one table: ``results.csv`` and ``results.json``.
+
+One row per trial (in the order of the last ``run_trials`` call, from ``sweep.json``):
+``id, name, status``; the core config fields (``dataset, objective.name, objective.beta,
+model.tau, model.arch, model.latent_dim, epochs, seed``) and every other config field that
+varies across the trials, flattened with dots (evaluation fields as ``evaluation.FIELD``);
+``error, attempts, wall_s``; ``test_elbo`` (held-out ELBO of the trained model, nats per image);
+then the evaluation summary fields (prefixed ``eval.`` only where a name clashes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..io import read_json, write_csv, write_json
+from .worker import STATUS_FILE, TRIAL_FILE
+
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+CORE_FIELDS = ("dataset", "objective.name", "objective.beta", "model.tau", "model.arch", "model.latent_dim",
+               "epochs", "seed")
+_NOT_CONFIG = ("device",)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"tau": 0.1}} -> {"model.tau": 0.1} (lists are kept as values)."""
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def _trial_ids(out: Path) -> list[str]:
+    sweep = out / "sweep.json"
+    if sweep.is_file():
+        try:
+            ids = read_json(sweep, "sweep file").get("trials", [])
+            return list(dict.fromkeys(ids))
+        except (ValueError, AttributeError):
+            pass
+    root = out / "trials"
+    return sorted(p.name for p in root.iterdir() if (p / TRIAL_FILE).is_file()) if root.is_dir() else []
+
+
+def _safe_json(path: Path) -> dict[str, Any]:
+    try:
+        d = read_json(path)
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def collect(out_dir: str | os.PathLike, *, write: bool = True) -> list[dict[str, Any]]:
+    """One row per trial of the sweep in ``out_dir``; writes results.csv and results.json."""
+    out = Path(out_dir)
+    records = []
+    for tid in _trial_ids(out):
+        tdir = out / "trials" / tid
+        trial = _safe_json(tdir / TRIAL_FILE)
+        status = _safe_json(tdir / STATUS_FILE)
+        config = flatten({k: v for k, v in (trial.get("train") or {}).items() if k not in _NOT_CONFIG})
+        config.update(flatten({k: v for k, v in (trial.get("evaluation") or {}).items() if k not in _NOT_CONFIG},
+                              "evaluation."))
+        records.append((tid, trial, status, config))
+
+    keys: list[str] = [k for k in CORE_FIELDS if any(k in r[3] for r in records)]
+    all_keys = list(dict.fromkeys(k for r in records for k in r[3]))
+    for k in all_keys:
+        values = {repr(r[3].get(k)) for r in records}
+        if len(values) > 1 and k not in keys:
+            keys.append(k)
+
+    rows = []
+    for tid, trial, status, config in records:
+        row: dict[str, Any] = {"id": tid, "name": trial.get("name", status.get("name", "")),
+                               "status": status.get("status", "missing")}
+        row.update({k: config.get(k) for k in keys})
+        row.update(error=status.get("error"), attempts=status.get("attempts", 0), wall_s=status.get("wall_s"))
+        summary = flatten(dict(status.get("summary") or {}))
+        for k, v in summary.items():
+            row[f"eval.{k}" if k in row and k != "test_elbo" else k] = v
+        rows.append(row)
+
+    if write:
+        fieldnames = list(dict.fromkeys(k for row in rows for k in row)) or ["id", "name", "status"]
+        csv_rows = [{k: _cell(row.get(k)) for k in fieldnames} for row in rows]
+        write_csv(out / RESULTS_CSV, csv_rows, fieldnames=fieldnames)
+        write_json(out / RESULTS_JSON, rows)
+    return rows
+
+
+def _cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)):
+        return " ".join(str(x) for x in v)
+    return v

@@ -1,0 +1,300 @@
+"""Trials and sweep files: a trial's identity (the hash of its config) and the YAML grid.
+
+A sweep file (YAML) has four keys::
+
+    out: runs/sweep-digits          # output folder (``--out`` overrides it)
+    base:                           # a TrainConfig (see robvae.training.TrainConfig)
+      dataset: digits
+      epochs: 2
+      model: {latent_dim: 4, hidden: [64]}
+      objective: {name: beta-vae}
+    grid:                           # dotted TrainConfig keys -> lists; the trials are the product
+      objective.beta: [1, 4]
+      seed: [0, 1]
+    evaluation:                     # an EvalConfig (robvae.evaluation.EvalConfig), or null
+      n: 50
+
+Grid keys may also name evaluation fields (``evaluation.n_samples: [100, 1000]``).
+Every error names the bad key in one line.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..training import TrainConfig
+
+#: Values of :attr:`Trial._fault` (test-only failure injection, see :class:`Trial`).
+FAULTS = ("raise", "kill-once", "kill")
+
+SWEEP_KEYS = ("out", "base", "grid", "evaluation")
+
+
+class SweepSpecError(ValueError):
+    """A sweep file or trial config is invalid; the message names the bad key."""
+
+
+def _eval_config_class() -> type | None:
+    """robvae.evaluation.EvalConfig, imported lazily (None while that module does not exist)."""
+    try:
+        from ..evaluation import EvalConfig  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return EvalConfig
+
+
+def _eval_to_dict(ev: Any) -> dict[str, Any] | None:
+    if ev is None:
+        return None
+    if isinstance(ev, dict):
+        return json.loads(json.dumps(ev))
+    if hasattr(ev, "to_dict"):
+        return json.loads(json.dumps(ev.to_dict()))
+    if dataclasses.is_dataclass(ev):
+        return json.loads(json.dumps(dataclasses.asdict(ev)))
+    raise TypeError(f"evaluation must be an EvalConfig, a dict or None, got {type(ev).__name__}")
+
+
+def make_eval_config(d: dict[str, Any] | Any | None) -> Any:
+    """An EvalConfig from a dict (or the dict itself while robvae.evaluation does not exist)."""
+    if d is None or not isinstance(d, dict):
+        return d
+    cls = _eval_config_class()
+    if cls is None:
+        return dict(d)
+    if hasattr(cls, "from_dict"):
+        return cls.from_dict(dict(d))
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown evaluation fields: {unknown}")
+    return cls(**d)
+
+
+def _resolve_input_shape(config: TrainConfig) -> None:
+    """Set model.input_shape from the data set (as training would), so ids do not depend on it."""
+    try:
+        from ..data import dataset_shape  # type: ignore[attr-defined]
+
+        shape = tuple(dataset_shape(config.dataset))
+    except Exception:  # unknown data set or data module not available: leave it to training
+        return
+    if tuple(config.model.input_shape) != shape:
+        from ..models import ModelConfig
+
+        config.model = ModelConfig.from_dict({**config.model.to_dict(), "input_shape": shape})
+
+
+@dataclass
+class Trial:
+    """One train-then-evaluate job of a sweep.
+
+    train: the training run's config. evaluation: an ``robvae.evaluation.EvalConfig`` (a plain
+    dict is accepted and converted), or None for training only. name: a label (not part of the
+    identity). ``id``: the first 16 hex digits of the SHA-256 of the canonical JSON (sorted keys)
+    of the full config, devices excluded; a trial's outputs live in ``<out>/trials/<id>/``.
+
+    ``_fault`` is a TEST-ONLY failure hook, never set by sweep files: "raise" raises in the
+    middle of training, "kill-once" SIGKILLs the worker process after the first epoch on the
+    first attempt only (a marker file in the trial folder remembers it), "kill" SIGKILLs it
+    on every attempt. A trial with a fault has a different id from the same trial without.
+    """
+
+    train: TrainConfig
+    evaluation: Any = None
+    name: str = ""
+    _fault: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = TrainConfig.from_dict(copy.deepcopy(self.train))
+        else:
+            self.train = TrainConfig.from_dict(self.train.to_dict())  # a private copy
+        _resolve_input_shape(self.train)
+        self.evaluation = make_eval_config(self.evaluation)
+        if self._fault is not None and self._fault not in FAULTS:
+            raise ValueError(f"unknown _fault {self._fault!r}; choose one of {FAULTS}")
+
+    def config_dict(self) -> dict[str, Any]:
+        """The identity of the trial: its full config, devices excluded (a plain JSON tree)."""
+        d: dict[str, Any] = {"train": self.train.training_fields(), "evaluation": _eval_to_dict(self.evaluation)}
+        if isinstance(d["evaluation"], dict):
+            d["evaluation"].pop("device", None)
+        if self._fault is not None:
+            d["_fault"] = self._fault
+        return d
+
+    @property
+    def id(self) -> str:
+        canonical = json.dumps(self.config_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild the trial (written as ``trial.json``)."""
+        d = {"id": self.id, "name": self.name, "train": self.train.to_dict(),
+             "evaluation": _eval_to_dict(self.evaluation)}
+        if self._fault is not None:
+            d["_fault"] = self._fault
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Trial":
+        return cls(train=d["train"], evaluation=d.get("evaluation"), name=d.get("name", ""), _fault=d.get("_fault"))
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep files
+
+
+@dataclass
+class SweepSpec:
+    """A parsed sweep file: its trials (grid order) and default output folder."""
+
+    trials: list[Trial]
+    out: str | None = None
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    source: str = ""
+
+
+def _dataclass_fields(cls: type) -> dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _nested_class(cls: type, name: str) -> type | None:
+    """The dataclass type of a nested config field (TrainConfig.model -> ModelConfig), if any."""
+    from ..models import ModelConfig
+    from ..objectives import ObjectiveConfig
+
+    if cls is TrainConfig:
+        return {"model": ModelConfig, "objective": ObjectiveConfig}.get(name)
+    return None
+
+
+def _check_keys(d: Any, cls: type, where: str) -> None:
+    """Every key of ``d`` must be a field of ``cls`` (recursively for nested configs)."""
+    if not isinstance(d, dict):
+        raise SweepSpecError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(d).__name__}")
+    known = _dataclass_fields(cls)
+    for k, v in d.items():
+        if k not in known or k.startswith("_"):
+            names = ", ".join(n for n in known if not n.startswith("_"))
+            raise SweepSpecError(f"{where}.{k}: unknown field (known: {names})")
+        sub = _nested_class(cls, k)
+        if sub is not None and v is not None:
+            _check_keys(v, sub, f"{where}.{k}")
+
+
+def _resolve_grid_key(key: str, has_eval: bool) -> tuple[str, list[str]]:
+    """Map a dotted grid key to ("train" | "evaluation", path), checking each part."""
+    if not isinstance(key, str) or not key:
+        raise SweepSpecError(f"grid: keys must be dotted field names, got {key!r}")
+    parts = key.split(".")
+    if parts[0] == "evaluation":
+        cls = _eval_config_class()
+        if not has_eval:
+            raise SweepSpecError(f"grid.{key}: varies an evaluation field but the sweep has no evaluation")
+        if len(parts) != 2:
+            raise SweepSpecError(f"grid.{key}: expected evaluation.FIELD")
+        if cls is not None and dataclasses.is_dataclass(cls) and parts[1] not in _dataclass_fields(cls):
+            raise SweepSpecError(f"grid.{key}: unknown evaluation field (known: {', '.join(_dataclass_fields(cls))})")
+        return "evaluation", parts[1:]
+    cls: type | None = TrainConfig
+    for i, p in enumerate(parts):
+        if cls is None:
+            raise SweepSpecError(f"grid.{key}: {'.'.join(parts[:i])} has no sub-fields")
+        known = _dataclass_fields(cls)
+        if p not in known:
+            where = ".".join(parts[:i]) or "base"
+            raise SweepSpecError(f"grid.{key}: unknown field {p!r} in {where} (known: {', '.join(known)})")
+        cls = _nested_class(cls, p)
+    if cls is not None:
+        raise SweepSpecError(f"grid.{key}: is a group of fields; vary one of its fields (e.g. {key}.{next(iter(_dataclass_fields(cls)))})")
+    return "train", parts
+
+
+def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:
+    for p in path[:-1]:
+        if d.get(p) is None:
+            d[p] = {}
+        d = d[p]
+    d[path[-1]] = copy.deepcopy(value)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def parse_sweep(doc: Any, source: str = "sweep") -> SweepSpec:
+    """Validate a sweep document (the parsed YAML) and expand its grid into trials."""
+    if not isinstance(doc, dict):
+        raise SweepSpecError(f"{source}: expected a mapping with keys {', '.join(SWEEP_KEYS)}, got {type(doc).__name__}")
+    for k in doc:
+        if k not in SWEEP_KEYS:
+            raise SweepSpecError(f"{source}: {k}: unknown key (known: {', '.join(SWEEP_KEYS)})")
+    base = doc.get("base") or {}
+    _check_keys(base, TrainConfig, "base")
+    out = doc.get("out")
+    if out is not None and not isinstance(out, str):
+        raise SweepSpecError(f"out: expected a folder path, got {type(out).__name__}")
+    evaluation = doc.get("evaluation")
+    if evaluation is not None:
+        if not isinstance(evaluation, dict):
+            raise SweepSpecError(f"evaluation: expected a mapping of EvalConfig fields or null, got {type(evaluation).__name__}")
+        cls = _eval_config_class()
+        if cls is not None and dataclasses.is_dataclass(cls):
+            _check_keys(evaluation, cls, "evaluation")
+    grid = doc.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise SweepSpecError(f"grid: expected a mapping of dotted keys to lists, got {type(grid).__name__}")
+    axes: list[tuple[str, str, list[str], list[Any]]] = []
+    for key, values in grid.items():
+        target, path = _resolve_grid_key(key, evaluation is not None)
+        if not isinstance(values, list):
+            raise SweepSpecError(f"grid.{key}: expected a list of values, got {type(values).__name__} {values!r}")
+        if not values:
+            raise SweepSpecError(f"grid.{key}: empty list (every axis needs at least one value)")
+        axes.append((key, target, path, values))
+
+    trials: list[Trial] = []
+    seen: dict[str, str] = {}
+    for combo in itertools.product(*(a[3] for a in axes)):
+        train_d = copy.deepcopy(base)
+        eval_d = copy.deepcopy(evaluation)
+        for (key, target, path, _), value in zip(axes, combo):
+            _set_path(train_d if target == "train" else eval_d, path, value)
+        name = ",".join(f"{key}={_fmt(v)}" for (key, *_), v in zip(axes, combo)) or "base"
+        try:
+            trial = Trial(train=train_d, evaluation=eval_d, name=name)
+        except (TypeError, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise SweepSpecError(f"grid point {name}: {msg}") from None
+        if trial.id in seen:
+            raise SweepSpecError(f"grid points {seen[trial.id]} and {name} give the same trial (a duplicate value?)")
+        seen[trial.id] = name
+        trials.append(trial)
+    return SweepSpec(trials=trials, out=out, grid={a[0]: a[3] for a in axes}, source=source)
+
+
+def load_sweep(path: str | os.PathLike) -> SweepSpec:
+    """Read and validate a sweep YAML file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file {path} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        first = str(e).replace("\n", " ")
+        raise SweepSpecError(f"{path}: not valid YAML ({first})") from None
+    if doc is None:
+        raise SweepSpecError(f"{path}: empty sweep file")
+    return parse_sweep(doc, source=str(path))

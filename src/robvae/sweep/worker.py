@@ -1,0 +1,143 @@
+"""What runs inside a worker: one trial (train, then evaluate) into its own folder.
+
+A trial folder ``<out>/trials/<id>/`` holds
+- ``trial.json``   the trial's config (written by the driver before the trial is submitted);
+- ``run/``         the training run folder (robvae.training.train; resumes from its checkpoint);
+- ``eval/``        what robvae.evaluation.evaluate writes, plus ``summary.json``;
+- ``status.json``  status ("queued", "running", "done", "failed"), error (with traceback),
+                   attempts (worker starts so far, across reruns), wall time, host, pid, summary.
+Every file is written atomically (robvae.io), so a killed worker never leaves a half-written one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ..io import read_json, write_json
+
+TRIAL_FILE = "trial.json"
+STATUS_FILE = "status.json"
+RUN_DIR = "run"
+EVAL_DIR = "eval"
+EVAL_SUMMARY_FILE = "summary.json"
+_FAULT_MARKER = ".fault-killed"
+
+
+def read_status(trial_dir: str | os.PathLike) -> dict[str, Any]:
+    """The trial's status.json, or {} when it is missing or unreadable."""
+    try:
+        st = read_json(Path(trial_dir) / STATUS_FILE, "status")
+    except ValueError:
+        return {}
+    return st if isinstance(st, dict) else {}
+
+
+def update_status(trial_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into status.json (atomic rewrite) and return the new status."""
+    st = read_status(trial_dir)
+    st.update(fields)
+    write_json(Path(trial_dir) / STATUS_FILE, st)
+    return st
+
+
+def outputs_complete(trial_dir: str | os.PathLike, with_eval: bool) -> bool:
+    """True when the trial's final outputs exist (weights, and the evaluation summary if any)."""
+    trial_dir = Path(trial_dir)
+    if not (trial_dir / RUN_DIR / "model.safetensors").is_file():
+        return False
+    return not with_eval or (trial_dir / EVAL_DIR / EVAL_SUMMARY_FILE).is_file()
+
+
+def _resolve_data_dir(data_dir: str | None, cwd: str | None) -> str | None:
+    if data_dir is None or cwd is None or os.path.isabs(os.path.expanduser(data_dir)):
+        return os.path.expanduser(data_dir) if data_dir else data_dir
+    return os.path.join(cwd, data_dir)
+
+
+def _fault_callback(fault: str | None, trial_dir: Path):
+    """The test-only fault hook (see Trial._fault), run after each training epoch."""
+    if fault is None:
+        return None
+
+    def hook(epoch: int, metrics: dict[str, float]) -> None:
+        if fault == "raise":
+            raise RuntimeError(f"injected failure (test-only _fault='raise') after epoch {epoch}")
+        marker = trial_dir / _FAULT_MARKER
+        if fault == "kill" or not marker.exists():
+            marker.write_text(f"killed after epoch {epoch}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int | None = 1,
+              cwd: str | None = None) -> dict[str, Any]:
+    """Run one trial in this process; never raises for a failing trial (the error is recorded).
+
+    ``trial_dict``: Trial.to_dict(). ``torch_threads``: torch intra-op threads for this worker
+    (None leaves torch's default). ``cwd``: the driver's working folder, against which a relative
+    ``data_dir`` is resolved. Returns the final status dict (also in status.json).
+    """
+    import torch
+
+    from .spec import Trial
+
+    trial_dir_p = Path(trial_dir)
+    trial_dir_p.mkdir(parents=True, exist_ok=True)
+    if torch_threads:
+        torch.set_num_threads(int(torch_threads))
+    prev = read_status(trial_dir_p)
+    t0 = time.time()
+    update_status(trial_dir_p, id=trial_dict.get("id"), name=trial_dict.get("name", ""), status="running",
+                  error=None, attempts=int(prev.get("attempts", 0)) + 1, host=socket.gethostname(),
+                  pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"), finished=None)
+    try:
+        from ..training import train
+
+        trial = Trial.from_dict(trial_dict)
+        config = trial.train
+        config.data_dir = _resolve_data_dir(config.data_dir, cwd)
+        t_train = time.time()
+        run = train(config, trial_dir_p / RUN_DIR, progress=False,
+                    callback=_fault_callback(trial._fault, trial_dir_p))
+        train_s = time.time() - t_train
+        summary: dict[str, Any] = {}
+        if run.metrics:
+            summary["test_elbo"] = float(run.metrics[-1]["test_elbo"])
+        eval_s = 0.0
+        if trial.evaluation is not None:
+            from ..evaluation import evaluate  # type: ignore[attr-defined]
+
+            t_eval = time.time()
+            result = evaluate(run, trial.evaluation, out_dir=trial_dir_p / EVAL_DIR, progress=False)
+            eval_s = time.time() - t_eval
+            eval_summary = _plain(getattr(result, "summary", result))
+            write_json(trial_dir_p / EVAL_DIR / EVAL_SUMMARY_FILE, eval_summary)
+            summary.update(eval_summary)
+        return update_status(trial_dir_p, status="done", error=None, wall_s=time.time() - t0,
+                             train_s=train_s, eval_s=eval_s, summary=summary,
+                             finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    except Exception as e:  # noqa: BLE001 - a failing trial is recorded, never fatal to the sweep
+        first = str(e).splitlines()[0] if str(e) else ""
+        return update_status(trial_dir_p, status="failed", error=f"{type(e).__name__}: {first}",
+                             traceback=traceback.format_exc(), wall_s=time.time() - t0,
+                             finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+def _plain(obj: Any) -> Any:
+    """A JSON-able copy: numpy / torch scalars to Python numbers, tuples to lists."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
