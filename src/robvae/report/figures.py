@@ -42,3 +42,37 @@ def image_grid(rows: Sequence[torch.Tensor], path: str | Path, row_titles: Seque
             if j == 0 and row_titles:
                 ax.set_ylabel(row_titles[i], fontsize=8)
     return save_figure(fig, path)
+
+
+# --- study figures ---------------------------------------------------------------------------
+
+def theorem2_figure(rows: Sequence[dict], jrows: Sequence[dict], path: str | Path, *, noise_scale: float) -> Path:
+    """Theorem 2: trained (markers) vs exact (lines) sigma_i and ||J||_F against beta."""
+    import numpy as np
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    axes_ids = sorted({r["axis"] for r in rows})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, i in enumerate(axes_ids):
+        rr = sorted((r for r in rows if r["axis"] == i), key=lambda r: r["beta"])
+        b = np.array([r["beta"] for r in rr])
+        c = colors[k % len(colors)]
+        a1.plot(b, [r["sigma_exact"] for r in rr], "-", color=c, label=f"exact, |w|={rr[0]['column_norm']:g}")
+        a1.plot(b, [r["sigma_trained"] for r in rr], "o", color=c, mfc="none", label="trained" if k == 0 else None)
+    a1.set_xscale("log", base=2)
+    a1.set_xlabel("beta")
+    a1.set_ylabel("encoder sigma_i")
+    a1.set_title(f"sigma*_i^2 = 1 / (1 + |w_i|^2 / (beta s^2)), s = {noise_scale:g}", fontsize=9)
+    a1.legend(fontsize=7)
+    jr = sorted(jrows, key=lambda r: r["beta"])
+    b = [r["beta"] for r in jr]
+    a2.plot(b, [r["jac_frobenius_exact"] for r in jr], "-", color="k", label="exact")
+    a2.plot(b, [r["jac_frobenius_trained"] for r in jr], "o", color="C3", mfc="none", label="trained")
+    a2.set_xscale("log", base=2)
+    a2.set_yscale("log")
+    a2.set_xlabel("beta")
+    a2.set_ylabel("||J||_F of the encoder mean")
+    a2.set_title("Jacobian diag(sigma*^2) W^T / (beta s^2)", fontsize=9)
+    a2.legend(fontsize=8)
+    fig.suptitle("Theorem 2: beta-VAE encoder trained against a fixed linear-Gaussian decoder")
+    return save_figure(fig, path)
