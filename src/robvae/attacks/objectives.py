@@ -45,6 +45,7 @@ def max_damage_objective(
         z = (mu.view(R, B, 1, d) + eta * s).reshape(R * B * K, d)
         return (flat_decode(model, z).view(R, B, K, D) - ref[None, :, None, :]).norm(dim=-1).mean(dim=-1)
 
+    f.deterministic = K == 0  # type: ignore[attr-defined]
     return f
 
 

@@ -2,7 +2,8 @@
 
 The loop lives here once; each norm is a small class with its own random start, steepest-ascent
 direction and ball projection (the layout of foolbox's gradient-descent attacks). Objectives are
-callables ``f(x_adv [R, B, *shape]) -> [R, B]`` to MAXIMISE (targeted attacks return a negated
+callables ``f(x_adv [R, B, *shape]) -> [R, B]`` to MAXIMISE (optionally with the attribute
+``deterministic = False`` when every call draws fresh noise) (targeted attacks return a negated
 loss); R restarts are extra batch rows, never a Python loop per image or per restart.
 
 Feasibility: after every step delta <- box(ball(delta)), where ball() is the norm's projection
@@ -183,20 +184,24 @@ def pgd(
 
     x: [B, *shape] in [0, 1]; eps: a number or a per-input [B] tensor (None: the box only).
     Each of ``steps`` iterations: delta <- feasible(delta + step_size * direction(grad)).
-    step_size (a number or [B]) defaults to eps / 4 for L2 and 2.5 * eps / steps for L-inf (eps
-    replaced by the box diameter when unbounded). ``restarts`` R >= 1 start points per input, random inside the ball (or
-    all at delta = 0 when ``random_start`` is False); the restart with the largest final objective
-    is kept. The objective receives x + delta of shape [R, B, *shape] and returns [R, B].
+    step_size (a number or [B]) defaults to eps / 4 for L2 and 2.5 * eps / steps for L-inf
+    (0.25 * box diameter / steps when unbounded). ``restarts`` R >= 1 start points per input, random inside the ball (or
+    all at delta = 0 when ``random_start`` is False). For a deterministic objective the iterate
+    with the largest value seen over steps and restarts is kept; an objective with the attribute
+    ``deterministic = False`` (fresh eta draws per call) keeps each restart's last iterate and the
+    restart with the largest final value, so noisy values do not select lucky draws step by step. The objective receives x + delta of shape [R, B, *shape] and returns [R, B].
     """
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
     nrm = get_norm(norm)
     B, shape = x.shape[0], tuple(x.shape[1:])
     R = int(restarts)
+    track = bool(getattr(objective, "deterministic", True))
     eps_b = as_eps(eps, B, x)
     if step_size is None:
-        scale = torch.where(torch.isfinite(eps_b), eps_b, torch.full_like(eps_b, nrm.diameter(x[0].numel())))
-        alpha_b = nrm.default_step(scale, steps)
+        finite = torch.isfinite(eps_b)
+        unbounded = torch.full_like(eps_b, 0.25 * nrm.diameter(x[0].numel()) / max(steps, 1))
+        alpha_b = torch.where(finite, nrm.default_step(torch.where(finite, eps_b, 0 * eps_b), steps), unbounded)
     else:
         alpha_b = as_eps(step_size, B, x)
     with torch.inference_mode(False), torch.enable_grad():
@@ -206,19 +211,27 @@ def pgd(
         if random_start:
             delta = nrm.random_start(delta, eps_r, generator)
         delta = feasible(xr, delta, eps_r, nrm)
+        best_delta = delta.clone()
+        best_value = torch.full((R * B,), -math.inf, dtype=x.dtype, device=x.device)
         for _ in range(steps):
             delta.requires_grad_(True)
-            value = objective((xr + delta).view(R, B, *shape))
+            value = objective((xr + delta).view(R, B, *shape)).reshape(R * B)
             (grad,) = torch.autograd.grad(value.sum(), delta)
             with torch.no_grad():
+                delta = delta.detach()
+                better = (value.detach() > best_value) if track else torch.zeros_like(best_value, dtype=torch.bool)
+                best_value = torch.where(better, value.detach(), best_value)
+                best_delta = torch.where(_rows(better, delta), delta, best_delta)
                 grad = torch.nan_to_num(grad)
                 delta = feasible(xr, delta + _rows(alpha_r, delta) * nrm.direction(grad), eps_r, nrm)
         with torch.no_grad():
-            delta = delta.detach()
-            value = objective((xr + delta).view(R, B, *shape)).detach()  # [R, B]
-    best = value.argmax(dim=0)  # [B]
+            value = objective((xr + delta).view(R, B, *shape)).detach().reshape(R * B)
+            better = (value > best_value) | ~torch.tensor(track, device=x.device)
+            best_value = torch.where(better, value, best_value)
+            best_delta = torch.where(_rows(better, delta), delta, best_delta)
+    best = best_value.view(R, B).argmax(dim=0)  # [B]
     idx = torch.arange(B, device=x.device)
-    return PGDResult(delta=delta.view(R, B, *shape)[best, idx], value=value[best, idx])
+    return PGDResult(delta=best_delta.view(R, B, *shape)[best, idx], value=best_value.view(R, B)[best, idx])
 
 
 def check_inputs(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:

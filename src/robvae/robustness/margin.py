@@ -24,8 +24,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attacks.objectives import max_damage_objective
-from ..attacks.pgd import get_norm, pgd
 from ._common import as_radius, check_x, child_seed
 from .sampling import r_robustness
 
@@ -75,6 +73,10 @@ def empirical_margin(
     norm / steps / restarts / eta_samples / step_size: the maximum-damage attack (SPEC 5; its
     sigma follows ``mode``).
     """
+    # imported here: robvae.attacks itself imports robvae.robustness._common
+    from ..attacks.objectives import max_damage_objective
+    from ..attacks.pgd import get_norm, pgd
+
     if mode not in ("full", "mean"):
         raise ValueError(f"unknown mode {mode!r}; choose 'full' or 'mean'")
     if not tol > 0:
