@@ -104,8 +104,9 @@ class Trial:
 
     ``_fault`` is a TEST-ONLY failure hook, never set by sweep files: "raise" raises in the
     middle of training, "kill-once" SIGKILLs the worker process after the first epoch on the
-    first attempt only (a marker file in the trial folder remembers it), "kill" SIGKILLs it
-    on every attempt. A trial with a fault has a different id from the same trial without.
+    first attempt only (a marker file in the trial folder remembers it; the retry resumes from
+    the checkpoint), "kill" SIGKILLs it at the start of every attempt. A trial with a fault has
+    a different id from the same trial without.
     """
 
     train: TrainConfig

@@ -3,7 +3,7 @@
 A trial folder ``<out>/trials/<id>/`` holds
 - ``trial.json``   the trial's config (written by the driver before the trial is submitted);
 - ``run/``         the training run folder (robvae.training.train; resumes from its checkpoint);
-- ``eval/``        what robvae.evaluation.evaluate writes, plus ``summary.json``;
+- ``eval/``        what robvae.evaluation.evaluate writes (per_input.csv, summary.json, ...);
 - ``status.json``  status ("queued", "running", "done", "failed"), error (with traceback),
                    attempts (worker starts so far, across reruns), wall time, host, pid, summary.
 Every file is written atomically (robvae.io), so a killed worker never leaves a half-written one.
@@ -62,14 +62,14 @@ def _resolve_data_dir(data_dir: str | None, cwd: str | None) -> str | None:
 
 def _fault_callback(fault: str | None, trial_dir: Path):
     """The test-only fault hook (see Trial._fault), run after each training epoch."""
-    if fault is None:
+    if fault not in ("raise", "kill-once"):
         return None
 
     def hook(epoch: int, metrics: dict[str, float]) -> None:
         if fault == "raise":
             raise RuntimeError(f"injected failure (test-only _fault='raise') after epoch {epoch}")
         marker = trial_dir / _FAULT_MARKER
-        if fault == "kill" or not marker.exists():
+        if fault == "kill-once" and not marker.exists():
             marker.write_text(f"killed after epoch {epoch}\n")
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -101,6 +101,8 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
         from ..training import train
 
         trial = Trial.from_dict(trial_dict)
+        if trial._fault == "kill":  # test-only: this worker dies on every attempt, before training
+            os.kill(os.getpid(), signal.SIGKILL)
         config = trial.train
         config.data_dir = _resolve_data_dir(config.data_dir, cwd)
         t_train = time.time()
@@ -118,7 +120,8 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
             result = evaluate(run, trial.evaluation, out_dir=trial_dir_p / EVAL_DIR, progress=False)
             eval_s = time.time() - t_eval
             eval_summary = _plain(getattr(result, "summary", result))
-            write_json(trial_dir_p / EVAL_DIR / EVAL_SUMMARY_FILE, eval_summary)
+            if not (trial_dir_p / EVAL_DIR / EVAL_SUMMARY_FILE).is_file():  # evaluate writes it itself
+                write_json(trial_dir_p / EVAL_DIR / EVAL_SUMMARY_FILE, eval_summary)
             summary.update(eval_summary)
         return update_status(trial_dir_p, status="done", error=None, wall_s=time.time() - t0,
                              train_s=train_s, eval_s=eval_s, summary=summary,

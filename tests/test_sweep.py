@@ -1,0 +1,206 @@
+"""Sweeps without Ray: trial ids, the YAML grid and its errors, the local and serial executors
+(skip on rerun, a raising trial, a killed worker), collect, and sharded certify (serial vs local).
+
+The failure hook Trial._fault is test-only: "raise" raises after the first epoch, "kill-once"
+SIGKILLs the worker after the first epoch on the first attempt, "kill" SIGKILLs it every attempt.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robvae.cli import main
+from robvae.sweep import SweepSpecError, Trial, certify_sharded, collect, parse_sweep, run_trials
+from robvae.sweep.worker import read_status
+from robvae.training import TrainConfig
+
+BASE = {"dataset": "digits", "epochs": 2, "n_train": 150, "batch_size": 64,
+        "model": {"latent_dim": 2, "hidden": [16]}}
+
+
+def tiny(seed: int = 0, name: str = "", fault: str | None = None, **over) -> Trial:
+    return Trial({**BASE, "seed": seed, **over}, None, name or f"seed={seed}", _fault=fault)
+
+
+# ---- identity -------------------------------------------------------------------------------
+
+
+def test_trial_id_is_a_stable_hash_of_the_config_without_device_or_name():
+    a = tiny(0, "a")
+    assert len(a.id) == 16 and int(a.id, 16) >= 0
+    assert tiny(0, "b").id == a.id                       # the name is a label
+    assert tiny(0, device="cuda").id == a.id            # the device is placement
+    assert tiny(1).id != a.id
+    assert tiny(0, objective={"name": "beta-vae", "beta": 2.0}).id != a.id
+    assert tiny(0, fault="raise").id != a.id
+    # a TrainConfig and its dict give the same trial; model.input_shape is resolved from the data set
+    assert Trial(TrainConfig.from_dict({**BASE, "seed": 0})).id == a.id
+    assert Trial({**BASE, "seed": 0, "model": {**BASE["model"], "input_shape": [1, 8, 8]}}).id == a.id
+    assert Trial.from_dict(json.loads(json.dumps(a.to_dict()))).id == a.id
+
+
+# ---- sweep files ----------------------------------------------------------------------------
+
+
+def test_grid_expands_to_the_product_in_order():
+    spec = parse_sweep({"base": BASE, "grid": {"objective.beta": [1, 4], "seed": [0, 1, 2]}, "out": "x",
+                        "evaluation": None})
+    assert len(spec.trials) == 6 and spec.out == "x"
+    assert [t.train.objective.beta for t in spec.trials] == [1, 1, 1, 4, 4, 4]
+    assert [t.train.seed for t in spec.trials] == [0, 1, 2, 0, 1, 2]
+    assert spec.trials[4].name == "objective.beta=4,seed=1"
+    assert len({t.id for t in spec.trials}) == 6
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"base": BASE, "grid": {"objective.betta": [1]}}, "grid.objective.betta: unknown field 'betta'"),
+    ({"base": BASE, "grid": {"seed": 3}}, "grid.seed: expected a list"),
+    ({"base": BASE, "grid": {"seed": []}}, "grid.seed: empty list"),
+    ({"base": BASE, "grid": {"model": [1]}}, "grid.model: is a group of fields"),
+    ({"base": {**BASE, "epochs_": 3}}, "base.epochs_: unknown field"),
+    ({"base": {**BASE, "model": {"latnet_dim": 3}}}, "base.model.latnet_dim: unknown field"),
+    ({"base": BASE, "grids": {}}, "grids: unknown key"),
+    ({"base": BASE, "grid": {"objective.beta": [1, -1]}}, "grid point objective.beta=-1: beta must be >= 0"),
+    ({"base": BASE, "grid": {"seed": [1, 1]}}, "give the same trial"),
+    ({"base": BASE, "grid": {"evaluation.n": [1, 2]}}, "grid.evaluation.n: varies an evaluation field"),
+    ([1, 2], "expected a mapping"),
+])
+def test_sweep_file_errors_name_the_bad_key(doc, message):
+    with pytest.raises(SweepSpecError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        parse_sweep(doc)
+
+
+def test_cli_reports_a_bad_sweep_file_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: {dataset: digits}\ngrid: {objective.beta: 2}\nout: x\n")
+    assert main(["sweep", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "grid.objective.beta: expected a list" in err
+    assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_cli_sweep_runs_the_grid_and_writes_the_table(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "out: {out}\nbase: {{dataset: digits, epochs: 1, n_train: 100, model: {{latent_dim: 2, hidden: [8]}},"
+        " objective: {{name: beta-vae}}}}\ngrid: {{objective.beta: [1.0, 2.0]}}\nevaluation: null\n"
+        .format(out=tmp_path / "out"))
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    assert "2 trials" in capsys.readouterr().out
+    assert main(["sweep", str(spec), "--executor", "serial", "--quiet"]) == 0
+    assert "2 trials: 2 done (0 already done before), 0 failed" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["objective.beta"] for r in rows] == [1.0, 2.0] and all(r["status"] == "done" for r in rows)
+    assert "objective.beta" in (tmp_path / "out" / "results.csv").read_text().splitlines()[0]
+    assert main(["sweep", str(spec), "--executor", "serial", "--quiet"]) == 0
+    assert "2 already done before" in capsys.readouterr().out
+
+
+# ---- executors ------------------------------------------------------------------------------
+
+
+def _mtimes(result) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime_ns for p in (result.dir / "status.json", result.dir / "run" / "model.safetensors")}
+
+
+def test_local_executor_runs_records_failures_and_skips_finished_trials_on_rerun(tmp_path):
+    trials = [tiny(0), tiny(1), tiny(2, "boom", fault="raise")]
+    res = run_trials(trials, tmp_path, executor="local", workers=2, progress=False)
+    assert [r.id for r in res] == [t.id for t in trials]
+    assert [r.status for r in res] == ["done", "done", "failed"]
+    assert "injected failure" in res[2].error
+    st = read_status(res[2].dir)
+    assert "Traceback" in st["traceback"] and st["attempts"] == 1
+    assert all((r.dir / "trial.json").is_file() and (r.dir / "status.json").is_file() for r in res)
+    assert res[0].summary["test_elbo"] < 0
+    rows = collect(tmp_path)
+    assert [r["id"] for r in rows] == [t.id for t in trials] and rows[1]["seed"] == 1
+    assert (tmp_path / "results.csv").is_file()
+
+    before = [_mtimes(r) for r in res[:2]]
+    again = run_trials(trials, tmp_path, executor="local", workers=2, progress=False)
+    assert [r.skipped for r in again] == [True, True, False]   # the failed one is rerun ...
+    assert [_mtimes(r) for r in again[:2]] == before            # ... the finished ones are untouched
+    assert [read_status(r.dir)["attempts"] for r in again] == [1, 1, 2]
+    assert again[2].status == "failed"
+    # the in-process executor trains the same model as a worker process
+    serial = run_trials(trials[:1], tmp_path / "serial", executor="serial", progress=False)[0]
+    assert serial.summary["test_elbo"] == res[0].summary["test_elbo"]
+
+
+def test_local_executor_retries_a_killed_worker_and_marks_one_that_keeps_dying(tmp_path):
+    trials = [tiny(0, "kill-once", fault="kill-once"), tiny(1, "kill", fault="kill")]
+    res = run_trials(trials, tmp_path, executor="local", workers=1, progress=False, max_retries=1)
+    once, always = res
+    assert once.status == "done" and read_status(once.dir)["attempts"] == 2
+    assert (once.dir / ".fault-killed").is_file()
+    assert always.status == "failed" and "worker died" in always.error
+    assert read_status(always.dir)["attempts"] == 2
+
+
+def test_interrupted_trial_is_rerun(tmp_path):
+    t = tiny(0)
+    res = run_trials([t], tmp_path, executor="serial", progress=False)[0]
+    (res.dir / "run" / "model.safetensors").unlink()  # as if killed before the end
+    again = run_trials([t], tmp_path, executor="serial", progress=False)[0]
+    assert not again.skipped and again.status == "done" and (again.dir / "run" / "model.safetensors").is_file()
+
+
+def test_evaluation_runs_after_training_and_feeds_the_table(tmp_path):
+    from robvae.evaluation import EvalConfig
+
+    ev = EvalConfig(n=6, n_samples=50, margin=False, attack_steps=2, batch_size=6)
+    t = Trial({**BASE, "seed": 0}, ev, "with-eval")
+    assert Trial({**BASE, "seed": 0}, ev.to_dict()).id == t.id
+    assert Trial({**BASE, "seed": 0}, {**ev.to_dict(), "device": "cuda"}).id == t.id
+    res = run_trials([t], tmp_path, executor="serial", progress=False)[0]
+    assert res.status == "done", res.error
+    assert (res.dir / "eval" / "summary.json").is_file() and (res.dir / "eval" / "per_input.csv").is_file()
+    assert res.summary["n"] == 6
+    row = collect(tmp_path)[0]
+    assert row["n"] == 6 and row["seed"] == 0 and "eval.seed" in row  # clashing names get eval.
+    assert run_trials([t], tmp_path, executor="serial", progress=False)[0].skipped
+
+
+# ---- sharded certification ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certify_case(tmp_path_factory):
+    from robvae.data import load_dataset
+    from robvae.robustness import r_min
+    from robvae.training import train
+
+    run_dir = tmp_path_factory.mktemp("certify") / "run"
+    run = train(TrainConfig.from_dict({**BASE, "epochs": 1}), run_dir, progress=False)
+    x = load_dataset("digits", "test").images[:9]
+    r = float(r_min(run.model, x, 200, generator=torch.Generator().manual_seed(0)).median())
+    return run_dir, x, r
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_sharded_certify_local_equals_serial(certify_case):
+    run_dir, x, r = certify_case
+    kw = dict(seed=7, n_samples=200, alpha=0.01)
+    serial = certify_sharded(run_dir, x, r, executor="serial", **kw)
+    assert serial["p"].shape == (9,) and 0 < serial["p"].min() < 1  # r is near r_min: p varies
+    _assert_same(serial, certify_sharded(run_dir, x, r, executor="serial", shard_size=4, **kw))
+    _assert_same(serial, certify_sharded(run_dir, x, r, executor="local", workers=2, shard_size=2, **kw))
+    other = certify_sharded(run_dir, x, r, executor="serial", **{**kw, "seed": 8})
+    assert not np.array_equal(serial["p"], other["p"])
+    # a per-input radius, and blocks of several inputs
+    rr = torch.full((9,), r)
+    _assert_same(serial, certify_sharded(run_dir, x, rr, executor="serial", **kw))
+    blocks = certify_sharded(run_dir, x, r, executor="serial", block_size=3, shard_size=3, **kw)
+    _assert_same(blocks, certify_sharded(run_dir, x, r, executor="serial", block_size=3, shard_size=6, **kw))
+    with pytest.raises(ValueError, match="generator"):
+        certify_sharded(run_dir, x, r, executor="serial", generator=torch.Generator())
