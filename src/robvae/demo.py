@@ -19,6 +19,10 @@ from .training import TrainConfig, train
 def demo_table(summary: dict[str, Any], config: EvalConfig) -> list[tuple[str, str]]:
     """The demo's one table: (quantity, value) rows from an evaluation summary."""
     t1 = summary["bounds"]["theorem1"]
+
+    def f(v: Any, spec: str = ".4f") -> str:
+        return "n/a" if v is None else format(float(v), spec)
+
     med = lambda k: summary[k]["median"]  # noqa: E731
     return [
         ("inputs (digits test set)", f"{summary['n']}"),
@@ -30,7 +34,7 @@ def demo_table(summary: dict[str, Any], config: EvalConfig) -> list[tuple[str, s
         ("spectral / whitened radius, median", f"{med('radius_spectral'):.4f} / {med('radius_whitened'):.4f}"),
         ("abstentions (p <= 0.5)", f"{summary['n_abstain']}"),
         (f"empirical margin ({config.margin_mode} encoder), median", f"{med('margin'):.4f}"),
-        ("Spearman rho(bound, margin)", f"{t1['spearman']:.3f}"),
+        ("Spearman rho(bound, margin)", f(t1['spearman'], ".3f")),
         ("bound above margin (violations)", f"{t1['n_above_margin']} of {t1['n_used']}"),
         ("max-damage attack budget (L2, 0.1 x median ||x||)", f"{float(summary['attack_eps']):.4f}"),
         ("attack damage ||g(mu(x+d)) - g(mu(x))||, median", f"{med('damage'):.4f}"),
