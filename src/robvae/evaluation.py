@@ -256,10 +256,11 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
                       for i, s in enumerate(batches)])
     bar.update(len(batches))
     x_norm = x_all.flatten(1).norm(dim=1)
-    r = float(config.r) if config.r is not None else float(config.r_relative * rmin.median())
+    r = float(config.r) if config.r is not None else float(config.r_relative * np.median(rmin.double().cpu().numpy()))
     if not r > 0:
         raise ValueError("the median r_min is 0 (the encoder has no noise); set an absolute r")
-    eps = float(config.attack_eps) if config.attack_eps is not None else float(config.attack_eps_relative * x_norm.median())
+    eps = (float(config.attack_eps) if config.attack_eps is not None
+           else float(config.attack_eps_relative * np.median(x_norm.double().cpu().numpy())))
 
     cols: dict[str, list[torch.Tensor]] = {}
 

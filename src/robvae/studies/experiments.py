@@ -173,7 +173,7 @@ def _calibrate(out: Path, runs: dict[str, Path], names: Sequence[str], ev: EvalC
         run = load(runs[name], device=ev.device)
         data = load_dataset(run.config.dataset, ev.split, run.config.data_dir).subset(ev.n)
         g = torch.Generator().manual_seed(ev.seed)
-        med[name] = float(r_min(run.model, data.images.to(ev.device), ev.n_samples, generator=g).median())
+        med[name] = float(np.median(r_min(run.model, data.images.to(ev.device), ev.n_samples, generator=g).double().cpu().numpy()))
     ref = max(med, key=med.get)
     cal = {"key": key, "rule": rule, "median_r_min": med, "reference": ref, "r": ev.r_relative * med[ref]}
     write_json(path, cal)

@@ -1,0 +1,170 @@
+"""One self-contained HTML page from one or several study folders.
+
+Every PNG figure is embedded as a base64 ``data:image/png`` URI, tables are inlined, and each
+study shows the exact command and the full config (from its ``study.json``) that produced it.
+No script, stylesheet or image is fetched from anywhere: the page opens from disk, with no server.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as _dt
+import html
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_text, read_json
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: rows of a CSV table shown inline (the rest are counted, the file is named)
+MAX_TABLE_ROWS = 40
+#: summary keys shown as headline numbers, per study
+_HEADLINES = {
+    "bound-vs-margin": [("theorem1.pearson", "Pearson rho (bound vs margin)"),
+                        ("theorem1.spearman", "Spearman rho"), ("theorem1.n_above", "bounds above the margin"),
+                        ("theorem1.n", "inputs used"), ("median_radius", "median certified radius"),
+                        ("median_margin", "median empirical margin"), ("n_abstain", "abstentions")],
+    "beta": [("r", "radius r"), ("attack_eps", "attack budget"),
+             ("trends.margin.spearman_vs_setting", "Spearman rho, margin vs beta"),
+             ("trends.damage.spearman_vs_setting", "Spearman rho, damage vs beta"),
+             ("trends.sigma_mean.spearman_vs_setting", "Spearman rho, sigma vs beta"),
+             ("trends.jac_frobenius.spearman_vs_setting", "Spearman rho, ||J||_F vs beta")],
+    "tau": [("r", "radius r"), ("attack_eps", "attack budget"),
+            ("trends.margin.spearman_vs_setting", "Spearman rho, margin vs tau"),
+            ("trends.damage.spearman_vs_setting", "Spearman rho, damage vs tau"),
+            ("taus_with_median_p_at_most_half", "taus with median p_r(x) <= 1/2")],
+    "theorem2": [("max_rel_error_sigma", "largest relative error of sigma"),
+                 ("max_rel_error_jacobian", "largest relative error of ||J||_F"),
+                 ("sigma_increasing_in_beta", "sigma grows with beta"),
+                 ("jacobian_decreasing_in_beta", "||J||_F shrinks with beta")],
+}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}h3{font-size:1.05em}
+pre{background:#f5f5f5;padding:.7em;overflow-x:auto;font-size:.85em;white-space:pre-wrap;word-break:break-all}
+table{border-collapse:collapse;font-size:.8em;margin:.5em 0;display:block;overflow-x:auto}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}th{background:#eee}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
+dl.kv{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dl.kv dt{font-weight:600}
+dl.kv dd{margin:0}details{margin:.6em 0}nav a{margin-right:1em}
+"""
+
+
+def _png_data_uri(path: Path) -> str | None:
+    data = path.read_bytes()
+    if not data.startswith(_PNG_MAGIC):
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _get(d: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v) or "none"
+    if isinstance(v, str):
+        try:
+            return _fmt(float(v)) if v not in ("", "True", "False") else ("yes" if v == "True" else "no" if v == "False" else v)
+        except ValueError:
+            return v
+    return "" if v is None else str(v)
+
+
+def _table(path: Path, max_rows: int = MAX_TABLE_ROWS) -> str:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return f"<p>{html.escape(path.name)}: empty</p>"
+    head, body = rows[0], rows[1:]
+    out = ["<table><thead><tr>", *(f"<th>{html.escape(h)}</th>" for h in head), "</tr></thead><tbody>"]
+    for r in body[:max_rows]:
+        out.append("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>")
+    out.append("</tbody></table>")
+    if len(body) > max_rows:
+        out.append(f"<p><em>{max_rows} of {len(body)} rows shown; all in {html.escape(path.name)}.</em></p>")
+    return "".join(out)
+
+
+def _section(folder: Path, k: int) -> tuple[str, str]:
+    meta = read_json(folder / "study.json", "study description")
+    name = str(meta.get("study", "study"))
+    anchor = f"s{k}"
+    title = f"{name}" + (f" — {meta['config'].get('dataset')}" if isinstance(meta.get("config"), dict)
+                         and meta["config"].get("dataset") else "")
+    parts = [f'<section id="{anchor}"><h2>{html.escape(title)}</h2>',
+             f"<p>Folder: <code>{html.escape(str(folder))}</code> · created {html.escape(str(meta.get('created', '')))}"
+             f" · robvae {html.escape(str(meta.get('robvae', '')))}</p>",
+             "<h3>Command</h3>", f"<pre>{html.escape(str(meta.get('command', '')))}</pre>"]
+    summary = read_json(folder / "summary.json", "summary") if (folder / "summary.json").is_file() else {}
+    heads = [(lbl, _get(summary, key)) for key, lbl in _HEADLINES.get(name, [])]
+    heads = [(lbl, v) for lbl, v in heads if v is not None]
+    if heads:
+        parts.append('<h3>Headline numbers</h3><dl class="kv">')
+        parts += [f"<dt>{html.escape(lbl)}</dt><dd>{html.escape(_fmt(v))}</dd>" for lbl, v in heads]
+        parts.append("</dl>")
+    for fig in meta.get("figures", []):
+        p = folder / fig
+        if not p.is_file():
+            parts.append(f"<p><strong>missing figure {html.escape(fig)}</strong></p>")
+            continue
+        uri = _png_data_uri(p)
+        if uri is None:
+            parts.append(f"<p><strong>{html.escape(fig)} is not a PNG file</strong></p>")
+            continue
+        parts.append(f'<figure><img src="{uri}" alt="{html.escape(fig)}"><figcaption>{html.escape(fig)}'
+                     "</figcaption></figure>")
+    for tab in meta.get("tables", []):
+        p = folder / tab
+        if p.is_file():
+            parts.append(f"<details{' open' if tab != 'per_input.csv' else ''}><summary>Table "
+                         f"<code>{html.escape(tab)}</code></summary>{_table(p)}</details>")
+    parts.append("<details><summary>Full config (study.json)</summary><pre>"
+                 + html.escape(json.dumps(meta.get("config", {}), indent=2, sort_keys=True)) + "</pre></details>")
+    if summary:
+        parts.append("<details><summary>summary.json</summary><pre>"
+                     + html.escape(json.dumps(summary, indent=2, sort_keys=True)[:200_000]) + "</pre></details>")
+    parts.append("</section>")
+    return f'<a href="#{anchor}">{html.escape(title)}</a>', "\n".join(parts)
+
+
+def render_report(folders: Sequence[str | Path], out_file: str | Path | None = None, *,
+                  title: str = "robvae studies") -> Path:
+    """Render the study folders (each holding ``study.json``) into one HTML file.
+
+    ``out_file`` defaults to ``report.html`` inside the first folder. Raises FileNotFoundError
+    naming a folder without ``study.json``."""
+    folders = [Path(f) for f in folders]
+    if not folders:
+        raise ValueError("give at least one study folder")
+    for f in folders:
+        if not (f / "study.json").is_file():
+            raise FileNotFoundError(f"{f} is not a study folder (no study.json); run `robvae study ...` into it first")
+    links, sections = zip(*(_section(f, k) for k, f in enumerate(folders)))
+    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>Rendered {when} by <code>robvae report</code>. Figures are embedded; this file needs no server "
+            "and no network.</p>"
+            f"<nav>{''.join(links)}</nav>" + "\n".join(sections) + "</body></html>\n")
+    out = Path(out_file) if out_file is not None else folders[0] / "report.html"
+    atomic_write_text(out, page)
+    return out

@@ -1,0 +1,125 @@
+"""robvae.evaluation: per-input numbers, the summary statistics, files and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from robvae.evaluation import COLUMNS, EvalConfig, evaluate, load_result, summarize
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from robvae.models import ModelConfig
+    from robvae.training import TrainConfig, train
+
+    cfg = TrainConfig(dataset="digits", n_train=300, model=ModelConfig(input_shape=(1, 8, 8), latent_dim=3, hidden=(32,)),
+                      epochs=2, batch_size=64)
+    return train(cfg, tmp_path_factory.mktemp("run"), progress=False)
+
+
+FAST = dict(n=8, n_samples=200, attack_steps=5, margin_tol=0.25, seed=3)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    return evaluate(tiny_run, EvalConfig(**FAST), out_dir=out, progress=False), out
+
+
+def test_columns_and_relations(evaluated, tiny_run):
+    res, _ = evaluated
+    assert len(res.rows) == 8 and list(res.rows[0]) == list(COLUMNS)
+    rmin, xn = res.column("r_min"), res.column("x_norm")
+    # r = 1.5 x median r_min; attack budget = 0.1 x median ||x||
+    assert np.allclose(res.column("r"), 1.5 * np.median(rmin), rtol=1e-6)
+    assert np.allclose(res.column("attack_eps"), 0.1 * np.median(xn), rtol=1e-6)
+    from robvae.data import load_dataset
+
+    imgs = load_dataset("digits", "test").images[:8]
+    assert np.allclose(xn, imgs.flatten(1).norm(dim=1).numpy(), rtol=1e-5)
+    # Theorem 1 per input: sigma_min * probit(p) / ||J||_F where p > 1/2
+    p, smin, jf, rad = res.column("p"), res.column("sigma_min"), res.column("jac_frobenius"), res.column("radius")
+    expect = np.where(p > 0.5, smin * stats.norm.ppf(p) / jf, 0.0)
+    assert np.allclose(rad, expect, rtol=1e-4)
+    # spectral <= Frobenius, so the spectral radius is never smaller
+    assert (res.column("jac_spectral") <= jf * (1 + 1e-5)).all()
+    assert (res.column("radius_spectral") >= rad * (1 - 1e-5)).all()
+    # damage is a norm of a change of reconstruction: >= 0 and finite; margins non-negative
+    assert (res.column("damage") >= 0).all() and np.isfinite(res.column("damage")).all()
+    assert (res.column("margin") >= 0).all()
+    with torch.inference_mode():
+        sig = tiny_run.model.encode(imgs)[1]
+    assert np.allclose(res.column("sigma_mean"), sig.mean(1).numpy(), rtol=1e-5)
+    rec = (tiny_run.model.reconstruct(imgs) - imgs).flatten(1).norm(dim=1).detach().numpy()
+    assert np.allclose(res.column("reconstruction_error"), rec, rtol=1e-5)
+
+
+def test_files_written_and_resumed(evaluated, tiny_run, monkeypatch):
+    res, out = evaluated
+    for f in ("per_input.csv", "summary.json", "eval_config.json"):
+        assert (out / f).is_file()
+    json.loads((out / "summary.json").read_text())  # strict JSON (no NaN literals)
+    # same config: loaded, nothing recomputed (the estimators are not even called)
+    import robvae.robustness as rb
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(rb, "certify", boom)
+    again = evaluate(tiny_run, EvalConfig(**FAST), out_dir=out, progress=False)
+    assert again.loaded
+    assert np.allclose(again.column("radius"), res.column("radius"))
+    assert load_result(out).summary["n"] == 8
+    # a different config recomputes
+    with pytest.raises(AssertionError, match="recomputed"):
+        evaluate(tiny_run, EvalConfig(**{**FAST, "n": 7}), out_dir=out, progress=False)
+
+
+def test_absolute_r_and_eps_and_no_margin(tiny_run):
+    res = evaluate(tiny_run, EvalConfig(**{**FAST, "r": 0.7, "attack_eps": 0.25, "margin": False, "n": 4}),
+                   progress=False)
+    assert np.all(res.column("r") == 0.7) and np.all(res.column("attack_eps") == 0.25)
+    assert np.isnan(res.column("margin")).all()
+    assert res.summary["r_from"] == "absolute"
+
+
+def _rows(margin, bound, capped=None, p=None):
+    n = len(margin)
+    capped = capped or [False] * n
+    p = p or [0.9] * n
+    return [{"margin": m, "radius": b, "radius_sound": b / 2, "radius_spectral": b, "radius_whitened": b,
+             "margin_capped": c, "abstain": pp <= 0.5, "abstain_sound": pp <= 0.5, "p": pp}
+            for m, b, c, pp in zip(margin, bound, capped, p)]
+
+
+def test_summarize_known_answers():
+    margin = [1.0, 2.0, 3.0, 4.0, 5.0, 9.0]
+    bound = [0.5, 1.0, 1.5, 2.0, 6.0, 0.0]  # last: abstains (excluded), fifth: above the margin
+    s = summarize(_rows(margin, bound, p=[0.9] * 5 + [0.4]))
+    b = s["bounds"]["theorem1"]
+    assert b["n_used"] == 5 and b["n_above_margin"] == 1
+    assert b["pearson"] == pytest.approx(np.corrcoef(margin[:5], bound[:5])[0, 1])
+    assert b["spearman"] == pytest.approx(1.0)
+    assert s["n_abstain"] == 1 and s["n_not_robust_clean"] == 1
+    assert s["margin"]["median"] == pytest.approx(3.5)
+    assert s["bounds"]["sound"]["n_above_margin"] == 0
+    # capped margins and infinite bounds are left out of the correlations
+    s2 = summarize(_rows([1.0, 2.0, 3.0, 4.0], [0.5, 1.0, math.inf, 0.1], capped=[False, False, False, True]))
+    assert s2["bounds"]["theorem1"]["n_used"] == 2 and s2["n_infinite_radius"] == 1 and s2["n_margin_capped"] == 1
+    assert s2["bounds"]["theorem1"]["pearson"] == pytest.approx(1.0)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="margin_mode"):
+        EvalConfig(margin_mode="both")
+    with pytest.raises(ValueError, match="r must be"):
+        EvalConfig(r=-1.0)
+    with pytest.raises(ValueError, match="unknown evaluation fields"):
+        EvalConfig.from_dict({"nn": 3})
+    assert EvalConfig.from_dict(EvalConfig(n=5).to_dict()) == EvalConfig(n=5)

@@ -1,0 +1,127 @@
+"""The HTML report: one self-contained page (embedded PNGs), checked by parsing and in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import zlib
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from robvae.report.html import render_report
+from robvae.studies import Theorem2Config, theorem2_study
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _valid_png(data: bytes) -> bool:
+    """Signature, then well-formed chunks whose CRCs match, IHDR first and IEND last."""
+    if not data.startswith(PNG):
+        return False
+    i, names = 8, []
+    while i < len(data):
+        n = int.from_bytes(data[i:i + 4], "big")
+        kind = data[i + 4:i + 8]
+        body = data[i + 8:i + 8 + n]
+        crc = int.from_bytes(data[i + 8 + n:i + 12 + n], "big")
+        if len(body) != n or zlib.crc32(kind + body) != crc:
+            return False
+        names.append(kind)
+        i += 12 + n
+    return bool(names) and names[0] == b"IHDR" and names[-1] == b"IEND"
+
+
+class _Imgs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs: list[str] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.srcs.append(a.get("src", ""))
+        for key in ("src", "href"):
+            v = a.get(key)
+            if v and tag in ("script", "link", "img", "iframe") and not v.startswith("data:"):
+                self.external.append(v)
+
+
+@pytest.fixture(scope="module")
+def two_studies(tmp_path_factory):
+    a = tmp_path_factory.mktemp("t2a")
+    b = tmp_path_factory.mktemp("t2b")
+    cfg = Theorem2Config(column_norms=(1.0, 2.0), data_dim=4, n_data=50, steps=10)
+    theorem2_study([1, 4], a, cfg)
+    theorem2_study([2, 8], b, cfg)
+    # a second figure in one folder, to have more than one image per study
+    shutil.copy(a / "theorem2.png", a / "copy.png")
+    meta = json.loads((a / "study.json").read_text())
+    meta["figures"].append("copy.png")
+    (a / "study.json").write_text(json.dumps(meta))
+    return a, b
+
+
+def test_page_is_self_contained(two_studies, tmp_path):
+    a, b = two_studies
+    page = render_report([a, b], tmp_path / "r.html")
+    text = page.read_text()
+    p = _Imgs()
+    p.feed(text)
+    assert len(p.srcs) == 3 and not p.external
+    for src in p.srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert _valid_png(base64.b64decode(src.split(",", 1)[1], validate=True))
+    # the commands and configs that produced the studies are on the page
+    for folder in (a, b):
+        cmd = json.loads((folder / "study.json").read_text())["command"]
+        assert cmd.split(" --out")[0] in text and str(folder) in text
+    assert "--betas 1,4" in text and "--betas 2,8" in text
+
+
+def test_png_check_catches_corruption(two_studies):
+    data = (two_studies[0] / "theorem2.png").read_bytes()
+    assert _valid_png(data)
+    bad = bytearray(data)
+    bad[40] ^= 0xFF
+    assert not _valid_png(bytes(bad))
+    assert not _valid_png(data[:-12])
+
+
+def test_missing_study_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a study folder"):
+        render_report([tmp_path])
+
+
+def test_cli_report(two_studies, tmp_path):
+    from robvae.cli import main
+
+    assert main(["report", str(two_studies[0]), "--html", str(tmp_path / "c.html")]) == 0
+    assert (tmp_path / "c.html").read_text().count("<img") == 2
+    assert main(["report", str(tmp_path)]) == 2  # not a study folder: one-line error
+
+
+_CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_figures_load_in_headless_chromium(two_studies, tmp_path):
+    page = render_report(list(two_studies), tmp_path / "r.html")
+    # a copy with a probe script that marks each image after load (the report itself has no script)
+    probe = ("<script>window.addEventListener('load',function(){document.querySelectorAll('img').forEach("
+             "function(i){i.setAttribute('data-loaded',(i.complete&&i.naturalWidth>0)?'yes':'no')});"
+             "document.body.setAttribute('data-probe','done')});</script>")
+    checked = tmp_path / "probe.html"
+    checked.write_text(page.read_text().replace("</body>", probe + "</body>"))
+    cmd = [_CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    dom = out.stdout
+    assert 'data-probe="done"' in dom, out.stderr[-2000:]
+    assert dom.count('data-loaded="yes"') == 3 and 'data-loaded="no"' not in dom

@@ -1,0 +1,92 @@
+"""The bound-vs-margin, beta and tau studies end to end on tiny digits models (serial executor)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from robvae.evaluation import EvalConfig
+from robvae.studies import Executor, TrainOptions, beta_study, bound_vs_margin, quartiles, tau_study
+
+OPTS = TrainOptions(epochs=2, n_train=300, latent_dim=3, hidden=(32,), batch_size=64)
+EV = EvalConfig(n=6, n_samples=150, attack_steps=4, margin_tol=0.3)
+SERIAL = Executor(executor="serial", progress=False)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def beta_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("beta")
+    return beta_study("digits", out, betas=[1, 8], train=OPTS, evaluation=EV, executor=SERIAL), out
+
+
+def test_beta_study_tables_and_files(beta_out):
+    res, out = beta_out
+    for f in ("beta.png", "beta_table.csv", "beta_by_seed.csv", "per_input.csv", "summary.json", "study.json",
+              "calibration.json"):
+        assert (out / f).is_file(), f
+    assert (out / "beta.png").read_bytes()[:8] == PNG
+    table = {r["beta"]: r for r in res["table"]}
+    assert sorted(table) == [1.0, 8.0]
+    for beta, row in table.items():
+        sel = [r for r in res["rows"] if r["beta"] == beta]
+        assert len(sel) == 6 and row["n_inputs"] == 6
+        for m in ("margin", "damage", "sigma_mean", "jac_frobenius", "radius"):
+            q1, med, q3 = quartiles([r[m] for r in sel])
+            assert (row[f"{m}_q1"], row[f"{m}_median"], row[f"{m}_q3"]) == pytest.approx((q1, med, q3))
+    # one r for every model: r_relative x the largest median r_min over the models
+    cal = json.loads((out / "calibration.json").read_text())
+    assert res["summary"]["r"] == pytest.approx(1.5 * max(cal["median_r_min"].values()))
+    assert all(r["r"] == pytest.approx(res["summary"]["r"]) for r in res["rows"])
+    # the same attack budget (data-relative) for every model
+    assert len({round(r["attack_eps"], 9) for r in res["rows"]}) == 1
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["command"].startswith("robvae study beta --dataset digits") and "--betas 1,8" in meta["command"]
+
+
+def test_beta_study_resumes_without_recomputing(beta_out, monkeypatch):
+    res, out = beta_out
+    import robvae.robustness as rb
+    import robvae.training as tr
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(tr, "train", boom)
+    monkeypatch.setattr(rb, "certify", boom)
+    again = beta_study("digits", out, betas=[1, 8], train=OPTS, evaluation=EV, executor=SERIAL)
+    assert [r["margin_median"] for r in again["table"]] == [r["margin_median"] for r in res["table"]]
+
+
+def test_tau_study_minimum_r_effect(tmp_path):
+    # r is calibrated on the tau = 0 model; a floor of 3 makes the noise alone exceed it
+    res = tau_study("digits", tmp_path, taus=[0, 3], train=OPTS, evaluation=EV, executor=SERIAL)
+    table = {r["tau"]: r for r in res["table"]}
+    assert table[0.0]["p_median"] > 0.5
+    assert table[3.0]["p_median"] <= 0.5 and table[3.0]["frac_not_robust_clean"] > 0.5
+    assert res["summary"]["taus_with_median_p_at_most_half"] == [3.0]
+    assert table[3.0]["sigma_min_q1"] >= 3.0  # the floor holds
+    assert (tmp_path / "tau.png").read_bytes()[:8] == PNG
+
+
+def test_bound_vs_margin_study(tmp_path):
+    res = bound_vs_margin("digits", tmp_path, train=OPTS, evaluation=EV, executor=SERIAL)
+    s = res["summary"]
+    rows = res["rows"]
+    used = [r for r in rows if np.isfinite(r["radius"]) and r["radius"] > 0 and not r["margin_capped"]]
+    assert s["theorem1"]["n"] == len(used)
+    assert s["theorem1"]["n_above"] == sum(r["radius"] > r["margin"] for r in used)
+    if len(used) > 2:
+        assert s["theorem1"]["pearson"] == pytest.approx(np.corrcoef([r["margin"] for r in used],
+                                                                     [r["radius"] for r in used])[0, 1])
+    for f in ("bound_vs_margin.png", "bound_variants.png", "likelihood_vs_margin.png"):
+        assert (tmp_path / f).read_bytes()[:8] == PNG
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="objective"):
+        beta_study("digits", tmp_path, objective="elbo")
+    with pytest.raises(ValueError, match="taus"):
+        tau_study("digits", tmp_path, taus=[-1])
