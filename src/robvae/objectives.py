@@ -22,16 +22,20 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import ConfigMixin
+
 OBJECTIVES = ("elbo", "beta-vae", "beta-tcvae")
 _LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass
-class ObjectiveConfig:
+class ObjectiveConfig(ConfigMixin):
     """name: "elbo", "beta-vae" or "beta-tcvae"; beta: weight on KL (beta-VAE) or TC (beta-TCVAE)."""
 
     name: str = "elbo"
     beta: float = 1.0
+
+    _what = "objective"
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:

@@ -17,13 +17,14 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from .config import ConfigMixin
 from .data import ImageDataset
 from .errors import CheckpointError
 from .io import load_tensors, read_csv, read_json, save_tensors, write_csv, write_json
@@ -38,7 +39,7 @@ RECON_FILE = "reconstructions.png"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     """A training run.
 
     dataset / data_dir: which data (see :func:`robvae.data.load_dataset`). n_train: use only the
@@ -62,25 +63,12 @@ class TrainConfig:
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_dict(self.model)
         if isinstance(self.objective, dict):
-            self.objective = ObjectiveConfig(**self.objective)
+            self.objective = ObjectiveConfig.from_dict(self.objective)
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0):
             raise ValueError(f"lr must be > 0, got {self.lr}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["model"]["input_shape"] = list(self.model.input_shape)
-        return json.loads(json.dumps(d))  # tuples -> lists, a plain JSON tree
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
-        return cls(**d)
 
     def training_fields(self) -> dict[str, Any]:
         """The fields that determine the weights (device excluded)."""

@@ -6,19 +6,20 @@ g(z) = sigmoid(decoder(z)),  p(x|z) Bernoulli(g) or N(g, s^2 I).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ConfigMixin
 from .likelihoods import make_likelihood
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ConfigMixin):
     """Everything needed to rebuild a VAE's architecture.
 
     input_shape: image shape [C, H, W].  arch: "mlp" (any size) or "conv" (H, W divisible by 4).
@@ -40,6 +41,8 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     gaussian_scale: float | None = 0.1
 
+    _what: ClassVar[str] = "model config"
+
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(s) for s in self.input_shape)
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -53,16 +56,6 @@ class ModelConfig:
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"unknown likelihood {self.likelihood!r}; choose 'bernoulli' or 'gaussian'")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 class VAE(nn.Module):
