@@ -98,6 +98,11 @@ def test_cli_sweep_runs_the_grid_and_writes_the_table(tmp_path, capsys):
     assert "objective.beta" in (tmp_path / "out" / "results.csv").read_text().splitlines()[0]
     assert main(["sweep", str(spec), "--executor", "serial", "--quiet"]) == 0
     assert "2 already done before" in capsys.readouterr().out
+    # the table feeds `robvae report`, like a study folder
+    study = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert study["study"] == "sweep" and study["tables"][0] == "results-brief.csv" and study["figures"] == ["sweep.png"]
+    assert main(["report", str(tmp_path / "out")]) == 0
+    assert "results-brief.csv" in (tmp_path / "out" / "report.html").read_text()
 
 
 # ---- executors ------------------------------------------------------------------------------

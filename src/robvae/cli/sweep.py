@@ -53,6 +53,13 @@ def sweep_cmd(sweep_file, executor, address, workers, out, max_retries, cpus_per
     results = run_trials(spec.trials, out_dir, executor=executor, workers=workers, address=address,
                          progress=not quiet, max_retries=max_retries, cpus_per_trial=cpus_per_trial,
                          gpus_per_trial=gpus_per_trial)
+    import shlex
+
+    from ..sweep.results import write_study
+
+    command = " ".join(["robvae sweep", shlex.quote(str(sweep_file)), "--executor", executor, "--workers", str(workers)]
+                       + (["--address", address] if address else []) + ["--out", shlex.quote(str(out_dir))])
+    write_study(out_dir, command=command, config=spec.doc, grid=spec.grid)
     rows = collect(out_dir, write=False)
     n_done = sum(r.status == "done" for r in results)
     n_skip = sum(r.skipped for r in results)
@@ -60,6 +67,7 @@ def sweep_cmd(sweep_file, executor, address, workers, out, max_retries, cpus_per
     click.echo(f"{len(results)} trials: {n_done} done ({n_skip} already done before), {len(failed)} failed")
     for r in failed:
         click.echo(f"  {r.status}: {r.id} {r.name}: {r.error} (see {r.dir / 'status.json'})")
-    click.echo(f"results: {out_dir}/results.csv, {out_dir}/results.json ({len(rows)} rows)")
+    click.echo(f"results: {out_dir}/results.csv, results-brief.csv, results.json ({len(rows)} rows); "
+               f"robvae report {out_dir} renders them")
     if failed:
         raise click.exceptions.Exit(1)

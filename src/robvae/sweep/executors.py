@@ -88,6 +88,8 @@ class _Progress:
             self.bar.set_postfix(done=counts[0], running=counts[1], failed=counts[2], queued=counts[3])
 
     def close(self) -> None:
+        if self.enabled:
+            self.bar.set_postfix(done=self.done, running=0, failed=self.failed, queued=0)
         self.bar.close()
 
 

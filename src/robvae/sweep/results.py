@@ -6,6 +6,10 @@ model.tau, model.arch, model.latent_dim, epochs, seed``) and every other config 
 varies across the trials, flattened with dots (evaluation fields as ``evaluation.FIELD``);
 ``error, attempts, wall_s``; ``test_elbo`` (held-out ELBO of the trained model, nats per image);
 then the evaluation summary fields (prefixed ``eval.`` only where a name clashes).
+
+``results-brief.csv`` keeps the headline columns (config, status, test_elbo, the medians and the
+bound-vs-margin correlations); :func:`write_study` adds ``study.json`` and ``sweep.png`` so that
+``robvae report OUT`` renders a sweep like a study.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from .worker import STATUS_FILE, TRIAL_FILE
 
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
+RESULTS_BRIEF_CSV = "results-brief.csv"
+STUDY_FILE = "study.json"
+FIGURE_FILE = "sweep.png"
+_BRIEF_METRICS = ("radius", "radius_sound", "margin", "damage", "p", "sigma_mean", "jac_frobenius")
 CORE_FIELDS = ("dataset", "objective.name", "objective.beta", "model.tau", "model.arch", "model.latent_dim",
                "epochs", "seed")
 _NOT_CONFIG = ("device",)
@@ -81,7 +89,8 @@ def collect(out_dir: str | os.PathLike, *, write: bool = True) -> list[dict[str,
         row: dict[str, Any] = {"id": tid, "name": trial.get("name", status.get("name", "")),
                                "status": status.get("status", "missing")}
         row.update({k: config.get(k) for k in keys})
-        row.update(error=status.get("error"), attempts=status.get("attempts", 0), wall_s=status.get("wall_s"))
+        row.update(error=status.get("error"), attempts=status.get("attempts", 0), wall_s=status.get("wall_s"),
+                   test_elbo=(status.get("summary") or {}).get("test_elbo"))
         summary = flatten(dict(status.get("summary") or {}))
         for k, v in summary.items():
             row[f"eval.{k}" if k in row and k != "test_elbo" else k] = v
@@ -91,6 +100,8 @@ def collect(out_dir: str | os.PathLike, *, write: bool = True) -> list[dict[str,
         fieldnames = list(dict.fromkeys(k for row in rows for k in row)) or ["id", "name", "status"]
         csv_rows = [{k: _cell(row.get(k)) for k in fieldnames} for row in rows]
         write_csv(out / RESULTS_CSV, csv_rows, fieldnames=fieldnames)
+        brief = [k for k in fieldnames if _is_brief(k, keys)]
+        write_csv(out / RESULTS_BRIEF_CSV, [{k: r[k] for k in brief} for r in csv_rows], fieldnames=brief)
         write_json(out / RESULTS_JSON, rows)
     return rows
 
@@ -101,3 +112,82 @@ def _cell(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return " ".join(str(x) for x in v)
     return v
+
+
+def _is_brief(key: str, config_keys: list[str]) -> bool:
+    if key in ("id", "name", "status", "attempts", "wall_s", "test_elbo", "n_abstain") or key in config_keys:
+        return True
+    if key.startswith("bounds.") and key.endswith((".spearman", ".pearson")):
+        return True
+    return any(key == f"{m}.median" for m in _BRIEF_METRICS)
+
+
+def _number(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f else None  # NaN -> None
+
+
+def write_study(out_dir: str | os.PathLike, *, command: str, config: dict[str, Any],
+                grid: dict[str, list[Any]]) -> Path:
+    """Write ``study.json`` (and ``sweep.png``) so that ``robvae report OUT`` shows the sweep."""
+    import datetime
+
+    from .. import __version__
+
+    out = Path(out_dir)
+    rows = collect(out)
+    figures = []
+    axis = next((k for k, vals in grid.items() if len(vals) > 1 and all(_number(v) is not None for v in vals)), None)
+    if axis is not None and rows:
+        metrics = [m for m in ("test_elbo", "radius.median", "margin.median", "damage.median", "p.median",
+                               "sigma_mean.median") if any(_number(r.get(m)) is not None for r in rows)]
+        if metrics and _sweep_figure(rows, axis, metrics, out / FIGURE_FILE):
+            figures.append(FIGURE_FILE)
+    doc = {"study": "sweep", "command": command, "config": config, "grid": grid,
+           "tables": [RESULTS_BRIEF_CSV, RESULTS_CSV], "figures": figures,
+           "created": datetime.datetime.now().isoformat(timespec="seconds"), "robvae": __version__,
+           "trials": len(rows), "done": sum(r["status"] == "done" for r in rows)}
+    return write_json(out / STUDY_FILE, doc)
+
+
+def _sweep_figure(rows: list[dict[str, Any]], axis: str, metrics: list[str], path: Path) -> bool:
+    """Each metric against the first numeric grid axis: one point per finished trial, mean line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "done" and _number(r.get(axis)) is not None]
+    if not done:
+        return False
+    ncol = min(3, len(metrics))
+    nrow = -(-len(metrics) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
+    for k, m in enumerate(metrics):
+        ax = axes[k // ncol][k % ncol]
+        pts = [(_number(r[axis]), _number(r.get(m))) for r in done]
+        pts = [(x, y) for x, y in pts if y is not None]
+        xs = sorted({x for x, _ in pts})
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "x", color="0.45", label="trials")
+        ax.plot(xs, [sum(y for x2, y in pts if x2 == x) / sum(1 for x2, _ in pts if x2 == x) for x in xs], "o-",
+                color="C0", label="mean")
+        ax.set_xlabel(axis)
+        ax.set_title(m, fontsize=10)
+        if len(xs) > 2 and min(xs) > 0 and max(xs) / min(xs) >= 8:
+            ax.set_xscale("log", base=2)
+        if k == 0:
+            ax.legend(fontsize=8)
+    for k in range(len(metrics), nrow * ncol):
+        axes[k // ncol][k % ncol].axis("off")
+    fig.tight_layout()
+    from ..io import atomic_write_bytes
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True

@@ -163,6 +163,7 @@ class SweepSpec:
     out: str | None = None
     grid: dict[str, list[Any]] = field(default_factory=dict)
     source: str = ""
+    doc: dict[str, Any] = field(default_factory=dict)  # the sweep file as parsed
 
 
 def _dataclass_fields(cls: type) -> dict[str, Any]:
@@ -281,7 +282,8 @@ def parse_sweep(doc: Any, source: str = "sweep") -> SweepSpec:
             raise SweepSpecError(f"grid points {seen[trial.id]} and {name} give the same trial (a duplicate value?)")
         seen[trial.id] = name
         trials.append(trial)
-    return SweepSpec(trials=trials, out=out, grid={a[0]: a[3] for a in axes}, source=source)
+    return SweepSpec(trials=trials, out=out, grid={a[0]: a[3] for a in axes}, source=source,
+                     doc=json.loads(json.dumps(doc, default=str)))
 
 
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
