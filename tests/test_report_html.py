@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import zlib
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 

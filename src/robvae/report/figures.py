@@ -75,6 +75,7 @@ def theorem2_figure(rows: Sequence[dict], jrows: Sequence[dict], path: str | Pat
     a2.set_title("Jacobian diag(sigma*^2) W^T / (beta s^2)", fontsize=9)
     a2.legend(fontsize=8)
     fig.suptitle("Theorem 2: beta-VAE encoder trained against a fixed linear-Gaussian decoder")
+    fig.subplots_adjust(wspace=0.4)
     return save_figure(fig, path)
 
 
