@@ -62,6 +62,9 @@ def test_quartiles_fixed_arrays():
     assert quartiles([1, 2, 3, 4]) == (1.75, 2.5, 3.25)
     assert quartiles([7.0, np.nan, 1.0, 3.0]) == (2.0, 3.0, 5.0)
     assert all(math.isnan(v) for v in quartiles([np.nan]))
+    # infinite radii are values, not missing: the median of (1, 2, inf, inf, inf) is inf
+    assert quartiles([1.0, 2.0, np.inf, np.inf, np.inf]) == (2.0, math.inf, math.inf)
+    assert quartiles([1.0, 2.0, 3.0, np.inf]) == (1.75, 2.5, math.inf)
 
 
 def test_count_above_and_describe():
@@ -70,4 +73,5 @@ def test_count_above_and_describe():
     assert count_above(margin, bound) == 2  # strictly above only
     assert count_above(margin, bound, rtol=0.3) == 0
     d = describe([4, 1, 3, 2, np.nan])
-    assert d == {"n": 4, "median": 2.5, "q1": 1.75, "q3": 3.25, "mean": 2.5, "min": 1.0, "max": 4.0}
+    assert d == {"n": 4, "median": 2.5, "q1": 1.75, "q3": 3.25, "mean": 2.5, "min": 1.0, "max": 4.0, "n_infinite": 0}
+    assert describe([1.0, np.inf])["n_infinite"] == 1

@@ -198,6 +198,7 @@ def _pooled_table(results: dict[str, Any], settings: dict[str, dict[str, Any]], 
             row.update({f"{m}_median": med, f"{m}_q1": q1, f"{m}_q3": q3})
         row["frac_not_robust_clean"] = float(np.mean([float(r["p"]) <= 0.5 for r in sel]))
         row["frac_abstain"] = float(np.mean([bool(r["abstain"]) for r in sel]))
+        row["frac_infinite_radius"] = float(np.mean([np.isinf(float(r["radius"])) for r in sel]))
         row["frac_margin_capped"] = float(np.mean([bool(r["margin_capped"]) for r in sel]))
         for s in sorted({r["seed"] for r in sel}):
             ss = [r for r in sel if r["seed"] == s]
@@ -364,13 +365,14 @@ def beta_study(
 
     panels = [("margin", "empirical margin R_hat_r(x)"), ("damage", "attack damage (fixed budget)"),
               ("sigma_mean", "encoder sigma (mean over axes)"), ("jac_frobenius", "encoder Jacobian ||J||_F"),
-              ("radius", "certified radius (Theorem 1)"), ("reconstruction_error", "reconstruction error ||g(mu(x)) - x||")]
+              ("radius_sound", "certified radius (Theorem 1, sound p)"),
+              ("reconstruction_error", "reconstruction error ||g(mu(x)) - x||")]
     eps = res["per_input"][0]["attack_eps"]
     sweep_panels_figure(res["table"], res["per_seed"], out / "beta.png", x="beta", xlabel="beta", panels=panels,
                         logx=True, title=f"{dataset}, {objective}: r = {res['r']:.3g}, attack budget {eps:.3g}, "
                         f"{ev.margin_mode}-encoder margin")
     trends = {m: _trend(res["table"], "beta", m) for m in ("margin", "damage", "sigma_mean", "jac_frobenius", "radius",
-                                                            "reconstruction_error", "p")}
+                                                            "radius_sound", "reconstruction_error", "p")}
     summary = {"study": "beta", "dataset": dataset, "objective": objective, "betas": [float(b) for b in betas],
                "seeds": list(seeds), "r": res["r"], "calibration": res["calibration"], "attack_eps": eps,
                "margin_mode": ev.margin_mode, "trends": trends, "table": res["table"]}
@@ -404,7 +406,7 @@ def tau_study(
     res = _sweep_study("tau", "tau", taus, dataset, out, data_dir, seeds, o, ev, ex, "first", cmd, {})
     from ..report.figures import sweep_panels_figure
 
-    panels = [("margin", "empirical margin R_hat_r(x)"), ("radius", "certified radius (Theorem 1)"),
+    panels = [("margin", "empirical margin R_hat_r(x)"), ("radius_sound", "certified radius (Theorem 1, sound p)"),
               ("damage", "attack damage (fixed budget)"), ("p", "p_r(x) (unperturbed)"),
               ("reconstruction_error", "reconstruction error ||g(mu(x)) - x||"),
               ("sigma_min", "encoder sigma (min over axes)")]
@@ -413,8 +415,8 @@ def tau_study(
                         panels=panels, p_threshold_panel="p",
                         title=f"{dataset}: variance offset; r = {res['r']:.3g}, attack budget {eps:.3g}, "
                         f"{ev.margin_mode}-encoder margin")
-    trends = {m: _trend(res["table"], "tau", m) for m in ("margin", "damage", "radius", "p", "reconstruction_error",
-                                                           "sigma_min")}
+    trends = {m: _trend(res["table"], "tau", m) for m in ("margin", "damage", "radius", "radius_sound", "p",
+                                                           "reconstruction_error", "sigma_min")}
     below = [r["tau"] for r in res["table"] if r["p_median"] <= 0.5]
     summary = {"study": "tau", "dataset": dataset, "taus": [float(t) for t in taus], "seeds": list(seeds),
                "r": res["r"], "calibration": res["calibration"], "attack_eps": eps, "margin_mode": ev.margin_mode,

@@ -60,14 +60,27 @@ def least_squares(x: ArrayLike, y: ArrayLike) -> tuple[float, float]:
 
 
 def quartiles(values: ArrayLike) -> tuple[float, float, float]:
-    """(first quartile, median, third quartile) of the finite values, linear interpolation
-    (numpy's default, the same as R's type 7); NaNs when there are none."""
+    """(first quartile, median, third quartile) of the values, linear interpolation (numpy's
+    default, R's type 7). NaNs are dropped; +-inf are kept as values (a certified radius is +inf
+    when every Monte Carlo draw stayed within r), so a quartile falling among them is +-inf.
+    NaNs when no value is left."""
     a = np.asarray(values, dtype=float).ravel()
-    a = a[np.isfinite(a)]
+    a = a[~np.isnan(a)]
     if a.size == 0:
         return math.nan, math.nan, math.nan
-    q1, q2, q3 = np.percentile(a, [25, 50, 75])
-    return float(q1), float(q2), float(q3)
+    a = np.sort(a)
+    out = []
+    for q in (0.25, 0.5, 0.75):
+        h = (a.size - 1) * q
+        lo, hi = int(math.floor(h)), int(math.ceil(h))
+        w = h - lo
+        if w == 0 or a[lo] == a[hi]:
+            out.append(float(a[lo]))
+        elif math.isinf(a[lo]) or math.isinf(a[hi]):
+            out.append(float(a[hi]) if math.isinf(a[hi]) else float(a[lo]))
+        else:
+            out.append(float(a[lo] + w * (a[hi] - a[lo])))
+    return out[0], out[1], out[2]
 
 
 def count_above(x: ArrayLike, y: ArrayLike, *, rtol: float = 0.0) -> int:
@@ -78,13 +91,15 @@ def count_above(x: ArrayLike, y: ArrayLike, *, rtol: float = 0.0) -> int:
 
 
 def describe(values: ArrayLike) -> dict[str, Any]:
-    """{n, median, q1, q3, mean, min, max} of the finite values (NaN statistics if none)."""
+    """{n, median, q1, q3, mean, min, max, n_infinite} of the non-NaN values (quartiles as in
+    :func:`quartiles`; mean, min and max may be +-inf)."""
     a = np.asarray(values, dtype=float).ravel()
-    a = a[np.isfinite(a)]
+    a = a[~np.isnan(a)]
     q1, med, q3 = quartiles(a)
     return {
         "n": int(a.size), "median": med, "q1": q1, "q3": q3,
         "mean": float(a.mean()) if a.size else math.nan,
         "min": float(a.min()) if a.size else math.nan,
         "max": float(a.max()) if a.size else math.nan,
+        "n_infinite": int(np.isinf(a).sum()),
     }
