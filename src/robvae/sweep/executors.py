@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..io import write_json
 from .spec import Trial
-from .worker import STATUS_FILE, TRIAL_FILE, outputs_complete, read_status, run_trial, update_status
+from .worker import STATUS_FILE, TRIAL_FILE, limit_threads, outputs_complete, read_status, run_trial, update_status
 
 EXECUTORS = ("local", "ray", "serial")
 SWEEP_FILE = "sweep.json"
@@ -183,10 +183,12 @@ def _run_serial(todo: list[Trial], out: Path, bar: _Progress, threads: int | Non
     import torch
 
     before = torch.get_num_threads()
+    if threads:  # torch only: this process's BLAS pools and environment are left alone
+        torch.set_num_threads(int(threads))
     try:
         for t in todo:
             bar.refresh([trial_dir(out, t.id)])
-            st = run_trial(t.to_dict(), str(trial_dir(out, t.id)), torch_threads=threads, cwd=os.getcwd())
+            st = run_trial(t.to_dict(), str(trial_dir(out, t.id)), torch_threads=None, cwd=os.getcwd())
             bar.finished(st["status"])
     finally:
         torch.set_num_threads(before)
@@ -207,7 +209,8 @@ def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_r
     starts = {t.id: int(read_status(trial_dir(out, t.id)).get("attempts", 0)) for t in todo}
     pending = list(todo)
     while pending:
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx)
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
+                                   initializer=limit_threads, initargs=(threads,))
         futures = {pool.submit(run_trial, t.to_dict(), str(trial_dir(out, t.id)), torch_threads=threads, cwd=cwd): t
                    for t in pending}
         pending = []

@@ -29,7 +29,7 @@ import torch
 
 SHARD_EXECUTORS = ("serial", "local", "ray")
 
-_RUN_CACHE: dict[tuple[str, str], Any] = {}
+_RUN_CACHE: dict[tuple[str, str, int], Any] = {}
 
 
 def block_seed(seed: int, start: int) -> int:
@@ -39,7 +39,8 @@ def block_seed(seed: int, start: int) -> int:
 
 
 def _load_run(run_dir: str, device: str):
-    key = (str(Path(run_dir).resolve()), str(device))
+    weights = Path(run_dir) / "model.safetensors"
+    key = (str(Path(run_dir).resolve()), str(device), weights.stat().st_mtime_ns if weights.exists() else 0)
     if key not in _RUN_CACHE:
         from ..training import load
 

@@ -76,12 +76,32 @@ def _fault_callback(fault: str | None, trial_dir: Path):
     return hook
 
 
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def limit_threads(n: int | None) -> None:
+    """Use ``n`` threads in this worker: torch, and the BLAS / OpenMP pools of numpy and scipy."""
+    if not n:
+        return
+    import torch
+
+    torch.set_num_threads(int(n))
+    for var in _THREAD_ENV:  # for libraries loaded later in this process
+        os.environ[var] = str(int(n))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(int(n))  # the ones already loaded
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        pass
+
+
 def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int | None = 1,
               cwd: str | None = None) -> dict[str, Any]:
     """Run one trial in this process; never raises for a failing trial (the error is recorded).
 
-    ``trial_dict``: Trial.to_dict(). ``torch_threads``: torch intra-op threads for this worker
-    (None leaves torch's default). ``cwd``: the driver's working folder, against which a relative
+    ``trial_dict``: Trial.to_dict(). ``torch_threads``: threads for torch and BLAS in this worker
+    (None leaves the defaults). ``cwd``: the driver's working folder, against which a relative
     ``data_dir`` is resolved. Returns the final status dict (also in status.json).
     """
     import torch
@@ -90,8 +110,7 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
 
     trial_dir_p = Path(trial_dir)
     trial_dir_p.mkdir(parents=True, exist_ok=True)
-    if torch_threads:
-        torch.set_num_threads(int(torch_threads))
+    limit_threads(torch_threads)
     prev = read_status(trial_dir_p)
     t0 = time.time()
     update_status(trial_dir_p, id=trial_dict.get("id"), name=trial_dict.get("name", ""), status="running",
