@@ -108,7 +108,7 @@ def _section(folder: Path, k: int) -> tuple[str, str]:
     name = str(meta.get("study", "study"))
     anchor = f"s{k}"
     title = f"{name}" + (f" — {meta['config'].get('dataset')}" if isinstance(meta.get("config"), dict)
-                         and meta["config"].get("dataset") else "")
+                         and meta["config"].get("dataset") else "") + f" ({folder.name})"
     parts = [f'<section id="{anchor}"><h2>{html.escape(title)}</h2>',
              f"<p>Folder: <code>{html.escape(str(folder))}</code> · created {html.escape(str(meta.get('created', '')))}"
              f" · robvae {html.escape(str(meta.get('robvae', '')))}</p>",
