@@ -50,11 +50,12 @@ def _norm_chunks(
         mu, sigma_d = model.encode(x + delta)
         sigma = sigma_d if mode == "full" else sigma0
     d, D = mu.shape[1], ref.shape[1]
-    chunk = chunk_size or default_chunk(n_samples, B, D)
+    chunk = chunk_size or default_chunk(n_samples, B, D, x.device)
     for c in draw_chunks(n_samples, chunk):
         eta = randn((B, c, d), mu, generator)  # [B, c, d]
         z = (mu[:, None, :] + eta * sigma[:, None, :]).reshape(B * c, d)
-        yield (flat_decode(model, z).view(B, c, D) - ref[:, None, :]).norm(dim=-1)  # [B, c]
+        out = flat_decode(model, z).view(B, c, D)  # a fresh buffer (inference mode): subtract in place
+        yield torch.linalg.vector_norm(out.sub_(ref[:, None, :]), dim=-1)  # [B, c]
 
 
 def delta_norms(
