@@ -90,3 +90,18 @@ def test_bad_arguments(tmp_path):
         beta_study("digits", tmp_path, objective="elbo")
     with pytest.raises(ValueError, match="taus"):
         tau_study("digits", tmp_path, taus=[-1])
+
+
+def test_cli_bound_vs_margin_and_report(tmp_path, capsys):
+    from robvae.cli import main
+
+    out = tmp_path / "bvm"
+    args = ["study", "bound-vs-margin", "--dataset", "digits", "--out", str(out), "--epochs", "1", "--n-train", "200",
+            "--latent-dim", "2", "--hidden", "16", "--n", "4", "--n-samples", "100", "--attack-steps", "2",
+            "--margin-tol", "0.5", "--executor", "serial", "--quiet"]
+    assert main(args) == 0
+    assert "Pearson rho" in capsys.readouterr().out
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["command"].startswith("robvae study bound-vs-margin --dataset digits")
+    assert meta["config"]["evaluation"]["n"] == 4 and meta["config"]["train"]["epochs"] == 1
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()

@@ -148,7 +148,8 @@ class EvalConfig:
 @dataclass
 class EvalResult:
     """rows: one dict per input (keys :data:`COLUMNS`). summary: medians, quartiles, correlations.
-    config: the EvalConfig. out_dir: where it was written (None if not). loaded: read from disk."""
+    config: the EvalConfig. out_dir: where it was written (None if not). loaded: read from disk.
+    extra: free-form additions by callers (not written)."""
 
     rows: list[dict[str, Any]]
     summary: dict[str, Any]

@@ -22,7 +22,7 @@ calibrated once from the trained models (written to ``calibration.json``):
   the minimum-r effect the study shows.
 The bound-vs-margin study evaluates one model per seed with its own r (r_relative x median r_min).
 The attack budget is the same for every model: ``attack_eps`` or ``attack_eps_relative`` x the
-median ||x|` of the evaluated inputs (a property of the data, see :mod:`robvae.evaluation`).
+median ||x|| of the evaluated inputs (a property of the data, see :mod:`robvae.evaluation`).
 """
 
 from __future__ import annotations
@@ -311,8 +311,10 @@ def bound_vs_margin(
 
 def _sweep_study(
     study: str, x: str, values: Sequence[float], dataset: str, out: Path, data_dir: str | None, seeds: Sequence[int],
-    o: TrainOptions, ev: EvalConfig, ex: Executor, rule: str, command: str, extra_config: dict[str, Any],
+    o: TrainOptions, ev: EvalConfig, ex: Executor, rule: str,
 ) -> dict[str, Any]:
+    """Train one model per (value, seed), fix r (``rule`` "max": over all models; "first": over
+    the smallest value's models), evaluate them all, and pool the per-input rows into tables."""
     values = [float(v) for v in values]
     if not values:
         raise ValueError(f"give at least one {x} value")
@@ -360,7 +362,7 @@ def beta_study(
     out = Path(out)
     cmd = command or _command("beta", dataset, data_dir, out, o, ev, seeds,
                               f" --betas {fmt_list(betas)} --objective {objective}")
-    res = _sweep_study("beta", "beta", betas, dataset, out, data_dir, seeds, o, ev, ex, "max", cmd, {})
+    res = _sweep_study("beta", "beta", betas, dataset, out, data_dir, seeds, o, ev, ex, "max")
     from ..report.figures import sweep_panels_figure
 
     panels = [("margin", "empirical margin R_hat_r(x)"), ("damage", "attack damage (fixed budget)"),
@@ -403,7 +405,7 @@ def tau_study(
     ex = executor or Executor()
     out = Path(out)
     cmd = command or _command("tau", dataset, data_dir, out, o, ev, seeds, f" --taus {fmt_list(taus)}")
-    res = _sweep_study("tau", "tau", taus, dataset, out, data_dir, seeds, o, ev, ex, "first", cmd, {})
+    res = _sweep_study("tau", "tau", taus, dataset, out, data_dir, seeds, o, ev, ex, "first")
     from ..report.figures import sweep_panels_figure
 
     panels = [("margin", "empirical margin R_hat_r(x)"), ("radius_sound", "certified radius (Theorem 1, sound p)"),
