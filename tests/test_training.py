@@ -119,3 +119,19 @@ def test_bad_train_config_is_rejected():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="unknown config fields"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+def test_atomic_writes_leave_no_temporary_files_and_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from robvae.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "a.txt", "hello")
+    finally:
+        os.umask(old)
+    assert p.read_text() == "hello"
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    assert [f.name for f in tmp_path.iterdir()] == ["a.txt"]
