@@ -208,6 +208,7 @@ def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_r
     cwd = os.getcwd()
     starts = {t.id: int(read_status(trial_dir(out, t.id)).get("attempts", 0)) for t in todo}
     pending = list(todo)
+    stalled = 0  # consecutive pools that broke before any trial started (workers cannot start)
     while pending:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
                                    initializer=limit_threads, initargs=(threads,))
@@ -215,6 +216,7 @@ def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_r
                    for t in pending}
         pending = []
         broken: list[Trial] = []
+        progressed = False
         try:
             remaining = set(futures)
             while remaining:
@@ -224,6 +226,7 @@ def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_r
                     t = futures[f]
                     try:
                         bar.finished(f.result()["status"])
+                        progressed = True
                     except BrokenProcessPool:
                         broken.append(t)
                     except Exception as e:  # the task could not even start (e.g. pickling)
@@ -239,6 +242,16 @@ def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_r
         pool.shutdown(wait=True)
         exitcodes = {proc.pid: proc.exitcode for proc in procs}
         culprit_known = any(c not in (None, 0, -signal.SIGTERM) for c in exitcodes.values())
+        started = [t for t in broken if read_status(trial_dir(out, t.id)).get("status") in ("running", "done")]
+        stalled = 0 if (progressed or started) else stalled + 1
+        if stalled >= 2:  # the pool's processes die before running anything: give up, do not spin
+            codes = sorted({c for c in exitcodes.values() if c not in (None, 0)})
+            for t in broken:
+                update_status(trial_dir(out, t.id), status="failed", traceback=None,
+                              error=f"worker processes died before starting the trial (exit codes {codes}); "
+                                    "see the messages above (e.g. spawn needs an importable __main__)")
+                bar.finished("failed")
+            return
         for t in broken:
             tdir = trial_dir(out, t.id)
             st = read_status(tdir)
