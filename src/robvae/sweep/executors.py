@@ -270,6 +270,7 @@ def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_r
                 _mark_dead(tdir, how)
                 bar.finished("failed")
             else:
+                update_status(tdir, status="queued")  # resubmitted to the next pool
                 pending.append(t)
 
 
