@@ -66,7 +66,6 @@ def _quantiles(v: np.ndarray) -> dict:
               show_default=True, help="Which radius the summary leads with (all are computed and saved).")
 @click.option("--mode", type=click.Choice(["mean", "full"]), default="mean", show_default=True,
               help="mean: sigma(x) held (Theorem 1's setting); full: sigma(x + delta).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--executor", type=click.Choice(["serial", "local", "ray"]), default="serial", show_default=True,
               help="serial: this process; local / ray: shards across worker processes / a Ray cluster.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
@@ -75,24 +74,18 @@ def _quantiles(v: np.ndarray) -> dict:
 @seed_option
 @device_option
 @click.option("--quiet", is_flag=True)
-def certify_cmd(run, split, n, r, r_relative, samples, alpha, norm, mode, batch_size, executor, workers, address,
+def certify_cmd(run, split, n, r, r_relative, samples, alpha, norm, mode, executor, workers, address,
                 out, seed, device, quiet) -> None:
     """Theorem 1 certificates (and the sound, spectral and whitened variants) for N inputs."""
-    from ..robustness import certify
-
     t0 = time.perf_counter()
     vae, x = _inputs(run, split, n, device)
     radius = resolve_radius(vae.model, x, r, r_relative, samples, seed)
-    if executor == "serial":
-        g = torch.Generator(device=x.device).manual_seed(seed)
-        cert = certify(vae.model, x, radius, n_samples=samples, alpha=alpha, mode=mode, generator=g,
-                       batch_size=batch_size, progress=not quiet)
-        cols = cert.as_numpy()
-    else:
-        from ..sweep import certify_sharded
+    # one code path for every executor: each input's draws are seeded by (seed, its index), so
+    # serial, local-process and Ray runs give the same numbers (see robvae.sweep.shard)
+    from ..sweep import certify_sharded
 
-        cols = certify_sharded(run, x.cpu(), radius, executor=executor, workers=workers, address=address, seed=seed,
-                               n_samples=samples, alpha=alpha, mode=mode)
+    cols = certify_sharded(run, x, radius, executor=executor, workers=workers, address=address, seed=seed,
+                           device=device, progress=not quiet, n_samples=samples, alpha=alpha, mode=mode)
     rows = [{"index": i, **{k: v[i].item() for k, v in cols.items()}} for i in range(len(x))]
     out_path = Path(out) if out else Path(run) / f"certify-{split}.csv"
     lead = {"frobenius": "radius", "spectral": "radius_spectral", "whitened": "radius_whitened"}[norm]
