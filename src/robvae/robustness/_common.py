@@ -23,7 +23,7 @@ CHUNK_ELEMENTS = 1 << 22
 #: ``python -m benchmarks`` (docs/PERFORMANCE.md): a few thousand rows keep the GEMMs efficient
 #: while the layer activations stay small enough to be reused by the allocator instead of being
 #: mapped (and page-faulted) afresh for every call; larger calls were slower on the CPU.
-CHUNK_ROWS_CPU = 2048
+CHUNK_ROWS_CPU = 1024
 
 #: The same cap on accelerators, where larger calls keep the device busy.
 CHUNK_ROWS_CUDA = 1 << 16
