@@ -1,0 +1,1 @@
+"""On-demand benchmarks for robvae (``python -m benchmarks``); never part of the test suite."""
