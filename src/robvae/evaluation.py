@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .config import ConfigMixin
 from .io import read_csv, read_json, write_csv, write_json
 
 PER_INPUT_FILE = "per_input.csv"
@@ -70,7 +71,7 @@ _NUMERIC_SUMMARY = ("r_min", "p", "p_lower", "sigma_min", "sigma_mean", "jac_fro
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ConfigMixin):
     """How a trained run is evaluated (see the module docstring for every quantity).
 
     split: data split to evaluate ("test"). n: the first n inputs of that split.
@@ -104,6 +105,8 @@ class EvalConfig:
     seed: int = 0
     device: str = "cpu"
 
+    _what = "evaluation"
+
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
@@ -126,17 +129,6 @@ class EvalConfig:
         for name in ("attack_steps", "attack_restarts", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvalConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown evaluation fields: {sorted(unknown)}")
-        return cls(**d)
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the numbers (device excluded)."""
