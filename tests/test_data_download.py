@@ -211,14 +211,14 @@ def test_file_without_known_checksum_refused(server, tmp_path):
 
 # --- end to end: load_mnist / load_fashion_mnist with download=True ----------------------------
 
-def serve_idx(server, n=6):
+def serve_idx(server, n=6, prefixes=("t10k",)):
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=n, dtype=np.uint8)
-    files = {
-        "t10k-images-idx3-ubyte.gz": struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes(),
-        "t10k-labels-idx1-ubyte.gz": struct.pack(">II", 0x801, n) + labels.tobytes(),
-    }
+    files = {}
+    for prefix in prefixes:
+        files[f"{prefix}-images-idx3-ubyte.gz"] = struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes()
+        files[f"{prefix}-labels-idx1-ubyte.gz"] = struct.pack(">II", 0x801, n) + labels.tobytes()
     files = {k: gzip.compress(v) for k, v in files.items()}
     server.files.update(files)
     return labels, {k: "sha256:" + hashlib.sha256(v).hexdigest() for k, v in files.items()}
@@ -255,3 +255,18 @@ def test_load_fashion_mnist_download(server, tmp_path, monkeypatch):
     monkeypatch.setitem(dl.CHECKSUMS, "fashion-mnist", sums)
     ds = load_fashion_mnist("test", tmp_path, download=True)
     assert ds.name == "fashion-mnist" and ds.labels.tolist() == labels.tolist()
+
+
+def test_cli_train_download_fills_the_cache_and_records_it(server, tmp_path, monkeypatch, capsys):
+    from robvae import load
+    from robvae.cli import main
+
+    _, sums = serve_idx(server, n=40, prefixes=("train", "t10k"))
+    monkeypatch.setenv("ROBVAE_MNIST_URL", server.url + "/good")
+    monkeypatch.setenv("ROBVAE_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(dl.CHECKSUMS, "mnist", sums)
+    rc = main(["train", "--dataset", "mnist", "--download", "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+               "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(sums)
+    assert load(tmp_path / "run").config.data_dir == str(tmp_path / "cache" / "mnist")

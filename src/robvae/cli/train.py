@@ -37,9 +37,12 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
 @click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use only the first N training images.")
 @seed_option
 @device_option
+@click.option("--download", is_flag=True,
+              help="Fetch the official MNIST / Fashion-MNIST files (checksummed) into --data-dir, or into "
+                   "$ROBVAE_DATA_DIR/NAME (default ~/.cache/robvae/NAME), when they are missing.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (resumed if it exists).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_cmd(dataset, data_dir, arch, latent_dim, hidden, objective, beta, tau, likelihood, gaussian_scale,
+def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, beta, tau, likelihood, gaussian_scale,
               epochs, batch_size, lr, n_train, seed, device, out, quiet) -> None:
     """Train a VAE and save it as a run folder (config, weights, metrics, reconstructions)."""
     from ..data import dataset_shape
@@ -48,6 +51,14 @@ def train_cmd(dataset, data_dir, arch, latent_dim, hidden, objective, beta, tau,
     from ..training import TrainConfig, train
 
     shape = dataset_shape(dataset)
+    if download:
+        from ..data import load_dataset
+        from ..data.download import default_data_dir
+
+        if data_dir is None:
+            data_dir = str(default_data_dir(dataset))
+        for split in ("train", "test"):
+            load_dataset(dataset, split, data_dir, download=True)
     if likelihood == "auto":
         likelihood = "bernoulli" if shape[0] == 1 else "gaussian"
     try:
