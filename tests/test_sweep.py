@@ -209,3 +209,44 @@ def test_sharded_certify_local_equals_serial(certify_case):
     _assert_same(blocks, certify_sharded(run_dir, x, r, executor="serial", block_size=3, shard_size=6, **kw))
     with pytest.raises(ValueError, match="generator"):
         certify_sharded(run_dir, x, r, executor="serial", generator=torch.Generator())
+
+
+def test_ctrl_c_marks_unfinished_trials_and_a_rerun_resumes_them(tmp_path):
+    """A real SIGINT to a running `robvae sweep`: finished trials stay done, the rest resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        f"out: {out}\nbase: {{dataset: digits, epochs: 40, n_train: 300, batch_size: 32,"
+        " model: {latent_dim: 2, hidden: [16]}}\ngrid: {seed: [0, 1, 2, 3]}\nevaluation: null\n")
+    cmd = [sys.executable, "-m", "robvae.cli", "sweep", str(spec), "--executor", "local", "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    done: list = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        statuses = [json.loads(p.read_text()) for p in out.glob("trials/*/status.json")] if out.exists() else []
+        done = [s for s in statuses if s.get("status") == "done"]
+        if done:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None and done, "the sweep finished or stalled before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, as in a terminal
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    statuses = {p.parent.name: json.loads(p.read_text()) for p in out.glob("trials/*/status.json")}
+    finished = {k for k, s in statuses.items() if s["status"] == "done"}
+    assert 1 <= len(finished) < 4
+    assert all(s["status"] in ("done", "interrupted") for s in statuses.values())
+    # the rerun: finished trials are skipped (one attempt each), the others complete
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(finished)} already done before" in rerun.stdout
+    final = {p.parent.name: json.loads(p.read_text()) for p in out.glob("trials/*/status.json")}
+    assert len(final) == 4 and all(s["status"] == "done" for s in final.values())
+    assert all(final[k]["attempts"] == 1 for k in finished)
