@@ -188,9 +188,12 @@ def test_checksum_parsing_and_official_table():
             dl.parse_checksum(bad)
     for name in ("mnist", "fashion-mnist"):
         assert sorted(dl.CHECKSUMS[name]) == sorted(sum(dl.IDX_FILES.values(), ()))
+        assert sorted(dl.MD5_CHECKSUMS[name]) == sorted(dl.CHECKSUMS[name])
         for value in dl.CHECKSUMS[name].values():
-            assert dl.parse_checksum(value)[0] == "md5"
-    assert dl.CHECKSUMS["mnist"]["train-images-idx3-ubyte.gz"] == "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873"
+            assert dl.parse_checksum(value)[0] == "sha256"
+    assert dl.CHECKSUMS["mnist"]["train-images-idx3-ubyte.gz"] == (
+        "sha256:440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609")
+    assert dl.MD5_CHECKSUMS["mnist"]["train-images-idx3-ubyte.gz"] == "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873"
 
 
 def test_base_url_precedence(monkeypatch):
@@ -243,8 +246,8 @@ def test_load_mnist_download_via_env_url(server, tmp_path, monkeypatch):
 def test_load_mnist_download_with_wrong_official_checksum(server, tmp_path, monkeypatch):
     serve_idx(server)
     monkeypatch.setenv("ROBVAE_MNIST_URL", server.url + "/good/")
-    # our small files are not the official ones: the official MD5s must reject them
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz \(downloaded from .*\): md5 checksum mismatch"):
+    # our small files are not the official ones: the official SHA-256 digests must reject them
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz \(downloaded from .*\): sha256 checksum mismatch"):
         load_mnist("test", tmp_path, download=True)
     assert list(tmp_path.iterdir()) == []
 

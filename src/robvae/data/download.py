@@ -8,11 +8,10 @@ Network failures are retried a bounded number of times, keeping the ``.part`` so
 (or the next call) resumes it.
 
 Checksums are strings ``"<algorithm>:<hex digest>"`` (``sha256`` or ``md5``; a bare 64-hex string
-is read as SHA-256, a bare 32-hex one as MD5). ``CHECKSUMS`` holds the official ones. The dataset
-authors publish MD5 digests of their ``.gz`` files (MNIST: the digests every MNIST loader checks;
-Fashion-MNIST: the table in its README); we do not ship SHA-256 digests of the official files
-because we could not confirm them from a source we trust, and an unconfirmed digest is worse than
-none. Callers (and tests) can pass their own mapping, or edit ``CHECKSUMS``, with SHA-256 values.
+is read as SHA-256, a bare 32-hex one as MD5). ``CHECKSUMS`` holds the SHA-256 digests of the
+official ``.gz`` files (the values that many independent loaders pin for these exact files), and
+``MD5_CHECKSUMS`` the MD5 digests the dataset authors publish, for reference. Callers (and tests)
+can pass their own mapping.
 
 Only the standard library (urllib) is used.
 """
@@ -49,8 +48,24 @@ IDX_FILES: dict[str, tuple[str, str]] = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 
-#: Official checksums of the official .gz files (MD5, as published by the dataset authors).
+#: SHA-256 digests of the official .gz files: what downloads are checked against.
 CHECKSUMS: dict[str, dict[str, str]] = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "sha256:440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte.gz": "sha256:3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte.gz": "sha256:8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte.gz": "sha256:f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "sha256:3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-labels-idx1-ubyte.gz": "sha256:a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "t10k-images-idx3-ubyte.gz": "sha256:346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-labels-idx1-ubyte.gz": "sha256:67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    },
+}
+
+#: The MD5 digests the dataset authors publish for the same files (a second, independent check).
+MD5_CHECKSUMS: dict[str, dict[str, str]] = {
     "mnist": {
         "train-images-idx3-ubyte.gz": "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
         "train-labels-idx1-ubyte.gz": "md5:d53e105ee54ea40749a09fcbcd1e9432",
