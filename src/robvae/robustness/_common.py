@@ -25,6 +25,10 @@ CHUNK_ELEMENTS = 1 << 22
 #: mapped (and page-faulted) afresh for every call; larger calls were slower on the CPU.
 CHUNK_ROWS_CPU = 1024
 
+#: The same cap for robvae's conv decoder on the CPU, whose layer activations per row are larger
+#: (about 12 k numbers): 512 rows keep them nearer the caches (measured faster than 256 or 1024).
+CHUNK_ROWS_CPU_CONV = 512
+
 #: The same cap on accelerators, where larger calls keep the device busy.
 CHUNK_ROWS_CUDA = 1 << 16
 
@@ -73,57 +77,115 @@ def _sigmoid_vae_parts(model: torch.nn.Module):
     return None
 
 
-#: Sub-pixel kernels of transposed convolutions, cached per layer and weight version.
-_SUBPIXEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Derived weights (GEMM layouts of transposed convolutions, row-permuted linear layers), cached
+#: per layer and recomputed when a weight or bias changes (in place or replaced).
+_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-#: For a stride-2, 4x4, padding-1 transposed convolution, output row 2m + a takes input rows
-#: m - 1 + p (p = 0, 1, 2, the position in a 3x3 window) through kernel row _TAPS[a][p].
+#: For a stride-2, 4x4, padding-1 transposed convolution, output row 2m + a takes input row
+#: m - 1 + p through kernel row _TAPS[a][p] (p = 1 for both phases, plus p = 0 or 2).
 _TAPS = ({0: 3, 1: 1}, {1: 2, 2: 0})
 
 
-def _is_subpixel_layer(layer: torch.nn.Module) -> bool:
+def _key(layer: torch.nn.Module) -> tuple:
+    w, b = layer.weight, layer.bias
+    return (w._version, w.data_ptr(), w.device, w.dtype, None if b is None else (b._version, b.data_ptr()))
+
+
+def _derived(layer: torch.nn.Module, make) -> tuple:
+    key = _key(layer)
+    hit = _DERIVED.get(layer)
+    if hit is None or hit[0] != key:
+        with torch.no_grad():
+            hit = (key, make())
+        _DERIVED[layer] = hit
+    return hit[1]
+
+
+def _is_thin_deconv(layer: torch.nn.Module) -> bool:
     """A ConvTranspose2d (k=4, s=2, p=1) with few output channels, where oneDNN's transposed
     convolution is slow (measured: 10x below the GEMM rate at 1 output channel): it runs as one
-    3x3 convolution to 4 * Cout channels (one per output phase) and a pixel shuffle instead."""
+    GEMM to the 16 kernel taps and an overlap-add of shifted planes instead (:func:`_thin_deconv`)."""
     return (type(layer) is torch.nn.ConvTranspose2d and layer.kernel_size == (4, 4) and layer.stride == (2, 2)
             and layer.padding == (1, 1) and layer.output_padding == (0, 0) and layer.dilation == (1, 1)
             and layer.groups == 1 and layer.padding_mode == "zeros" and 4 * layer.out_channels <= layer.in_channels)
 
 
-def _subpixel_kernel(layer: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor | None]:
-    w = layer.weight  # [Cin, Cout, 4, 4]
-    key = (w._version, w.data_ptr(), w.device, w.dtype,
-           None if layer.bias is None else (layer.bias._version, layer.bias.data_ptr()))
-    hit = _SUBPIXEL.get(layer)
-    if hit is not None and hit[0] == key:
-        return hit[1], hit[2]
-    cin, cout = w.shape[:2]
-    k3 = w.new_zeros(cout, 2, 2, cin, 3, 3)
+#: The former name (the route once ran as a sub-pixel convolution).
+_is_subpixel_layer = _is_thin_deconv
+
+
+def _shift(p: int, n: int) -> tuple[slice, slice]:
+    """(output slice, input slice) along one axis for output index m taking input m - 1 + p."""
+    return ((slice(1, n), slice(0, n - 1)), (slice(0, n), slice(0, n)), (slice(0, n - 1), slice(1, n)))[p]
+
+
+def _thin_deconv(layer: torch.nn.ConvTranspose2d, h: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """A thin k4 s2 p1 transposed convolution of ``h`` [N, Cin, H, W] (any memory format), then
+    sigmoid when ``sigmoid``: one GEMM gives every input pixel's 16 taps per output channel as
+    planes [Cout, 4, 4, N, H, W]; each of the 4 output phases is then bias + its centre tap + 3
+    shifted taps (exactly the terms the transposed convolution sums), interleaved into NCHW by
+    the last copy (the sigmoid fused into it). Only where no gradient is recorded."""
+    wt, bias = _derived(layer, lambda: (
+        layer.weight.detach().reshape(layer.in_channels, -1).t().contiguous(),  # [Cout*16, Cin]
+        None if layer.bias is None else layer.bias.detach().view(-1, 1, 1, 1).clone()))
+    N, C, H, W = h.shape
+    cout = layer.out_channels
+    rows = h.permute(0, 2, 3, 1).reshape(N * H * W, C)  # a view when h is channels-last
+    y = torch.mm(wt, rows.t()).view(cout, 4, 4, N, H, W)
+    ph = torch.empty((2, 2, cout, N, H, W), dtype=h.dtype, device=h.device)
     for a in (0, 1):
+        ka, pa = _TAPS[a][1], 2 * a  # centre tap, edge position (0 or 2)
+        kea = _TAPS[a][pa]
+        om, im = _shift(pa, H)
         for b in (0, 1):
-            for pa, ka in _TAPS[a].items():
-                for pb, kb in _TAPS[b].items():
-                    k3[:, a, b, :, pa, pb] = w[:, :, ka, kb].t()
-    k3 = k3.reshape(cout * 4, cin, 3, 3).contiguous(memory_format=torch.channels_last)
-    bias = None if layer.bias is None else layer.bias.detach().repeat_interleave(4)
-    _SUBPIXEL[layer] = (key, k3, bias)
-    return k3, bias
+            kb, pb = _TAPS[b][1], 2 * b
+            keb = _TAPS[b][pb]
+            on, in_ = _shift(pb, W)
+            o = ph[a, b]
+            if bias is None:
+                o.copy_(y[:, ka, kb])
+            else:
+                torch.add(y[:, ka, kb], bias, out=o)
+            o[:, :, om, :] += y[:, kea, kb, :, im, :]
+            o[:, :, :, on] += y[:, ka, keb, :, :, in_]
+            o[:, :, om, on] += y[:, kea, keb, :, im, in_]
+    out = torch.empty((N, cout, H, 2, W, 2), dtype=h.dtype, device=h.device)
+    src = ph.permute(3, 2, 4, 0, 5, 1)
+    if sigmoid:
+        torch.sigmoid(src, out=out)
+    else:
+        out.copy_(src)
+    return out.view(N, cout, 2 * H, 2 * W)
 
 
-def _run(seq: torch.nn.Module, h: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """Apply the layers of ``seq`` (nested Sequentials flattened); when no gradient is recorded
-    (``inplace``) ReLUs work in place and thin transposed convolutions run sub-pixel."""
-    for layer in seq.children() if isinstance(seq, torch.nn.Sequential) else (seq,):
-        if isinstance(layer, torch.nn.Sequential):
-            h = _run(layer, h, inplace)
-        elif inplace and type(layer) is torch.nn.ReLU:
+def _layers(seq: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layers of ``seq`` with nested Sequentials flattened."""
+    if not isinstance(seq, torch.nn.Sequential):
+        return [seq]
+    return [leaf for layer in seq.children() for leaf in _layers(layer)]
+
+
+def _run(layers: list[torch.nn.Module], h: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """Apply ``layers``; when no gradient is recorded (``inplace``) ReLUs work in place and thin
+    transposed convolutions run as a GEMM and an overlap-add."""
+    for layer in layers:
+        if inplace and type(layer) is torch.nn.ReLU:
             h = h.relu_()
-        elif inplace and _is_subpixel_layer(layer):
-            k3, bias = _subpixel_kernel(layer)
-            h = F.pixel_shuffle(F.conv2d(h, k3, bias, padding=1), 2)
+        elif inplace and _is_thin_deconv(layer):
+            h = _thin_deconv(layer, h, sigmoid=False)
         else:
             h = layer(h)
     return h
+
+
+def _hwc_linear(layer: torch.nn.Linear, h: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """``layer(h)`` viewed as [N, C, H, W] in channels-last memory: the weight rows are permuted
+    (cached) so the GEMM writes (H, W, C) order directly and no layout copy is needed."""
+    c, hh, ww = grid
+    wp, bp = _derived(layer, lambda: (
+        layer.weight.detach().view(c, hh, ww, -1).permute(1, 2, 0, 3).reshape(c * hh * ww, -1).contiguous(),
+        None if layer.bias is None else layer.bias.detach().view(c, hh, ww).permute(1, 2, 0).reshape(-1).contiguous()))
+    return F.linear(h, wp, bp).view(h.shape[0], hh, ww, c).permute(0, 3, 1, 2)
 
 
 def flat_decode(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -132,21 +194,36 @@ def flat_decode(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     Any protocol model runs ``model.decode``. robvae's own VAE (unmodified decode) takes a faster
     route with the same numbers (to float rounding): the conv decoder's transposed convolutions run
     in channels-last memory format (oneDNN's fast kernels on the CPU), and when no gradient is
-    recorded the ReLUs and the final sigmoid work in place (no extra activation buffers) and a
-    thin last transposed convolution runs as a sub-pixel convolution (:func:`_is_subpixel_layer`).
+    recorded the ReLUs and the final sigmoid work in place (no extra activation buffers), the
+    linear layer feeding the convolutions writes channels-last directly (permuted weight rows), and
+    a thin transposed convolution runs as one GEMM and an overlap-add (:func:`_thin_deconv`),
+    the last one with the sigmoid fused.
     """
     parts = _sigmoid_vae_parts(model)
     if parts is None:
         return model.decode(z).flatten(1)
     dec, kind = parts
     inplace = torch.is_inference_mode_enabled() or not torch.is_grad_enabled()
+    N = z.shape[0]
     if kind == "mlp":
-        h = _run(dec.net, z, inplace)
+        h = _run(_layers(dec.net), z, inplace)
     else:
-        h = _run(dec.head, z, inplace).view(z.shape[0], *dec.grid).contiguous(memory_format=torch.channels_last)
-        h = _run(dec.deconv, h, inplace)
-    h = h.reshape(z.shape[0], -1)
+        head, deconv = _layers(dec.head), _layers(dec.deconv)
+        k = max((i for i, layer in enumerate(head) if type(layer) is torch.nn.Linear), default=None)
+        if inplace and k is not None and _is_grid_linear(head[k], dec.grid):
+            h = _hwc_linear(head[k], _run(head[:k], z, inplace), dec.grid)
+            h = _run(head[k + 1:], h, inplace)  # elementwise activations keep the layout
+        else:
+            h = _run(head, z, inplace).view(N, *dec.grid).contiguous(memory_format=torch.channels_last)
+        if inplace and _is_thin_deconv(deconv[-1]):
+            return _thin_deconv(deconv[-1], _run(deconv[:-1], h, inplace), sigmoid=True).reshape(N, -1)
+        h = _run(deconv, h, inplace)
+    h = h.reshape(N, -1)
     return h.sigmoid_() if inplace else torch.sigmoid(h)
+
+
+def _is_grid_linear(layer: torch.nn.Module, grid: tuple[int, int, int]) -> bool:
+    return type(layer) is torch.nn.Linear and layer.out_features == math.prod(grid)
 
 
 def check_x(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:
@@ -192,10 +269,16 @@ def draw_chunks(n_samples: int, chunk_size: int) -> Iterator[int]:
         yield min(chunk_size, n_samples - start)
 
 
-def default_chunk(n_samples: int, batch: int, numel: int, device: torch.device | str | None = None) -> int:
+def default_chunk(n_samples: int, batch: int, numel: int, device: torch.device | str | None = None,
+                  model: torch.nn.Module | None = None) -> int:
     """Draws per chunk so that ``batch * chunk * numel`` stays under :data:`CHUNK_ELEMENTS` and
-    ``batch * chunk`` decoder rows under :data:`CHUNK_ROWS_CPU` (CPU) / :data:`CHUNK_ROWS_CUDA`."""
-    cap = CHUNK_ROWS_CUDA if device is not None and torch.device(device).type == "cuda" else CHUNK_ROWS_CPU
+    ``batch * chunk`` decoder rows under :data:`CHUNK_ROWS_CPU` (CPU; :data:`CHUNK_ROWS_CPU_CONV`
+    when ``model`` is robvae's own conv VAE) / :data:`CHUNK_ROWS_CUDA`."""
+    if device is not None and torch.device(device).type == "cuda":
+        cap = CHUNK_ROWS_CUDA
+    else:
+        parts = None if model is None else _sigmoid_vae_parts(model)
+        cap = CHUNK_ROWS_CPU_CONV if parts is not None and parts[1] == "conv" else CHUNK_ROWS_CPU
     by_elements = CHUNK_ELEMENTS // max(1, batch * numel)
     by_rows = cap // max(1, batch)
     return max(1, min(n_samples, by_elements, by_rows))

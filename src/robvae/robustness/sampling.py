@@ -50,7 +50,7 @@ def _norm_chunks(
         mu, sigma_d = model.encode(x + delta)
         sigma = sigma_d if mode == "full" else sigma0
     d, D = mu.shape[1], ref.shape[1]
-    chunk = chunk_size or default_chunk(n_samples, B, D, x.device)
+    chunk = chunk_size or default_chunk(n_samples, B, D, x.device, model)
     for c in draw_chunks(n_samples, chunk):
         eta = randn((B, c, d), mu, generator)  # [B, c, d]
         z = (mu[:, None, :] + eta * sigma[:, None, :]).reshape(B * c, d)
