@@ -62,3 +62,17 @@ def test_colour_conv_and_user_overrides():
     z = torch.randn(3, 5, dtype=torch.float64)
     with torch.inference_mode():
         torch.testing.assert_close(flat_decode(user, z), user.decode(z).flatten(1), atol=0, rtol=0)
+
+
+def test_every_cached_derived_weight_follows_a_weight_change():
+    """Mutating any decoder parameter in place (as an optimiser step does) changes the fast route too."""
+    model = _conv(torch.float64)
+    z = torch.randn(5, 5, dtype=torch.float64)
+    for name, p in model.decoder.named_parameters():
+        with torch.inference_mode():
+            flat_decode(model, z)  # fill the caches
+        with torch.no_grad():
+            p.add_(0.05 * torch.randn_like(p))
+        with torch.inference_mode():
+            torch.testing.assert_close(flat_decode(model, z), model.decode(z).flatten(1), atol=1e-12, rtol=0,
+                                       msg=lambda m: f"{name}: {m}")
