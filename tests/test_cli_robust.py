@@ -42,7 +42,7 @@ def test_certify_writes_the_library_numbers(run_dir, capsys, tmp_path):
     meta = json.loads((tmp_path / "c.json").read_text())
     assert meta["r"] == 1.0 and meta["samples"] == 300 and meta["seed"] == 5
     x = load_dataset("digits", "test").images[:12]
-    cols = certify_sharded(run_dir, x, 1.0, executor="serial", seed=5, n_samples=300)
+    cols = certify_sharded(run_dir, x, 1.0, executor="serial", seed=5, n_samples=300, torch_threads=None)
     np.testing.assert_array_equal([float(r["radius"]) for r in rows], cols["radius"])
     np.testing.assert_array_equal([float(r["p"]) for r in rows], cols["p"])
     assert 0 < np.median(cols["p"]) <= 1 and np.all(cols["radius"][cols["p"] <= 0.5] == 0)

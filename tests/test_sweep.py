@@ -195,7 +195,7 @@ def _assert_same(a: dict, b: dict) -> None:
 
 def test_sharded_certify_local_equals_serial(certify_case):
     run_dir, x, r = certify_case
-    kw = dict(seed=7, n_samples=200, alpha=0.01)
+    kw = dict(seed=7, n_samples=200, alpha=0.01, block_size=1)  # one input per block: real multi-shard runs
     serial = certify_sharded(run_dir, x, r, executor="serial", **kw)
     assert serial["p"].shape == (9,) and 0 < serial["p"].min() < 1  # r is near r_min: p varies
     _assert_same(serial, certify_sharded(run_dir, x, r, executor="serial", shard_size=4, **kw))
@@ -205,8 +205,11 @@ def test_sharded_certify_local_equals_serial(certify_case):
     # a per-input radius, and blocks of several inputs
     rr = torch.full((9,), r)
     _assert_same(serial, certify_sharded(run_dir, x, rr, executor="serial", **kw))
-    blocks = certify_sharded(run_dir, x, r, executor="serial", block_size=3, shard_size=3, **kw)
-    _assert_same(blocks, certify_sharded(run_dir, x, r, executor="serial", block_size=3, shard_size=6, **kw))
+    kw3 = {**kw, "block_size": 3}
+    blocks = certify_sharded(run_dir, x, r, executor="serial", shard_size=3, **kw3)
+    _assert_same(blocks, certify_sharded(run_dir, x, r, executor="serial", shard_size=6, **kw3))
+    _assert_same(blocks, certify_sharded(run_dir, x, r, executor="local", workers=2, shard_size=3, **kw3))
+    assert not np.array_equal(blocks["p"], serial["p"])  # the block size is part of the draw
     with pytest.raises(ValueError, match="generator"):
         certify_sharded(run_dir, x, r, executor="serial", generator=torch.Generator())
 

@@ -80,12 +80,15 @@ def certify_cmd(run, split, n, r, r_relative, samples, alpha, norm, mode, execut
     t0 = time.perf_counter()
     vae, x = _inputs(run, split, n, device)
     radius = resolve_radius(vae.model, x, r, r_relative, samples, seed)
-    # one code path for every executor: each input's draws are seeded by (seed, its index), so
-    # serial, local-process and Ray runs give the same numbers (see robvae.sweep.shard)
+    # one code path for every executor: each block of inputs draws its noise from a generator
+    # seeded by (seed, the block's first index), whatever the executor (see robvae.sweep.shard)
     from ..sweep import certify_sharded
 
+    # the serial path uses every core (workers use one thread each): Monte Carlo counts agree
+    # exactly across executors, radii to float rounding
     cols = certify_sharded(run, x, radius, executor=executor, workers=workers, address=address, seed=seed,
-                           device=device, progress=not quiet, n_samples=samples, alpha=alpha, mode=mode)
+                           device=device, progress=not quiet, n_samples=samples, alpha=alpha, mode=mode,
+                           torch_threads=None if executor == "serial" else 1)
     rows = [{"index": i, **{k: v[i].item() for k, v in cols.items()}} for i in range(len(x))]
     out_path = Path(out) if out else Path(run) / f"certify-{split}.csv"
     lead = {"frobenius": "radius", "spectral": "radius_spectral", "whitened": "radius_whitened"}[norm]
