@@ -17,7 +17,7 @@ import torch
 
 from robvae.attacks import MaxDamageAttack
 from robvae.models import VAE, ModelConfig
-from robvae.robustness import certify, empirical_margin, encoder_jacobian, jacobian_norm, r_robustness
+from robvae.robustness import certify, empirical_margin, jacobian_norm, r_robustness
 
 from . import reference
 from .flops import decoder_flops

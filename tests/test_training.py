@@ -122,7 +122,6 @@ def test_bad_train_config_is_rejected():
 
 
 def test_atomic_writes_leave_no_temporary_files_and_normal_permissions(tmp_path):
-    import os
     import stat
 
     from robvae.io import atomic_write_text

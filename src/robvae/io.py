@@ -7,7 +7,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +129,3 @@ def _csv_value(v: Any) -> Any:
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
-
-
-def iter_batches(n: int, batch_size: int) -> Iterable[slice]:
-    for i in range(0, n, batch_size):
-        yield slice(i, min(n, i + batch_size))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -46,12 +45,11 @@ def _save(out: Path, rows: list[dict], meta: dict) -> None:
     write_json(out.with_suffix(".json"), meta)
 
 
-def _quantiles(v: np.ndarray) -> dict:
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return {"median": float("nan"), "q25": float("nan"), "q75": float("nan")}
-    q25, med, q75 = np.quantile(v, [0.25, 0.5, 0.75])
-    return {"median": float(med), "q25": float(q25), "q75": float(q75)}
+def _median(v) -> float:
+    """The median, with +inf radii kept as values (see robvae.studies.stats.quartiles)."""
+    from ..studies.stats import quartiles
+
+    return quartiles(v)[1]
 
 
 @app.command("certify")
@@ -94,8 +92,8 @@ def certify_cmd(run, split, n, r, r_relative, samples, alpha, norm, mode, execut
     lead = {"frobenius": "radius", "spectral": "radius_spectral", "whitened": "radius_whitened"}[norm]
     summary = {
         "inputs": len(x), "r": radius, "mode": mode, "samples": samples, "alpha": alpha,
-        f"median {lead}": _quantiles(cols[lead])["median"],
-        "median radius_sound": _quantiles(cols["radius_sound"])["median"],
+        f"median {lead}": _median(cols[lead]),
+        "median radius_sound": _median(cols["radius_sound"]),
         "abstain": int(cols["abstain"].sum()), "abstain_sound": int(cols["abstain_sound"].sum()),
         **{f"p q{int(q * 100)}": float(np.quantile(cols["p"], q)) for q in (0.05, 0.5, 0.95)},
         "seconds": time.perf_counter() - t0,
@@ -139,8 +137,11 @@ def attack_cmd(run, split, n, eps, norm, steps, restarts, eta_samples, out, seed
     out_dir = Path(out) if out else Path(run) / f"attack-{split}"
     rows = [{"index": i, "delta_norm": float(size[i]), "damage": float(damage[i]),
              "likelihood_degradation": float(degr[i])} for i in range(len(x))]
-    summary = {"inputs": len(x), "eps": eps, "norm": norm, **{f"damage {k}": v for k, v in _quantiles(damage.cpu().numpy()).items()},
-               "median degradation": _quantiles(degr.cpu().numpy())["median"]}
+    from ..studies.stats import quartiles
+
+    q25, med, q75 = quartiles(damage.cpu().numpy())
+    summary = {"inputs": len(x), "eps": eps, "norm": norm, "damage median": med, "damage q25": q25,
+               "damage q75": q75, "median degradation": _median(degr.cpu().numpy())}
     _save(out_dir / "attack.csv", rows, {"command": "attack", "run": str(run), "split": split, "n": n, "eps": eps,
                                          "norm": norm, "steps": steps, "restarts": restarts,
                                          "eta_samples": eta_samples, "seed": seed, "summary": summary})
@@ -171,10 +172,10 @@ def attack_cmd(run, split, n, eps, norm, steps, restarts, eta_samples, out, seed
 def margin_cmd(run, split, n, r, r_relative, samples, mode, steps, restarts, tol, batch_size, out, seed, device,
                quiet) -> None:
     """Empirical (sampled) margins beside the Theorem 1 bounds, and their correlation."""
-    from scipy import stats
     from tqdm.auto import tqdm
 
     from ..robustness import certify, empirical_margin
+    from ..studies.stats import count_above, pearson, spearman
 
     vae, x = _inputs(run, split, n, device)
     model = vae.model
@@ -190,13 +191,12 @@ def margin_cmd(run, split, n, r, r_relative, samples, mode, steps, restarts, tol
     margin = torch.cat(margins).cpu().numpy()
     bound = cert.radius.cpu().numpy()
     ok = ~cert.abstain.cpu().numpy() & np.isfinite(bound)
-    above = int((bound[ok] > margin[ok]).sum())
-    pear = float(stats.pearsonr(bound[ok], margin[ok])[0]) if ok.sum() > 2 else float("nan")
-    spear = float(stats.spearmanr(bound[ok], margin[ok])[0]) if ok.sum() > 2 else float("nan")
+    above = count_above(margin[ok], bound[ok])
+    pear, spear = pearson(bound[ok], margin[ok]), spearman(bound[ok], margin[ok])
     rows = [{"index": i, "bound": float(bound[i]), "margin": float(margin[i]), "p": float(cert.p[i]),
              "abstain": bool(cert.abstain[i])} for i in range(len(x))]
-    summary = {"inputs": len(x), "r": radius, "mode": mode, "median bound": _quantiles(bound[ok])["median"],
-               "median margin": _quantiles(margin)["median"], "pearson": pear, "spearman": spear,
+    summary = {"inputs": len(x), "r": radius, "mode": mode, "median bound": _median(bound[ok]),
+               "median margin": _median(margin), "pearson": pear, "spearman": spear,
                "bound > margin": above, "abstain": int((~ok).sum())}
     out_path = Path(out) if out else Path(run) / f"margin-{split}.csv"
     _save(out_path, rows, {"command": "margin", "run": str(run), "split": split, "n": n, "r": radius,

@@ -166,7 +166,6 @@ def bound_variants_figure(rows, path, *, title: str, margin_label: str = "empiri
 
 def degradation_figure(rows, path, *, title: str, margin_label: str = "empirical margin") -> dict:
     """Relative likelihood degradation under the fixed-budget attack against the margin."""
-    import numpy as np
 
     from ..studies.stats import pearson, spearman
 
@@ -238,7 +237,6 @@ def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, t
 
 
 def _linthresh(xs) -> float:
-    import numpy as np
 
     pos = xs[xs > 0]
     return float(pos.min()) if pos.size else 1.0

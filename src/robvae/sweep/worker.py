@@ -104,8 +104,6 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
     (None leaves the defaults). ``cwd``: the driver's working folder, against which a relative
     ``data_dir`` is resolved. Returns the final status dict (also in status.json).
     """
-    import torch
-
     from .spec import Trial
 
     trial_dir_p = Path(trial_dir)
