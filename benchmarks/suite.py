@@ -17,6 +17,7 @@ import torch
 
 from robvae.attacks import MaxDamageAttack
 from robvae.models import VAE, ModelConfig
+from robvae.models.fast_decode import flat_decode
 from robvae.robustness import certify, empirical_margin, jacobian_norm, r_robustness
 
 from . import reference
@@ -135,8 +136,6 @@ def peak_fraction(s: Settings, gemm: GemmRate) -> list[dict]:
 
 def decoder_variants(s: Settings, gemm: GemmRate) -> list[dict]:
     """What helps the decoder: plain NCHW eager vs the library's path, chunk sizes, mkldnn off."""
-    from robvae.robustness import _common
-
     rows = []
     n = 4096 if s.quick else 8192
     for arch in ("mlp", "conv"):
@@ -151,7 +150,7 @@ def decoder_variants(s: Settings, gemm: GemmRate) -> list[dict]:
 
         def library(z=z):
             with torch.inference_mode():
-                return (_common.flat_decode(model, z) - ref).norm(dim=-1)
+                return (flat_decode(model, z) - ref).norm(dim=-1)
 
         variants = {"plain model.decode (NCHW, eager)": plain, "library flat_decode": library}
         if s.device == "cpu":

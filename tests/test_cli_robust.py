@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from robvae.cli import main
-from robvae.io import read_csv
+from robvae.fileio import read_csv
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from robvae.demo import run_demo
-from robvae.io import read_csv
+from robvae.fileio import read_csv
 
 
 def test_demo_end_to_end(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from robvae.models import VAE, ModelConfig
-from robvae.robustness._common import _is_subpixel_layer, flat_decode
+from robvae.models.fast_decode import _is_subpixel_layer, flat_decode
 
 
 def _conv(dtype, c=1, hw=28, channels=(8, 16)):

@@ -124,9 +124,9 @@ def test_bad_train_config_is_rejected():
 def test_atomic_writes_leave_no_temporary_files_and_normal_permissions(tmp_path):
     import stat
 
-    from robvae.io import atomic_write_text
+    from robvae.fileio import atomic_write_text
 
-    from robvae import io as rio
+    from robvae import fileio as rio
 
     p = atomic_write_text(tmp_path / "a.txt", "hello")
     assert p.read_text() == "hello"

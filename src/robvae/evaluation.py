@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from .config import ConfigMixin
-from .io import read_csv, read_json, write_csv, write_json
+from .fileio import read_csv, read_json, write_csv, write_json
 
 PER_INPUT_FILE = "per_input.csv"
 SUMMARY_FILE = "summary.json"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from .errors import RobvaeError
-from .robustness._common import check_delta, check_x, flat_decode
+from .models.fast_decode import flat_decode
+from .validation import check_delta, check_x
 
 
 def reconstruction_error(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

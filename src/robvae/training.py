@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .config import ConfigMixin
 from .data import ImageDataset
 from .errors import CheckpointError
-from .io import load_tensors, read_csv, read_json, save_tensors, write_csv, write_json
+from .fileio import load_tensors, read_csv, read_json, save_tensors, write_csv, write_json
 from .models import VAE, ModelConfig
 from .objectives import ObjectiveConfig, compute_objective
 

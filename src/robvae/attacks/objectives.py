@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ..robustness._common import flat_decode, randn
+from ..models.fast_decode import flat_decode
+from ..rng import randn
 from .pgd import Norm, Objective
 
 DISTANCES = ("kl", "mean")

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..robustness._common import check_x, rand, randn
+from ..rng import rand, randn
+from ..validation import check_x
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 

@@ -39,7 +39,7 @@ def resolve_radius(model, x, r: float | None, r_relative: float | None, n_sample
 
 
 def _save(out: Path, rows: list[dict], meta: dict) -> None:
-    from ..io import write_csv, write_json
+    from ..fileio import write_csv, write_json
 
     write_csv(out, rows)
     write_json(out.with_suffix(".json"), meta)

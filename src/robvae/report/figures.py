@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from ..io import atomic_write_bytes  # noqa: E402
+from ..fileio import atomic_write_bytes  # noqa: E402
 
 
 def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 120) -> Path:

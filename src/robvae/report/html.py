@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_text, read_json
+from ..fileio import atomic_write_text, read_json
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: rows of a CSV table shown inline (the rest are counted, the file is named)

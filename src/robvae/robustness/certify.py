@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ._common import as_radius, batches, check_x
+from ..models.fast_decode import batches
+from ..validation import as_radius, check_x
 from .jacobian import KINDS, encoder_jacobian
 from .sampling import r_robustness
 

@@ -19,7 +19,9 @@ from collections.abc import Callable
 import torch
 from torch.func import jvp, vjp, vmap
 
-from ._common import CHUNK_ELEMENTS, batches, check_x, randn
+from ..models.fast_decode import CHUNK_ELEMENTS, batches
+from ..rng import randn
+from ..validation import check_x
 
 KINDS = ("frobenius", "spectral", "whitened")
 METHODS = ("exact", "hutchinson")

@@ -24,7 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ._common import as_radius, check_x, child_seed
+from ..attacks.objectives import max_damage_objective
+from ..attacks.pgd import get_norm, pgd
+from ..rng import child_seed
+from ..validation import as_radius, check_x
 from .sampling import r_robustness
 
 
@@ -73,10 +76,6 @@ def empirical_margin(
     norm / steps / restarts / eta_samples / step_size: the maximum-damage attack (SPEC 5; its
     sigma follows ``mode``).
     """
-    # imported here: robvae.attacks itself imports robvae.robustness._common
-    from ..attacks.objectives import max_damage_objective
-    from ..attacks.pgd import get_norm, pgd
-
     if mode not in ("full", "mean"):
         raise ValueError(f"unknown mode {mode!r}; choose 'full' or 'mean'")
     if not tol > 0:

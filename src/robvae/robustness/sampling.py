@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ._common import as_radius, check_delta, check_x, default_chunk, draw_chunks, flat_decode, randn
+from ..models.fast_decode import default_chunk, draw_chunks, flat_decode
+from ..rng import randn
+from ..validation import as_radius, check_delta, check_x
 
 MODES = ("mean", "full")
 

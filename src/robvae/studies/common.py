@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import read_json, write_json
+from ..fileio import read_json, write_json
 
 STUDY_FILE = "study.json"
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..evaluation import EvalConfig, load_result
-from ..io import read_json, write_csv, write_json
+from ..fileio import read_json, write_csv, write_json
 from .common import fmt_list, write_study_meta
 from .stats import quartiles
 

@@ -142,7 +142,7 @@ def theorem2_study(
     }
     result = {"rows": rows, "jacobian_rows": jrows, "summary": summary}
     if out is not None:
-        from ..io import write_csv, write_json
+        from ..fileio import write_csv, write_json
         from ..report.figures import theorem2_figure
         from .common import write_study_meta
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..io import write_json
+from ..fileio import write_json
 from .spec import Trial
 from .worker import STATUS_FILE, TRIAL_FILE, limit_threads, outputs_complete, read_status, run_trial, update_status
 

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..io import read_json, write_csv, write_json
+from ..fileio import read_json, write_csv, write_json
 from .worker import STATUS_FILE, TRIAL_FILE
 
 RESULTS_CSV = "results.csv"
@@ -183,7 +183,7 @@ def _sweep_figure(rows: list[dict[str, Any]], axis: str, metrics: list[str], pat
     for k in range(len(metrics), nrow * ncol):
         axes[k // ncol][k % ncol].axis("off")
     fig.tight_layout()
-    from ..io import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
     import io as _io
 
     buf = _io.BytesIO()

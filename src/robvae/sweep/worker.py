@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..io import read_json, write_json
+from ..fileio import read_json, write_json
 
 TRIAL_FILE = "trial.json"
 STATUS_FILE = "status.json"
