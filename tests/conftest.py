@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def mnist10k_dir() -> Path | None:
     """The shared 10k MNIST subset, if this machine has it."""
-    for cand in (os.environ.get("ROBVAE_MNIST10K"), REPO.parent / "shared/data/mnist-10k", "/work/shared/data/mnist-10k"):
+    for cand in (os.environ.get("ROBVAE_MNIST10K"), REPO.parent / "shared/data/mnist-10k"):
         if cand and (Path(cand) / "t10k-images-idx3-ubyte.gz").exists():
             return Path(cand)
     return None

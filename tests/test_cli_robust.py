@@ -36,13 +36,13 @@ def test_certify_writes_the_library_numbers(run_dir, capsys, tmp_path):
     rc, out, err = _run(capsys, "certify", run_dir, "--n", 12, "--r", 1.0, "--samples", 300, "--seed", 5,
                         "--out", tmp_path / "c.csv", "--quiet")
     assert rc == 0, err
-    assert "median radius" in out and "abstain" in out
+    assert "median_radius" in out and "n_abstain" in out
     rows = read_csv(tmp_path / "c.csv")
     assert len(rows) == 12
     meta = json.loads((tmp_path / "c.json").read_text())
-    assert meta["r"] == 1.0 and meta["samples"] == 300 and meta["seed"] == 5
+    assert meta["r"] == 1.0 and meta["n_samples"] == 300 and meta["seed"] == 5
     x = load_dataset("digits", "test").images[:12]
-    cols = certify_sharded(run_dir, x, 1.0, executor="serial", seed=5, n_samples=300, torch_threads=None)
+    cols = certify_sharded(run_dir, x, 1.0, executor="serial", seed=5, n_samples=300, torch_threads=None).as_numpy()
     np.testing.assert_array_equal([float(r["radius"]) for r in rows], cols["radius"])
     np.testing.assert_array_equal([float(r["p"]) for r in rows], cols["p"])
     assert 0 < np.median(cols["p"]) <= 1 and np.all(cols["radius"][cols["p"] <= 0.5] == 0)
@@ -78,9 +78,14 @@ def test_margin_reports_bound_and_margin(run_dir, capsys, tmp_path):
     assert rc == 0, err
     rows = read_csv(tmp_path / "m.csv")
     meta = json.loads((tmp_path / "m.json").read_text())
-    above = sum(float(r["bound"]) > float(r["margin"]) for r in rows if r["abstain"] == "False")
-    assert meta["summary"]["bound > margin"] == above
+    # old flag names still work (hidden aliases); a violation needs both estimates above 1/2 and an uncapped margin
+    real = [r for r in rows if r["abstain"] == "False" and float(r["p_clean"]) > 0.5 and r["capped"] == "False"
+            and np.isfinite(float(r["bound"]))]
+    assert meta["summary"]["n_used"] == len(real) == sum(r["used"] == "True" for r in rows)
+    assert meta["summary"]["n_violations"] == sum(float(r["bound"]) > float(r["margin"]) for r in real)
+    assert {"p_clean", "capped", "abstain_sound"} <= set(rows[0])
     assert all(float(r["margin"]) >= 0 for r in rows)
+    assert meta["evaluation"]["attack_steps"] == 8 and meta["evaluation"]["margin_tol"] == 0.1
 
 
 @pytest.mark.parametrize(

@@ -167,8 +167,7 @@ def test_bad_split(tmp_path):
 
 def _mnist10k() -> Path | None:
     candidates = [os.environ.get("ROBVAE_MNIST10K"),
-                  Path(__file__).resolve().parents[2] / "shared/data/mnist-10k",
-                  "/work/shared/data/mnist-10k"]
+                  Path(__file__).resolve().parents[2] / "shared/data/mnist-10k"]
     for c in candidates:
         if c and (Path(c) / "train-images-idx3-ubyte.gz").is_file():
             return Path(c)

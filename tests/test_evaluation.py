@@ -66,7 +66,7 @@ def test_files_written_and_resumed(evaluated, tiny_run, monkeypatch):
         assert (out / f).is_file()
     json.loads((out / "summary.json").read_text())  # strict JSON (no NaN literals)
     # same config: loaded, nothing recomputed (the estimators are not even called)
-    import robvae.robustness as rb
+    import robvae.evaluation as rb
 
     def boom(*a, **k):
         raise AssertionError("recomputed")
@@ -103,15 +103,16 @@ def test_summarize_known_answers():
     bound = [0.5, 1.0, 1.5, 2.0, 6.0, 0.0]  # last: abstains (excluded), fifth: above the margin
     s = summarize(_rows(margin, bound, p=[0.9] * 5 + [0.4]))
     b = s["bounds"]["theorem1"]
-    assert b["n_used"] == 5 and b["n_above_margin"] == 1
+    assert b["n_used"] == 5 and b["n_violations"] == 1
     assert b["pearson"] == pytest.approx(np.corrcoef(margin[:5], bound[:5])[0, 1])
     assert b["spearman"] == pytest.approx(1.0)
     assert s["n_abstain"] == 1 and s["n_not_robust_clean"] == 1
     assert s["margin"]["median"] == pytest.approx(3.5)
-    assert s["bounds"]["sound"]["n_above_margin"] == 0
+    assert s["bounds"]["sound"]["n_violations"] == 0
     # capped margins and infinite bounds are left out of the correlations
     s2 = summarize(_rows([1.0, 2.0, 3.0, 4.0], [0.5, 1.0, math.inf, 0.1], capped=[False, False, False, True]))
     assert s2["bounds"]["theorem1"]["n_used"] == 2 and s2["n_infinite_radius"] == 1 and s2["n_margin_capped"] == 1
+    assert s2["bounds"]["theorem1"]["n_infinite"] == 1 and s2["bounds"]["theorem1"]["n_capped"] == 1
     assert s2["bounds"]["theorem1"]["pearson"] == pytest.approx(1.0)
 
 

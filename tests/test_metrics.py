@@ -1,4 +1,4 @@
-"""Damage metrics against hand computations (SPEC 5)."""
+"""Damage metrics against hand computations (THEORY.md section 6)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Monte Carlo p_r, r_min and Clopper-Pearson against the closed forms of the linear VAE (SPEC 8)."""
+"""Monte Carlo p_r, r_min and Clopper-Pearson against the closed forms of the linear VAE (THEORY.md section 7)."""
 
 import math
 

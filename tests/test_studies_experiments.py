@@ -75,9 +75,10 @@ def test_bound_vs_margin_study(tmp_path):
     res = bound_vs_margin("digits", tmp_path, train=OPTS, evaluation=EV, executor=SERIAL)
     s = res["summary"]
     rows = res["rows"]
-    used = [r for r in rows if np.isfinite(r["radius"]) and r["radius"] > 0 and not r["margin_capped"]]
-    assert s["theorem1"]["n"] == len(used)
-    assert s["theorem1"]["n_above"] == sum(r["radius"] > r["margin"] for r in used)
+    used = [r for r in rows if np.isfinite(r["radius"]) and r["radius"] > 0 and not r["margin_capped"]
+            and not r["p_clean"] <= 0.5]
+    assert s["theorem1"]["n_used"] == len(used) and s["theorem1"]["n"] == len(rows)
+    assert s["theorem1"]["n_violations"] == sum(r["radius"] > r["margin"] for r in used)
     if len(used) > 2:
         assert s["theorem1"]["pearson"] == pytest.approx(np.corrcoef([r["margin"] for r in used],
                                                                      [r["radius"] for r in used])[0, 1])

@@ -1,4 +1,4 @@
-"""Theorem 2 (SPEC 8b): a trained linear encoder against the closed-form beta-VAE optimum."""
+"""Theorem 2 (THEORY.md section 7): a trained linear encoder against the closed-form beta-VAE optimum."""
 
 from __future__ import annotations
 

@@ -187,7 +187,11 @@ def certify_case(tmp_path_factory):
     return run_dir, x, r
 
 
-def _assert_same(a: dict, b: dict) -> None:
+def _assert_same(a, b) -> None:
+    from robvae.robustness import Certificate
+
+    assert isinstance(a, Certificate) and isinstance(b, Certificate)  # one typed result on every executor
+    a, b = a.as_numpy(), b.as_numpy()
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -197,11 +201,11 @@ def test_sharded_certify_local_equals_serial(certify_case):
     run_dir, x, r = certify_case
     kw = dict(seed=7, n_samples=200, alpha=0.01, block_size=1)  # one input per block: real multi-shard runs
     serial = certify_sharded(run_dir, x, r, executor="serial", **kw)
-    assert serial["p"].shape == (9,) and 0 < serial["p"].min() < 1  # r is near r_min: p varies
+    assert serial.p.numpy().shape == (9,) and 0 < serial.p.numpy().min() < 1  # r is near r_min: p varies
     _assert_same(serial, certify_sharded(run_dir, x, r, executor="serial", shard_size=4, **kw))
     _assert_same(serial, certify_sharded(run_dir, x, r, executor="local", workers=2, shard_size=2, **kw))
     other = certify_sharded(run_dir, x, r, executor="serial", **{**kw, "seed": 8})
-    assert not np.array_equal(serial["p"], other["p"])
+    assert not np.array_equal(serial.p.numpy(), other.p.numpy())
     # a per-input radius, and blocks of several inputs
     rr = torch.full((9,), r)
     _assert_same(serial, certify_sharded(run_dir, x, rr, executor="serial", **kw))
@@ -209,7 +213,7 @@ def test_sharded_certify_local_equals_serial(certify_case):
     blocks = certify_sharded(run_dir, x, r, executor="serial", shard_size=3, **kw3)
     _assert_same(blocks, certify_sharded(run_dir, x, r, executor="serial", shard_size=6, **kw3))
     _assert_same(blocks, certify_sharded(run_dir, x, r, executor="local", workers=2, shard_size=3, **kw3))
-    assert not np.array_equal(blocks["p"], serial["p"])  # the block size is part of the draw
+    assert not np.array_equal(blocks.p.numpy(), serial.p.numpy())  # the block size is part of the draw
     with pytest.raises(ValueError, match="generator"):
         certify_sharded(run_dir, x, r, executor="serial", generator=torch.Generator())
 

@@ -66,8 +66,8 @@ def test_sharded_certify_on_ray_equals_serial(ray_instance, tmp_path):
     x = load_dataset("digits", "test").images[:10]
     r = float(r_min(run.model, x, 200, generator=torch.Generator().manual_seed(0)).median())
     kw = dict(seed=11, n_samples=200, alpha=0.01)
-    serial = certify_sharded(tmp_path / "run", x, r, executor="serial", **kw)
-    sharded = certify_sharded(tmp_path / "run", x, r, executor="ray", shard_size=3, **kw)
+    serial = certify_sharded(tmp_path / "run", x, r, executor="serial", **kw).as_numpy()
+    sharded = certify_sharded(tmp_path / "run", x, r, executor="ray", shard_size=3, **kw).as_numpy()
     assert 0 < serial["p"].min() < 1
     assert serial.keys() == sharded.keys()
     for k in serial:

@@ -1,4 +1,4 @@
-"""On a VAE trained on real digits: Theorem 1 never above the empirical margin (SPEC 6).
+"""On a VAE trained on real digits: Theorem 1 never above the empirical margin (THEORY.md section 5).
 
 bound <= R_r(x) <= R_hat_r(x): any input where the first-order bound exceeds the sampled margin is
 a violation. The test reports every exception (index, bound, margin, p) in its failure message.

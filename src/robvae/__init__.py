@@ -1,43 +1,38 @@
 """robvae: train VAEs, certify their r-robustness (Camuto et al., AISTATS 2021), attack them.
 
-The public API is re-exported here lazily (importing robvae stays cheap).
+The public API, imported statically (``__all__`` is the README's API table; a test keeps them
+equal). Everything else lives in the subpackages, by layer (see docs and tests/test_layers.py).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._version import __version__
+from .attacks import EnsembleAttack, MaxDamageAttack, latent_attack, max_damage_attack, output_attack
+from .data import ImageDataset, load_dataset
+from .errors import CheckpointError, DataError, InputError, RobvaeError
+from .evaluation import EvalConfig, EvalResult, evaluate
+from .metrics import likelihood_degradation
+from .models import VAE, LinearVAE, ModelConfig, VAEProtocol
+from .objectives import ObjectiveConfig
+from .robustness import Certificate, CertifyConfig, certify, empirical_margin, jacobian_norm, r_min, r_robustness
+from .robustness.lipschitz import lipschitz_bound
+from .stats import BoundStats, bound_stats
+from .training import TrainConfig, load, train
+from .validation import ModelCheck, check_model
 
-__version__ = "0.1.0"
-
-_EXPORTS: dict[str, str] = {
-    # models
-    "VAE": "robvae.models", "ModelConfig": "robvae.models", "LinearVAE": "robvae.models",
-    "VAEProtocol": "robvae.models",
-    # data
-    "load_dataset": "robvae.data", "ImageDataset": "robvae.data",
-    # objectives and training
-    "ObjectiveConfig": "robvae.objectives", "TrainConfig": "robvae.training", "train": "robvae.training",
-    "load": "robvae.training",
+__all__ = [
+    # models and data
+    "VAE", "ModelConfig", "LinearVAE", "VAEProtocol", "load_dataset", "ImageDataset",
+    # training
+    "ObjectiveConfig", "TrainConfig", "train", "load",
     # robustness
-    "r_robustness": "robvae.robustness", "r_min": "robvae.robustness", "jacobian_norm": "robvae.robustness",
-    "certify": "robvae.robustness", "empirical_margin": "robvae.robustness",
+    "r_robustness", "r_min", "jacobian_norm", "certify", "Certificate", "CertifyConfig", "empirical_margin",
+    "lipschitz_bound", "check_model", "ModelCheck",
     # attacks and metrics
-    "max_damage_attack": "robvae.attacks", "latent_attack": "robvae.attacks", "output_attack": "robvae.attacks",
-    "likelihood_degradation": "robvae.metrics",
+    "max_damage_attack", "latent_attack", "output_attack", "MaxDamageAttack", "EnsembleAttack",
+    "likelihood_degradation",
+    # evaluation and statistics
+    "evaluate", "EvalConfig", "EvalResult", "bound_stats", "BoundStats",
     # errors
-    "RobvaeError": "robvae.errors", "DataError": "robvae.errors", "CheckpointError": "robvae.errors",
-    "InputError": "robvae.errors",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'robvae' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+    "RobvaeError", "DataError", "CheckpointError", "InputError",
+]

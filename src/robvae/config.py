@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
 from dataclasses import asdict, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -26,4 +29,71 @@ class ConfigMixin:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown {cls._what} fields: {sorted(unknown)}")
+        check_field_types(cls, d)
         return cls(**d)
+
+
+def check_field_types(cls: type, d: dict[str, Any]) -> None:
+    """Check every value of ``d`` against the type annotation of ``cls``'s field of that name
+    (int, float, bool, str, Literal[...], tuples, X | None; nested configs are checked when they
+    are built): a ValueError naming the field, the expected type and the value."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is not checked
+        return
+    what = getattr(cls, "_what", "config")
+    for name, value in d.items():
+        tp = hints.get(name)
+        if tp is not None and not _matches(value, tp):
+            raise ValueError(f"{what} field {name}: expected {_describe(tp)}, got {value!r}")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or isinstance(tp, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (tuple, list) or tp in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if not args:
+            return True
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return all(_matches(v, args[0]) for v in value)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, (dict, tp))
+    return True  # anything else (a class, a callable) is left to the dataclass itself
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (tuple, list):
+        inner = args[0] if args else Any
+        return f"a list of {_describe(inner).removeprefix('an ').removeprefix('a ')}s"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+#: The one default confidence level: one-sided Clopper-Pearson bounds hold with probability
+#: >= 1 - ALPHA (the sound certificate, ``r_robustness``'s p_lower, the evaluation, every CLI
+#: command). 0.001 as in randomized smoothing (Cohen et al. 2019): a certificate is wrong for at
+#: most one input in a thousand because of Monte Carlo error.
+ALPHA = 0.001

@@ -17,3 +17,7 @@ class CheckpointError(RobvaeError):
 
 class InputError(RobvaeError):
     """An input tensor has the wrong shape, holds NaN/inf or leaves [0, 1]."""
+
+
+class LockError(RobvaeError):
+    """A folder is in use by another robvae process (see :func:`robvae.fileio.folder_lock`)."""

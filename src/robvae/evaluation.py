@@ -1,7 +1,7 @@
 """Evaluate a trained run: certificates, empirical margin, attack damage and quality, per input.
 
 ``evaluate(run, EvalConfig(...), out_dir=None) -> EvalResult`` takes the first ``n`` inputs of
-the run's data set ``split`` and computes, per input (SPEC sections 2-6):
+the run's data set ``split`` and computes, per input (docs/THEORY.md sections 2-6):
 
 - ``r_min``: median ||g(mu(x) + eta sigma(x)) - g(mu(x))||; ``x_norm``: ||x||;
 - ``p``, ``p_lower``: Monte Carlo p_r(x) and its one-sided Clopper-Pearson lower bound;
@@ -9,11 +9,12 @@ the run's data set ``split`` and computes, per input (SPEC sections 2-6):
 - ``jac_frobenius``, ``jac_spectral``, ``jac_whitened``: norms of the encoder-mean Jacobian;
 - ``radius`` (Theorem 1), ``radius_sound``, ``radius_spectral``, ``radius_whitened``
   (0 = abstain, inf when every draw fell within r);
-- ``margin``: the empirical margin R_hat_r(x) (``margin_mode`` "full", SPEC 6's default, or
+- ``margin``: the empirical margin R_hat_r(x) (``margin_mode`` "full", the default of docs/THEORY.md section 5, or
   "mean"), ``margin_upper`` and ``margin_capped`` (still robust at the search cap);
 - ``damage``: ||g(mu(x + delta*)) - g(mu(x))|| for the maximum-damage attack delta* at the fixed
   budget ``attack_eps``; ``likelihood_degradation``: |log p(x|z*) - log p(x|z)| / |log p(x|z)|
-  for the same delta*;
+  for the same delta*; ``ssim`` / ``ms_ssim``: the structural similarity of g(mu(x + delta*)) and
+  g(mu(x)) (:func:`robvae.metrics.perceptual_damage`; 1 = undamaged, NaN where unavailable);
 - ``reconstruction_error``: ||g(mu(x)) - x||.
 
 Choosing r. ``r`` is absolute; when it is None, r = ``r_relative`` times the median r_min over
@@ -27,10 +28,12 @@ depends on the data only, never on the model, so damages of different models eva
 same inputs are damages at the same budget (a budget relative to a model's certified radius
 would not be: it would shrink with exactly the quantity the studies compare).
 
-The summary holds medians and quartiles of every column, abstention counts, and Pearson and
-Spearman correlations between each bound and the margin with the count of bounds above the
-margin (violations of bound <= R_r(x) <= R_hat, SPEC 6). Correlations use the inputs where the
-bound is finite and positive (not abstaining) and the margin search was not capped.
+The summary holds medians and quartiles of every column, abstention counts, and for each bound
+its comparison with the margin, :class:`robvae.stats.BoundStats` from
+:func:`robvae.stats.bound_stats` (correlations, slope, violations of bound <= R_r(x) <= R_hat
+(docs/THEORY.md section 5), medians), over the inputs where the comparison is meaningful: the
+bound does not abstain and is finite, the margin search's own clean estimate ``p_clean`` agrees
+the input is robust, and the margin is not capped.
 
 With ``out_dir`` the result is written atomically as ``per_input.csv``, ``summary.json`` and
 ``eval_config.json``; a later call with the same config and the same trained model loads those
@@ -41,15 +44,22 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .config import ConfigMixin
+from .attacks import max_damage_attack
+from .config import ALPHA, ConfigMixin
+from .data import load_dataset
 from .fileio import read_csv, read_json, write_csv, write_json
+from .metrics import likelihood_degradation, perceptual_damage, reconstruction_damage, reconstruction_error
+from .robustness import certify, empirical_margin, r_min
+from .stats import BoundStats, bound_stats, describe
+from .training import Run, load
 
 PER_INPUT_FILE = "per_input.csv"
 SUMMARY_FILE = "summary.json"
@@ -60,50 +70,57 @@ COLUMNS = (
     "index", "label", "r", "x_norm", "r_min", "p", "p_lower", "sigma_min", "sigma_mean",
     "jac_frobenius", "jac_spectral", "jac_whitened",
     "radius", "radius_sound", "radius_spectral", "radius_whitened", "abstain", "abstain_sound",
-    "margin", "margin_upper", "margin_capped", "attack_eps", "damage", "likelihood_degradation",
-    "reconstruction_error",
+    "margin", "margin_upper", "margin_capped", "p_clean", "attack_eps", "damage", "likelihood_degradation",
+    "ssim", "ms_ssim", "reconstruction_error",
 )
 #: Bounds compared with the margin in the summary (name -> column).
 BOUNDS = {"theorem1": "radius", "sound": "radius_sound", "spectral": "radius_spectral", "whitened": "radius_whitened"}
+#: the abstention flag of each bound's column
+ABSTAIN = {"radius": "abstain", "radius_sound": "abstain_sound", "radius_spectral": "abstain",
+           "radius_whitened": "abstain"}
 _NUMERIC_SUMMARY = ("r_min", "p", "p_lower", "sigma_min", "sigma_mean", "jac_frobenius", "jac_spectral",
                     "jac_whitened", "radius", "radius_sound", "radius_spectral", "radius_whitened", "margin",
-                    "damage", "likelihood_degradation", "reconstruction_error", "x_norm")
+                    "damage", "likelihood_degradation", "ssim", "ms_ssim", "reconstruction_error", "x_norm")
 
 
 @dataclass
 class EvalConfig(ConfigMixin):
     """How a trained run is evaluated (see the module docstring for every quantity).
 
-    split: data split to evaluate ("test"). n: the first n inputs of that split.
+    split: data split to evaluate ("test"). n: the first n inputs of that split. data_dir: where
+    the data files are (None: the run's own data_dir).
     r: absolute radius, or None to use ``r_relative`` x median r_min over the inputs.
     n_samples: Monte Carlo draws of eta per p estimate (and for r_min). alpha: Clopper-Pearson level.
     attack_eps: absolute L2 budget of the maximum-damage attack, or None to use
     ``attack_eps_relative`` x median ||x|| over the inputs. attack_steps / attack_restarts /
-    attack_eta_samples: its PGD settings (also used inside the margin search).
-    margin: compute the empirical margin (the slow part). margin_mode: "full" (SPEC 6 default:
+    attack_eta_samples: its PGD settings (also used inside the margin search). attack: run the
+    fixed-budget attack (damage, likelihood degradation; NaN when off).
+    margin: compute the empirical margin (the slow part). margin_mode: "full" (docs/THEORY.md section 5, the default:
     the attack moves mean and variance) or "mean" (Theorem 1's setting). margin_tol: relative
     bisection tolerance. margin_eps_max: search cap (None = the pixel box diameter).
     batch_size: inputs per batch. seed: seeds every random draw. device: torch device.
     """
 
-    split: str = "test"
+    split: Literal["train", "test"] = "test"
     n: int = 100
     r: float | None = None
     r_relative: float = 1.5
     n_samples: int = 1000
-    alpha: float = 0.05
+    alpha: float = ALPHA
+    attack: bool = True
     attack_eps: float | None = None
     attack_eps_relative: float = 0.1
     attack_steps: int = 20
     attack_restarts: int = 1
     attack_eta_samples: int = 4
     margin: bool = True
-    margin_mode: str = "full"
+    margin_mode: Literal["full", "mean"] = "full"
     margin_tol: float = 0.05
     margin_eps_max: float | None = None
     batch_size: int = 100
     seed: int = 0
     device: str = "cpu"
+    data_dir: str | None = None
 
     _what = "evaluation"
 
@@ -131,9 +148,10 @@ class EvalConfig(ConfigMixin):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def identity(self) -> dict[str, Any]:
-        """The fields that determine the numbers (device excluded)."""
+        """The fields that determine the numbers (device and data_dir excluded)."""
         d = self.to_dict()
         d.pop("device")
+        d.pop("data_dir")
         return d
 
 
@@ -154,12 +172,14 @@ class EvalResult:
         """One per-input column as a float array."""
         return np.array([float(r[name]) for r in self.rows], dtype=float)
 
+    def bound_stats(self, bound: str = "theorem1") -> BoundStats:
+        """A bound (a :data:`BOUNDS` name or column) against the margin: :func:`rows_bound_stats`."""
+        return rows_bound_stats(self.rows, BOUNDS.get(bound, bound))
+
 
 # --- evaluation -----------------------------------------------------------------------------
 
 def _resolve_run(run: Any, device: str) -> Any:
-    from .training import Run, load
-
     if isinstance(run, Run):
         if str(next(run.model.parameters()).device) != str(torch.device(device)):
             run.model.to(device)
@@ -168,9 +188,12 @@ def _resolve_run(run: Any, device: str) -> Any:
 
 
 def _inputs(run: Any, config: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    from .data import load_dataset
-
-    data = load_dataset(run.config.dataset, config.split, run.config.data_dir)
+    given = getattr(run, "inputs", None)  # images handed over with the model (robvae margin --model --inputs)
+    if given is not None:
+        x = given[: config.n].to(config.device)
+        return x, torch.full((x.shape[0],), -1, dtype=torch.long)
+    data_dir = config.data_dir if config.data_dir is not None else run.config.data_dir
+    data = load_dataset(run.config.dataset, config.split, data_dir)
     data = data.subset(config.n)
     return data.images.to(config.device), data.labels
 
@@ -221,12 +244,6 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
     Resumable: with ``out_dir`` holding a finished evaluation of the same config and model, the
     files are loaded instead of recomputed.
     """
-    from tqdm.auto import tqdm
-
-    from .attacks import max_damage_attack
-    from .metrics import likelihood_degradation, reconstruction_damage, reconstruction_error
-    from .robustness import certify, empirical_margin, r_min
-
     config = config or EvalConfig()
     if isinstance(config, dict):
         config = EvalConfig.from_dict(config)
@@ -268,31 +285,43 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
         for k in ("p", "p_lower", "sigma_min", "jac_frobenius", "jac_spectral", "jac_whitened", "radius",
                   "radius_sound", "radius_spectral", "radius_whitened", "abstain", "abstain_sound"):
             add(k, getattr(cert, k))
+        radius = cert.radius
         with torch.inference_mode():
             add("sigma_mean", model.encode(x)[1].mean(dim=1))
         add("reconstruction_error", reconstruction_error(model, x))
         bar.update(1)
         # 3. maximum-damage attack at the fixed budget
-        delta = max_damage_attack(model, x, eps, steps=config.attack_steps, restarts=config.attack_restarts,
-                                  eta_samples=config.attack_eta_samples, mode="full",
-                                  generator=_gen(config.seed, 200 + i))
-        add("damage", reconstruction_damage(model, x, delta))
-        add("likelihood_degradation", likelihood_degradation(model, x, delta) if hasattr(model, "log_likelihood")
-            else torch.full((x.shape[0],), float("nan")))
+        nan = torch.full((x.shape[0],), float("nan"))
+        if config.attack:
+            delta = max_damage_attack(model, x, eps, steps=config.attack_steps, restarts=config.attack_restarts,
+                                      eta_samples=config.attack_eta_samples, mode="full",
+                                      generator=_gen(config.seed, 200 + i))
+            add("damage", reconstruction_damage(model, x, delta))
+            add("likelihood_degradation", likelihood_degradation(model, x, delta) if hasattr(model, "log_likelihood")
+                else nan)
+            percept = perceptual_damage(model, x, delta)
+            add("ssim", percept.ssim)
+            add("ms_ssim", percept.ms_ssim)
+        else:
+            add("damage", nan)
+            add("likelihood_degradation", nan)
+            add("ssim", nan)
+            add("ms_ssim", nan)
         bar.update(1)
         # 4. empirical margin
         if config.margin:
-            init = torch.where(torch.isfinite(cert.radius) & (cert.radius > 0), cert.radius,
-                               torch.full_like(cert.radius, r))
+            init = torch.where(torch.isfinite(radius) & (radius > 0), radius, torch.full_like(radius, r))
             m = empirical_margin(model, x, r, mode=config.margin_mode, eps_max=config.margin_eps_max, eps_init=init,
                                  tol=config.margin_tol, n_samples=config.n_samples, steps=config.attack_steps,
                                  restarts=config.attack_restarts, eta_samples=config.attack_eta_samples,
-                                 generator=_gen(config.seed, 300 + i))
+                                 generator=_gen(config.seed, 300 + i),
+                                 progress=lambda k, a: bar.set_postfix_str(f"margin: attack {k}, {a} inputs", refresh=True))
             add("margin", m.margin)
             add("margin_upper", m.upper)
             add("margin_capped", m.capped)
+            add("p_clean", m.p_clean)
         else:
-            nan = torch.full((x.shape[0],), float("nan"))
+            add("p_clean", nan)
             add("margin", nan)
             add("margin_upper", nan)
             add("margin_capped", torch.zeros(x.shape[0], dtype=torch.bool))
@@ -324,7 +353,7 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / PER_INPUT_FILE, rows, fieldnames=list(COLUMNS))
-        write_json(out / SUMMARY_FILE, _jsonable(summary))
+        write_json(out / SUMMARY_FILE, jsonable(summary))
         # written last: its presence with a matching identity marks the evaluation finished
         write_json(out / EVAL_CONFIG_FILE, {"evaluation": config.to_dict(), "evaluation_identity": ident["evaluation"],
                                             "train": ident["train"], "run": str(run.path)})
@@ -338,23 +367,31 @@ def _last_elbo(run: Any) -> float:
         return math.nan
 
 
-def _jsonable(o: Any) -> Any:
+def jsonable(o: Any) -> Any:
     """Strict JSON: NaN -> null, +-inf -> "inf" / "-inf"."""
     if isinstance(o, dict):
-        return {k: _jsonable(v) for k, v in o.items()}
+        return {k: jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
+        return [jsonable(v) for v in o]
     if isinstance(o, float) and not math.isfinite(o):
         return None if math.isnan(o) else ("inf" if o > 0 else "-inf")
     return o
 
 
+def rows_bound_stats(rows: list[dict[str, Any]], column: str = "radius") -> BoundStats:
+    """:func:`robvae.stats.bound_stats` of one bound column against the margin, from per-input
+    rows (evaluation rows, or CSV rows read back: flags may be the strings "True" / "False")."""
+    col = lambda k: np.array([float(r[k]) if r.get(k, "") not in ("", None) else math.nan for r in rows],  # noqa: E731
+                             dtype=float)
+    flag = lambda k: np.array([r.get(k) in (True, "True", 1) for r in rows], dtype=bool)  # noqa: E731
+    p_clean = col("p_clean") if rows and "p_clean" in rows[0] else None
+    return bound_stats(col(column), col("margin"), p_clean=p_clean, capped=flag("margin_capped"),
+                       abstain=flag(ABSTAIN.get(column, "abstain")))
+
+
 def summarize(rows: list[dict[str, Any]], config: EvalConfig | None = None) -> dict[str, Any]:
     """The summary of per-input rows: quartiles of each numeric column, abstentions, and for each
-    bound its Pearson / Spearman correlation with the margin, least-squares slope and the count of
-    bounds above the margin (over inputs with a finite positive bound and an uncapped margin)."""
-    from .studies.stats import count_above, describe, least_squares, pearson, spearman
-
+    bound :func:`rows_bound_stats` (``BoundStats.to_dict()`` plus the column name)."""
     col = lambda k: np.array([float(r[k]) for r in rows], dtype=float)  # noqa: E731
     s: dict[str, Any] = {"n": len(rows)}
     if config is not None:
@@ -367,18 +404,63 @@ def summarize(rows: list[dict[str, Any]], config: EvalConfig | None = None) -> d
     s["n_infinite_radius"] = int(np.isinf(col("radius")).sum())
     s["n_margin_capped"] = int(sum(bool(r["margin_capped"]) for r in rows))
     s["n_not_robust_clean"] = int((col("p") <= 0.5).sum())
-    margin = col("margin")
-    capped = np.array([bool(r["margin_capped"]) for r in rows])
-    s["bounds"] = {}
-    for name, c in BOUNDS.items():
-        b = col(c)
-        use = np.isfinite(b) & (b > 0) & np.isfinite(margin) & ~capped
-        slope, intercept = least_squares(margin[use], b[use])
-        s["bounds"][name] = {
-            "column": c, "n_used": int(use.sum()), "pearson": pearson(margin[use], b[use]),
-            "spearman": spearman(margin[use], b[use]), "slope": slope, "intercept": intercept,
-            "n_above_margin": count_above(margin[use], b[use]),
-            "median_ratio_bound_over_margin": float(np.median(b[use & (margin > 0)] / margin[use & (margin > 0)]))
-            if (use & (margin > 0)).any() else math.nan,
-        }
+    s["bounds"] = {name: {"column": c, **rows_bound_stats(rows, c).to_dict()} for name, c in BOUNDS.items()}
     return s
+
+
+_jsonable = jsonable  # the former private name
+
+
+# --- the bound against the margin, as one command reports it -----------------------------------
+
+#: the per-input columns of ``robvae margin``'s CSV
+MARGIN_COLUMNS = ("index", "bound", "margin", "margin_upper", "p", "p_clean", "capped", "abstain", "abstain_sound",
+                  "radius_sound", "used", "violation")
+
+
+@dataclass
+class MarginReport:
+    """The Theorem 1 bound against the empirical margin for one run's inputs.
+
+    result: the evaluation (attack at the fixed budget skipped). stats: its BoundStats (the same
+    function the studies use, so the same inputs give the same figures). path: the CSV written."""
+
+    result: EvalResult
+    stats: BoundStats
+    path: Path | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per input: the bound, the margin, both Monte Carlo estimates, the flags, and whether the
+        input is used in the statistics (``used``) and violates bound <= margin there."""
+        out = []
+        for j, r in enumerate(self.result.rows):
+            used = bool(self.stats.mask[j])
+            out.append({"index": r["index"], "bound": r["radius"], "margin": r["margin"],
+                        "margin_upper": r["margin_upper"], "p": r["p"], "p_clean": r["p_clean"],
+                        "capped": r["margin_capped"], "abstain": r["abstain"], "abstain_sound": r["abstain_sound"],
+                        "radius_sound": r["radius_sound"], "used": used,
+                        "violation": used and r["radius"] > r["margin"]})
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        c = self.result.config
+        return {"inputs": len(self.result.rows), "r": self.result.summary["r"], "mode": c.margin_mode,
+                **self.stats.to_dict()}
+
+
+def margin_report(run: Any, config: EvalConfig, out: str | Path | None = None, *, progress: bool = True,
+                  meta: dict[str, Any] | None = None) -> MarginReport:
+    """Certify and search the empirical margin of ``config.n`` inputs (:func:`evaluate` without the
+    fixed-budget attack), compare them with :func:`rows_bound_stats`, and with ``out`` write the
+    per-input CSV (:data:`MARGIN_COLUMNS`) and ``out`` with suffix .json (the config, ``meta`` and
+    the summary)."""
+    config = replace(config, attack=False, margin=True)
+    result = evaluate(run, config, progress=progress)
+    rep = MarginReport(result, result.bound_stats("theorem1"))
+    if out is not None:
+        path = Path(out)
+        write_csv(path, rep.rows(), fieldnames=list(MARGIN_COLUMNS))
+        write_json(path.with_suffix(".json"), jsonable({"command": "margin", **(meta or {}),
+                                                        "evaluation": config.to_dict(), "summary": rep.summary()}))
+        rep.path = path
+    return rep

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import math
 import os
+import socket
+import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import CheckpointError
+from .errors import CheckpointError, LockError
 
 
 def _read_umask() -> int:
@@ -54,15 +59,38 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Write ``obj`` as strict JSON (RFC 8259), atomically: NaN and +-inf become null (bare
+    ``NaN`` / ``Infinity`` are not JSON and break other readers); tuples, paths, numpy and torch
+    scalars and arrays are converted."""
+    return atomic_write_text(path, dumps_json(obj) + "\n")
+
+
+def dumps_json(obj: Any, **kwargs: Any) -> str:
+    """``obj`` as strict JSON text (non-finite floats as null); kwargs go to json.dumps."""
+    kwargs.setdefault("indent", 2)
+    kwargs.setdefault("sort_keys", True)
+    return json.dumps(_strict(obj), allow_nan=False, **kwargs)
+
+
+def _strict(o: Any) -> Any:
+    """A JSON tree of plain types with every non-finite float replaced by None."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, (str, int, bool)) or o is None:
+        return o
+    if isinstance(o, Mapping):
+        return {(k if isinstance(k, str) else str(k)): _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    return _strict(_json_default(o))
 
 
 def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
-    if isinstance(o, tuple):
+    if isinstance(o, (tuple, set, frozenset)):
         return list(o)
-    if hasattr(o, "item"):
+    if hasattr(o, "item") and getattr(o, "ndim", 0) == 0:
         return o.item()
     if hasattr(o, "tolist"):
         return o.tolist()
@@ -129,3 +157,85 @@ def _csv_value(v: Any) -> Any:
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------------------------
+# One robvae process per folder
+
+LOCK_FILE = ".robvae.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _lock_owner(path: Path) -> dict[str, Any] | None:
+    """The lock file's content, or None when it is gone, empty or unreadable."""
+    try:
+        owner = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _stale(path: Path, owner: dict[str, Any] | None) -> bool:
+    """A lock left by a process that is gone: same host and its pid is not running (a lock of
+    another host is never taken for stale), or a lock file still empty after 10 seconds."""
+    if owner is None:
+        try:
+            return time.time() - path.stat().st_mtime > 10
+        except FileNotFoundError:
+            return True
+    if owner.get("host") != socket.gethostname():
+        return False
+    pid = owner.get("pid")
+    return not isinstance(pid, int) or not _pid_alive(pid)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold ``FOLDER/.robvae.lock`` while the block runs: a second robvae process (``command``,
+    e.g. "robvae train") into the same folder is refused with a LockError naming the holder. A
+    lock left by a process that died (same host, pid not running) is taken over; the lock file
+    is removed when the block ends (also on an error or Ctrl-C)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+          "argv": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if _stale(path, owner):
+                # take over atomically: only one of several racing processes renames it away
+                try:
+                    os.replace(path, path.with_name(f"{LOCK_FILE}.stale.{os.getpid()}"))
+                    os.unlink(path.with_name(f"{LOCK_FILE}.stale.{os.getpid()}"))
+                except FileNotFoundError:
+                    pass
+                continue
+            who = (f"{owner.get('command', 'robvae')} (pid {owner.get('pid')} on {owner.get('host')}, "
+                   f"started {owner.get('started')})") if owner else "another robvae process"
+            raise LockError(f"folder {folder} is in use by {who}; wait for it to finish or use another "
+                            f"folder (if that process is gone, delete {path})") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(me))
+        break
+    else:
+        raise LockError(f"could not take the lock {path} (other processes keep taking it)")
+    try:
+        yield path
+    finally:
+        if (_lock_owner(path) or {}).get("pid") == me["pid"]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

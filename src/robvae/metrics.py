@@ -1,13 +1,21 @@
-"""Damage and quality measures (SPEC 5).
+"""Damage and quality measures (docs/THEORY.md section 6).
 
 - reconstruction_error(x)      = ||g(mu(x)) - x||
 - reconstruction_damage(x, d)  = ||g(mu(x + d)) - g(mu(x))||
 - likelihood_degradation(x, d) = |log p(x|z*) - log p(x|z)| / |log p(x|z)|,  z = mu(x), z* = mu(x + d)
+- perceptual_damage(x, d)      = SSIM and MS-SSIM between g(mu(x)) and g(mu(x + d)) (torchmetrics)
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
+    structural_similarity_index_measure,
+)
 
 from .errors import RobvaeError
 from .models.fast_decode import flat_decode
@@ -49,4 +57,84 @@ def likelihood_degradation(model: torch.nn.Module, x: torch.Tensor, delta: torch
     return (ll_adv - ll).abs() / ll.abs()
 
 
-__all__ = ["reconstruction_error", "reconstruction_damage", "likelihood_degradation"]
+#: MS-SSIM's scale weights (Wang, Simoncelli and Bovik 2003), finest scale first.
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ssim_kernel(height: int, width: int) -> tuple[int, float] | None:
+    """The Gaussian window (size, sigma) for images of this size: the standard 11 / 1.5 when both
+    sides are at least 12 pixels, else the largest odd size below the shorter side with sigma
+    scaled alike (7 / 0.95 for 8x8 digits); None below 4 pixels (SSIM unavailable)."""
+    side = min(int(height), int(width))
+    if side < 4:
+        return None
+    k = min(11, side - 1 if side % 2 == 0 else side - 2)
+    return k, 1.5 * k / 11
+
+
+@dataclass
+class PerceptualDamage:
+    """Structural similarity between clean and attacked reconstructions, per input ([B] each).
+
+    ssim: SSIM (1 = identical; lower = more damage). ms_ssim: MS-SSIM over ``ms_ssim_scales``
+    scales (NaN when unavailable, with the reason in ``note``). kernel_size / sigma: the Gaussian
+    window used by both. Computed by torchmetrics with data_range 1 (images in [0, 1]).
+    """
+
+    ssim: torch.Tensor
+    ms_ssim: torch.Tensor
+    kernel_size: int
+    sigma: float
+    ms_ssim_scales: int
+    note: str = ""
+
+
+def image_similarity(a: torch.Tensor, b: torch.Tensor) -> PerceptualDamage:
+    """SSIM and MS-SSIM of image batches ``a``, ``b`` [B, C, H, W] in [0, 1] -> :class:`PerceptualDamage`.
+
+    The window follows the image size (:func:`ssim_kernel`). MS-SSIM uses as many of the five
+    standard scales (:data:`MS_SSIM_BETAS`, renormalised to sum to 1) as torchmetrics accepts for
+    that window and image size (each scale halves the image); with fewer than 2 it is NaN and
+    ``note`` says why. Non-image shapes give NaN for both.
+    """
+    if a.shape != b.shape:
+        raise RobvaeError(f"image_similarity: shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
+    nan = torch.full((a.shape[0],), float("nan"), dtype=torch.float64)
+    if a.dim() != 4:
+        return PerceptualDamage(nan, nan.clone(), 0, 0.0, 0, f"SSIM needs images [B, C, H, W], got shape {tuple(a.shape)}")
+    kern = ssim_kernel(a.shape[2], a.shape[3])
+    if kern is None:
+        return PerceptualDamage(nan, nan.clone(), 0, 0.0, 0, f"images of {a.shape[2]}x{a.shape[3]} are too small for SSIM")
+    k, sig = kern
+    a64, b64 = a.detach().double(), b.detach().double()
+    ssim = structural_similarity_index_measure(a64, b64, kernel_size=k, sigma=sig, data_range=1.0, reduction="none")
+    ms, scales, note = nan.clone(), 0, ""
+    for m in range(len(MS_SSIM_BETAS), 1, -1):
+        total = sum(MS_SSIM_BETAS[:m])
+        betas = tuple(bb / total for bb in MS_SSIM_BETAS[:m])
+        try:
+            ms = multiscale_structural_similarity_index_measure(
+                a64, b64, kernel_size=k, sigma=sig, data_range=1.0, betas=betas, reduction="none")
+        except ValueError:
+            continue
+        scales = m
+        break
+    if scales == 0:
+        note = (f"MS-SSIM unavailable: {a.shape[2]}x{a.shape[3]} images are too small for 2 scales with a "
+                f"{k}x{k} window")
+    return PerceptualDamage(ssim.cpu(), ms.cpu(), k, float(sig), scales, note)
+
+
+def perceptual_damage(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor) -> PerceptualDamage:
+    """SSIM / MS-SSIM between g(mu(x)) and g(mu(x + delta)) per input (:func:`image_similarity`),
+    the perceptual counterpart of :func:`reconstruction_damage`."""
+    check_x(model, x)
+    delta = check_delta(x, delta)
+    with torch.inference_mode():
+        g = flat_decode(model, model.encode(x)[0]).reshape(x.shape)
+        g_adv = flat_decode(model, model.encode(x + delta)[0]).reshape(x.shape)
+    return image_similarity(g_adv.clamp(0, 1), g.clamp(0, 1))
+
+
+__all__ = ["reconstruction_error", "reconstruction_damage", "likelihood_degradation", "perceptual_damage",
+           "image_similarity", "PerceptualDamage", "ssim_kernel", "MS_SSIM_BETAS"]

@@ -5,7 +5,9 @@ A run folder holds
 - ``checkpoint.safetensors`` model and optimiser state after the last finished epoch (resume);
 - ``model.safetensors``  the final weights (written when training finishes);
 - ``metrics.csv``        per epoch: train loss, train ELBO, held-out ELBO (nats per image), time;
-- ``reconstructions.png`` held-out images above their reconstructions g(mu(x)).
+- ``reconstructions.png`` held-out images above their reconstructions g(mu(x)), drawn by the
+  caller (``robvae train`` and the sweep workers, :func:`robvae.report.figures.save_reconstructions`):
+  training itself draws no figures.
 Every file is written atomically. Epoch ``e`` shuffles and draws its noise from generators
 seeded by ``(seed, e)``, so an interrupted run resumed from its checkpoint ends with the same
 weights as an uninterrupted one.
@@ -13,21 +15,24 @@ weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigMixin
-from .data import ImageDataset
+from .data import ImageDataset, load_dataset
+from .data.registry import canonical_name
 from .errors import CheckpointError
 from .fileio import load_tensors, read_csv, read_json, save_tensors, write_csv, write_json
+from .attacks import MaxDamageAttack
 from .models import VAE, ModelConfig
 from .objectives import ObjectiveConfig, compute_objective
 
@@ -36,6 +41,8 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.csv"
 RECON_FILE = "reconstructions.png"
+AdversarialNorm = Literal["l2", "linf"]
+ADVERSARIAL_NORMS: tuple[str, ...] = get_args(AdversarialNorm)
 
 
 @dataclass
@@ -46,6 +53,10 @@ class TrainConfig(ConfigMixin):
     first n training images (None = all). model / objective: see ModelConfig, ObjectiveConfig
     (model.input_shape is set from the data set). epochs, batch_size, lr: Adam settings.
     seed: seeds initialisation, shuffling and reparameterisation noise. device: "cpu", "cuda", ...
+    adversarial_eps: adversarial training (0 = off): each batch is replaced by x + delta, delta the
+    maximum-damage attack (robvae.attacks, eta_samples 1) with budget adversarial_eps in the
+    adversarial_norm ("l2" or "linf"), adversarial_steps PGD steps; the objective then encodes
+    x + delta and scores the clean x (see :func:`batch_objective`).
     """
 
     dataset: str = "digits"
@@ -58,17 +69,35 @@ class TrainConfig(ConfigMixin):
     lr: float = 1e-3
     seed: int = 0
     device: str = "cpu"
+    adversarial_eps: float = 0.0
+    adversarial_steps: int = 3
+    adversarial_norm: AdversarialNorm = "l2"
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_dict(self.model)
         if isinstance(self.objective, dict):
             self.objective = ObjectiveConfig.from_dict(self.objective)
+        if not isinstance(self.dataset, str):
+            raise ValueError(f"dataset: expected a data set name, got {self.dataset!r}")
+        try:
+            canonical_name(self.dataset)
+        except ValueError as e:
+            raise ValueError(f"dataset: {e}") from None
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0):
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if isinstance(self.adversarial_eps, bool) or not isinstance(self.adversarial_eps, (int, float)) \
+                or not (self.adversarial_eps >= 0 and math.isfinite(self.adversarial_eps)):
+            raise ValueError(f"adversarial_eps must be a finite number >= 0, got {self.adversarial_eps!r}")
+        if isinstance(self.adversarial_steps, bool) or not isinstance(self.adversarial_steps, int) \
+                or self.adversarial_steps < 1:
+            raise ValueError(f"adversarial_steps must be an integer >= 1, got {self.adversarial_steps!r}")
+        if self.adversarial_norm not in ADVERSARIAL_NORMS:
+            raise ValueError(f"unknown adversarial_norm {self.adversarial_norm!r}; choose one of "
+                             f"{', '.join(ADVERSARIAL_NORMS)}")
 
     def training_fields(self) -> dict[str, Any]:
         """The fields that determine the weights (device excluded)."""
@@ -109,6 +138,24 @@ def evaluate_elbo(model: VAE, data: ImageDataset, batch_size: int = 512, seed: i
     return total / len(data)
 
 
+def batch_objective(
+    model: torch.nn.Module, x: torch.Tensor, config: TrainConfig, dataset_size: int,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """The training objective of one batch (see :func:`robvae.objectives.compute_objective`).
+
+    With ``config.adversarial_eps > 0`` the inputs are first perturbed by the maximum-damage attack
+    (budget adversarial_eps, adversarial_steps steps, one restart, one eta draw per step, drawn from
+    ``generator``); the objective then encodes x + delta and scores the clean x.
+    """
+    if config.adversarial_eps > 0:
+        attack = MaxDamageAttack(model, float(config.adversarial_eps), norm=config.adversarial_norm,
+                                 steps=config.adversarial_steps, restarts=1, eta_samples=1, generator=generator)
+        delta = attack(x).detach()
+        return compute_objective(model, x + delta, config.objective, dataset_size, generator=generator, target=x)
+    return compute_objective(model, x, config.objective, dataset_size, generator=generator)
+
+
 def _optimizer_state(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     flat: dict[str, torch.Tensor] = {}
     for idx, st in opt.state_dict()["state"].items():
@@ -127,15 +174,24 @@ def _load_optimizer_state(opt: torch.optim.Optimizer, flat: dict[str, torch.Tens
     opt.load_state_dict(sd)
 
 
-def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
+def _check_same_config(run_dir: Path, config: TrainConfig) -> bool:
+    """Refuse a run folder trained under another config; True when ``config`` only asks for more
+    epochs than the folder's (the run is then continued: epoch e's shuffling and noise depend only
+    on the seed and e, so the weights equal those of a run trained that long from the start)."""
     saved = TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE, "config"))
-    if saved.training_fields() != config.training_fields():
-        a, b = saved.training_fields(), config.training_fields()
+    a, b = saved.training_fields(), config.training_fields()
+    more = config.epochs > saved.epochs
+    a.pop("epochs")
+    b.pop("epochs")
+    if a != b or config.epochs < saved.epochs:
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if config.epochs < saved.epochs:
+            diff.append(f"epochs ({config.epochs} < the run's {saved.epochs}; more epochs continue a run)")
         raise CheckpointError(
             f"run folder {run_dir} holds a different config (differs in: {', '.join(diff)}); "
             "choose a new output folder"
         )
+    return more
 
 
 def train(
@@ -152,10 +208,10 @@ def train(
     ``data`` = (train, test) overrides loading ``config.dataset``. Returns the loaded :class:`Run`.
     """
     run_dir = Path(run_dir)
+    if config.data_dir is not None:  # stored absolute: the run folder is usable from any folder
+        config = dataclasses.replace(config, data_dir=str(Path(config.data_dir).expanduser().resolve()))
     device = torch.device(config.device)
     if data is None:
-        from .data import load_dataset
-
         train_set = load_dataset(config.dataset, "train", config.data_dir)
         test_set = load_dataset(config.dataset, "test", config.data_dir)
     else:
@@ -164,8 +220,10 @@ def train(
     if tuple(config.model.input_shape) != tuple(train_set.shape):
         config.model = ModelConfig.from_dict({**config.model.to_dict(), "input_shape": tuple(train_set.shape)})
 
-    if (run_dir / CONFIG_FILE).exists():
-        _check_same_config(run_dir, config)
+    if (run_dir / CONFIG_FILE).exists() and _check_same_config(run_dir, config):
+        # more epochs than a finished run: continue from its checkpoint; the final weights of the
+        # shorter run (equal to the checkpoint's) make way for the longer run's
+        (run_dir / WEIGHTS_FILE).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG_FILE, config.to_dict())
 
@@ -194,7 +252,7 @@ def train(
         tot_loss = tot_elbo = 0.0
         for i in range(0, n, config.batch_size):
             x = train_set.images[perm[i : i + config.batch_size]].to(device, non_blocking=True)
-            out = compute_objective(model, x, config.objective, n, generator=g_noise)
+            out = batch_objective(model, x, config, n, generator=g_noise)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
@@ -212,25 +270,14 @@ def train(
         metrics.append(row)
         ckpt = {f"model.{k}": v for k, v in model.state_dict().items()}
         ckpt.update(_optimizer_state(opt))
-        save_tensors(run_dir / CHECKPOINT_FILE, ckpt, {"epoch": str(epoch + 1)})
+        save_tensors(run_dir / CHECKPOINT_FILE, ckpt, {"epoch": str(epoch + 1), "config": json.dumps(config.to_dict())})
         write_csv(run_dir / METRICS_FILE, metrics, fieldnames=list(row))
         bar.set_postfix(loss=f"{row['train_loss']:.2f}", test_nelbo=f"{-row['test_elbo']:.2f}")
         if callback is not None:
             callback(epoch + 1, {k: float(v) for k, v in row.items()})
 
     save_tensors(run_dir / WEIGHTS_FILE, model.state_dict(), {"config": json.dumps(config.to_dict())})
-    _save_reconstructions(model, test_set, run_dir / RECON_FILE)
     return load(run_dir, device=config.device)
-
-
-def _save_reconstructions(model: VAE, data: ImageDataset, path: Path, n: int = 10) -> None:
-    from .report.figures import image_grid
-
-    device = next(model.parameters()).device
-    x = data.images[:n].to(device)
-    with torch.inference_mode():
-        rec = model.reconstruct(x)
-    image_grid([x, rec], path, row_titles=["input", "g(mu(x))"])
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -247,7 +294,42 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Pa
             raise CheckpointError(
                 f"weights file {path} does not match the config's architecture ({k}: {tuple(v.shape)} vs {tuple(expected[k].shape)})"
             )
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CheckpointError(f"weights file {path} holds NaN or inf values ({k}: {int((~torch.isfinite(v)).sum())} "
+                                  "of them); the model is broken, retrain it")
     model.load_state_dict(state)
+
+
+#: Fields of the config that may differ between config.json and the config stored in the weights
+#: file: where the data and the model live, not what was trained.
+_UNCHECKED_FIELDS = ("device", "data_dir")
+
+
+def _check_weights_config(path: Path, meta: dict[str, str], config: TrainConfig) -> None:
+    """The weights file carries the config it was trained under (safetensors metadata "config"):
+    refuse a config.json that differs from it in any field (naming the field)."""
+    if "config" not in meta:
+        return  # written before robvae stored the config in the weights
+    try:
+        stored = json.loads(meta["config"])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"weights file {path} holds a corrupt training config in its metadata") from None
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(d, dict):
+            return {k: v for key, val in d.items() for k, v in flat(val, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: d}
+
+    a = {k: v for k, v in flat(stored).items() if k not in _UNCHECKED_FIELDS}
+    b = {k: v for k, v in flat(config.to_dict()).items() if k not in _UNCHECKED_FIELDS}
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k in a)
+    if diff:
+        k = diff[0]
+        raise CheckpointError(
+            f"weights file {path} does not match its config.json (edited by hand?): the weights were trained "
+            f"with {k} = {a.get(k)!r}, config.json says {b.get(k)!r}"
+            + (f" (and {len(diff) - 1} more fields differ: {', '.join(diff[1:])})" if len(diff) > 1 else "")
+        )
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu", *, checkpoint: bool = False) -> Run:
@@ -268,13 +350,15 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu", *, checkpoint:
     model = VAE(config.model)
     if checkpoint:
         path = run_dir / CHECKPOINT_FILE
-        tensors, _ = load_tensors(path, device)
+        tensors, meta = load_tensors(path, device)
+        _check_weights_config(path, meta, config)
         state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     else:
         path = run_dir / WEIGHTS_FILE
         if not path.exists() and (run_dir / CHECKPOINT_FILE).exists():
             raise CheckpointError(f"weights file {path} is missing: training has not finished (rerun train to resume)")
-        state, _ = load_tensors(path, device)
+        state, meta = load_tensors(path, device)
+        _check_weights_config(path, meta, config)
     model = model.to(device)
     _load_state(model, state, path)
     model.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -51,8 +52,194 @@ def model_input_shape(model: torch.nn.Module) -> tuple[int, ...] | None:
 
 
 def check_x(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-    """Validate a batch of images against the model's declared input shape (InputError)."""
-    return check_images(x, model_input_shape(model), name=name)
+    """Validate a batch of images against the model (InputError): the images themselves (shape
+    against ``model.input_shape``, finite, in [0, 1]), their dtype against the model's, and one
+    encode / decode of them (:func:`check_model_outputs`), so that a model whose outputs break
+    the protocol is refused before any estimate or attack is computed from them."""
+    check_images(x, model_input_shape(model), name=name)
+    check_model_outputs(model, x)
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# Checks of a model's outputs against the protocol (robvae.models.protocol)
+# --------------------------------------------------------------------------------------------
+
+_SIGMA_HINT = " (is it a log-variance? encode must return the standard deviation, e.g. exp(0.5 * logvar))"
+
+
+def _count(mask: torch.Tensor) -> int:
+    return int(mask.sum())
+
+
+def _model_dtypes(model: torch.nn.Module) -> set[torch.dtype]:
+    """The floating dtypes of a module's parameters and buffers (empty for a plain object)."""
+    tensors = []
+    if isinstance(model, torch.nn.Module):
+        tensors = [*model.parameters(), *model.buffers()]
+    return {t.dtype for t in tensors if t.is_floating_point()}
+
+
+def check_dtype(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> None:
+    """InputError when ``x``'s dtype is none of the model's floating parameter / buffer dtypes."""
+    dtypes = _model_dtypes(model)
+    if dtypes and x.dtype not in dtypes:
+        want = sorted(str(d).replace("torch.", "") for d in dtypes)[0]
+        raise InputError(
+            f"{name} has dtype {str(x.dtype).replace('torch.', '')} but the model's weights are {want}: "
+            f"convert the input ({name}.to(torch.{want})) or the model (model.to({name}.dtype))"
+        )
+
+
+def _tensor_problems(t: object, what: str, rows: int, dtype: torch.dtype, shape: tuple[int, ...] | None) -> list[str]:
+    """Problems of one returned tensor: type, shape (rows, or the exact ``shape``), dtype, NaN/inf."""
+    if not isinstance(t, torch.Tensor):
+        return [f"{what} as a {type(t).__name__}, not a torch.Tensor"]
+    out = []
+    if shape is not None and tuple(t.shape) != shape:
+        out.append(f"{what} of shape {tuple(t.shape)}, expected {shape}")
+    elif shape is None and (t.dim() != 2 or t.shape[0] != rows):
+        out.append(f"{what} of shape {tuple(t.shape)}, expected [{rows}, d] (one row per input)")
+    if not t.is_floating_point():
+        out.append(f"{what} of dtype {t.dtype}, expected a floating dtype")
+    elif t.dtype != dtype:
+        out.append(f"{what} of dtype {t.dtype}, but the input is {dtype}")
+    elif not torch.isfinite(t).all():
+        out.append(f"{what} with {_count(~torch.isfinite(t))} NaN or inf values")
+    return out
+
+
+def _encode_problems(model: torch.nn.Module, x: torch.Tensor, out: object) -> list[str]:
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        got = f"a {type(out).__name__}" if not isinstance(out, (tuple, list)) else f"{len(out)} values"
+        return [f"model.encode returned {got}; it must return the pair (mu, sigma) of shape [B, d] each"]
+    mu, sigma = out
+    problems = _tensor_problems(mu, "model.encode returned mu", x.shape[0], x.dtype, None)
+    shape = tuple(mu.shape) if isinstance(mu, torch.Tensor) else None
+    problems += _tensor_problems(sigma, "model.encode returned sigma", x.shape[0], x.dtype, shape)
+    if not problems:
+        bad = _count(~(sigma > 0))
+        if bad:
+            problems.append(f"model.encode returned sigma with {bad} values <= 0{_SIGMA_HINT}")
+    return problems
+
+
+def checked_encode(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model.encode(x)``, refused with an InputError naming the problem unless it returns
+    (mu, sigma) of shape [B, d] each, of x's dtype, finite, with sigma > 0."""
+    out = model.encode(x)
+    problems = _encode_problems(model, x, out)
+    if problems:
+        raise InputError(problems[0])
+    return out[0], out[1]
+
+
+def checked_decode(model: torch.nn.Module, z: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``model.decode(z)``, refused with an InputError unless it returns [N, *shape] of z's dtype, finite."""
+    out = model.decode(z)
+    problems = _tensor_problems(out, "model.decode returned g(z)", z.shape[0], z.dtype,
+                                (z.shape[0], *(int(s) for s in shape)))
+    if problems:
+        raise InputError(problems[0])
+    return out
+
+
+@dataclass
+class ModelCheck:
+    """What :func:`check_model` found: the shapes and dtypes of the model's outputs for ``x``, and
+    every problem (an empty ``problems`` list means the model follows the protocol on ``x``).
+
+    input_shape: x's image shape.  dtype: x's dtype.  model_dtypes: the model's floating dtypes.
+    latent_dim: d (None if encode failed).  mu_shape / sigma_shape / decode_shape: what came back.
+    sigma_min: the smallest sigma.  n_sigma_nonpositive: sigma values <= 0.  encode_finite /
+    decode_finite: no NaN / inf in encode's / decode's outputs.
+    """
+
+    input_shape: tuple[int, ...]
+    dtype: torch.dtype
+    model_dtypes: tuple[torch.dtype, ...] = ()
+    latent_dim: int | None = None
+    mu_shape: tuple[int, ...] | None = None
+    sigma_shape: tuple[int, ...] | None = None
+    decode_shape: tuple[int, ...] | None = None
+    sigma_min: float | None = None
+    n_sigma_nonpositive: int | None = None
+    encode_finite: bool | None = None
+    decode_finite: bool | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_if_failed(self) -> None:
+        """InputError with the first problem (and how many more there are)."""
+        if self.problems:
+            more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
+            raise InputError(self.problems[0] + more)
+
+    def __str__(self) -> str:
+        lines = [f"input: {tuple(self.input_shape)} {self.dtype}; model weights: "
+                 f"{', '.join(str(d) for d in self.model_dtypes) or '-'}",
+                 f"encode: mu {self.mu_shape}, sigma {self.sigma_shape}, sigma_min {self.sigma_min}, "
+                 f"finite {self.encode_finite}",
+                 f"decode(mu): {self.decode_shape}, finite {self.decode_finite}",
+                 "ok" if self.ok else "problems:\n" + "\n".join(f"  - {p}" for p in self.problems)]
+        return "\n".join(lines)
+
+
+def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
+    """Run the model on the images ``x`` and report (a :class:`ModelCheck`) whether its outputs
+    follow the protocol: encode(x) -> (mu, sigma) of shape [B, d] each, x's dtype, finite,
+    sigma > 0; decode(mu) of x's shape and dtype, finite; x's dtype one of the model's.
+
+    Bad images (not a float tensor, NaN, outside [0, 1]) raise InputError; problems of the model
+    are collected in the report (``report.raise_if_failed()`` turns them into an InputError).
+    """
+    check_images(x, model_input_shape(model))
+    rep = ModelCheck(input_shape=tuple(x.shape[1:]), dtype=x.dtype,
+                     model_dtypes=tuple(sorted(_model_dtypes(model), key=str)))
+    try:
+        check_dtype(model, x)
+    except InputError as e:
+        rep.problems.append(str(e))
+        return rep
+    with torch.no_grad():
+        try:
+            out = model.encode(x)
+        except Exception as e:  # noqa: BLE001 - reported, with the model method named
+            rep.problems.append(f"model.encode raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            return rep
+        if isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out):
+            mu, sigma = out
+            rep.mu_shape, rep.sigma_shape = tuple(mu.shape), tuple(sigma.shape)
+            rep.latent_dim = int(mu.shape[-1]) if mu.dim() else None
+            rep.encode_finite = bool(torch.isfinite(mu).all() and torch.isfinite(sigma).all())
+            if sigma.numel():
+                rep.sigma_min = float(sigma.min())
+                rep.n_sigma_nonpositive = _count(~(sigma > 0))
+        rep.problems += _encode_problems(model, x, out)
+        if rep.problems:
+            return rep
+        try:
+            dec = model.decode(out[0])
+        except Exception as e:  # noqa: BLE001
+            rep.problems.append(f"model.decode raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            return rep
+        if isinstance(dec, torch.Tensor):
+            rep.decode_shape = tuple(dec.shape)
+            rep.decode_finite = bool(torch.isfinite(dec).all()) if dec.is_floating_point() else None
+        rep.problems += _tensor_problems(dec, "model.decode returned g(mu)", x.shape[0], x.dtype, tuple(x.shape))
+    return rep
+
+
+def check_model_outputs(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """The cheap check every estimator and attack runs first: one encode and decode of ``x``
+    (no gradient), InputError naming the model method and the problem."""
+    check_dtype(model, x)
+    with torch.no_grad():
+        mu, _ = checked_encode(model, x)
+        checked_decode(model, mu, tuple(x.shape[1:]))
 
 
 def check_delta(x: torch.Tensor, delta: torch.Tensor | None, *, tol: float = 1e-6) -> torch.Tensor | None:

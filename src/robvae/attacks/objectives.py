@@ -1,7 +1,7 @@
-"""The objectives the PGD engine maximises (SPEC 5). Each builder takes any protocol model and the
+"""The objectives the PGD engine maximises (docs/THEORY.md section 5). Each builder takes any protocol model and the
 clean inputs x [B, *shape] and returns ``f(x_adv [R, B, *shape]) -> [R, B]``.
 
-- maximum damage (the paper's eq. 5), averaged over K draws of eta (K = 0: eta = 0):
+- maximum damage (the paper's maximum-damage attack), averaged over K draws of eta (K = 0: eta = 0):
     f = mean_k || g(mu(x_adv) + eta_k * s) - g(mu(x)) ||,  s = sigma(x_adv) ("full") or sigma(x) ("mean")
 - latent (targeted; Tabacof et al. 2016, Gondim-Ribeiro et al. 2018):
     f = -[ KL(q(z|x_adv) || q(z|x_target))  or  ||mu(x_adv) - mu(x_target)|| ] - c ||x_adv - x||
@@ -19,6 +19,13 @@ from ..rng import randn
 from .pgd import Norm, Objective
 
 DISTANCES = ("kl", "mean")
+
+
+def safe_norm(v: torch.Tensor) -> torch.Tensor:
+    """||v|| over the last axis with a finite gradient at v = 0 (sqrt(sum v^2 + tiny) - sqrt(tiny)):
+    the plain norm's gradient is NaN there, which the engine would turn into a zero step."""
+    tiny = torch.finfo(v.dtype).tiny ** 0.5
+    return (v.pow(2).sum(-1) + tiny).sqrt() - tiny ** 0.5
 
 
 def max_damage_objective(
@@ -40,11 +47,11 @@ def max_damage_objective(
         R = x_adv.shape[0]
         mu, sigma = model.encode(x_adv.flatten(0, 1))  # [R*B, d]
         if K == 0:
-            return (flat_decode(model, mu).view(R, B, D) - ref).norm(dim=-1)
+            return safe_norm(flat_decode(model, mu).view(R, B, D) - ref)
         s = sigma.view(R, B, 1, d) if mode == "full" else sigma0.view(1, B, 1, d)
         eta = randn((1, B, K, d), mu, generator)
         z = (mu.view(R, B, 1, d) + eta * s).reshape(R * B * K, d)
-        return (flat_decode(model, z).view(R, B, K, D) - ref[None, :, None, :]).norm(dim=-1).mean(dim=-1)
+        return safe_norm(flat_decode(model, z).view(R, B, K, D) - ref[None, :, None, :]).mean(dim=-1)
 
     f.deterministic = K == 0  # type: ignore[attr-defined]
     return f
@@ -98,3 +105,84 @@ def output_objective(
         return -dist
 
     return f
+
+
+# --------------------------------------------------------------------------------------------
+# The ensemble's objectives (issue 9): fixed draws of eta per attack run (common random numbers),
+# so the objective is a deterministic function of delta and APGD's best-iterate bookkeeping is sound.
+# --------------------------------------------------------------------------------------------
+OBJECTIVES = ("damage", "expected", "p", "kl")
+
+
+class RowCounter:
+    """Counts the decoder rows (latent vectors decoded) an attack or a search spends."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def add(self, n: int) -> None:
+        self.rows += int(n)
+
+
+def _sigma(mode: str, sigma_adv: torch.Tensor, sigma0: torch.Tensor, R: int, B: int, d: int) -> torch.Tensor:
+    return sigma_adv.view(R, B, 1, d) if mode == "full" else sigma0.view(1, B, 1, d)
+
+
+def ensemble_objective(
+    name: str, model: torch.nn.Module, x: torch.Tensor, *, mode: str = "full", draws: int = 8,
+    r: torch.Tensor | None = None, generator: torch.Generator | None = None, counter: RowCounter | None = None,
+) -> Objective:
+    """One of the ensemble's objectives, ``f(x_adv [R, B, *shape]) -> [R, B]`` to maximise:
+
+    - "damage": ||g(mu(x_adv)) - g(mu(x))|| (deterministic damage, eta = 0);
+    - "expected": (1/K) sum_k ||g(mu(x_adv) + eta_k s) - g(mu(x))|| (the paper's eq. 5, K fixed draws);
+    - "p": -(1/K) sum_k sigmoid((r - ||g(mu(x_adv) + eta_k s) - g(mu(x))||) / T), a smoothed p_r with
+      K fixed draws, T = std of the clean norms / 4 per input (needs ``r`` [B]);
+    - "kl": KL(q(z|x_adv) || q(z|x)) (the latent attack away from x).
+    s = sigma(x_adv) (mode "full") or sigma(x) ("mean"). ``counter`` counts the decoded rows.
+    """
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    if mode not in ("full", "mean"):
+        raise ValueError(f"unknown mode {mode!r}; choose 'full' or 'mean'")
+    count = counter.add if counter is not None else (lambda n: None)
+    with torch.no_grad():
+        mu0, sigma0 = model.encode(x)
+        ref = flat_decode(model, mu0)
+    count(x.shape[0])
+    B, d, D = mu0.shape[0], mu0.shape[1], ref.shape[1]
+    K = max(int(draws), 1)
+    eta = randn((1, B, K, d), mu0, generator)
+
+    if name == "damage":
+        def f(x_adv: torch.Tensor) -> torch.Tensor:
+            R = x_adv.shape[0]
+            mu = model.encode(x_adv.flatten(0, 1))[0]
+            count(R * B)
+            return safe_norm(flat_decode(model, mu).view(R, B, D) - ref)
+        return f
+
+    if name == "kl":
+        def f(x_adv: torch.Tensor) -> torch.Tensor:
+            R = x_adv.shape[0]
+            mu, sigma = model.encode(x_adv.flatten(0, 1))
+            return gaussian_kl(mu.view(R, B, d), sigma.view(R, B, d), mu0, sigma0)
+        return f
+
+    def norms(x_adv: torch.Tensor) -> torch.Tensor:
+        R = x_adv.shape[0]
+        mu, sigma = model.encode(x_adv.flatten(0, 1))
+        z = (mu.view(R, B, 1, d) + eta * _sigma(mode, sigma, sigma0, R, B, d)).reshape(R * B * K, d)
+        count(R * B * K)
+        return safe_norm(flat_decode(model, z).view(R, B, K, D) - ref[None, :, None, :])  # [R, B, K]
+
+    if name == "expected":
+        return lambda x_adv: norms(x_adv).mean(dim=-1)
+
+    if r is None:
+        raise ValueError("the probability objective 'p' needs the radius r")
+    rr = torch.as_tensor(r, dtype=x.dtype, device=x.device).expand(B).view(1, B, 1)
+    with torch.no_grad():
+        n0 = norms(x.unsqueeze(0))[0]  # [B, K]
+    temp = (n0.std(dim=-1) / 4 if K > 1 else 0.05 * rr.view(B)).clamp_min(1e-3 * rr.view(B)).view(1, B, 1)
+    return lambda x_adv: -torch.sigmoid((rr - norms(x_adv)) / temp).mean(dim=-1)

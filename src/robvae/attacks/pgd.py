@@ -1,4 +1,4 @@
-"""One projected-gradient engine for L2 and L-inf balls inside the [0, 1] pixel box (SPEC 5).
+"""One projected-gradient engine for L2 and L-inf balls inside the [0, 1] pixel box (docs/THEORY.md section 5).
 
 The loop lives here once; each norm is a small class with its own random start, steepest-ascent
 direction and ball projection (the layout of foolbox's gradient-descent attacks). Objectives are
@@ -180,6 +180,7 @@ def pgd(
     restarts: int = 1,
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    init: torch.Tensor | None = None,
 ) -> PGDResult:
     """Projected gradient ascent: maximise ``objective`` over {||delta|| <= eps, x + delta in [0, 1]}.
 
@@ -191,6 +192,8 @@ def pgd(
     with the largest value seen over steps and restarts is kept; an objective with the attribute
     ``deterministic = False`` (fresh eta draws per call) keeps each restart's last iterate and the
     restart with the largest final value, so noisy values do not select lucky draws step by step. The objective receives x + delta of shape [R, B, *shape] and returns [R, B].
+    ``init`` [B, *shape]: the start of every restart instead of delta = 0 when ``random_start`` is
+    False (e.g. the top singular direction; at delta = 0 the damage gradient vanishes).
     """
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
@@ -211,6 +214,8 @@ def pgd(
         delta = torch.zeros_like(xr)
         if random_start:
             delta = nrm.random_start(delta, eps_r, generator)
+        elif init is not None:
+            delta = init.detach().to(x.dtype).unsqueeze(0).expand(R, *x.shape).reshape(R * B, *shape).clone()
         delta = feasible(xr, delta, eps_r, nrm)
         best_delta = delta.clone()
         best_value = torch.full((R * B,), -math.inf, dtype=x.dtype, device=x.device)
@@ -238,3 +243,105 @@ def pgd(
 def check_inputs(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:
     """Validate an attack's images against the model (InputError on shape, NaN/inf or range)."""
     return check_x(model, x, name=name)
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """APGD's checkpoints (Croce and Hein 2020): w_j = ceil(p_j * steps), p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(q * steps) for q in p if 0 < q < 1})
+
+
+def apgd(
+    objective: Objective,
+    x: torch.Tensor,
+    eps: float | torch.Tensor,
+    *,
+    norm: str | Norm = "l2",
+    steps: int = 50,
+    starts: torch.Tensor | None = None,
+    restarts: int = 1,
+    random_start: bool = True,
+    momentum: float = 0.75,
+    rho: float = 0.75,
+    generator: torch.Generator | None = None,
+) -> PGDResult:
+    """Auto-PGD (Croce and Hein 2020): maximise ``objective`` over {||delta|| <= eps, x + delta in [0, 1]}
+    with no step size to tune.
+
+    Rows: the given ``starts`` [S, B, *shape] (made feasible) and ``restarts`` random starts inside the
+    ball (when ``random_start``), all as extra batch rows of one objective call per step. Step size
+    eta = 2 eps (L2) or 2 eps (L-inf), halved at the checkpoints (:func:`apgd_checkpoints`) of a row
+    where fewer than ``rho`` of the steps since the last checkpoint increased the objective, or where
+    neither eta nor the best value changed since it; a halving restarts that row from its best
+    point. Each step: z = P(x_k + eta * direction(grad)); x_{k+1} = P(x_k + a (z - x_k) + (1 - a)
+    (x_k - x_{k-1})) with a = ``momentum`` (a = 1 on the first step). The best iterate per row is
+    kept (the objective must be deterministic, e.g. with fixed draws), and the best row per input
+    returned.
+    """
+    if steps < 0 or restarts < 0:
+        raise ValueError(f"need steps >= 0 and restarts >= 0, got steps={steps}, restarts={restarts}")
+    nrm = get_norm(norm)
+    B, shape = x.shape[0], tuple(x.shape[1:])
+    eps_b = as_eps(eps, B, x)
+    if not torch.isfinite(eps_b).all():
+        raise ValueError("apgd needs a finite budget eps")
+    rows = [] if starts is None else [s for s in starts.to(x.dtype)]
+    n_rand = int(restarts) if random_start else 0
+    if not rows and n_rand == 0:
+        n_rand = 1  # one row at delta = 0 (random_start False, no starts)
+    R = len(rows) + n_rand
+    with torch.inference_mode(False), torch.enable_grad():
+        xr = x.detach().clone().unsqueeze(0).expand(R, *x.shape).reshape(R * B, *shape)
+        eps_r = eps_b.repeat(R)
+        extra = torch.zeros((n_rand * B, *shape), dtype=x.dtype, device=x.device)
+        if random_start and n_rand:
+            extra = nrm.random_start(extra, eps_r[len(rows) * B:], generator)
+        delta = torch.cat([s.detach().clone().reshape(B, *shape) for s in rows] + [extra], dim=0)
+        delta = feasible(xr, delta, eps_r, nrm)
+
+        def value_grad(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            d = d.detach().requires_grad_(True)
+            v = objective((xr + d).view(R, B, *shape)).reshape(R * B)
+            (g,) = torch.autograd.grad(v.sum(), d)
+            return v.detach(), torch.nan_to_num(g.detach())
+
+        eta = 2.0 * eps_r
+        value, grad = value_grad(delta)
+        best_value, best_delta, best_grad = value.clone(), delta.clone(), grad.clone()
+        prev = delta.clone()
+        checkpoints = set(apgd_checkpoints(steps))
+        last_cp, n_up = 0, torch.zeros(R * B, device=x.device)
+        eta_cp, best_cp = eta.clone(), best_value.clone()
+        for k in range(steps):
+            with torch.no_grad():
+                z = feasible(xr, delta + _rows(eta, delta) * nrm.direction(grad), eps_r, nrm)
+                a = 1.0 if k == 0 else momentum
+                new = feasible(xr, delta + a * (z - delta) + (1 - a) * (delta - prev), eps_r, nrm)
+            prev = delta
+            new_value, grad = value_grad(new)
+            with torch.no_grad():
+                n_up += (new_value > value).to(n_up.dtype)
+                better = new_value > best_value
+                best_value = torch.where(better, new_value, best_value)
+                best_delta = torch.where(_rows(better, new), new, best_delta)
+                best_grad = torch.where(_rows(better, new), grad, best_grad)
+                delta, value = new, new_value
+                if k + 1 in checkpoints:
+                    span = k + 1 - last_cp
+                    halve = (n_up < rho * span) | ((eta == eta_cp) & (best_value == best_cp))
+                    eta_cp = eta.clone()
+                    eta = torch.where(halve, eta / 2, eta)
+                    hrow = _rows(halve, delta)
+                    delta = torch.where(hrow, best_delta, delta)
+                    prev = torch.where(hrow, best_delta, prev)
+                    value = torch.where(halve, best_value, value)
+                    grad = torch.where(hrow, best_grad, grad)
+                    best_cp, last_cp = best_value.clone(), k + 1
+                    n_up.zero_()
+    best = best_value.view(R, B).argmax(dim=0)
+    idx = torch.arange(B, device=x.device)
+    return PGDResult(delta=best_delta.view(R, B, *shape)[best, idx].detach(),
+                     value=best_value.view(R, B)[best, idx])

@@ -1,4 +1,4 @@
-"""torchattacks-style attack classes and functional forms over the PGD engine (SPEC 5).
+"""torchattacks-style attack classes and functional forms over the PGD engine (docs/THEORY.md section 5).
 
 ``MaxDamageAttack(model, eps)(x) -> delta``; ``LatentAttack(model, eps)(x, x_target) -> delta``;
 ``OutputAttack(model, eps)(x, x_target) -> delta``. ``.run(...)`` returns a :class:`PGDResult`
@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from .objectives import latent_objective, max_damage_objective, output_objective
-from .pgd import PGDResult, check_inputs, get_norm, pgd
+from .pgd import PGDResult, as_eps, check_inputs, get_norm, pgd
+from .starts import top_singular_direction
 
 
 class _PGDAttack:
@@ -32,16 +33,20 @@ class _PGDAttack:
         self.random_start = random_start
         self.generator = generator
 
-    def _pgd(self, objective, x: torch.Tensor, eps: float | torch.Tensor | None) -> PGDResult:
+    def _pgd(self, objective, x: torch.Tensor, eps: float | torch.Tensor | None,
+             init: torch.Tensor | None = None) -> PGDResult:
         return pgd(objective, x, eps, norm=self.norm, steps=self.steps, step_size=self.step_size,
-                   restarts=self.restarts, random_start=self.random_start, generator=self.generator)
+                   restarts=self.restarts, random_start=self.random_start, generator=self.generator, init=init)
 
 
 class MaxDamageAttack(_PGDAttack):
     """delta* = argmax_{||delta|| <= eps, x+delta in [0,1]} E_eta ||g(mu(x+delta) + eta s) - g(mu(x))||.
 
-    s = sigma(x + delta) (``mode="full"``, the paper's eq. 5) or sigma(x) (``mode="mean"``); the
+    s = sigma(x + delta) (``mode="full"``, the paper's maximum-damage attack) or sigma(x) (``mode="mean"``); the
     expectation is a mean over ``eta_samples`` = K draws per step (K = 0: eta = 0).
+    ``random_start=False`` starts every restart at eps times the top right-singular direction of
+    the Jacobian of x -> g(mu(x)) (deterministic; delta = 0 itself never moves, its gradient being 0).
+    For reported damages prefer :class:`robvae.attacks.EnsembleAttack`.
     """
 
     def __init__(self, model: torch.nn.Module, eps: float | torch.Tensor, *, eta_samples: int = 1,
@@ -56,7 +61,12 @@ class MaxDamageAttack(_PGDAttack):
         """x [B, *shape] -> PGDResult(delta [B, *shape], value = the damage objective [B])."""
         check_inputs(self.model, x)
         f = max_damage_objective(self.model, x, eta_samples=self.eta_samples, mode=self.mode, generator=self.generator)
-        return self._pgd(f, x, self.eps if eps is None else eps)
+        eps = self.eps if eps is None else eps
+        init = None
+        if not self.random_start:  # delta = 0 is a stationary point of the damage: start along J's top direction
+            v, _ = top_singular_direction(self.model, x, iters=10)
+            init = v * as_eps(eps, x.shape[0], x).view(-1, *[1] * (x.dim() - 1))
+        return self._pgd(f, x, eps, init)
 
     def __call__(self, x: torch.Tensor, eps: float | torch.Tensor | None = None) -> torch.Tensor:
         return self.run(x, eps).delta

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import click
+import torch
 
 from ..objectives import OBJECTIVES
+from ..threads import set_threads
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
@@ -32,8 +34,37 @@ dataset_option = click.option("--dataset", type=click.Choice(DATASETS), default=
                               help="Data set to train on.")
 data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                                help="Folder holding the data files (MNIST/Fashion-MNIST IDX, cifar-10-batches-py).")
-objective_option = click.option("--objective", type=click.Choice(OBJECTIVES), default="elbo", show_default=True)
-device_option = click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, ...")
+download_option = click.option(
+    "--download", is_flag=True,
+    help="Fetch the official MNIST / Fashion-MNIST files (checksummed) into --data-dir, or into "
+         "$ROBVAE_DATA_DIR/NAME (default ~/.cache/robvae/NAME), when they are missing.")
+run_data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False), default=None,
+    help="Folder holding the run's data files (default: the folder the run was trained from).")
+objective_option = click.option("--objective", type=click.Choice(OBJECTIVES), default="elbo", show_default=True,
+                                help="Training objective (the KL or total-correlation weight is --beta).")
+def check_device(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> str | None:
+    """A torch device this machine has: "cpu", "cuda", "cuda:1", "mps", ... (a usage error otherwise)."""
+    if value is None:
+        return None
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"{value!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"{value!r}: CUDA is not available on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise click.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise click.BadParameter(f"{value!r}: MPS is not available on this machine (use --device cpu)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise click.BadParameter(f"{value!r}: robvae runs on cpu, cuda or mps")
+    return value
+
+
+device_option = click.option("--device", default="cpu", show_default=True, callback=check_device,
+                             help="torch device: cpu, cuda, cuda:1, ...")
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 
 
@@ -63,7 +94,8 @@ def format_summary(summary: dict, floatfmt: str = ".4g") -> str:
 
 
 run_argument = click.argument("run", type=click.Path(exists=False, file_okay=False))
-split_option = click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+split_option = click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
+                             help="Data split the inputs come from.")
 n_option = click.option("--n", "n", type=click.IntRange(min=1), default=500, show_default=True,
                         help="Number of inputs (the first N of the split).")
 radius_options = [
@@ -76,9 +108,92 @@ samples_option = click.option("--samples", type=click.IntRange(min=1), default=1
                               help="Monte Carlo draws of eta per estimate of p.")
 
 
+def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int:
+    """Set torch's threads for this command as soon as the option is parsed (robvae.threads)."""
+    return set_threads(value)
+
+
+#: ``--threads N``: torch threads in this process (default 1: fast on a busy machine; see
+#: docs/PERFORMANCE.md). Applied on parsing, so a command needs no code for it.
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None, expose_value=False, is_eager=True, callback=_apply_threads,
+    help="torch threads in this process (default 1: one thread per process stays fast when other jobs share "
+         "the cores; raise it on an idle machine).")
+#: ``--workers N`` for commands that shard inputs over processes (default: one per core for large work).
+auto_workers_option = click.option(
+    "--workers", type=click.IntRange(min=1), default=None,
+    help="Worker processes (local) or CPUs (Ray). Default: one per core when the work is large, else this process.")
+
+
 def add_options(options):
     def deco(f):
         for opt in reversed(options):
             f = opt(f)
         return f
     return deco
+
+
+# --- options generated from the typed configs (one source for names, defaults, choices) ---------
+
+class ConfigOption(click.Option):
+    """A click option whose old names (``deprecated``) still work but are hidden from ``--help``."""
+
+    def __init__(self, *args, deprecated: tuple[str, ...] = (), config_field: tuple[type, str] | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deprecated = tuple(deprecated)
+        self.config_field = config_field  # (config dataclass, field name) the option was generated from
+
+    def get_help_record(self, ctx):
+        saved = self.opts
+        self.opts = [o for o in self.opts if o not in self.deprecated]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = saved
+
+
+def _click_type(tp):
+    """(click type, is_flag) for a dataclass field's annotation."""
+    import types
+    import typing
+
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _click_type(args[0])
+    if origin is typing.Literal:
+        return click.Choice([str(a) for a in typing.get_args(tp)]), False
+    if tp is bool:
+        return None, True
+    if tp is int:
+        return click.INT, False
+    if tp is float:
+        return click.FLOAT, False
+    return click.STRING, False
+
+
+def config_option(cls, name: str, *, flag: str | None = None, deprecated: tuple[str, ...] = (), help: str = "",
+                  type=None, **kwargs):
+    """A click option for field ``name`` of the config dataclass ``cls``: the flag is
+    ``--field-name`` (or ``flag``), the default and the choices (``Literal``) come from the
+    field; ``deprecated``: old flag names kept as hidden aliases. Booleans become --x/--no-x."""
+    import dataclasses
+    import typing
+
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    hints = typing.get_type_hints(cls)
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    ctype, is_flag = _click_type(hints[name])
+    opt = flag or "--" + name.replace("_", "-")
+    decls = [f"{opt}/--no-{opt[2:]}" if is_flag else opt, *deprecated, name]
+    extra = {} if is_flag else {"type": type or ctype}
+    return click.option(*decls, cls=ConfigOption, deprecated=tuple(deprecated), config_field=(cls, name),
+                        default=default,
+                        show_default=default is not None, help=help, **extra, **kwargs)
+
+
+def int_tuple(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """Parse "256,128" into (256, 128); a bad entry is a usage error naming the option."""
+    out = int_list(ctx, param, value)
+    return tuple(out) if out is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from . import app
+from ..report.html import render_report
 
 
 @app.command("report")
@@ -14,7 +15,5 @@ from . import app
 @click.option("--title", default="robvae studies", show_default=True)
 def report_cmd(folders, html_file, title) -> None:
     """Render study folders (figures embedded, tables, commands and configs) into one HTML page."""
-    from ..report.html import render_report
-
     path = render_report(folders, html_file, title=title)
     click.echo(f"report: {path} ({len(folders)} stud{'y' if len(folders) == 1 else 'ies'}; opens with no server)")

@@ -6,49 +6,76 @@ from pathlib import Path
 
 import click
 
+from ..evaluation import EvalConfig
+from ..studies import Executor, TrainOptions
+from ..sweep import EXECUTORS
 from . import app
-from .options import data_dir_option, dataset_option, device_option, float_list, int_list
+from .options import (
+    config_option, data_dir_option, dataset_option, device_option, download_option, float_list, int_list, int_tuple,
+    threads_option,
+)
+from ..data import load_dataset
+from ..data.download import default_data_dir
+from ..studies import Theorem2Config, theorem2_study
+from ..studies import beta_study
+from ..studies import bound_vs_margin
+from ..studies import tau_study
+
+
+def _train(name: str, **kw):
+    return config_option(TrainOptions, name, **kw)
+
+
+def _eval(name: str, **kw):
+    return config_option(EvalConfig, name, **kw)
+
+
+#: the TrainOptions and EvalConfig fields the studies expose (their flags, defaults and choices
+#: come from the dataclasses; ``--eval-seed`` is EvalConfig.seed)
+TRAIN_FIELDS = ("epochs", "n_train", "arch", "latent_dim", "hidden", "batch_size", "lr")
+EVAL_FIELDS = ("n", "n_samples", "alpha", "r", "r_relative", "attack_eps", "attack_eps_relative", "attack_steps",
+               "attack_restarts", "margin_mode", "margin_tol", "seed")
 
 
 def _common(f):
     """Options shared by the studies that train models on a data set."""
     opts = [
-        dataset_option, data_dir_option,
+        dataset_option, data_dir_option, download_option,
         click.option("--out", type=click.Path(file_okay=False), required=True,
                      help="Study folder (resumed if it exists: finished models and evaluations are reused)."),
         click.option("--seeds", callback=int_list, default="0", show_default=True, help="Training seeds, e.g. 0,1,2."),
-        click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
-        click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use only the first N training images."),
-        click.option("--arch", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True),
-        click.option("--latent-dim", type=click.IntRange(min=1), default=10, show_default=True),
-        click.option("--hidden", default="256,128", show_default=True, help="MLP hidden widths."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
-        click.option("--n", "n_eval", type=click.IntRange(min=1), default=100, show_default=True,
-                     help="Test inputs evaluated per model (the first N of the test split)."),
-        click.option("--n-samples", type=click.IntRange(min=1), default=1000, show_default=True,
-                     help="Monte Carlo draws per estimate of p_r."),
-        click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
-                     show_default=True, help="Level of the Clopper-Pearson bound (sound certificate)."),
-        click.option("--r", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Absolute radius r (default: calibrated, see --r-relative)."),
-        click.option("--r-relative", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True,
-                     help="r = this x median r_min (of the reference model in the beta / tau studies)."),
-        click.option("--attack-eps", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Absolute L2 budget of the maximum-damage attack."),
-        click.option("--attack-eps-relative", type=click.FloatRange(min=0, min_open=True), default=0.1,
-                     show_default=True, help="Attack budget = this x median ||x|| of the evaluated inputs."),
-        click.option("--attack-steps", type=click.IntRange(min=1), default=20, show_default=True),
-        click.option("--attack-restarts", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option("--margin-mode", type=click.Choice(["full", "mean"]), default="full", show_default=True,
-                     help="Empirical margin with the full encoder attacked (SPEC 6) or the mean only."),
-        click.option("--margin-tol", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
-                     help="Relative tolerance of the margin bisection."),
-        click.option("--eval-seed", type=int, default=0, show_default=True, help="Seed of the evaluation's draws."),
-        click.option("--executor", type=click.Choice(["local", "ray", "serial"]), default="local", show_default=True),
-        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True),
+        _train("epochs", type=click.IntRange(min=1), help="Training epochs per model."),
+        _train("n_train", type=click.IntRange(min=1), help="Use only the first N training images."),
+        _train("arch", help="Encoder / decoder architecture."),
+        _train("latent_dim", type=click.IntRange(min=1), help="Latent dimension d."),
+        click.option("--hidden", callback=int_tuple, default=",".join(map(str, TrainOptions.hidden)),
+                     show_default=True, help="MLP hidden widths, comma-separated."),
+        _train("batch_size", type=click.IntRange(min=1), help="Training batch size."),
+        _train("lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate."),
+        _eval("n", type=click.IntRange(min=1), help="Test inputs evaluated per model (the first N of the test split)."),
+        _eval("n_samples", type=click.IntRange(min=1), help="Monte Carlo draws per estimate of p_r."),
+        _eval("alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Level of the Clopper-Pearson bound (sound certificate)."),
+        _eval("r", type=click.FloatRange(min=0, min_open=True),
+              help="Absolute radius r (default: calibrated, see --r-relative)."),
+        _eval("r_relative", type=click.FloatRange(min=0, min_open=True),
+              help="r = this x median r_min (of the reference model in the beta / tau studies)."),
+        _eval("attack_eps", type=click.FloatRange(min=0, min_open=True),
+              help="Absolute L2 budget of the maximum-damage attack."),
+        _eval("attack_eps_relative", type=click.FloatRange(min=0, min_open=True),
+              help="Attack budget = this x median ||x|| of the evaluated inputs."),
+        _eval("attack_steps", type=click.IntRange(min=1), help="PGD steps of each attack."),
+        _eval("attack_restarts", type=click.IntRange(min=1), help="PGD restarts of each attack."),
+        _eval("margin_mode", help="Empirical margin with the full encoder attacked (docs/THEORY.md section 5) "
+                                  "or the mean only."),
+        _eval("margin_tol", type=click.FloatRange(min=0, min_open=True), help="Relative tolerance of the margin bisection."),
+        _eval("seed", flag="--eval-seed", help="Seed of the evaluation's draws."),
+        click.option("--executor", type=click.Choice(EXECUTORS), default=Executor.executor, show_default=True,
+                     help="Where the trials run: local processes, a Ray cluster, or this process."),
+        click.option("--workers", type=click.IntRange(min=1), default=Executor.workers, show_default=True,
+                     help="Worker processes (local) or CPUs (Ray)."),
         click.option("--address", default=None, help="Ray cluster address (executor ray)."),
-        device_option,
+        device_option, threads_option,
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for o in reversed(opts):
@@ -56,22 +83,21 @@ def _common(f):
     return f
 
 
-def _build(kw: dict):
-    from ..evaluation import EvalConfig
-    from ..studies import Executor, TrainOptions
+def _data_dir(kw: dict) -> str | None:
+    """Pop --dataset, --data-dir and --download; with --download fetch the data set's files first
+    (into --data-dir, or the default download folder) and return the folder they are in."""
+    dataset, data_dir, download = kw.pop("dataset"), kw.pop("data_dir"), kw.pop("download")
+    if download and dataset != "digits":
+        data_dir = data_dir or str(default_data_dir(dataset))
+        for split in ("train", "test"):
+            load_dataset(dataset, split, data_dir, download=True)
+    return data_dir
 
-    try:
-        hidden = tuple(int(h) for h in kw.pop("hidden").split(","))
-    except ValueError:
-        raise click.BadParameter("expected comma-separated integers", param_hint="--hidden") from None
-    train = TrainOptions(epochs=kw.pop("epochs"), n_train=kw.pop("n_train"), arch=kw.pop("arch"),
-                         latent_dim=kw.pop("latent_dim"), hidden=hidden, batch_size=kw.pop("batch_size"),
-                         lr=kw.pop("lr"), device=kw["device"])
-    ev = EvalConfig(n=kw.pop("n_eval"), n_samples=kw.pop("n_samples"), alpha=kw.pop("alpha"), r=kw.pop("r"),
-                    r_relative=kw.pop("r_relative"), attack_eps=kw.pop("attack_eps"),
-                    attack_eps_relative=kw.pop("attack_eps_relative"), attack_steps=kw.pop("attack_steps"),
-                    attack_restarts=kw.pop("attack_restarts"), margin_mode=kw.pop("margin_mode"),
-                    margin_tol=kw.pop("margin_tol"), seed=kw.pop("eval_seed"), device=kw.pop("device"))
+
+def _build(kw: dict):
+    """(TrainOptions, EvalConfig, Executor) from the parsed options (popped from ``kw``)."""
+    train = TrainOptions(**{k: kw.pop(k) for k in TRAIN_FIELDS}, device=kw["device"])
+    ev = EvalConfig(**{k: kw.pop(k) for k in EVAL_FIELDS}, device=kw.pop("device"))
     ex = Executor(executor=kw.pop("executor"), workers=kw.pop("workers"), address=kw.pop("address"),
                   progress=not kw.pop("quiet"))
     return train, ev, ex
@@ -86,14 +112,14 @@ def study() -> None:
 @_common
 def bound_vs_margin_cmd(**kw) -> None:
     """Theorem 1 bound (and variants) against the empirical margin over test inputs."""
-    from ..studies import bound_vs_margin
-
-    dataset, data_dir, out, seeds = kw.pop("dataset"), kw.pop("data_dir"), kw.pop("out"), kw.pop("seeds")
+    dataset, data_dir, out, seeds = kw["dataset"], _data_dir(kw), kw.pop("out"), kw.pop("seeds")
     train, ev, ex = _build(kw)
     res = bound_vs_margin(dataset, out, data_dir=data_dir, seeds=seeds, train=train, evaluation=ev, executor=ex)
     s = res["summary"]["theorem1"]
-    click.echo(f"bound vs margin on {dataset}: {s['n']} inputs used, Pearson rho {s['pearson']:.3f}, "
-               f"Spearman rho {s['spearman']:.3f}, bound above margin for {s['n_above']}")
+    click.echo(f"bound vs margin on {dataset}: {s['n_used']} of {s['n']} inputs compared, Pearson rho "
+               f"{s['pearson']:.3f}, Spearman rho {s['spearman']:.3f}, bound above margin for {s['n_violations']} "
+               f"(abstain {s['n_abstain']}, infinite {s['n_infinite']}, estimates disagree {s['n_disagree']}, "
+               f"margin capped {s['n_capped']})")
     click.echo(f"study folder: {Path(out)} (bound_vs_margin.png, bound_variants.png, likelihood_vs_margin.png, "
                "per_input.csv, summary.json)")
 
@@ -104,9 +130,7 @@ def bound_vs_margin_cmd(**kw) -> None:
 @click.option("--objective", type=click.Choice(["beta-vae", "beta-tcvae"]), default="beta-vae", show_default=True)
 def beta_cmd(**kw) -> None:
     """Margin, attack damage, encoder sigma, Jacobian norm, certified radius against beta."""
-    from ..studies import beta_study
-
-    dataset, data_dir, out, seeds = kw.pop("dataset"), kw.pop("data_dir"), kw.pop("out"), kw.pop("seeds")
+    dataset, data_dir, out, seeds = kw["dataset"], _data_dir(kw), kw.pop("out"), kw.pop("seeds")
     betas, objective = kw.pop("betas"), kw.pop("objective")
     if not betas or any(b <= 0 for b in betas):
         raise click.BadParameter("give positive numbers", param_hint="--betas")
@@ -122,9 +146,7 @@ def beta_cmd(**kw) -> None:
 @click.option("--taus", callback=float_list, default="0,0.05,0.1,0.2,0.5", show_default=True)
 def tau_cmd(**kw) -> None:
     """The variance-offset study: margin, radius, damage, p_r(x), reconstruction against tau."""
-    from ..studies import tau_study
-
-    dataset, data_dir, out, seeds = kw.pop("dataset"), kw.pop("data_dir"), kw.pop("out"), kw.pop("seeds")
+    dataset, data_dir, out, seeds = kw["dataset"], _data_dir(kw), kw.pop("out"), kw.pop("seeds")
     taus = kw.pop("taus")
     if not taus or any(t < 0 for t in taus):
         raise click.BadParameter("give numbers >= 0", param_hint="--taus")
@@ -157,8 +179,6 @@ def _echo_table(table, x: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -> None:
     """Theorem 2: a beta-VAE encoder trained against a fixed linear-Gaussian decoder vs the closed form."""
-    from ..studies import Theorem2Config, theorem2_study
-
     if not betas or any(b <= 0 for b in betas):
         raise click.BadParameter("give positive numbers", param_hint="--betas")
     cfg = Theorem2Config(column_norms=tuple(column_norms), data_dim=data_dim, noise_scale=noise_scale, steps=steps,
@@ -170,3 +190,46 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
         click.echo(f"{r['beta']:>6g} {r['jac_frobenius_trained']:>16.6g} {r['jac_frobenius_exact']:>14.6g}")
     click.echo(f"largest relative error: sigma {s['max_rel_error_sigma']:.2e}, Jacobian norm {s['max_rel_error_jacobian']:.2e}")
     click.echo(f"study folder: {Path(out)} (theorem2.png, theorem2.csv, theorem2_jacobian.csv, summary.json)")
+
+
+@study.command("certified")
+@dataset_option
+@data_dir_option
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Study folder (finished models are reused).")
+@click.option("--lipschitz", callback=float_list, default="2,8,32", show_default=True,
+              help="Constants L of the Lipschitz VAEs (arch lipschitz-mlp).")
+@click.option("--sigma-cap", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="Std cap ||sigma(x)|| <= cap of the Lipschitz VAEs.")
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="beta of the beta-VAE.")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use only the first N training images.")
+@click.option("--latent-dim", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--hidden", callback=int_tuple, default="256,128", show_default=True, help="Hidden widths (even).")
+@click.option("--n", "n_eval", type=click.IntRange(min=1), default=20, show_default=True, help="Test inputs evaluated.")
+@click.option("--n-samples", type=click.IntRange(min=1), default=2000, show_default=True, help="Draws per estimate of p.")
+@click.option("--r", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Radius r (default: --r-relative x median r_min of the standard VAE).")
+@click.option("--r-relative", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True)
+@click.option("--attack-eps", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="L2 budget of the maximum-damage attack.")
+@click.option("--cert-eps", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+              help="Budget at which the fraction of rigorously certified inputs is reported.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def certified_cmd(dataset, data_dir, out, lipschitz, sigma_cap, beta, epochs, n_train, latent_dim, hidden, n_eval,
+                  n_samples, r, r_relative, attack_eps, cert_eps, seed, quiet) -> None:
+    """Standard VAE, beta-VAE and Lipschitz VAEs: rigorous radii (docs/THEORY.md), Theorem 1, margins, damage."""
+    from ..studies.certified import certified_study, default_models
+
+    if not lipschitz or any(v <= 0 for v in lipschitz):
+        raise click.BadParameter("give positive numbers", param_hint="--lipschitz")
+    res = certified_study(out, dataset=dataset, data_dir=data_dir, models=default_models(tuple(lipschitz), beta, sigma_cap),
+                          epochs=epochs, latent_dim=latent_dim, hidden=hidden, n_train=n_train, n=n_eval,
+                          n_samples=n_samples, r=r, r_relative=r_relative, attack_eps=attack_eps, cert_eps=cert_eps,
+                          seed=seed, progress=not quiet)
+    click.echo(f"certified-robustness study on {dataset}, r={res.r:.4g}, {n_eval} test inputs")
+    click.echo(res.markdown())
+    click.echo(f"inputs with a rigorous radius above the empirical margin: {sum(w.n_violations for w in res.rows)}")
+    click.echo(f"study folder: {Path(out)} (certified.md, certified.csv, certified.json, model*/)")

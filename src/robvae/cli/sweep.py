@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
+from ..fileio import folder_lock
 from . import app
+from ..sweep import collect, load_sweep, run_trials
+from ..sweep.results import write_study
 
 
 @app.command("sweep")
@@ -37,8 +40,6 @@ def sweep_cmd(sweep_file, executor, address, workers, out, max_retries, cpus_per
       evaluation: {n: 50}         # an EvalConfig, or null
     Results: OUT/results.csv and OUT/results.json (one row per trial); OUT/trials/ID/ per trial.
     """
-    from ..sweep import collect, load_sweep, run_trials
-
     spec = load_sweep(sweep_file)
     out_dir = out or spec.out
     if not out_dir:
@@ -50,12 +51,11 @@ def sweep_cmd(sweep_file, executor, address, workers, out, max_retries, cpus_per
         return
     if executor != "ray" and address:
         raise click.UsageError("--address needs --executor ray")
-    results = run_trials(spec.trials, out_dir, executor=executor, workers=workers, address=address,
-                         progress=not quiet, max_retries=max_retries, cpus_per_trial=cpus_per_trial,
-                         gpus_per_trial=gpus_per_trial)
+    with folder_lock(out_dir, "robvae sweep"):
+        results = run_trials(spec.trials, out_dir, executor=executor, workers=workers, address=address,
+                             progress=not quiet, max_retries=max_retries, cpus_per_trial=cpus_per_trial,
+                             gpus_per_trial=gpus_per_trial)
     import shlex
-
-    from ..sweep.results import write_study
 
     command = " ".join(["robvae sweep", shlex.quote(str(sweep_file)), "--executor", executor, "--workers", str(workers)]
                        + (["--address", address] if address else []) + ["--out", shlex.quote(str(out_dir))])

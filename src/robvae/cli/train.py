@@ -6,8 +6,18 @@ from pathlib import Path
 
 import click
 
+from ..data import dataset_shape, load_dataset
+from ..data.download import default_data_dir
+from ..demo import run_demo
+from ..fileio import folder_lock
+from ..models import ModelConfig
+from ..objectives import DIVERGENCES, ObjectiveConfig
+from ..report.figures import save_reconstructions
+from ..robustness.rigorous import plan_certified_margin
+from ..studies.certified import verify_margin
+from ..training import ADVERSARIAL_NORMS, TrainConfig, train
 from . import app
-from .options import data_dir_option, dataset_option, device_option, objective_option, seed_option
+from .options import data_dir_option, dataset_option, device_option, objective_option, seed_option, threads_option
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -19,42 +29,68 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
 @app.command("train")
 @dataset_option
 @data_dir_option
-@click.option("--arch", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True)
-@click.option("--latent-dim", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--arch", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True,
+              help="Encoder and decoder networks: mlp (fully connected, widths --hidden) or conv "
+                   "(stride-2 convolutions; image sides divisible by 4).")
+@click.option("--latent-dim", type=click.IntRange(min=1), default=10, show_default=True, help="Latent dimension d.")
 @click.option("--hidden", default="256,128", show_default=True, help="MLP hidden widths, comma-separated.")
 @objective_option
 @click.option("--beta", type=float, default=1.0, show_default=True, callback=_positive,
               help="KL weight (beta-vae) or total-correlation weight (beta-tcvae).")
 @click.option("--tau", type=float, default=0.0, show_default=True, callback=_positive,
               help="Floor on the encoder standard deviation: sigma = softplus(s) + tau.")
-@click.option("--likelihood", type=click.Choice(["auto", "bernoulli", "gaussian"]), default="auto", show_default=True,
-              help="auto: Bernoulli for grey images, Gaussian for colour.")
-@click.option("--gaussian-scale", type=float, default=0.1, show_default=True,
+@click.option("--jacobian", type=click.FloatRange(min=0), default=ObjectiveConfig.jacobian, show_default=True,
+              help="Weight of the encoder-Jacobian penalty ||J_mu(x)||_F^2 (random projections; 0 = off).")
+@click.option("--jacobian-whitened", is_flag=True, help="Penalise ||diag(1/sigma) J||_F^2 instead.")
+@click.option("--jacobian-projections", type=click.IntRange(min=1), default=ObjectiveConfig.jacobian_projections,
+              show_default=True, help="Random projections per input for the Jacobian penalty.")
+@click.option("--smooth", type=click.FloatRange(min=0), default=ObjectiveConfig.smooth, show_default=True,
+              help="Weight of the smooth-encoder penalty D(q(z|x+n), q(z|x)) (0 = off).")
+@click.option("--smooth-noise", type=click.FloatRange(min=0, min_open=True), default=ObjectiveConfig.smooth_noise,
+              show_default=True, help="Std of the Gaussian input noise n of the smooth-encoder penalty.")
+@click.option("--smooth-divergence", type=click.Choice(DIVERGENCES), default=ObjectiveConfig.smooth_divergence,
+              show_default=True, help="kl: KL(q(z|x+n) || q(z|x)); symmetric-kl: both directions summed.")
+@click.option("--adversarial-eps", type=click.FloatRange(min=0), default=TrainConfig.adversarial_eps,
+              show_default=True, help="Adversarial training budget (maximum-damage attack on each batch; 0 = off).")
+@click.option("--adversarial-steps", type=click.IntRange(min=1), default=TrainConfig.adversarial_steps,
+              show_default=True, help="PGD steps of the adversarial-training attack.")
+@click.option("--adversarial-norm", type=click.Choice(ADVERSARIAL_NORMS), default=TrainConfig.adversarial_norm,
+              show_default=True, help="Norm of the adversarial-training budget.")
+@click.option("--likelihood", type=click.Choice(["auto", "bernoulli", "gaussian", "cbernoulli"]), default="auto",
+              show_default=True, help="auto: Bernoulli for grey images, Gaussian for colour; cbernoulli: continuous Bernoulli.")
+@click.option("--gaussian-scale", type=click.FloatRange(min=0), default=0.1, show_default=True,
               help="Fixed Gaussian likelihood scale; 0 learns it.")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Training epochs. More than a finished run's continues that run (same result as "
+                   "training that long from the start).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Training batch size.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate (a diverging run stops with an error).")
 @click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use only the first N training images.")
 @seed_option
 @device_option
+@threads_option
 @click.option("--download", is_flag=True,
               help="Fetch the official MNIST / Fashion-MNIST files (checksummed) into --data-dir, or into "
                    "$ROBVAE_DATA_DIR/NAME (default ~/.cache/robvae/NAME), when they are missing.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (resumed if it exists).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar (the summary lines are still printed).")
+@click.option("--certify-margin", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Robustness specified upfront: train a Lipschitz VAE (arch lipschitz-mlp) whose Barrett et al. "
+                   "margin is at least this L2 budget at radius --r for every input, then verify it on test inputs.")
+@click.option("--r", "certify_r", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The radius r of --certify-margin: P(||g(z') - g(z)|| <= r) > 1/2 (two independent draws).")
+@click.option("--sigma-cap", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="With --certify-margin: cap on the encoder std, ||sigma(x)|| <= cap.")
+@click.option("--verify-n", type=click.IntRange(min=1), default=20, show_default=True,
+              help="With --certify-margin: test inputs on which the margin is verified.")
 def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, beta, tau, likelihood, gaussian_scale,
-              epochs, batch_size, lr, n_train, seed, device, out, quiet) -> None:
+              epochs, batch_size, lr, n_train, seed, device, out, quiet, jacobian, jacobian_whitened,
+              jacobian_projections, smooth, smooth_noise, smooth_divergence, adversarial_eps, adversarial_steps,
+              adversarial_norm, certify_margin=None, certify_r=None, sigma_cap=0.1, verify_n=20) -> None:
     """Train a VAE and save it as a run folder (config, weights, metrics, reconstructions)."""
-    from ..data import dataset_shape
-    from ..models import ModelConfig
-    from ..objectives import ObjectiveConfig
-    from ..training import TrainConfig, train
-
     shape = dataset_shape(dataset)
     if download:
-        from ..data import load_dataset
-        from ..data.download import default_data_dir
-
         if data_dir is None:
             data_dir = str(default_data_dir(dataset))
         for split in ("train", "test"):
@@ -65,18 +101,38 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
         hidden_t = tuple(int(h) for h in hidden.split(","))
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {hidden!r}", param_hint="--hidden") from None
+    plan = None
+    if certify_margin is not None or certify_r is not None:  # robustness specified upfront (docs/THEORY.md section 9)
+
+        if certify_margin is None or certify_r is None:
+            raise click.UsageError("--certify-margin and --r go together")
+        plan = plan_certified_margin(certify_margin, certify_r, latent_dim, sigma_cap)
+        arch, tau = "lipschitz-mlp", 0.0
+        hidden_t = tuple(h + h % 2 for h in hidden_t)  # GroupSort pairs
     config = TrainConfig(
         dataset=dataset, data_dir=data_dir, n_train=n_train,
         model=ModelConfig(input_shape=shape, arch=arch, latent_dim=latent_dim, hidden=hidden_t, tau=tau,
-                          likelihood=likelihood, gaussian_scale=gaussian_scale or None),
-        objective=ObjectiveConfig(objective, beta), epochs=epochs, batch_size=batch_size, lr=lr,
-        seed=seed, device=device,
+                          likelihood=likelihood, gaussian_scale=gaussian_scale or None,
+                          **({} if plan is None else {"lipschitz": plan.lipschitz, "sigma_cap": plan.sigma_cap})),
+        objective=ObjectiveConfig(objective, beta, jacobian=jacobian, jacobian_whitened=jacobian_whitened,
+                                  jacobian_projections=jacobian_projections, smooth=smooth, smooth_noise=smooth_noise,
+                                  smooth_divergence=smooth_divergence),
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+        adversarial_eps=adversarial_eps, adversarial_steps=adversarial_steps, adversarial_norm=adversarial_norm,
     )
-    run = train(config, out, progress=not quiet)
+    with folder_lock(out, "robvae train"):
+        run = train(config, out, progress=not quiet)
+        save_reconstructions(run)  # training draws no figures: the CLI does
     last = run.metrics[-1]
     click.echo(f"trained {arch} VAE on {dataset} ({objective}, beta={beta:g}, tau={tau:g}) for {epochs} epochs")
     click.echo(f"held-out negative ELBO: {-float(last['test_elbo']):.3f} nats per image")
     click.echo(f"run folder: {Path(out)} (config.json, model.safetensors, metrics.csv, reconstructions.png)")
+    if plan is not None:
+        click.echo(f"certified by construction: L={plan.lipschitz:.4g}, std cap {plan.sigma_cap:g}, Barrett margin "
+                   f"{plan.margin:.4g} >= {certify_margin:g} at r={certify_r:g} (P(||g(z')-g(z)|| <= r) > 1/2)")
+        x = load_dataset(dataset, "test", config.data_dir).images[:verify_n].to(device)
+        ver = verify_margin(run.model.eval(), x, certify_margin, certify_r, seed=seed)
+        click.echo(ver.table())
 
 
 @app.command("demo")
@@ -87,9 +143,8 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
               help="Test inputs to certify and attack.")
 @seed_option
 @device_option
+@threads_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo_cmd(out, epochs, n_eval, seed, device, quiet) -> None:
     """Train a VAE on the embedded digits, certify it, attack it, and print one table."""
-    from ..demo import run_demo
-
     run_demo(out, epochs=epochs, n_eval=n_eval, seed=seed, device=device, progress=not quiet, echo=click.echo)

@@ -5,7 +5,8 @@ Python 2 pickle (protocol 2) of a dict with ``b"data"``: uint8 [N, 3072] (1,024 
 then blue values per image, rows in order) and ``b"labels"``: a list of N ints in 0..9.
 
 Pickles can run arbitrary code, so they are read ONLY through ``RestrictedUnpickler``, whose
-``find_class`` admits the handful of numpy globals needed to rebuild an array and refuses every
+``find_class`` admits the handful of numpy globals needed to rebuild an array (and
+``_codecs.encode`` for latin-1 text only, which Python 3 writes for bytes in protocol 2) and refuses every
 other global (``DataError`` naming the file and the global) before anything is called. CIFAR-10
 is not bundled and cannot be downloaded by robvae: point ``data_dir`` at a folder holding the
 extracted ``cifar-10-batches-py``.
@@ -43,6 +44,15 @@ def _reconstruct() -> Any:
     return fn
 
 
+def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
+    """What ``_codecs.encode`` does for a protocol-2 pickle written by Python 3 (bytes are stored
+    as ``_codecs.encode(str, "latin1")``), and nothing else: a str, the latin-1 codec only."""
+    if not isinstance(text, str) or str(encoding).lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
+        raise DataError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r}) in the pickle "
+                        "(only latin-1 strings are allowed)")
+    return text.encode("latin-1")
+
+
 #: (module, name) -> the object; the complete list of globals a CIFAR batch may name.
 def _allowed() -> dict[tuple[str, str], Any]:
     rec = _reconstruct()
@@ -51,6 +61,8 @@ def _allowed() -> dict[tuple[str, str], Any]:
         ("numpy._core.multiarray", "_reconstruct"): rec,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        # protocol 2 written by Python 3 stores bytes as _codecs.encode(text, "latin1")
+        ("_codecs", "encode"): _latin1_encode,
     }
 
 

@@ -6,6 +6,9 @@ import os
 from collections.abc import Callable
 
 from .base import ImageDataset
+from .cifar import load_cifar10
+from .digits import load_digits
+from .idx import load_fashion_mnist, load_mnist
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -36,15 +39,9 @@ def dataset_shape(name: str) -> tuple[int, int, int]:
 
 def _loader(name: str) -> Callable[..., ImageDataset]:
     if name == "digits":
-        from .digits import load_digits
-
         return lambda split, data_dir, download: load_digits(split)
     if name == "cifar10":
-        from .cifar import load_cifar10
-
         return load_cifar10
-    from .idx import load_fashion_mnist, load_mnist
-
     return load_mnist if name == "mnist" else load_fashion_mnist
 
 

@@ -8,12 +8,15 @@ with the same numbers (see :func:`flat_decode`). Chunk sizes were measured in ``
 from __future__ import annotations
 
 import math
+import numbers
 import weakref
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules import module as _torch_module
 
+from ..errors import InputError
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood
 from .networks import ConvDecoder, MLPDecoder
 from .vae import VAE
@@ -38,7 +41,7 @@ CHUNK_ROWS_CUDA = 1 << 16
 def _sigmoid_vae_parts(model: torch.nn.Module):
     """(decoder, kind) when ``model`` is robvae's own VAE with an unmodified decode (g = sigmoid of
     an MLPDecoder or ConvDecoder), else None: only then may :func:`flat_decode` run it its own way."""
-    if type(model).decode is not VAE.decode or not isinstance(model, VAE):
+    if type(model).decode is not VAE.decode or not isinstance(model, VAE) or _has_hooks_or_overrides(model):
         return None
     lik = getattr(model, "likelihood", None)
     if type(lik) not in (BernoulliLikelihood, GaussianLikelihood) or type(lik).mean not in (
@@ -50,6 +53,23 @@ def _sigmoid_vae_parts(model: torch.nn.Module):
     if type(dec) is ConvDecoder:
         return dec, "conv"
     return None
+
+
+def _has_hooks_or_overrides(model: torch.nn.Module) -> bool:
+    """True when a forward hook or pre-hook is registered on the model or on any module of its
+    decoder and likelihood (or globally, torch.nn.modules.module.register_module_forward_hook),
+    or a decode / forward is overridden on an instance: the fast route would skip them, so
+    :func:`flat_decode` then runs ``model.decode``."""
+    if _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks:
+        return True
+    if "decode" in vars(model) or "forward" in vars(model):
+        return True
+    mods = [model]
+    for name in ("decoder", "likelihood"):
+        sub = getattr(model, name, None)
+        if isinstance(sub, torch.nn.Module):
+            mods.extend(sub.modules())
+    return any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in mods)
 
 
 #: Derived weights (GEMM layouts of transposed convolutions, row-permuted linear layers), cached
@@ -175,10 +195,11 @@ def flat_decode(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     the last one with the sigmoid fused.
     """
     parts = _sigmoid_vae_parts(model)
-    if parts is None:
-        return model.decode(z).flatten(1)
-    dec, kind = parts
     inplace = torch.is_inference_mode_enabled() or not torch.is_grad_enabled()
+    if parts is None:
+        plan = _user_plan(model, z) if inplace else None
+        return model.decode(z).flatten(1) if plan is None else plan(z)
+    dec, kind = parts
     N = z.shape[0]
     if kind == "mlp":
         h = _run(_layers(dec.net), z, inplace)
@@ -201,10 +222,219 @@ def _is_grid_linear(layer: torch.nn.Module, grid: tuple[int, int, int]) -> bool:
     return type(layer) is torch.nn.Linear and layer.out_features == math.prod(grid)
 
 
+# --------------------------------------------------------------------------------------------
+# The same route for users' own models: their decoder rewritten from standard layers
+# --------------------------------------------------------------------------------------------
+
+#: Elementwise activations the rewritten route understands, applied in place on fresh buffers.
+_ACTIVATIONS = {
+    torch.nn.ReLU: lambda m, h: h.relu_(),
+    torch.nn.LeakyReLU: lambda m, h: F.leaky_relu_(h, m.negative_slope),
+    torch.nn.Tanh: lambda m, h: h.tanh_(),
+    torch.nn.Sigmoid: lambda m, h: h.sigmoid_(),
+    torch.nn.ELU: lambda m, h: F.elu_(h, m.alpha),
+    torch.nn.GELU: lambda m, h: F.gelu(h, approximate=m.approximate),
+}
+
+#: Per model: (key, plan or None). The key is the weights' versions, dtype, device and mode: any
+#: change rebuilds the plan and checks it again against ``model.decode``.
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _flat_layers(module: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """The leaf layers of ``module`` in registration order (nested containers flattened), or None
+    when a container is not a plain chain (a ModuleList/Dict, or a module with its own forward
+    whose children are not simply applied in order: that is left to the numerical check)."""
+    kids = list(module.children())
+    if not kids:
+        return [module]
+    if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+        return None
+    out: list[torch.nn.Module] = []
+    for k in kids:
+        sub = _flat_layers(k)
+        if sub is None:
+            return None
+        out.extend(sub)
+    return out
+
+
+def _next_spatial(layers: list[torch.nn.Module], i: int) -> torch.nn.Module | None:
+    """The first layer after ``i`` that is not an elementwise activation."""
+    for layer in layers[i + 1:]:
+        if type(layer) not in _ACTIVATIONS:
+            return layer
+    return None
+
+
+def _grid_for(layer: torch.nn.Linear, nxt: torch.nn.Module | None) -> tuple[int, int, int] | None:
+    """The image grid (C, H, W) a linear layer's output is reshaped to before a convolution:
+    from an Unflatten, or (an implicit reshape in the decoder's forward) square with the
+    convolution's input channels. The numerical check decides whether the guess was right."""
+    if type(nxt) is torch.nn.Unflatten and nxt.dim in (1, -1) and len(nxt.unflattened_size) == 3:
+        grid = tuple(int(v) for v in nxt.unflattened_size)
+        return grid if math.prod(grid) == layer.out_features else None
+    if type(nxt) in (torch.nn.ConvTranspose2d, torch.nn.Conv2d):
+        c = nxt.in_channels
+        hw = layer.out_features // c
+        side = math.isqrt(hw)
+        if c * side * side == layer.out_features:
+            return (c, side, side)
+    return None
+
+
+def _compile(layers: list[torch.nn.Module], training: bool):
+    """A function z [N, d] -> decoder output [N, D] (flat) built from ``layers``, or None when a
+    layer is not understood. Linear layers feeding a convolution write channels-last directly
+    (permuted weights, cached), convolutions run channels-last (oneDNN), thin k4 s2 p1 transposed
+    convolutions as a GEMM and an overlap-add, activations in place (never on the caller's z)."""
+    steps = []
+    image = False  # is h [N, C, H, W] (channels-last) rather than [N, F]?
+    skip_next_unflatten = False
+    for i, layer in enumerate(layers):
+        t = type(layer)
+        if t in _ACTIVATIONS:
+            act = _ACTIVATIONS[t]
+            steps.append(lambda h, fresh, act=act, m=layer: (act(m, h) if fresh else act(m, h.clone()), True))
+        elif t is torch.nn.Identity or (t is torch.nn.Dropout and not training):
+            continue
+        elif t is torch.nn.Linear:
+            if image:
+                return None
+            grid = _grid_for(layer, _next_spatial(layers, i))
+            if grid is not None:
+                steps.append(lambda h, fresh, m=layer, grid=grid: (_hwc_linear(m, h, grid), True))
+                image, skip_next_unflatten = True, type(_next_spatial(layers, i)) is torch.nn.Unflatten
+            else:
+                steps.append(lambda h, fresh, m=layer: (F.linear(h, m.weight, m.bias), True))
+        elif t is torch.nn.Unflatten:
+            if skip_next_unflatten:
+                skip_next_unflatten = False
+                continue
+            if image or layer.dim not in (1, -1) or len(layer.unflattened_size) != 3:
+                return None
+            shape = tuple(int(v) for v in layer.unflattened_size)
+            steps.append(lambda h, fresh, shape=shape: (
+                h.reshape(h.shape[0], *shape).contiguous(memory_format=torch.channels_last), True))
+            image = True
+        elif t is torch.nn.Flatten:
+            if layer.start_dim != 1 or layer.end_dim != -1:
+                return None
+            steps.append(lambda h, fresh: (h.reshape(h.shape[0], -1), True))
+            image = False
+        elif t in (torch.nn.ConvTranspose2d, torch.nn.Conv2d):
+            if not image:
+                return None
+            if _is_thin_deconv(layer):
+                steps.append(lambda h, fresh, m=layer: (_thin_deconv(m, h, sigmoid=False), True))
+            else:
+                steps.append(lambda h, fresh, m=layer: (m(h.contiguous(memory_format=torch.channels_last)), True))
+        else:
+            return None
+
+    def run(z: torch.Tensor) -> torch.Tensor:
+        h, fresh = z, False
+        for step in steps:
+            h, fresh = step(h, fresh)
+        return h.reshape(h.shape[0], -1) if fresh else h.reshape(h.shape[0], -1).clone()
+    return run
+
+
+def _find_decoder(model: torch.nn.Module) -> torch.nn.Module | None:
+    dec = getattr(model, "decoder", None)
+    return dec if isinstance(dec, torch.nn.Module) else None
+
+
+def _plan_key(model: torch.nn.Module, z: torch.Tensor) -> tuple:
+    ts = [*model.parameters(), *model.buffers()]
+    return (tuple((t._version, t.data_ptr()) for t in ts), z.dtype, z.device, model.training, z.shape[1])
+
+
+def _check_rows(z: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(20261129)
+    return (2.0 * torch.randn(16, z.shape[1], generator=g, dtype=torch.float64)).to(dtype=z.dtype, device=z.device)
+
+
+def _matches(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or not bool(torch.isfinite(b).all()):
+        return False
+    tol = {torch.float64: 1e-10, torch.float32: 2e-5}.get(a.dtype, 3e-2)  # bf16 / half: 8-11 bit mantissas
+    scale = max(1.0, float(b.abs().max()))
+    return bool(((a - b).abs() <= tol * scale).all())
+
+
+def _build_plan(model: torch.nn.Module, z: torch.Tensor):
+    """The rewritten decoder of a user's model, or None: the decoder's layers compiled by
+    :func:`_compile`, then checked numerically on 16 fixed latent rows against ``model.decode``
+    (as decoder(z), or sigmoid(decoder(z)))."""
+    dec = _find_decoder(model)
+    if dec is None or z.dim() != 2 or not z.is_floating_point():
+        return None
+    layers = _flat_layers(dec)
+    run = None if layers is None else _compile(layers, model.training)
+    if run is None:
+        return None
+    zc = _check_rows(z)
+    try:
+        ref = model.decode(zc).flatten(1)
+        raw = run(zc)
+    except Exception:  # a layer chain that does not fit (shapes): not understood
+        return None
+    for sigmoid in (False, True):
+        if _matches(torch.sigmoid(raw) if sigmoid else raw, ref):
+            return DecoderPlan(run, tuple(layers), sigmoid)
+    return None
+
+
+class DecoderPlan:
+    """A user's decoder rewritten (:func:`_compile`) and checked against ``model.decode``:
+    calling it gives g(z) flattened; ``layers`` is the checked chain of standard layers and
+    ``sigmoid`` whether decode(z) = sigmoid(decoder(z)) (else decode(z) = decoder(z))."""
+
+    def __init__(self, run, layers: tuple[torch.nn.Module, ...], sigmoid: bool):
+        self.run, self.layers, self.sigmoid = run, layers, sigmoid
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.run(z)
+        return out.sigmoid_() if self.sigmoid else out
+
+
+def decoder_plan(model: torch.nn.Module, z: torch.Tensor) -> DecoderPlan | None:
+    """The checked layer chain of ``model``'s decoder for latents like ``z`` (robvae's own VAE or
+    a user's model), or None when it is not understood, fails the check, or hooks are present."""
+    with torch.inference_mode():
+        return _user_plan(model, z)
+
+
+def _user_plan(model: torch.nn.Module, z: torch.Tensor):
+    """The checked, rewritten decode of a model that is not robvae's own VAE (cached per model
+    and weights version), or None: then :func:`flat_decode` runs ``model.decode``. None also
+    when hooks or instance overrides are present (the rewrite would skip them)."""
+    if _has_hooks_or_overrides(model) or _find_decoder(model) is None:
+        return None
+    key = _plan_key(model, z)
+    try:
+        hit = _PLANS.get(model)
+    except TypeError:  # not weak-referenceable
+        return None
+    if hit is None or hit[0] != key:
+        hit = (key, _build_plan(model, z))
+        _PLANS[model] = hit
+    return hit[1]
+
+
+def has_fast_route(model: torch.nn.Module, z: torch.Tensor) -> bool:
+    """Whether :func:`flat_decode` runs ``model`` its own way for latents like ``z`` (robvae's VAE,
+    or a user's decoder rewritten and checked), rather than calling ``model.decode``."""
+    with torch.inference_mode():
+        return _sigmoid_vae_parts(model) is not None or _user_plan(model, z) is not None
+
+
 def draw_chunks(n_samples: int, chunk_size: int) -> Iterator[int]:
     """Sizes of the successive chunks of ``n_samples`` draws (each <= ``chunk_size``)."""
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+        raise InputError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    n_samples = int(n_samples)
     for start in range(0, n_samples, chunk_size):
         yield min(chunk_size, n_samples - start)
 
@@ -213,12 +443,13 @@ def default_chunk(n_samples: int, batch: int, numel: int, device: torch.device |
                   model: torch.nn.Module | None = None) -> int:
     """Draws per chunk so that ``batch * chunk * numel`` stays under :data:`CHUNK_ELEMENTS` and
     ``batch * chunk`` decoder rows under :data:`CHUNK_ROWS_CPU` (CPU; :data:`CHUNK_ROWS_CPU_CONV`
-    when ``model`` is robvae's own conv VAE) / :data:`CHUNK_ROWS_CUDA`."""
+    when ``model``'s decoder has convolutions) / :data:`CHUNK_ROWS_CUDA`."""
     if device is not None and torch.device(device).type == "cuda":
         cap = CHUNK_ROWS_CUDA
     else:
-        parts = None if model is None else _sigmoid_vae_parts(model)
-        cap = CHUNK_ROWS_CPU_CONV if parts is not None and parts[1] == "conv" else CHUNK_ROWS_CPU
+        dec = None if model is None else _find_decoder(model)
+        conv = dec is not None and any(isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Conv2d)) for m in dec.modules())
+        cap = CHUNK_ROWS_CPU_CONV if conv else CHUNK_ROWS_CPU
     by_elements = CHUNK_ELEMENTS // max(1, batch * numel)
     by_rows = cap // max(1, batch)
     return max(1, min(n_samples, by_elements, by_rows))

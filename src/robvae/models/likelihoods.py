@@ -1,4 +1,4 @@
-"""Decoder likelihoods p(x|z): Bernoulli (logits) for grey images, Gaussian for colour.
+"""Decoder likelihoods p(x|z): Bernoulli (logits) for grey images, Gaussian for colour, continuous Bernoulli.
 
 Both take the decoder network's raw output ``h`` of shape ``[N, *input_shape]``; the mean
 reconstruction is ``sigmoid(h)`` in both cases, and ``log_prob`` sums over pixels -> ``[N]``.
@@ -46,9 +46,45 @@ class GaussianLikelihood(nn.Module):
         return per_pixel.flatten(1).sum(1)
 
 
+CB_TAYLOR = 1e-2  # |h| below this: log C from its Taylor series (error O(h^6) < 1e-12)
+
+
+def cb_log_norm(h: torch.Tensor) -> torch.Tensor:
+    """log C(lambda) of the continuous Bernoulli with lambda = sigmoid(h), elementwise.
+
+    C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda); with lambda = sigmoid(h), 1 - 2 lambda =
+    -tanh(h / 2) and artanh(1 - 2 lambda) = -h / 2, so C = h / tanh(h / 2) (= 2 at h = 0). Near 0 the
+    ratio is 0 / 0, so log C = log 2 + h^2 / 12 - 7 h^4 / 1440 + O(h^6) there.
+    """
+    small = h.abs() < CB_TAYLOR
+    safe = torch.where(small, torch.ones_like(h), h)  # no 0/0 in either branch (nor in its gradient)
+    exact = torch.log(safe / torch.tanh(safe / 2))
+    h2 = h.square()
+    taylor = math.log(2.0) + h2 / 12 - 7 * h2.square() / 1440
+    return torch.where(small, taylor, exact)
+
+
+class ContinuousBernoulliLikelihood(nn.Module):
+    """log p(x|z) = sum_j [x_j log lambda_j + (1 - x_j) log(1 - lambda_j) + log C(lambda_j)], lambda = sigmoid(h)
+    (Loaiza-Ganem and Cunningham 2019), a proper density on [0, 1]. The reconstruction g = sigmoid(h)
+    is lambda, as for the other likelihoods (the continuous Bernoulli's expectation is a monotone
+    function of lambda, not lambda itself)."""
+
+    name = "cbernoulli"
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(h)
+
+    def log_prob(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        per_pixel = -F.binary_cross_entropy_with_logits(h, x, reduction="none") + cb_log_norm(h)
+        return per_pixel.flatten(1).sum(1)
+
+
 def make_likelihood(name: str, scale: float | None) -> nn.Module:
     if name == "bernoulli":
         return BernoulliLikelihood()
     if name == "gaussian":
         return GaussianLikelihood(scale)
+    if name == "cbernoulli":
+        return ContinuousBernoulliLikelihood()
     raise ValueError(f"unknown likelihood {name!r}; choose 'bernoulli' or 'gaussian'")

@@ -1,4 +1,4 @@
-"""The linear VAE with closed-form robustness answers (SPEC 8).
+"""The linear VAE with closed-form robustness answers (docs/THEORY.md section 7).
 
 mu(x) = A x (flattened x), sigma(x) = s on every axis, g(z) = W z with W^T W = I.
 Then ||Delta(x, delta)||^2 / s^2 ~ ncx2(d, ||A delta||^2 / s^2), so

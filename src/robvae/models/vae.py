@@ -1,11 +1,12 @@
 """The VAE: diagonal-Gaussian encoder with a variance floor tau, deterministic decoder mean.
 
-q(z|x) = N(mu(x), diag(sigma(x)^2)),  sigma(x) = softplus(s(x)) + tau   (SPEC 1)
+q(z|x) = N(mu(x), diag(sigma(x)^2)),  sigma(x) = softplus(s(x)) + tau   (docs/THEORY.md section 1)
 g(z) = sigmoid(decoder(z)),  p(x|z) Bernoulli(g) or N(g, s^2 I).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from ..config import ConfigMixin
 from .likelihoods import make_likelihood
+from .lipschitz import LipschitzDecoder, LipschitzEncoder
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 
@@ -28,6 +30,10 @@ class ModelConfig(ConfigMixin):
     activation: "relu" (default), "elu", "tanh" or "softplus".
     tau: the encoder standard-deviation floor (>= 0).  likelihood: "bernoulli" or "gaussian".
     gaussian_scale: fixed Gaussian likelihood scale, or None to learn it.
+    arch "lipschitz-mlp" (docs/THEORY.md section 9, :mod:`robvae.models.lipschitz`): lipschitz: L, the construction
+    constant of the encoder mean, std and decoder networks (hidden widths even); sigma_cap: the std
+    is (cap / sqrt d) sigmoid(.), so ||sigma|| <= cap; or sigma_fixed: a constant std (which
+    overrides sigma_cap). likelihood "cbernoulli" (continuous Bernoulli) is available for every arch.
     """
 
     input_shape: tuple[int, ...] = (1, 8, 8)
@@ -40,6 +46,9 @@ class ModelConfig(ConfigMixin):
     tau: float = 0.0
     likelihood: str = "bernoulli"
     gaussian_scale: float | None = 0.1
+    lipschitz: float = 1.0
+    sigma_cap: float | None = 0.1
+    sigma_fixed: float | None = None
 
     _what: ClassVar[str] = "model config"
 
@@ -47,14 +56,27 @@ class ModelConfig(ConfigMixin):
         self.input_shape = tuple(int(s) for s in self.input_shape)
         self.hidden = tuple(int(h) for h in self.hidden)
         self.conv_channels = tuple(int(c) for c in self.conv_channels)  # type: ignore[assignment]
-        if self.arch not in ("mlp", "conv"):
-            raise ValueError(f"unknown arch {self.arch!r}; choose 'mlp' or 'conv'")
+        if self.arch not in ("mlp", "conv", "lipschitz-mlp"):
+            raise ValueError(f"unknown arch {self.arch!r}; choose 'mlp', 'conv' or 'lipschitz-mlp'")
+        if self.arch == "lipschitz-mlp":
+            if not (self.lipschitz > 0 and math.isfinite(self.lipschitz)):
+                raise ValueError(f"lipschitz must be a finite number > 0, got {self.lipschitz}")
+            if self.sigma_fixed is None and not (self.sigma_cap is not None and self.sigma_cap > 0):
+                raise ValueError(f"arch 'lipschitz-mlp' needs sigma_cap > 0 or sigma_fixed > 0, got {self.sigma_cap}")
+            if self.sigma_fixed is not None and not self.sigma_fixed > 0:
+                raise ValueError(f"sigma_fixed must be > 0, got {self.sigma_fixed}")
+            if any(h % 2 for h in self.hidden):
+                raise ValueError(f"arch 'lipschitz-mlp' needs even hidden widths (GroupSort), got {self.hidden}")
+            if self.tau != 0.0:
+                raise ValueError("arch 'lipschitz-mlp' has no tau floor; use sigma_fixed or sigma_cap")
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if not (self.tau >= 0.0):
             raise ValueError(f"tau must be >= 0, got {self.tau}")
-        if self.likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose 'bernoulli' or 'gaussian'")
+        if self.gaussian_scale is not None and not (self.gaussian_scale > 0 and math.isfinite(self.gaussian_scale)):
+            raise ValueError(f"gaussian_scale must be a finite number > 0 (or null: learned), got {self.gaussian_scale}")
+        if self.likelihood not in ("bernoulli", "gaussian", "cbernoulli"):
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose 'bernoulli', 'gaussian' or 'cbernoulli'")
 
 
 
@@ -72,7 +94,11 @@ class VAE(nn.Module):
         self.latent_dim = config.latent_dim
         self.tau = float(config.tau)
         c = config
-        if c.arch == "mlp":
+        if c.arch == "lipschitz-mlp":
+            self.encoder = LipschitzEncoder(c.input_shape, c.latent_dim, c.hidden, c.lipschitz,
+                                            None if c.sigma_fixed is not None else c.sigma_cap, c.sigma_fixed)
+            self.decoder = LipschitzDecoder(c.input_shape, c.latent_dim, c.hidden, c.lipschitz)
+        elif c.arch == "mlp":
             self.encoder: nn.Module = MLPEncoder(c.input_shape, c.latent_dim, c.hidden, c.activation)
             self.decoder: nn.Module = MLPDecoder(c.input_shape, c.latent_dim, c.hidden, c.activation)
         else:
@@ -83,6 +109,8 @@ class VAE(nn.Module):
     # --- the protocol ---------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, *input_shape] -> (mu [B, d], sigma [B, d]), sigma = softplus(s) + tau >= tau."""
+        if isinstance(self.encoder, LipschitzEncoder):
+            return self.encoder(x)  # (mu, sigma), sigma = (cap / sqrt d) sigmoid(.) or fixed
         mu, s = self.encoder(x).chunk(2, dim=-1)
         return mu, F.softplus(s) + self.tau
 

@@ -1,4 +1,5 @@
-"""Figures (matplotlib, Agg backend): image grids and study plots."""
+"""Figures (matplotlib, Agg backend): image grids and study plots. Figures draw what they are
+given: every statistic printed on them is computed by the caller (:mod:`robvae.stats`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ..data import load_dataset  # noqa: E402
 from ..fileio import atomic_write_bytes  # noqa: E402
+from ..stats import BoundStats, Correlation  # noqa: E402
+from ..training import RECON_FILE  # noqa: E402
 
 
 def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 120) -> Path:
@@ -48,8 +53,6 @@ def image_grid(rows: Sequence[torch.Tensor], path: str | Path, row_titles: Seque
 
 def theorem2_figure(rows: Sequence[dict], jrows: Sequence[dict], path: str | Path, *, noise_scale: float) -> Path:
     """Theorem 2: trained (markers) vs exact (lines) sigma_i and ||J||_F against beta."""
-    import numpy as np
-
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     axes_ids = sorted({r["axis"] for r in rows})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -79,28 +82,28 @@ def theorem2_figure(rows: Sequence[dict], jrows: Sequence[dict], path: str | Pat
     return save_figure(fig, path)
 
 
-def _finite(*arrays):
-    import numpy as np
+def save_reconstructions(run, path: str | Path | None = None, n: int = 10) -> Path:
+    """``reconstructions.png`` of a trained run (a :class:`robvae.training.Run`): the first n
+    held-out images above their reconstructions g(mu(x)). Default path: the run folder's."""
+    model = run.model
+    data = load_dataset(run.config.dataset, "test", run.config.data_dir)
+    x = data.images[:n].to(next(model.parameters()).device)
+    with torch.inference_mode():
+        rec = model.reconstruct(x)
+    return image_grid([x, rec], path if path is not None else Path(run.path) / RECON_FILE,
+                      row_titles=["input", "g(mu(x))"])
 
-    arrs = [np.asarray(a, dtype=float) for a in arrays]
-    keep = np.ones(arrs[0].shape, dtype=bool)
-    for a in arrs:
-        keep &= np.isfinite(a)
-    return [a[keep] for a in arrs]
 
-
-def scatter_bound(ax, margin, bound, *, title: str, bound_label: str = "Theorem 1 bound",
-                  margin_label: str = "empirical margin", groups=None) -> dict:
-    """One bound-vs-margin scatter on ``ax``: points, the y = x line, the least-squares line, and
-    Pearson / Spearman rho and the count above y = x printed on the plot. Returns the statistics."""
-    import numpy as np
-
-    from ..studies.stats import count_above, least_squares, pearson, spearman
-
-    m, b = _finite(margin, bound)
+def scatter_bound(ax, margin, bound, stats: BoundStats, *, title: str, bound_label: str = "Theorem 1 bound",
+                  margin_label: str = "empirical margin", groups=None) -> BoundStats:
+    """One bound-vs-margin scatter on ``ax``: the usable inputs (``stats.mask``), the y = x line,
+    the least-squares line, and the statistics of ``stats`` printed on the plot (computed by
+    :func:`robvae.stats.bound_stats`, never here). Returns ``stats``."""
+    use = np.asarray(stats.mask, dtype=bool)
+    m, b = np.asarray(margin, dtype=float)[use], np.asarray(bound, dtype=float)[use]
     if groups is not None:
-        g = np.asarray(groups)[np.isfinite(np.asarray(margin, float)) & np.isfinite(np.asarray(bound, float))]
-        for k, val in enumerate(sorted(set(g.tolist()))):
+        g = np.asarray(groups)[use]
+        for val in sorted(set(g.tolist())):
             sel = g == val
             ax.scatter(m[sel], b[sel], s=12, alpha=0.7, label=f"seed {val}")
         if len(set(g.tolist())) > 1:
@@ -109,80 +112,69 @@ def scatter_bound(ax, margin, bound, *, title: str, bound_label: str = "Theorem 
         ax.scatter(m, b, s=12, alpha=0.7, color="C0")
     hi = float(max(m.max(initial=0), b.max(initial=0))) * 1.05 or 1.0
     ax.plot([0, hi], [0, hi], "k--", lw=1, label="y = x")
-    stats = {"n": int(m.size), "pearson": pearson(m, b), "spearman": spearman(m, b),
-             "n_above": count_above(m, b)}
-    slope, icpt = least_squares(m, b)
-    stats["slope"], stats["intercept"] = slope, icpt
-    if np.isfinite(slope):
+    if np.isfinite(stats.slope):
         xs = np.array([0, hi])
-        ax.plot(xs, slope * xs + icpt, "-", color="C3", lw=1.2)
+        ax.plot(xs, stats.slope * xs + stats.intercept, "-", color="C3", lw=1.2)
     ax.set_xlim(0, hi)
     ax.set_ylim(0, hi)
     ax.set_xlabel(margin_label)
     ax.set_ylabel(bound_label)
     ax.set_title(title, fontsize=9)
-    ax.text(0.03, 0.97, f"Pearson rho = {stats['pearson']:.3f}\nSpearman rho = {stats['spearman']:.3f}\n"
-            f"least squares: y = {slope:.3f} x + {icpt:.3f}\nabove y = x: {stats['n_above']} of {stats['n']}",
+    ax.text(0.03, 0.97, f"Pearson rho = {stats.pearson:.3f}\nSpearman rho = {stats.spearman:.3f}\n"
+            f"least squares: y = {stats.slope:.3f} x + {stats.intercept:.3f}\n"
+            f"above y = x: {stats.n_violations} of {stats.n_used}",
             transform=ax.transAxes, va="top", fontsize=8,
             bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
     return stats
 
 
-def bound_vs_margin_figure(rows, path, *, title: str, column: str = "radius", bound_label: str = "Theorem 1 bound",
-                           margin_label: str = "empirical margin") -> dict:
+def _col(rows, k) -> np.ndarray:
+    return np.array([float(r[k]) for r in rows], dtype=float)
+
+
+def bound_vs_margin_figure(rows, path, stats: BoundStats, *, title: str, column: str = "radius",
+                           bound_label: str = "Theorem 1 bound", margin_label: str = "empirical margin") -> Path:
+    """The bound ``column`` of per-input ``rows`` against their margin, with ``stats`` (its BoundStats)."""
     fig, ax = plt.subplots(figsize=(5.2, 5))
-    use = [r for r in rows if _usable(r, column)]
-    stats = scatter_bound(ax, [r["margin"] for r in use], [r[column] for r in use], title=title,
-                          bound_label=bound_label, margin_label=margin_label, groups=[r.get("seed", 0) for r in use])
-    save_figure(fig, path)
-    return stats
+    scatter_bound(ax, _col(rows, "margin"), _col(rows, column), stats, title=title, bound_label=bound_label,
+                  margin_label=margin_label, groups=[r.get("seed", 0) for r in rows])
+    return save_figure(fig, path)
 
 
-def _usable(r, column) -> bool:
-    import math
-
-    b, m = float(r[column]), float(r["margin"])
-    return math.isfinite(b) and b > 0 and math.isfinite(m) and not _truthy(r.get("margin_capped", False))
+#: the bound columns of the variants figure, with their labels
+VARIANTS = [("radius", "Theorem 1 (paper)"), ("radius_sound", "sound (Clopper-Pearson p)"),
+            ("radius_spectral", "spectral norm"), ("radius_whitened", "whitened by sigma")]
 
 
-def _truthy(v) -> bool:
-    return v is True or v == "True" or v == 1
-
-
-def bound_variants_figure(rows, path, *, title: str, margin_label: str = "empirical margin") -> dict:
-    """The Theorem 1 bound and its sound / spectral / whitened variants against the margin, side by side."""
-    variants = [("radius", "Theorem 1 (paper)"), ("radius_sound", "sound (Clopper-Pearson p)"),
-                ("radius_spectral", "spectral norm"), ("radius_whitened", "whitened by sigma")]
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.6))
-    out = {}
-    for ax, (col, label) in zip(axes, variants):
-        use = [r for r in rows if _usable(r, col)]
-        out[col] = scatter_bound(ax, [r["margin"] for r in use], [r[col] for r in use], title=label,
-                                 bound_label=f"bound: {label}", margin_label=margin_label)
+def bound_variants_figure(rows, path, stats: dict[str, BoundStats], *, title: str,
+                          margin_label: str = "empirical margin") -> Path:
+    """The Theorem 1 bound and its sound / spectral / whitened variants against the margin, side
+    by side; ``stats``: column -> its BoundStats."""
+    fig, axes = plt.subplots(1, len(VARIANTS), figsize=(18, 4.6))
+    for ax, (col, label) in zip(axes, VARIANTS):
+        scatter_bound(ax, _col(rows, "margin"), _col(rows, col), stats[col], title=label,
+                      bound_label=f"bound: {label}", margin_label=margin_label)
     fig.suptitle(title)
-    save_figure(fig, path)
-    return out
+    return save_figure(fig, path)
 
 
-def degradation_figure(rows, path, *, title: str, margin_label: str = "empirical margin") -> dict:
-    """Relative likelihood degradation under the fixed-budget attack against the margin."""
-
-    from ..studies.stats import pearson, spearman
-
+def degradation_figure(rows, path, corr: Correlation, *, title: str, margin_label: str = "empirical margin") -> Path:
+    """Relative likelihood degradation under the fixed-budget attack against the margin, with
+    ``corr`` (:func:`robvae.stats.correlation` of the two columns) printed on it."""
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    m, d = _finite([r["margin"] for r in rows], [r["likelihood_degradation"] for r in rows])
+    m, d = _col(rows, "margin"), _col(rows, "likelihood_degradation")
+    keep = np.isfinite(m) & np.isfinite(d)
+    m, d = m[keep], d[keep]
     ax.scatter(m, d, s=12, alpha=0.7, color="C2")
     ax.set_yscale("log" if (d > 0).all() and d.size and d.max() / max(d.min(), 1e-300) > 50 else "linear")
     ax.set_xlabel(margin_label)
     ax.set_ylabel("relative likelihood degradation")
     eps = rows[0]["attack_eps"] if rows else float("nan")
     ax.set_title(f"{title}\nmaximum-damage attack, ||delta|| <= {float(eps):.3g}", fontsize=9)
-    st = {"n": int(m.size), "pearson": pearson(m, d), "spearman": spearman(m, d)}
-    ax.text(0.97, 0.97, f"Pearson rho = {st['pearson']:.3f}\nSpearman rho = {st['spearman']:.3f}",
+    ax.text(0.97, 0.97, f"Pearson rho = {corr.pearson:.3f}\nSpearman rho = {corr.spearman:.3f}",
             transform=ax.transAxes, va="top", ha="right", fontsize=8,
             bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
-    save_figure(fig, path)
-    return st
+    return save_figure(fig, path)
 
 
 def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, title: str, logx: bool = False,
@@ -194,8 +186,6 @@ def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, t
     {x, seed, metric_median}; panels: [(metric, label)]. ``p_threshold_panel`` names the panel of
     p_r(x), drawn with the 1/2 line and the settings whose median p_r(x) <= 1/2 shaded.
     """
-    import numpy as np
-
     n = len(panels)
     ncol = 3 if n > 4 else 2
     nrow = int(np.ceil(n / ncol))
@@ -240,3 +230,66 @@ def _linthresh(xs) -> float:
 
     pos = xs[xs > 0]
     return float(pos.min()) if pos.size else 1.0
+
+
+def _number(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f else None  # NaN -> None
+
+
+def sweep_figure(rows: list[dict], axis: str, metrics: list[str], path: Path) -> bool:
+    """A sweep's results table (rows of robvae.sweep.collect): each metric against the first numeric grid axis: one point per finished trial, mean line."""
+    done = [r for r in rows if r["status"] == "done" and _number(r.get(axis)) is not None]
+    if not done:
+        return False
+    ncol = min(3, len(metrics))
+    nrow = -(-len(metrics) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
+    for k, m in enumerate(metrics):
+        ax = axes[k // ncol][k % ncol]
+        pts = [(_number(r[axis]), _number(r.get(m))) for r in done]
+        pts = [(x, y) for x, y in pts if y is not None]
+        xs = sorted({x for x, _ in pts})
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "x", color="0.45", label="trials")
+        ax.plot(xs, [sum(y for x2, y in pts if x2 == x) / sum(1 for x2, _ in pts if x2 == x) for x in xs], "o-",
+                color="C0", label="mean")
+        ax.set_xlabel(axis)
+        ax.set_title(m, fontsize=10)
+        if len(xs) > 2 and min(xs) > 0 and max(xs) / min(xs) >= 8:
+            ax.set_xscale("log", base=2)
+        if k == 0:
+            ax.legend(fontsize=8)
+    for k in range(len(metrics), nrow * ncol):
+        axes[k // ncol][k % ncol].axis("off")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    return True
+
+
+def bench_tradeoff_figure(rows: Sequence[dict], path: str | Path, *, title: str) -> Path:
+    """The benchmark's trade-off plot: held-out ELBO against the certified fraction (left) and
+    against the median empirical margin (right), one point per leaderboard row (keys ``name``,
+    ``method``, ``elbo``, ``certified_fraction``, ``median_margin``), coloured by method. Rows
+    without an ELBO (models without a likelihood) are listed in the caption, not drawn."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    drawn = [r for r in rows if r.get("elbo") not in (None, "") and np.isfinite(float(r["elbo"]))]
+    methods = list(dict.fromkeys(str(r.get("method", r["name"])) for r in drawn))
+    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    for ax, key, label in ((axes[0], "certified_fraction", "certified fraction (sound Theorem 1 radius >= eps)"),
+                           (axes[1], "median_margin", "median empirical margin")):
+        for m in methods:
+            sel = [r for r in drawn if str(r.get("method", r["name"])) == m]
+            ax.scatter([float(r[key]) for r in sel], [float(r["elbo"]) for r in sel], s=30, color=colours[m], label=m)
+            for r in sel:
+                ax.annotate(str(r["name"]), (float(r[key]), float(r["elbo"])), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel("held-out ELBO (nats per image; higher is better)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    missing = [str(r["name"]) for r in rows if r not in drawn]
+    fig.suptitle(title + (f"\n(no ELBO, not drawn: {', '.join(missing)})" if missing else ""), fontsize=10)
+    return save_figure(fig, path)

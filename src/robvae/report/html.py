@@ -11,13 +11,26 @@ import base64
 import csv
 import datetime as _dt
 import html
+import io
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_text, read_json
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .._version import __version__  # noqa: E402
+from ..fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
+
+#: what every study folder holds besides its tables and figures (the report reads it):
+#: {"study": name, "command": the exact robvae command line that reproduces the folder,
+#: "config": every setting, "figures": [png names], "tables": [csv names], "robvae": version,
+#: "created": UTC time}
+STUDY_FILE = "study.json"
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: rows of a CSV table shown inline (the rest are counted, the file is named)
@@ -25,8 +38,8 @@ MAX_TABLE_ROWS = 40
 #: summary keys shown as headline numbers, per study
 _HEADLINES = {
     "bound-vs-margin": [("theorem1.pearson", "Pearson rho (bound vs margin)"),
-                        ("theorem1.spearman", "Spearman rho"), ("theorem1.n_above", "bounds above the margin"),
-                        ("theorem1.n", "inputs used"), ("median_radius", "median certified radius"),
+                        ("theorem1.spearman", "Spearman rho"), ("theorem1.n_violations", "bounds above the margin"),
+                        ("theorem1.n_used", "inputs used"), ("median_radius", "median certified radius"),
                         ("median_margin", "median empirical margin"), ("n_abstain", "abstentions")],
     "beta": [("r", "radius r"), ("attack_eps", "attack budget"),
              ("trends.margin.spearman_vs_setting", "Spearman rho, margin vs beta"),
@@ -54,6 +67,21 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{f
 dl.kv{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dl.kv dt{font-weight:600}
 dl.kv dd{margin:0}details{margin:.6em 0}nav a{margin-right:1em}
 """
+
+
+def write_study_meta(out: Path, study: str, command: str, config: dict[str, Any], *,
+                     figures: Sequence[str] = (), tables: Sequence[str] = (),
+                     extra: dict[str, Any] | None = None) -> Path:
+    """Write ``study.json`` (see :data:`STUDY_FILE`) into the study folder ``out``."""
+    meta = {"study": study, "command": command, "config": config, "figures": list(figures), "tables": list(tables),
+            "robvae": __version__, "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if extra:
+        meta.update(extra)
+    return write_json(Path(out) / STUDY_FILE, meta)
+
+
+def read_study_meta(folder: str | Path) -> dict[str, Any]:
+    return read_json(Path(folder) / STUDY_FILE, "study description")
 
 
 def _png_data_uri(path: Path) -> str | None:
@@ -103,8 +131,53 @@ def _table(path: Path, max_rows: int = MAX_TABLE_ROWS) -> str:
     return "".join(out)
 
 
+#: what a plain run folder (``robvae train``, then certify / attack / margin) may hold, shown by
+#: ``robvae report RUN`` when the folder has no study.json
+RUN_FIGURES = ("training_curves.png", "reconstructions.png", "attack-test/attack.png", "attack-train/attack.png")
+RUN_TABLES = ("metrics.csv", "certify-test.csv", "certify-train.csv", "margin-test.csv", "margin-train.csv",
+              "attack-test/attack.csv", "attack-train/attack.csv")
+
+
+def _training_curves(folder: Path) -> None:
+    """training_curves.png from the run's metrics.csv: train and held-out ELBO per epoch."""
+    with open(folder / "metrics.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for key, label in (("train_elbo", "train ELBO"), ("test_elbo", "held-out ELBO")):
+        if key in rows[0]:
+            ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per image")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(folder / "training_curves.png", buf.getvalue())
+
+
+def _run_meta(folder: Path) -> dict[str, Any]:
+    """A study description for a plain run folder: its config, and the figures and tables it has."""
+    config = read_json(folder / "config.json", "config")
+    if (folder / "metrics.csv").is_file():
+        _training_curves(folder)
+    results = {}
+    for name in ("certify-test.json", "certify-train.json", "margin-test.json", "margin-train.json",
+                 "attack-test/attack.json", "attack-train/attack.json"):
+        if (folder / name).is_file():
+            results[name] = read_json(folder / name, "results")
+    return {"study": "run", "command": " / ".join(str(r.get("command", "")) for r in results.values()) or
+            "robvae train (see config.json)", "config": config,
+            "figures": [f for f in RUN_FIGURES if (folder / f).is_file()],
+            "tables": [t for t in RUN_TABLES if (folder / t).is_file()], "results": results}
+
+
 def _section(folder: Path, k: int) -> tuple[str, str]:
-    meta = read_json(folder / "study.json", "study description")
+    meta = read_json(folder / "study.json", "study description") if (folder / "study.json").is_file() \
+        else _run_meta(folder)
     name = str(meta.get("study", "study"))
     anchor = f"s{k}"
     title = f"{name}" + (f" — {meta['config'].get('dataset')}" if isinstance(meta.get("config"), dict)
@@ -138,6 +211,9 @@ def _section(folder: Path, k: int) -> tuple[str, str]:
                          f"<code>{html.escape(tab)}</code></summary>{_table(p)}</details>")
     parts.append("<details><summary>Full config (study.json)</summary><pre>"
                  + html.escape(json.dumps(meta.get("config", {}), indent=2, sort_keys=True)) + "</pre></details>")
+    for name, res in meta.get("results", {}).items():  # a run folder's certify / attack / margin results
+        parts.append(f"<details open><summary>{html.escape(name)}</summary><pre>"
+                     + html.escape(json.dumps(res, indent=2, sort_keys=True)[:200_000]) + "</pre></details>")
     if summary:
         parts.append("<details><summary>summary.json</summary><pre>"
                      + html.escape(json.dumps(summary, indent=2, sort_keys=True)[:200_000]) + "</pre></details>")
@@ -155,8 +231,8 @@ def render_report(folders: Sequence[str | Path], out_file: str | Path | None = N
     if not folders:
         raise ValueError("give at least one study folder")
     for f in folders:
-        if not (f / "study.json").is_file():
-            raise FileNotFoundError(f"{f} is not a study folder (no study.json); run `robvae study ...` into it first")
+        if not (f / "study.json").is_file() and not (f / "config.json").is_file():
+            raise FileNotFoundError(f"{f} is neither a study folder (study.json) nor a run folder (config.json)")
     links, sections = zip(*(_section(f, k) for k, f in enumerate(folders)))
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

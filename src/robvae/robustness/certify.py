@@ -1,4 +1,4 @@
-"""Theorem 1 certificates and their variants, side by side (SPEC 3).
+"""Theorem 1 certificates and their variants, side by side (docs/THEORY.md section 3).
 
 For r with p = p_r(x) > 1/2 (Monte Carlo from ``n_samples`` draws of eta) and J = d mu / d x:
 
@@ -15,60 +15,118 @@ radius stays finite. radius <= radius_spectral <= radius_whitened always holds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import ALPHA, ConfigMixin
 from ..models.fast_decode import batches
+from ..stats import median
 from ..validation import as_radius, check_x
-from .jacobian import KINDS, encoder_jacobian
+from .jacobian import KINDS, encoder_jacobian, jacobian_norms
+from .lipschitz import VAELipschitz
+from .rigorous import rigorous_columns
 from .sampling import r_robustness
 
-_PER_INPUT = ("radius", "radius_sound", "radius_spectral", "radius_whitened", "p", "p_lower", "sigma_min",
-              "jac_frobenius", "jac_spectral", "jac_whitened", "abstain", "abstain_sound", "r")
+#: the per-input radii and flags derived from the stored fields (properties of Certificate)
+DERIVED = ("radius", "radius_sound", "radius_spectral", "radius_whitened", "abstain", "abstain_sound")
 
 
 @dataclass
 class Certificate:
-    """Per-input certificates, each a tensor of shape [B] unless said otherwise.
+    """Per-input certificates: what was measured is stored (tensors of shape [B]); every radius is
+    derived from it on request (properties), so no two copies can disagree.
 
-    radius: the paper's Theorem 1 radius (0 = abstain, +inf when p = 1).
-    radius_sound: the same with p replaced by p_lower (0 when p_lower <= 1/2).
-    radius_spectral / radius_whitened: the tighter first-order radii (SPEC 3, beyond the paper).
-    p: the Monte Carlo estimate of p_r(x).  p_lower: its Clopper-Pearson lower bound (level 1 - alpha).
-    sigma_min: min_i sigma_i(x).  jac_frobenius / jac_spectral / jac_whitened: ||J||_F, ||J||_2,
-    ||diag(1/sigma) J||_2 (NaN when not requested in ``norms``).
-    abstain: p <= 1/2.  abstain_sound: p_lower <= 1/2.  r: the radius r.
-    reconstruction: g(mu(x)) [B, *shape], the certifiably robust reconstruction.
-    mode, alpha, n_samples: the settings used.
+    Stored: p (the Monte Carlo estimate of p_r(x)), p_lower (its one-sided Clopper-Pearson lower
+    bound at level 1 - alpha), sigma_min (min_i sigma_i(x)), jac_frobenius / jac_spectral /
+    jac_whitened (||J||_F, ||J||_2, ||diag(1/sigma) J||_2; NaN when not requested in ``norms``),
+    r (the radius), and the settings mode / alpha / n_samples. Optional extras (None when not
+    computed) leave room for more certificates, e.g. a rigorous radius.
+
+    Derived: radius (Theorem 1: 0 = abstain, +inf when p = 1), radius_sound (p replaced by
+    p_lower), radius_spectral / radius_whitened (the tighter first-order radii, docs/THEORY.md section 3),
+    abstain (p <= 1/2), abstain_sound (p_lower <= 1/2).
+
+    The certifiably robust reconstruction g(mu(x)) is not stored: :func:`robust_reconstruction`.
     """
 
-    radius: torch.Tensor
-    radius_sound: torch.Tensor
-    radius_spectral: torch.Tensor
-    radius_whitened: torch.Tensor
     p: torch.Tensor
     p_lower: torch.Tensor
     sigma_min: torch.Tensor
     jac_frobenius: torch.Tensor
     jac_spectral: torch.Tensor
     jac_whitened: torch.Tensor
-    abstain: torch.Tensor
-    abstain_sound: torch.Tensor
-    reconstruction: torch.Tensor
     r: torch.Tensor
     mode: str = "mean"
-    alpha: float = 0.001
+    alpha: float = ALPHA
     n_samples: int = 1000
+    #: optional per-input extras [B] (None = not computed), e.g. a rigorous radius; kept by
+    #: as_numpy / to_rows / cat when present
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def radius(self) -> torch.Tensor:
+        return theorem1_radius(self.p, self.sigma_min, self.jac_frobenius)
+
+    @property
+    def radius_sound(self) -> torch.Tensor:
+        return theorem1_radius(self.p_lower, self.sigma_min, self.jac_frobenius)
+
+    @property
+    def radius_spectral(self) -> torch.Tensor:
+        return theorem1_radius(self.p, self.sigma_min, self.jac_spectral)
+
+    @property
+    def radius_whitened(self) -> torch.Tensor:
+        return theorem1_radius(self.p, torch.ones_like(self.sigma_min), self.jac_whitened)
+
+    @property
+    def abstain(self) -> torch.Tensor:
+        return self.p <= 0.5
+
+    @property
+    def abstain_sound(self) -> torch.Tensor:
+        return self.p_lower <= 0.5
+
+    @property
+    def reconstruction(self) -> torch.Tensor:
+        raise AttributeError("Certificate.reconstruction is no longer stored; compute g(mu(x)) when needed with "
+                             "robvae.robustness.robust_reconstruction(model, x)")
 
     def __len__(self) -> int:
-        return int(self.radius.shape[0])
+        return int(self.p.shape[0])
+
+    def __getitem__(self, index: Any) -> "Certificate":
+        """The certificates of some inputs (a slice, index tensor or boolean mask)."""
+        return Certificate(**{k: getattr(self, k)[index] for k in _STORED}, mode=self.mode, alpha=self.alpha,
+                           n_samples=self.n_samples, extras={k: v[index] for k, v in self.extras.items()})
+
+    @classmethod
+    def cat(cls, parts: list["Certificate"]) -> "Certificate":
+        """Concatenate certificates of consecutive inputs (same settings)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        first = parts[0]
+        return cls(**{k: torch.cat([getattr(c, k) for c in parts]) for k in _STORED}, mode=first.mode,
+                   alpha=first.alpha, n_samples=first.n_samples,
+                   extras={k: torch.cat([c.extras[k] for c in parts]) for k in first.extras})
+
+    @classmethod
+    def from_numpy(cls, arrays: dict[str, np.ndarray], *, mode: str, alpha: float, n_samples: int) -> "Certificate":
+        """Rebuild from :meth:`as_numpy` (derived columns in ``arrays`` are ignored, extras kept)."""
+        stored = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in _STORED}
+        extras = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()
+                  if k not in _STORED and k not in DERIVED}
+        return cls(**stored, mode=mode, alpha=float(alpha), n_samples=int(n_samples), extras=extras)
 
     def as_numpy(self) -> dict[str, np.ndarray]:
-        """The per-input fields (all but ``reconstruction``) as numpy arrays of shape [B]."""
-        return {k: getattr(self, k).detach().cpu().numpy() for k in _PER_INPUT}
+        """Every per-input column (derived radii, stored fields, extras) as numpy arrays [B]."""
+        cols = {k: getattr(self, k) for k in (*DERIVED, *_STORED)}
+        cols.update(self.extras)
+        return {k: v.detach().cpu().numpy() for k, v in cols.items()}
 
     def to_rows(self) -> list[dict]:
         """One dict of plain Python numbers per input (CSV-ready), plus mode / alpha / n_samples."""
@@ -77,18 +135,48 @@ class Certificate:
         return [{"index": i, **{k: v[i].item() for k, v in cols.items()}, **extra} for i in range(len(self))]
 
     def summary(self) -> dict:
-        """Median radii, abstention and infinite-radius counts, p quantiles."""
+        """Median radii (+inf kept as values), abstention and infinite-radius counts, p quantiles."""
         q = (0.05, 0.25, 0.5, 0.75, 0.95)
         p = self.p.detach().double().cpu()
-        med = lambda t: float(t.detach().double().cpu().nanmedian())  # noqa: E731
+        med = lambda t: median(t.detach().double().cpu().numpy())  # noqa: E731
         return {
-            "n": len(self), "mode": self.mode, "alpha": self.alpha, "n_samples": self.n_samples,
+            "n": len(self), "r": float(self.r.double().median()), "mode": self.mode, "alpha": self.alpha,
+            "n_samples": self.n_samples,
             "median_radius": med(self.radius), "median_radius_sound": med(self.radius_sound),
             "median_radius_spectral": med(self.radius_spectral), "median_radius_whitened": med(self.radius_whitened),
+            **{f"median_{k}": med(v) for k, v in self.extras.items()},
             "n_abstain": int(self.abstain.sum()), "n_abstain_sound": int(self.abstain_sound.sum()),
             "n_infinite_radius": int(torch.isinf(self.radius).sum()),
             "p_quantiles": {str(k): float(v) for k, v in zip(q, torch.quantile(p, torch.tensor(q, dtype=p.dtype)))},
         }
+
+
+_STORED = tuple(f.name for f in fields(Certificate) if f.name not in ("mode", "alpha", "n_samples", "extras"))
+
+
+@dataclass
+class CertifyConfig(ConfigMixin):
+    """The settings of :func:`certify` (its keyword defaults are these) and of ``robvae certify``.
+
+    n_samples: Monte Carlo draws of eta per estimate of p. alpha: the sound radius holds with
+    probability >= 1 - alpha. mode: "mean" (sigma(x) held, Theorem 1's setting) or "full".
+    batch_size: inputs per batch.
+    """
+
+    n_samples: int = 1000
+    alpha: float = ALPHA
+    mode: Literal["mean", "full"] = "mean"
+    batch_size: int = 256
+
+    _what = "certify config"
+
+
+def robust_reconstruction(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """g(mu(x)) [B, *shape]: the certifiably robust reconstruction (the paper's notion), computed
+    when asked for."""
+    check_x(model, x)
+    with torch.inference_mode():
+        return model.decode(model.encode(x)[0])
 
 
 def theorem1_radius(p: torch.Tensor, scale: torch.Tensor, jac_norm: torch.Tensor) -> torch.Tensor:
@@ -98,26 +186,17 @@ def theorem1_radius(p: torch.Tensor, scale: torch.Tensor, jac_norm: torch.Tensor
 
 
 def _certify_batch(model, x, r, n_samples, alpha, mode, norms, chunk_size, generator) -> dict[str, torch.Tensor]:
+    """The stored fields of one batch's certificates."""
     est = r_robustness(model, x, r, None, n_samples, alpha=alpha, mode=mode, chunk_size=chunk_size, generator=generator)
     with torch.inference_mode():
-        mu, sigma = model.encode(x)
-        recon = model.decode(mu)
+        sigma = model.encode(x)[1]
     nan = torch.full_like(est.p, float("nan"))
     jf = js = jw = nan
-    if norms:
-        J = encoder_jacobian(model, x)
-        jf = J.norm(dim=(1, 2)) if "frobenius" in norms else nan
-        js = torch.linalg.matrix_norm(J, ord=2) if "spectral" in norms else nan
-        jw = torch.linalg.matrix_norm(J / sigma[:, :, None], ord=2) if "whitened" in norms else nan
-    smin = sigma.amin(dim=1)
-    one = torch.ones_like(smin)
-    return {
-        "radius": theorem1_radius(est.p, smin, jf), "radius_sound": theorem1_radius(est.p_lower, smin, jf),
-        "radius_spectral": theorem1_radius(est.p, smin, js), "radius_whitened": theorem1_radius(est.p, one, jw),
-        "p": est.p, "p_lower": est.p_lower, "sigma_min": smin, "jac_frobenius": jf, "jac_spectral": js,
-        "jac_whitened": jw, "abstain": est.p <= 0.5, "abstain_sound": est.p_lower <= 0.5, "reconstruction": recon,
-        "r": est.r,
-    }
+    if norms:  # exact J, or matrix-free estimates (with a JacobianSizeWarning) when J would be too large
+        jn = jacobian_norms(model, x, norms, sigma=sigma, generator=generator)
+        jf, js, jw = jn.frobenius, jn.spectral, jn.whitened
+    return {"p": est.p, "p_lower": est.p_lower, "sigma_min": sigma.amin(dim=1), "jac_frobenius": jf,
+            "jac_spectral": js, "jac_whitened": jw, "r": est.r}
 
 
 def certify(
@@ -125,20 +204,24 @@ def certify(
     x: torch.Tensor,
     r: float | torch.Tensor,
     *,
-    n_samples: int = 1000,
-    alpha: float = 0.001,
-    mode: str = "mean",
+    n_samples: int = CertifyConfig.n_samples,
+    alpha: float = CertifyConfig.alpha,
+    mode: str = CertifyConfig.mode,
     norms: tuple[str, ...] = KINDS,
     generator: torch.Generator | None = None,
-    batch_size: int = 256,
+    batch_size: int = CertifyConfig.batch_size,
     chunk_size: int | None = None,
     progress: bool = False,
+    rigorous: bool | VAELipschitz = False,
 ) -> Certificate:
     """Theorem 1 certificates for every input: x [B, *shape], r a number or a [B] tensor.
 
     p_r(x) from ``n_samples`` draws (``mode`` as in :func:`r_robustness`; at delta = 0 both modes
     coincide), the exact Jacobian (:func:`encoder_jacobian`) for the requested ``norms``, inputs
     processed ``batch_size`` at a time (tqdm bar when ``progress``).
+    rigorous: also the rigorous radii (robvae.robustness.rigorous, docs/THEORY.md section 8) as extras
+    "radius_rigorous_mean" / "radius_rigorous_full"; True uses vae_lipschitz(model), or pass the
+    Lipschitz constants (a VAELipschitz of rigorous upper bounds) for other models.
     """
     unknown = set(norms) - set(KINDS)
     if unknown:
@@ -150,7 +233,9 @@ def certify(
     for s in tqdm(chunks, desc="certify", disable=not progress or len(chunks) < 2):
         parts.append(_certify_batch(model, x[s], rt[s], n_samples, alpha, mode, tuple(norms), chunk_size, generator))
     cat = {k: torch.cat([pp[k] for pp in parts]) for k in parts[0]}
-    return Certificate(**cat, mode=mode, alpha=float(alpha), n_samples=int(n_samples))
+    extras = {} if rigorous is False else rigorous_columns(
+        model, cat["p_lower"], cat["sigma_min"], None if rigorous is True else rigorous)
+    return Certificate(**cat, mode=mode, alpha=float(alpha), n_samples=int(n_samples), extras=extras)
 
 
-__all__ = ["Certificate", "certify", "theorem1_radius"]
+__all__ = ["Certificate", "CertifyConfig", "certify", "robust_reconstruction", "theorem1_radius"]

@@ -1,4 +1,4 @@
-"""The encoder-mean Jacobian J(x) = d mu(x) / d x (d x D) and its norms (SPEC 3 and 4).
+"""The encoder-mean Jacobian J(x) = d mu(x) / d x (d x D) and its norms (docs/THEORY.md sections 3 and 4).
 
 - Frobenius  ||J||_F = sqrt(sum_ij J_ij^2)  (Theorem 1)
 - spectral   ||J||_2 = largest singular value (<= ||J||_F)
@@ -14,7 +14,9 @@ Rows of the batch must be processed independently by the encoder (no batch-norm 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.func import jvp, vjp, vmap
@@ -24,7 +26,35 @@ from ..rng import randn
 from ..validation import check_x
 
 KINDS = ("frobenius", "spectral", "whitened")
-METHODS = ("exact", "hutchinson")
+METHODS = ("auto", "exact", "hutchinson")
+
+#: The largest exact Jacobian (d * D numbers for one input) that ``method="auto"`` builds; above
+#: it the norms come from the matrix-free estimators (with a :class:`JacobianSizeWarning`). 2^24
+#: numbers are 64 MiB in float32 for one input, and the d batched reverse passes hold d copies
+#: of the encoder's activations (e.g. a 256x256 RGB latent-diffusion autoencoder: d * D ~ 8e8).
+EXACT_MAX_ELEMENTS = 1 << 24
+
+
+class JacobianSizeWarning(UserWarning):
+    """The exact Jacobian would be too large: matrix-free estimates were used instead."""
+
+
+def resolve_method(method: str, d: int, D: int, max_elements: int | None = None) -> str:
+    """"exact" or "hutchinson": ``method`` itself, or for "auto" exact when d * D <= ``max_elements``
+    (default :data:`EXACT_MAX_ELEMENTS`), else matrix-free with a :class:`JacobianSizeWarning`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method != "auto":
+        return method
+    limit = EXACT_MAX_ELEMENTS if max_elements is None else max_elements
+    if d * D <= limit:
+        return "exact"
+    warnings.warn(
+        f"the exact encoder Jacobian would hold d * D = {d} * {D} = {d * D:.3g} numbers per input "
+        f"(limit {limit:.3g}): using the matrix-free estimators (Hutchinson for the Frobenius norm, power "
+        f"iteration for the spectral norms); these are estimates, not bounds, so radii built on them are too",
+        JacobianSizeWarning, stacklevel=3)
+    return "hutchinson"
 
 
 def _mean_fn(model: torch.nn.Module, scale: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -83,29 +113,42 @@ def _hutchinson_frobenius(
     return sq.mean(0).sqrt()
 
 
+def _jv_fn(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, out: torch.Tensor,
+           vjp_fn: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
+    """v -> J v: forward mode (jvp), or, for layers without a forward-mode derivative (e.g. fused
+    attention on the CPU, or group norm after it), the transpose of the vjp (a second reverse pass)."""
+    try:
+        jvp(f, (x,), (torch.zeros_like(x),))
+        return lambda v: jvp(f, (x,), (v,))[1]
+    except (NotImplementedError, RuntimeError):
+        _, vjp2 = vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
+        return lambda v: vjp2(v)[0]
+
+
 def _power_spectral(
     f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_iter: int, generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Power iteration on J^T J (v <- J^T J v / ||J^T J v||), per input -> ||J v|| ~ ||J||_2 [B]."""
     B = x.shape[0]
-    _, vjp_fn = vjp(f, x)
+    out, vjp_fn = vjp(f, x)
+    jv_fn = _jv_fn(f, x, out, vjp_fn)
     v = randn(x.shape, x, generator)
     v = v / v.flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny).view(B, *[1] * (x.dim() - 1))
     est = torch.zeros(B, dtype=x.dtype, device=x.device)
     for _ in range(max(1, n_iter)):
-        jv = jvp(f, (x,), (v,))[1]  # [B, d]
+        jv = jv_fn(v)  # [B, d]
         est = jv.norm(dim=1)
         (w,) = vjp_fn(jv)  # J^T J v
         wn = w.flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
-        v = w / wn.view(B, *[1] * (x.dim() - 1))
-    return jvp(f, (x,), (v,))[1].norm(dim=1).maximum(est).detach()
+        v = (w / wn.view(B, *[1] * (x.dim() - 1))).contiguous()  # some layers (group norm) need contiguous tangents
+    return jv_fn(v).norm(dim=1).maximum(est).detach()
 
 
 def jacobian_norm(
     model: torch.nn.Module,
     x: torch.Tensor,
     kind: str = "frobenius",
-    method: str = "exact",
+    method: str = "auto",
     *,
     n_probes: int = 64,
     n_iter: int = 50,
@@ -120,13 +163,17 @@ def jacobian_norm(
     spectral kinds); "hutchinson" is matrix-free: for "frobenius" the Hutchinson estimate
     sqrt(mean over ``n_probes`` probes of ||u^T J||^2) (``probe="vjp"``) or ||J v||^2
     (``probe="jvp"``), unbiased for ||J||_F^2; for the spectral kinds ``n_iter`` steps of power
-    iteration on J^T J (a lower estimate converging to ||J||_2).
+    iteration on J^T J (a lower estimate converging to ||J||_2). "auto" (the default) is "exact"
+    unless the Jacobian would exceed :data:`EXACT_MAX_ELEMENTS` numbers per input, then
+    "hutchinson" with a :class:`JacobianSizeWarning` (see :func:`resolve_method`).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     check_x(model, x)
+    if method == "auto":
+        method = resolve_method(method, _latent_dim(model, x), x[0].numel())
     scale = None
     if kind == "whitened":
         with torch.inference_mode():
@@ -145,3 +192,66 @@ def jacobian_norm(
         if kind == "frobenius":
             return _hutchinson_frobenius(f, xc, n_probes, probe, generator).detach()
         return _power_spectral(f, xc, n_iter, generator)
+
+
+@dataclass
+class JacobianNorms:
+    """The encoder-Jacobian norms of a batch, each [B] (NaN where not requested).
+
+    method: "exact" (from the full Jacobian) or "hutchinson" (matrix-free estimates, see
+    :func:`jacobian_norm`).
+    """
+
+    frobenius: torch.Tensor
+    spectral: torch.Tensor
+    whitened: torch.Tensor
+    method: str
+
+
+def jacobian_norms(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    norms: tuple[str, ...] = KINDS,
+    *,
+    method: str = "auto",
+    sigma: torch.Tensor | None = None,
+    max_elements: int | None = None,
+    n_probes: int = 64,
+    n_iter: int = 50,
+    generator: torch.Generator | None = None,
+) -> JacobianNorms:
+    """The requested ``norms`` of J(x) at once: one exact Jacobian for all of them, or (when the
+    exact Jacobian would be too large, see :func:`resolve_method`) the matrix-free estimators.
+
+    ``sigma`` [B, d]: sigma(x) for the whitened norm when already at hand.
+    """
+    unknown = set(norms) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown norms {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    check_x(model, x)
+    nan = torch.full((x.shape[0],), float("nan"), dtype=x.dtype, device=x.device)
+    out = {k: nan for k in KINDS}
+    if not norms:
+        return JacobianNorms(**out, method="none")
+    method = resolve_method(method, _latent_dim(model, x), x[0].numel(), max_elements)
+    if "whitened" in norms and sigma is None:
+        with torch.inference_mode():
+            sigma = model.encode(x)[1].clone()
+    if method == "exact":
+        J = encoder_jacobian(model, x)
+        if "frobenius" in norms:
+            out["frobenius"] = J.norm(dim=(1, 2))
+        if "spectral" in norms:
+            out["spectral"] = torch.linalg.matrix_norm(J, ord=2)
+        if "whitened" in norms:
+            out["whitened"] = torch.linalg.matrix_norm(J / sigma[:, :, None], ord=2)
+        return JacobianNorms(**out, method=method)
+    with torch.inference_mode(False), torch.enable_grad():
+        xc = x.clone()
+        if "frobenius" in norms:
+            out["frobenius"] = _hutchinson_frobenius(_mean_fn(model), xc, n_probes, "vjp", generator).detach()
+        if "spectral" in norms:
+            out["spectral"] = _power_spectral(_mean_fn(model), xc, n_iter, generator)
+        if "whitened" in norms:
+            out["whitened"] = _power_spectral(_mean_fn(model, sigma.clone()), xc, n_iter, generator)
+    return JacobianNorms(**out, method=method)

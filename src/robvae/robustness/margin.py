@@ -1,43 +1,68 @@
-"""The empirical ("sampled") margin R_hat_r(x) (SPEC 6).
+"""The empirical ("sampled") margin R_hat_r(x) (docs/THEORY.md section 5), searched so that one weak attack run
+cannot overstate it (issue 9).
 
 R_hat_r(x) is the largest budget eps at which the strongest attack found still leaves the model
-r-robust: p(x, delta*(eps)) > 1/2 with delta*(eps) the maximum-damage attack at budget eps and p
-estimated by Monte Carlo. Two settings:
+r-robust: p(x, delta*(eps)) > 1/2. Two settings:
 
 - mode "full" (default): p_full(x, delta) = P(||g(mu(x+delta) + eta sigma(x+delta)) - g(mu(x))|| <= r),
   the attack moving mean and variance (the paper's experiments);
 - mode "mean": p_r(x, delta) with sigma held at sigma(x) (Theorem 1's exact setting).
 
-Search, for all inputs of a batch together (each input keeps its own [lo, hi] bracket, the
-attack re-run at the vector of budgets): hi doubles from ``eps_init`` until the attack breaks
-robustness (capped at ``eps_max``), then bisection until hi - lo <= tol * hi. Inputs not r-robust
-unperturbed get 0; inputs still robust at eps_max get eps_max (``capped``). The Monte Carlo
-estimates of p reuse one stream of eta draws (common random numbers), so the robust / not-robust
-decisions along the search are consistent. Attacks only find some perturbations, so R_hat is an
-upper estimate of the true margin R_r(x).
+The search, for all inputs of a batch together (each input keeps its own bracket [lo, hi]):
+
+1. Clean: the sequential test decides p_r(x) > 1/2; inputs not settled robust get margin 0.
+2. Bracket: hi doubles from ``eps_init`` until the attack breaks robustness (capped at eps_max).
+3. Bisection until hi - lo <= tol * hi. At every budget the attack (default
+   ``EnsembleAttack("cheap")``) starts from the non-robust perturbation found at the smallest
+   larger budget, scaled in (so a larger budget's success is never forgotten), from the top
+   singular direction of the Jacobian of x -> g(mu(x)) and from its own starts, and attacks the
+   smoothed p_r (common random numbers) besides the damage.
+4. Decisions: p > 1/2 is decided on fresh draws of eta by an anytime-valid sequential test
+   (:func:`robvae.robustness.sampling.sequential_robustness`, error <= alpha per decision) that
+   stops drawing once settled. A decision not settled within ``n_samples`` draws counts as NOT
+   robust (the margin can only move down), and after ``max_unsettled`` such decisions an input
+   stops refining (its bracket then lies inside the Monte Carlo tolerance).
+5. Verification: the final lo is attacked again (fresh random stream, warm-started from the
+   non-robust perturbation at hi) and re-decided on fresh draws; if it fails, hi moves down to lo
+   and the search resumes from the previous robust budget (at most 3 rounds). The perturbation at
+   hi is re-tested on fresh draws (``upper_confirmed``).
+
+The result is monotone in the budget (every budget below ``margin`` that was tested was found
+robust, every one above not). Attacks only find some perturbations, so R_hat is an upper estimate
+of the true margin R_r(x); the Monte Carlo ``tolerance`` is the distance from ``margin`` to the
+smallest budget found NOT robust with confidence.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from ..attacks.objectives import max_damage_objective
-from ..attacks.pgd import get_norm, pgd
+from ..attacks.ensemble import PRESETS, EnsembleAttack, Stage
+from ..attacks.pgd import get_norm
+from ..config import ALPHA
 from ..rng import child_seed
 from ..validation import as_radius, check_x
-from .sampling import r_robustness
+from .sampling import r_robustness, sequential_robustness
 
 
 @dataclass
 class MarginResult:
-    """margin [B]: R_hat_r(x) (the last budget found robust; 0 when not robust clean).
+    """margin [B]: R_hat_r(x) (the largest budget found robust; 0 when not robust clean).
     upper [B]: the smallest budget found not robust (eps_max where capped).
-    p_clean [B]: p_r(x) unperturbed.  robust_clean [B]: p_clean > 1/2.  capped [B]: still robust at
-    eps_max.  mode: "full" or "mean".  r [B]: the radius.  eps_max: the search cap.
-    n_attacks: attack runs (batched over inputs) the search took."""
+    p_clean [B]: p_r(x) unperturbed (from the clean decision's draws).  robust_clean [B]: settled
+    p_clean > 1/2.  capped [B]: still robust at eps_max.  mode: "full" or "mean".  r [B]: the radius.
+    eps_max: the search cap.  n_attacks: batched attack runs.
+    tolerance [B]: Monte Carlo tolerance: (smallest budget decided NOT robust with confidence) -
+    margin (0 where capped or not robust clean).  upper_confirmed [B]: the perturbation at ``upper``
+    re-tested on fresh draws is still not robust (False where its decision was unsettled).  preset: the attack's preset.  decoder_rows: latent
+    vectors decoded by the whole search (attacks and draws).  alpha: error level per decision.
+    sequential: whether decisions used the sequential test (False: fixed n_samples draws, p > 1/2).
+    delta [B, *shape]: the non-robust perturbation found at ``upper`` (zeros where none)."""
 
     margin: torch.Tensor
     upper: torch.Tensor
@@ -48,96 +73,266 @@ class MarginResult:
     r: torch.Tensor
     eps_max: float
     n_attacks: int
+    tolerance: torch.Tensor | None = None
+    upper_confirmed: torch.Tensor | None = None
+    preset: str = ""
+    decoder_rows: int = 0
+    alpha: float = ALPHA
+    sequential: bool = True
+    delta: torch.Tensor | None = None
+
+
+def legacy_attack(*, norm: str = "l2", mode: str = "full", steps: int | None = None, restarts: int | None = None,
+                  eta_samples: int | None = None, generator: torch.Generator | None = None) -> EnsembleAttack:
+    """The old keyword arguments (steps, restarts, eta_samples) as an ensemble: one APGD stage on the
+    damage (eta_samples = 0) or the expected damage (K = eta_samples draws) with ``restarts`` random
+    rows besides the singular and warm starts, then the cheap preset's probability stage."""
+    steps = 40 if steps is None else int(steps)
+    restarts = 2 if restarts is None else int(restarts)
+    k = 4 if eta_samples is None else int(eta_samples)
+    first = Stage("expected" if k > 0 else "damage", steps, draws=k, random=max(restarts - 1, 0),
+                  starts=("singular", "warm"))
+    return EnsembleAttack("legacy", stages=(first,) + tuple(s for s in PRESETS["cheap"] if s.needs_r), norm=norm,
+                          mode=mode, generator=generator)
 
 
 def empirical_margin(
     model: torch.nn.Module,
     x: torch.Tensor,
     r: float | torch.Tensor,
+    attack: EnsembleAttack | None = None,
     *,
     mode: str = "full",
     eps_max: float | None = None,
     eps_init: float | torch.Tensor | None = None,
     tol: float = 1e-3,
     max_iter: int = 40,
-    n_samples: int = 1000,
+    n_samples: int = 10000,
+    alpha: float = ALPHA,
+    sequential: bool = True,
+    max_unsettled: int = 2,
     norm: str = "l2",
-    steps: int = 40,
-    restarts: int = 2,
-    eta_samples: int = 4,
+    steps: int | None = None,
+    restarts: int | None = None,
+    eta_samples: int | None = None,
     step_size: float | None = None,
     generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> MarginResult:
-    """R_hat_r(x) by doubling then bisection on eps, all inputs together: x [B, *shape] -> MarginResult.
+    """R_hat_r(x) for x [B, *shape] (see the module docstring) -> MarginResult.
 
-    r: a number or a [B] tensor.  eps_init: the first budget tried (a number or [B]; default r;
-    a Theorem 1 bound is a good choice).  eps_max: the cap (default: the box diameter, sqrt(D) for
-    L2, 1 for L-inf).  tol: relative bracket width.  n_samples: draws for each p estimate.
-    norm / steps / restarts / eta_samples / step_size: the maximum-damage attack (SPEC 5; its
-    sigma follows ``mode``).
+    r: a number or a [B] tensor.  attack: an attack object called as
+    ``attack(model, x, eps, r=r, warm_start=delta, mode=mode, generator=g)`` returning an object with
+    ``.delta`` (default ``EnsembleAttack("cheap", norm=norm)``).  eps_init: the first budget tried (a
+    number or [B]; default r; a Theorem 1 bound is a good choice).  eps_max: the cap (default: the
+    box diameter).  tol: relative bracket width.  n_samples: the most draws of eta per decision.
+    alpha: error level of each decision.  sequential=False: the old fixed-sample decisions
+    (n_samples draws, p > 1/2), kept for comparison.  max_unsettled: unsettled decisions after which
+    an input stops refining (more: a narrower tolerance for more draws).
+    progress: called as ``progress(attacks_so_far, inputs_attacked)`` after every attack (each
+    doubling and bisection step), e.g. to move a progress bar.
+    Deprecated: steps / restarts / eta_samples / step_size (use ``attack=``); when given without
+    ``attack`` they build :func:`legacy_attack` (APGD needs no step size: step_size is ignored).
     """
     if mode not in ("full", "mean"):
         raise ValueError(f"unknown mode {mode!r}; choose 'full' or 'mean'")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
+    if int(n_samples) < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     check_x(model, x)
+    legacy = {k: v for k, v in dict(steps=steps, restarts=restarts, eta_samples=eta_samples,
+                                    step_size=step_size).items() if v is not None}
+    if legacy:
+        warnings.warn(f"empirical_margin({', '.join(legacy)}=...) is deprecated: pass attack=EnsembleAttack(...)",
+                      DeprecationWarning, stacklevel=2)
+        if attack is None:
+            attack = legacy_attack(norm=norm, mode=mode, steps=steps, restarts=restarts, eta_samples=eta_samples)
+    if attack is None:
+        attack = EnsembleAttack("cheap", norm=norm, mode=mode)
     B = x.shape[0]
+    shape = tuple(x.shape[1:])
     rt = as_radius(r, B, x)
-    nrm = get_norm(norm)
+    nrm = getattr(attack, "norm", None) or get_norm(norm)
     cap = float(eps_max) if eps_max is not None else nrm.diameter(x[0].numel())
     seed = child_seed(generator)
+    streams = iter(range(1, 1 << 30))
 
-    def crn() -> torch.Generator:
-        return torch.Generator(device=x.device).manual_seed(seed)
+    def fresh() -> torch.Generator:  # an independent stream per use: decisions never reuse draws
+        return torch.Generator(device=x.device).manual_seed(seed + 7919 * next(streams))
 
-    p_clean = r_robustness(model, x, rt, None, n_samples, mode=mode, generator=crn()).p
-    robust_clean = p_clean > 0.5
+    rows_used = 0
     n_attacks = 0
+    n_max = int(n_samples)
 
-    def robust_at(eps: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Attack the inputs ``rows`` (bool [B]) at budgets eps [B]; p > 1/2 there (bool [B], False elsewhere)."""
-        nonlocal n_attacks
-        out = torch.zeros(B, dtype=torch.bool, device=x.device)
+    def decide(idx: torch.Tensor, delta: torch.Tensor | None, n_first: int = 64,
+               n_cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(decision int [len(idx)]: +1 robust / -1 not / 0 unsettled, p estimate) on fresh draws."""
+        nonlocal rows_used
+        xs = x[idx]
+        if sequential:
+            res = sequential_robustness(model, xs, rt[idx], delta, alpha=alpha, n_max=n_cap or n_max, n_first=n_first,
+                                        mode=mode, generator=fresh())
+            rows_used += int(res.n_samples.sum())
+            return res.decision.to(torch.int8), res.p
+        est = r_robustness(model, xs, rt[idx], delta, n_max, mode=mode, generator=fresh())
+        rows_used += n_max * len(idx)
+        return torch.where(est.p > 0.5, 1, -1).to(torch.int8).to(x.device), est.p
+
+    def attack_at(eps: torch.Tensor, rows: torch.Tensor, warm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attack the inputs ``rows`` (bool [B]) at budgets eps [B] from ``warm`` [B, *shape];
+        -> (decision int8 [B] (0 elsewhere), delta [B, *shape])."""
+        nonlocal rows_used, n_attacks
+        dec = torch.zeros(B, dtype=torch.int8, device=x.device)
+        delta = torch.zeros_like(x)
         idx = rows.nonzero().flatten()
         if idx.numel() == 0:
-            return out
+            return dec, delta
         n_attacks += 1
-        xs = x[idx]
-        f = max_damage_objective(model, xs, eta_samples=eta_samples, mode=mode, generator=generator)
-        delta = pgd(f, xs, eps[idx], norm=nrm, steps=steps, step_size=step_size, restarts=restarts,
-                    generator=generator).delta
-        est = r_robustness(model, xs, rt[idx], delta, n_samples, mode=mode, generator=crn())
-        out[idx] = est.p > 0.5
-        return out
+        res = attack(model, x[idx], eps[idx], r=rt[idx], warm_start=warm[idx], mode=mode, generator=fresh())
+        rows_used += int(getattr(res, "decoder_rows", 0))
+        d = res.delta.detach()
+        dec[idx], _ = decide(idx, d)
+        delta[idx] = d
+        if progress is not None:
+            progress(n_attacks, int(idx.numel()))
+        return dec, delta
 
-    lo = torch.zeros(B, dtype=x.dtype, device=x.device)
+    def scaled(d: torch.Tensor, frm: torch.Tensor, to: torch.Tensor) -> torch.Tensor:
+        """d found at budget ``frm`` rescaled to budget ``to`` (per input; zeros stay zeros). Scaling
+        in keeps x + d in the box (a convex combination of x and x + d)."""
+        f = torch.where(frm > 0, to / frm.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(to))
+        return d * f.view(-1, *[1] * len(shape))
+
+    # 1. clean
+    dec0, p_clean = decide(torch.arange(B, device=x.device), None, n_first=min(1000, n_max))
+    robust_clean = dec0 == 1
+    zeros = torch.zeros(B, dtype=x.dtype, device=x.device)
+    inf = torch.full_like(zeros, math.inf)
+    col = (-1, *[1] * len(shape))
+    # state per input: lo (robust, settled), hi_conf (NOT robust, settled), and the band [u_lo, u_hi]
+    # of budgets whose decision was unsettled (inf when none); perturbations d_lo, d_conf, d_u.
+    lo, lo_prev = zeros.clone(), zeros.clone()
+    hi_conf, u_lo, u_hi = inf.clone(), inf.clone(), inf.clone()
+    d_lo, d_conf, d_u = torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x)
+    unsettled = torch.zeros(B, dtype=torch.long, device=x.device)
     init = rt if eps_init is None else torch.as_tensor(eps_init, dtype=x.dtype, device=x.device).expand(B)
-    init = torch.where(torch.isfinite(init) & (init > 0), init, rt)
-    hi = init.clamp(max=cap).clone()
+    init = torch.where(torch.isfinite(init) & (init > 0), init, rt).clamp(max=cap)
+
+    def bad_above(eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The smallest budget above eps with a non-robust (or unsettled) perturbation, and it."""
+        use_u = torch.isfinite(u_lo) & (u_lo > eps) & (u_lo < hi_conf)
+        b = torch.where(use_u, u_lo, hi_conf)
+        return b, torch.where(use_u.view(col), d_u, d_conf)
+
+    def record(rows: torch.Tensor, eps: torch.Tensor, dec: torch.Tensor, delta: torch.Tensor) -> None:
+        """Fold the decisions at eps into the state, keeping it monotone: a robust decision above an
+        unsettled budget is not believed (it only narrows the band)."""
+        nonlocal lo, lo_prev, hi_conf, u_lo, u_hi, d_lo, d_conf, d_u, unsettled
+        below_band = eps < u_lo
+        rob = rows & (dec == 1) & below_band
+        lo_prev = torch.where(rob, lo, lo_prev)
+        lo = torch.where(rob, eps, lo)
+        d_lo = torch.where(rob.view(col), delta, d_lo)
+        conf = rows & (dec == -1)
+        hi_conf = torch.where(conf, eps, hi_conf)
+        d_conf = torch.where(conf.view(col), delta, d_conf)
+        gone = conf & (u_lo >= eps)  # the band lies above the new hi_conf: forget it
+        clip = conf & (u_lo < eps) & (u_hi >= eps)
+        u_lo, u_hi = torch.where(gone, inf, u_lo), torch.where(gone, inf, torch.where(clip, u_lo, u_hi))
+        und = rows & ((dec == 0) | ((dec == 1) & ~below_band))
+        new_lo = und & (eps < u_lo)
+        u_lo = torch.where(new_lo, eps, u_lo)
+        d_u = torch.where(new_lo.view(col), delta, d_u)
+        u_hi = torch.where(und, torch.where(torch.isfinite(u_hi), torch.maximum(u_hi, eps), eps), u_hi)
+        unsettled = unsettled + (rows & (dec == 0)).long()
+
+    # 2. bracket: double the budget until the attack breaks robustness (settled or not)
     capped = torch.zeros_like(robust_clean)
-    open_ = robust_clean.clone()  # rows still looking for a budget that breaks them
-    for _ in range(max(1, math.ceil(math.log2(cap / float(hi[open_].min()))) + 2) if open_.any() else 0):
+    hi = init.clone()
+    open_ = robust_clean.clone()
+    n_double = max(1, math.ceil(math.log2(cap / float(hi[open_].min()))) + 2) if open_.any() else 0
+    for _ in range(n_double):
         if not open_.any():
             break
-        rob = robust_at(hi, open_)
+        dec, delta = attack_at(hi, open_, scaled(d_lo, lo, hi))
+        record(open_, hi.clone(), dec, delta)
+        rob = open_ & (dec == 1)
         at_cap = rob & (hi >= cap)
         capped |= at_cap
-        lo = torch.where(rob, hi, lo)
-        hi = torch.where(rob & ~at_cap, (2 * hi).clamp(max=cap), hi)
-        open_ &= rob & ~at_cap
+        grow = rob & ~at_cap
+        hi = torch.where(grow, (2 * hi).clamp(max=cap), hi)
+        open_ = grow
     capped |= open_  # safety: never bracketed within the iteration budget
     search = robust_clean & ~capped
-    for _ in range(max_iter):
-        active = search & (hi - lo > tol * hi)
-        if not active.any():
+
+    # 3. bisection of the gaps below and above the unsettled band, 5. verification
+    def refine() -> None:
+        for _ in range(max_iter):
+            top = torch.where(torch.isfinite(hi_conf), hi_conf, torch.full_like(hi_conf, cap))
+            has_band = torch.isfinite(u_lo)
+            g_low = torch.where(has_band, u_lo, top) - lo
+            g_up = torch.where(has_band, top - u_hi, zeros)
+            # above the band with no settled non-robust budget yet: keep doubling towards the cap
+            up_open = has_band & ~torch.isfinite(hi_conf) & (u_hi < cap)
+            g_up = torch.where(up_open, top - u_hi, g_up)
+            scale = torch.where(torch.isfinite(hi_conf), hi_conf, torch.where(has_band, u_hi, top))
+            # a gap narrower than half the unsettled band cannot shrink the tolerance much: stop there
+            band = torch.where(has_band, u_hi - u_lo, zeros)
+            need = torch.maximum(tol * scale, 0.5 * band)
+            go_low = g_low > need
+            go_up = g_up > need
+            active = search & (go_low | go_up) & (unsettled < max_unsettled)
+            if not active.any():
+                return
+            low_side = go_low & (~go_up | (g_low >= g_up))
+            mid_low = 0.5 * (lo + torch.where(has_band, u_lo, top))
+            mid_up = torch.where(up_open, torch.minimum(2 * u_hi, top), 0.5 * (u_hi + top))
+            mid = torch.where(low_side, mid_low, mid_up)
+            b, d_b = bad_above(mid)
+            warm = torch.where(torch.isfinite(b).view(col), scaled(d_b, torch.where(torch.isfinite(b), b, mid), mid),
+                               scaled(d_lo, lo, mid))
+            dec, delta = attack_at(mid, active, warm)
+            record(active, mid, dec, delta)
+
+    for round_ in range(4):
+        refine()
+        if round_ == 3:
             break
-        mid = 0.5 * (lo + hi)
-        rob = robust_at(mid, active)
-        lo = torch.where(active & rob, mid, lo)
-        hi = torch.where(active & ~rob, mid, hi)
+        check = search & (lo > 0)
+        if not check.any():
+            break
+        b, d_b = bad_above(lo)
+        warm = torch.where(torch.isfinite(b).view(col), scaled(d_b, torch.where(torch.isfinite(b), b, lo), lo), d_lo)
+        dec, delta = attack_at(lo, check, warm)
+        failed = check & (dec != 1)
+        if not failed.any():
+            break
+        failed_lo = lo.clone()
+        lo = torch.where(failed, lo_prev, lo)
+        lo_prev = torch.where(failed, zeros, lo_prev)
+        record(failed, failed_lo, dec, delta)
+        unsettled = torch.where(failed, torch.zeros_like(unsettled), unsettled)
+
+    # the settled non-robust perturbation at hi_conf, re-tested on fresh draws
+    confirmed = torch.zeros_like(robust_clean)
+    idx = (search & torch.isfinite(hi_conf)).nonzero().flatten()
+    if idx.numel():
+        dec, _ = decide(idx, d_conf[idx], n_cap=max(n_max // 4, 1))
+        confirmed[idx] = dec == -1
+
+    hi = torch.where(torch.isfinite(u_lo), torch.minimum(u_lo, hi_conf), hi_conf)
+    hi = torch.where(torch.isfinite(hi), hi, torch.full_like(hi, cap))
+    d_hi = torch.where((torch.isfinite(u_lo) & (u_lo < hi_conf)).view(col), d_u, d_conf)
     margin = torch.where(capped, torch.full_like(lo, cap), lo)
-    margin = torch.where(robust_clean, margin, torch.zeros_like(margin))
+    margin = torch.where(robust_clean, margin, zeros)
     upper = torch.where(capped, torch.full_like(hi, cap), hi)
-    upper = torch.where(robust_clean, upper, torch.zeros_like(upper))
-    return MarginResult(margin=margin, upper=upper, p_clean=p_clean, robust_clean=robust_clean, capped=capped,
-                        mode=mode, r=rt, eps_max=cap, n_attacks=n_attacks)
+    upper = torch.where(robust_clean, upper, zeros)
+    tolerance = torch.where(torch.isfinite(hi_conf), hi_conf, torch.full_like(hi_conf, cap)) - lo
+    tolerance = torch.where(search, tolerance.clamp_min(0), zeros)
+    preset = getattr(attack, "preset", type(attack).__name__)
+    return MarginResult(margin=margin, upper=upper, p_clean=p_clean.to(x.dtype), robust_clean=robust_clean,
+                        capped=capped, mode=mode, r=rt, eps_max=cap, n_attacks=n_attacks, tolerance=tolerance,
+                        upper_confirmed=confirmed, preset=str(preset), decoder_rows=rows_used, alpha=float(alpha),
+                        sequential=bool(sequential), delta=torch.where(search.view(-1, *[1] * len(shape)), d_hi,
+                                                                       torch.zeros_like(d_hi)))

@@ -1,10 +1,10 @@
-"""Monte Carlo r-robustness (SPEC 2 and 6): p_r(x, delta), r_min(x) and Clopper-Pearson bounds.
+"""Monte Carlo r-robustness (docs/THEORY.md sections 2 and 5): p_r(x, delta), r_min(x) and Clopper-Pearson bounds.
 
 With eta ~ N(0, I_d) and the maximum-likelihood reconstruction g(mu(x)):
 
-- mode "mean" (SPEC 2, Theorem 1's setting):
+- mode "mean" (docs/THEORY.md section 2, Theorem 1's setting):
   Delta(x, delta) = g(mu(x + delta) + eta * sigma(x)) - g(mu(x))
-- mode "full" (SPEC 6, the full encoder an adversary attacks):
+- mode "full" (docs/THEORY.md section 5, the full encoder an adversary attacks):
   Delta(x, delta) = g(mu(x + delta) + eta * sigma(x + delta)) - g(mu(x))
 
 p_r(x, delta) = P_eta(||Delta(x, delta)|| <= r); r-robust iff p_r > 1/2;
@@ -21,18 +21,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats
+from scipy import special, stats
 
+from ..config import ALPHA
 from ..models.fast_decode import default_chunk, draw_chunks, flat_decode
 from ..rng import randn
-from ..validation import as_radius, check_delta, check_x
+from ..errors import InputError
+from ..validation import as_radius, check_delta, check_x, checked_encode
 
 MODES = ("mean", "full")
 
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose 'mean' (sigma(x), SPEC 2) or 'full' (sigma(x+delta), SPEC 6)")
+        raise ValueError(f"unknown mode {mode!r}; choose 'mean' (sigma(x)) or 'full' (sigma(x+delta))")
 
 
 def _norm_chunks(
@@ -49,7 +51,7 @@ def _norm_chunks(
     if delta is None:
         mu, sigma = mu0, sigma0
     else:
-        mu, sigma_d = model.encode(x + delta)
+        mu, sigma_d = checked_encode(model, x + delta)
         sigma = sigma_d if mode == "full" else sigma0
     d, D = mu.shape[1], ref.shape[1]
     chunk = chunk_size or default_chunk(n_samples, B, D, x.device, model)
@@ -57,7 +59,11 @@ def _norm_chunks(
         eta = randn((B, c, d), mu, generator)  # [B, c, d]
         z = (mu[:, None, :] + eta * sigma[:, None, :]).reshape(B * c, d)
         out = flat_decode(model, z).view(B, c, D)  # a fresh buffer (inference mode): subtract in place
-        yield torch.linalg.vector_norm(out.sub_(ref[:, None, :]), dim=-1)  # [B, c]
+        norms = torch.linalg.vector_norm(out.sub_(ref[:, None, :]), dim=-1)  # [B, c]
+        if not bool(torch.isfinite(norms).all()):  # NaN would count as "not within r": refuse instead
+            raise InputError(f"model.decode returned NaN or inf for {int((~torch.isfinite(norms)).sum())} of "
+                             f"{norms.numel()} latent draws z = mu + eta * sigma")
+        yield norms
 
 
 def delta_norms(
@@ -72,8 +78,8 @@ def delta_norms(
 ) -> torch.Tensor:
     """||Delta(x, delta)|| for ``n_samples`` draws of eta: x, delta [B, *shape] -> [B, S].
 
-    ``delta=None`` means delta = 0 (encoder noise alone). ``mode`` "mean" keeps sigma(x) (SPEC 2),
-    "full" uses sigma(x + delta) (SPEC 6). ``chunk_size`` draws per decoder call (default: sized
+    ``delta=None`` means delta = 0 (encoder noise alone). ``mode`` "mean" keeps sigma(x) (docs/THEORY.md section 2),
+    "full" uses sigma(x + delta) (docs/THEORY.md section 5). ``chunk_size`` draws per decoder call (default: sized
     so a chunk of decoder outputs holds about 4M numbers).
     """
     _check_mode(mode)
@@ -84,7 +90,7 @@ def delta_norms(
 
 
 def clopper_pearson(
-    k: torch.Tensor | np.ndarray | int, n: torch.Tensor | np.ndarray | int, alpha: float = 0.05
+    k: torch.Tensor | np.ndarray | int, n: torch.Tensor | np.ndarray | int, alpha: float = ALPHA
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One-sided Clopper-Pearson bounds for a binomial proportion, each at level 1 - alpha.
 
@@ -138,7 +144,7 @@ def r_robustness(
     delta: torch.Tensor | None = None,
     n_samples: int = 1000,
     *,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     mode: str = "mean",
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
@@ -173,7 +179,100 @@ def r_min(
 ) -> torch.Tensor:
     """r_min(x) = median over eta of ||g(mu(x) + eta * sigma(x)) - g(mu(x))||: [B, *shape] -> [B].
 
-    For r <= r_min(x) the model is not r-robust even on the clean input (SPEC 2).
+    For r <= r_min(x) the model is not r-robust even on the clean input (docs/THEORY.md section 2).
     """
     norms = delta_norms(model, x, None, n_samples, chunk_size=chunk_size, generator=generator)
     return torch.quantile(norms, 0.5, dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Anytime-valid decision of p > p0 (issue 9): a Beta-mixture (Robbins-style) test martingale
+# --------------------------------------------------------------------------------------------
+def sequential_bernoulli_test(
+    k: torch.Tensor | np.ndarray | int, n: torch.Tensor | np.ndarray | int, alpha: float = ALPHA, p0: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decide p > p0 or p < p0 from k successes in n Bernoulli(p) draws, valid at any stopping time.
+
+    Two mixture likelihood ratios against p0, uniform mixing over the alternatives (Robbins 1970):
+        M+_n = int_{p0}^1 (p/p0)^k ((1-p)/(1-p0))^(n-k) dp / (1 - p0)
+             = B(k+1, n-k+1) (1 - I_{p0}(k+1, n-k+1)) / (p0^k (1-p0)^(n-k+1)),
+        M-_n = B(k+1, n-k+1) I_{p0}(k+1, n-k+1) / (p0^(k+1) (1-p0)^(n-k)).
+    Under any p <= p0 each mixed component (p' > p0) is a nonnegative supermartingale, so M+ is
+    one, and Ville's inequality gives P(sup_n M+_n >= 1/alpha) <= alpha: deciding "p > p0" when
+    M+ >= 1/alpha is wrong with probability <= alpha however long one keeps drawing and whenever
+    one looks (likewise M- for "p < p0"). Returns (decision int8: +1 p > p0, -1 p < p0, 0 not yet;
+    log M+; log M-), vectorised over k, n (any broadcastable shapes), float64 on CPU.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if not 0.0 < p0 < 1.0:
+        raise ValueError(f"p0 must be in (0, 1), got {p0}")
+    kn = np.asarray(k.detach().cpu() if isinstance(k, torch.Tensor) else k, dtype=np.float64)
+    nn_ = np.asarray(n.detach().cpu() if isinstance(n, torch.Tensor) else n, dtype=np.float64)
+    kn, nn_ = np.broadcast_arrays(kn, nn_)
+    if (kn < 0).any() or (kn > nn_).any():
+        raise ValueError("sequential_bernoulli_test needs 0 <= k <= n")
+    a, b = kn + 1, nn_ - kn + 1
+    lbeta = special.betaln(a, b)
+    with np.errstate(divide="ignore"):
+        lower_tail = np.log(special.betainc(a, b, p0))  # log I_{p0}(a, b)
+        upper_tail = np.log(special.betaincc(a, b, p0))  # log (1 - I_{p0}(a, b))
+    base = lbeta - kn * np.log(p0) - (nn_ - kn) * np.log1p(-p0)
+    log_up = base + upper_tail - np.log1p(-p0)
+    log_down = base + lower_tail - np.log(p0)
+    thr = -np.log(alpha)
+    dec = np.where(log_up >= thr, 1, np.where(log_down >= thr, -1, 0)).astype(np.int8)
+    return torch.as_tensor(dec), torch.as_tensor(log_up), torch.as_tensor(log_down)
+
+
+@dataclass
+class SequentialDecision:
+    """Per input [B]: decision (+1: p_r(x, delta) > 1/2, -1: < 1/2, 0: not settled within n_max
+    draws), p (the estimate k / n), n_within k, n_samples n (draws used), alpha."""
+
+    decision: torch.Tensor
+    p: torch.Tensor
+    n_within: torch.Tensor
+    n_samples: torch.Tensor
+    alpha: float
+
+
+def sequential_robustness(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    r: float | torch.Tensor,
+    delta: torch.Tensor | None = None,
+    *,
+    alpha: float = ALPHA,
+    n_max: int = 20000,
+    n_first: int = 64,
+    mode: str = "mean",
+    generator: torch.Generator | None = None,
+) -> SequentialDecision:
+    """Is p_r(x, delta) > 1/2? Draws eta in rounds (n_first, then growing the total by half) for the inputs
+    not yet settled, stopping each input once :func:`sequential_bernoulli_test` at level ``alpha``
+    settles it or n_max draws are spent. All unsettled inputs draw together (one batched call per
+    round), so every input's count n is one of the round ends."""
+    _check_mode(mode)
+    check_x(model, x)
+    delta = check_delta(x, delta)
+    B = x.shape[0]
+    rt = as_radius(r, B, x)
+    k = torch.zeros(B, dtype=torch.long, device=x.device)
+    n = torch.zeros(B, dtype=torch.long, device=x.device)
+    dec = torch.zeros(B, dtype=torch.int8)
+    total, step = 0, max(int(n_first), 1)
+    while total < n_max:
+        rows = (dec == 0).nonzero().flatten().to(x.device)
+        if rows.numel() == 0:
+            break
+        c = min(step, n_max - total)
+        est = r_robustness(model, x[rows], rt[rows], None if delta is None else delta[rows], c, mode=mode,
+                           generator=generator)
+        k[rows] += est.n_within
+        n[rows] += c
+        total += c
+        step = max(total // 2, 1)  # grow the total by half each round
+        dec[rows.cpu()] = sequential_bernoulli_test(k[rows], n[rows], alpha)[0]
+    p = k.to(x.dtype) / n.clamp_min(1).to(x.dtype)
+    return SequentialDecision(decision=dec.to(x.device), p=p, n_within=k, n_samples=n, alpha=float(alpha))

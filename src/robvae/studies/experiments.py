@@ -1,4 +1,4 @@
-"""The paper's studies on trained models (SPEC 7): bound vs. margin, beta sweep, tau sweep.
+"""The paper's studies on trained models (docs/THEORY.md section 1): bound vs. margin, beta sweep, tau sweep.
 
 Each study trains its models through :func:`robvae.sweep.run_trials` (executor "local", "ray" or
 "serial"; finished trials are skipped, interrupted training resumes), evaluates them with
@@ -31,14 +31,28 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from ..evaluation import EvalConfig, load_result
+import torch
+
+from ..data import dataset_shape, load_dataset
+from ..evaluation import EvalConfig, jsonable, load_result, rows_bound_stats
 from ..fileio import read_json, write_csv, write_json
-from .common import fmt_list, write_study_meta
-from .stats import quartiles
+from ..models import ModelConfig
+from ..objectives import ObjectiveConfig
+from ..report.figures import VARIANTS, bound_variants_figure, bound_vs_margin_figure, degradation_figure, sweep_panels_figure
+from ..report.html import write_study_meta
+from ..robustness import r_min
+from ..stats import correlation, quartiles, spearman
+from ..sweep import Trial, run_trials, trial_dir
+from ..training import TrainConfig, load
+
+
+def fmt_list(values: Sequence[float | int]) -> str:
+    """[1.0, 2.0, 0.5] -> "1,2,0.5" (the CLI's list syntax)."""
+    return ",".join(f"{v:g}" for v in values)
 
 #: metrics aggregated over inputs in the sweep tables (column in per_input.csv -> label)
 SWEEP_METRICS = {
@@ -58,24 +72,26 @@ SWEEP_METRICS = {
 
 @dataclass
 class TrainOptions:
-    """How each model of a study is trained (see :class:`robvae.training.TrainConfig`).
-
-    objective / beta / tau are the defaults a study overrides where it sweeps them.
-    likelihood "auto": Bernoulli for grey images, Gaussian for colour.
+    """How each model of a study is trained: the flat subset of
+    :class:`robvae.training.TrainConfig` (with its :class:`~robvae.models.ModelConfig` and
+    :class:`~robvae.objectives.ObjectiveConfig`) that the studies expose. Every default is the
+    config's own, except ``epochs`` (10: studies train many models) and ``likelihood`` ("auto":
+    Bernoulli for grey images, Gaussian for colour). objective / beta / tau are the defaults a
+    study overrides where it sweeps them. :func:`make_train_config` builds the TrainConfig.
     """
 
     epochs: int = 10
-    n_train: int | None = None
-    arch: str = "mlp"
-    latent_dim: int = 10
-    hidden: tuple[int, ...] = (256, 128)
-    batch_size: int = 128
-    lr: float = 1e-3
-    objective: str = "elbo"
-    beta: float = 1.0
-    tau: float = 0.0
-    likelihood: str = "auto"
-    device: str = "cpu"
+    n_train: int | None = TrainConfig.n_train
+    arch: Literal["mlp", "conv"] = ModelConfig.arch  # type: ignore[assignment]
+    latent_dim: int = ModelConfig.latent_dim
+    hidden: tuple[int, ...] = ModelConfig.hidden
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    objective: str = ObjectiveConfig.name
+    beta: float = ObjectiveConfig.beta
+    tau: float = ModelConfig.tau
+    likelihood: Literal["auto", "bernoulli", "gaussian"] = "auto"
+    device: str = TrainConfig.device
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -92,11 +108,6 @@ class Executor:
 
 
 def make_train_config(dataset: str, data_dir: str | None, opts: TrainOptions, seed: int, **override: Any):
-    from ..data import dataset_shape
-    from ..models import ModelConfig
-    from ..objectives import ObjectiveConfig
-    from ..training import TrainConfig
-
     o = replace(opts, **override)
     shape = dataset_shape(dataset)
     lik = o.likelihood if o.likelihood != "auto" else ("bernoulli" if shape[0] == 1 else "gaussian")
@@ -114,8 +125,6 @@ def make_train_config(dataset: str, data_dir: str | None, opts: TrainOptions, se
 
 def _train_all(train_configs: list[tuple[str, Any]], out: Path, ex: Executor) -> dict[str, Path]:
     """Train every (name, TrainConfig) under out/train; returns name -> run folder. Failures raise."""
-    from ..sweep import Trial, run_trials
-
     trials = [Trial(train=c, evaluation=None, name=name) for name, c in train_configs]
     results = run_trials(trials, out / "train", executor=ex.executor, workers=ex.workers, address=ex.address,
                          progress=ex.progress)
@@ -129,8 +138,6 @@ def _evaluate_all(items: list[tuple[str, Any, Path]], ev: EvalConfig, out: Path,
     Each evaluation is a sweep trial (train + evaluate) whose run folder is first seeded with a
     copy of the already trained run, so training finds its final checkpoint and does nothing and
     the evaluations run in parallel on the chosen executor. Returns name -> EvalResult."""
-    from ..sweep import Trial, run_trials, trial_dir
-
     trials = [Trial(train=c, evaluation=ev, name=name) for name, c, _ in items]
     for t, (_, _, run_dir) in zip(trials, items):
         dest = trial_dir(out / "eval", t.id) / "run"
@@ -154,11 +161,6 @@ def _raise_failed(results: Sequence[Any], what: str) -> None:
 
 def _calibrate(out: Path, runs: dict[str, Path], names: Sequence[str], ev: EvalConfig, rule: str) -> dict[str, Any]:
     """r = ev.r_relative x (max over ``names``' median r_min) -- cached in calibration.json."""
-    import torch
-
-    from ..robustness import r_min
-    from ..training import load
-
     key = {"names": list(names), "rule": rule, "r_relative": ev.r_relative, "n": ev.n, "split": ev.split,
            "n_samples": ev.n_samples, "seed": ev.seed, "runs": {n: str(runs[n]) for n in names}}
     path = out / "calibration.json"
@@ -166,8 +168,6 @@ def _calibrate(out: Path, runs: dict[str, Path], names: Sequence[str], ev: EvalC
         cal = read_json(path, "calibration")
         if cal.get("key") == key:
             return cal
-    from ..data import load_dataset
-
     med: dict[str, float] = {}
     for name in names:
         run = load(runs[name], device=ev.device)
@@ -218,8 +218,6 @@ def _pooled_table(results: dict[str, Any], settings: dict[str, dict[str, Any]], 
 
 def _trend(table: list[dict[str, Any]], x: str, metric: str) -> dict[str, Any]:
     """Spearman rho of the per-setting medians against the setting, and first -> last change."""
-    from .stats import spearman
-
     rows = sorted(table, key=lambda r: r[x])
     xs = [r[x] for r in rows]
     ys = [r[f"{metric}_median"] for r in rows]
@@ -275,38 +273,38 @@ def bound_vs_margin(
     rows = [{"seed": s, **row} for s, (n, _) in zip(seeds, cfgs) for row in results[n].rows]
     write_csv(out / "per_input.csv", rows)
 
-    from ..report.figures import bound_variants_figure, bound_vs_margin_figure, degradation_figure
-
+    stats = {col: rows_bound_stats(rows, col) for col, _ in VARIANTS}
     mlabel = f"empirical margin R_hat_r(x) ({ev.margin_mode} encoder)"
     title = (f"{dataset}: Theorem 1 bound vs empirical margin "
              f"({len(rows)} test inputs, {len(seeds)} model{'s' if len(seeds) > 1 else ''})")
-    main = bound_vs_margin_figure(rows, out / "bound_vs_margin.png", title=title, margin_label=mlabel)
-    variants = bound_variants_figure(rows, out / "bound_variants.png", title=f"{dataset}: bound variants", margin_label=mlabel)
-    degr = degradation_figure(rows, out / "likelihood_vs_margin.png", title=f"{dataset}: likelihood degradation",
-                              margin_label=mlabel)
+    bound_vs_margin_figure(rows, out / "bound_vs_margin.png", stats["radius"], title=title, margin_label=mlabel)
+    bound_variants_figure(rows, out / "bound_variants.png", stats, title=f"{dataset}: bound variants",
+                          margin_label=mlabel)
+    degr = correlation([r["margin"] for r in rows], [r["likelihood_degradation"] for r in rows])
+    degradation_figure(rows, out / "likelihood_vs_margin.png", degr, title=f"{dataset}: likelihood degradation",
+                       margin_label=mlabel)
     per_model = {n: results[n].summary for n, _ in cfgs}
     summary = {
         "study": "bound-vs-margin", "dataset": dataset, "n_inputs": len(rows), "seeds": list(seeds),
         "margin_mode": ev.margin_mode, "r": {n: s["r"] for n, s in per_model.items()},
         "attack_eps": {n: s["attack_eps"] for n, s in per_model.items()},
-        "theorem1": main, "variants": variants, "likelihood_degradation_vs_margin": degr,
+        "theorem1": stats["radius"].to_dict(), "variants": {c: st.to_dict() for c, st in stats.items()},
+        "likelihood_degradation_vs_margin": degr.to_dict(),
         "n_abstain": sum(s["n_abstain"] for s in per_model.values()),
         "n_infinite_radius": sum(s["n_infinite_radius"] for s in per_model.values()),
         "n_margin_capped": sum(s["n_margin_capped"] for s in per_model.values()),
-        "median_margin": quartiles([r["margin"] for r in rows])[1],
-        "median_radius": quartiles([r["radius"] for r in rows])[1],
+        "median_margin": stats["radius"].median_margin,
+        "median_radius": stats["radius"].median_bound,
         "test_elbo": {n: s.get("test_elbo") for n, s in per_model.items()},
         "per_model": per_model,
     }
-    from ..evaluation import _jsonable
-
-    write_json(out / "summary.json", _jsonable(summary))
+    write_json(out / "summary.json", jsonable(summary))
     write_study_meta(out, "bound-vs-margin", command or _command("bound-vs-margin", dataset, data_dir, out, o, ev, seeds),
                      {"dataset": dataset, "data_dir": data_dir, "seeds": list(seeds), "train": asdict(o),
                       "evaluation": ev.to_dict(), "executor": asdict(ex)},
                      figures=["bound_vs_margin.png", "bound_variants.png", "likelihood_vs_margin.png"],
                      tables=["per_input.csv"])
-    return {"rows": rows, "summary": summary}
+    return {"rows": rows, "summary": summary, "stats": stats["radius"]}
 
 
 def _sweep_study(
@@ -363,8 +361,6 @@ def beta_study(
     cmd = command or _command("beta", dataset, data_dir, out, o, ev, seeds,
                               f" --betas {fmt_list(betas)} --objective {objective}")
     res = _sweep_study("beta", "beta", betas, dataset, out, data_dir, seeds, o, ev, ex, "max")
-    from ..report.figures import sweep_panels_figure
-
     panels = [("margin", "empirical margin R_hat_r(x)"), ("damage", "attack damage (fixed budget)"),
               ("sigma_mean", "encoder sigma (mean over axes)"), ("jac_frobenius", "encoder Jacobian ||J||_F"),
               ("radius_sound", "certified radius (Theorem 1, sound p)"),
@@ -378,9 +374,7 @@ def beta_study(
     summary = {"study": "beta", "dataset": dataset, "objective": objective, "betas": [float(b) for b in betas],
                "seeds": list(seeds), "r": res["r"], "calibration": res["calibration"], "attack_eps": eps,
                "margin_mode": ev.margin_mode, "trends": trends, "table": res["table"]}
-    from ..evaluation import _jsonable
-
-    write_json(out / "summary.json", _jsonable(summary))
+    write_json(out / "summary.json", jsonable(summary))
     write_study_meta(out, "beta", cmd, {"dataset": dataset, "data_dir": data_dir, "betas": list(betas),
                                         "objective": objective, "seeds": list(seeds), "train": asdict(o),
                                         "evaluation": ev.to_dict(), "r_used": res["r"], "executor": asdict(ex)},
@@ -406,8 +400,6 @@ def tau_study(
     out = Path(out)
     cmd = command or _command("tau", dataset, data_dir, out, o, ev, seeds, f" --taus {fmt_list(taus)}")
     res = _sweep_study("tau", "tau", taus, dataset, out, data_dir, seeds, o, ev, ex, "first")
-    from ..report.figures import sweep_panels_figure
-
     panels = [("margin", "empirical margin R_hat_r(x)"), ("radius_sound", "certified radius (Theorem 1, sound p)"),
               ("damage", "attack damage (fixed budget)"), ("p", "p_r(x) (unperturbed)"),
               ("reconstruction_error", "reconstruction error ||g(mu(x)) - x||"),
@@ -423,9 +415,7 @@ def tau_study(
     summary = {"study": "tau", "dataset": dataset, "taus": [float(t) for t in taus], "seeds": list(seeds),
                "r": res["r"], "calibration": res["calibration"], "attack_eps": eps, "margin_mode": ev.margin_mode,
                "taus_with_median_p_at_most_half": below, "trends": trends, "table": res["table"]}
-    from ..evaluation import _jsonable
-
-    write_json(out / "summary.json", _jsonable(summary))
+    write_json(out / "summary.json", jsonable(summary))
     write_study_meta(out, "tau", cmd, {"dataset": dataset, "data_dir": data_dir, "taus": list(taus),
                                        "seeds": list(seeds), "train": asdict(o), "evaluation": ev.to_dict(),
                                        "r_used": res["r"], "executor": asdict(ex)},

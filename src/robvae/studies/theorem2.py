@@ -1,4 +1,4 @@
-"""Theorem 2 checked numerically (SPEC 8b).
+"""Theorem 2 checked numerically (docs/THEORY.md section 7).
 
 Fixed linear-Gaussian decoder p(x|z) = N(W z, s^2 I) whose columns w_i are orthogonal (W^T W =
 diag(|w_i|^2)), prior N(0, I). The beta-VAE optimum q*(z|x) ~ p(z) p(x|z)^(1/beta) is Gaussian:
@@ -28,7 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fileio import write_csv, write_json
 from ..objectives import gaussian_kl
+from ..report.figures import theorem2_figure
+from ..report.html import write_study_meta
 
 
 @dataclass
@@ -142,10 +145,6 @@ def theorem2_study(
     }
     result = {"rows": rows, "jacobian_rows": jrows, "summary": summary}
     if out is not None:
-        from ..fileio import write_csv, write_json
-        from ..report.figures import theorem2_figure
-        from .common import write_study_meta
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / "theorem2.csv", rows)

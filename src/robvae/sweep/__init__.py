@@ -9,12 +9,13 @@
   numbers for every executor.
 """
 
-from .executors import EXECUTORS, TrialResult, ensure_ray, run_trials, trial_dir
+from .executors import EXECUTORS, TrialResult, ensure_ray, map_tasks, run_trials, trial_dir
 from .results import collect
-from .shard import block_seed, certify_shard, certify_sharded
+from .shard import SHARD_EXECUTORS, block_seed, certify_shard, certify_sharded
 from .spec import SweepSpec, SweepSpecError, Trial, load_sweep, parse_sweep
 
 __all__ = [
     "Trial", "TrialResult", "run_trials", "collect", "certify_sharded", "certify_shard", "block_seed",
     "SweepSpec", "SweepSpecError", "load_sweep", "parse_sweep", "EXECUTORS", "ensure_ray", "trial_dir",
+    "map_tasks", "SHARD_EXECUTORS",
 ]

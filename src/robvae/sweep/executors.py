@@ -1,4 +1,10 @@
-"""Running trials: ``run_trials`` with a local process pool, Ray tasks, or in-process.
+"""One executor abstraction: :func:`map_tasks` runs a function over many argument tuples in this
+process ("serial"), in local worker processes ("local") or as Ray tasks ("ray"), yielding each
+result as it finishes. Sharded certification (:mod:`robvae.sweep.shard`) and the sweeps'
+serial and Ray paths run on it; ``run_trials``'s local path adds, on top of the same process
+pool, the crash recovery a long training trial needs (below).
+
+Running trials: ``run_trials`` with a local process pool, Ray tasks, or in-process.
 
 Executors
 - "local":  a ``concurrent.futures.ProcessPoolExecutor`` (spawn context) of ``workers``
@@ -21,17 +27,22 @@ same sweep skips the trials that are done and whose outputs exist and reruns eve
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from ..fileio import write_json
+from .results import collect
 from .spec import Trial
 from .worker import STATUS_FILE, TRIAL_FILE, limit_threads, outputs_complete, read_status, run_trial, update_status
 
@@ -163,8 +174,6 @@ def run_trials(
         raise
     finally:
         bar.close()
-        from .results import collect
-
         collect(out)
     return [_result(t, trial_dir(out, t.id), skipped=t.id in skipped) for t in trials]
 
@@ -180,15 +189,16 @@ def _mark_dead(tdir: Path, detail: str) -> None:
 
 
 def _run_serial(todo: list[Trial], out: Path, bar: _Progress, threads: int | None) -> None:
-    import torch
-
     before = torch.get_num_threads()
     if threads:  # torch only: this process's BLAS pools and environment are left alone
         torch.set_num_threads(int(threads))
     try:
-        for t in todo:
-            bar.refresh([trial_dir(out, t.id)])
-            st = run_trial(t.to_dict(), str(trial_dir(out, t.id)), torch_threads=None, cwd=os.getcwd())
+        tasks = [(t.to_dict(), str(trial_dir(out, t.id))) for t in todo]
+        poll = lambda idx: bar.refresh([trial_dir(out, todo[i].id) for i in idx])  # noqa: E731
+        for _, st, err in map_tasks(run_trial, tasks, executor="serial", kwargs={"torch_threads": None, "cwd": os.getcwd()},
+                                    poll=poll):
+            if err is not None:
+                raise err
             bar.finished(st["status"])
     finally:
         torch.set_num_threads(before)
@@ -200,10 +210,6 @@ def _run_serial(todo: list[Trial], out: Path, bar: _Progress, threads: int | Non
 
 def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_retries: int,
                threads: int | None) -> None:
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
     ctx = mp.get_context("spawn")
     cwd = os.getcwd()
     starts = {t.id: int(read_status(trial_dir(out, t.id)).get("attempts", 0)) for t in todo}
@@ -280,37 +286,116 @@ def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_r
 
 def _run_ray(todo: list[Trial], out: Path, bar: _Progress, workers: int, address: str | None, max_retries: int,
              cpus_per_trial: float, gpus_per_trial: float, threads: int | None) -> None:
-    ray = _import_ray()
-    started = ensure_ray(address, workers)
-    try:
-        task = ray.remote(run_trial).options(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial,
-                                             max_retries=max_retries, retry_exceptions=False)
-        cwd = os.getcwd()
-        refs = {task.remote(t.to_dict(), str(trial_dir(out, t.id)), torch_threads=threads, cwd=cwd): t for t in todo}
+    tasks = [(t.to_dict(), str(trial_dir(out, t.id))) for t in todo]
+    opts = {"num_cpus": cpus_per_trial, "num_gpus": gpus_per_trial, "max_retries": max_retries,
+            "retry_exceptions": False}
+    poll = lambda idx: bar.refresh([trial_dir(out, todo[i].id) for i in idx])  # noqa: E731
+    for i, st, err in map_tasks(run_trial, tasks, executor="ray", workers=workers, address=address,
+                                kwargs={"torch_threads": threads, "cwd": os.getcwd()}, ray_options=opts, poll=poll):
+        t = todo[i]
+        if err is not None:  # the worker died more than max_retries times, ...
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            _mark_dead(trial_dir(out, t.id), f"({type(err).__name__}: {first})")
+            bar.finished("failed")
+            continue
+        if st.get("status") != read_status(trial_dir(out, t.id)).get("status"):
+            # outputs on storage the driver does not see: keep the worker's record
+            write_json(trial_dir(out, t.id) / STATUS_FILE, st)
+        bar.finished(st["status"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the executor abstraction
+
+
+def map_tasks(
+    fn: Callable[..., Any],
+    tasks: Sequence[tuple[Any, ...]],
+    *,
+    executor: str = "serial",
+    workers: int = 1,
+    address: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+    ray_options: dict[str, Any] | None = None,
+    initializer: Callable[..., Any] | None = None,
+    initargs: tuple[Any, ...] = (),
+    poll: Callable[[list[int]], Any] | None = None,
+) -> Iterator[tuple[int, Any, BaseException | None]]:
+    """Run ``fn(*task, **kwargs)`` for every task; yield ``(index, result, error)`` as each finishes.
+
+    executor "serial": in this process, in order. "local": ``workers`` spawned processes
+    (``initializer(*initargs)`` in each). "ray": one Ray task per item (``ray_options`` such as
+    num_cpus / max_retries; ``address`` "auto" or HOST:PORT joins a cluster, else a local
+    instance with ``workers`` CPUs, or the one already running). ``error`` is the exception a
+    task raised (a Ray task's RayError), with ``result`` None: the caller decides whether it is
+    fatal. ``poll(pending indices)`` runs while waiting (e.g. to refresh a progress bar). Leaving
+    the loop early (an exception, Ctrl-C) cancels the unfinished tasks. ``fn`` and the tasks
+    must be picklable for "local" and "ray". The results do not depend on the executor as long
+    as ``fn`` seeds itself from its arguments.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    kwargs = kwargs or {}
+    if not tasks:
+        return
+    if executor == "serial":
+        if initializer is not None:
+            initializer(*initargs)
+        for i, t in enumerate(tasks):
+            if poll is not None:
+                poll(list(range(i, len(tasks))))
+            try:
+                res = fn(*t, **kwargs)
+            except Exception as e:  # noqa: BLE001  (handed to the caller)
+                yield i, None, e
+                continue
+            yield i, res, None
+    elif executor == "local":
+        pool = ProcessPoolExecutor(max_workers=min(int(workers), len(tasks)), mp_context=mp.get_context("spawn"),
+                                   initializer=initializer, initargs=initargs)
+        futs = {pool.submit(fn, *t, **kwargs): i for i, t in enumerate(tasks)}
+        remaining = set(futs)
         try:
+            while remaining:
+                if poll is not None:
+                    poll(sorted(futs[f] for f in remaining))
+                done, remaining = wait(remaining, timeout=_POLL_S, return_when=FIRST_COMPLETED)
+                for f in done:
+                    try:
+                        res = f.result()
+                    except Exception as e:  # noqa: BLE001
+                        yield futs[f], None, e
+                        continue
+                    yield futs[f], res, None
+        finally:
+            if remaining:
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
+            pool.shutdown(wait=not remaining, cancel_futures=True)
+    else:
+        ray = _import_ray()
+        started = ensure_ray(address, int(workers))
+        refs: dict[Any, int] = {}
+        try:
+            task = ray.remote(fn).options(**(ray_options or {}))
+            refs = {task.remote(*t, **kwargs): i for i, t in enumerate(tasks)}
             while refs:
-                bar.refresh([trial_dir(out, t.id) for t in refs.values()])
+                if poll is not None:
+                    poll(sorted(refs.values()))
                 ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=_POLL_S)
                 for ref in ready:
-                    t = refs.pop(ref)
+                    i = refs.pop(ref)
                     try:
-                        st = ray.get(ref)
-                    except ray.exceptions.RayError as e:  # worker died more than max_retries times, ...
-                        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                        _mark_dead(trial_dir(out, t.id), f"({type(e).__name__}: {first})")
-                        bar.finished("failed")
+                        res = ray.get(ref)
+                    except ray.exceptions.RayError as e:
+                        yield i, None, e
                         continue
-                    if st.get("status") != read_status(trial_dir(out, t.id)).get("status"):
-                        # outputs on storage the driver does not see: keep the worker's record
-                        write_json(trial_dir(out, t.id) / STATUS_FILE, st)
-                    bar.finished(st["status"])
-        except BaseException:
+                    yield i, res, None
+        finally:
             for ref in refs:
                 ray.cancel(ref, force=True)
-            raise
-    finally:
-        if started:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
 
 
 def _import_ray():

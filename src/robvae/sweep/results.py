@@ -14,11 +14,14 @@ bound-vs-margin correlations); :func:`write_study` adds ``study.json`` and ``swe
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 from typing import Any
 
+from .._version import __version__
 from ..fileio import read_json, write_csv, write_json
+from ..report.figures import sweep_figure
 from .worker import STATUS_FILE, TRIAL_FILE
 
 RESULTS_CSV = "results.csv"
@@ -133,10 +136,6 @@ def _number(v: Any) -> float | None:
 def write_study(out_dir: str | os.PathLike, *, command: str, config: dict[str, Any],
                 grid: dict[str, list[Any]]) -> Path:
     """Write ``study.json`` (and ``sweep.png``) so that ``robvae report OUT`` shows the sweep."""
-    import datetime
-
-    from .. import __version__
-
     out = Path(out_dir)
     rows = collect(out)
     figures = []
@@ -144,50 +143,10 @@ def write_study(out_dir: str | os.PathLike, *, command: str, config: dict[str, A
     if axis is not None and rows:
         metrics = [m for m in ("test_elbo", "radius.median", "margin.median", "damage.median", "p.median",
                                "sigma_mean.median") if any(_number(r.get(m)) is not None for r in rows)]
-        if metrics and _sweep_figure(rows, axis, metrics, out / FIGURE_FILE):
+        if metrics and sweep_figure(rows, axis, metrics, out / FIGURE_FILE):
             figures.append(FIGURE_FILE)
     doc = {"study": "sweep", "command": command, "config": config, "grid": grid,
            "tables": [RESULTS_BRIEF_CSV, RESULTS_CSV], "figures": figures,
            "created": datetime.datetime.now().isoformat(timespec="seconds"), "robvae": __version__,
            "trials": len(rows), "done": sum(r["status"] == "done" for r in rows)}
     return write_json(out / STUDY_FILE, doc)
-
-
-def _sweep_figure(rows: list[dict[str, Any]], axis: str, metrics: list[str], path: Path) -> bool:
-    """Each metric against the first numeric grid axis: one point per finished trial, mean line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = [r for r in rows if r["status"] == "done" and _number(r.get(axis)) is not None]
-    if not done:
-        return False
-    ncol = min(3, len(metrics))
-    nrow = -(-len(metrics) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
-    for k, m in enumerate(metrics):
-        ax = axes[k // ncol][k % ncol]
-        pts = [(_number(r[axis]), _number(r.get(m))) for r in done]
-        pts = [(x, y) for x, y in pts if y is not None]
-        xs = sorted({x for x, _ in pts})
-        ax.plot([x for x, _ in pts], [y for _, y in pts], "x", color="0.45", label="trials")
-        ax.plot(xs, [sum(y for x2, y in pts if x2 == x) / sum(1 for x2, _ in pts if x2 == x) for x in xs], "o-",
-                color="C0", label="mean")
-        ax.set_xlabel(axis)
-        ax.set_title(m, fontsize=10)
-        if len(xs) > 2 and min(xs) > 0 and max(xs) / min(xs) >= 8:
-            ax.set_xscale("log", base=2)
-        if k == 0:
-            ax.legend(fontsize=8)
-    for k in range(len(metrics), nrow * ncol):
-        axes[k // ncol][k % ncol].axis("off")
-    fig.tight_layout()
-    from ..fileio import atomic_write_bytes
-    import io as _io
-
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return True

@@ -28,6 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from ..config import ALPHA
+from ..robustness import Certificate, certify
+from ..training import load
+from .executors import map_tasks
 
 SHARD_EXECUTORS = ("serial", "local", "ray")
 
@@ -44,8 +50,6 @@ def _load_run(run_dir: str, device: str):
     weights = Path(run_dir) / "model.safetensors"
     key = (str(Path(run_dir).resolve()), str(device), weights.stat().st_mtime_ns if weights.exists() else 0)
     if key not in _RUN_CACHE:
-        from ..training import load
-
         _RUN_CACHE.clear()  # one run per worker process at a time
         _RUN_CACHE[key] = load(run_dir, device=device)
     return _RUN_CACHE[key]
@@ -54,9 +58,8 @@ def _load_run(run_dir: str, device: str):
 def certify_shard(run_dir: str, x: np.ndarray, r: np.ndarray, start: int, *, seed: int, block_size: int,
                   device: str = "cpu", torch_threads: int | None = 1,
                   certify_kwargs: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """Certify inputs ``x`` (global indices ``start, start+1, ...``) block by block; numpy out."""
-    from ..robustness import certify
-
+    """Certify inputs ``x`` (global indices ``start, start+1, ...``) block by block; numpy out
+    (:meth:`Certificate.as_numpy`, cheap to send back from a worker)."""
     before = torch.get_num_threads()
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
@@ -70,8 +73,8 @@ def certify_shard(run_dir: str, x: np.ndarray, r: np.ndarray, start: int, *, see
             g.manual_seed(block_seed(seed, start + i))
             cert = certify(model, xt[i : i + block_size], rt[i : i + block_size], generator=g,
                            **(certify_kwargs or {}))
-            parts.append(cert.as_numpy())
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            parts.append(cert)
+        return Certificate.cat(parts).as_numpy()
     finally:
         torch.set_num_threads(before)
 
@@ -91,7 +94,7 @@ def certify_sharded(
     torch_threads: int | None = 1,
     progress: bool = False,
     **certify_kwargs: Any,
-) -> dict[str, np.ndarray]:
+) -> Certificate:
     """Certify every input of ``x`` [N, *shape] with the run in ``run_dir``, sharded over workers.
 
     executor: "serial" (this process), "local" (``workers`` spawned processes) or "ray" (one
@@ -101,7 +104,8 @@ def certify_sharded(
     worker; rounded up to whole blocks). seed / block_size: see the module docstring — the result
     depends on them, not on the executor, ``workers`` or ``shard_size``. certify_kwargs go to
     :func:`robvae.certify` (n_samples, alpha, mode, norms, chunk_size, ...).
-    Returns ``Certificate.as_numpy()`` fields for all N inputs, in input order.
+    Returns one :class:`robvae.Certificate` for all N inputs, in input order, whatever the
+    executor (the executors are :func:`robvae.sweep.executors.map_tasks`).
     """
     if executor not in SHARD_EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(SHARD_EXECUTORS)}")
@@ -135,43 +139,18 @@ def certify_sharded(
               certify_kwargs=certify_kwargs)
     args = [(run_dir, x_np[s : s + shard_size], r_np[s : s + shard_size], s) for s in starts]
 
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=n, desc=f"certify ({executor})", unit="input", disable=not progress)
     results: list[dict[str, np.ndarray] | None] = [None] * len(args)
     try:
-        if executor == "serial":
-            for i, a in enumerate(args):
-                results[i] = certify_shard(*a, **kw)
-                bar.update(len(a[1]))
-        elif executor == "local":
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            with ProcessPoolExecutor(max_workers=min(int(workers), len(args)),
-                                     mp_context=mp.get_context("spawn")) as pool:
-                futs = {pool.submit(certify_shard, *a, **kw): i for i, a in enumerate(args)}
-                for f in as_completed(futs):
-                    results[futs[f]] = f.result()
-                    bar.update(len(args[futs[f]][1]))
-        else:
-            from .executors import _import_ray, ensure_ray
-
-            ray = _import_ray()
-            started = ensure_ray(address, int(workers))
-            try:
-                task = ray.remote(certify_shard).options(num_cpus=max(1, torch_threads or 1))
-                refs = {task.remote(*a, **kw): i for i, a in enumerate(args)}
-                pending = list(refs)
-                while pending:
-                    ready, pending = ray.wait(pending, num_returns=1)
-                    for ref in ready:
-                        results[refs[ref]] = ray.get(ref)
-                        bar.update(len(args[refs[ref]][1]))
-            finally:
-                if started:
-                    ray.shutdown()
+        for i, res, err in map_tasks(certify_shard, args, executor=executor, workers=int(workers), address=address,
+                                     kwargs=kw, ray_options={"num_cpus": max(1, torch_threads or 1)}):
+            if err is not None:
+                raise err
+            results[i] = res
+            bar.update(len(args[i][1]))
     finally:
         bar.close()
-    keys = list(results[0])  # type: ignore[index]
-    return {k: np.concatenate([res[k] for res in results]) for k in keys}  # type: ignore[index]
+    cols = {k: np.concatenate([res[k] for res in results]) for k in results[0]}  # type: ignore[index]
+    return Certificate.from_numpy(cols, mode=certify_kwargs.get("mode", "mean"),
+                                  alpha=certify_kwargs.get("alpha", ALPHA),
+                                  n_samples=certify_kwargs.get("n_samples", 1000))

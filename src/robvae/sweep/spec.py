@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data import dataset_shape
+from ..evaluation import EvalConfig
+from ..models import ModelConfig
+from ..objectives import ObjectiveConfig
 from ..training import TrainConfig
 
 #: Values of :attr:`Trial._fault` (test-only failure injection, see :class:`Trial`).
@@ -43,11 +47,7 @@ class SweepSpecError(ValueError):
 
 
 def _eval_config_class() -> type | None:
-    """robvae.evaluation.EvalConfig, imported lazily (None while that module does not exist)."""
-    try:
-        from ..evaluation import EvalConfig  # type: ignore[attr-defined]
-    except ImportError:
-        return None
+    """robvae.evaluation.EvalConfig."""
     return EvalConfig
 
 
@@ -82,14 +82,10 @@ def make_eval_config(d: dict[str, Any] | Any | None) -> Any:
 def _resolve_input_shape(config: TrainConfig) -> None:
     """Set model.input_shape from the data set (as training would), so ids do not depend on it."""
     try:
-        from ..data import dataset_shape  # type: ignore[attr-defined]
-
         shape = tuple(dataset_shape(config.dataset))
     except Exception:  # unknown data set or data module not available: leave it to training
         return
     if tuple(config.model.input_shape) != shape:
-        from ..models import ModelConfig
-
         config.model = ModelConfig.from_dict({**config.model.to_dict(), "input_shape": shape})
 
 
@@ -172,9 +168,6 @@ def _dataclass_fields(cls: type) -> dict[str, Any]:
 
 def _nested_class(cls: type, name: str) -> type | None:
     """The dataclass type of a nested config field (TrainConfig.model -> ModelConfig), if any."""
-    from ..models import ModelConfig
-    from ..objectives import ObjectiveConfig
-
     if cls is TrainConfig:
         return {"model": ModelConfig, "objective": ObjectiveConfig}.get(name)
     return None

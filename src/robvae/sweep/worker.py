@@ -19,7 +19,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from ..evaluation import evaluate
 from ..fileio import read_json, write_json
+from ..report.figures import save_reconstructions
+from ..training import RECON_FILE, train
+from .spec import Trial
 
 TRIAL_FILE = "trial.json"
 STATUS_FILE = "status.json"
@@ -104,8 +108,6 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
     (None leaves the defaults). ``cwd``: the driver's working folder, against which a relative
     ``data_dir`` is resolved. Returns the final status dict (also in status.json).
     """
-    from .spec import Trial
-
     trial_dir_p = Path(trial_dir)
     trial_dir_p.mkdir(parents=True, exist_ok=True)
     limit_threads(torch_threads)
@@ -115,8 +117,6 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
                   error=None, attempts=int(prev.get("attempts", 0)) + 1, host=socket.gethostname(),
                   pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"), finished=None)
     try:
-        from ..training import train
-
         trial = Trial.from_dict(trial_dict)
         if trial._fault == "kill":  # test-only: this worker dies on every attempt, before training
             os.kill(os.getpid(), signal.SIGKILL)
@@ -125,14 +125,14 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
         t_train = time.time()
         run = train(config, trial_dir_p / RUN_DIR, progress=False,
                     callback=_fault_callback(trial._fault, trial_dir_p))
+        if not (trial_dir_p / RUN_DIR / RECON_FILE).is_file():
+            save_reconstructions(run)
         train_s = time.time() - t_train
         summary: dict[str, Any] = {}
         if run.metrics:
             summary["test_elbo"] = float(run.metrics[-1]["test_elbo"])
         eval_s = 0.0
         if trial.evaluation is not None:
-            from ..evaluation import evaluate  # type: ignore[attr-defined]
-
             t_eval = time.time()
             result = evaluate(run, trial.evaluation, out_dir=trial_dir_p / EVAL_DIR, progress=False)
             eval_s = time.time() - t_eval

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from robvae.studies.stats import count_above, describe, least_squares, pearson, quartiles, spearman
+from robvae.stats import BoundStats, bound_stats, count_above, describe, least_squares, pearson, quartiles, spearman
 
 
 def test_pearson_known_correlation():
@@ -75,3 +75,33 @@ def test_count_above_and_describe():
     d = describe([4, 1, 3, 2, np.nan])
     assert d == {"n": 4, "median": 2.5, "q1": 1.75, "q3": 3.25, "mean": 2.5, "min": 1.0, "max": 4.0, "n_infinite": 0}
     assert describe([1.0, np.inf])["n_infinite"] == 1
+
+
+def test_bound_stats_counts_each_input_once_and_only_real_violations():
+    inf = math.inf
+    #          used  used  used  viol  abst  p=1   disagree capped  no margin
+    bound = [0.5, 1.0, 1.5, 6.0, 0.0, inf, 2.0, 1.0, 1.0]
+    margin = [1.0, 2.0, 3.0, 5.0, 9.0, 4.0, 0.0, 7.0, math.nan]
+    p_clean = [0.9, 0.9, 0.9, 0.9, 0.4, 1.0, 0.45, 0.9, math.nan]
+    capped = [False] * 7 + [True, False]
+    s = bound_stats(bound, margin, p_clean=p_clean, capped=capped)
+    assert (s.n, s.n_used, s.n_violations, s.n_abstain, s.n_infinite, s.n_disagree, s.n_capped,
+            s.n_no_margin) == (9, 4, 1, 1, 1, 1, 1, 1)
+    assert s.mask.tolist() == [True] * 4 + [False] * 5
+    assert s.pearson == pytest.approx(np.corrcoef(margin[:4], bound[:4])[0, 1])
+    assert s.spearman == pytest.approx(1.0)
+    slope, icpt = np.polyfit(margin[:4], bound[:4], 1)
+    assert (s.slope, s.intercept) == (pytest.approx(slope), pytest.approx(icpt))
+    # medians over the same (used) inputs, never over all of them
+    assert s.median_bound == pytest.approx(1.25) and s.median_margin == pytest.approx(2.5)
+    assert s.median_ratio == pytest.approx(0.5)
+    assert s == bound_stats(np.array(bound), np.array(margin), p_clean=np.array(p_clean), capped=np.array(capped))
+    # an explicit abstain flag (e.g. the sound certificate's) wins over a positive bound
+    t = bound_stats(bound, margin, p_clean=p_clean, capped=capped, abstain=[False, True] + [False] * 7)
+    assert t.n_used == 3 and t.n_abstain == 2
+    # CSV strings are read as flags; to_dict is plain JSON
+    u = bound_stats(bound, margin, p_clean=p_clean, capped=[str(c) for c in capped])
+    assert u == s and "mask" not in u.to_dict() and isinstance(u.to_dict()["n_used"], int)
+    assert isinstance(s, BoundStats)
+    with pytest.raises(ValueError, match="same length"):
+        bound_stats([1.0], [1.0, 2.0])

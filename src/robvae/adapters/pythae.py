@@ -1,0 +1,90 @@
+"""pythae models (https://pythae.readthedocs.io) as robvae protocol models.
+
+A pythae VAE-family model has ``model.encoder(x)`` returning a ``ModelOutput`` with ``embedding``
+(the mean mu) and ``log_covariance`` (the log of the diagonal variance, so sigma =
+exp(log_covariance / 2)), and ``model.decoder(z)`` returning ``reconstruction`` (the decoder mean).
+The likelihood follows the model's ``reconstruction_loss``: ``"bce"`` is Bernoulli (pythae's binary
+cross-entropy), ``"mse"`` a unit-variance Gaussian (pythae's loss 0.5 ||x - g(z)||^2 plus the
+normalising constant).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+
+class PythaeAdapter(nn.Module):
+    """A pythae VAE-family model seen through robvae's protocol.
+
+    encode(x) -> (mu, sigma) [B, d]; decode(z) -> g(z) [N, *input_shape]; log_likelihood(x, z) -> [B].
+    The wrapped model is kept (``.model``) and put in eval mode; its weights are not copied.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...] | None = None):
+        super().__init__()
+        config = getattr(model, "model_config", None)
+        if not (callable(getattr(model, "encoder", None)) and callable(getattr(model, "decoder", None))):
+            raise InputError(f"{type(model).__name__} is not a pythae model (no encoder / decoder networks)")
+        shape = input_shape if input_shape is not None else getattr(config, "input_dim", None)
+        if shape is None:
+            raise InputError(f"{type(model).__name__}: model_config.input_dim is not set; pass input_shape=(C, H, W)")
+        self.model = model.eval()
+        self.input_shape = tuple(int(s) for s in shape)
+        self.reconstruction_loss = str(getattr(config, "reconstruction_loss", "mse"))
+        if self.reconstruction_loss not in ("bce", "mse"):
+            raise InputError(f"{type(model).__name__}: unsupported reconstruction_loss "
+                             f"{self.reconstruction_loss!r} (robvae knows 'bce' and 'mse')")
+        p = next(model.parameters(), None)
+        probe = torch.zeros(1, *self.input_shape, dtype=p.dtype if p is not None else torch.float32,
+                            device=p.device if p is not None else None)
+        with torch.no_grad():
+            out = model.encoder(probe)
+        keys = set(out.keys()) if hasattr(out, "keys") else set()
+        if not {"embedding", "log_covariance"} <= keys:
+            raise InputError(
+                f"{type(model).__name__} is not a Gaussian VAE-family pythae model: its encoder returns "
+                f"{sorted(keys) or type(out).__name__}, robvae needs 'embedding' and 'log_covariance'"
+            )
+        self.latent_dim = int(out["embedding"].reshape(1, -1).shape[1])
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, sigma) of q(z|x): the encoder's ``embedding`` and exp(``log_covariance`` / 2), [B, d]."""
+        out = self.model.encoder(x)
+        mu = out["embedding"].reshape(x.shape[0], -1)
+        sigma = torch.exp(0.5 * out["log_covariance"].reshape(x.shape[0], -1))
+        return mu, sigma
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder mean ``reconstruction``: z [N, d] -> [N, *input_shape]."""
+        return self.model.decoder(z)["reconstruction"].reshape(z.shape[0], *self.input_shape)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """g(mu(x))."""
+        return self.decode(self.encode(x)[0])
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels -> [B], the likelihood the pythae model was trained with."""
+        g = self.decode(z).flatten(1)
+        xf = x.flatten(1)
+        if self.reconstruction_loss == "bce":
+            # as torch's binary_cross_entropy (which pythae uses): log terms clamped at -100
+            return (xf * g.log().clamp_min(-100) + (1 - xf) * (1 - g).log().clamp_min(-100)).sum(1)
+        return -0.5 * (xf - g).pow(2).sum(1) - 0.5 * xf.shape[1] * math.log(2 * math.pi)
+
+
+def from_pythae(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> PythaeAdapter:
+    """Wrap a pythae VAE-family model (VAE, BetaVAE, BetaTCVAE, IWAE, VAMP, ...) into the protocol.
+
+    ``input_shape`` defaults to the model's ``model_config.input_dim``. Raises
+    :class:`~robvae.errors.InputError` for models without a Gaussian encoder (AE, RAE, WAE, VQ-VAE,
+    SVAE, ...).
+    """
+    return PythaeAdapter(model, input_shape)
+
+
+__all__ = ["PythaeAdapter", "from_pythae"]

@@ -1,0 +1,52 @@
+"""Start points for the attacks: the top right-singular direction of the Jacobian of x -> g(mu(x)).
+
+For a perturbation delta of norm eps, ||g(mu(x + delta)) - g(mu(x))|| ~ ||J delta|| to first
+order, J = d g(mu(x)) / dx [D x D_in]; the first-order worst delta is eps * v_1, v_1 the top right
+singular vector of J. It is found by power iteration on J^T J with forward-mode (torch.func.jvp)
+and reverse-mode (torch.func.vjp) products, every input of the batch at once (each input's rows
+of g(mu(.)) depend on that input only). At delta = 0 the damage is at its minimum and its
+gradient is 0, so this start is what moves an attack that does not start at random.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import jvp, vjp
+
+from ..models.fast_decode import flat_decode
+from ..rng import randn
+
+
+def _rownorm(v: torch.Tensor) -> torch.Tensor:
+    return v.flatten(1).norm(dim=1).clamp_min(torch.finfo(v.dtype).tiny).view(-1, *[1] * (v.dim() - 1))
+
+
+def top_singular_direction(
+    model: torch.nn.Module, x: torch.Tensor, *, iters: int = 10, generator: torch.Generator | None = None,
+    counter=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Power iteration for each input: -> (v [B, *shape] unit rows, sigma [B] = ||J v|| ~ sigma_max(J)).
+
+    The start vector is random (``generator``; a fixed seed when None, so the result is
+    deterministic). ``counter`` (a RowCounter) counts decoder rows (two per input per iteration).
+    """
+    if generator is None:
+        generator = torch.Generator(device=x.device).manual_seed(0)
+    with torch.inference_mode(False), torch.enable_grad():
+        x0 = x.detach().clone()
+
+        def f(xx: torch.Tensor) -> torch.Tensor:
+            return flat_decode(model, model.encode(xx)[0])
+
+        v = randn(x0.shape, x0, generator)
+        v = v / _rownorm(v)
+        _, pullback = vjp(f, x0)
+        sigma = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
+        for _ in range(max(int(iters), 1)):
+            _, jv = jvp(f, (x0,), (v,))
+            sigma = jv.norm(dim=1)
+            (w,) = pullback(jv)
+            v = (w / _rownorm(w)).detach()
+            if counter is not None:
+                counter.add(2 * x0.shape[0])
+    return v.detach(), sigma.detach()

@@ -1,0 +1,303 @@
+"""The robustness benchmark's evaluation protocol, versioned: ``PROTOCOL_V1`` and ``evaluate_protocol``.
+
+A protocol fixes everything that decides a model's numbers, so that numbers from different
+models, machines and papers can be compared: the named test subsets (data set, split, how many
+inputs and the seed that picks them), the radius r, the budget eps at which the certified
+fraction is counted, the attack budgets, the attack (the ensemble preset, its steps and starts),
+the Monte Carlo sample size S, the confidence level alpha and the seeds. It is printed with every
+result (``protocol: v1``); a protocol changed in any field is labelled ``v1+custom`` and its
+changed fields are listed, so it can never pass for v1.
+
+The rule for r. r must be the SAME for every model on a subset, or a model could buy a large
+certificate by being noisy (r_min, the median distance of a reconstruction from a noisy latent
+draw to g(mu(x)), grows with the decoder's sensitivity to the posterior noise). v1 therefore fixes
+r per subset as an absolute number (L2 distance between reconstructions, pixel units), chosen once
+as about 1.5 x the median r_min of a plain VAE (latent 8, the default MLP) on that subset:
+digits r_min ~ 0.72 -> r = 1.0; mnist-10k r_min ~ 0.92 -> r = 1.5; Fashion-MNIST: r = 1.5 by
+analogy (not yet calibrated: the data was not installed when v1 was frozen). The certified
+fraction counts inputs whose sound Theorem 1 radius is at least ``cert_eps``; the attacks run at
+the fixed budgets ``attack_eps`` (about 0.1 and 0.25 of the median ||x|| of the subset).
+
+Per model (:class:`BenchResult`): held-out ELBO on the whole test split (None for a model without
+``log_likelihood``), mean reconstruction error ||g(mu(x)) - x||, the Theorem 1 radius (median, and
+the sound one with p replaced by its Clopper-Pearson lower bound), the certified fraction at
+cert_eps, the rigorous radius (robvae.robustness.rigorous, sigma moving too; None where no
+Lipschitz bounds are known), the empirical margin (median), the maximum damage (mean) and the
+relative log-likelihood degradation (median) at each attack budget, and wall time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..attacks import EnsembleAttack
+from ..data import ImageDataset, load_dataset
+from ..errors import InputError, RobvaeError
+from ..metrics import likelihood_degradation, reconstruction_error
+from ..objectives import ObjectiveConfig, compute_objective
+from ..robustness import certify, empirical_margin
+from ..robustness.rigorous import rigorous_certify
+
+
+@dataclass(frozen=True)
+class TestSubset:
+    """A named test subset: ``n`` inputs of ``dataset``'s ``split``, indices drawn by ``seed``
+    (a seeded permutation, sorted). ``data_dir``: where the files live, relative to the repository
+    root (None: the data set needs none). r, cert_eps, attack_eps: see the module docstring."""
+
+    name: str
+    dataset: str
+    n: int
+    r: float
+    cert_eps: float
+    attack_eps: tuple[float, ...]
+    data_dir: str | None = None
+    split: str = "test"
+    seed: int = 0
+
+    def indices(self, available: int) -> torch.Tensor:
+        """The fixed indices into the split (all of them when it holds fewer than n)."""
+        g = torch.Generator().manual_seed(self.seed)
+        return torch.randperm(available, generator=g)[: min(self.n, available)].sort().values
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A versioned evaluation protocol (see the module docstring).
+
+    attack: the EnsembleAttack preset (robvae.attacks) for the damages and inside the margin search.
+    attack_norm: "l2". n_samples: S, Monte Carlo draws per estimate of p (the margin's sequential
+    test uses at most S per decision). alpha: Clopper-Pearson level (certificates and decisions).
+    margin_tol / margin_max_iter: relative bisection tolerance and its step cap (margin mode "full").
+    seed: seeds every random draw of the evaluation. elbo_seed: the ELBO's one reparameterised draw.
+    """
+
+    version: str
+    subsets: tuple[TestSubset, ...]
+    attack: str = "cheap"
+    attack_norm: str = "l2"
+    n_samples: int = 1000
+    alpha: float = 0.05
+    margin_tol: float = 0.05
+    margin_max_iter: int = 12
+    margin_mode: str = "full"
+    seed: int = 0
+    elbo_seed: int = 0
+
+    def subset(self, name: str) -> TestSubset:
+        for s in self.subsets:
+            if s.name == name:
+                return s
+        raise RobvaeError(f"unknown test subset {name!r}; protocol {self.version} has {', '.join(self.names)}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.subsets)
+
+    @property
+    def label(self) -> str:
+        """``v1`` for the registered protocol itself, ``v1+custom`` for any modification of it."""
+        ref = PROTOCOLS.get(self.version)
+        return self.version if ref == self else f"{self.version}+custom"
+
+    def changes(self) -> dict[str, Any]:
+        """The fields that differ from the registered protocol of the same version."""
+        ref = PROTOCOLS.get(self.version)
+        if ref is None:
+            return {"version": self.version}
+        a, b = dataclasses.asdict(self), dataclasses.asdict(ref)
+        out = {k: v for k, v in a.items() if k != "subsets" and v != b[k]}
+        ref_sub = {s["name"]: s for s in b["subsets"]}
+        for s in a["subsets"]:
+            r = ref_sub.get(s["name"])
+            diff = {k: v for k, v in s.items() if r is None or v != r[k]}
+            if diff:
+                out[f"subset {s['name']}"] = diff
+        return out
+
+    def with_overrides(self, subset: str | None = None, **fields: Any) -> "Protocol":
+        """A modified copy: protocol fields, or fields of the subset ``subset`` (n, r, ...)."""
+        if subset is None:
+            return dataclasses.replace(self, **fields)
+        s = self.subset(subset)
+        new = dataclasses.replace(s, **fields)
+        return dataclasses.replace(self, subsets=tuple(new if t.name == subset else t for t in self.subsets))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["label"] = self.label
+        return d
+
+    def describe(self, subset: str | None = None) -> str:
+        """A few lines to print with every result."""
+        lines = [f"protocol: {self.label}"]
+        if self.label != self.version:
+            lines.append(f"  changed from {self.version}: {self.changes()}")
+        for s in self.subsets:
+            if subset is not None and s.name != subset:
+                continue
+            lines.append(f"  subset {s.name}: {s.dataset} {s.split}, n={s.n} (seed {s.seed}), r={s.r:g}, "
+                         f"certified fraction at eps={s.cert_eps:g}, attack budgets {', '.join(f'{e:g}' for e in s.attack_eps)} (L2)")
+        lines.append(f"  attack: EnsembleAttack preset {self.attack!r} ({self.attack_norm}); S={self.n_samples}, "
+                     f"alpha={self.alpha:g}; margin: mode {self.margin_mode}, tol {self.margin_tol:g}, "
+                     f"max {self.margin_max_iter} bisection steps; seed {self.seed}")
+        return "\n".join(lines)
+
+
+PROTOCOL_V1 = Protocol(
+    version="v1",
+    subsets=(
+        TestSubset("digits", "digits", n=200, r=1.0, cert_eps=0.2, attack_eps=(0.4, 1.0)),
+        TestSubset("mnist-10k", "mnist", n=200, r=1.5, cert_eps=0.1, attack_eps=(1.0, 2.5),
+                   data_dir="../shared/data/mnist-10k"),
+        TestSubset("fashion-mnist", "fashion-mnist", n=200, r=1.5, cert_eps=0.1, attack_eps=(1.0, 2.5),
+                   data_dir="/usr/share/datasets/fashion-mnist"),
+    ),
+)
+#: Every registered protocol, by version.
+PROTOCOLS: dict[str, Protocol] = {"v1": PROTOCOL_V1}
+
+
+def get_protocol(version: str) -> Protocol:
+    if version not in PROTOCOLS:
+        raise RobvaeError(f"unknown protocol {version!r}; known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[version]
+
+
+@dataclass
+class BenchResult:
+    """One model's numbers under a protocol (see the module docstring). ``damage`` and
+    ``degradation`` map each attack budget to the mean damage / median degradation (None when the
+    model has no log_likelihood); ``elbo`` and ``rigorous_radius`` are None where not available."""
+
+    name: str
+    protocol: str
+    subset: str
+    n: int
+    r: float
+    cert_eps: float
+    elbo: float | None
+    reconstruction_error: float
+    median_radius: float
+    median_radius_sound: float
+    certified_fraction: float
+    rigorous_radius: float | None
+    median_margin: float
+    margin_capped_fraction: float
+    damage: dict[str, float]
+    degradation: dict[str, float] | None
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BenchResult":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def row(self) -> dict[str, Any]:
+        """A flat table row: damage@eps and degradation@eps as columns."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("damage", "degradation", "extra")}
+        for eps, v in self.damage.items():
+            d[f"damage@{eps}"] = v
+        for eps, v in (self.degradation or {}).items():
+            d[f"degradation@{eps}"] = v
+        return d
+
+
+def _generator(seed: int, salt: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + salt) % (2**63))
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def heldout_elbo(model: torch.nn.Module, data: ImageDataset, seed: int = 0, batch_size: int = 500) -> float | None:
+    """Mean ELBO (analytic KL, one reparameterised draw, fixed seed) over ``data``, nats per image;
+    None when the model has no ``log_likelihood``."""
+    if not callable(getattr(model, "log_likelihood", None)):
+        return None
+    device = _device(model)
+    g = _generator(seed, 99, device)
+    total = 0.0
+    with torch.inference_mode():
+        for i in range(0, len(data), batch_size):
+            x = data.images[i: i + batch_size].to(device)
+            total += float(compute_objective(model, x, ObjectiveConfig(), len(data), generator=g)["elbo"]) * x.shape[0]
+    return total / len(data)
+
+
+def _median(t: torch.Tensor) -> float:
+    return float(t.detach().double().cpu().median())
+
+
+def evaluate_protocol(
+    model: torch.nn.Module, data: ImageDataset, protocol: Protocol = PROTOCOL_V1, subset: str = "digits", *,
+    name: str = "model",
+) -> BenchResult:
+    """Run the protocol's evaluation of ``model`` on its named test subset ``subset``.
+
+    ``data``: the subset's test split (the protocol picks its n inputs by seed; the ELBO uses all).
+    """
+    t0 = time.perf_counter()
+    s = protocol.subset(subset)
+    if len(data) < 1:
+        raise InputError("the test split is empty")
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    x = data.images[s.indices(len(data))].to(device)
+    seed = protocol.seed
+    elbo = heldout_elbo(model, data, protocol.elbo_seed)
+    rec = float(reconstruction_error(model, x).double().mean())
+
+    cert = certify(model, x, s.r, n_samples=protocol.n_samples, alpha=protocol.alpha, norms=("frobenius",),
+                   generator=_generator(seed, 1, device))
+    certified = float((cert.radius_sound >= s.cert_eps).double().mean())
+    try:
+        rig = rigorous_certify(model, x, s.r, n_samples=protocol.n_samples, alpha=protocol.alpha,
+                               generator=_generator(seed, 2, device))
+        rigorous: float | None = _median(rig.radius_full)
+    except RobvaeError:  # no Lipschitz bounds known for this model
+        rigorous = None
+
+    margin = empirical_margin(model, x, s.r, EnsembleAttack(protocol.attack, norm=protocol.attack_norm,
+                                                            generator=_generator(seed, 3, device)),
+                              mode=protocol.margin_mode, tol=protocol.margin_tol, max_iter=protocol.margin_max_iter,
+                              n_samples=protocol.n_samples, alpha=protocol.alpha, norm=protocol.attack_norm,
+                              generator=_generator(seed, 4, device))
+    damage: dict[str, float] = {}
+    degradation: dict[str, float] | None = {} if callable(getattr(model, "log_likelihood", None)) else None
+    for k, eps in enumerate(s.attack_eps):
+        attack = EnsembleAttack(protocol.attack, norm=protocol.attack_norm, target="damage",
+                                generator=_generator(seed, 10 + k, device))
+        res = attack(model, x, eps)
+        damage[f"{eps:g}"] = float(res.damage.double().mean())
+        if degradation is not None:
+            degradation[f"{eps:g}"] = _median(likelihood_degradation(model, x, res.delta))
+    model.train(was_training)
+    finite = lambda v: v if v is None or math.isfinite(v) else (math.inf if v > 0 else -math.inf)  # noqa: E731
+    return BenchResult(
+        name=name, protocol=protocol.label, subset=s.name, n=int(x.shape[0]), r=float(s.r), cert_eps=float(s.cert_eps),
+        elbo=elbo, reconstruction_error=rec, median_radius=finite(_median(cert.radius)),
+        median_radius_sound=_median(cert.radius_sound), certified_fraction=certified, rigorous_radius=rigorous,
+        median_margin=_median(margin.margin), margin_capped_fraction=float(margin.capped.double().mean()),
+        damage=damage, degradation=degradation, wall_s=time.perf_counter() - t0,
+    )
+
+
+def load_subset_data(protocol: Protocol, subset: str, data_dir: str | None = None) -> ImageDataset:
+    """The test split of the subset's data set (``data_dir`` overrides the protocol's folder)."""
+    s = protocol.subset(subset)
+    return load_dataset(s.dataset, s.split, data_dir if data_dir is not None else s.data_dir)

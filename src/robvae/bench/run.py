@@ -1,0 +1,208 @@
+"""``run_bench``: train a zoo through the sweep machinery, evaluate every model under the
+protocol, and write the leaderboard.
+
+Output folder:
+- ``trials/<id>/``           each trained model (robvae.sweep: run/, status.json, ...), plus
+                             ``bench-<protocol>-<subset>.json``: its BenchResult (written once, atomically);
+- ``models/<slug>/``         the same result file for each user model (``module:callable``);
+- ``leaderboard.csv`` / ``leaderboard.md``   one row per setting (mean over its seeds), sorted
+                             by certified fraction (then by the sound median radius), ELBO beside it;
+- ``leaderboard-models.csv`` one row per model (every seed);
+- ``tradeoff.png``           ELBO vs certified fraction and vs median margin;
+- ``protocol.json``, ``summary.json``, ``study.json`` and ``report.html`` (``robvae report OUT``).
+
+Resuming: training resumes through robvae.sweep (finished trials are skipped, unfinished ones
+resume from their checkpoint) and a model whose result file exists for the same protocol is not
+evaluated again, so an interrupted bench rerun recomputes nothing that had finished.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..fileio import atomic_write_text, read_json, write_csv, write_json
+from ..report.figures import bench_tradeoff_figure
+from ..report.html import render_report, write_study_meta
+
+from ..sweep import run_trials, trial_dir
+from ..training import load
+from .loader import build_model
+from .protocol import BenchResult, evaluate_protocol, load_subset_data
+from .zoo import ZooSpec
+
+LEADERBOARD_CSV = "leaderboard.csv"
+LEADERBOARD_MD = "leaderboard.md"
+MODELS_CSV = "leaderboard-models.csv"
+FIGURE = "tradeoff.png"
+#: leaderboard columns shown in the markdown table: (key, header, format)
+_MD_COLUMNS = (("certified_fraction", "certified", "{:.1%}"), ("elbo", "ELBO", "{:.2f}"),
+               ("reconstruction_error", "recon err", "{:.3f}"), ("median_radius_sound", "radius (sound)", "{:.3g}"),
+               ("rigorous_radius", "rigorous", "{:.3g}"), ("median_margin", "margin", "{:.3g}"))
+
+
+@dataclass
+class Leaderboard:
+    """rows: one dict per setting (means over seeds), best first. models: every BenchResult.
+    failed: (name, error) of trials or models that could not be trained or evaluated."""
+
+    rows: list[dict[str, Any]]
+    models: list[BenchResult]
+    failed: list[tuple[str, str]]
+    out: Path
+    protocol_text: str
+    markdown: str
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")[:80] or "model"
+
+
+def _result_file(folder: Path, zoo: ZooSpec) -> Path:
+    return folder / f"bench-{zoo.protocol.label}-{zoo.subset}.json"
+
+
+def _cached(path: Path, zoo: ZooSpec) -> BenchResult | None:
+    if not path.is_file():
+        return None
+    try:
+        d = read_json(path, "bench result")
+    except ValueError:
+        return None
+    if not isinstance(d, dict) or d.get("protocol") != zoo.protocol.to_dict() or d.get("subset") != zoo.subset:
+        return None
+    return BenchResult.from_dict(d["result"])
+
+
+def _store(path: Path, zoo: ZooSpec, result: BenchResult, **extra: Any) -> None:
+    write_json(path, {"protocol": zoo.protocol.to_dict(), "subset": zoo.subset, "result": result.to_dict(), **extra})
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def aggregate(results: list[tuple[str, str, BenchResult]]) -> list[dict[str, Any]]:
+    """(setting name, method, result) per model -> one row per setting: means over its seeds,
+    sorted by certified fraction, then the sound median radius (both descending)."""
+    groups: dict[str, list[tuple[str, BenchResult]]] = {}
+    for name, method, res in results:
+        groups.setdefault(name, []).append((method, res))
+    rows = []
+    for name, items in groups.items():
+        flat = [res.row() for _, res in items]
+        row: dict[str, Any] = {"name": name, "method": items[0][0], "models": len(items)}
+        for key in flat[0]:
+            if key in ("name", "protocol", "subset", "n", "r", "cert_eps"):
+                continue
+            vals = [_num(f.get(key)) for f in flat]
+            row[key] = None if any(v is None for v in vals) else sum(vals) / len(vals)  # type: ignore[arg-type]
+        if len(items) > 1:
+            cf = [f["certified_fraction"] for f in flat]
+            row["certified_fraction_spread"] = max(cf) - min(cf)
+        rows.append(row)
+    rows.sort(key=lambda r: (-r["certified_fraction"], -(r["median_radius_sound"] or 0.0)))
+    return rows
+
+
+def _cell(v: Any, fmt: str) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "inf" if v > 0 else "-inf"
+    return fmt.format(v)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The leaderboard as a GitHub markdown table (damage columns included)."""
+    dmg = [k for k in (rows[0] if rows else {}) if k.startswith("damage@")]
+    deg = [k for k in (rows[0] if rows else {}) if k.startswith("degradation@")]
+    cols = list(_MD_COLUMNS) + [(k, f"damage @{k[7:]}", "{:.3f}") for k in dmg] + \
+        [(k, f"LL degr. @{k[12:]}", "{:.3f}") for k in deg]
+    head = ["#", "model", "seeds"] + [h for _, h, _ in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:", ":---", "---:"] + ["---:"] * len(cols)) + "|"]
+    for i, r in enumerate(rows, 1):
+        cells = [str(i), r["name"], str(r["models"])] + [_cell(r.get(k), f) for k, _, f in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_bench(
+    zoo: ZooSpec, out: str | os.PathLike, *, executor: str = "local", workers: int = 1, progress: bool = True,
+    command: str | None = None, echo: Callable[[str], None] = lambda s: None,
+) -> Leaderboard:
+    """Train the zoo's settings (robvae.sweep.run_trials, resumable), evaluate each model and each
+    user model under the protocol (cached per model), and write the leaderboard (module docstring)."""
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "protocol.json", zoo.protocol.to_dict())
+    echo(zoo.protocol.describe(zoo.subset))
+    failed: list[tuple[str, str]] = []
+    evaluated: list[tuple[str, str, BenchResult]] = []
+    trials = zoo.trials
+    if trials:
+        results = run_trials(trials, out, executor=executor, workers=workers, progress=progress)
+        by_id = {r.id: r for r in results}
+    data = load_subset_data(zoo.protocol, zoo.subset, zoo.data_dir)
+    for entry in zoo.entries:
+        for t in entry.trials:
+            res = by_id[t.id]
+            if res.status != "done":
+                failed.append((t.name, res.error or res.status))
+                continue
+            tdir = trial_dir(out, t.id)
+            path = _result_file(tdir, zoo)
+            bench = _cached(path, zoo)
+            if bench is None:
+                echo(f"evaluating {t.name} ...")
+                run = load(tdir / "run")
+                bench = evaluate_protocol(run.model, data, zoo.protocol, zoo.subset, name=t.name)
+                _store(path, zoo, bench, trial=t.id)
+            evaluated.append((entry.name, entry.method, bench))
+    for spec in zoo.models:
+        folder = out / "models" / _slug(spec)
+        path = _result_file(folder, zoo)
+        bench = _cached(path, zoo)
+        if bench is None:
+            try:
+                model, name = build_model(spec)
+                echo(f"evaluating {name} ({spec}) ...")
+                bench = evaluate_protocol(model, data, zoo.protocol, zoo.subset, name=name)
+            except Exception as e:  # noqa: BLE001 - one bad user model does not stop the leaderboard
+                failed.append((spec, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            _store(path, zoo, bench, spec=spec)
+        evaluated.append((bench.name, f"user: {spec}", bench))
+
+    rows = aggregate(evaluated)
+    model_rows = [{"setting": s, "method": m, **b.row()} for s, m, b in evaluated]
+    write_csv(out / MODELS_CSV, model_rows)
+    write_csv(out / LEADERBOARD_CSV, rows)
+    table = markdown_table(rows)
+    header = (f"# robvae bench leaderboard ({zoo.subset})\n\n```\n{zoo.protocol.describe(zoo.subset)}\n```\n\n"
+              "Sorted by certified fraction (sound Theorem 1 radius >= eps); means over seeds.\n\n")
+    fail_txt = "".join(f"- failed: {n}: {e}\n" for n, e in failed)
+    atomic_write_text(out / LEADERBOARD_MD, header + table + "\n" + (f"\n{fail_txt}" if fail_txt else ""))
+    figures = []
+    if rows:
+        bench_tradeoff_figure(rows, out / FIGURE, title=f"robvae bench, protocol {zoo.protocol.label}, {zoo.subset}")
+        figures.append(FIGURE)
+    summary = {"protocol": zoo.protocol.label, "subset": zoo.subset, "n_models": len(evaluated),
+               "n_failed": len(failed), "top": rows[:3], "failed": [{"name": n, "error": e} for n, e in failed]}
+    write_json(out / "summary.json", summary)
+    cmd = command or f"robvae bench {shlex.quote(zoo.source)} --out {shlex.quote(str(out))}"
+    write_study_meta(out, "bench", cmd, {"dataset": zoo.subset, "protocol": zoo.protocol.to_dict(),
+                                         "settings": [{"name": e.name, "method": e.method, "params": e.params}
+                                                      for e in zoo.entries],
+                                         "seeds": zoo.seeds, "models": zoo.models},
+                     figures=figures, tables=[LEADERBOARD_CSV, MODELS_CSV])
+    render_report([out], out / "report.html", title=f"robvae bench ({zoo.subset}, protocol {zoo.protocol.label})")
+    return Leaderboard(rows=rows, models=[b for _, _, b in evaluated], failed=failed, out=out,
+                       protocol_text=zoo.protocol.describe(zoo.subset), markdown=table)

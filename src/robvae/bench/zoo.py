@@ -1,0 +1,272 @@
+"""Model zoos: the YAML file that lists the methods (at a few settings, over seeds) to benchmark.
+
+A zoo file::
+
+    protocol: v1                 # the evaluation protocol (robvae.bench.protocol)
+    subset: digits               # one of its named test subsets: digits, mnist-10k, fashion-mnist
+    out: runs/bench-digits       # output folder (``--out`` overrides it)
+    seeds: [0, 1]                # every trained setting is trained once per seed
+    base:                        # TrainConfig fields shared by every trained model
+      epochs: 30
+      model: {latent_dim: 8, hidden: [128]}
+    methods:                     # a method name, or a mapping {method: NAME, PARAM: value or [values]}
+      - vae
+      - {method: beta-vae, beta: [2, 4]}
+      - {method: adversarial, eps: [0.5], steps: 3}
+      - {method: jacobian, weight: [0.1, 1.0], whitened: false}
+      - {method: smooth, weight: [10], noise: 0.2}
+      - {method: lipschitz, lipschitz: [1.0], config: {model.sigma_cap: 0.5}}
+    models:                      # user models, evaluated as they are: "package.module:callable"
+      - my_pkg.my_module:build
+
+Optional keys: ``data_dir`` (where the subset's files are), ``protocol_overrides`` (protocol
+fields, e.g. n_samples) and ``subset_overrides`` (subset fields, e.g. n): any override labels the
+results ``v1+custom``. A parameter given as a list is a grid axis (the settings are the product);
+``config`` sets any further TrainConfig field by dotted key. Every problem (unknown key, method or
+parameter, a bad value, a missing required parameter, a model spec that does not import) is a
+one-line :class:`ZooError` raised before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import RobvaeError
+from ..sweep import Trial
+from .loader import ModelSpecError, resolve_spec
+from .protocol import Protocol, get_protocol
+
+
+class ZooError(RobvaeError):
+    """A zoo file is invalid; the message names the bad key in one line."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method: its parameters (zoo name -> dotted TrainConfig key), the fields it fixes,
+    and the parameters a zoo must give."""
+
+    params: dict[str, str]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    about: str = ""
+
+
+METHODS: dict[str, Method] = {
+    "vae": Method({}, {"objective.name": "elbo"}, about="the plain VAE (ELBO)"),
+    "beta-vae": Method({"beta": "objective.beta"}, {"objective.name": "beta-vae"}, ("beta",),
+                       "beta-VAE: log p(x|z) - beta KL"),
+    "beta-tcvae": Method({"beta": "objective.beta"}, {"objective.name": "beta-tcvae"}, ("beta",),
+                         "beta-TCVAE: total correlation weighted by beta"),
+    "tau": Method({"tau": "model.tau"}, {}, ("tau",), "encoder std floor sigma >= tau"),
+    "adversarial": Method({"eps": "adversarial_eps", "steps": "adversarial_steps", "norm": "adversarial_norm"}, {},
+                          ("eps",), "adversarial training against the maximum-damage attack"),
+    "jacobian": Method({"weight": "objective.jacobian", "projections": "objective.jacobian_projections",
+                        "whitened": "objective.jacobian_whitened"}, {}, ("weight",),
+                       "encoder-Jacobian penalty ||J||_F^2 (random projections)"),
+    "smooth": Method({"weight": "objective.smooth", "noise": "objective.smooth_noise",
+                      "divergence": "objective.smooth_divergence"}, {}, ("weight",),
+                     "smooth-encoder penalty D(q(z|x+n), q(z|x))"),
+    "lipschitz": Method({"lipschitz": "model.lipschitz", "sigma_cap": "model.sigma_cap",
+                         "sigma_fixed": "model.sigma_fixed"}, {"model.arch": "lipschitz-mlp"}, (),
+                        "Lipschitz VAE (arch lipschitz-mlp)"),
+}
+
+ZOO_KEYS = ("protocol", "subset", "out", "seeds", "base", "methods", "models", "data_dir", "protocol_overrides",
+            "subset_overrides")
+
+
+@dataclass
+class ZooEntry:
+    """One trained setting: its leaderboard name, method, parameters, and one trial per seed."""
+
+    name: str
+    method: str
+    params: dict[str, Any]
+    trials: list[Trial]
+
+
+@dataclass
+class ZooSpec:
+    """A parsed zoo: the protocol and subset, the trained entries, the user model specs."""
+
+    protocol: Protocol
+    subset: str
+    entries: list[ZooEntry]
+    models: list[str]
+    out: str | None = None
+    data_dir: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    source: str = "zoo"
+
+    @property
+    def trials(self) -> list[Trial]:
+        return [t for e in self.entries for t in e.trials]
+
+
+def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        if not isinstance(d.get(p), dict):
+            d[p] = {}
+        d = d[p]
+    d[parts[-1]] = copy.deepcopy(value)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _one_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _overrides(protocol: Protocol, subset: str, doc: dict[str, Any]) -> Protocol:
+    for key, target in (("protocol_overrides", None), ("subset_overrides", subset)):
+        ov = doc.get(key)
+        if ov is None:
+            continue
+        if not isinstance(ov, dict):
+            raise ZooError(f"{key}: expected a mapping of fields, got {type(ov).__name__}")
+        obj = protocol if target is None else protocol.subset(subset)
+        known = [f for f in obj.__dataclass_fields__ if f not in ("version", "subsets", "name", "dataset", "split",
+                                                                     "data_dir")]
+        for k, v in ov.items():
+            if k not in known:
+                raise ZooError(f"{key}.{k}: unknown field (known: {', '.join(known)})")
+            if k == "attack_eps":
+                v = tuple(float(e) for e in (v if isinstance(v, list) else [v]))
+            protocol = protocol.with_overrides(target, **{k: v})
+    return protocol
+
+
+def _entries_for(item: Any, k: int, base: dict[str, Any], subset_dataset: str, data_dir: str | None,
+                 seeds: list[int]) -> list[ZooEntry]:
+    where = f"methods[{k}]"
+    if isinstance(item, str):
+        item = {"method": item}
+    if not isinstance(item, dict) or "method" not in item:
+        raise ZooError(f"{where}: expected a method name or a mapping with key 'method', got {item!r}")
+    name = item["method"]
+    if name not in METHODS:
+        raise ZooError(f"{where}: unknown method {name!r} (known: {', '.join(METHODS)})")
+    m = METHODS[name]
+    params = {p: v for p, v in item.items() if p not in ("method", "config")}
+    for p in params:
+        if p not in m.params:
+            raise ZooError(f"{where} ({name}): unknown parameter {p!r} (known: {', '.join(m.params) or 'none'})")
+    for p in m.required:
+        if p not in params:
+            raise ZooError(f"{where} ({name}): missing parameter {p!r}")
+    extra = item.get("config") or {}
+    if not isinstance(extra, dict):
+        raise ZooError(f"{where}.config: expected a mapping of dotted TrainConfig keys, got {type(extra).__name__}")
+    axes = [(p, v if isinstance(v, list) else [v]) for p, v in params.items()]
+    for p, vals in axes:
+        if not vals:
+            raise ZooError(f"{where}.{p}: empty list")
+    entries = []
+    for combo in itertools.product(*(vals for _, vals in axes)):
+        setting = dict(zip((p for p, _ in axes), combo))
+        label = name + (f"({', '.join(f'{p}={_fmt(v)}' for p, v in setting.items())})" if setting else "")
+        trials = []
+        for seed in seeds:
+            d = copy.deepcopy(base)
+            d["dataset"], d["seed"] = subset_dataset, seed
+            if data_dir is not None:
+                d["data_dir"] = data_dir
+            for key, v in m.fixed.items():
+                _set(d, key, v)
+            for key, v in extra.items():
+                _set(d, str(key), v)
+            for p, v in setting.items():
+                _set(d, m.params[p], v)
+            try:
+                trials.append(Trial(train=d, evaluation=None, name=f"{label} seed={seed}"))
+            except (TypeError, ValueError) as e:
+                raise ZooError(f"{where} ({label}): {_one_line(e)}") from None
+        entries.append(ZooEntry(label, name, setting, trials))
+    return entries
+
+
+def parse_zoo(doc: Any, source: str = "zoo", *, extra_models: list[str] | None = None) -> ZooSpec:
+    """Validate a zoo document (parsed YAML) into a :class:`ZooSpec` (see the module docstring)."""
+    if not isinstance(doc, dict):
+        raise ZooError(f"{source}: expected a mapping with keys {', '.join(ZOO_KEYS)}, got {type(doc).__name__}")
+    for k in doc:
+        if k not in ZOO_KEYS:
+            raise ZooError(f"{source}: {k}: unknown key (known: {', '.join(ZOO_KEYS)})")
+    protocol = get_protocol(str(doc.get("protocol", "v1")))
+    subset = doc.get("subset", "digits")
+    if subset not in protocol.names:
+        raise ZooError(f"subset: unknown test subset {subset!r} (protocol {protocol.version} has {', '.join(protocol.names)})")
+    protocol = _overrides(protocol, subset, doc)
+    seeds = doc.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ZooError(f"seeds: expected a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ZooError(f"seeds: duplicate seeds in {seeds}")
+    base = doc.get("base") or {}
+    if not isinstance(base, dict):
+        raise ZooError(f"base: expected a mapping of TrainConfig fields, got {type(base).__name__}")
+    for k in ("dataset", "seed", "data_dir"):
+        if k in base:
+            raise ZooError(f"base.{k}: set by the zoo itself (use 'subset', 'seeds', 'data_dir')")
+    data_dir = doc.get("data_dir")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise ZooError(f"data_dir: expected a folder path, got {type(data_dir).__name__}")
+    sub = protocol.subset(subset)
+    data_dir = data_dir if data_dir is not None else sub.data_dir
+    out = doc.get("out")
+    if out is not None and not isinstance(out, str):
+        raise ZooError(f"out: expected a folder path, got {type(out).__name__}")
+    methods = doc.get("methods") or []
+    if not isinstance(methods, list):
+        raise ZooError(f"methods: expected a list, got {type(methods).__name__}")
+    entries: list[ZooEntry] = []
+    for k, item in enumerate(methods):
+        entries += _entries_for(item, k, base, sub.dataset, data_dir, seeds)
+    seen: dict[str, str] = {}
+    for e in entries:
+        if e.name in seen.values():
+            raise ZooError(f"methods: the setting {e.name} appears twice")
+        for t in e.trials:
+            if t.id in seen:
+                raise ZooError(f"methods: {seen[t.id]} and {e.name} train the same model")
+            seen[t.id] = e.name
+    models = doc.get("models") or []
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise ZooError(f"models: expected a list of 'package.module:callable' strings, got {models!r}")
+    models = list(dict.fromkeys(models + list(extra_models or [])))
+    for spec in models:
+        try:
+            resolve_spec(spec)
+        except ModelSpecError as e:
+            raise ZooError(str(e)) from None
+    if not entries and not models:
+        raise ZooError(f"{source}: nothing to benchmark (no methods and no models)")
+    return ZooSpec(protocol=protocol, subset=subset, entries=entries, models=models, out=out, data_dir=data_dir,
+                   seeds=list(seeds), source=source)
+
+
+def load_zoo(path: str | os.PathLike, *, extra_models: list[str] | None = None) -> ZooSpec:
+    """Read and validate a zoo YAML file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"zoo file {path} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ZooError(f"{path}: not valid YAML ({str(e).replace(chr(10), ' ')})") from None
+    if doc is None:
+        raise ZooError(f"{path}: empty zoo file")
+    return parse_zoo(doc, source=str(path), extra_models=extra_models)

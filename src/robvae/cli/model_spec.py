@@ -1,0 +1,186 @@
+"""``--model pkg.module:build``: any protocol model on the command line.
+
+``robvae certify|attack|margin --model my_pkg.module:build`` imports ``my_pkg.module``, takes its
+attribute ``build`` (a dotted path after the colon is followed: ``mod:Factory.create``) and calls it
+with no arguments when it is not already a model. The result must follow robvae's protocol
+(:mod:`robvae.models.protocol`); it is checked on the first inputs (:func:`robvae.validation.check_model`)
+before any work. Inputs come from ``--dataset`` / ``--data-dir`` / ``--split`` / ``--n``, or from
+``--inputs FILE`` (``.npy`` read with ``allow_pickle=False``, ``.pt`` with ``torch.load(weights_only=True)``:
+a float tensor [N, *input_shape] in [0, 1], or uint8 in [0, 255]). The positional RUN, when given
+with ``--model``, is the output folder (default: the current folder).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import load_dataset
+from ..errors import InputError
+from ..robustness import Certificate, certify
+from ..sweep.shard import block_seed
+from ..training import Run, TrainConfig
+from ..validation import check_images, check_model, model_input_shape
+from .options import DATASETS
+
+#: Keys of ``click.Context.meta`` where the model options are kept (they are not command arguments).
+META = "robvae.model_spec"
+
+
+def load_model_spec(spec: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model named by ``"pkg.module:attr"`` (``attr`` called with no arguments unless it is
+    already a ``torch.nn.Module``), on ``device`` and in eval mode.
+
+    Raises :class:`robvae.errors.InputError` with one line naming the problem: a malformed spec, a
+    module that does not import, a missing attribute, a callable that raises or that returns
+    something without ``encode`` / ``decode``.
+    """
+    mod_name, sep, attr = str(spec).partition(":")
+    if not sep or not mod_name or not attr:
+        raise InputError(f"--model {spec!r}: expected MODULE:CALLABLE, e.g. my_pkg.models:build")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: modules in the current folder import
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as e:  # noqa: BLE001 - any import failure is the user's module, said in one line
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(f"--model {spec!r}: module {mod_name!r} does not import ({type(e).__name__}: {msg})") from e
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise InputError(f"--model {spec!r}: {obj.__name__ if obj is module else attr!r} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, torch.nn.Module):
+        if not callable(obj):
+            raise InputError(f"--model {spec!r}: {attr} is a {type(obj).__name__}, not a model or a callable")
+        try:
+            obj = obj()
+        except Exception as e:  # noqa: BLE001
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise InputError(f"--model {spec!r}: {attr}() raised {type(e).__name__}: {msg}") from e
+    missing = [m for m in ("encode", "decode") if not callable(getattr(obj, m, None))]
+    if not isinstance(obj, torch.nn.Module) or missing:
+        what = f"has no {' / '.join(missing)}" if missing else "is not a torch.nn.Module"
+        raise InputError(f"--model {spec!r}: {attr} returned a {type(obj).__name__}, which {what} "
+                         f"(robvae needs encode(x) -> (mu, sigma) and decode(z) -> mean; see robvae.models.protocol)")
+    return obj.to(device).eval()
+
+
+def load_inputs_file(path: str | Path, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Images from a ``.npy`` (no pickles) or ``.pt`` (``weights_only``) file: float32 [N, *shape].
+
+    uint8 images are divided by 255; a batch [N, H, W] gets a channel axis when ``shape`` has one
+    channel; the result is checked (:func:`robvae.validation.check_images`).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--inputs {p}: no such file")
+    try:
+        if p.suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+        elif p.suffix == ".pt":
+            t = torch.load(p, map_location="cpu", weights_only=True)
+        else:
+            raise InputError(f"--inputs {p}: expected a .npy or .pt file")
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt or pickled file, in one line
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(f"--inputs {p}: cannot read ({type(e).__name__}: {msg})") from e
+    if not isinstance(t, torch.Tensor):
+        raise InputError(f"--inputs {p}: holds a {type(t).__name__}, expected one tensor of images")
+    if t.dtype == torch.uint8:
+        t = t.float() / 255.0
+    elif t.is_floating_point():
+        t = t.float()
+    else:
+        raise InputError(f"--inputs {p}: dtype {t.dtype}; expected float images in [0, 1] or uint8")
+    if shape is not None and t.dim() == len(shape) and len(shape) == 3 and shape[0] == 1:
+        t = t.unsqueeze(1)
+    return check_images(t, shape, name=f"--inputs {p.name}")
+
+
+@dataclass
+class ModelRun(Run):
+    """A model from ``--model`` in the place of a trained run folder (``path``: the output folder).
+
+    ``inputs``: images from ``--inputs`` (else ``config.dataset`` is read as for a run)."""
+
+    inputs: torch.Tensor | None = field(default=None)
+    spec: str = ""
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta.setdefault(META, {})[param.name] = value
+    return value
+
+
+#: RUN, optional: with ``--model`` it is the output folder.
+optional_run_argument = click.argument("run", required=False, default=None, type=click.Path(file_okay=False))
+
+#: ``--model``, ``--dataset`` and ``--inputs`` for certify / attack / margin (kept in ``ctx.meta``,
+#: so the commands' signatures and configs stay as they are).
+model_options = [
+    click.option("--model", "model_spec", default=None, expose_value=False, callback=_remember,
+                 help="Use MODULE:CALLABLE (a function returning a protocol model, or the model) instead of "
+                      "a RUN folder; RUN is then the output folder (default: here)."),
+    click.option("--dataset", "model_dataset", type=click.Choice(DATASETS), default=None, expose_value=False,
+                 callback=_remember, help="With --model: the data set of the inputs (default digits)."),
+    click.option("--inputs", "model_inputs", type=click.Path(dir_okay=False), default=None, expose_value=False,
+                 callback=_remember, help="With --model: a .npy / .pt tensor of images [N, C, H, W] in [0, 1]."),
+]
+
+
+def model_run(run_dir: str | None, split: str, n: int, device: str,
+              data_dir: str | None = None) -> tuple[ModelRun, torch.Tensor] | None:
+    """The ``--model`` branch of loading a run: (ModelRun, the first n inputs), or None when the
+    command was not given ``--model`` (a usage error when neither RUN nor --model was given)."""
+    ctx = click.get_current_context(silent=True)
+    opts = (ctx.meta.get(META, {}) if ctx is not None else {})
+    spec = opts.get("model_spec")
+    if spec is None:
+        if opts.get("model_dataset") is not None or opts.get("model_inputs") is not None:
+            raise click.UsageError("--dataset and --inputs go with --model (a run folder knows its data)")
+        if run_dir is None:
+            raise click.UsageError("give a RUN folder or --model MODULE:CALLABLE")
+        return None
+    if opts.get("model_dataset") is not None and opts.get("model_inputs") is not None:
+        raise click.UsageError("give --dataset or --inputs, not both")
+    model = load_model_spec(spec, device)
+    shape = model_input_shape(model)
+    dataset = opts.get("model_dataset") or "digits"
+    if opts.get("model_inputs") is not None:
+        pre = load_inputs_file(opts["model_inputs"], shape)
+        x = pre[:n]
+    else:
+        pre = None
+        x = load_dataset(dataset, split, data_dir).subset(n).images
+    x = x.to(device)
+    check_model(model, x[: min(len(x), 8)]).raise_if_failed()  # the protocol, before any work
+    out = Path(run_dir) if run_dir is not None else Path(".")
+    run = ModelRun(path=out, config=TrainConfig(dataset=dataset, data_dir=data_dir), model=model, metrics=[],
+                   inputs=None if pre is None else pre.to(device), spec=str(spec))
+    return run, x
+
+
+def certify_blocks(model: torch.nn.Module, x: torch.Tensor, r: float, *, seed: int = 0, block_size: int = 64,
+                   progress: bool = False, **certify_kwargs: Any) -> Certificate:
+    """Certify in blocks seeded as :func:`robvae.sweep.certify_sharded` does (the same numbers as a
+    serial run of a run folder with the same model), in this process."""
+    parts = []
+    for i in tqdm(range(0, x.shape[0], block_size), desc="certify", unit="block", disable=not progress):
+        g = torch.Generator(device="cpu").manual_seed(block_seed(seed, i))
+        parts.append(certify(model, x[i:i + block_size], r, generator=g, **certify_kwargs))
+    return Certificate.cat(parts)
+
+
+__all__ = ["load_model_spec", "load_inputs_file", "ModelRun", "model_options", "optional_run_argument", "model_run", "certify_blocks"]

@@ -1,0 +1,154 @@
+"""Lipschitz-constrained VAE networks (docs/THEORY.md section 9; Barrett, Camuto, Willetts, Rainforth, AISTATS 2022).
+
+Every network here is a chain of k orthonormalised linear layers, each multiplied by the scale
+L^(1/k), with GroupSort (MaxMin) activations in between, so it is at most L-Lipschitz (l2) by
+construction: an orthonormal matrix (orthonormal rows or columns) has spectral norm 1 and MaxMin is
+a permutation on each pair of coordinates, hence 1-Lipschitz.
+
+- encoder mean  mu(x):      an L_mu-Lipschitz MLP  D -> hidden -> d
+- encoder std   sigma(x):   an L_std-Lipschitz MLP D -> hidden -> d, then (cap / sqrt(d)) * sigmoid,
+                            so ||sigma(x)|| <= cap for every x and sigma is (cap / (4 sqrt d)) L_std
+                            Lipschitz; log sigma is L_std-Lipschitz (log sigmoid is 1-Lipschitz).
+                            Or fixed: sigma(x) = sigma_fixed on every axis (c = 0).
+- decoder       h(z):       an L_dec-Lipschitz MLP d -> reversed(hidden) -> D; the reconstruction
+                            g(z) = sigmoid(h(z)) is L_dec / 4 Lipschitz.
+
+The constants are exposed as ``construction_constants`` and checked against
+:func:`robvae.robustness.lipschitz.lipschitz_bound` (which measures the actual weights by SVD).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+
+class GroupSort(nn.Module):
+    """MaxMin activation (GroupSort with groups of 2) on the last dimension: 1-Lipschitz in l2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 2:
+            raise ValueError(f"GroupSort needs an even number of features, got {x.shape[-1]}")
+        pairs = x.unflatten(-1, (x.shape[-1] // 2, 2))
+        return torch.stack((pairs.amax(-1), pairs.amin(-1)), dim=-1).flatten(-2)
+
+
+class OrthoLinear(nn.Module):
+    """y = scale * (Q x) + b with Q orthonormal (torch's orthogonal parametrisation): ||scale Q||_2 = scale."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float = 1.0):
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"the layer scale must be > 0, got {scale}")
+        self.linear = parametrizations.orthogonal(nn.Linear(in_features, out_features))
+        self.scale = float(scale)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight scale * Q."""
+        return self.scale * self.linear.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * nn.functional.linear(x, self.linear.weight) + self.linear.bias
+
+
+class LipschitzMLP(nn.Sequential):
+    """k OrthoLinear layers of scale L^(1/k) with GroupSort between them: L-Lipschitz by construction."""
+
+    def __init__(self, sizes: Sequence[int], lipschitz: float):
+        if len(sizes) < 2:
+            raise ValueError("a Lipschitz MLP needs at least an input and an output size")
+        if not lipschitz > 0:
+            raise ValueError(f"the Lipschitz constant must be > 0, got {lipschitz}")
+        for h in sizes[1:-1]:
+            if h % 2:
+                raise ValueError(f"GroupSort needs even hidden widths, got {tuple(sizes[1:-1])}")
+        k = len(sizes) - 1
+        scale = float(lipschitz) ** (1.0 / k)
+        layers: list[nn.Module] = []
+        for i in range(k):
+            layers.append(OrthoLinear(sizes[i], sizes[i + 1], scale))
+            if i < k - 1:
+                layers.append(GroupSort())
+        super().__init__(*layers)
+        self.lipschitz = float(lipschitz)
+
+
+@dataclass(frozen=True)
+class LipschitzConstants:
+    """Construction constants of a Lipschitz VAE (l2, upper bounds by construction).
+
+    mean: mu.  sigma: the std map (0 when fixed).  log_sigma: log sigma (0 when fixed).
+    decoder: the reconstruction g = sigmoid(h).  sigma_norm_max: max_x ||sigma(x)||.
+    latent_dim: m.  sigma_fixed: the fixed std (None when learned).
+    """
+
+    mean: float
+    sigma: float
+    log_sigma: float
+    decoder: float
+    sigma_norm_max: float
+    latent_dim: int
+    sigma_fixed: float | None = None
+
+
+class LipschitzEncoder(nn.Module):
+    """x [B, *shape] -> (mu [B, d], sigma [B, d]), both from Lipschitz MLPs (see the module docstring)."""
+
+    def __init__(self, input_shape: Sequence[int], latent_dim: int, hidden: Sequence[int], lipschitz: float,
+                 sigma_cap: float | None = 0.1, sigma_fixed: float | None = None, lipschitz_std: float | None = None):
+        super().__init__()
+        if (sigma_cap is None) == (sigma_fixed is None):
+            raise ValueError("give exactly one of sigma_cap (learned std, ||sigma|| <= cap) and sigma_fixed")
+        D = math.prod(input_shape)
+        self.latent_dim = int(latent_dim)
+        self.mean = LipschitzMLP([D, *hidden, latent_dim], lipschitz)
+        self.sigma_fixed = None if sigma_fixed is None else float(sigma_fixed)
+        self.sigma_cap = None if sigma_cap is None else float(sigma_cap)
+        if self.sigma_fixed is not None and not self.sigma_fixed > 0:
+            raise ValueError(f"sigma_fixed must be > 0, got {sigma_fixed}")
+        if self.sigma_cap is not None and not self.sigma_cap > 0:
+            raise ValueError(f"sigma_cap must be > 0, got {sigma_cap}")
+        self.std = (LipschitzMLP([D, *hidden, latent_dim], lipschitz if lipschitz_std is None else lipschitz_std)
+                    if self.sigma_fixed is None else None)
+
+    def std_scale(self) -> float:
+        """cap / sqrt(d): sigma = std_scale * sigmoid(h), so ||sigma|| <= cap."""
+        assert self.sigma_cap is not None
+        return self.sigma_cap / math.sqrt(self.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.flatten(1)
+        mu = self.mean(flat)
+        if self.std is None:
+            return mu, torch.full_like(mu, self.sigma_fixed)
+        return mu, self.std_scale() * torch.sigmoid(self.std(flat))
+
+
+class LipschitzDecoder(nn.Module):
+    """z [N, d] -> h(z) [N, *shape] (logits; the reconstruction is sigmoid(h)), L-Lipschitz."""
+
+    def __init__(self, input_shape: Sequence[int], latent_dim: int, hidden: Sequence[int], lipschitz: float):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.net = LipschitzMLP([latent_dim, *reversed(tuple(hidden)), math.prod(input_shape)], lipschitz)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(z.shape[0], *self.input_shape)
+
+
+def construction_constants(encoder: LipschitzEncoder, decoder: LipschitzDecoder) -> LipschitzConstants:
+    """The constants guaranteed by construction (see the module docstring)."""
+    m = encoder.latent_dim
+    if encoder.std is None:
+        sig, logsig, smax = 0.0, 0.0, encoder.sigma_fixed * math.sqrt(m)
+    else:
+        sig, logsig, smax = encoder.std_scale() * encoder.std.lipschitz / 4.0, encoder.std.lipschitz, encoder.sigma_cap
+    return LipschitzConstants(mean=encoder.mean.lipschitz, sigma=sig, log_sigma=logsig,
+                              decoder=decoder.net.lipschitz / 4.0, sigma_norm_max=smax, latent_dim=m,
+                              sigma_fixed=encoder.sigma_fixed)

@@ -1,0 +1,226 @@
+"""Rigorous upper bounds on l2 Lipschitz constants (docs/THEORY.md section 8).
+
+``lipschitz_bound(module)`` walks a network of Linear / Conv2d / ConvTranspose2d layers (nested
+Sequentials and robvae's own network classes) and known-Lipschitz activations, and returns the
+product of per-layer bounds. Every factor is a true UPPER bound (never a power-iteration estimate,
+which approaches the spectral norm from below):
+
+- Linear: the exact spectral norm sigma_max(W) (SVD in float64), times (1 + 1e-9) for rounding.
+- Conv2d (zero padding, any stride, groups): y = W_mat . im2col(x) per output position, so
+  ||y||^2 = sum_p ||W_mat x_p||^2 <= ||W_mat||^2 sum_p ||x_p||^2 <= ||W_mat||^2 N ||x||^2, with
+  W_mat the [C_out, C_in k_h k_w] kernel matrix (block-diagonal over groups) and N the largest
+  number of patches one input pixel lies in: N <= ceil(k_h / s_h) ceil(k_w / s_w) (k_h k_w when
+  dilated). Bound: sqrt(N) ||W_mat||_2.
+- ConvTranspose2d: the adjoint structure: every output pixel sums at most N patch contributions,
+  so by Cauchy-Schwarz ||y||^2 <= N sum_i ||W_mat^T x_i||^2 <= N ||W_mat||^2 ||x||^2 (cropping by
+  padding only removes outputs). Same bound.
+- With ``input_shape`` given, a convolution whose dense operator is small (<= 2e7 entries) is
+  measured exactly instead (its dense matrix from the identity basis, SVD), and the smaller of the
+  two bounds is used; the result then holds for inputs of that shape only.
+- Activations (elementwise, so their l2 constant is the sup of |f'|): ReLU, Identity, Tanh,
+  Softplus, GroupSort (a permutation per pair): 1; LeakyReLU: max(1, |slope|); ELU: max(1, alpha);
+  Sigmoid: 1/4; Flatten / Unflatten: 1; Dropout: 1 in eval mode, 1/(1 - p) in training mode.
+Anything else raises :class:`robvae.errors.InputError` naming the layer.
+
+For robvae's VAEs, :func:`vae_lipschitz` gives bounds for the encoder mean, the log standard
+deviation, the standard deviation and the decoder (see its docstring for the derivations).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..models.linear import LinearVAE
+from ..models.lipschitz import GroupSort, LipschitzDecoder, LipschitzEncoder, LipschitzMLP, OrthoLinear
+from ..models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from ..models.vae import VAE
+
+ROUNDING = 1.0 + 1e-9  # float64 SVD is backward stable to ~1e-15 relative; this keeps the bound above
+DENSE_LIMIT = 20_000_000  # entries of a dense conv operator measured exactly when input_shape is given
+
+_ONE = (nn.ReLU, nn.Identity, nn.Tanh, nn.Softplus, GroupSort, nn.Flatten, nn.Unflatten, nn.ReLU6, nn.Hardtanh)
+
+
+def spectral_norm(matrix: torch.Tensor) -> float:
+    """The exact largest singular value of a 2-D matrix (float64 SVD), rounded up."""
+    if matrix.numel() == 0:
+        return 0.0
+    return float(torch.linalg.matrix_norm(matrix.detach().to(torch.float64).cpu(), ord=2)) * ROUNDING
+
+
+def _kernel_matrix(weight: torch.Tensor, groups: int, transposed: bool) -> torch.Tensor:
+    """The dense [C_out, C_in * kh * kw] kernel matrix (block-diagonal over groups)."""
+    w = weight.detach().to(torch.float64).cpu()
+    if transposed:  # ConvTranspose2d weight [C_in, C_out / g, kh, kw] -> conv weight [C_out, C_in / g, kh, kw]
+        cin, cout_g, kh, kw = w.shape
+        w = w.view(groups, cin // groups, cout_g, kh, kw).transpose(1, 2).reshape(groups * cout_g, cin // groups, kh, kw)
+    cout, cin_g, kh, kw = w.shape
+    out_g = cout // groups
+    dense = torch.zeros(cout, groups * cin_g * kh * kw, dtype=torch.float64)
+    for g in range(groups):  # groups is a handful; a loop over layers' groups, not over samples
+        dense[g * out_g:(g + 1) * out_g, g * cin_g * kh * kw:(g + 1) * cin_g * kh * kw] = w[g * out_g:(g + 1) * out_g].reshape(out_g, -1)
+    return dense
+
+
+def conv_bound(layer: nn.Conv2d | nn.ConvTranspose2d) -> float:
+    """sqrt(N) ||W_mat||_2, a shape-free upper bound on a (transposed) convolution's spectral norm."""
+    if getattr(layer, "padding_mode", "zeros") != "zeros":
+        raise InputError(f"lipschitz_bound: {layer} uses padding_mode={layer.padding_mode!r}; only zero padding is supported")
+    transposed = isinstance(layer, nn.ConvTranspose2d)
+    mat = _kernel_matrix(layer.weight, layer.groups, transposed)
+    n = 1
+    for k, s, d in zip(layer.kernel_size, layer.stride, layer.dilation):
+        n *= k if d != 1 else math.ceil(k / s)
+    return math.sqrt(n) * spectral_norm(mat)
+
+
+def _dense_operator(layer: nn.Module, shape: Sequence[int]) -> torch.Tensor:
+    """The layer's linear part as a dense matrix [out, in] (bias removed) on inputs of ``shape``."""
+    n = math.prod(shape)
+    eye = torch.eye(n, dtype=torch.float64).view(n, *shape)
+    w = layer.weight.detach().to(torch.float64).cpu()
+    kw = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+    if isinstance(layer, nn.ConvTranspose2d):
+        out = nn.functional.conv_transpose2d(eye, w, output_padding=layer.output_padding, **kw)
+    else:
+        out = nn.functional.conv2d(eye, w, **kw)
+    return out.reshape(n, -1).T
+
+
+def _out_shape(layer: nn.Module, shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    if shape is None:
+        return None
+    p = next(iter(layer.parameters()), None)
+    with torch.no_grad():
+        x = torch.zeros(1, *shape, dtype=p.dtype if p is not None else torch.float32,
+                        device=p.device if p is not None else "cpu")
+        return tuple(layer(x).shape[1:])
+
+
+def _bound(module: nn.Module, shape: tuple[int, ...] | None) -> tuple[float, tuple[int, ...] | None]:
+    """(bound, output shape) of one module on inputs of ``shape`` (None when unknown)."""
+    m = module
+    if isinstance(m, nn.Sequential):  # includes LipschitzMLP
+        total = 1.0
+        for child in m:
+            b, shape = _bound(child, shape)
+            total *= b
+        return total, shape
+    if isinstance(m, nn.Linear):
+        return spectral_norm(m.weight), (*shape[:-1], m.out_features) if shape is not None else None
+    if isinstance(m, OrthoLinear):
+        return spectral_norm(m.weight), (*shape[:-1], m.linear.out_features) if shape is not None else None
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        b = conv_bound(m)
+        out = _out_shape(m, shape)
+        if shape is not None and math.prod(shape) * math.prod(out) <= DENSE_LIMIT:
+            b = min(b, spectral_norm(_dense_operator(m, shape)))
+        return b, out
+    if isinstance(m, _ONE):
+        return 1.0, _out_shape(m, shape) if isinstance(m, (nn.Flatten, nn.Unflatten)) else shape
+    if isinstance(m, nn.LeakyReLU):
+        return max(1.0, abs(float(m.negative_slope))), shape
+    if isinstance(m, nn.ELU):
+        return max(1.0, abs(float(m.alpha))), shape
+    if isinstance(m, nn.Sigmoid):
+        return 0.25, shape
+    if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)):
+        return (1.0 / (1.0 - m.p) if m.training and m.p < 1 else 1.0), shape
+    if isinstance(m, MLPEncoder):
+        return _bound(m.net, None if shape is None else (math.prod(shape),))
+    if isinstance(m, (MLPDecoder, LipschitzDecoder)):
+        b, _ = _bound(m.net, shape)
+        return b, (*m.input_shape,)
+    if isinstance(m, ConvEncoder):
+        b1, s1 = _bound(m.features, shape)
+        b2, s2 = _bound(m.head, None if s1 is None else (math.prod(s1),))
+        return b1 * b2, s2
+    if isinstance(m, ConvDecoder):
+        b1, _ = _bound(m.head, shape)
+        b2, s2 = _bound(m.deconv, tuple(m.grid))
+        return b1 * b2, s2
+    raise InputError(f"lipschitz_bound: unsupported layer {type(m).__name__} ({m!r:.80}); "
+                     "supported: Linear, Conv2d, ConvTranspose2d, Sequential and known-Lipschitz activations")
+
+
+def lipschitz_bound(module: nn.Module, input_shape: Sequence[int] | None = None) -> float:
+    """A rigorous upper bound on the l2 Lipschitz constant of ``module`` (see the module docstring).
+
+    ``input_shape`` (without the batch dimension) lets convolutions be measured exactly on that
+    shape; the bound then holds for inputs of that shape.
+    """
+    if not isinstance(module, nn.Module):
+        raise InputError(f"lipschitz_bound needs a torch.nn.Module, got {type(module).__name__}")
+    shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+    return float(_bound(module, shape)[0])
+
+
+@dataclass(frozen=True)
+class VAELipschitz:
+    """Rigorous l2 Lipschitz upper bounds of a VAE's maps (all over the whole input space).
+
+    mean: x -> mu(x).  log_sigma: x -> log sigma(x) (so |ln rho_i| <= ||ln rho|| <= log_sigma ||delta||).
+    sigma: x -> sigma(x).  decoder: z -> g(z) (the reconstruction, incl. its final sigmoid).
+    sigma_constant: True when sigma(x) does not depend on x.
+    """
+
+    mean: float
+    log_sigma: float
+    sigma: float
+    decoder: float
+    sigma_constant: bool = False
+
+
+def _split_last(seq: nn.Sequential) -> tuple[float, nn.Linear]:
+    """(bound of everything before the last Linear, the last Linear)."""
+    *head, last = list(seq)
+    if not isinstance(last, nn.Linear):
+        raise InputError(f"vae_lipschitz: expected the encoder to end in a Linear layer, got {type(last).__name__}")
+    return lipschitz_bound(nn.Sequential(*head)), last
+
+
+def vae_lipschitz(model: nn.Module, input_shape: Sequence[int] | None = None) -> VAELipschitz:
+    """Lipschitz bounds for the encoder mean, log sigma, sigma and the decoder of a robvae model.
+
+    robvae's VAE (mlp / conv): the encoder is one network ending in a Linear layer whose first d
+    rows give mu and last d rows give s, so L_mu <= L(body) ||W[:d]||_2 and L_s <= L(body) ||W[d:]||_2.
+    sigma = softplus(s) + tau elementwise, and d/ds log(softplus(s) + tau) = sigmoid(s) / (softplus(s)
+    + tau) <= min(1, 1/tau) because log(1 + u) >= u / (1 + u) (u = e^s) gives softplus >= sigmoid;
+    so L_logsigma <= min(1, 1/tau) L_s, and L_sigma <= L_s (softplus is 1-Lipschitz).
+    The decoder is sigmoid(h(z)), L_g <= L(h) / 4.
+    Lipschitz VAE (arch "lipschitz-mlp"): sigma = (cap / sqrt d) sigmoid(h_std), log sigmoid is
+    1-Lipschitz, so L_logsigma <= L(h_std), L_sigma <= (cap / sqrt d) L(h_std) / 4 (0 when fixed).
+    LinearVAE (docs/THEORY.md section 7): sigma_max(A), 0, 0, sigma_max(W).
+    """
+    shape = tuple(input_shape) if input_shape is not None else tuple(getattr(model, "input_shape", ()) or ()) or None
+    if isinstance(model, LinearVAE):
+        return VAELipschitz(spectral_norm(model.A), 0.0, 0.0, spectral_norm(model.W), sigma_constant=True)
+    if not isinstance(model, VAE):
+        raise InputError(f"vae_lipschitz: no Lipschitz bounds for {type(model).__name__}; pass the constants yourself")
+    enc, dec = model.encoder, model.decoder
+    d = model.latent_dim
+    decoder = lipschitz_bound(dec, (d,)) / 4.0  # the mean reconstruction is sigmoid(h)
+    if isinstance(enc, LipschitzEncoder):
+        mean = lipschitz_bound(enc.mean)
+        if enc.std is None:
+            return VAELipschitz(mean, 0.0, 0.0, decoder, sigma_constant=True)
+        ls = lipschitz_bound(enc.std)
+        return VAELipschitz(mean, ls, enc.std_scale() * ls / 4.0, decoder)
+    if isinstance(enc, MLPEncoder):
+        body, last = _split_last(enc.net)
+    elif isinstance(enc, ConvEncoder):
+        feat = lipschitz_bound(enc.features, shape)
+        head, last = _split_last(enc.head)
+        body = feat * head
+    else:
+        raise InputError(f"vae_lipschitz: unsupported encoder {type(enc).__name__}")
+    mean = body * spectral_norm(last.weight[:d])
+    ls = body * spectral_norm(last.weight[d:])
+    tau = float(model.tau)
+    return VAELipschitz(mean, min(1.0, 1.0 / tau if tau > 0 else 1.0) * ls, ls, decoder)

@@ -1,0 +1,420 @@
+"""Rigorous certified radii and Barrett et al.'s margins (docs/THEORY.md sections 8 and 9).
+
+Notation (docs/THEORY.md section 8): q = N(mu(x), diag sigma(x)^2), q' the same at x' = x + delta,
+A = {z : ||g(z) - g(mu(x))|| <= r}, p = q(A) (we use its Clopper-Pearson lower bound p_lo),
+d = (mu(x') - mu(x)) / sigma(x) elementwise, D = ||d||, l = ln rho, rho_i = sigma_i(x') / sigma_i(x).
+
+Lower bounds on p' = q'(A), each valid for EVERY set A (so every decoder):
+
+- ``shift_bound``  (Neyman-Pearson, tight for rho = 1):   Phi(Phi^{-1}(p) - D)
+- ``shift_variance_bound``:  Phi(Phi^{-1}(p) - D) - TV_var,  TV_var <= min(sqrt(1 - BC_var^2), sqrt(KL_var / 2))
+- ``bhattacharyya_bound``:   sin^2(max(0, arcsin sqrt(p) - arccos BC))
+- ``binary_kl_bound``:       the smallest p' <= p with kl(p || p') <= KL(q || q')
+
+Over the ball ||delta|| <= eps we only know D <= L_D eps (L_D = L_mu / min_i sigma_i(x)) and
+||l||_2 <= L_ls eps (L_ls: the Lipschitz constant of log sigma). The ``worst_*`` functions give the
+worst case of each divergence under these two norm constraints (derivations in their docstrings),
+so the resulting lower bound holds for every delta in the ball. Each bound falls as D and ||l||
+grow, so the rigorous radius (the largest eps with a lower bound > 1/2) is
+
+- mean only (sigma held at sigma(x)): eps = Phi^{-1}(p_lo) / L_D, in closed form;
+- full encoder (sigma moves too): bisection on eps of the best of the three full bounds.
+
+Barrett et al. (AISTATS 2022) certify a different notion: P(||g(z') - g(z)|| <= r) > 1/2 for two
+independent draws z ~ q(.|x), z' ~ q(.|x + delta); ``barrett_bound1`` / ``barrett_bound2`` /
+``barrett_margin`` implement their two margins (docs/THEORY.md section 9).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..validation import check_x
+from .lipschitz import VAELipschitz, vae_lipschitz
+from .sampling import r_robustness
+
+_F64 = torch.float64
+BISECT_STEPS = 64
+
+
+def _t(v) -> torch.Tensor:
+    return torch.as_tensor(v, dtype=_F64)
+
+
+# --- divergences between diagonal Gaussians (exact, for given d and rho) ----------------------
+def bc_variance(rho: torch.Tensor) -> torch.Tensor:
+    """Bhattacharyya coefficient of N(0, I) and N(0, diag rho^2): prod_i sqrt(2 rho_i / (1 + rho_i^2)); [..., m] -> [...]."""
+    rho = _t(rho)
+    return torch.exp(0.5 * (math.log(2.0) + rho.log() - torch.log1p(rho.square())).sum(-1))
+
+
+def kl_variance(rho: torch.Tensor) -> torch.Tensor:
+    """KL(N(0, diag rho^2) || N(0, I)) = 1/2 sum_i (rho_i^2 - 1 - 2 ln rho_i); [..., m] -> [...]."""
+    l = _t(rho).log()
+    return 0.5 * (torch.expm1(2 * l) - 2 * l).sum(-1)
+
+
+def bhattacharyya(d: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """BC(q, q') = prod_i sqrt(2 rho_i / (1 + rho_i^2)) exp(-d_i^2 / (4 (1 + rho_i^2))); [..., m] -> [...]."""
+    d, rho = _t(d), _t(rho)
+    return bc_variance(rho) * torch.exp(-(d.square() / (4 * (1 + rho.square()))).sum(-1))
+
+
+def kl_full(d: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """KL(q || q') = 1/2 sum_i ((1 + d_i^2) / rho_i^2 - 1 + 2 ln rho_i); [..., m] -> [...]."""
+    d, rho = _t(d), _t(rho)
+    return 0.5 * ((1 + d.square()) / rho.square() - 1 + 2 * rho.log()).sum(-1)
+
+
+# --- worst cases over ||d|| <= D, ||ln rho||_2 <= t -------------------------------------------
+def worst_bc_variance(t, m: int | float = math.inf) -> torch.Tensor:
+    """min BC_var over ||ln rho||_2 <= t in m dimensions: cosh(t / sqrt m)^(-m/2) (exp(-t^2/4) for m = inf).
+
+    -ln BC_var = 1/2 sum_i ln cosh(l_i); phi(u) = ln cosh(sqrt u) is concave in u (its derivative
+    tanh(sqrt u) / (2 sqrt u) decreases), so under sum u_i <= t^2 the sum is largest when all u_i equal.
+    """
+    t = _t(t)
+    if math.isinf(m):
+        return torch.exp(-t.square() / 4)
+    return torch.exp(-(m / 2) * _log_cosh(t / math.sqrt(m)))
+
+
+def _log_cosh(x: torch.Tensor) -> torch.Tensor:
+    x = x.abs()
+    return x + torch.log1p(torch.exp(-2 * x)) - math.log(2.0)
+
+
+def worst_kl_variance(t) -> torch.Tensor:
+    """max KL_var over ||ln rho||_2 <= t (either direction of the KL): 1/2 (e^(2t) - 1 - 2t).
+
+    f(l) = e^(2l) - 1 - 2l = l^2 phi(l) with phi increasing on l >= 0 and f(-l) <= f(l) there, so
+    sum_i f(+-l_i) <= phi(t) sum_i l_i^2 <= f(t): one coordinate takes the whole budget.
+    """
+    t = _t(t)
+    return 0.5 * (torch.expm1(2 * t) - 2 * t)
+
+
+def worst_bhattacharyya(D, t, m: int | float = math.inf) -> torch.Tensor:
+    """A lower bound on BC(q, q') over ||d|| <= D, ||ln rho|| <= t: worst_bc_variance(t, m) exp(-D^2 / 4)
+    (each exp(-d_i^2 / (4 (1 + rho_i^2))) >= exp(-d_i^2 / 4))."""
+    return worst_bc_variance(t, m) * torch.exp(-_t(D).square() / 4)
+
+
+def worst_kl_full(D, t) -> torch.Tensor:
+    """An upper bound on KL(q || q') over ||d|| <= D, ||ln rho|| <= t: 1/2 (e^(2t) - 1 - 2t) + 1/2 D^2 e^(2t)
+    (the variance part as in worst_kl_variance; d_i^2 / rho_i^2 <= d_i^2 e^(2t))."""
+    D, t = _t(D), _t(t)
+    return worst_kl_variance(t) + 0.5 * D.square() * torch.exp(2 * t)
+
+
+# --- lower bounds on p' -----------------------------------------------------------------------
+def shift_bound(p, D) -> torch.Tensor:
+    """Neyman-Pearson: p' >= Phi(Phi^{-1}(p) - D) when only the mean moves (whitened shift D)."""
+    return torch.special.ndtr(torch.special.ndtri(_t(p)) - _t(D))
+
+
+def tv_variance(bc_var, kl_var) -> torch.Tensor:
+    """TV between the variance-only pair <= min(sqrt(1 - BC^2), sqrt(KL / 2))."""
+    bc_var, kl_var = _t(bc_var), _t(kl_var)
+    return torch.minimum(torch.sqrt((1 - bc_var.square()).clamp(min=0)), torch.sqrt(kl_var.clamp(min=0) / 2))
+
+
+def shift_variance_bound(p, D, bc_var, kl_var) -> torch.Tensor:
+    """Shift then rescale: p' >= Phi(Phi^{-1}(p) - D) - TV_var (clamped at 0)."""
+    return (shift_bound(p, D) - tv_variance(bc_var, kl_var)).clamp(min=0)
+
+
+def bhattacharyya_bound(p, bc) -> torch.Tensor:
+    """p' >= sin^2(max(0, arcsin sqrt p - arccos BC)) (BC of q, q' is >= its value on any binary split)."""
+    p, bc = _t(p), _t(bc).clamp(0, 1)
+    return torch.sin((torch.arcsin(p.clamp(0, 1).sqrt()) - torch.arccos(bc)).clamp(min=0)).square()
+
+
+def binary_kl(p, q) -> torch.Tensor:
+    """kl(p || q) for Bernoulli parameters (0 log 0 = 0)."""
+    p, q = _t(p), _t(q)
+    return torch.special.xlogy(p, p) - torch.special.xlogy(p, q) + torch.special.xlogy(1 - p, 1 - p) - torch.special.xlogy(1 - p, 1 - q)
+
+
+def binary_kl_bound(p, kl) -> torch.Tensor:
+    """The smallest p' in [0, p] with kl(p || p') <= KL (data processing), by vectorised bisection."""
+    p, kl = torch.broadcast_tensors(_t(p), _t(kl))
+    lo, hi = torch.zeros_like(p), p.clone()  # kl(p || .) decreases on [0, p]; kl(p || p) = 0 <= KL
+    for _ in range(BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        ok = binary_kl(p, mid) <= kl
+        hi = torch.where(ok, mid, hi)
+        lo = torch.where(ok, lo, mid)
+    return hi  # kl(p || hi) <= KL always: a valid (conservative) end of the bracket
+
+
+def lower_bound(p, d, rho) -> torch.Tensor:
+    """The best of the four lower bounds on p' for given d, rho [..., m] and p [...]."""
+    D = _t(d).norm(dim=-1)
+    return torch.maximum(torch.maximum(shift_variance_bound(p, D, bc_variance(rho), kl_variance(rho)),
+                                       bhattacharyya_bound(p, bhattacharyya(d, rho))),
+                         binary_kl_bound(p, kl_full(d, rho)))
+
+
+def worst_lower_bound(p, D, t, m: int | float = math.inf) -> torch.Tensor:
+    """A lower bound on p' valid for every d, rho with ||d|| <= D and ||ln rho||_2 <= t (the best of three)."""
+    a = shift_variance_bound(p, D, worst_bc_variance(t, m), worst_kl_variance(t))
+    b = bhattacharyya_bound(p, worst_bhattacharyya(D, t, m))
+    c = binary_kl_bound(p, worst_kl_full(D, t))
+    return torch.maximum(torch.maximum(a, b), c)
+
+
+# --- radii --------------------------------------------------------------------------------------
+def rigorous_radii(p_lower, lip_shift, lip_log_sigma, m: int | float = math.inf) -> tuple[torch.Tensor, torch.Tensor]:
+    """(radius_mean, radius_full) [B] from p_lo [B], L_D [B] (D <= L_D eps) and L_ls (||ln rho|| <= L_ls eps).
+
+    Mean only: Phi^{-1}(p_lo) / L_D (Neyman-Pearson is tight, so no other bound helps).
+    Full: the largest eps with worst_lower_bound(p_lo, L_D eps, L_ls eps) > 1/2, by bisection on
+    [0, radius_mean] (every full bound is at most the shift bound). Both 0 where p_lo <= 1/2.
+    The returned radius is the lower end of the final bracket, so the bound there is > 1/2.
+    """
+    p, ld = torch.broadcast_tensors(_t(p_lower), _t(lip_shift))
+    lls = _t(lip_log_sigma).expand_as(p)
+    ok = p > 0.5
+    r_mean = torch.where(ok, torch.special.ndtri(p) / ld, torch.zeros_like(p))
+    if bool((lls == 0).all()):
+        return r_mean, r_mean.clone()
+    lo = torch.zeros_like(p)
+    hi = torch.where(torch.isfinite(r_mean), r_mean, torch.full_like(p, 1e6))
+    for _ in range(BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        good = worst_lower_bound(p, ld * mid, lls * mid, m) > 0.5
+        lo = torch.where(good, mid, lo)
+        hi = torch.where(good, hi, mid)
+    return r_mean, torch.where(ok, lo, torch.zeros_like(p))
+
+
+@dataclass
+class RigorousCertificate:
+    """Rigorous certified radii per input (tensors [B], float64), valid for every ||delta|| <= radius with
+    confidence 1 - alpha (the only randomness is the Monte Carlo estimate of p).
+
+    radius_mean: sigma held at sigma(x) (docs/THEORY.md section 2).  radius_full: sigma moves too (section 5).
+    p_lower: Clopper-Pearson lower bound on p_r(x).  abstain: p_lower <= 1/2 (radii 0).
+    sigma_min: min_i sigma_i(x).  constants: the Lipschitz bounds used.  r, alpha, n_samples: settings.
+    Notion: Camuto et al.'s ball of radius r around g(mu(x)).
+    """
+
+    radius_mean: torch.Tensor
+    radius_full: torch.Tensor
+    p_lower: torch.Tensor
+    abstain: torch.Tensor
+    sigma_min: torch.Tensor
+    constants: VAELipschitz
+    r: torch.Tensor
+    alpha: float
+    n_samples: int
+
+    def __len__(self) -> int:
+        return int(self.radius_mean.shape[0])
+
+
+def rigorous_certify(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    r: float | torch.Tensor,
+    *,
+    n_samples: int = 1000,
+    alpha: float = 0.001,
+    constants: VAELipschitz | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+) -> RigorousCertificate:
+    """Rigorous radii for x [B, *shape] at radius r (a number or [B]).
+
+    constants: Lipschitz bounds (default :func:`vae_lipschitz`, rigorous for robvae's VAEs and the
+    linear VAE; pass your own, which must be upper bounds, for any other protocol model).
+    """
+    check_x(model, x)
+    if constants is None:
+        constants = vae_lipschitz(model)
+    if not (constants.mean >= 0 and constants.log_sigma >= 0):
+        raise InputError(f"Lipschitz constants must be >= 0, got {constants}")
+    est = r_robustness(model, x, r, None, n_samples, alpha=alpha, mode="mean", chunk_size=chunk_size,
+                       generator=generator)
+    with torch.inference_mode():
+        sigma = model.encode(x)[1].to(_F64)
+    smin = sigma.amin(dim=1)
+    p_lo = est.p_lower.to(_F64)
+    ld = constants.mean / smin
+    r_mean, r_full = rigorous_radii(p_lo, ld, 0.0 if constants.sigma_constant else constants.log_sigma, sigma.shape[1])
+    return RigorousCertificate(radius_mean=r_mean, radius_full=r_full, p_lower=p_lo, abstain=p_lo <= 0.5,
+                               sigma_min=smin, constants=constants, r=est.r, alpha=float(alpha), n_samples=int(n_samples))
+
+
+# --- Barrett et al. (docs/THEORY.md section 9) ----------------------------------------------------------------
+def _check_barrett(a, b, c, s, r) -> None:
+    for name, v in (("a", a), ("b", b), ("c", c), ("s", s)):
+        if not (v >= 0 and math.isfinite(v)):
+            raise InputError(f"Barrett bound: {name} must be finite and >= 0, got {v}")
+    if not (a > 0 and r > 0 and math.isfinite(r)):
+        raise InputError(f"Barrett bound: need a > 0 and r > 0, got a={a}, r={r}")
+
+
+def barrett_bound1(a: float, b: float, c: float, s: float, r: float) -> float:
+    """Bound 1: the largest eps >= 0 with b^2 eps^2 + (2 s + c eps)^2 <= r^2 / (2 a^2); 0 unless s < r / (sqrt 8 a).
+
+    The quadratic (b^2 + c^2) eps^2 + 4 s c eps + 4 s^2 - R <= 0, R = r^2 / (2 a^2), has its positive
+    root at (-2 s c + sqrt(4 s^2 c^2 - (b^2 + c^2)(4 s^2 - R))) / (b^2 + c^2); inf when b = c = 0.
+    """
+    _check_barrett(a, b, c, s, r)
+    R = r * r / (2 * a * a)
+    if not 4 * s * s < R:
+        return 0.0
+    qa = b * b + c * c
+    if qa == 0:
+        return math.inf
+    disc = 4 * s * s * c * c - qa * (4 * s * s - R)
+    return max(0.0, (-2 * s * c + math.sqrt(disc)) / qa)
+
+
+def _log_cm(m: int) -> float:
+    return -0.5 * math.log(math.pi) + (m - (m - 1) * math.log(m)) / 2
+
+
+def barrett_u(eps, a: float, b: float, c: float, s: float, r: float, gamma: float | None = None) -> np.ndarray:
+    """Bound 2's u(eps) = (r/a - b eps)^2 / (c eps + 2 s)^2, or (r/a - b eps)^2 / (2 gamma^2) for a fixed std gamma."""
+    eps = np.asarray(eps, dtype=np.float64)
+    num = np.square(r / a - b * eps)
+    with np.errstate(divide="ignore"):
+        return num / (2 * gamma * gamma) if gamma is not None else num / np.square(c * eps + 2 * s)
+
+
+def barrett_condition(eps, a: float, b: float, c: float, s: float, r: float, m: int, gamma: float | None = None) -> np.ndarray:
+    """Bound 2's test at eps: eps < r/(a b), u > m - 2 and C_m u^(m/2) e^(-u/2) / (u - m + 2) <= 1/2."""
+    eps = np.asarray(eps, dtype=np.float64)
+    u = barrett_u(eps, a, b, c, s, r, gamma)
+    below = eps * a * b < r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logh = _log_cm(m) + (m / 2) * np.log(u) - u / 2 - np.log(u - m + 2)
+        return below & (u > m - 2) & (logh <= math.log(0.5))
+
+
+def barrett_bound2(a: float, b: float, c: float, s: float, r: float, m: int, gamma: float | None = None) -> float:
+    """Bound 2: the largest certified eps (see :func:`barrett_condition`); 0 when even eps = 0 fails.
+
+    With a fixed std gamma (c = 0) pass ``gamma``. Found by a grid on [0, r / (a b)) and bisection
+    between the last certified grid point and the next one.
+    """
+    _check_barrett(a, b, c, s, r)
+    if int(m) < 1:
+        raise InputError(f"Barrett bound 2: m must be >= 1, got {m}")
+    m = int(m)
+    if gamma is not None and not gamma > 0:
+        raise InputError(f"Barrett bound 2: gamma must be > 0, got {gamma}")
+    if gamma is None and s == 0 and c == 0:
+        return r / (a * b) if b > 0 else math.inf  # u = inf: certified up to r / (a b)
+    cond = lambda e: barrett_condition(e, a, b, c, s, r, m, gamma)  # noqa: E731
+    if not cond(0.0):
+        return 0.0
+    if b > 0:
+        hi = r / (a * b)
+    else:  # u falls to 0 only through c eps; find a failing budget by doubling
+        hi = 1.0
+        while cond(hi):
+            hi *= 2
+            if hi > 1e12:
+                return math.inf
+    grid = np.linspace(0.0, hi, 4097)
+    ok = cond(grid)
+    last = int(np.nonzero(ok)[0].max())
+    if last == grid.size - 1:
+        return float(grid[-1])
+    lo_e, hi_e = float(grid[last]), float(grid[last + 1])
+    for _ in range(BISECT_STEPS):
+        mid = 0.5 * (lo_e + hi_e)
+        if cond(mid):
+            lo_e = mid
+        else:
+            hi_e = mid
+    return lo_e
+
+
+def barrett_margin(a: float, b: float, c: float, s: float, r: float, m: int, gamma: float | None = None) -> float:
+    """Barrett et al.'s certified margin: the larger of bounds 1 and 2 (fixed std gamma: c = 0, s = gamma sqrt m)."""
+    if gamma is not None:
+        c, s = 0.0, gamma * math.sqrt(m)
+    return max(barrett_bound1(a, b, c, s, r), barrett_bound2(a, b, c, s, r, m, gamma))
+
+
+# --- robustness specified upfront -------------------------------------------------------------
+L_MIN, L_MAX = 0.05, 1e4  # a Lipschitz VAE below L_MIN is nearly constant: treated as "impossible"
+PLAN_SLACK = 1e-3  # plan for eps (1 + slack): the trained weights' measured norms exceed L by ~1e-7
+
+
+@dataclass(frozen=True)
+class MarginPlan:
+    """Construction constants of a lipschitz-mlp VAE whose Barrett margin is >= eps at r for every input.
+
+    lipschitz: L (encoder mean, std and decoder networks).  sigma_cap: ||sigma(x)|| <= cap.
+    a, b, c, s: Barrett's constants (decoder g = sigmoid(h): L/4; mean: L; std: cap L / (4 sqrt m); cap).
+    margin: Barrett's certified margin at these constants (>= eps).  eps, r, latent_dim: the request.
+    """
+
+    lipschitz: float
+    sigma_cap: float
+    a: float
+    b: float
+    c: float
+    s: float
+    margin: float
+    eps: float
+    r: float
+    latent_dim: int
+
+
+def lipschitz_vae_barrett_constants(lipschitz: float, sigma_cap: float, m: int) -> tuple[float, float, float, float]:
+    """(a, b, c, s) of a lipschitz-mlp VAE built with constant L and std cap (see robvae.models.lipschitz)."""
+    return lipschitz / 4.0, lipschitz, sigma_cap * lipschitz / (4.0 * math.sqrt(m)), sigma_cap
+
+
+def plan_certified_margin(eps: float, r: float, latent_dim: int, sigma_cap: float = 0.1) -> MarginPlan:
+    """The largest L (bisection on log L; Barrett's margin falls as L grows) whose margin is >= eps.
+
+    Raises InputError when even L = L_MIN cannot certify eps (or eps, r, cap are out of range).
+    """
+    for name, v in (("eps", eps), ("r", r), ("sigma_cap", sigma_cap)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise InputError(f"--certify-margin: {name} must be a finite number > 0, got {v}")
+    m = int(latent_dim)
+    margin = lambda L: barrett_margin(*lipschitz_vae_barrett_constants(L, sigma_cap, m), r, m)  # noqa: E731
+    target = eps * (1 + PLAN_SLACK)
+    if margin(L_MIN) < target:
+        raise InputError(f"cannot certify margin {eps:g} at r={r:g} with std cap {sigma_cap:g} and {m} latents: "
+                         f"even L={L_MIN:g} gives only {margin(L_MIN):.3g}; raise r, lower eps or the std cap")
+    lo, hi = math.log(L_MIN), math.log(L_MAX)
+    if margin(L_MAX) >= target:
+        lo = hi
+    for _ in range(BISECT_STEPS):
+        if hi - lo < 1e-9:
+            break
+        mid = 0.5 * (lo + hi)
+        if margin(math.exp(mid)) >= target:
+            lo = mid
+        else:
+            hi = mid
+    L = math.exp(lo)
+    a, b, c, s = lipschitz_vae_barrett_constants(L, sigma_cap, m)
+    return MarginPlan(lipschitz=L, sigma_cap=float(sigma_cap), a=a, b=b, c=c, s=s, margin=margin(L), eps=float(eps),
+                      r=float(r), latent_dim=m)
+
+
+def rigorous_columns(model: torch.nn.Module, p_lower: torch.Tensor, sigma_min: torch.Tensor,
+                     constants: VAELipschitz | None = None) -> dict[str, torch.Tensor]:
+    """The rigorous radii as per-input columns for :class:`robvae.robustness.certify.Certificate` extras:
+    {"radius_rigorous_mean", "radius_rigorous_full"} from a certificate's p_lower and sigma_min [B]."""
+    L = constants if constants is not None else vae_lipschitz(model)
+    m = getattr(model, "latent_dim", math.inf)
+    rm, rf = rigorous_radii(p_lower.detach().to(_F64).cpu(), L.mean / sigma_min.detach().to(_F64).cpu(),
+                            0.0 if L.sigma_constant else L.log_sigma, m)
+    return {"radius_rigorous_mean": rm.to(p_lower.device), "radius_rigorous_full": rf.to(p_lower.device)}

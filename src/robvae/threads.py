@@ -1,0 +1,102 @@
+"""Thread and worker defaults that hold up on a busy machine (issue 11, docs/PERFORMANCE.md).
+
+torch's default (one OpenMP thread per core, spinning while it waits) collapses as soon as
+another process competes for the cores: robvae's decoder calls are many short parallel regions,
+and every region waits for its slowest thread, which the OS has just handed to someone else
+(measured 10-17x slower than one thread). What robvae does instead:
+
+- **one torch thread per process** by default (:data:`DEFAULT_THREADS`; ``--threads`` overrides);
+- **passive OpenMP waiting** (``OMP_WAIT_POLICY=PASSIVE``) so that, when more threads are asked
+  for, idle threads sleep instead of spinning on a core another process needs. OpenMP reads the
+  variable once, when torch loads: :func:`prefer_passive_wait` sets it (unless the user did)
+  and must run before ``import torch``; the ``robvae`` command does this first thing. Worker
+  processes inherit it.
+- **one process per core** (inputs sharded, one thread each) for Monte Carlo work large enough to
+  pay for starting the workers (:func:`auto_workers`; ``--workers`` overrides). The results do
+  not depend on it (``robvae.sweep.certify_sharded`` seeds each block of inputs itself).
+
+This module imports torch only inside :func:`set_threads` (on purpose: importing it must not load
+torch, or the OpenMP setting would come too late).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+#: torch threads per process unless ``--threads`` says otherwise.
+DEFAULT_THREADS = 1
+
+#: Decoder rows (inputs x draws) of Monte Carlo work from which ``auto`` shards the inputs over
+#: one worker process per core. Starting a worker (a fresh Python, torch, the run's weights) costs
+#: a few seconds on a busy machine, about 0.5 M rows of MLP decoding at one thread; from 2 M rows
+#: up two workers were faster than one process (docs/PERFORMANCE.md).
+AUTO_WORKERS_MIN_ROWS = 2_000_000
+
+#: Whether :func:`prefer_passive_wait` took effect (torch was not loaded yet).
+_PASSIVE: bool | None = None
+
+
+def cores() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def prefer_passive_wait() -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it.
+
+    Returns True when the setting can still take effect (torch not imported yet), False when
+    torch is already loaded (then only child processes see it)."""
+    global _PASSIVE
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _PASSIVE = "torch" not in sys.modules
+    return _PASSIVE
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The torch threads to use: ``threads`` if given (>= 1), else :data:`DEFAULT_THREADS`."""
+    if threads is None:
+        return DEFAULT_THREADS
+    if isinstance(threads, bool) or int(threads) != threads or int(threads) < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    return int(threads)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """``torch.set_num_threads(resolve_threads(threads))``; returns the number set."""
+    import torch  # here, not at the top: see the module docstring
+
+    n = resolve_threads(threads)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def auto_workers(rows: int, workers: int | None = None) -> int:
+    """Worker processes for Monte Carlo work of ``rows`` decoder rows (inputs x draws).
+
+    ``workers`` given: that many. Otherwise one per core when the work reaches
+    :data:`AUTO_WORKERS_MIN_ROWS`, else 1 (this process: starting workers would cost more than
+    they save)."""
+    if workers is not None:
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers!r}")
+        return int(workers)
+    return cores() if rows >= AUTO_WORKERS_MIN_ROWS else 1
+
+
+def auto_executor(rows: int, executor: str = "auto", workers: int | None = None) -> tuple[str, int]:
+    """(executor, workers) for ``executor="auto"``: "local" with one process per core for large
+    work (:func:`auto_workers`), "serial" otherwise; any other executor is kept as given (with
+    ``workers`` or one per core)."""
+    if executor != "auto":
+        return executor, auto_workers(AUTO_WORKERS_MIN_ROWS if workers is None else 0, workers)
+    w = auto_workers(rows, workers)
+    return ("local", w) if w > 1 else ("serial", 1)
+
+
+__all__ = ["AUTO_WORKERS_MIN_ROWS", "DEFAULT_THREADS", "auto_executor", "auto_workers", "cores",
+           "prefer_passive_wait", "resolve_threads", "set_threads"]

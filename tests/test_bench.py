@@ -1,0 +1,272 @@
+"""The benchmark: the versioned protocol, zoo files, user models, the leaderboard, resuming.
+
+The protocol's numbers are checked on the linear VAE against its closed forms (THEORY.md section 7): Theorem 1
+radius, true margin (no certificate may exceed it), maximum damage sigma_max(A) eps, and the
+reconstruction error computed directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from scipy import stats
+
+from robvae.bench import (
+    PROTOCOL_V1, BenchResult, ZooError, aggregate, evaluate_protocol, load_zoo, markdown_table, parse_zoo, run_bench,
+)
+from robvae.bench import run as bench_run
+from robvae.cli import main
+from robvae.data import ImageDataset
+from robvae.models import LinearVAE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- the protocol ---------------------------------------------------------------------------
+
+def test_protocol_v1_is_frozen_versioned_and_printed():
+    assert PROTOCOL_V1.label == "v1"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PROTOCOL_V1.n_samples = 10  # type: ignore[misc]
+    assert set(PROTOCOL_V1.names) == {"digits", "mnist-10k", "fashion-mnist"}
+    text = PROTOCOL_V1.describe("digits")
+    assert text.startswith("protocol: v1\n") and "r=1" in text and "S=1000" in text and "mnist" not in text
+    custom = PROTOCOL_V1.with_overrides("digits", n=10).with_overrides(alpha=0.01)
+    assert custom.label == "v1+custom" and PROTOCOL_V1.label == "v1"
+    assert custom.changes() == {"alpha": 0.01, "subset digits": {"n": 10}}
+    assert custom.describe().startswith("protocol: v1+custom\n  changed from v1:")
+
+
+def test_subset_indices_are_fixed_by_the_seed():
+    s = PROTOCOL_V1.subset("digits")
+    a, b = s.indices(360), s.indices(360)
+    assert torch.equal(a, b) and a.numel() == s.n == 200
+    assert bool((a[1:] > a[:-1]).all()) and int(a.max()) < 360  # sorted, unique, in range
+    other = dataclasses.replace(s, seed=1).indices(360)
+    assert not torch.equal(a, other)
+    assert s.indices(50).numel() == 50  # a smaller split: all of it
+
+
+def _linear_case(n_data: int = 60):
+    model = LinearVAE.random(d=4, input_shape=(1, 4, 4), s=0.1, singular_values=[2.0, 1.5, 1.0, 0.5], seed=0,
+                             dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 + 0.1 * (torch.rand(n_data, 1, 4, 4, generator=g) - 0.5)  # inside the box, far from its faces
+    data = ImageDataset(x, torch.zeros(n_data, dtype=torch.long), "toy", "test")
+    protocol = PROTOCOL_V1.with_overrides("digits", n=40, r=0.3, cert_eps=0.01, attack_eps=(0.1, 0.2))
+    return model, data, protocol
+
+
+def test_evaluate_protocol_matches_the_linear_vae_closed_forms():
+    model, data, protocol = _linear_case()
+    res = evaluate_protocol(model, data, protocol, "digits", name="linear")
+    assert isinstance(res, BenchResult) and res.protocol == "v1+custom" and res.n == 40 and res.r == 0.3
+    assert res.elbo is None and res.degradation is None  # no log_likelihood
+    xs = data.images[protocol.subset("digits").indices(len(data))]
+    rec = (xs.flatten(1) @ model.A.T @ model.W.T - xs.flatten(1)).norm(dim=1).mean()
+    assert res.reconstruction_error == pytest.approx(float(rec), rel=1e-5)
+    exact_bound, exact_margin = model.exact_bound(0.3), model.exact_margin(0.3)
+    assert res.median_radius == pytest.approx(exact_bound, rel=0.1)
+    # no certificate may exceed the true margin
+    assert res.median_radius_sound <= exact_margin and res.rigorous_radius is not None
+    assert res.rigorous_radius <= exact_margin
+    smax = float(torch.linalg.matrix_norm(model.A, ord=2))
+    mean_only = 0.1 * stats.norm.ppf(float(model.exact_p(0.3))) / smax  # the rigorous radius with p exact
+    assert 0.8 * mean_only <= res.rigorous_radius <= mean_only * 1.01
+    assert res.certified_fraction == 1.0  # every sound radius is above eps = 0.01
+    assert res.median_margin == pytest.approx(exact_margin, rel=0.15)
+    # the maximum damage of g(mu(x + delta)) = W A (x + delta) at budget eps is sigma_max(A) eps
+    assert res.damage["0.1"] == pytest.approx(smax * 0.1, rel=1e-3)
+    assert res.damage["0.2"] == pytest.approx(smax * 0.2, rel=1e-3)
+    assert res.wall_s > 0
+
+
+# --- zoo files ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("doc, msg", [
+    ({"methods": ["foo"]}, "methods[0]: unknown method 'foo'"),
+    ({"methods": [{"method": "beta-vae", "beta": -1}]}, "beta must be a finite number >= 0"),
+    ({"methods": [{"method": "jacobian"}]}, "missing parameter 'weight'"),
+    ({"methods": [{"method": "smooth", "weight": 1, "nois": 0.1}]}, "unknown parameter 'nois'"),
+    ({"methods": [{"method": "adversarial", "eps": 0.5, "norm": "l1"}]}, "adversarial_norm"),
+    ({"methods": ["vae"], "models": ["no_such_module_xyz:build"]}, "cannot import 'no_such_module_xyz'"),
+    ({"methods": ["vae"], "models": ["robvae.bench:no_such_callable"]}, "has no attribute 'no_such_callable'"),
+    ({"methods": ["vae"], "models": ["not-a-spec"]}, "expected 'package.module:callable'"),
+    ({"methods": ["vae"], "subset": "cifar"}, "unknown test subset 'cifar'"),
+    ({"methods": ["vae"], "seeds": [0, 0]}, "duplicate seeds"),
+    ({"methods": ["vae"], "frobnicate": 1}, "frobnicate: unknown key"),
+    ({"methods": ["vae"], "base": {"epochs": 0}}, "epochs must be >= 1"),
+    ({"methods": ["vae"], "base": {"dataset": "mnist"}}, "base.dataset: set by the zoo"),
+    ({"methods": ["vae"], "subset_overrides": {"q": 1}}, "subset_overrides.q: unknown field"),
+    ({"methods": ["vae", "vae"]}, "appears twice"),
+    ({}, "nothing to benchmark"),
+])
+def test_bad_zoos_are_one_line_errors(doc, msg):
+    with pytest.raises(ZooError) as e:
+        parse_zoo(doc)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_zoo_expands_settings_and_seeds():
+    zoo = parse_zoo({"seeds": [0, 1], "base": {"epochs": 2},
+                     "methods": ["vae", {"method": "beta-vae", "beta": [2, 4]},
+                                 {"method": "jacobian", "weight": 0.5, "whitened": True},
+                                 {"method": "adversarial", "eps": 0.5, "steps": 2},
+                                 {"method": "smooth", "weight": 3, "noise": 0.2, "divergence": "symmetric-kl"},
+                                 {"method": "tau", "tau": 0.1}, {"method": "beta-tcvae", "beta": 6},
+                                 {"method": "lipschitz", "lipschitz": 2.0, "config": {"model.sigma_cap": 0.5}}]})
+    names = [e.name for e in zoo.entries]
+    assert names == ["vae", "beta-vae(beta=2)", "beta-vae(beta=4)", "jacobian(weight=0.5, whitened=true)",
+                     "adversarial(eps=0.5, steps=2)", "smooth(weight=3, noise=0.2, divergence=symmetric-kl)",
+                     "tau(tau=0.1)", "beta-tcvae(beta=6)", "lipschitz(lipschitz=2)"]
+    assert all(len(e.trials) == 2 for e in zoo.entries) and len({t.id for t in zoo.trials}) == 18
+    by = {e.name: e.trials[1].train for e in zoo.entries}
+    assert by["vae"].seed == 1 and by["vae"].dataset == "digits" and by["vae"].epochs == 2
+    assert (by["beta-vae(beta=4)"].objective.name, by["beta-vae(beta=4)"].objective.beta) == ("beta-vae", 4)
+    j = by["jacobian(weight=0.5, whitened=true)"].objective
+    assert (j.jacobian, j.jacobian_whitened) == (0.5, True)
+    a = by["adversarial(eps=0.5, steps=2)"]
+    assert (a.adversarial_eps, a.adversarial_steps) == (0.5, 2)
+    s = by["smooth(weight=3, noise=0.2, divergence=symmetric-kl)"].objective
+    assert (s.smooth, s.smooth_noise, s.smooth_divergence) == (3, 0.2, "symmetric-kl")
+    assert by["tau(tau=0.1)"].model.tau == 0.1
+    lip = by["lipschitz(lipschitz=2)"].model
+    assert (lip.arch, lip.lipschitz, lip.sigma_cap) == ("lipschitz-mlp", 2.0, 0.5)
+
+
+def test_example_zoos_are_valid():
+    zoo = load_zoo(REPO / "examples" / "zoo-digits.yaml")
+    assert zoo.protocol.label == "v1" and zoo.subset == "digits" and len(zoo.seeds) == 2
+    assert {e.method for e in zoo.entries} >= {"vae", "beta-vae", "adversarial", "jacobian", "smooth", "lipschitz"}
+    mnist = load_zoo(REPO / "examples" / "zoo-mnist.yaml")
+    assert mnist.protocol.label == "v1" and mnist.subset == "mnist-10k"
+
+
+# --- the leaderboard ----------------------------------------------------------------------
+
+def _result(name, cf, elbo, rad, seed_shift=0.0):
+    return BenchResult(name=name, protocol="v1", subset="digits", n=10, r=1.0, cert_eps=0.2, elbo=elbo,
+                       reconstruction_error=1.0 + seed_shift, median_radius=rad, median_radius_sound=rad,
+                       certified_fraction=cf, rigorous_radius=None, median_margin=0.5, margin_capped_fraction=0.0,
+                       damage={"0.4": 0.3}, degradation=None, wall_s=1.0)
+
+
+def test_aggregate_means_over_seeds_and_sorts_by_certified_fraction():
+    rows = aggregate([("a", "vae", _result("a s0", 0.25, -30.0, 0.1)), ("a", "vae", _result("a s1", 0.75, -32.0, 0.1, 1.0)),
+                      ("b", "jacobian", _result("b s0", 0.875, -40.0, 0.5)),
+                      ("c", "user", _result("c", 0.5, None, 0.7))])
+    assert [r["name"] for r in rows] == ["b", "c", "a"]  # a ties c at 0.5: the larger sound radius first
+    a = rows[2]
+    assert a["models"] == 2 and a["certified_fraction"] == 0.5 and a["elbo"] == pytest.approx(-31.0)
+    assert a["reconstruction_error"] == pytest.approx(1.5) and a["certified_fraction_spread"] == pytest.approx(0.5)
+    assert rows[1]["elbo"] is None and rows[1]["rigorous_radius"] is None
+    table = markdown_table(rows)
+    assert table.splitlines()[2].startswith("| 1 | b | 1 | 87.5% | -40.00 |")
+    assert "| 2 | c | 1 | 50.0% | — |" in table
+
+
+USER_MODULE = textwrap.dedent("""
+    import torch
+    from robvae.models import LinearVAE
+
+    def build():
+        return LinearVAE.random(d=3, input_shape=(1, 8, 8), s=0.2, seed=1, dtype=torch.float32), "my-linear"
+""")
+
+TINY_ZOO = textwrap.dedent("""
+    subset: digits
+    seeds: [0, 1]
+    subset_overrides: {n: 12}
+    protocol_overrides: {n_samples: 200, margin_max_iter: 3}
+    base: {epochs: 1, batch_size: 64, n_train: 200, model: {latent_dim: 3, hidden: [16]}}
+    methods:
+      - vae
+      - {method: jacobian, weight: 1.0}
+""")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_command_runs_a_tiny_zoo_with_a_user_model_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_models_for_bench.py").write_text(USER_MODULE)
+    (tmp_path / "zoo.yaml").write_text(TINY_ZOO)
+    rc = main(["bench", "zoo.yaml", "--out", "out", "--executor", "serial", "--model", "my_models_for_bench:build",
+               "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("protocol: v1+custom") and "my-linear" in printed
+    out = tmp_path / "out"
+    md = (out / "leaderboard.md").read_text()
+    assert "protocol: v1+custom" in md and "| ELBO |" in md
+    rows = _rows(out / "leaderboard.csv")
+    assert [r["name"] for r in rows].count("vae") == 1 and len(rows) == 3
+    cf = [float(r["certified_fraction"]) for r in rows]
+    assert cf == sorted(cf, reverse=True)
+    assert {r["name"]: r["models"] for r in rows} == {"vae": "2", "jacobian(weight=1)": "2", "my-linear": "1"}
+    assert next(r for r in rows if r["name"] == "my-linear")["elbo"] == ""  # no likelihood: no ELBO
+    assert float(next(r for r in rows if r["name"] == "vae")["elbo"]) < 0
+    assert len(_rows(out / "leaderboard-models.csv")) == 5
+    for f in ("tradeoff.png", "report.html", "study.json", "protocol.json"):
+        assert (out / f).is_file(), f
+    assert "data:image/png;base64" in (out / "report.html").read_text()
+
+    # rerun: nothing is trained or evaluated again
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("bench-*.json")}
+    assert len(before) == 5
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(bench_run, "evaluate_protocol", boom)
+    monkeypatch.setattr("robvae.sweep.executors.run_trial", boom)
+    assert main(["bench", "zoo.yaml", "--out", "out", "--executor", "serial", "--model", "my_models_for_bench:build",
+                 "--quiet"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("bench-*.json")} == before
+    assert _rows(out / "leaderboard.csv") == rows
+
+
+def test_an_interrupted_bench_resumes_without_recomputing(tmp_path, monkeypatch):
+    zoo = parse_zoo({"subset": "digits", "seeds": [0, 1], "subset_overrides": {"n": 8},
+                     "protocol_overrides": {"n_samples": 100, "margin_max_iter": 2},
+                     "base": {"epochs": 1, "n_train": 100, "model": {"latent_dim": 2, "hidden": [8]}},
+                     "methods": ["vae", {"method": "beta-vae", "beta": 2}]})
+    real = bench_run.evaluate_protocol
+    calls: list[str] = []
+
+    def interrupt_third(*a, **k):
+        calls.append(k["name"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench_run, "evaluate_protocol", interrupt_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(zoo, tmp_path / "out", executor="serial", progress=False)
+    assert len(list((tmp_path / "out").rglob("bench-*.json"))) == 2
+
+    calls.clear()
+    monkeypatch.setattr(bench_run, "evaluate_protocol", lambda *a, **k: (calls.append(k["name"]), real(*a, **k))[1])
+    board = run_bench(zoo, tmp_path / "out", executor="serial", progress=False)
+    assert len(calls) == 2  # only the two models whose evaluation never finished
+    assert len(board.models) == 4 and not board.failed
+    assert all(math.isfinite(r["certified_fraction"]) for r in board.rows)
+
+
+def test_bad_zoo_file_fails_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("methods: [vae, {method: adversarial, eps: -1}]\n")
+    assert main(["bench", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robvae: error: methods[1] (adversarial(eps=-1)): adversarial_eps") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    assert main(["bench", "--model", "nowhere_at_all:build", "--out", str(tmp_path / "out")]) == 2
+    assert "cannot import 'nowhere_at_all'" in capsys.readouterr().err and not (tmp_path / "out").exists()

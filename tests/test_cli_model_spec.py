@@ -1,0 +1,150 @@
+"""``robvae certify|attack|margin --model MODULE:CALLABLE``: any protocol model on the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import robvae
+from robvae.cli import main
+from robvae.cli.model_spec import load_inputs_file, load_model_spec
+from robvae.errors import InputError
+
+MODULE = """
+import torch
+import robvae
+
+
+def _vae():
+    torch.manual_seed(0)
+    return robvae.VAE(robvae.ModelConfig(input_shape=(1, 8, 8), latent_dim=3, hidden=(16,))).eval()
+
+
+def vae():
+    return _vae()
+
+
+class NotAModel:
+    pass
+
+
+def wrong():
+    return NotAModel()
+
+
+class BadSigma(torch.nn.Module):
+    input_shape = (1, 8, 8)
+
+    def encode(self, x):
+        mu = x.flatten(1)[:, :3]
+        return mu, torch.zeros_like(mu)
+
+    def decode(self, z):
+        return torch.sigmoid(z.sum(1, keepdim=True)).expand(-1, 64).reshape(-1, 1, 8, 8)
+
+
+def bad_sigma():
+    return BadSigma()
+
+
+def boom():
+    raise RuntimeError("no weights here")
+"""
+
+
+@pytest.fixture()
+def user_pkg(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(textwrap.dedent(MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop("my_models", None)
+    yield tmp_path
+    sys.modules.pop("my_models", None)
+
+
+def _error_lines(err: str) -> list[str]:
+    """stderr less warnings printed by other options (one clear line is asserted on what is left)."""
+    return [ln for ln in err.strip().splitlines() if ln and "Warning" not in ln]
+
+
+def test_certify_with_model_equals_library_certify_on_the_same_inputs(user_pkg, capsys):
+    rc = main(["certify", "out", "--model", "my_models:vae", "--dataset", "digits", "--n", "20", "--r", "0.5",
+               "--n-samples", "200", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    rows = (user_pkg / "out" / "certify-test.csv").read_text().splitlines()
+    assert len(rows) == 21
+    meta = json.loads((user_pkg / "out" / "certify-test.json").read_text())
+    # the same numbers from the library, blocks seeded as the CLI does
+    from robvae.cli.model_spec import certify_blocks
+
+    model = load_model_spec("my_models:vae")
+    x = robvae.load_dataset("digits", "test").images[:20]
+    cert = certify_blocks(model, x, 0.5, seed=0, n_samples=200)
+    header = rows[0].split(",")
+    p_col = [float(r.split(",")[header.index("p")]) for r in rows[1:]]
+    np.testing.assert_allclose(p_col, cert.p.numpy(), rtol=1e-6)
+    assert meta["r"] == 0.5
+
+
+def test_attack_and_margin_with_model_and_inputs_file(user_pkg, capsys):
+    x = robvae.load_dataset("digits", "test").images[:6]
+    np.save(user_pkg / "x.npy", x.numpy())
+    torch.save(x.clone(), user_pkg / "x.pt")
+    rc = main(["attack", "--model", "my_models:vae", "--inputs", "x.npy", "--n", "6", "--eps", "0.5", "--steps", "3",
+               "--restarts", "1", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    lines = (user_pkg / "attack-test" / "attack.csv").read_text().splitlines()
+    assert len(lines) == 7
+    header = lines[0].split(",")
+    assert "ssim" in header and "ms_ssim" in header  # perceptual damage beside the L2 damage
+    ssim = [float(r.split(",")[header.index("ssim")]) for r in lines[1:]]
+    assert all(-1 <= v < 1 for v in ssim)
+    meta = json.loads((user_pkg / "attack-test" / "attack.json").read_text())
+    assert meta["perceptual"]["ms_ssim_scales"] == 2 and meta["perceptual"]["kernel_size"] == 7
+    rc = main(["margin", "m", "--model", "my_models:vae", "--inputs", "x.pt", "--n", "4", "--r", "0.5",
+               "--n-samples", "100", "--attack-steps", "3", "--attack-restarts", "1", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert len((user_pkg / "m" / "margin-test.csv").read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nowhere_module:build", "does not import"),
+    ("my_models:missing", "has no attribute 'missing'"),
+    ("my_models:wrong", "NotAModel"),
+    ("my_models:boom", "boom() raised RuntimeError: no weights here"),
+    ("my_models", "expected MODULE:CALLABLE"),
+    ("my_models:bad_sigma", "sigma"),
+])
+def test_bad_model_specs_are_one_line_exit_2(user_pkg, capsys, spec, message):
+    rc = main(["certify", "--model", spec, "--n", "4", "--r", "0.5", "--n-samples", "10", "--quiet"])
+    err = _error_lines(capsys.readouterr().err)
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("robvae: error: ") and message in err[0], err
+    assert not (user_pkg / "certify-test.csv").exists()  # checked before any work
+
+
+def test_neither_run_nor_model_is_a_usage_error(user_pkg, capsys):
+    assert main(["certify", "--r", "0.5"]) == 2
+    assert "RUN folder or --model" in capsys.readouterr().err
+
+
+def test_inputs_files_are_read_without_pickles(tmp_path):
+    x = np.random.default_rng(0).random((3, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "a.npy", x)
+    torch.testing.assert_close(load_inputs_file(tmp_path / "a.npy", (1, 8, 8)), torch.from_numpy(x))
+    np.save(tmp_path / "b.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="cannot read"):
+        load_inputs_file(tmp_path / "b.npy")
+    torch.save({"k": torch.zeros(2)}, tmp_path / "c.pt")
+    with pytest.raises(InputError, match="expected one tensor"):
+        load_inputs_file(tmp_path / "c.pt")
+    np.save(tmp_path / "d.npy", (x * 255).astype(np.uint8)[:, 0])  # uint8 [N, H, W]
+    y = load_inputs_file(tmp_path / "d.npy", (1, 8, 8))
+    assert y.shape == (3, 1, 8, 8) and float(y.max()) <= 1
+    np.save(tmp_path / "e.npy", x * 3)
+    with pytest.raises(InputError, match="outside"):
+        load_inputs_file(tmp_path / "e.npy", (1, 8, 8))

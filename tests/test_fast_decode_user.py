@@ -1,0 +1,160 @@
+"""The fast decode route for users' own models (issue 11 item 2): rewritten decoders must give
+model.decode's numbers, and anything not understood must fall back to model.decode.
+
+Every check compares against ``model.decode`` itself (an independent computation: plain eager
+torch in NCHW), so a wrong rewrite (weights permuted the wrong way, a missed bias, the wrong
+overlap-add tap, a forgotten sigmoid) shows up as a mismatch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from robvae.models.fast_decode import _PLANS, flat_decode, has_fast_route
+from robvae.robustness import r_robustness
+
+
+class UserVAE(nn.Module):
+    """A protocol-only VAE (not a subclass of robvae's VAE) around any decoder."""
+
+    def __init__(self, decoder: nn.Module, d: int, shape, sigmoid: bool = True):
+        super().__init__()
+        self.input_shape = tuple(shape)
+        D = int(torch.tensor(shape).prod())
+        self.enc = nn.Linear(D, 2 * d)
+        self.decoder = decoder
+        self.sigmoid = sigmoid
+
+    def encode(self, x):
+        h = self.enc(x.flatten(1))
+        mu, s = h.chunk(2, dim=1)
+        return mu, nn.functional.softplus(s) + 1e-3
+
+    def decode(self, z):
+        out = self.decoder(z).view(z.shape[0], *self.input_shape)
+        return torch.sigmoid(out) if self.sigmoid else out
+
+
+class ReshapeDecoder(nn.Module):
+    """Linear, then an implicit reshape in forward (no Unflatten module), then convolutions."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(d, 64), nn.ELU(), nn.Linear(64, 16 * 7 * 7))
+        self.act = nn.LeakyReLU(0.2)
+        self.up = nn.Sequential(nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.GELU(), nn.ConvTranspose2d(8, 1, 4, 2, 1))
+
+    def forward(self, z):
+        return self.up(self.act(self.fc(z)).view(z.shape[0], 16, 7, 7))
+
+
+def _archs(d=6):
+    torch.manual_seed(0)
+    return {
+        "mlp relu sigmoid": UserVAE(nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, 64), nn.ReLU(),
+                                                  nn.Linear(64, 784)), d, (1, 28, 28)),
+        "mlp tanh, nested, identity out": UserVAE(nn.Sequential(nn.Sequential(nn.Linear(d, 40), nn.Tanh()),
+                                                                nn.Sequential(nn.Linear(40, 64), nn.Sigmoid()),
+                                                                nn.Linear(64, 64)), d, (1, 8, 8), sigmoid=False),
+        "conv unflatten thin deconv": UserVAE(nn.Sequential(
+            nn.Linear(d, 64), nn.ReLU(), nn.Linear(64, 32 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (32, 7, 7)),
+            nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(16, 1, 4, 2, 1)), d, (1, 28, 28)),
+        "conv implicit reshape": UserVAE(ReshapeDecoder(d), d, (1, 28, 28)),
+        "conv k3 and conv2d": UserVAE(nn.Sequential(
+            nn.Linear(d, 8 * 4 * 4), nn.Unflatten(1, (8, 4, 4)), nn.ConvTranspose2d(8, 8, 3, 2, 1, output_padding=1),
+            nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)), d, (3, 8, 8)),
+        "conv then flatten linear": UserVAE(nn.Sequential(
+            nn.Linear(d, 4 * 4 * 4), nn.Unflatten(1, (4, 4, 4)), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(64, 49)), d, (1, 7, 7)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_archs()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rewritten_decoder_equals_model_decode(name, dtype):
+    model = _archs()[name].eval().to(dtype)
+    z = 1.5 * torch.randn(37, 6, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    z_before = z.clone()
+    with torch.inference_mode():
+        assert has_fast_route(model, z), name
+        fast = flat_decode(model, z)
+        ref = model.decode(z).flatten(1)
+    assert torch.equal(z, z_before)  # the caller's latents are never written in place
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(fast, ref, rtol=tol, atol=tol)
+
+
+def test_plan_follows_weight_changes():
+    model = _archs()["conv unflatten thin deconv"].eval()
+    z = torch.randn(5, 6)
+    with torch.inference_mode():
+        flat_decode(model, z)
+    with torch.no_grad():
+        model.decoder[-1].weight.mul_(-2.0)  # in place: the cached derived weights must be rebuilt
+        model.decoder[0].bias.add_(0.3)
+    with torch.inference_mode():
+        torch.testing.assert_close(flat_decode(model, z), model.decode(z).flatten(1), rtol=1e-5, atol=1e-5)
+
+
+class ScaledDecode(UserVAE):
+    def decode(self, z):  # not sigmoid(decoder(z)) nor decoder(z): the check must refuse the rewrite
+        return 0.5 * super().decode(z)
+
+
+class Odd(nn.Module):
+    def forward(self, h):
+        return h * 2
+
+
+def test_fallbacks_give_model_decode():
+    d = 6
+    torch.manual_seed(0)
+    cases = {
+        "decode is not decoder(z) or sigmoid(decoder(z))": ScaledDecode(nn.Sequential(nn.Linear(d, 16)), d, (1, 4, 4)),
+        "unknown layer": UserVAE(nn.Sequential(nn.Linear(d, 16), Odd()), d, (1, 4, 4)),
+        "batch norm": UserVAE(nn.Sequential(nn.Linear(d, 16), nn.BatchNorm1d(16)), d, (1, 4, 4)),
+    }
+    hooked = UserVAE(nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Linear(16, 16)), d, (1, 4, 4))
+    calls = []
+    hooked.decoder[2].register_forward_hook(lambda m, a, out: calls.append(1))
+    cases["forward hook"] = hooked
+    no_decoder = UserVAE(nn.Sequential(nn.Linear(d, 16)), d, (1, 4, 4))
+    no_decoder.net = no_decoder.decoder
+    del no_decoder.decoder
+    no_decoder.decode = lambda z: torch.sigmoid(no_decoder.net(z)).view(-1, 1, 4, 4)
+    cases["no decoder attribute"] = no_decoder
+    z = torch.randn(9, d)
+    for name, model in cases.items():
+        model.eval()
+        with torch.inference_mode():
+            assert not has_fast_route(model, z), name
+            torch.testing.assert_close(flat_decode(model, z), model.decode(z).flatten(1), rtol=0, atol=0)
+    assert calls  # the hook ran: the model's own decode was used
+
+
+def test_training_mode_gradients_use_model_decode():
+    model = _archs()["mlp relu sigmoid"]
+    z = torch.randn(3, 6, requires_grad=True)
+    out = flat_decode(model, z)  # gradients recorded: always model.decode
+    out.sum().backward()
+    assert z.grad is not None and model not in _PLANS  # no plan was even built
+
+
+def test_counts_identical_with_and_without_rewrite():
+    """r_robustness on a user model: the same draws give the same counts through the rewrite
+    and through model.decode (the latter forced by a no-op forward hook)."""
+    model = _archs()["conv unflatten thin deconv"].eval()
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        norms = (flat_decode(model, torch.randn(200, 6)) - 0.5).norm(dim=1)
+    r = float(norms.median())
+    fast = r_robustness(model, x, r, n_samples=300, generator=torch.Generator().manual_seed(3))
+    h = model.decoder[0].register_forward_hook(lambda m, a, out: None)
+    try:
+        slow = r_robustness(model, x, r, n_samples=300, generator=torch.Generator().manual_seed(3))
+    finally:
+        h.remove()
+    # counts may differ only for draws within float rounding of r; with 900 draws none is expected
+    assert torch.equal(fast.n_within, slow.n_within)

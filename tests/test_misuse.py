@@ -1,0 +1,662 @@
+"""Trustworthy under misuse (issue 14): a model that breaks the protocol, a corrupt or mismatched
+run folder, hooks on robvae's decoder, exit codes, runs used from elsewhere, validation up front,
+concurrent runs, strict JSON. Each test failed on the code before the fix."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from robvae import InputError, LinearVAE, check_model
+from robvae.cli import main
+from robvae.errors import CheckpointError
+
+# ---- 1. model outputs are checked on every call path ---------------------------------------
+
+
+class Bad(torch.nn.Module):
+    """A LinearVAE with one broken output (``fault``)."""
+
+    def __init__(self, fault: str):
+        super().__init__()
+        self.inner = LinearVAE.random(d=3, input_shape=(1, 4, 4), s=0.1)
+        self.input_shape = (1, 4, 4)
+        self.fault = fault
+
+    def encode(self, x):
+        mu, sigma = self.inner.encode(x)
+        if self.fault == "logvar":
+            return mu, torch.log(sigma)  # a log-variance: negative
+        if self.fault == "zero_sigma":
+            return mu, torch.zeros_like(sigma)
+        if self.fault == "one_tensor":
+            return mu
+        if self.fault == "nan_mu":
+            return mu * float("nan"), sigma
+        return mu, sigma
+
+    def decode(self, z):
+        out = self.inner.decode(z)
+        if self.fault == "nan_decode":
+            return out * float("nan")
+        if self.fault == "flat_decode_wrong":
+            return out.flatten(1)[:, :10]
+        return out
+
+
+FAULTS = {
+    "logvar": "model.encode returned sigma with 6 values <= 0 (is it a log-variance?",
+    "zero_sigma": "model.encode returned sigma with 6 values <= 0",
+    "one_tensor": "model.encode returned a Tensor; it must return the pair (mu, sigma)",
+    "nan_mu": "model.encode returned mu with 6 NaN or inf values",
+    "nan_decode": "model.decode returned g(z) with 32 NaN or inf values",
+    "flat_decode_wrong": "model.decode returned g(z) of shape (2, 10), expected (2, 1, 4, 4)",
+}
+
+
+def _paths():
+    from robvae.attacks import latent_attack, max_damage_attack, output_attack
+    from robvae.metrics import likelihood_degradation, reconstruction_damage, reconstruction_error
+    from robvae.robustness import certify, empirical_margin, jacobian_norm, r_min, r_robustness
+    from robvae.robustness.jacobian import encoder_jacobian
+    from robvae.robustness.sampling import delta_norms
+
+    z = lambda x: torch.zeros_like(x)  # noqa: E731
+    return {
+        "r_robustness": lambda m, x: r_robustness(m, x, 0.5, n_samples=10),
+        "delta_norms": lambda m, x: delta_norms(m, x, None, 10),
+        "r_min": lambda m, x: r_min(m, x, 10),
+        "certify": lambda m, x: certify(m, x, 0.5, n_samples=10),
+        "jacobian_norm": lambda m, x: jacobian_norm(m, x),
+        "jacobian_hutchinson": lambda m, x: jacobian_norm(m, x, "spectral", "hutchinson", n_iter=2),
+        "encoder_jacobian": lambda m, x: encoder_jacobian(m, x),
+        "max_damage_attack": lambda m, x: max_damage_attack(m, x, 0.1, steps=1),
+        "latent_attack": lambda m, x: latent_attack(m, x, x.flip(0), 0.1, steps=1),
+        "output_attack": lambda m, x: output_attack(m, x, x.flip(0), 0.1, steps=1),
+        "empirical_margin": lambda m, x: empirical_margin(m, x, 0.5, n_samples=10, steps=1, max_iter=2),
+        "reconstruction_error": lambda m, x: reconstruction_error(m, x),
+        "reconstruction_damage": lambda m, x: reconstruction_damage(m, x, z(x)),
+        "likelihood_degradation": lambda m, x: likelihood_degradation(m, x, z(x)),
+    }
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("path", sorted(_paths()))
+def test_every_call_path_refuses_a_model_that_breaks_the_protocol(fault, path):
+    model = Bad(fault).double()
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    if path == "likelihood_degradation":
+        model.log_likelihood = lambda xx, zz: -torch.ones(xx.shape[0], dtype=xx.dtype)
+    with pytest.raises(InputError) as e:
+        _paths()[path](model, x)
+    assert FAULTS[fault] in str(e.value), str(e.value)
+
+
+def test_a_decoder_that_is_nan_only_away_from_mu_is_refused():
+    from robvae.robustness import certify, r_robustness
+
+    class FarNaN(Bad):
+        def decode(self, z):
+            out = self.inner.decode(z)
+            far = (z - z.mean(0)).norm(dim=1) > 0.05  # NaN for most noisy draws, finite at mu
+            return torch.where(far.view(-1, 1, 1, 1), torch.full_like(out, float("nan")), out)
+
+    model = FarNaN("none").double()
+    x = torch.rand(1, 1, 4, 4, dtype=torch.float64)
+    assert check_model(model, x).ok  # one input: decode(mu) is finite
+    with pytest.raises(InputError, match=r"model.decode returned NaN or inf for \d+ of 100 latent draws"):
+        r_robustness(model, x, 0.5, n_samples=100)
+    with pytest.raises(InputError, match="latent draws"):
+        certify(model, x, 0.5, n_samples=100)
+
+
+def test_check_model_reports_what_it_found():
+    x = torch.rand(5, 1, 4, 4, dtype=torch.float64)
+    good = check_model(Bad("none").double(), x)
+    assert good.ok and good.latent_dim == 3 and good.mu_shape == (5, 3) and good.sigma_shape == (5, 3)
+    assert good.decode_shape == (5, 1, 4, 4) and good.encode_finite and good.decode_finite
+    assert good.sigma_min == pytest.approx(0.1) and good.n_sigma_nonpositive == 0 and "ok" in str(good)
+    bad = check_model(Bad("logvar").double(), x)
+    assert not bad.ok and bad.n_sigma_nonpositive == 15 and bad.sigma_min < 0
+    assert "log-variance" in bad.problems[0] and "problems:" in str(bad)
+    with pytest.raises(InputError, match="sigma with 15 values <= 0"):
+        bad.raise_if_failed()
+    assert "model.encode returned a Tensor" in check_model(Bad("one_tensor").double(), x).problems[0]
+
+
+def test_float64_input_to_a_float32_model_is_a_clear_error():
+    from robvae.robustness import certify
+
+    model = Bad("none").float()
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    with pytest.raises(InputError, match=r"x has dtype float64 but the model's weights are float32"):
+        certify(model, x, 0.5, n_samples=10)
+    rep = check_model(model, x)
+    assert not rep.ok and "float64" in rep.problems[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, digits_small):
+    from robvae.models import ModelConfig
+    from robvae.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("misuse") / "run"
+    cfg = TrainConfig(dataset="digits", n_train=100, epochs=1, model=ModelConfig(latent_dim=2, hidden=(16,), tau=0.05))
+    train(cfg, out, progress=False, data=digits_small)
+    return out
+
+
+def _copy_run(run_dir: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+def test_a_weights_file_with_a_nan_weight_is_refused_at_load(run_dir, tmp_path):
+    from robvae.fileio import load_tensors, save_tensors
+    from robvae.training import load
+
+    run = _copy_run(run_dir, tmp_path / "run")
+    tensors, meta = load_tensors(run / "model.safetensors")
+    key = sorted(k for k in tensors if k.startswith("decoder"))[0]
+    tensors[key].view(-1)[0] = float("nan")
+    save_tensors(run / "model.safetensors", tensors, meta)
+    with pytest.raises(CheckpointError, match=rf"holds NaN or inf values \({key}: 1 of them\)"):
+        load(run)
+    assert main(["certify", str(run), "--r", "1", "--n", "5", "--samples", "10", "--quiet"]) == 2
+
+
+# ---- 2. the weights file carries the training config ----------------------------------------
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda c: c["model"].update(tau=0.5), "model.tau"),
+    (lambda c: c["objective"].update(beta=4.0), "objective.beta"),
+    (lambda c: c.update(epochs=7), "epochs"),
+])
+def test_a_hand_edited_config_json_is_refused_naming_the_field(run_dir, tmp_path, edit, field):
+    from robvae.training import load
+
+    run = _copy_run(run_dir, tmp_path / "run")
+    cfg = json.loads((run / "config.json").read_text())
+    edit(cfg)
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=rf"model.safetensors does not match its config.json .*trained with "
+                                              rf"{field} = "):
+        load(run)
+    with pytest.raises(CheckpointError, match=rf"checkpoint.safetensors does not match .* with {field} = "):
+        load(run, checkpoint=True)
+    # where the data lives and the device are not part of the training
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["device"] = "cpu"
+    cfg["data_dir"] = str(tmp_path)
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert load(run).config.data_dir == str(tmp_path)
+
+
+# ---- 3. hooks on robvae's own decoder are honoured by the fast route ------------------------
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("where", ["decoder_hook", "layer_pre_hook", "model_hook", "global_hook", "instance_decode"])
+def test_fast_decode_honours_hooks_and_overrides(arch, where):
+    from robvae.models import VAE, ModelConfig
+    from robvae.models.fast_decode import flat_decode
+    from robvae.robustness import r_robustness
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(input_shape=(1, 8, 8), latent_dim=3, arch=arch, hidden=(16,))).double().eval()
+    z = torch.randn(4, 3, dtype=torch.float64)
+    handles = []
+    if where == "decoder_hook":
+        handles.append(model.decoder.register_forward_hook(lambda m, i, o: o - 3.0))
+    elif where == "layer_pre_hook":
+        first = next(m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear))
+        handles.append(first.register_forward_pre_hook(lambda m, i: (i[0] * 0.0,)))
+    elif where == "model_hook":  # a hook on the VAE itself: decode is not forward, but be safe
+        handles.append(model.register_forward_pre_hook(lambda m, i: None))
+    elif where == "global_hook":
+        handles.append(torch.nn.modules.module.register_module_forward_hook(
+            lambda m, i, o: o * 0.5 if isinstance(m, torch.nn.Linear) else o))
+    else:
+        plain = model.decode
+        model.decode = lambda zz: plain(zz) * 0.25
+    try:
+        with torch.inference_mode():
+            want = model.decode(z).flatten(1)
+            got = flat_decode(model, z)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+        # and the estimators see the hooked decoder: p with the hook equals p of a plain wrapper
+        x = torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m, self.input_shape = m, m.input_shape
+
+            def encode(self, xx):
+                return self.m.encode(xx)
+
+            def decode(self, zz):
+                return self.m.decode(zz)
+
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        a = r_robustness(model, x, 0.3, n_samples=50, generator=g1)
+        b = r_robustness(Wrapper(model), x, 0.3, n_samples=50, generator=g2)
+        assert torch.equal(a.n_within, b.n_within)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# ---- 4. exit codes and one-line errors -------------------------------------------------------
+
+
+def _one_line(capsys, rc_expected, *args):
+    rc = main(list(args))
+    cap = capsys.readouterr()
+    assert rc == rc_expected, (rc, cap.err)
+    assert "Traceback" not in cap.err + cap.out
+    return cap
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("device,needle", [("cuda", "CUDA is not available"), ("foo", "is not a torch device"),
+                                           ("cuda:0", "CUDA is not available")])
+def test_unusable_device_is_a_one_line_usage_error(capsys, tmp_path, device, needle):
+    cap = _one_line(capsys, 2, "train", "--epochs", "1", "--n-train", "50", "--device", device, "--quiet",
+                    "--out", str(tmp_path / "r"))
+    assert cap.err.startswith("robvae: error:") and needle in cap.err and len(cap.err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_diverging_training_is_a_one_line_error(capsys, tmp_path):
+    cap = _one_line(capsys, 2, "train", "--epochs", "1", "--hidden", "16", "--lr", "1e6",
+                    "--quiet", "--out", str(tmp_path / "r"))
+    assert cap.err.startswith("robvae: error: training diverged") and len(cap.err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_prints_the_resumable_message(capsys, tmp_path, monkeypatch):
+    import robvae.training
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(robvae.training, "train", interrupted)
+    cap = _one_line(capsys, 130, "train", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r"))
+    assert "interrupted (finished work is saved; rerun the same command to resume)" in cap.err
+
+
+def test_sweep_with_failed_trials_exits_1(capsys, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        f"out: {tmp_path / 'out'}\nbase: {{dataset: mnist, data_dir: {tmp_path / 'nodata'}, epochs: 1, n_train: 50,"
+        " model: {latent_dim: 2, hidden: [8]}}\ngrid: {seed: [0]}\nevaluation: null\n")
+    cap = _one_line(capsys, 1, "sweep", str(spec), "--executor", "serial", "--quiet")
+    assert "1 failed" in cap.out
+
+
+# ---- 5. runs usable from anywhere ------------------------------------------------------------
+
+
+def test_train_stores_an_absolute_data_dir(tmp_path, monkeypatch, digits_small):
+    from robvae.models import ModelConfig
+    from robvae.training import TrainConfig, train
+
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(dataset="digits", data_dir="data/here", n_train=50, epochs=1,
+                      model=ModelConfig(latent_dim=2, hidden=(8,)))
+    run = train(cfg, "run", progress=False, data=digits_small)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"]
+    assert stored == str(tmp_path / "data" / "here") and run.config.data_dir == stored
+
+
+@pytest.mark.parametrize("cmd", ["certify", "attack", "margin"])
+def test_every_command_that_reads_data_has_data_dir_and_download(capsys, cmd):
+    assert main([cmd, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--data-dir" in out and "--download" in out
+
+
+def test_study_has_download(capsys):
+    assert main(["study", "bound-vs-margin", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--data-dir" in out and "--download" in out
+
+
+def test_a_run_trained_with_a_relative_data_dir_works_from_another_folder(tmp_path, monkeypatch, capsys):
+    from conftest import mnist10k_dir
+
+    src = mnist10k_dir()
+    if src is None:
+        pytest.skip("the shared MNIST subset (../shared/data/mnist-10k) is not on this machine")
+    monkeypatch.chdir(src.parent)
+    rc = main(["train", "--dataset", "mnist", "--data-dir", src.name, "--epochs", "1", "--n-train", "100",
+               "--hidden", "16", "--latent-dim", "2", "--quiet", "--out", str(tmp_path / "run")])
+    assert rc == 0, capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    args = ["certify", "run", "--r", "3", "--n", "5", "--samples", "20", "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    # data moved: the stored folder is gone, --data-dir points to the new place
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    cfg["data_dir"] = str(tmp_path / "moved")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert main(args) == 2
+    assert main([*args, "--data-dir", str(src)]) == 0
+    assert main(["attack", "run", "--eps", "0.5", "--n", "3", "--steps", "1", "--data-dir", str(src)]) == 0
+
+
+def test_n_larger_than_the_split_says_so(run_dir, tmp_path, capsys):
+    from robvae.data import load_dataset
+
+    n_test = len(load_dataset("digits", "test"))
+    out = tmp_path / "c.csv"
+    assert main(["certify", str(run_dir), "--r", "1", "--n", "100000", "--samples", "5", "--quiet",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"robvae: warning: --n 100000 is larger than the test split of digits ({n_test} images)" in err
+    assert len(out.read_text().splitlines()) == n_test + 1
+
+
+# ---- 6. validation before work starts --------------------------------------------------------
+
+
+@pytest.mark.parametrize("doc,needle", [
+    ({"base": {"dataset": "svhn"}}, "dataset: unknown data set 'svhn'"),
+    ({"base": {"dataset": "digits"}, "grid": {"seed": [0.5]}}, "field seed: expected an integer, got 0.5"),
+    ({"base": {"dataset": "digits"}, "grid": {"epochs": [True]}}, "field epochs: expected an integer, got True"),
+    ({"base": {"dataset": "digits", "epochs": "three"}}, "field epochs: expected an integer, got 'three'"),
+    ({"base": {"model": {"latent_dim": 2.5}}}, "field latent_dim: expected an integer, got 2.5"),
+    ({"base": {"objective": {"beta": "big"}}}, "field beta: expected a number, got 'big'"),
+    ({"base": {"model": {"hidden": [8, "x"]}}}, "field hidden: expected a list of integers"),
+])
+def test_sweep_fields_are_type_checked_up_front(tmp_path, capsys, doc, needle):
+    import yaml
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"out": str(tmp_path / "out"), **doc}))
+    assert main(["sweep", str(spec), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robvae: error:") and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_json_with_a_wrong_type_names_the_field(run_dir, tmp_path):
+    from robvae.training import load
+
+    run = _copy_run(run_dir, tmp_path / "run")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["latent_dim"] = "ten"
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config\.json is invalid: model config field latent_dim: expected an "
+                                              r"integer, got 'ten'"):
+        load(run)
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_negative_gaussian_scale_is_a_clear_error(capsys, tmp_path, value):
+    rc = main(["train", "--likelihood", "gaussian", "--gaussian-scale", value, "--epochs", "1", "--quiet",
+               "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "gaussian" in err and "math domain" not in err and len(err.strip().splitlines()) == 1
+    from robvae.models import ModelConfig
+
+    with pytest.raises(ValueError, match="gaussian_scale must be a finite number > 0"):
+        ModelConfig(likelihood="gaussian", gaussian_scale=float(value))
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda m, x: __import__("robvae").r_robustness(m, x, 0.5, n_samples=10, generator=0),
+     "generator must be a torch.Generator"),
+    (lambda m, x: __import__("robvae").certify(m, x, 0.5, n_samples=10, generator=0), "generator must be a torch.Generator"),
+    (lambda m, x: __import__("robvae").max_damage_attack(m, x, 0.1, steps=1, generator=0),
+     "generator must be a torch.Generator"),
+    (lambda m, x: __import__("robvae").r_robustness(m, x, 0.5, n_samples=100.5), "n_samples must be an integer >= 1"),
+    (lambda m, x: __import__("robvae").certify(m, x, 0.5, n_samples=100.5), "n_samples must be an integer >= 1"),
+    (lambda m, x: __import__("robvae").certify(m, x.float(), 0.5, n_samples=10), "x has dtype float32"),
+    (lambda m, x: __import__("robvae").certify(Bad("one_tensor").double(), x, 0.5, n_samples=10),
+     "model.encode returned a Tensor"),
+])
+def test_api_misuse_gives_clear_input_errors(call, needle):
+    model = Bad("none").double()
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    with pytest.raises(InputError, match=needle):
+        call(model, x)
+
+
+# ---- 7. one robvae train / sweep per folder ---------------------------------------------------
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _write_lock(folder: Path, pid: int, host: str | None = None) -> Path:
+    import socket
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".robvae.lock"
+    path.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "command": "robvae train",
+                                "started": "2026-01-01 00:00:00"}))
+    return path
+
+
+def test_folder_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_path):
+    from robvae.errors import LockError
+    from robvae.fileio import folder_lock
+
+    with folder_lock(tmp_path, "robvae train") as path:
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        with pytest.raises(LockError, match=rf"folder {tmp_path} is in use by robvae train \(pid {os.getpid()}"):
+            with folder_lock(tmp_path, "robvae train"):
+                pass
+        assert path.exists()  # the refused one does not remove the holder's lock
+    assert not path.exists()
+    _write_lock(tmp_path, _dead_pid())
+    with folder_lock(tmp_path, "robvae sweep") as path:
+        assert json.loads(path.read_text())["command"] == "robvae sweep"
+    # a lock of another machine is never taken for stale
+    _write_lock(tmp_path, _dead_pid(), host="some-other-host")
+    with pytest.raises(LockError, match="some-other-host"):
+        with folder_lock(tmp_path, "robvae train"):
+            pass
+
+
+@pytest.mark.parametrize("cmd", ["train", "sweep"])
+def test_a_second_train_or_sweep_into_one_folder_is_refused(tmp_path, capsys, cmd):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = tmp_path / "out"
+        _write_lock(out, holder.pid)
+        if cmd == "train":
+            args = ["train", "--epochs", "1", "--n-train", "50", "--hidden", "8", "--quiet", "--out", str(out)]
+        else:
+            spec = tmp_path / "s.yaml"
+            spec.write_text(f"out: {out}\nbase: {{dataset: digits, epochs: 1, n_train: 50, model: {{hidden: [8]}}}}\n"
+                            "evaluation: null\n")
+            args = ["sweep", str(spec), "--executor", "serial", "--quiet"]
+        rc = main(args)
+        err = capsys.readouterr().err
+        assert rc == 2 and f"is in use by robvae train (pid {holder.pid}" in err and len(err.strip().splitlines()) == 1
+        assert not (out / "config.json").exists() and not (out / "trials").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died: its lock is stale and the command runs
+    assert main(args) == 0
+    assert not (out / ".robvae.lock").exists()
+
+
+# ---- 8. usability ------------------------------------------------------------------------------
+
+
+def test_a_cifar_batch_pickled_by_python3_with_protocol_2_loads(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from robvae.data.cifar import read_cifar_batch
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, size=(3, 3072), dtype=np.uint8)
+    p = tmp_path / "test_batch"
+    p.write_bytes(pickle.dumps({b"data": data, b"labels": [1, 2, 3]}, protocol=2))
+    assert b"_codecs" in p.read_bytes()  # how Python 3 writes bytes in protocol 2
+    images, labels = read_cifar_batch(p)
+    assert np.array_equal(images, data) and labels.tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x80\x02c_codecs\nencode\nq\x00X\x03\x00\x00\x00abcq\x01X\x04\x00\x00\x00zlibq\x02\x86q\x03Rq\x04.",
+    b"\x80\x02c_codecs\nencode\nq\x00K\x05X\x06\x00\x00\x00latin1q\x02\x86q\x03Rq\x04.",
+])
+def test_codecs_encode_is_allowed_for_latin1_text_only(tmp_path, payload):
+    from robvae.data.cifar import read_cifar_batch
+    from robvae.errors import DataError
+
+    p = tmp_path / "test_batch"
+    p.write_bytes(payload)
+    with pytest.raises(DataError, match="only latin-1 strings are allowed"):
+        read_cifar_batch(p)
+
+
+def test_json_outputs_are_strict(tmp_path):
+    import numpy as np
+
+    from robvae.fileio import write_json
+
+    p = write_json(tmp_path / "a.json", {"a": float("nan"), "b": [1.5, float("inf"), -float("inf")],
+                                         "c": np.float32("nan"), "d": torch.tensor(float("nan")),
+                                         "e": np.array([1.0, np.nan]), "f": (1, 2), "g": np.int64(3)})
+    text = p.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {
+        "a": None, "b": [1.5, None, None], "c": None, "d": None, "e": [1.0, None], "f": [1, 2], "g": 3}
+
+
+def _help(capsys, *cmd) -> str:
+    assert main([*cmd, "--help"]) == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("cmd,opts", [
+    (["train"], ["--arch", "--quiet", "--epochs"]),
+    (["attack"], ["--steps", "--restarts", "--eps"]),
+    (["margin"], ["--quiet"]),
+    (["certify"], ["--quiet"]),
+    (["sweep"], ["--quiet"]),
+    (["study", "bound-vs-margin"], ["--arch", "--quiet", "--attack-steps", "--attack-restarts"]),
+])
+def test_every_option_has_help(capsys, cmd, opts):
+    import click
+
+    from robvae.cli import _register, app
+
+    _register()
+    command = app
+    for c in cmd:
+        command = command.commands[c]
+    missing = [o.opts[0] for o in command.params if isinstance(o, click.Option) and not o.help and not o.hidden]
+    assert not missing, f"{' '.join(cmd)}: no help for {missing}"
+    text = _help(capsys, *cmd)
+    for o in opts:
+        assert o in text
+
+
+def test_attack_eps_states_its_norm(capsys):
+    text = _help(capsys, "attack")
+    assert "norm of --norm (L2 by default)" in text
+
+
+def test_alpha_has_one_default_across_commands(capsys):
+    import re
+
+    from robvae.config import ALPHA
+
+    for cmd in (["certify"], ["margin"], ["study", "bound-vs-margin"], ["study", "beta"]):
+        text = _help(capsys, *cmd)
+        m = re.search(r"--alpha .*?\[default: ([0-9.e-]+)", text)
+        assert m and float(m.group(1)) == ALPHA, (cmd, m and m.group(1))
+
+
+def test_more_epochs_continue_a_finished_run(tmp_path, digits_small):
+    from robvae.fileio import load_tensors
+    from robvae.models import ModelConfig
+    from robvae.training import TrainConfig, train
+
+    def cfg(epochs):
+        return TrainConfig(dataset="digits", n_train=100, epochs=epochs, batch_size=50,
+                           model=ModelConfig(latent_dim=2, hidden=(16,)))
+
+    train(cfg(1), tmp_path / "a", progress=False, data=digits_small)
+    run = train(cfg(3), tmp_path / "a", progress=False, data=digits_small)
+    assert [int(r["epoch"]) for r in run.metrics] == [1, 2, 3]
+    train(cfg(3), tmp_path / "b", progress=False, data=digits_small)
+    a, _ = load_tensors(tmp_path / "a" / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    with pytest.raises(CheckpointError, match=r"epochs \(2 < the run's 3"):
+        train(cfg(2), tmp_path / "a", progress=False, data=digits_small)
+
+
+def test_report_renders_a_plain_run_folder(run_dir, tmp_path, capsys):
+    run = _copy_run(run_dir, tmp_path / "run")
+    assert main(["attack", str(run), "--eps", "0.5", "--n", "4", "--steps", "1", "--batch-size", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "attack: 100%" in err and "2/2" in err  # the progress bar, per batch of inputs
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    for needle in ("training_curves.png", "attack-test/attack.png", "metrics.csv",
+                   "attack-test/attack.csv", "attack-test/attack.json", "data:image/png;base64,"):
+        assert needle in page, needle
+    assert ("reconstructions.png" in page) == (run / "reconstructions.png").is_file()
+    assert (run / "training_curves.png").read_bytes().startswith(b"\x89PNG")
+    assert main(["report", str(tmp_path)]) == 2  # neither a study nor a run folder
+
+
+def test_empirical_margin_reports_progress_per_attack():
+    from robvae.robustness import empirical_margin
+
+    model = Bad("none").double()
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    calls = []
+    res = empirical_margin(model, x, 0.3, n_samples=200, tol=0.1, progress=lambda k, a: calls.append((k, a)),
+                           generator=torch.Generator().manual_seed(1))
+    assert calls and [k for k, _ in calls] == list(range(1, res.n_attacks + 1))
+    assert all(1 <= a <= 3 for _, a in calls)
+
+
+# ---- 9. docs: no absolute paths of one machine -------------------------------------------------
+
+
+def test_examples_docs_and_tests_use_no_absolute_machine_paths():
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"(?<![\w.])/(work|home|Users|mnt|scratch|data|srv)/[\w.-]+")
+    allowed = {"tests/test_docs_links.py", "tests/test_misuse.py"}  # they test the rule itself
+    bad = []
+    for folder in ("examples", "docs", "tests", "src", "benchmarks"):
+        for p in sorted((repo / folder).rglob("*")):
+            rel = p.relative_to(repo).as_posix()
+            if p.suffix not in {".py", ".md", ".yaml", ".yml", ".toml", ".sh", ".txt"} or rel in allowed:
+                continue
+            for k, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if pattern.search(line):
+                    bad.append(f"{rel}:{k}: {line.strip()[:100]}")
+    assert not bad, "absolute machine paths:\n" + "\n".join(bad)

@@ -1,0 +1,132 @@
+"""Rigorous Lipschitz bounds: exact on dense layers, above the exact norm of convolutions, above every
+observed difference quotient (random and adversarially optimised pairs)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import jacrev
+
+import robvae
+from robvae.errors import InputError
+from robvae.models import LinearVAE, ModelConfig, VAE
+from robvae.models.lipschitz import GroupSort
+from robvae.robustness.lipschitz import conv_bound, lipschitz_bound, vae_lipschitz
+
+
+def _exact_norm(f, shape) -> float:
+    x = torch.zeros(*shape, dtype=torch.float64)
+    J = jacrev(lambda v: f(v[None]).flatten())(x).reshape(-1, math.prod(shape))
+    return float(torch.linalg.matrix_norm(J.detach(), ord=2))
+
+
+def _max_quotient(f, shape, n=256, steps=60, seed=0) -> float:
+    """The largest ||f(x) - f(y)|| / ||x - y|| over random pairs, then pairs pushed up by gradient ascent."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g, dtype=torch.float64)
+    y = x + 0.3 * torch.randn(n, *shape, generator=g, dtype=torch.float64)
+
+    def q(a, b):
+        return (f(a) - f(b)).flatten(1).norm(dim=1) / (a - b).flatten(1).norm(dim=1)
+
+    best = float(q(x, y).max())
+    x, y = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x, y], lr=0.02)
+    for _ in range(steps):
+        opt.zero_grad()
+        val = q(x, y)
+        (-val.sum()).backward()
+        opt.step()
+        best = max(best, float(val.max()))
+    return max(best, float(q(x, y).max()))
+
+
+def test_linear_bound_is_the_exact_spectral_norm():
+    torch.manual_seed(0)
+    for shape in [(3, 5), (7, 2), (10, 10)]:
+        layer = nn.Linear(shape[1], shape[0])
+        exact = float(torch.linalg.svdvals(layer.weight.detach().double())[0])
+        b = lipschitz_bound(layer)
+        assert exact <= b <= exact * (1 + 1e-8)
+    assert robvae.lipschitz_bound is lipschitz_bound
+
+
+@pytest.mark.parametrize("kind", ["conv", "tconv"])
+@pytest.mark.parametrize("cfg", [dict(k=3, s=1, p=1, g=1), dict(k=4, s=2, p=1, g=1), dict(k=3, s=2, p=0, g=2),
+                                 dict(k=2, s=1, p=1, g=1, dil=2), dict(k=5, s=3, p=2, g=1)])
+def test_conv_bound_is_above_the_exact_operator_norm(kind, cfg):
+    torch.manual_seed(1)
+    cin, cout, hw = 4, 6, 7
+    kw = dict(stride=cfg["s"], padding=cfg["p"], groups=cfg["g"], dilation=cfg.get("dil", 1))
+    layer = (nn.Conv2d(cin, cout, cfg["k"], **kw) if kind == "conv" else nn.ConvTranspose2d(cin, cout, cfg["k"], **kw)).double()
+    shape = (cin, hw, hw)
+    lin = lambda v: layer(v) - layer(torch.zeros_like(v))  # noqa: E731  the linear part
+    exact = _exact_norm(lin, shape)
+    free = conv_bound(layer)
+    assert free >= exact * (1 - 1e-12)
+    shaped = lipschitz_bound(layer, shape)
+    assert shaped == pytest.approx(exact, rel=1e-6) and shaped <= free * (1 + 1e-12)
+    assert lipschitz_bound(layer) == pytest.approx(free)
+
+
+def test_conv_bound_is_tight_for_a_one_by_one_kernel():
+    layer = nn.Conv2d(3, 5, 1).double()
+    exact = _exact_norm(lambda v: layer(v) - layer(torch.zeros_like(v)), (3, 4, 4))
+    assert conv_bound(layer) == pytest.approx(exact, rel=1e-9)
+
+
+def test_network_bound_is_never_exceeded():
+    torch.manual_seed(2)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.LeakyReLU(0.2), nn.Flatten(),
+        nn.Sequential(nn.Linear(4 * 4 * 4, 16), nn.Tanh(), nn.Linear(16, 8), GroupSort(), nn.Linear(8, 6)),
+        nn.Sigmoid(), nn.Unflatten(1, (1, 6)), nn.Flatten(), nn.Dropout(0.1), nn.Softplus(), nn.Linear(6, 3),
+    ).double().eval()
+    b = lipschitz_bound(net)
+    seen = _max_quotient(net, (1, 8, 8))
+    assert 0 < seen <= b
+
+
+def test_unsupported_layer_is_named():
+    with pytest.raises(InputError, match="BatchNorm1d"):
+        lipschitz_bound(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)))
+    with pytest.raises(InputError, match="GELU"):
+        lipschitz_bound(nn.GELU())
+    with pytest.raises(InputError, match="padding_mode"):
+        lipschitz_bound(nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular"))
+
+
+@pytest.mark.parametrize("arch,tau", [("mlp", 0.0), ("mlp", 0.5), ("conv", 0.0)])
+def test_vae_bounds_hold_for_mean_log_sigma_and_decoder(arch, tau):
+    torch.manual_seed(3)
+    cfg = ModelConfig(input_shape=(1, 8, 8), arch=arch, latent_dim=3, hidden=(16,), conv_channels=(2, 3), conv_hidden=8,
+                      tau=tau)
+    model = VAE(cfg).double()
+    L = vae_lipschitz(model)
+    shape = (1, 8, 8)
+    assert _max_quotient(lambda x: model.encode(x)[0], shape) <= L.mean
+    assert _max_quotient(lambda x: model.encode(x)[1].log(), shape, seed=1) <= L.log_sigma
+    assert _max_quotient(lambda x: model.encode(x)[1], shape, seed=2) <= L.sigma
+    assert _max_quotient(model.decode, (3,), seed=3) <= L.decoder
+    assert L.log_sigma <= L.sigma or tau > 0  # the tau floor only shrinks log sigma's constant
+
+
+def test_log_softplus_derivative_bound():
+    s = torch.linspace(-40, 40, 200001, dtype=torch.float64)
+    for tau in (0.0, 0.1, 2.0):
+        deriv = torch.sigmoid(s) / (torch.nn.functional.softplus(s) + tau)
+        assert float(deriv.max()) <= min(1.0, 1.0 / tau if tau else 1.0) * (1 + 1e-12)
+
+
+def test_linear_vae_constants():
+    m = LinearVAE.random(d=3, input_shape=(1, 3, 3), singular_values=[2.5, 1.0, 0.5], seed=4)
+    L = vae_lipschitz(m)
+    assert L.mean == pytest.approx(2.5, rel=1e-8) and L.log_sigma == 0.0 and L.decoder == pytest.approx(1.0, rel=1e-8)
+
+
+def test_vae_lipschitz_rejects_unknown_models():
+    with pytest.raises(InputError, match="pass the constants"):
+        vae_lipschitz(nn.Linear(2, 2))
