@@ -337,4 +337,25 @@ SECTIONS = {
     "scaling": lambda s, g: scaling(s),
 }
 
+
+def _perf11():
+    from . import perf11  # issue 11's sections (they import this module's helpers)
+
+    return perf11
+
+
+SECTIONS.update({
+    "contention": lambda s, g: _perf11().contention(s),
+    "usermodels": lambda s, g: _perf11().usermodels(s, g),
+    "bf16": lambda s, g: _perf11().bf16(s, g),
+})
+
+
+def _issue9():
+    from . import attacks as issue9  # issue 9's rows: attack ensemble presets vs the old default
+    return issue9
+
+
+SECTIONS["ensemble"] = lambda s, g: _issue9().ensemble(s)
+
 __all__ = ["SECTIONS", "Settings", "best_of"]

@@ -191,3 +191,57 @@ def test_diffusers_unsupported_configs_are_refused():
                                      num_decoder_blocks=(1,), latent_channels=2)
     with pytest.raises(InputError):
         from_diffusers(tiny, input_shape=(1, 8, 8))
+
+
+# ---------------------------------------------------------------- the README's five-line examples
+
+PYTHAE_EXAMPLE = '''\
+import robvae
+from pythae.models import AutoModel
+from robvae.adapters import from_pythae
+model = from_pythae(AutoModel.load_from_folder("my_pythae_run/final_model"))
+print(robvae.certify(model, robvae.load_dataset("digits", "test").images[:20], r=0.5).summary())
+'''
+
+DIFFUSERS_EXAMPLE = '''\
+import torch, robvae
+from diffusers import AutoencoderKL
+from robvae.adapters import from_diffusers
+model = from_diffusers(AutoencoderKL.from_pretrained("my_autoencoder"))
+print(robvae.certify(model, torch.rand(4, *model.input_shape), r=0.05, n_samples=200).summary())
+'''
+
+
+def _in_readme(snippet: str) -> None:
+    """Once the README shows an example, it must be this one, verbatim."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    key = snippet.splitlines()[3].split("(")[0]
+    if key in readme:
+        assert snippet in readme
+
+
+def test_pythae_five_line_example(tmp_path, monkeypatch, capsys):
+    pm = _train_pythae("vae", steps=10)
+    pm.save(str(tmp_path / "my_pythae_run" / "final_model"))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(PYTHAE_EXAMPLE, "README-pythae", "exec"), {})
+    out = capsys.readouterr().out
+    assert "'n': 20" in out or '"n": 20' in out
+    _in_readme(PYTHAE_EXAMPLE)
+
+
+def test_diffusers_five_line_example(tmp_path, monkeypatch, capsys):
+    diffusers = pytest.importorskip("diffusers", reason="diffusers extra not installed (pip install -e '.[diffusers]')")
+    torch.manual_seed(0)
+    diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=2, norm_num_groups=4, sample_size=8,
+    ).save_pretrained(str(tmp_path / "my_autoencoder"))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(DIFFUSERS_EXAMPLE, "README-diffusers", "exec"), {})
+    out = capsys.readouterr().out
+    assert "'n': 4" in out or '"n": 4' in out
+    _in_readme(DIFFUSERS_EXAMPLE)

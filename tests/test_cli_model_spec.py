@@ -53,6 +53,16 @@ def bad_sigma():
 
 def boom():
     raise RuntimeError("no weights here")
+
+
+def bad_kl():
+    from diffusers import AutoencoderKL
+    from robvae.adapters import from_diffusers
+
+    kl = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                       latent_channels=2, norm_num_groups=4, sample_size=9)
+    return from_diffusers(kl)
 """
 
 
@@ -148,3 +158,10 @@ def test_inputs_files_are_read_without_pickles(tmp_path):
     np.save(tmp_path / "e.npy", x * 3)
     with pytest.raises(InputError, match="outside"):
         load_inputs_file(tmp_path / "e.npy", (1, 8, 8))
+
+
+def test_unsupported_diffusers_config_is_one_line_exit_2(user_pkg, capsys):
+    pytest.importorskip("diffusers", reason="diffusers extra not installed")
+    rc = main(["certify", "--model", "my_models:bad_kl", "--n", "4", "--r", "0.5", "--quiet"])
+    err = _error_lines(capsys.readouterr().err)
+    assert rc == 2 and len(err) == 1 and "not divisible by the autoencoder's downsampling factor 2" in err[0], err

@@ -93,6 +93,6 @@ def test_distinct_flags_for_distinct_things_and_old_names_still_work():
     for cname in ("certify", "attack"):
         for p in COMMANDS[cname].params:
             if "--norm" in p.opts:
-                assert isinstance(p, ConfigOption) and "--norm" in p.deprecated
+                assert isinstance(p, ConfigOption) and "--norm" in p.aliases
                 rec = p.get_help_record(click.Context(COMMANDS[cname]))
                 assert "--norm" not in rec[0]

@@ -30,8 +30,9 @@ LAYERS: dict[str, int] = {
     "studies": 6, "bench": 6, "sweep": 6,
     "cli": 7, "demo": 7, "__main__": 7, "": 7,  # "": robvae/__init__.py, the public API
 }
-#: optional third-party extras: imported lazily (inside a function), never at module level
-OPTIONAL = ("ray", "pythae", "diffusers", "torchmetrics", "mkdocs")
+#: optional third-party extras (pyproject optional-dependencies): imported lazily (inside a
+#: function), never at module level
+OPTIONAL = ("ray", "pythae", "diffusers", "mkdocs")  # torchmetrics is a core dependency (SSIM)
 
 
 def _modules() -> dict[str, Path]:

@@ -121,7 +121,7 @@ def test_bound_below_margin_on_a_nonlinear_vae_and_legacy_keywords():
     cert = certify(m, x, r, n_samples=2000, generator=_gen(3))
     assert not cert.abstain.any()
     for mode in ("mean", "full"):
-        res = empirical_margin(m, x, r, mode=mode, n_samples=4000, eps_init=cert.radius, tol=1e-2, generator=_gen(4))
+        res = empirical_margin(m, x, r, mode=mode, n_samples=2000, eps_init=cert.radius, tol=1e-2, generator=_gen(4))
         violations = (cert.radius > res.margin).nonzero().flatten().tolist()
         assert violations == [], (mode, cert.radius, res.margin)
         assert torch.all(res.margin > 0) and not res.capped.any()
@@ -142,6 +142,7 @@ def digits_vae(tmp_path_factory):
     return run.model, load_dataset("digits", "test").images[:4]
 
 
+@pytest.mark.slow
 def test_seed_to_seed_spread_within_tolerance_on_a_trained_vae(digits_vae):
     """Full encoder (on this model the mean-only setting is robust up to the box). Its p(eps) curve is
     shallow, so the Monte Carlo tolerance is wide; the margins of different seeds must still agree

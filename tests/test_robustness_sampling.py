@@ -108,3 +108,56 @@ def test_input_validation():
         r_robustness(m, x, -1.0)
     with pytest.raises(ValueError):
         r_robustness(m, x, 0.2, mode="nope")
+
+
+# --------------------------------------------------------------------------------------------
+# the anytime-valid sequential test (issue 9)
+# --------------------------------------------------------------------------------------------
+from robvae.robustness import sequential_bernoulli_test, sequential_robustness  # noqa: E402
+
+
+@pytest.mark.parametrize("p", [0.5, 0.47])
+def test_sequential_test_error_rate_at_every_look(p):
+    """Looking after EVERY draw (the worst case for optional stopping), the chance of ever wrongly
+    deciding p > 1/2 stays below alpha (a fixed-n binomial test looked at this often would exceed it)."""
+    alpha, N, T = 0.05, 1500, 400
+    rng = np.random.default_rng(0)
+    k = np.cumsum(rng.random((N, T)) < p, axis=1)
+    n = np.broadcast_to(np.arange(1, T + 1), (N, T))
+    dec = sequential_bernoulli_test(k, n, alpha)[0].numpy()
+    wrong = (dec == 1).any(axis=1).mean()
+    assert wrong <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / N), wrong
+    # the naive repeated z-test errs far more often: the check has teeth
+    z = (k - n / 2) / np.sqrt(n / 4)
+    assert ((z > stats.norm.ppf(1 - alpha)).any(axis=1).mean()) > 2 * alpha
+
+
+def test_sequential_test_power_and_symmetry():
+    rng = np.random.default_rng(1)
+    N, T = 500, 2000
+    for p, sign in ((0.62, 1), (0.38, -1)):
+        k = np.cumsum(rng.random((N, T)) < p, axis=1)
+        dec = sequential_bernoulli_test(k[:, -1], T, 0.01)[0].numpy()
+        assert (dec == sign).mean() >= 0.99
+    d, up, down = sequential_bernoulli_test(np.array([30, 70]), 100, 0.01)
+    assert d.tolist() == [-1, 1] and abs(float(up[1] - down[0])) < 1e-9  # k <-> n - k mirrors the two sides
+    with pytest.raises(ValueError):
+        sequential_bernoulli_test(5, 3)
+
+
+def test_sequential_robustness_on_the_linear_vae():
+    """Decisions agree with the closed form, and clear cases stop early."""
+    m = _model()
+    x = torch.full((6, 1, 4, 4), 0.5, dtype=torch.float64)
+    r = 0.25
+    ts = torch.tensor([0.0, 0.02, 0.04, 0.08, 0.12, 0.2], dtype=torch.float64)
+    v1 = torch.linalg.svd(m.A).Vh[0]
+    delta = (ts[:, None] * v1[None]).view(6, 1, 4, 4)
+    exact = m.exact_p(r, (delta.flatten(1) @ m.A.T).norm(dim=1).numpy())
+    res = sequential_robustness(m, x, r, delta, alpha=0.001, n_max=20000, mode="mean", generator=_gen(3))
+    want = np.where(exact > 0.5, 1, -1)
+    settled = res.decision.numpy() != 0
+    assert (res.decision.numpy()[settled] == want[settled]).all(), (res.decision, exact)
+    far = np.abs(exact - 0.5) > 0.15
+    assert settled[far].all() and (res.n_samples.numpy()[far] < 2000).all(), (res.n_samples, exact)
+    assert np.all(np.abs(res.p.numpy() - exact) <= 4 * np.sqrt(0.25 / res.n_samples.numpy()))

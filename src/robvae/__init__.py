@@ -6,7 +6,13 @@ equal). Everything else lives in the subpackages, by layer (see docs and tests/t
 
 from __future__ import annotations
 
-from ._version import __version__
+# first, before anything here loads torch: OpenMP reads its wait policy once, when torch loads
+# (robvae.threads; the robvae command relies on it; an OMP_WAIT_POLICY the user set is kept)
+from .threads import prefer_passive_wait as _prefer_passive_wait
+
+_prefer_passive_wait()
+
+from ._version import __version__  # noqa: E402
 from .attacks import EnsembleAttack, MaxDamageAttack, latent_attack, max_damage_attack, output_attack
 from .data import ImageDataset, load_dataset
 from .errors import CheckpointError, DataError, InputError, RobvaeError

@@ -12,10 +12,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torchmetrics.functional.image import (
-    multiscale_structural_similarity_index_measure,
-    structural_similarity_index_measure,
-)
 
 from .errors import RobvaeError
 from .models.fast_decode import flat_decode
@@ -105,6 +101,13 @@ def image_similarity(a: torch.Tensor, b: torch.Tensor) -> PerceptualDamage:
     kern = ssim_kernel(a.shape[2], a.shape[3])
     if kern is None:
         return PerceptualDamage(nan, nan.clone(), 0, 0.0, 0, f"images of {a.shape[2]}x{a.shape[3]} are too small for SSIM")
+    # torchmetrics imports all its metric families on first import (seconds, measured +5 s on a
+    # loaded 2-core machine): loaded when SSIM is first computed, not with every robvae command
+    from torchmetrics.functional.image import (
+        multiscale_structural_similarity_index_measure,
+        structural_similarity_index_measure,
+    )
+
     k, sig = kern
     a64, b64 = a.detach().double(), b.detach().double()
     ssim = structural_similarity_index_measure(a64, b64, kernel_size=k, sigma=sig, data_range=1.0, reduction="none")

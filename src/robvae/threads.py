@@ -52,7 +52,7 @@ def prefer_passive_wait() -> bool:
     torch is already loaded (then only child processes see it)."""
     global _PASSIVE
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    _PASSIVE = "torch" not in sys.modules
+    _PASSIVE = bool(_PASSIVE) or "torch" not in sys.modules  # an earlier call before torch loaded counts
     return _PASSIVE
 
 

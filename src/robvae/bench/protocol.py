@@ -29,7 +29,6 @@ relative log-likelihood degradation (median) at each attack budget, and wall tim
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -287,10 +286,9 @@ def evaluate_protocol(
         if degradation is not None:
             degradation[f"{eps:g}"] = _median(likelihood_degradation(model, x, res.delta))
     model.train(was_training)
-    finite = lambda v: v if v is None or math.isfinite(v) else (math.inf if v > 0 else -math.inf)  # noqa: E731
     return BenchResult(
         name=name, protocol=protocol.label, subset=s.name, n=int(x.shape[0]), r=float(s.r), cert_eps=float(s.cert_eps),
-        elbo=elbo, reconstruction_error=rec, median_radius=finite(_median(cert.radius)),
+        elbo=elbo, reconstruction_error=rec, median_radius=_median(cert.radius),
         median_radius_sound=_median(cert.radius_sound), certified_fraction=certified, rigorous_radius=rigorous,
         median_margin=_median(margin.margin), margin_capped_fraction=float(margin.capped.double().mean()),
         damage=damage, degradation=degradation, wall_s=time.perf_counter() - t0,

@@ -18,6 +18,7 @@ evaluated again, so an interrupted bench rerun recomputes nothing that had finis
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -75,13 +76,33 @@ def _cached(path: Path, zoo: ZooSpec) -> BenchResult | None:
         d = read_json(path, "bench result")
     except ValueError:
         return None
-    if not isinstance(d, dict) or d.get("protocol") != zoo.protocol.to_dict() or d.get("subset") != zoo.subset:
+    want = json.loads(json.dumps(zoo.protocol.to_dict()))  # as stored: tuples become lists
+    if not isinstance(d, dict) or d.get("protocol") != want or d.get("subset") != zoo.subset:
         return None
-    return BenchResult.from_dict(d["result"])
+    return BenchResult.from_dict(_decode(d["result"]))
+
+
+_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _encode(v: Any) -> Any:
+    """Non-finite floats as the strings "inf", "-inf", "nan" (JSON has no such numbers)."""
+    if isinstance(v, dict):
+        return {k: _encode(x) for k, x in v.items()}
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def _decode(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _decode(x) for k, x in v.items()}
+    return _NONFINITE.get(v, v) if isinstance(v, str) else v
 
 
 def _store(path: Path, zoo: ZooSpec, result: BenchResult, **extra: Any) -> None:
-    write_json(path, {"protocol": zoo.protocol.to_dict(), "subset": zoo.subset, "result": result.to_dict(), **extra})
+    write_json(path, {"protocol": zoo.protocol.to_dict(), "subset": zoo.subset, "result": _encode(result.to_dict()),
+                      **extra})
 
 
 def _num(v: Any) -> float | None:

@@ -9,6 +9,7 @@ import click
 from ..fileio import folder_lock
 from ..sweep import EXECUTORS
 from . import app
+from ..bench import load_zoo, parse_zoo, run_bench
 
 
 @app.command("bench")
@@ -40,8 +41,6 @@ def bench_cmd(zoo_file, out, models, subset, data_dir, executor, workers, dry_ru
       models: [my_pkg.my_module:build]
     Writes OUT/leaderboard.md, leaderboard.csv, tradeoff.png and report.html.
     """
-    from ..bench import load_zoo, parse_zoo, run_bench
-
     if zoo_file is None and not models:
         raise click.UsageError("give a zoo file, or at least one --model MODULE:CALLABLE")
     if zoo_file is not None:

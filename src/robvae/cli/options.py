@@ -136,17 +136,17 @@ def add_options(options):
 # --- options generated from the typed configs (one source for names, defaults, choices) ---------
 
 class ConfigOption(click.Option):
-    """A click option whose old names (``deprecated``) still work but are hidden from ``--help``."""
+    """A click option whose old names (``aliases``) still work but are hidden from ``--help``."""
 
-    def __init__(self, *args, deprecated: tuple[str, ...] = (), config_field: tuple[type, str] | None = None,
+    def __init__(self, *args, aliases: tuple[str, ...] = (), config_field: tuple[type, str] | None = None,
                  **kwargs):
         super().__init__(*args, **kwargs)
-        self.deprecated = tuple(deprecated)
+        self.aliases = tuple(aliases)
         self.config_field = config_field  # (config dataclass, field name) the option was generated from
 
     def get_help_record(self, ctx):
         saved = self.opts
-        self.opts = [o for o in self.opts if o not in self.deprecated]
+        self.opts = [o for o in self.opts if o not in self.aliases]
         try:
             return super().get_help_record(ctx)
         finally:
@@ -173,11 +173,11 @@ def _click_type(tp):
     return click.STRING, False
 
 
-def config_option(cls, name: str, *, flag: str | None = None, deprecated: tuple[str, ...] = (), help: str = "",
+def config_option(cls, name: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), help: str = "",
                   type=None, **kwargs):
     """A click option for field ``name`` of the config dataclass ``cls``: the flag is
     ``--field-name`` (or ``flag``), the default and the choices (``Literal``) come from the
-    field; ``deprecated``: old flag names kept as hidden aliases. Booleans become --x/--no-x."""
+    field; ``aliases``: old flag names, still accepted but hidden from ``--help``. Booleans become --x/--no-x."""
     import dataclasses
     import typing
 
@@ -186,9 +186,9 @@ def config_option(cls, name: str, *, flag: str | None = None, deprecated: tuple[
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     ctype, is_flag = _click_type(hints[name])
     opt = flag or "--" + name.replace("_", "-")
-    decls = [f"{opt}/--no-{opt[2:]}" if is_flag else opt, *deprecated, name]
+    decls = [f"{opt}/--no-{opt[2:]}" if is_flag else opt, *aliases, name]
     extra = {} if is_flag else {"type": type or ctype}
-    return click.option(*decls, cls=ConfigOption, deprecated=tuple(deprecated), config_field=(cls, name),
+    return click.option(*decls, cls=ConfigOption, aliases=tuple(aliases), config_field=(cls, name),
                         default=default,
                         show_default=default is not None, help=help, **extra, **kwargs)
 

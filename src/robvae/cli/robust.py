@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -74,11 +75,11 @@ def _median(v) -> float:
 @split_option
 @n_option
 @add_options(radius_options)
-@config_option(CertifyConfig, "n_samples", deprecated=("--samples",), type=click.IntRange(min=1),
+@config_option(CertifyConfig, "n_samples", aliases=("--samples",), type=click.IntRange(min=1),
                help="Monte Carlo draws of eta per estimate of p.")
 @config_option(CertifyConfig, "alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
                help="Confidence level 1 - alpha of the sound (Clopper-Pearson) radius.")
-@click.option("--jacobian-norm", "--norm", "jacobian_norm", cls=ConfigOption, deprecated=("--norm",),
+@click.option("--jacobian-norm", "--norm", "jacobian_norm", cls=ConfigOption, aliases=("--norm",),
               type=click.Choice(["frobenius", "spectral", "whitened"]), default="frobenius", show_default=True,
               help="Which radius the summary leads with: the Jacobian norm in the denominator (all are saved).")
 @config_option(CertifyConfig, "mode", help="mean: sigma(x) held (Theorem 1's setting); full: sigma(x + delta).")
@@ -106,6 +107,9 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     # exactly across executors, radii to float rounding
     executor, workers = auto_executor(len(x) * n_samples, executor, workers)
     if isinstance(vae, ModelRun):  # --model: this process, blocks seeded as certify_sharded's
+        if executor != "serial":
+            raise click.UsageError("--executor local / ray need a RUN folder (the workers load it); --model runs "
+                                   "in this process")
         cert = certify_blocks(vae.model, x, radius, seed=seed, progress=not quiet, n_samples=n_samples, alpha=alpha,
                               mode=mode)
     else:
@@ -131,7 +135,7 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
               help="Number of inputs (the first N of the split).")
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True), required=True,
               help="Perturbation budget: the largest ||delta|| allowed, in the norm of --threat (L2 by default).")
-@click.option("--threat", "--norm", "norm", cls=ConfigOption, deprecated=("--norm",), type=click.Choice(["l2", "linf"]),
+@click.option("--threat", "--norm", "norm", cls=ConfigOption, aliases=("--norm",), type=click.Choice(["l2", "linf"]),
               default="l2", show_default=True,
               help="Threat model: the norm of the budget --eps, l2 (Euclidean) or linf (largest pixel change).")
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True,
@@ -204,16 +208,16 @@ def _eval(name: str, **kw):
        help="Radius r of r-robustness (L2 distance between reconstructions); overrides --r-relative.")
 @_eval("r_relative", type=click.FloatRange(min=0, min_open=True),
        help="r = K times the median r_min(x) over the inputs (when no natural scale is known).")
-@_eval("n_samples", deprecated=("--samples",), type=click.IntRange(min=1),
+@_eval("n_samples", aliases=("--samples",), type=click.IntRange(min=1),
        help="Monte Carlo draws of eta per estimate of p.")
 @_eval("alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
        help="Confidence level 1 - alpha of the sound (Clopper-Pearson) radius.")
-@_eval("margin_mode", deprecated=("--mode",),
+@_eval("margin_mode", aliases=("--mode",),
        help="full: the attack moves mu and sigma (the default); mean: sigma held at sigma(x).")
-@_eval("attack_steps", deprecated=("--steps",), type=click.IntRange(min=1), help="PGD steps of each attack.")
-@_eval("attack_restarts", deprecated=("--restarts",), type=click.IntRange(min=1), help="PGD restarts of each attack.")
+@_eval("attack_steps", aliases=("--steps",), type=click.IntRange(min=1), help="PGD steps of each attack.")
+@_eval("attack_restarts", aliases=("--restarts",), type=click.IntRange(min=1), help="PGD restarts of each attack.")
 @_eval("attack_eta_samples", type=click.IntRange(min=0), help="Draws of eta averaged in the attack objective.")
-@_eval("margin_tol", deprecated=("--tol",), type=click.FloatRange(min=0, min_open=True),
+@_eval("margin_tol", aliases=("--tol",), type=click.FloatRange(min=0, min_open=True),
        help="Relative width of the bisection bracket.")
 @_eval("margin_eps_max", type=click.FloatRange(min=0, min_open=True),
        help="Largest budget searched (default: the pixel box diameter).")
@@ -234,6 +238,8 @@ def margin_cmd(run, out, quiet, download, **kw) -> None:
     bound-vs-margin`."""
     config = EvalConfig(**kw)
     loaded, _ = _inputs(run, config.split, config.n, config.device, config.data_dir, download)
+    if download and config.data_dir is None and loaded.config.data_dir is None and loaded.config.dataset != "digits":
+        config = dataclasses.replace(config, data_dir=str(default_data_dir(loaded.config.dataset)))  # fetched there
     out_path = Path(out) if out else Path(loaded.path) / f"margin-{config.split}.csv"
     rep = margin_report(loaded, config, out_path, progress=not quiet, meta={"run": str(run)})
     click.echo(format_summary(rep.summary()))

@@ -6,20 +6,17 @@ from pathlib import Path
 
 import click
 
+from ..data import load_dataset
+from ..data.download import default_data_dir
 from ..evaluation import EvalConfig
-from ..studies import Executor, TrainOptions
+from ..studies import Executor, Theorem2Config, TrainOptions, beta_study, bound_vs_margin, tau_study, theorem2_study
+from ..studies.certified import certified_study, default_models
 from ..sweep import EXECUTORS
 from . import app
 from .options import (
     config_option, data_dir_option, dataset_option, device_option, download_option, float_list, int_list, int_tuple,
     threads_option,
 )
-from ..data import load_dataset
-from ..data.download import default_data_dir
-from ..studies import Theorem2Config, theorem2_study
-from ..studies import beta_study
-from ..studies import bound_vs_margin
-from ..studies import tau_study
 
 
 def _train(name: str, **kw):
@@ -221,8 +218,6 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
 def certified_cmd(dataset, data_dir, out, lipschitz, sigma_cap, beta, epochs, n_train, latent_dim, hidden, n_eval,
                   n_samples, r, r_relative, attack_eps, cert_eps, seed, quiet) -> None:
     """Standard VAE, beta-VAE and Lipschitz VAEs: rigorous radii (docs/THEORY.md), Theorem 1, margins, damage."""
-    from ..studies.certified import certified_study, default_models
-
     if not lipschitz or any(v <= 0 for v in lipschitz):
         raise click.BadParameter("give positive numbers", param_hint="--lipschitz")
     res = certified_study(out, dataset=dataset, data_dir=data_dir, models=default_models(tuple(lipschitz), beta, sigma_cap),

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrizations
 
 
 class GroupSort(nn.Module):
@@ -39,22 +38,36 @@ class GroupSort(nn.Module):
 
 
 class OrthoLinear(nn.Module):
-    """y = scale * (Q x) + b with Q orthonormal (torch's orthogonal parametrisation): ||scale Q||_2 = scale."""
+    """y = scale * (Q x) + b with Q orthonormal: ||scale Q||_2 = scale.
+
+    Q is the orthonormal factor of the reduced QR decomposition of a free matrix V [max, min]
+    (orthonormal columns; used as Q or Q^T so that the weight is [out, in]). Gradients flow through
+    the QR (much faster on CPU than torch's Householder parametrisation, same constraint).
+    """
 
     def __init__(self, in_features: int, out_features: int, scale: float = 1.0):
         super().__init__()
         if not scale > 0:
             raise ValueError(f"the layer scale must be > 0, got {scale}")
-        self.linear = parametrizations.orthogonal(nn.Linear(in_features, out_features))
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.raw = nn.Parameter(torch.empty(max(in_features, out_features), min(in_features, out_features)))
+        nn.init.orthogonal_(self.raw)
+        bound = 1.0 / math.sqrt(in_features)
+        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
         self.scale = float(scale)
+
+    def orthonormal(self) -> torch.Tensor:
+        """Q [out, in] with orthonormal rows or columns (spectral norm 1)."""
+        q = torch.linalg.qr(self.raw).Q
+        return q if self.out_features >= self.in_features else q.T
 
     @property
     def weight(self) -> torch.Tensor:
         """The effective weight scale * Q."""
-        return self.scale * self.linear.weight
+        return self.scale * self.orthonormal()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * nn.functional.linear(x, self.linear.weight) + self.linear.bias
+        return nn.functional.linear(x, self.weight, self.bias)
 
 
 class LipschitzMLP(nn.Sequential):

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..models.linear import LinearVAE
-from ..models.lipschitz import GroupSort, LipschitzDecoder, LipschitzEncoder, LipschitzMLP, OrthoLinear
+from ..models.lipschitz import GroupSort, LipschitzDecoder, LipschitzEncoder, OrthoLinear
 from ..models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from ..models.vae import VAE
 
@@ -115,7 +115,7 @@ def _bound(module: nn.Module, shape: tuple[int, ...] | None) -> tuple[float, tup
     if isinstance(m, nn.Linear):
         return spectral_norm(m.weight), (*shape[:-1], m.out_features) if shape is not None else None
     if isinstance(m, OrthoLinear):
-        return spectral_norm(m.weight), (*shape[:-1], m.linear.out_features) if shape is not None else None
+        return spectral_norm(m.weight), (*shape[:-1], m.out_features) if shape is not None else None
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
         b = conv_bound(m)
         out = _out_shape(m, shape)

@@ -8,27 +8,31 @@ r-robust: p(x, delta*(eps)) > 1/2. Two settings:
   the attack moving mean and variance (the paper's experiments);
 - mode "mean": p_r(x, delta) with sigma held at sigma(x) (Theorem 1's exact setting).
 
-The search, for all inputs of a batch together (each input keeps its own bracket [lo, hi]):
+The search, for all inputs of a batch together (each input keeps its own state):
 
 1. Clean: the sequential test decides p_r(x) > 1/2; inputs not settled robust get margin 0.
-2. Bracket: hi doubles from ``eps_init`` until the attack breaks robustness (capped at eps_max).
-3. Bisection until hi - lo <= tol * hi. At every budget the attack (default
-   ``EnsembleAttack("cheap")``) starts from the non-robust perturbation found at the smallest
-   larger budget, scaled in (so a larger budget's success is never forgotten), from the top
-   singular direction of the Jacobian of x -> g(mu(x)) and from its own starts, and attacks the
-   smoothed p_r (common random numbers) besides the damage.
+2. Bracket: the budget doubles from ``eps_init`` until the attack breaks robustness (capped at
+   eps_max).
+3. Refinement. Per input: lo (the largest budget decided robust), hi_conf (the smallest decided
+   NOT robust) and the band [u_lo, u_hi] of budgets whose decision was not settled (p too close
+   to 1/2 for ``n_samples`` draws). Bisection of the gap below the band (lo, u_lo) and the gap
+   above it (u_hi, hi_conf), the wider first, until the gaps are below tol * budget or half the
+   band, or ``max_unsettled`` decisions were not settled. At every budget the attack (default
+   ``EnsembleAttack("cheap")``) starts from the non-robust (or unsettled) perturbation found at
+   the smallest larger budget, scaled in (so a larger budget's success is never forgotten), from
+   the top singular direction of the Jacobian of x -> g(mu(x)) and from its own starts, and
+   attacks the smoothed p_r (common random numbers) besides the damage.
 4. Decisions: p > 1/2 is decided on fresh draws of eta by an anytime-valid sequential test
    (:func:`robvae.robustness.sampling.sequential_robustness`, error <= alpha per decision) that
-   stops drawing once settled. A decision not settled within ``n_samples`` draws counts as NOT
-   robust (the margin can only move down), and after ``max_unsettled`` such decisions an input
-   stops refining (its bracket then lies inside the Monte Carlo tolerance).
+   stops drawing once settled. A decision not settled counts as NOT robust for the margin (the
+   margin can only move down), and a robust decision above an unsettled budget is not believed.
 5. Verification: the final lo is attacked again (fresh random stream, warm-started from the
-   non-robust perturbation at hi) and re-decided on fresh draws; if it fails, hi moves down to lo
-   and the search resumes from the previous robust budget (at most 3 rounds). The perturbation at
-   hi is re-tested on fresh draws (``upper_confirmed``).
+   perturbation at the smallest larger bad budget) and re-decided on fresh draws; if it fails, the
+   search resumes from the previous robust budget (at most 3 rounds). The settled non-robust
+   perturbation at hi_conf is re-tested on fresh draws (``upper_confirmed``).
 
-The result is monotone in the budget (every budget below ``margin`` that was tested was found
-robust, every one above not). Attacks only find some perturbations, so R_hat is an upper estimate
+The result is monotone in the budget (every budget tested above ``margin`` counts as not robust;
+``margin`` itself was decided robust, and re-decided so after the search). Attacks only find some perturbations, so R_hat is an upper estimate
 of the true margin R_r(x); the Monte Carlo ``tolerance`` is the distance from ``margin`` to the
 smallest budget found NOT robust with confidence.
 """
@@ -52,17 +56,18 @@ from .sampling import r_robustness, sequential_robustness
 
 @dataclass
 class MarginResult:
-    """margin [B]: R_hat_r(x) (the largest budget found robust; 0 when not robust clean).
-    upper [B]: the smallest budget found not robust (eps_max where capped).
-    p_clean [B]: p_r(x) unperturbed (from the clean decision's draws).  robust_clean [B]: settled
-    p_clean > 1/2.  capped [B]: still robust at eps_max.  mode: "full" or "mean".  r [B]: the radius.
-    eps_max: the search cap.  n_attacks: batched attack runs.
-    tolerance [B]: Monte Carlo tolerance: (smallest budget decided NOT robust with confidence) -
-    margin (0 where capped or not robust clean).  upper_confirmed [B]: the perturbation at ``upper``
-    re-tested on fresh draws is still not robust (False where its decision was unsettled).  preset: the attack's preset.  decoder_rows: latent
-    vectors decoded by the whole search (attacks and draws).  alpha: error level per decision.
-    sequential: whether decisions used the sequential test (False: fixed n_samples draws, p > 1/2).
-    delta [B, *shape]: the non-robust perturbation found at ``upper`` (zeros where none)."""
+    """margin [B]: R_hat_r(x) (the largest budget decided robust; 0 when not robust clean).
+    upper [B]: the smallest budget where robustness failed or was not settled (eps_max where capped).
+    p_clean [B]: p_r(x) unperturbed (from the clean decision's draws, at least 1000).
+    robust_clean [B]: p_clean > 1/2 settled.  capped [B]: still robust at eps_max.
+    mode: "full" or "mean".  r [B]: the radius.  eps_max: the search cap.  n_attacks: batched attack runs.
+    tolerance [B]: the Monte Carlo tolerance, (smallest budget decided NOT robust; eps_max if none)
+    - margin (0 where capped or not robust clean).  upper_confirmed [B]: the settled non-robust
+    perturbation re-tested on fresh draws (n_samples / 4 at most) is still settled non-robust.
+    preset: the attack's preset.  decoder_rows: latent vectors decoded by the whole search (attacks
+    and draws).  alpha: error level per decision.  sequential: whether decisions used the sequential
+    test (False: fixed n_samples draws, p > 1/2).  delta [B, *shape]: the perturbation found at
+    ``upper`` (zeros where none)."""
 
     margin: torch.Tensor
     upper: torch.Tensor

@@ -145,12 +145,13 @@ def binary_kl_bound(p, kl) -> torch.Tensor:
     """The smallest p' in [0, p] with kl(p || p') <= KL (data processing), by vectorised bisection."""
     p, kl = torch.broadcast_tensors(_t(p), _t(kl))
     lo, hi = torch.zeros_like(p), p.clone()  # kl(p || .) decreases on [0, p]; kl(p || p) = 0 <= KL
+    # invariant: hi feasible (kl <= KL), lo infeasible or 0, so the smallest feasible p* is in [lo, hi]
     for _ in range(BISECT_STEPS):
         mid = 0.5 * (lo + hi)
         ok = binary_kl(p, mid) <= kl
         hi = torch.where(ok, mid, hi)
         lo = torch.where(ok, lo, mid)
-    return hi  # kl(p || hi) <= KL always: a valid (conservative) end of the bracket
+    return lo  # the boundary p* lies in [lo, hi]: lo <= p* is the conservative (valid) end
 
 
 def lower_bound(p, d, rho) -> torch.Tensor:

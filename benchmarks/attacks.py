@@ -1,0 +1,77 @@
+"""Issue 9's benchmark rows: the cost of the attack ensemble's presets against the old default attack
+(``max_damage_attack``: 40 PGD steps, 1 restart, 1 draw of eta per step), and of the sequential
+margin search against the fixed-sample one. Registered in suite.SECTIONS as "ensemble".
+
+Goals: the cheap preset no slower than the old default (ratio old time / cheap time >= 1). The
+strong preset has no goal: its row states what it costs (time ratio strong / old) and what it buys
+(mean damage ratio).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from robvae.attacks import EnsembleAttack, max_damage_attack
+from robvae.models.fast_decode import flat_decode
+from robvae.robustness import empirical_margin
+
+from .suite import Settings, images, interleaved, make_model, radius_for, row
+
+
+def _damage(model, x, delta) -> float:
+    with torch.no_grad():
+        return float((flat_decode(model, model.encode(x + delta)[0]) - flat_decode(model, model.encode(x)[0]))
+                     .norm(dim=1).mean())
+
+
+def ensemble(s: Settings) -> list[dict]:
+    rows = []
+    B = 16 if s.quick else 32
+    eps = 1.0
+    for arch in ("mlp", "conv"):
+        model = make_model(arch, device=s.device)
+        x = images(B, device=s.device)
+
+        def gen():
+            return torch.Generator(device=s.device).manual_seed(0)
+
+        cheap, strong = EnsembleAttack("cheap", generator=gen()), EnsembleAttack("strong", generator=gen())
+        fns = {
+            "old": lambda: max_damage_attack(model, x, eps, generator=gen()),
+            "cheap": lambda: cheap(model, x, eps),
+            "strong": lambda: strong(model, x, eps),
+        }
+        t = interleaved(fns, repeats=max(1, s.repeats // 2), device=s.device)
+        d_old = _damage(model, x, max_damage_attack(model, x, eps, generator=gen()))
+        d_cheap = float(cheap(model, x, eps).damage.mean())
+        d_strong = float(strong(model, x, eps).damage.mean())
+        note = f"L2 eps={eps}, {B} inputs; old default = max_damage_attack (40 PGD steps, 1 restart, 1 draw)"
+        rows.append(row("ensemble", f"{arch} EnsembleAttack('cheap') vs old default", t["cheap"] / B, "s per input",
+                        ratio=t["old"] / t["cheap"], ratio_vs="old default time / cheap time", goal=1.0,
+                        note=note + f"; mean damage cheap/old {d_cheap / d_old:.3f}", damage_ratio=d_cheap / d_old))
+        rows.append(row("ensemble", f"{arch} EnsembleAttack('strong') cost", t["strong"] / B, "s per input",
+                        ratio=t["strong"] / t["old"], ratio_vs="strong time / old default time (the cost; no goal)",
+                        note=note + f"; mean damage strong/old {d_strong / d_old:.3f}", damage_ratio=d_strong / d_old))
+        # margin search: sequential decisions vs fixed n_samples per decision (same cheap attack)
+        Bm = 4 if s.quick else 8
+        xm = x[:Bm]
+        r = radius_for(model, xm)
+        n = 2000 if s.quick else 5000
+        out = {}
+        for name, seq in (("sequential", True), ("fixed", False)):
+            out[name] = empirical_margin(model, xm, r, n_samples=n, tol=0.05, sequential=seq, generator=gen())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tm = interleaved({
+                "sequential": lambda: empirical_margin(model, xm, r, n_samples=n, tol=0.05, generator=gen()),
+                "fixed": lambda: empirical_margin(model, xm, r, n_samples=n, tol=0.05, sequential=False,
+                                                  generator=gen()),
+            }, repeats=1, device=s.device)
+        rows.append(row("ensemble", f"{arch} margin search, sequential test vs fixed draws", tm["sequential"] / Bm,
+                        "s per input", ratio=out["fixed"].decoder_rows / max(out["sequential"].decoder_rows, 1),
+                        ratio_vs="decoder rows fixed / sequential",
+                        note=f"n_samples={n} (max per decision), tol 0.05, cheap preset; time fixed/sequential "
+                             f"{tm['fixed'] / tm['sequential']:.2f}x", time_ratio=tm["fixed"] / tm["sequential"]))
+    return rows

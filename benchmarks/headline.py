@@ -1,0 +1,79 @@
+"""Headline figures (docs/PERFORMANCE.md): ``robvae certify`` with default flags on a slice of the
+MNIST test set at S = 10,000, timed, with the peak memory of the whole process tree (the command
+and its worker processes, resident set sampled every 0.2 s from /proc).
+
+``python -m benchmarks.headline RUN --n 1000 [--samples 10000] [--scale-to 10000]`` prints one JSON
+line: wall seconds, the seconds per input, the time extrapolated linearly to ``--scale-to``
+inputs (certify's work is linear in the inputs: blocks of 64 inputs, each the same work), and the
+peak memory. The extrapolation is reported as such, never as a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _tree_rss_mib(root: int) -> float:
+    """Resident set of ``root`` and all its descendants (MiB)."""
+    parent: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            parent[int(d)] = int(fields[1])
+            rss[int(d)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        p = frontier.pop()
+        for c, pp in parent.items():
+            if pp == p and c not in tree:
+                tree.add(c)
+                frontier.append(c)
+    return sum(rss.get(p, 0) for p in tree) / 2**20
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.headline")
+    ap.add_argument("run")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--samples", type=int, default=10_000)
+    ap.add_argument("--scale-to", type=int, default=10_000)
+    ap.add_argument("--extra", default="", help="extra robvae certify flags (default: none, i.e. default flags)")
+    a = ap.parse_args(argv)
+    robvae = str(Path(sys.executable).with_name("robvae"))
+    out = Path(tempfile.mkdtemp(prefix="robvae-headline-")) / "certify.csv"
+    cmd = [robvae, "certify", a.run, "--n", str(a.n), "--samples", str(a.samples), "--r-relative", "1",
+           "--quiet", "--out", str(out), *a.extra.split()]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")}
+    loads = [os.getloadavg()[0]]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while p.poll() is None:
+        peak = max(peak, _tree_rss_mib(p.pid))
+        time.sleep(0.2)
+    dt = time.perf_counter() - t0
+    loads.append(os.getloadavg()[0])
+    stdout, stderr = p.communicate()
+    res = {"command": " ".join(["robvae", *cmd[1:]]), "rc": p.returncode, "n": a.n, "samples": a.samples,
+           "seconds": dt, "seconds_per_input": dt / a.n, "extrapolated_seconds": dt / a.n * a.scale_to,
+           "extrapolated_to": a.scale_to, "peak_mib_process_tree": peak, "load1_before_after": loads,
+           "cpus": os.cpu_count(), "stdout_tail": stdout[-800:], "stderr_tail": stderr[-800:]}
+    print(json.dumps(res))
+    return 0 if p.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
