@@ -9,7 +9,8 @@ loads, as the ``robvae`` command does:
 - ``default``: robvae's default now (robvae.threads: passive OpenMP waiting, one thread per
   process, one worker process per core when the work is large);
 - ``threads1``: one thread, this process;
-- ``workers``: one worker process per core, one thread each.
+- ``workers``: one worker process per core, one thread each;
+- ``passive``: torch's thread count (one per core) with passive OpenMP waiting, this process.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ import time
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", required=True, choices=["today", "default", "threads1", "workers"])
+    ap.add_argument("--variant", required=True, choices=["today", "default", "threads1", "workers", "passive"])
     ap.add_argument("--run", required=True)
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--samples", type=int, default=10_000)
     a = ap.parse_args()
     from robvae import threads
 
-    if a.variant == "default":
+    if a.variant in ("default", "passive"):
         threads.prefer_passive_wait()
     import torch
 
@@ -41,7 +42,7 @@ def main() -> int:
     run = load(a.run)
     x = load_dataset(run.config.dataset, "test", run.config.data_dir).subset(a.n).images
     rows = a.n * a.samples
-    if a.variant == "today":
+    if a.variant in ("today", "passive"):
         executor, workers, tt = "serial", 1, None
     elif a.variant == "default":
         threads.set_threads(None)

@@ -256,9 +256,9 @@ def test_ensemble_probability_target_on_the_linear_vae():
     res = EnsembleAttack("cheap", mode="mean", generator=_gen())(m, x, eps, r=r)
     assert res.target == "p" and res.p is not None
     damage = (res.delta.flatten(1) @ m.A.T).norm(dim=1)
-    assert torch.all(damage >= 0.99 * 3.0 * eps)
+    assert torch.all(damage >= 0.97 * 3.0 * eps)  # candidates judged by p on 64 draws: near-optimal damage
     exact = float(m.exact_p(r, 3.0 * eps))
-    assert torch.all((res.p - exact).abs() <= 0.12), (res.p, exact)  # 256 judging draws, min over candidates
+    assert torch.all((res.p - exact).abs() <= 0.2), (res.p, exact)  # 64 judging draws, min over candidates
 
 
 def test_ensemble_beats_the_old_default_and_matches_a_long_independent_attack():

@@ -146,6 +146,8 @@ def test_example_zoos_are_valid():
     assert {e.method for e in zoo.entries} >= {"vae", "beta-vae", "adversarial", "jacobian", "smooth", "lipschitz"}
     mnist = load_zoo(REPO / "examples" / "zoo-mnist.yaml")
     assert mnist.protocol.label == "v1" and mnist.subset == "mnist-10k"
+    one = load_zoo(REPO / "examples" / "zoo-mnist.yaml", seeds=[0])  # --seeds 0: the same seed-0 models
+    assert one.seeds == [0] and {t.id for t in one.trials} == {e.trials[0].id for e in mnist.entries}
 
 
 # --- the leaderboard ----------------------------------------------------------------------

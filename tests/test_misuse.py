@@ -283,12 +283,19 @@ def test_diverging_training_is_a_one_line_error(capsys, tmp_path):
 
 
 def test_ctrl_c_prints_the_resumable_message(capsys, tmp_path, monkeypatch):
+    import importlib
+
     import robvae.training
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
+    main(["--help"])  # registers the command modules
+    capsys.readouterr()
     monkeypatch.setattr(robvae.training, "train", interrupted)
+    cli_train = importlib.import_module("robvae.cli.train")
+    if hasattr(cli_train, "train"):  # imported at the top of the command module
+        monkeypatch.setattr(cli_train, "train", interrupted)
     cap = _one_line(capsys, 130, "train", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r"))
     assert "interrupted (finished work is saved; rerun the same command to resume)" in cap.err
 
@@ -580,7 +587,7 @@ def test_every_option_has_help(capsys, cmd, opts):
 
 def test_attack_eps_states_its_norm(capsys):
     text = _help(capsys, "attack")
-    assert "norm of --norm (L2 by default)" in text
+    assert "||delta|| allowed, in the norm of --" in text and "(L2 by default)" in text
 
 
 def test_alpha_has_one_default_across_commands(capsys):

@@ -29,8 +29,10 @@ DEFAULT_THREADS = 1
 
 #: Decoder rows (inputs x draws) of Monte Carlo work from which ``auto`` shards the inputs over
 #: one worker process per core. Starting a worker (a fresh Python, torch, the run's weights) costs
-#: a few seconds on a busy machine, about 0.5 M rows of MLP decoding at one thread; from 2 M rows
-#: up two workers were faster than one process (docs/PERFORMANCE.md).
+#: seconds, and tens of seconds on a heavily loaded machine (measured: 64 x 5,000 = 0.3 M rows took
+#: 39 s with two workers against 10-13 s in one process at load average 13). At 5 M rows (500
+#: inputs x S = 10,000, load 3-4) two workers took 19.8 s against 31.7 s for one thread (issue 11).
+#: 2 M rows is a threshold between the two, not a measured optimum (docs/PERFORMANCE.md).
 AUTO_WORKERS_MIN_ROWS = 2_000_000
 
 #: Whether :func:`prefer_passive_wait` took effect (torch was not loaded yet).

@@ -256,8 +256,9 @@ def parse_zoo(doc: Any, source: str = "zoo", *, extra_models: list[str] | None =
                    seeds=list(seeds), source=source)
 
 
-def load_zoo(path: str | os.PathLike, *, extra_models: list[str] | None = None) -> ZooSpec:
-    """Read and validate a zoo YAML file."""
+def load_zoo(path: str | os.PathLike, *, extra_models: list[str] | None = None,
+             seeds: list[int] | None = None) -> ZooSpec:
+    """Read and validate a zoo YAML file (``seeds`` replaces the file's seeds)."""
     import yaml
 
     path = Path(path)
@@ -269,4 +270,6 @@ def load_zoo(path: str | os.PathLike, *, extra_models: list[str] | None = None) 
         raise ZooError(f"{path}: not valid YAML ({str(e).replace(chr(10), ' ')})") from None
     if doc is None:
         raise ZooError(f"{path}: empty zoo file")
+    if seeds is not None and isinstance(doc, dict):
+        doc["seeds"] = list(seeds)
     return parse_zoo(doc, source=str(path), extra_models=extra_models)

@@ -9,6 +9,7 @@ import click
 from ..fileio import folder_lock
 from ..sweep import EXECUTORS
 from . import app
+from .options import int_list
 from ..bench import load_zoo, parse_zoo, run_bench
 
 
@@ -22,13 +23,15 @@ from ..bench import load_zoo, parse_zoo, run_bench
               help="The protocol's test subset (digits, mnist-10k, fashion-mnist); default: the zoo's, else digits.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the subset's data files (default: the protocol's).")
+@click.option("--seeds", default=None, callback=int_list, metavar="0,1",
+              help="Train these seeds instead of the zoo's (finished models of other seeds are kept on disk).")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
               help="How the zoo is trained (robvae sweep): worker processes, Ray tasks, or this process.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Training processes (local) or CPUs of the local Ray instance.")
 @click.option("--dry-run", is_flag=True, help="Validate the zoo, list the models and the protocol, and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench_cmd(zoo_file, out, models, subset, data_dir, executor, workers, dry_run, quiet) -> None:
+def bench_cmd(zoo_file, out, models, subset, data_dir, seeds, executor, workers, dry_run, quiet) -> None:
     """Train a model zoo, evaluate every model under the fixed protocol (v1), write a leaderboard.
 
     \b
@@ -44,7 +47,7 @@ def bench_cmd(zoo_file, out, models, subset, data_dir, executor, workers, dry_ru
     if zoo_file is None and not models:
         raise click.UsageError("give a zoo file, or at least one --model MODULE:CALLABLE")
     if zoo_file is not None:
-        zoo = load_zoo(zoo_file, extra_models=list(models))
+        zoo = load_zoo(zoo_file, extra_models=list(models), seeds=seeds)
     else:
         zoo = parse_zoo({"subset": subset or "digits", "models": list(models)}, source="--model")
     if zoo_file is not None and subset is not None and subset != zoo.subset:
@@ -68,6 +71,7 @@ def bench_cmd(zoo_file, out, models, subset, data_dir, executor, workers, dry_ru
         [f"--model {shlex.quote(m)}" for m in models] + \
         ([f"--subset {subset}"] if subset and not zoo_file else []) + \
         ([f"--data-dir {shlex.quote(data_dir)}"] if data_dir else []) + \
+        ([f"--seeds {','.join(map(str, seeds))}"] if seeds else []) + \
         ["--executor", executor, "--workers", str(workers), "--out", shlex.quote(str(out_dir))]
     with folder_lock(out_dir, "robvae bench"):
         board = run_bench(zoo, out_dir, executor=executor, workers=workers, progress=not quiet,
