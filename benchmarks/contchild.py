@@ -6,11 +6,12 @@ loads, as the ``robvae`` command does:
 
 - ``today``: torch's defaults (one spinning OpenMP thread per core), this process (the CLI's
   serial path before issue 11);
-- ``default``: robvae's default now (robvae.threads: passive OpenMP waiting, one thread per
-  process, one worker process per core when the work is large);
+- ``default``: robvae's default now (robvae.threads: passive OpenMP waiting and one thread per
+  core, one worker process per core with one thread each when the work is large);
 - ``threads1``: one thread, this process;
 - ``workers``: one worker process per core, one thread each;
-- ``passive``: torch's thread count (one per core) with passive OpenMP waiting, this process.
+- ``passive``: torch's thread count (one per core) with passive OpenMP waiting, this process;
+- ``threads1`` with passive waiting is not run (one thread never waits for another).
 """
 
 from __future__ import annotations

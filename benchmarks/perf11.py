@@ -74,7 +74,7 @@ def contention(s) -> list[dict]:
     n, S = (64, 5000) if s.quick else (256, 10_000)
     repeats = 1 if s.quick else 2
     timeout = 300.0 if s.quick else 600.0
-    variants = ("today", "default", "threads1", "workers", "passive")
+    variants = ("today", "default", "threads1", "workers")
     rows = []
     for cond in ("quiet", "busy"):
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if cond == "busy" else None

@@ -91,7 +91,7 @@ def test_evaluate_protocol_matches_the_linear_vae_closed_forms():
 
 @pytest.mark.parametrize("doc, msg", [
     ({"methods": ["foo"]}, "methods[0]: unknown method 'foo'"),
-    ({"methods": [{"method": "beta-vae", "beta": -1}]}, "beta must be a finite number >= 0"),
+    ({"methods": [{"method": "beta-vae", "beta": -1}]}, "beta must be >= 0"),
     ({"methods": [{"method": "jacobian"}]}, "missing parameter 'weight'"),
     ({"methods": [{"method": "smooth", "weight": 1, "nois": 0.1}]}, "unknown parameter 'nois'"),
     ({"methods": [{"method": "adversarial", "eps": 0.5, "norm": "l1"}]}, "adversarial_norm"),

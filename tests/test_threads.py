@@ -12,8 +12,19 @@ import pytest
 from robvae import threads
 
 
-def test_resolve_threads():
-    assert threads.resolve_threads(None) == threads.DEFAULT_THREADS == 1
+def test_resolve_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.resolve_threads(None) == 3  # the user's setting wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(threads, "cores", lambda: 4)
+    monkeypatch.setattr(threads, "_PASSIVE", True)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert threads.resolve_threads(None) == 4  # passive waiting in effect: one thread per core
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert threads.resolve_threads(None) == threads.DEFAULT_THREADS == 1  # spinning threads: one
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setattr(threads, "_PASSIVE", False)  # set only after torch loaded: one
+    assert threads.resolve_threads(None) == 1
     assert threads.resolve_threads(3) == 3
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError):
@@ -48,10 +59,12 @@ def test_cli_sets_passive_wait_before_torch_loads():
     assert _probe(code, env).split()[1] == "ACTIVE"
 
 
-def test_cli_threads_option_sets_torch_threads(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    code = ("import torch, sys; from robvae.cli import main; "
-            "rc = main(['certify', '--threads', '2', '--help']); a = torch.get_num_threads(); "
-            "main(['certify', '--help']); print(a, torch.get_num_threads())")
-    out = _probe(code, env).splitlines()[-1]
-    assert out == "2 1"
+def test_cli_threads_option_sets_torch_threads():
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    run = ("rc = main(['certify', '--threads', '3', '--help']); a = torch.get_num_threads(); "
+           "main(['certify', '--help']); print(a, torch.get_num_threads())")
+    # torch loaded before robvae: passive waiting came too late, so the default is one thread
+    assert _probe("import torch; from robvae.cli import main; " + run, env).splitlines()[-1] == "3 1"
+    # robvae first (as the console script): one thread per core, waiting passively
+    out = _probe("import robvae; import torch; from robvae.cli import main; " + run, env).splitlines()[-1]
+    assert out == f"3 {threads.cores()}"

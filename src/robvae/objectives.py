@@ -71,7 +71,7 @@ class ObjectiveConfig(ConfigMixin):
         for f in ("beta", "jacobian", "smooth"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
-                raise ValueError(f"{f} must be a finite number >= 0, got {v!r}")
+                raise ValueError(f"{f} must be >= 0 (a finite number), got {v!r}")
         if not isinstance(self.smooth_noise, (int, float)) or isinstance(self.smooth_noise, bool) \
                 or not (self.smooth_noise > 0 and math.isfinite(self.smooth_noise)):
             raise ValueError(f"smooth_noise must be a finite number > 0, got {self.smooth_noise!r}")

@@ -5,12 +5,16 @@ another process competes for the cores: robvae's decoder calls are many short pa
 and every region waits for its slowest thread, which the OS has just handed to someone else
 (measured 10-17x slower than one thread). What robvae does instead:
 
-- **one torch thread per process** by default (:data:`DEFAULT_THREADS`; ``--threads`` overrides);
-- **passive OpenMP waiting** (``OMP_WAIT_POLICY=PASSIVE``) so that, when more threads are asked
-  for, idle threads sleep instead of spinning on a core another process needs. OpenMP reads the
-  variable once, when torch loads: :func:`prefer_passive_wait` sets it (unless the user did)
-  and must run before ``import torch``; the ``robvae`` command does this first thing. Worker
+- **passive OpenMP waiting** (``OMP_WAIT_POLICY=PASSIVE``): idle threads sleep instead of
+  spinning on a core another process needs. OpenMP reads the variable once, when torch loads:
+  :func:`prefer_passive_wait` sets it (unless the user did) and must run before ``import torch``;
+  ``import robvae`` does this first thing (so the ``robvae`` command always has it). Worker
   processes inherit it.
+- **one torch thread per core with passive waiting, else one thread** (:func:`resolve_threads`;
+  ``--threads`` overrides): with passive waiting, torch's threads keep their share of a busy
+  machine (the scheduler shares the cores per thread) without stalling; where torch was loaded
+  before passive waiting could be set (or the user asked for active waiting), one thread, which
+  cannot spin.
 - **one process per core** (inputs sharded, one thread each) for Monte Carlo work large enough to
   pay for starting the workers (:func:`auto_workers`; ``--workers`` overrides). The results do
   not depend on it (``robvae.sweep.certify_sharded`` seeds each block of inputs itself).
@@ -24,7 +28,7 @@ from __future__ import annotations
 import os
 import sys
 
-#: torch threads per process unless ``--threads`` says otherwise.
+#: torch threads per process when passive waiting is not in effect (``--threads`` overrides).
 DEFAULT_THREADS = 1
 
 #: Decoder rows (inputs x draws) of Monte Carlo work from which ``auto`` shards the inputs over
@@ -58,10 +62,21 @@ def prefer_passive_wait() -> bool:
     return _PASSIVE
 
 
+def passive_in_effect() -> bool:
+    """Whether torch's OpenMP threads wait passively: the policy is PASSIVE and was set (by the
+    user, or by :func:`prefer_passive_wait`) before torch loaded."""
+    return bool(_PASSIVE) and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+
+
 def resolve_threads(threads: int | None) -> int:
-    """The torch threads to use: ``threads`` if given (>= 1), else :data:`DEFAULT_THREADS`."""
+    """The torch threads to use: ``threads`` if given (>= 1); else ``OMP_NUM_THREADS`` if the user
+    set it; else one per core when passive waiting is in effect (:func:`passive_in_effect`), else
+    :data:`DEFAULT_THREADS` (one)."""
     if threads is None:
-        return DEFAULT_THREADS
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if env.isdigit() and int(env) >= 1:
+            return int(env)
+        return cores() if passive_in_effect() else DEFAULT_THREADS
     if isinstance(threads, bool) or int(threads) != threads or int(threads) < 1:
         raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
     return int(threads)
@@ -101,4 +116,4 @@ def auto_executor(rows: int, executor: str = "auto", workers: int | None = None)
 
 
 __all__ = ["AUTO_WORKERS_MIN_ROWS", "DEFAULT_THREADS", "auto_executor", "auto_workers", "cores",
-           "prefer_passive_wait", "resolve_threads", "set_threads"]
+           "passive_in_effect", "prefer_passive_wait", "resolve_threads", "set_threads"]

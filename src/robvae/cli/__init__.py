@@ -42,7 +42,7 @@ def _register() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     _register()
-    set_threads(None)  # one torch thread per process unless --threads says otherwise (robvae.threads)
+    set_threads(None)  # robvae.threads' default unless --threads says otherwise
     try:
         rc = app.main(args=argv, prog_name="robvae", standalone_mode=False)
     except click.exceptions.Abort:  # click turns Ctrl-C (KeyboardInterrupt) into Abort

@@ -113,12 +113,12 @@ def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None
     return set_threads(value)
 
 
-#: ``--threads N``: torch threads in this process (default 1: fast on a busy machine; see
+#: ``--threads N``: torch threads in this process (default: robvae.threads.resolve_threads; see
 #: docs/PERFORMANCE.md). Applied on parsing, so a command needs no code for it.
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None, expose_value=False, is_eager=True, callback=_apply_threads,
-    help="torch threads in this process (default 1: one thread per process stays fast when other jobs share "
-         "the cores; raise it on an idle machine).")
+    help="torch threads in this process (default: one per core, with OpenMP threads waiting passively so "
+         "they stay fast when other jobs share the cores; 1 where passive waiting could not be set).")
 #: ``--workers N`` for commands that shard inputs over processes (default: one per core for large work).
 auto_workers_option = click.option(
     "--workers", type=click.IntRange(min=1), default=None,
