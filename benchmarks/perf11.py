@@ -72,7 +72,7 @@ def _child(variant: str, run: str, n: int, samples: int, timeout: float) -> dict
 def contention(s) -> list[dict]:
     run = bench_run("mlp")
     n, S = (64, 5000) if s.quick else (256, 10_000)
-    repeats = 1 if s.quick else 2
+    repeats = 2
     timeout = 300.0 if s.quick else 600.0
     variants = ("today", "default", "threads1", "workers")
     rows = []

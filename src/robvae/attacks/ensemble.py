@@ -194,8 +194,8 @@ class EnsembleAttack:
         i = score.argmax(0)
         idx = torch.arange(B, device=x.device)
         best, best_score = cands[i, idx], score[i, idx]
-        origin = ["start"] * B
-        for st in self.stages:
+        origin = torch.full((B,), -1, dtype=torch.long, device=x.device)  # stage index; -1: a start
+        for k, st in enumerate(self.stages):
             if st.needs_r and rt is None:
                 continue
             starts = []
@@ -209,11 +209,12 @@ class EnsembleAttack:
             better = sc[0] > best_score
             best = torch.where(_rows(better, best), res.delta, best)
             best_score = torch.where(better, sc[0], best_score)
-            origin = [st.objective if bool(better[j]) else origin[j] for j in range(B)]
+            origin = torch.where(better, torch.full_like(origin, k), origin)
         _, damage, expected, p = self._judge(model, x, best.unsqueeze(0), eta, rt, target, mode, counter, final=True)
         self.decoder_rows += counter.rows
         return AttackResult(delta=best, damage=damage[0], expected_damage=expected[0], p=None if p is None else p[0],
-                            objective=origin, preset=self.preset, target=target, mode=mode,
+                            objective=[self.stages[k].objective if k >= 0 else "start" for k in origin.tolist()],
+                            preset=self.preset, target=target, mode=mode,
                             decoder_rows=counter.rows, eval_draws=int(eta.shape[2]))
 
     run = __call__

@@ -232,7 +232,7 @@ def render_report(folders: Sequence[str | Path], out_file: str | Path | None = N
         raise ValueError("give at least one study folder")
     for f in folders:
         if not (f / "study.json").is_file() and not (f / "config.json").is_file():
-            raise FileNotFoundError(f"{f} is neither a study folder (study.json) nor a run folder (config.json)")
+            raise FileNotFoundError(f"{f} is not a study folder (no study.json) nor a run folder (no config.json)")
     links, sections = zip(*(_section(f, k) for k, f in enumerate(folders)))
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
