@@ -99,6 +99,8 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
                 out, seed, device, quiet, data_dir, download) -> None:
     """Theorem 1 certificates (and the sound, spectral and whitened variants) for N inputs."""
     t0 = time.perf_counter()
+    if (r is None) == (r_relative is None):  # checked before any work (loading the run, the data)
+        raise click.UsageError("give exactly one of --r and --r-relative")
     vae, x = _inputs(run, split, n, device, data_dir, download)
     radius = resolve_radius(vae.model, x, r, r_relative, n_samples, seed)
     # one code path for every executor: each block of inputs draws its noise from a generator
