@@ -104,8 +104,8 @@ def test_attack_and_margin_with_model_and_inputs_file(user_pkg, capsys):
     x = robvae.load_dataset("digits", "test").images[:6]
     np.save(user_pkg / "x.npy", x.numpy())
     torch.save(x.clone(), user_pkg / "x.pt")
-    rc = main(["attack", "--model", "my_models:vae", "--inputs", "x.npy", "--n", "6", "--eps", "0.5", "--steps", "3",
-               "--restarts", "1", "--quiet"])
+    rc = main(["attack", "--model", "my_models:vae", "--inputs", "x.npy", "--n", "6", "--eps", "0.5", "--preset", "legacy",
+               "--steps", "3", "--restarts", "1", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     lines = (user_pkg / "attack-test" / "attack.csv").read_text().splitlines()
     assert len(lines) == 7
@@ -116,7 +116,7 @@ def test_attack_and_margin_with_model_and_inputs_file(user_pkg, capsys):
     meta = json.loads((user_pkg / "attack-test" / "attack.json").read_text())
     assert meta["perceptual"]["ms_ssim_scales"] == 2 and meta["perceptual"]["kernel_size"] == 7
     rc = main(["margin", "m", "--model", "my_models:vae", "--inputs", "x.pt", "--n", "4", "--r", "0.5",
-               "--n-samples", "100", "--attack-steps", "3", "--attack-restarts", "1", "--quiet"])
+               "--n-samples", "100", "--attack-preset", "cheap", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     assert len((user_pkg / "m" / "margin-test.csv").read_text().splitlines()) == 5
 

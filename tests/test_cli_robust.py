@@ -61,8 +61,7 @@ def test_certify_r_relative_scales_the_median_r_min(run_dir, capsys, tmp_path):
 
 
 def test_attack_respects_the_budget_and_saves_images(run_dir, capsys, tmp_path):
-    rc, out, err = _run(capsys, "attack", run_dir, "--n", 6, "--eps", 0.5, "--steps", 10, "--restarts", 1,
-                        "--out", tmp_path / "att")
+    rc, out, err = _run(capsys, "attack", run_dir, "--n", 6, "--eps", 0.5, "--out", tmp_path / "att")
     assert rc == 0, err
     rows = read_csv(tmp_path / "att" / "attack.csv")
     assert len(rows) == 6
@@ -74,7 +73,7 @@ def test_attack_respects_the_budget_and_saves_images(run_dir, capsys, tmp_path):
 
 def test_margin_reports_bound_and_margin(run_dir, capsys, tmp_path):
     rc, out, err = _run(capsys, "margin", run_dir, "--n", 5, "--r-relative", 1.5, "--samples", 200,
-                        "--steps", 8, "--restarts", 1, "--tol", 0.1, "--out", tmp_path / "m.csv", "--quiet")
+                        "--preset", "cheap", "--tol", 0.1, "--out", tmp_path / "m.csv", "--quiet")
     assert rc == 0, err
     rows = read_csv(tmp_path / "m.csv")
     meta = json.loads((tmp_path / "m.json").read_text())
@@ -85,7 +84,12 @@ def test_margin_reports_bound_and_margin(run_dir, capsys, tmp_path):
     assert meta["summary"]["n_violations"] == sum(float(r["bound"]) > float(r["margin"]) for r in real)
     assert {"p_clean", "capped", "abstain_sound"} <= set(rows[0])
     assert all(float(r["margin"]) >= 0 for r in rows)
-    assert meta["evaluation"]["attack_steps"] == 8 and meta["evaluation"]["margin_tol"] == 0.1
+    assert meta["evaluation"]["attack_preset"] == "cheap" and meta["evaluation"]["margin_tol"] == 0.1
+    # the rigorous radius of the margin's setting (full) beside the Theorem 1 violations: never above the margin
+    rig = [r for r in rows if r["rigorous_used"] == "True"]
+    assert len(rig) >= 1 and all(float(r["radius_rigorous_full"]) <= float(r["margin"]) for r in rig)
+    assert meta["summary"]["rigorous_above_margin"] == 0 and meta["summary"]["rigorous_compared"] == len(rig)
+    assert "rigorous_above_margin" in out
 
 
 @pytest.mark.parametrize(
@@ -116,3 +120,80 @@ def test_corrupt_run_is_reported_by_file(run_dir, capsys, tmp_path):
     (bad / "model.safetensors").write_bytes(b"\x00" * 20)
     rc, _, err = _run(capsys, "certify", bad, "--r", "1")
     assert rc == 2 and "model.safetensors" in err and "corrupt" in err
+
+
+def test_certify_rigorous_columns(run_dir, capsys, tmp_path):
+    """--rigorous (default) adds both rigorous radii and their medians, equal to robvae.certify's;
+    --no-rigorous leaves them out."""
+    from robvae import certify, load, load_dataset
+
+    rc, out, err = _run(capsys, "certify", run_dir, "--n", 8, "--r", 1.0, "--samples", 300, "--seed", 5,
+                        "--out", tmp_path / "c.csv", "--quiet")
+    assert rc == 0, err
+    rows = read_csv(tmp_path / "c.csv")
+    assert "median_radius_rigorous_mean" in out and "median_radius_rigorous_full" in out
+    got_mean = np.array([float(r["radius_rigorous_mean"]) for r in rows])
+    got_full = np.array([float(r["radius_rigorous_full"]) for r in rows])
+    # recomputed from the same p_lower and sigma_min by the library
+    model = load(run_dir).model
+    x = load_dataset("digits", "test").images[:8]
+    cert = certify(model, x, 1.0, n_samples=300, rigorous=True)
+    from robvae.robustness.rigorous import rigorous_columns
+
+    ref = rigorous_columns(model, torch.tensor([float(r["p_lower"]) for r in rows], dtype=torch.float64),
+                           torch.tensor([float(r["sigma_min"]) for r in rows], dtype=torch.float64))
+    np.testing.assert_allclose(got_mean, ref["radius_rigorous_mean"].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(got_full, ref["radius_rigorous_full"].numpy(), rtol=1e-6)
+    assert (got_full <= got_mean * (1 + 1e-9)).all() and (got_mean > 0).any()
+    assert "radius_rigorous_mean" in cert.extras
+    rc, out, err = _run(capsys, "certify", run_dir, "--n", 4, "--r", 1.0, "--samples", 100, "--no-rigorous",
+                        "--out", tmp_path / "n.csv", "--quiet")
+    assert rc == 0, err
+    assert "radius_rigorous_mean" not in read_csv(tmp_path / "n.csv")[0] and "rigorous" in out
+
+
+@pytest.mark.parametrize("preset", ["cheap", "legacy"])
+def test_attack_csv_has_both_damages_and_the_preset(run_dir, capsys, tmp_path, preset):
+    """Both damage columns side by side, the preset and objective per input and in the summary;
+    the deterministic damage is recomputed from the saved perturbation's model independently."""
+    rc, out, err = _run(capsys, "attack", run_dir, "--n", 5, "--eps", 0.5, "--preset", preset, "--out",
+                        tmp_path / "a", "--quiet")
+    assert rc == 0, err
+    rows = read_csv(tmp_path / "a" / "attack.csv")
+    assert {"damage", "expected_damage", "preset", "objective"} <= set(rows[0])
+    assert {r["preset"] for r in rows} == {preset}
+    assert all(float(r["damage"]) > 0 and float(r["expected_damage"]) > 0 for r in rows)
+    meta = json.loads((tmp_path / "a" / "attack.json").read_text())
+    assert meta["preset"] == preset and meta["summary"]["preset"] == preset
+    assert "expected damage median" in out and "damage median" in out and preset in out
+    assert ("steps" in meta) == (preset == "legacy")
+
+
+def test_attack_legacy_reproduces_max_damage_attack(run_dir, capsys, tmp_path):
+    """--preset legacy is today's single PGD run: the same seed gives max_damage_attack's damages
+    (two batches, so the generator must be shared across batches exactly as the library is called)."""
+    from robvae import load, load_dataset
+    from robvae.attacks import max_damage_attack
+    from robvae.metrics import reconstruction_damage
+
+    rc, _, err = _run(capsys, "attack", run_dir, "--n", 6, "--eps", 0.7, "--preset", "legacy", "--steps", 7,
+                      "--restarts", 2, "--eta-samples", 2, "--batch-size", 3, "--seed", 11, "--out", tmp_path / "l",
+                      "--quiet")
+    assert rc == 0, err
+    got = [float(r["damage"]) for r in read_csv(tmp_path / "l" / "attack.csv")]
+    model = load(run_dir).model
+    x = load_dataset("digits", "test").images[:6]
+    g = torch.Generator().manual_seed(11)
+    delta = torch.cat([max_damage_attack(model, x[i:i + 3], 0.7, steps=7, restarts=2, eta_samples=2, generator=g)
+                       for i in (0, 3)])
+    np.testing.assert_allclose(got, reconstruction_damage(model, x, delta).numpy(), rtol=1e-5)
+    # a different seed moves the numbers (the comparison can fail)
+    g = torch.Generator().manual_seed(12)
+    other = torch.cat([max_damage_attack(model, x[i:i + 3], 0.7, steps=7, restarts=2, eta_samples=2, generator=g)
+                       for i in (0, 3)])
+    assert not np.allclose(got, reconstruction_damage(model, x, other).numpy(), rtol=1e-5)
+
+
+def test_attack_pgd_settings_need_legacy(run_dir, capsys):
+    rc, _, err = _run(capsys, "attack", run_dir, "--n", 2, "--eps", 0.5, "--steps", 3)
+    assert rc == 2 and "--preset legacy" in err

@@ -357,7 +357,8 @@ def test_a_run_trained_with_a_relative_data_dir_works_from_another_folder(tmp_pa
     capsys.readouterr()
     assert main(args) == 2
     assert main([*args, "--data-dir", str(src)]) == 0
-    assert main(["attack", "run", "--eps", "0.5", "--n", "3", "--steps", "1", "--data-dir", str(src)]) == 0
+    assert main(["attack", "run", "--eps", "0.5", "--n", "3", "--preset", "legacy", "--steps", "1",
+                 "--data-dir", str(src)]) == 0
 
 
 def test_n_larger_than_the_split_says_so(run_dir, tmp_path, capsys):
@@ -567,7 +568,7 @@ def _help(capsys, *cmd) -> str:
     (["margin"], ["--quiet"]),
     (["certify"], ["--quiet"]),
     (["sweep"], ["--quiet"]),
-    (["study", "bound-vs-margin"], ["--arch", "--quiet", "--attack-steps", "--attack-restarts"]),
+    (["study", "bound-vs-margin"], ["--arch", "--quiet", "--attack-preset"]),
 ])
 def test_every_option_has_help(capsys, cmd, opts):
     import click
@@ -623,7 +624,8 @@ def test_more_epochs_continue_a_finished_run(tmp_path, digits_small):
 
 def test_report_renders_a_plain_run_folder(run_dir, tmp_path, capsys):
     run = _copy_run(run_dir, tmp_path / "run")
-    assert main(["attack", str(run), "--eps", "0.5", "--n", "4", "--steps", "1", "--batch-size", "2"]) == 0
+    assert main(["attack", str(run), "--eps", "0.5", "--n", "4", "--preset", "legacy", "--steps", "1",
+                 "--batch-size", "2"]) == 0
     err = capsys.readouterr().err
     assert "attack: 100%" in err and "2/2" in err  # the progress bar, per batch of inputs
     assert main(["report", str(run)]) == 0

@@ -11,7 +11,7 @@ from robvae.evaluation import EvalConfig
 from robvae.studies import Executor, TrainOptions, beta_study, bound_vs_margin, quartiles, tau_study
 
 OPTS = TrainOptions(epochs=2, n_train=300, latent_dim=3, hidden=(32,), batch_size=64)
-EV = EvalConfig(n=6, n_samples=150, attack_steps=4, margin_tol=0.3)
+EV = EvalConfig(n=6, n_samples=150, margin_tol=0.3)
 SERIAL = Executor(executor="serial", progress=False)
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -98,7 +98,7 @@ def test_cli_bound_vs_margin_and_report(tmp_path, capsys):
 
     out = tmp_path / "bvm"
     args = ["study", "bound-vs-margin", "--dataset", "digits", "--out", str(out), "--epochs", "1", "--n-train", "200",
-            "--latent-dim", "2", "--hidden", "16", "--n", "4", "--n-samples", "100", "--attack-steps", "2",
+            "--latent-dim", "2", "--hidden", "16", "--n", "4", "--n-samples", "100",
             "--margin-tol", "0.5", "--executor", "serial", "--quiet"]
     assert main(args) == 0
     assert "Pearson rho" in capsys.readouterr().out

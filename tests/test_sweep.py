@@ -158,7 +158,7 @@ def test_interrupted_trial_is_rerun(tmp_path):
 def test_evaluation_runs_after_training_and_feeds_the_table(tmp_path):
     from robvae.evaluation import EvalConfig
 
-    ev = EvalConfig(n=6, n_samples=50, margin=False, attack_steps=2, batch_size=6)
+    ev = EvalConfig(n=6, n_samples=50, margin=False, batch_size=6)
     t = Trial({**BASE, "seed": 0}, ev, "with-eval")
     assert Trial({**BASE, "seed": 0}, ev.to_dict()).id == t.id
     assert Trial({**BASE, "seed": 0}, {**ev.to_dict(), "device": "cuda"}).id == t.id

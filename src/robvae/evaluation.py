@@ -11,8 +11,15 @@ the run's data set ``split`` and computes, per input (docs/THEORY.md sections 2-
   (0 = abstain, inf when every draw fell within r);
 - ``margin``: the empirical margin R_hat_r(x) (``margin_mode`` "full", the default of docs/THEORY.md section 5, or
   "mean"), ``margin_upper`` and ``margin_capped`` (still robust at the search cap);
-- ``damage``: ||g(mu(x + delta*)) - g(mu(x))|| for the maximum-damage attack delta* at the fixed
-  budget ``attack_eps``; ``likelihood_degradation``: |log p(x|z*) - log p(x|z)| / |log p(x|z)|
+- ``radius_rigorous_mean``, ``radius_rigorous_full``: the rigorous radii (docs/THEORY.md section 8,
+  :func:`robvae.robustness.rigorous.rigorous_columns`: hold for every perturbation; mean-only and
+  with sigma moving), for models with Lipschitz bounds (robvae's VAE, LinearVAE); NaN otherwise
+  (the summary says why in ``rigorous_note``);
+- ``damage``: ||g(mu(x + delta*)) - g(mu(x))|| (deterministic) and ``expected_damage``:
+  E_eta ||g(mu(x + delta*) + eta sigma(x + delta*)) - g(mu(x))|| (the paper's eq. 5) for the attack
+  ensemble's perturbation delta* (:class:`robvae.attacks.EnsembleAttack`, preset ``attack_preset``,
+  recorded per input with the objective that found delta*: ``attack_preset``, ``attack_objective``)
+  at the fixed budget ``attack_eps``; ``likelihood_degradation``: |log p(x|z*) - log p(x|z)| / |log p(x|z)|
   for the same delta*; ``ssim`` / ``ms_ssim``: the structural similarity of g(mu(x + delta*)) and
   g(mu(x)) (:func:`robvae.metrics.perceptual_damage`; 1 = undamaged, NaN where unavailable);
 - ``reconstruction_error``: ||g(mu(x)) - x||.
@@ -52,12 +59,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .attacks import max_damage_attack
+from .attacks import EnsembleAttack
 from .config import ALPHA, ConfigMixin
 from .data import load_dataset
+from .errors import InputError
 from .fileio import read_csv, read_json, write_csv, write_json
-from .metrics import likelihood_degradation, perceptual_damage, reconstruction_damage, reconstruction_error
+from .metrics import likelihood_degradation, perceptual_damage, reconstruction_error
 from .robustness import certify, empirical_margin, r_min
+from .robustness.lipschitz import VAELipschitz, vae_lipschitz
 from .stats import BoundStats, bound_stats, describe
 from .training import Run, load
 
@@ -70,17 +79,23 @@ COLUMNS = (
     "index", "label", "r", "x_norm", "r_min", "p", "p_lower", "sigma_min", "sigma_mean",
     "jac_frobenius", "jac_spectral", "jac_whitened",
     "radius", "radius_sound", "radius_spectral", "radius_whitened", "abstain", "abstain_sound",
-    "margin", "margin_upper", "margin_capped", "p_clean", "attack_eps", "damage", "likelihood_degradation",
-    "ssim", "ms_ssim", "reconstruction_error",
+    "radius_rigorous_mean", "radius_rigorous_full",
+    "margin", "margin_upper", "margin_capped", "p_clean", "attack_eps", "attack_preset", "attack_objective",
+    "damage", "expected_damage", "likelihood_degradation", "ssim", "ms_ssim", "reconstruction_error",
 )
 #: Bounds compared with the margin in the summary (name -> column).
-BOUNDS = {"theorem1": "radius", "sound": "radius_sound", "spectral": "radius_spectral", "whitened": "radius_whitened"}
-#: the abstention flag of each bound's column
+BOUNDS = {"theorem1": "radius", "sound": "radius_sound", "spectral": "radius_spectral", "whitened": "radius_whitened",
+          "rigorous_mean": "radius_rigorous_mean", "rigorous_full": "radius_rigorous_full"}
+#: the abstention flag of each bound's column (the rigorous radii abstain exactly when p_lower <= 1/2)
 ABSTAIN = {"radius": "abstain", "radius_sound": "abstain_sound", "radius_spectral": "abstain",
-           "radius_whitened": "abstain"}
+           "radius_whitened": "abstain", "radius_rigorous_mean": "abstain_sound",
+           "radius_rigorous_full": "abstain_sound"}
+#: the rigorous radius that certifies the margin's setting (sigma held: mean; sigma moving: full)
+RIGOROUS_FOR_MODE = {"mean": "radius_rigorous_mean", "full": "radius_rigorous_full"}
 _NUMERIC_SUMMARY = ("r_min", "p", "p_lower", "sigma_min", "sigma_mean", "jac_frobenius", "jac_spectral",
-                    "jac_whitened", "radius", "radius_sound", "radius_spectral", "radius_whitened", "margin",
-                    "damage", "likelihood_degradation", "ssim", "ms_ssim", "reconstruction_error", "x_norm")
+                    "jac_whitened", "radius", "radius_sound", "radius_spectral", "radius_whitened",
+                    "radius_rigorous_mean", "radius_rigorous_full", "margin",
+                    "damage", "expected_damage", "likelihood_degradation", "ssim", "ms_ssim", "reconstruction_error", "x_norm")
 
 
 @dataclass
@@ -91,10 +106,12 @@ class EvalConfig(ConfigMixin):
     the data files are (None: the run's own data_dir).
     r: absolute radius, or None to use ``r_relative`` x median r_min over the inputs.
     n_samples: Monte Carlo draws of eta per p estimate (and for r_min). alpha: Clopper-Pearson level.
-    attack_eps: absolute L2 budget of the maximum-damage attack, or None to use
-    ``attack_eps_relative`` x median ||x|| over the inputs. attack_steps / attack_restarts /
-    attack_eta_samples: its PGD settings (also used inside the margin search). attack: run the
-    fixed-budget attack (damage, likelihood degradation; NaN when off).
+    attack_eps: absolute L2 budget of the fixed-budget attack, or None to use
+    ``attack_eps_relative`` x median ||x|| over the inputs. attack_preset: the
+    :class:`robvae.attacks.EnsembleAttack` preset of that attack and of the margin search ("cheap"
+    for studies, "strong" for final numbers). attack: run the fixed-budget attack (damages,
+    likelihood degradation; NaN when off). rigorous: also the rigorous radii (NaN for models
+    without Lipschitz bounds).
     margin: compute the empirical margin (the slow part). margin_mode: "full" (docs/THEORY.md section 5, the default:
     the attack moves mean and variance) or "mean" (Theorem 1's setting). margin_tol: relative
     bisection tolerance. margin_eps_max: search cap (None = the pixel box diameter).
@@ -110,9 +127,8 @@ class EvalConfig(ConfigMixin):
     attack: bool = True
     attack_eps: float | None = None
     attack_eps_relative: float = 0.1
-    attack_steps: int = 20
-    attack_restarts: int = 1
-    attack_eta_samples: int = 4
+    attack_preset: Literal["cheap", "strong"] = "cheap"
+    rigorous: bool = True
     margin: bool = True
     margin_mode: Literal["full", "mean"] = "full"
     margin_tol: float = 0.05
@@ -143,7 +159,9 @@ class EvalConfig(ConfigMixin):
             raise ValueError(f"margin_mode must be 'full' or 'mean', got {self.margin_mode!r}")
         if self.split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
-        for name in ("attack_steps", "attack_restarts", "batch_size"):
+        if self.attack_preset not in ("cheap", "strong"):
+            raise ValueError(f"attack_preset must be 'cheap' or 'strong', got {self.attack_preset!r}")
+        for name in ("batch_size",):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -272,7 +290,9 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
     eps = (float(config.attack_eps) if config.attack_eps is not None
            else float(config.attack_eps_relative * np.median(x_norm.double().cpu().numpy())))
 
+    constants, rigorous_note = _rigorous_constants(model, config)
     cols: dict[str, list[torch.Tensor]] = {}
+    texts: dict[str, list[str]] = {"attack_preset": [], "attack_objective": []}
 
     def add(name: str, t: torch.Tensor) -> None:
         cols.setdefault(name, []).append(t.detach().double().cpu().reshape(-1))
@@ -281,7 +301,10 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
         x = x_all[s]
         # 2. certificates (Theorem 1 and variants), p, sigma, Jacobian norms
         cert = certify(model, x, r, n_samples=config.n_samples, alpha=config.alpha, mode="mean",
-                       generator=_gen(config.seed, 100 + i))
+                       generator=_gen(config.seed, 100 + i), rigorous=constants if constants is not None else False)
+        nan = torch.full((x.shape[0],), float("nan"))
+        for k in ("radius_rigorous_mean", "radius_rigorous_full"):
+            add(k, cert.extras.get(k, nan))
         for k in ("p", "p_lower", "sigma_min", "jac_frobenius", "jac_spectral", "jac_whitened", "radius",
                   "radius_sound", "radius_spectral", "radius_whitened", "abstain", "abstain_sound"):
             add(k, getattr(cert, k))
@@ -291,12 +314,13 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
         add("reconstruction_error", reconstruction_error(model, x))
         bar.update(1)
         # 3. maximum-damage attack at the fixed budget
-        nan = torch.full((x.shape[0],), float("nan"))
         if config.attack:
-            delta = max_damage_attack(model, x, eps, steps=config.attack_steps, restarts=config.attack_restarts,
-                                      eta_samples=config.attack_eta_samples, mode="full",
-                                      generator=_gen(config.seed, 200 + i))
-            add("damage", reconstruction_damage(model, x, delta))
+            res = EnsembleAttack(config.attack_preset, mode="full", generator=_gen(config.seed, 200 + i))(model, x, eps)
+            delta = res.delta
+            add("damage", res.damage)
+            add("expected_damage", res.expected_damage)
+            texts["attack_preset"] += [res.preset] * x.shape[0]
+            texts["attack_objective"] += list(res.objective)
             add("likelihood_degradation", likelihood_degradation(model, x, delta) if hasattr(model, "log_likelihood")
                 else nan)
             percept = perceptual_damage(model, x, delta)
@@ -304,6 +328,9 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
             add("ms_ssim", percept.ms_ssim)
         else:
             add("damage", nan)
+            add("expected_damage", nan)
+            texts["attack_preset"] += [""] * x.shape[0]
+            texts["attack_objective"] += [""] * x.shape[0]
             add("likelihood_degradation", nan)
             add("ssim", nan)
             add("ms_ssim", nan)
@@ -311,10 +338,9 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
         # 4. empirical margin
         if config.margin:
             init = torch.where(torch.isfinite(radius) & (radius > 0), radius, torch.full_like(radius, r))
-            m = empirical_margin(model, x, r, mode=config.margin_mode, eps_max=config.margin_eps_max, eps_init=init,
-                                 tol=config.margin_tol, n_samples=config.n_samples, steps=config.attack_steps,
-                                 restarts=config.attack_restarts, eta_samples=config.attack_eta_samples,
-                                 generator=_gen(config.seed, 300 + i),
+            m = empirical_margin(model, x, r, EnsembleAttack(config.attack_preset, mode=config.margin_mode),
+                                 mode=config.margin_mode, eps_max=config.margin_eps_max, eps_init=init,
+                                 tol=config.margin_tol, n_samples=config.n_samples, generator=_gen(config.seed, 300 + i),
                                  progress=lambda k, a: bar.set_postfix_str(f"margin: attack {k}, {a} inputs", refresh=True))
             add("margin", m.margin)
             add("margin_upper", m.upper)
@@ -338,6 +364,8 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
             if k in arrays:
                 v = arrays[k][j]
                 row[k] = bool(v) if k in ("abstain", "abstain_sound", "margin_capped") else float(v)
+            elif k in texts:
+                row[k] = texts[k][j]
         rows.append({k: row[k] for k in COLUMNS})
 
     summary = summarize(rows, config)
@@ -346,6 +374,7 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
         else f"{config.r_relative:g} x median r_min", "attack_eps": eps,
         "attack_eps_from": "absolute" if config.attack_eps is not None
         else f"{config.attack_eps_relative:g} x median ||x||",
+        "attack_preset": config.attack_preset if config.attack else None, "rigorous_note": rigorous_note,
         "beta": run.config.objective.beta, "objective": run.config.objective.name, "tau": run.config.model.tau,
         "seed": run.config.seed, "test_elbo": _last_elbo(run), "seconds": time.perf_counter() - t0,
     })
@@ -358,6 +387,16 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
         write_json(out / EVAL_CONFIG_FILE, {"evaluation": config.to_dict(), "evaluation_identity": ident["evaluation"],
                                             "train": ident["train"], "run": str(run.path)})
     return result
+
+
+def _rigorous_constants(model: Any, config: EvalConfig) -> tuple[VAELipschitz | None, str]:
+    """(Lipschitz constants for the rigorous radii or None, a note for the summary)."""
+    if not config.rigorous:
+        return None, "not computed (rigorous=False)"
+    try:
+        return vae_lipschitz(model), "Lipschitz bounds from the weights (robvae.robustness.lipschitz.vae_lipschitz)"
+    except InputError as e:  # a user model without known Lipschitz bounds: NaN radii, no crash
+        return None, f"not available for this model: {e}"
 
 
 def _last_elbo(run: Any) -> float:
@@ -404,7 +443,16 @@ def summarize(rows: list[dict[str, Any]], config: EvalConfig | None = None) -> d
     s["n_infinite_radius"] = int(np.isinf(col("radius")).sum())
     s["n_margin_capped"] = int(sum(bool(r["margin_capped"]) for r in rows))
     s["n_not_robust_clean"] = int((col("p") <= 0.5).sum())
-    s["bounds"] = {name: {"column": c, **rows_bound_stats(rows, c).to_dict()} for name, c in BOUNDS.items()}
+    s["bounds"] = {name: {"column": c, **rows_bound_stats(rows, c).to_dict()} for name, c in BOUNDS.items()
+                   if not rows or c in rows[0]}
+    if rows and "attack_objective" in rows[0]:
+        objs = [str(r["attack_objective"]) for r in rows if r.get("attack_objective") not in ("", None)]
+        s["attack_objective"] = {o: objs.count(o) for o in sorted(set(objs))}
+    mode = config.margin_mode if config is not None else "full"
+    rig = s["bounds"].get("rigorous_" + mode)
+    if rig is not None:  # the rigorous radius of the margin's setting: above the margin must never happen
+        s["rigorous_vs_margin"] = {"column": rig["column"], "n_above_margin": rig["n_violations"],
+                                   "n_compared": rig["n_used"]}
     return s
 
 
@@ -415,7 +463,8 @@ _jsonable = jsonable  # the former private name
 
 #: the per-input columns of ``robvae margin``'s CSV
 MARGIN_COLUMNS = ("index", "bound", "margin", "margin_upper", "p", "p_clean", "capped", "abstain", "abstain_sound",
-                  "radius_sound", "used", "violation")
+                  "radius_sound", "used", "violation", "radius_rigorous_mean", "radius_rigorous_full",
+                  "rigorous_used", "rigorous_violation")
 
 
 @dataclass
@@ -428,6 +477,7 @@ class MarginReport:
     result: EvalResult
     stats: BoundStats
     path: Path | None = None
+    rigorous: BoundStats | None = None
 
     def rows(self) -> list[dict[str, Any]]:
         """Per input: the bound, the margin, both Monte Carlo estimates, the flags, and whether the
@@ -435,17 +485,28 @@ class MarginReport:
         out = []
         for j, r in enumerate(self.result.rows):
             used = bool(self.stats.mask[j])
+            rig_used = bool(self.rigorous.mask[j]) if self.rigorous is not None else False
+            rig = r.get(RIGOROUS_FOR_MODE[self.result.config.margin_mode], math.nan)
             out.append({"index": r["index"], "bound": r["radius"], "margin": r["margin"],
                         "margin_upper": r["margin_upper"], "p": r["p"], "p_clean": r["p_clean"],
                         "capped": r["margin_capped"], "abstain": r["abstain"], "abstain_sound": r["abstain_sound"],
                         "radius_sound": r["radius_sound"], "used": used,
-                        "violation": used and r["radius"] > r["margin"]})
+                        "violation": used and r["radius"] > r["margin"],
+                        "radius_rigorous_mean": r.get("radius_rigorous_mean", math.nan),
+                        "radius_rigorous_full": r.get("radius_rigorous_full", math.nan),
+                        "rigorous_used": rig_used, "rigorous_violation": rig_used and rig > r["margin"]})
         return out
 
     def summary(self) -> dict[str, Any]:
         c = self.result.config
-        return {"inputs": len(self.result.rows), "r": self.result.summary["r"], "mode": c.margin_mode,
-                **self.stats.to_dict()}
+        out = {"inputs": len(self.result.rows), "r": self.result.summary["r"], "mode": c.margin_mode,
+               "attack_preset": c.attack_preset, **self.stats.to_dict()}
+        if self.rigorous is not None:  # beside the Theorem 1 violations: must always be 0
+            out["rigorous_above_margin"] = self.rigorous.n_violations
+            out["rigorous_compared"] = self.rigorous.n_used
+            out["median_rigorous"] = self.rigorous.median_bound
+        out["rigorous_note"] = self.result.summary.get("rigorous_note")
+        return out
 
 
 def margin_report(run: Any, config: EvalConfig, out: str | Path | None = None, *, progress: bool = True,
@@ -456,7 +517,8 @@ def margin_report(run: Any, config: EvalConfig, out: str | Path | None = None, *
     the summary)."""
     config = replace(config, attack=False, margin=True)
     result = evaluate(run, config, progress=progress)
-    rep = MarginReport(result, result.bound_stats("theorem1"))
+    rig = result.bound_stats(RIGOROUS_FOR_MODE[config.margin_mode]) if config.rigorous else None
+    rep = MarginReport(result, result.bound_stats("theorem1"), rigorous=rig)
     if out is not None:
         path = Path(out)
         write_csv(path, rep.rows(), fieldnames=list(MARGIN_COLUMNS))

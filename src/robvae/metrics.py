@@ -14,6 +14,7 @@ import torch
 
 from .errors import RobvaeError
 from .models.fast_decode import flat_decode
+from .rng import randn
 from .validation import check_delta, check_x
 
 
@@ -30,6 +31,25 @@ def reconstruction_damage(model: torch.nn.Module, x: torch.Tensor, delta: torch.
     delta = check_delta(x, delta)
     with torch.inference_mode():
         return (flat_decode(model, model.encode(x + delta)[0]) - flat_decode(model, model.encode(x)[0])).norm(dim=1)
+
+
+def expected_damage(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor, n_draws: int = 64, *,
+                    mode: str = "full", generator: torch.Generator | None = None) -> torch.Tensor:
+    """The paper's expected damage (eq. 5), E_eta ||g(mu(x + d) + eta sigma) - g(mu(x))|| per input, the
+    mean over ``n_draws`` draws of eta; sigma = sigma(x + d) (mode "full") or sigma(x) ("mean").
+    x, delta [B, *shape] -> [B]. (The attack ensemble reports the same quantity for its own delta.)"""
+    check_x(model, x)
+    delta = check_delta(x, delta)
+    if mode not in ("full", "mean"):
+        raise ValueError(f"unknown mode {mode!r}; choose 'full' or 'mean'")
+    with torch.inference_mode():
+        mu0, s0 = model.encode(x)
+        ref = flat_decode(model, mu0)
+        mu, s = model.encode(x + delta)
+        sig = s if mode == "full" else s0
+        B, d, K = mu.shape[0], mu.shape[1], int(n_draws)
+        z = (mu[:, None] + randn((B, K, d), mu, generator) * sig[:, None]).reshape(B * K, d)
+        return (flat_decode(model, z).view(B, K, -1) - ref[:, None]).norm(dim=-1).mean(1)
 
 
 def likelihood_degradation(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

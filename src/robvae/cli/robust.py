@@ -10,14 +10,16 @@ import click
 import numpy as np
 import torch
 
-from ..attacks import max_damage_attack
+from ..attacks import PRESETS, EnsembleAttack, max_damage_attack
 from ..data import load_dataset
 from ..data.download import default_data_dir
+from ..errors import InputError
 from ..evaluation import EvalConfig, margin_report
 from ..fileio import write_csv, write_json
-from ..metrics import image_similarity, likelihood_degradation, reconstruction_damage
+from ..metrics import expected_damage, image_similarity, likelihood_degradation, reconstruction_damage
 from ..report.figures import image_grid
 from ..robustness import CertifyConfig, r_min
+from ..robustness.rigorous import rigorous_columns
 from ..stats import quartiles
 from ..sweep import SHARD_EXECUTORS, certify_sharded
 from ..threads import auto_executor
@@ -28,6 +30,12 @@ from .options import (
     ConfigOption, add_options, auto_workers_option, config_option, device_option, download_option, format_summary,
     n_option, radius_options, run_data_dir_option, seed_option, split_option, threads_option,
 )
+
+
+#: the legacy single-PGD attack's settings (``robvae attack --preset legacy``)
+LEGACY = {"steps": 50, "restarts": 2, "eta_samples": 4}
+#: draws of eta for the expected damage of a legacy perturbation (the cheap preset judges with 64)
+EVAL_DRAWS = 64
 
 
 def _inputs(run_dir: str, split: str, n: int, device: str, data_dir: str | None = None, download: bool = False):
@@ -83,6 +91,10 @@ def _median(v) -> float:
               type=click.Choice(["frobenius", "spectral", "whitened"]), default="frobenius", show_default=True,
               help="Which radius the summary leads with: the Jacobian norm in the denominator (all are saved).")
 @config_option(CertifyConfig, "mode", help="mean: sigma(x) held (Theorem 1's setting); full: sigma(x + delta).")
+@click.option("--rigorous/--no-rigorous", default=True, show_default=True,
+              help="Also the rigorous radii (hold for every perturbation; docs/THEORY.md section 8), mean-only and "
+                   "full, for models with Lipschitz bounds (robvae's VAE, the linear VAE); skipped with a note "
+                   "for other models.")
 @click.option("--executor", type=click.Choice(("auto", *SHARD_EXECUTORS)), default="auto", show_default=True,
               help="serial: this process; local / ray: shards across worker processes / a Ray cluster; auto: local "
                    "with one process per core when the work is large, else serial (robvae.threads).")
@@ -95,8 +107,8 @@ def _median(v) -> float:
 @run_data_dir_option
 @download_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, mode, executor, workers, address,
-                out, seed, device, quiet, data_dir, download) -> None:
+def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, mode, rigorous, executor, workers,
+                address, out, seed, device, quiet, data_dir, download) -> None:
     """Theorem 1 certificates (and the sound, spectral and whitened variants) for N inputs."""
     t0 = time.perf_counter()
     if (r is None) == (r_relative is None):  # checked before any work (loading the run, the data)
@@ -118,13 +130,21 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
         cert = certify_sharded(run, x, radius, executor=executor, workers=workers, address=address, seed=seed,
                                device=device, progress=not quiet, n_samples=n_samples, alpha=alpha, mode=mode,
                                torch_threads=None if executor == "serial" else 1)  # serial: --threads
+    rigorous_note = "off (--no-rigorous)"
+    if rigorous:  # from the certificate's p_lower and sigma_min: the same for every executor
+        try:
+            cert.extras.update(rigorous_columns(vae.model, cert.p_lower, cert.sigma_min))
+            rigorous_note = "Lipschitz bounds from the weights"
+        except InputError as e:
+            rigorous_note = f"not available for this model ({e})"
+            click.echo(f"robvae: note: no rigorous radii: {e}", err=True)
     out_path = Path(out) if out else Path(vae.path) / f"certify-{split}.csv"
     summary = cert.summary()
     lead = {"frobenius": "radius", "spectral": "radius_spectral", "whitened": "radius_whitened"}[jacobian_norm]
-    summary = {"lead": lead, **summary, "seconds": time.perf_counter() - t0}
+    summary = {"lead": lead, **summary, "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
     _save(out_path, cert.to_rows(), {"command": "certify", "run": str(run), "split": split, "n": n, "r": radius,
                                      "r_relative": r_relative, "n_samples": n_samples, "alpha": alpha, "mode": mode,
-                                     "executor": executor, "seed": seed, "summary": summary})
+                                     "rigorous": rigorous, "executor": executor, "seed": seed, "summary": summary})
     click.echo(format_summary({k: v for k, v in summary.items() if not isinstance(v, dict)}))
     click.echo(f"per-input results: {out_path}")
 
@@ -140,12 +160,17 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
 @click.option("--threat", "--norm", "norm", cls=ConfigOption, aliases=("--norm",), type=click.Choice(["l2", "linf"]),
               default="l2", show_default=True,
               help="Threat model: the norm of the budget --eps, l2 (Euclidean) or linf (largest pixel change).")
-@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Projected-gradient steps per restart.")
-@click.option("--restarts", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Random starts per input; the most damaging result is kept.")
-@click.option("--eta-samples", type=click.IntRange(min=0), default=4, show_default=True,
-              help="Draws of eta averaged in the objective (0: eta = 0).")
+@click.option("--preset", type=click.Choice([*PRESETS, "legacy"]), default="cheap", show_default=True,
+              help="The attack: the ensemble (robvae.attacks.EnsembleAttack) cheap (fast) or strong (final "
+                   "numbers), or legacy: one PGD run (max_damage_attack) with --steps / --restarts / --eta-samples.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help=f"--preset legacy: projected-gradient steps per restart [default: {LEGACY['steps']}].")
+@click.option("--restarts", type=click.IntRange(min=1), default=None,
+              help=f"--preset legacy: random starts per input; the most damaging is kept [default: "
+                   f"{LEGACY['restarts']}].")
+@click.option("--eta-samples", type=click.IntRange(min=0), default=None,
+              help=f"--preset legacy: draws of eta averaged in the objective (0: eta = 0) [default: "
+                   f"{LEGACY['eta_samples']}].")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default RUN/attack-SPLIT).")
 @seed_option
 @threads_option
@@ -155,19 +180,38 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
 @click.option("--batch-size", type=click.IntRange(min=1), default=25, show_default=True,
               help="Inputs attacked together (the progress bar moves per batch).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def attack_cmd(run, split, n, eps, norm, steps, restarts, eta_samples, out, seed, device, data_dir,
+def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, out, seed, device, data_dir,
                download, batch_size, quiet) -> None:
-    """Maximum-damage attack: damage and likelihood degradation per input, and a PNG."""
+    """Maximum-damage attack: deterministic and expected damage, likelihood degradation per input, and a PNG."""
+    pgd = {"steps": steps, "restarts": restarts, "eta_samples": eta_samples}
+    if preset != "legacy" and any(v is not None for v in pgd.values()):
+        given = ", ".join("--" + k.replace("_", "-") for k, v in pgd.items() if v is not None)
+        raise click.UsageError(f"{given} only apply to --preset legacy (the ensemble presets have no step settings)")
+    pgd = {k: LEGACY[k] if v is None else v for k, v in pgd.items()}
     vae, x = _inputs(run, split, n, device, data_dir, download)
     model = vae.model
     g = torch.Generator(device=x.device).manual_seed(seed)
     from tqdm.auto import tqdm
 
-    parts = []
+    attack = None if preset == "legacy" else EnsembleAttack(preset, norm=norm, mode="full", generator=g)
+    parts, expected, objective = [], [], []
     for i in tqdm(range(0, len(x), batch_size), desc="attack", unit="batch", disable=quiet):
-        parts.append(max_damage_attack(model, x[i:i + batch_size], eps, norm=norm, steps=steps, restarts=restarts,
-                                       eta_samples=eta_samples, generator=g))
+        xb = x[i:i + batch_size]
+        if attack is None:
+            d = max_damage_attack(model, xb, eps, norm=norm, generator=g, **pgd)
+            objective += ["max_damage"] * len(xb)
+        else:
+            res = attack(model, xb, eps)
+            d = res.delta
+            expected.append(res.expected_damage)
+            objective += res.objective
+        parts.append(d)
     delta = torch.cat(parts)
+    if attack is None:  # after the attack, on its own stream: the attack's draws are max_damage_attack's
+        ge = torch.Generator(device=x.device).manual_seed(seed + 1)
+        expected = [expected_damage(model, x[i:i + batch_size], delta[i:i + batch_size], EVAL_DRAWS, generator=ge)
+                    for i in range(0, len(x), batch_size)]
+    exp_damage = torch.cat(expected)
     with torch.no_grad():
         damage = reconstruction_damage(model, x, delta)
         degr = (likelihood_degradation(model, x, delta) if callable(getattr(model, "log_likelihood", None))
@@ -177,15 +221,21 @@ def attack_cmd(run, split, n, eps, norm, steps, restarts, eta_samples, out, seed
     percept = image_similarity(recon_adv.clamp(0, 1), recon.clamp(0, 1))  # SSIM / MS-SSIM (robvae.metrics)
     out_dir = Path(out) if out else Path(vae.path) / f"attack-{split}"
     rows = [{"index": i, "delta_norm": float(size[i]), "damage": float(damage[i]),
+             "expected_damage": float(exp_damage[i]), "preset": preset, "objective": objective[i],
              "likelihood_degradation": float(degr[i]), "ssim": float(percept.ssim[i]),
              "ms_ssim": float(percept.ms_ssim[i])} for i in range(len(x))]
     q25, med, q75 = quartiles(damage.cpu().numpy())
-    summary = {"inputs": len(x), "eps": eps, "norm": norm, "damage median": med, "damage q25": q25,
-               "damage q75": q75, "median degradation": _median(degr.cpu().numpy()),
+    e25, emed, e75 = quartiles(exp_damage.cpu().numpy())
+    counts = {o: objective.count(o) for o in sorted(set(objective))}
+    summary = {"inputs": len(x), "eps": eps, "norm": norm, "preset": preset,
+               "objective": ", ".join(f"{o} {c}" for o, c in counts.items()),
+               "damage median": med, "expected damage median": emed, "damage q25": q25,
+               "expected damage q25": e25, "damage q75": q75, "expected damage q75": e75,
+               "median degradation": _median(degr.cpu().numpy()),
                "median ssim": _median(percept.ssim.numpy()), "median ms_ssim": _median(percept.ms_ssim.numpy())}
     _save(out_dir / "attack.csv", rows, {"command": "attack", "run": str(run), "split": split, "n": n, "eps": eps,
-                                         "norm": norm, "steps": steps, "restarts": restarts,
-                                         "eta_samples": eta_samples, "seed": seed, "summary": summary,
+                                         "norm": norm, "preset": preset,
+                                         **(pgd if preset == "legacy" else {}), "seed": seed, "summary": summary,
                                          "perceptual": {"kernel_size": percept.kernel_size, "sigma": percept.sigma,
                                                         "ms_ssim_scales": percept.ms_ssim_scales,
                                                         "note": percept.note}})
@@ -216,9 +266,9 @@ def _eval(name: str, **kw):
        help="Confidence level 1 - alpha of the sound (Clopper-Pearson) radius.")
 @_eval("margin_mode", aliases=("--mode",),
        help="full: the attack moves mu and sigma (the default); mean: sigma held at sigma(x).")
-@_eval("attack_steps", aliases=("--steps",), type=click.IntRange(min=1), help="PGD steps of each attack.")
-@_eval("attack_restarts", aliases=("--restarts",), type=click.IntRange(min=1), help="PGD restarts of each attack.")
-@_eval("attack_eta_samples", type=click.IntRange(min=0), help="Draws of eta averaged in the attack objective.")
+@_eval("attack_preset", aliases=("--preset",),
+       help="Attack ensemble preset of the margin search (robvae.attacks.EnsembleAttack): cheap or strong.")
+@_eval("rigorous", help="Also the rigorous radii (models with Lipschitz bounds) and how many exceed the margin.")
 @_eval("margin_tol", aliases=("--tol",), type=click.FloatRange(min=0, min_open=True),
        help="Relative width of the bisection bracket.")
 @_eval("margin_eps_max", type=click.FloatRange(min=0, min_open=True),

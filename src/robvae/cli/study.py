@@ -30,8 +30,8 @@ def _eval(name: str, **kw):
 #: the TrainOptions and EvalConfig fields the studies expose (their flags, defaults and choices
 #: come from the dataclasses; ``--eval-seed`` is EvalConfig.seed)
 TRAIN_FIELDS = ("epochs", "n_train", "arch", "latent_dim", "hidden", "batch_size", "lr")
-EVAL_FIELDS = ("n", "n_samples", "alpha", "r", "r_relative", "attack_eps", "attack_eps_relative", "attack_steps",
-               "attack_restarts", "margin_mode", "margin_tol", "seed")
+EVAL_FIELDS = ("n", "n_samples", "alpha", "r", "r_relative", "attack_eps", "attack_eps_relative", "attack_preset",
+               "margin_mode", "margin_tol", "seed")
 
 
 def _common(f):
@@ -61,8 +61,8 @@ def _common(f):
               help="Absolute L2 budget of the maximum-damage attack."),
         _eval("attack_eps_relative", type=click.FloatRange(min=0, min_open=True),
               help="Attack budget = this x median ||x|| of the evaluated inputs."),
-        _eval("attack_steps", type=click.IntRange(min=1), help="PGD steps of each attack."),
-        _eval("attack_restarts", type=click.IntRange(min=1), help="PGD restarts of each attack."),
+        _eval("attack_preset", help="Attack ensemble preset (robvae.attacks.EnsembleAttack) of the fixed-budget "
+                                    "attack and the margin search: cheap (studies) or strong (final numbers)."),
         _eval("margin_mode", help="Empirical margin with the full encoder attacked (docs/THEORY.md section 5) "
                                   "or the mean only."),
         _eval("margin_tol", type=click.FloatRange(min=0, min_open=True), help="Relative tolerance of the margin bisection."),

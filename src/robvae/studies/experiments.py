@@ -231,7 +231,7 @@ def _eval_cli(ev: EvalConfig) -> str:
     parts.append(f"--r {ev.r:g}" if ev.r is not None else f"--r-relative {ev.r_relative:g}")
     parts.append(f"--attack-eps {ev.attack_eps:g}" if ev.attack_eps is not None
                  else f"--attack-eps-relative {ev.attack_eps_relative:g}")
-    parts += [f"--attack-steps {ev.attack_steps}", f"--attack-restarts {ev.attack_restarts}",
+    parts += [f"--attack-preset {ev.attack_preset}",
               f"--margin-mode {ev.margin_mode}", f"--margin-tol {ev.margin_tol:g}", f"--eval-seed {ev.seed}"]
     return " ".join(parts)
 
