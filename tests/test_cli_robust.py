@@ -79,7 +79,7 @@ def test_margin_reports_bound_and_margin(run_dir, capsys, tmp_path):
     meta = json.loads((tmp_path / "m.json").read_text())
     # old flag names still work (hidden aliases); a violation needs both estimates above 1/2 and an uncapped margin
     real = [r for r in rows if r["abstain"] == "False" and float(r["p_clean"]) > 0.5 and r["capped"] == "False"
-            and np.isfinite(float(r["bound"]))]
+            and r["robust_clean"] == "True" and np.isfinite(float(r["bound"]))]
     assert meta["summary"]["n_used"] == len(real) == sum(r["used"] == "True" for r in rows)
     assert meta["summary"]["n_violations"] == sum(float(r["bound"]) > float(r["margin"]) for r in real)
     assert {"p_clean", "capped", "abstain_sound"} <= set(rows[0])

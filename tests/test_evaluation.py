@@ -132,7 +132,8 @@ def _compared(res, column):
     """Inputs where a bound is compared with the margin, recomputed here without bound_stats: the
     bound is > 0 and finite, the search's clean estimate says robust, the margin is finite and not capped."""
     b, m = res.column(column), res.column("margin")
-    return (b > 0) & np.isfinite(b) & (res.column("p_clean") > 0.5) & np.isfinite(m) & (res.column("margin_capped") == 0)
+    return ((b > 0) & np.isfinite(b) & (res.column("p_clean") > 0.5) & (res.column("margin_robust_clean") == 1)
+            & np.isfinite(m) & (res.column("margin_capped") == 0))
 
 
 @pytest.mark.parametrize("mode", ["full", "mean"])
@@ -193,3 +194,21 @@ def test_rigorous_nan_for_models_without_bounds(tiny_run):
     assert "not available" in res.summary["rigorous_note"]
     assert res.summary["rigorous_vs_margin"]["n_compared"] == 0
     assert np.isfinite(res.column("radius")).all()  # the rest is computed as usual
+
+
+def test_unsettled_clean_decision_is_not_a_margin_of_zero():
+    """A margin search that could not settle "robust" unperturbed reports margin 0 (unknown): such an
+    input is not compared (counted as disagreeing), even when its clean estimate p_clean > 1/2;
+    without the flag (old CSVs) the comparison is as before and the bound would count as a violation."""
+    from robvae.evaluation import rows_bound_stats
+
+    base = {"radius": 0.01, "margin": 0.0, "margin_upper": 0.0, "p_clean": 0.55, "margin_capped": False,
+            "abstain": False}
+    settled = {"radius": 0.01, "margin": 0.3, "margin_upper": 0.31, "p_clean": 0.9, "margin_capped": False,
+               "abstain": False, "margin_robust_clean": True}
+    st = rows_bound_stats([{**base, "margin_robust_clean": False}, settled], "radius")
+    assert (st.n_used, st.n_violations, st.n_disagree) == (1, 0, 1)
+    st = rows_bound_stats([{**base, "margin_robust_clean": "False"}, settled], "radius")  # read back from CSV
+    assert (st.n_used, st.n_violations, st.n_disagree) == (1, 0, 1)
+    old = rows_bound_stats([base, {k: v for k, v in settled.items() if k != "margin_robust_clean"}], "radius")
+    assert (old.n_used, old.n_violations) == (2, 1)

@@ -48,3 +48,31 @@ def test_metric_errors():
         reconstruction_error(m, x * 3)
     with pytest.raises(InputError):
         likelihood_degradation(_vae(), x, torch.zeros(2, 1, 4, 4, dtype=torch.float64) + 0.9)
+
+
+def test_expected_damage_matches_a_direct_computation():
+    """robvae.metrics.expected_damage (eq. 5) against model.decode on the same draws of eta; the
+    mean-sigma mode differs from the full one; zero noise leaves the deterministic damage."""
+    import robvae
+    from robvae.metrics import expected_damage, reconstruction_damage
+
+    torch.manual_seed(0)
+    model = robvae.VAE(robvae.ModelConfig(input_shape=(1, 8, 8), latent_dim=3, hidden=(16,))).eval()
+    x = torch.rand(4, 1, 8, 8)
+    delta = 0.2 * torch.randn_like(x)
+    delta = (x + delta).clamp(0, 1) - x
+    got = expected_damage(model, x, delta, 50, generator=torch.Generator().manual_seed(7))
+    eta = torch.randn((4, 50, 3), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        mu0, _ = model.encode(x)
+        mu, s = model.encode(x + delta)
+        ref = model.decode(mu0).flatten(1)
+        dec = model.decode((mu[:, None] + eta * s[:, None]).reshape(-1, 3)).flatten(1).view(4, 50, -1)
+        want = (dec - ref[:, None]).norm(dim=-1).mean(1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    mean = expected_damage(model, x, delta, 50, mode="mean", generator=torch.Generator().manual_seed(7))
+    assert not torch.allclose(mean, got)
+    assert (got > 0).all()
+    with pytest.raises(ValueError):
+        expected_damage(model, x, delta, 5, mode="median")
+    del reconstruction_damage

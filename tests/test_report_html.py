@@ -124,3 +124,24 @@ def test_figures_load_in_headless_chromium(two_studies, tmp_path):
     dom = out.stdout
     assert 'data-probe="done"' in dom, out.stderr[-2000:]
     assert dom.count('data-loaded="yes"') == 3 and 'data-loaded="no"' not in dom
+
+
+def test_run_folder_report_shows_rigorous_radius_and_preset(tmp_path, capsys):
+    """A plain run folder after certify / attack / margin: the page shows the rigorous radii, the
+    attack preset and both damages as headline numbers, with the values the commands wrote."""
+    from robvae.cli import main
+    from robvae.models import ModelConfig
+    from robvae.training import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(model=ModelConfig(latent_dim=3, hidden=(32,)), epochs=2, batch_size=64, n_train=300), run,
+          progress=False)
+    assert main(["certify", str(run), "--n", "6", "--r-relative", "1.5", "--samples", "200", "--quiet"]) == 0
+    assert main(["attack", str(run), "--n", "4", "--eps", "0.5", "--preset", "cheap", "--quiet"]) == 0
+    page = render_report([run], tmp_path / "r.html").read_text()
+    cert = json.loads((run / "certify-test.json").read_text())["summary"]
+    assert "median rigorous radius (mean-only)" in page and "median rigorous radius (full)" in page
+    assert f"{cert['median_radius_rigorous_full']:.4g}" in page
+    assert "<dt>attack preset</dt><dd>cheap</dd>" in page
+    assert "attack damage (expected, eq. 5), median" in page
+    assert "margin search attack preset" not in page  # no margin run: nothing invented

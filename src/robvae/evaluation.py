@@ -10,7 +10,8 @@ the run's data set ``split`` and computes, per input (docs/THEORY.md sections 2-
 - ``radius`` (Theorem 1), ``radius_sound``, ``radius_spectral``, ``radius_whitened``
   (0 = abstain, inf when every draw fell within r);
 - ``margin``: the empirical margin R_hat_r(x) (``margin_mode`` "full", the default of docs/THEORY.md section 5, or
-  "mean"), ``margin_upper`` and ``margin_capped`` (still robust at the search cap);
+  "mean"), ``margin_upper``, ``margin_capped`` (still robust at the search cap) and
+  ``margin_robust_clean`` (the search settled that x is robust unperturbed);
 - ``radius_rigorous_mean``, ``radius_rigorous_full``: the rigorous radii (docs/THEORY.md section 8,
   :func:`robvae.robustness.rigorous.rigorous_columns`: hold for every perturbation; mean-only and
   with sigma moving), for models with Lipschitz bounds (robvae's VAE, LinearVAE); NaN otherwise
@@ -40,7 +41,8 @@ its comparison with the margin, :class:`robvae.stats.BoundStats` from
 :func:`robvae.stats.bound_stats` (correlations, slope, violations of bound <= R_r(x) <= R_hat
 (docs/THEORY.md section 5), medians), over the inputs where the comparison is meaningful: the
 bound does not abstain and is finite, the margin search's own clean estimate ``p_clean`` agrees
-the input is robust, and the margin is not capped.
+the input is robust and its sequential test settled that (``margin_robust_clean``; unsettled, the
+margin is 0 by convention, an unknown rather than a measurement), and the margin is not capped.
 
 With ``out_dir`` the result is written atomically as ``per_input.csv``, ``summary.json`` and
 ``eval_config.json``; a later call with the same config and the same trained model loads those
@@ -80,7 +82,8 @@ COLUMNS = (
     "jac_frobenius", "jac_spectral", "jac_whitened",
     "radius", "radius_sound", "radius_spectral", "radius_whitened", "abstain", "abstain_sound",
     "radius_rigorous_mean", "radius_rigorous_full",
-    "margin", "margin_upper", "margin_capped", "p_clean", "attack_eps", "attack_preset", "attack_objective",
+    "margin", "margin_upper", "margin_capped", "margin_robust_clean", "p_clean", "attack_eps", "attack_preset",
+    "attack_objective",
     "damage", "expected_damage", "likelihood_degradation", "ssim", "ms_ssim", "reconstruction_error",
 )
 #: Bounds compared with the margin in the summary (name -> column).
@@ -345,12 +348,14 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
             add("margin", m.margin)
             add("margin_upper", m.upper)
             add("margin_capped", m.capped)
+            add("margin_robust_clean", m.robust_clean)
             add("p_clean", m.p_clean)
         else:
             add("p_clean", nan)
             add("margin", nan)
             add("margin_upper", nan)
             add("margin_capped", torch.zeros(x.shape[0], dtype=torch.bool))
+            add("margin_robust_clean", torch.ones(x.shape[0], dtype=torch.bool))
         bar.update(1)
     bar.close()
 
@@ -363,7 +368,7 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
         for k in COLUMNS:
             if k in arrays:
                 v = arrays[k][j]
-                row[k] = bool(v) if k in ("abstain", "abstain_sound", "margin_capped") else float(v)
+                row[k] = bool(v) if k in ("abstain", "abstain_sound", "margin_capped", "margin_robust_clean") else float(v)
             elif k in texts:
                 row[k] = texts[k][j]
         rows.append({k: row[k] for k in COLUMNS})
@@ -424,6 +429,10 @@ def rows_bound_stats(rows: list[dict[str, Any]], column: str = "radius") -> Boun
                              dtype=float)
     flag = lambda k: np.array([r.get(k) in (True, "True", 1) for r in rows], dtype=bool)  # noqa: E731
     p_clean = col("p_clean") if rows and "p_clean" in rows[0] else None
+    if p_clean is not None and "margin_robust_clean" in rows[0]:
+        # the search could not settle "robust" even unperturbed (margin 0 = unknown, not measured):
+        # not a margin to compare a bound with, counted with the inputs whose estimates disagree
+        p_clean = np.where(flag("margin_robust_clean"), p_clean, 0.0)
     return bound_stats(col(column), col("margin"), p_clean=p_clean, capped=flag("margin_capped"),
                        abstain=flag(ABSTAIN.get(column, "abstain")))
 
@@ -462,7 +471,8 @@ _jsonable = jsonable  # the former private name
 # --- the bound against the margin, as one command reports it -----------------------------------
 
 #: the per-input columns of ``robvae margin``'s CSV
-MARGIN_COLUMNS = ("index", "bound", "margin", "margin_upper", "p", "p_clean", "capped", "abstain", "abstain_sound",
+MARGIN_COLUMNS = ("index", "bound", "margin", "margin_upper", "p", "p_clean", "robust_clean", "capped", "abstain",
+                  "abstain_sound",
                   "radius_sound", "used", "violation", "radius_rigorous_mean", "radius_rigorous_full",
                   "rigorous_used", "rigorous_violation")
 
@@ -489,6 +499,7 @@ class MarginReport:
             rig = r.get(RIGOROUS_FOR_MODE[self.result.config.margin_mode], math.nan)
             out.append({"index": r["index"], "bound": r["radius"], "margin": r["margin"],
                         "margin_upper": r["margin_upper"], "p": r["p"], "p_clean": r["p_clean"],
+                        "robust_clean": r.get("margin_robust_clean", True),
                         "capped": r["margin_capped"], "abstain": r["abstain"], "abstain_sound": r["abstain_sound"],
                         "radius_sound": r["radius_sound"], "used": used,
                         "violation": used and r["radius"] > r["margin"],
@@ -500,11 +511,13 @@ class MarginReport:
     def summary(self) -> dict[str, Any]:
         c = self.result.config
         out = {"inputs": len(self.result.rows), "r": self.result.summary["r"], "mode": c.margin_mode,
-               "attack_preset": c.attack_preset, **self.stats.to_dict()}
-        if self.rigorous is not None:  # beside the Theorem 1 violations: must always be 0
-            out["rigorous_above_margin"] = self.rigorous.n_violations
-            out["rigorous_compared"] = self.rigorous.n_used
-            out["median_rigorous"] = self.rigorous.median_bound
+               "attack_preset": c.attack_preset}
+        for k, v in self.stats.to_dict().items():
+            out[k] = v
+            if k == "n_violations" and self.rigorous is not None:  # beside Theorem 1's: must always be 0
+                out["rigorous_above_margin"] = self.rigorous.n_violations
+                out["rigorous_compared"] = self.rigorous.n_used
+                out["median_rigorous"] = self.rigorous.median_bound
         out["rigorous_note"] = self.result.summary.get("rigorous_note")
         return out
 

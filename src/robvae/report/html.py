@@ -40,7 +40,11 @@ _HEADLINES = {
     "bound-vs-margin": [("theorem1.pearson", "Pearson rho (bound vs margin)"),
                         ("theorem1.spearman", "Spearman rho"), ("theorem1.n_violations", "bounds above the margin"),
                         ("theorem1.n_used", "inputs used"), ("median_radius", "median certified radius"),
-                        ("median_margin", "median empirical margin"), ("n_abstain", "abstentions")],
+                        ("median_margin", "median empirical margin"), ("n_abstain", "abstentions"),
+                        ("attack_preset", "attack preset (margin search)"),
+                        ("rigorous.median_bound", "median rigorous radius"),
+                        ("rigorous.n_violations", "rigorous radii above the margin"),
+                        ("rigorous.n_used", "inputs compared (rigorous)")],
     "beta": [("r", "radius r"), ("attack_eps", "attack budget"),
              ("trends.margin.spearman_vs_setting", "Spearman rho, margin vs beta"),
              ("trends.damage.spearman_vs_setting", "Spearman rho, damage vs beta"),
@@ -159,6 +163,21 @@ def _training_curves(folder: Path) -> None:
     atomic_write_bytes(folder / "training_curves.png", buf.getvalue())
 
 
+#: headline numbers of a plain run folder: (results file, summary key, label), shown where present
+_RUN_HEADLINES = [
+    ("certify-test.json", "median_radius", "median Theorem 1 radius"),
+    ("certify-test.json", "median_radius_rigorous_mean", "median rigorous radius (mean-only)"),
+    ("certify-test.json", "median_radius_rigorous_full", "median rigorous radius (full)"),
+    ("margin-test.json", "median_margin", "median empirical margin"),
+    ("margin-test.json", "attack_preset", "margin search attack preset"),
+    ("margin-test.json", "n_violations", "Theorem 1 bounds above the margin"),
+    ("margin-test.json", "rigorous_above_margin", "rigorous radii above the margin"),
+    ("attack-test/attack.json", "preset", "attack preset"),
+    ("attack-test/attack.json", "damage median", "attack damage (deterministic), median"),
+    ("attack-test/attack.json", "expected damage median", "attack damage (expected, eq. 5), median"),
+]
+
+
 def _run_meta(folder: Path) -> dict[str, Any]:
     """A study description for a plain run folder: its config, and the figures and tables it has."""
     config = read_json(folder / "config.json", "config")
@@ -188,6 +207,8 @@ def _section(folder: Path, k: int) -> tuple[str, str]:
              "<h3>Command</h3>", f"<pre>{html.escape(str(meta.get('command', '')))}</pre>"]
     summary = read_json(folder / "summary.json", "summary") if (folder / "summary.json").is_file() else {}
     heads = [(lbl, _get(summary, key)) for key, lbl in _HEADLINES.get(name, [])]
+    results = meta.get("results") if isinstance(meta.get("results"), dict) else {}
+    heads += [(lbl, _get(results.get(f) or {}, "summary." + key)) for f, key, lbl in _RUN_HEADLINES]
     heads = [(lbl, v) for lbl, v in heads if v is not None]
     if heads:
         parts.append('<h3>Headline numbers</h3><dl class="kv">')

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..data import dataset_shape, load_dataset
-from ..evaluation import EvalConfig, jsonable, load_result, rows_bound_stats
+from ..evaluation import RIGOROUS_FOR_MODE, EvalConfig, jsonable, load_result, rows_bound_stats
 from ..fileio import read_json, write_csv, write_json
 from ..models import ModelConfig
 from ..objectives import ObjectiveConfig
@@ -274,7 +274,7 @@ def bound_vs_margin(
     write_csv(out / "per_input.csv", rows)
 
     stats = {col: rows_bound_stats(rows, col) for col, _ in VARIANTS}
-    mlabel = f"empirical margin R_hat_r(x) ({ev.margin_mode} encoder)"
+    mlabel = f"empirical margin R_hat_r(x) ({ev.margin_mode} encoder, {ev.attack_preset} attack)"
     title = (f"{dataset}: Theorem 1 bound vs empirical margin "
              f"({len(rows)} test inputs, {len(seeds)} model{'s' if len(seeds) > 1 else ''})")
     bound_vs_margin_figure(rows, out / "bound_vs_margin.png", stats["radius"], title=title, margin_label=mlabel)
@@ -283,9 +283,17 @@ def bound_vs_margin(
     degr = correlation([r["margin"] for r in rows], [r["likelihood_degradation"] for r in rows])
     degradation_figure(rows, out / "likelihood_vs_margin.png", degr, title=f"{dataset}: likelihood degradation",
                        margin_label=mlabel)
+    figures = ["bound_vs_margin.png", "bound_variants.png", "likelihood_vs_margin.png"]
+    rig_col = RIGOROUS_FOR_MODE[ev.margin_mode]
+    rig = rows_bound_stats(rows, rig_col) if rows and rig_col in rows[0] else None
+    if rig is not None and rig.n_used > 0:  # the rigorous radius of the margin's setting, where the model has one
+        bound_vs_margin_figure(rows, out / "rigorous_vs_margin.png", rig, title=f"{dataset}: rigorous radius vs margin",
+                               column=rig_col, bound_label=f"rigorous radius ({ev.margin_mode})", margin_label=mlabel)
+        figures.append("rigorous_vs_margin.png")
     per_model = {n: results[n].summary for n, _ in cfgs}
     summary = {
-        "study": "bound-vs-margin", "dataset": dataset, "n_inputs": len(rows), "seeds": list(seeds),
+        "study": "bound-vs-margin", "attack_preset": ev.attack_preset,
+        "rigorous": None if rig is None else {"column": rig_col, **rig.to_dict()}, "dataset": dataset, "n_inputs": len(rows), "seeds": list(seeds),
         "margin_mode": ev.margin_mode, "r": {n: s["r"] for n, s in per_model.items()},
         "attack_eps": {n: s["attack_eps"] for n, s in per_model.items()},
         "theorem1": stats["radius"].to_dict(), "variants": {c: st.to_dict() for c, st in stats.items()},
@@ -302,8 +310,7 @@ def bound_vs_margin(
     write_study_meta(out, "bound-vs-margin", command or _command("bound-vs-margin", dataset, data_dir, out, o, ev, seeds),
                      {"dataset": dataset, "data_dir": data_dir, "seeds": list(seeds), "train": asdict(o),
                       "evaluation": ev.to_dict(), "executor": asdict(ex)},
-                     figures=["bound_vs_margin.png", "bound_variants.png", "likelihood_vs_margin.png"],
-                     tables=["per_input.csv"])
+                     figures=figures, tables=["per_input.csv"])
     return {"rows": rows, "summary": summary, "stats": stats["radius"]}
 
 
