@@ -54,7 +54,7 @@ def test_expected_damage_matches_a_direct_computation():
     """robvae.metrics.expected_damage (eq. 5) against model.decode on the same draws of eta; the
     mean-sigma mode differs from the full one; zero noise leaves the deterministic damage."""
     import robvae
-    from robvae.metrics import expected_damage, reconstruction_damage
+    from robvae.metrics import expected_damage
 
     torch.manual_seed(0)
     model = robvae.VAE(robvae.ModelConfig(input_shape=(1, 8, 8), latent_dim=3, hidden=(16,))).eval()
@@ -75,4 +75,3 @@ def test_expected_damage_matches_a_direct_computation():
     assert (got > 0).all()
     with pytest.raises(ValueError):
         expected_damage(model, x, delta, 5, mode="median")
-    del reconstruction_damage
