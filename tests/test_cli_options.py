@@ -65,12 +65,72 @@ HAND = {
 }
 
 
+HAND.update({
+    ("train", "dataset"): (TrainConfig, "dataset"), ("train", "data_dir"): (TrainConfig, "data_dir"),
+    ("train", "n_train"): (TrainConfig, "n_train"), ("train", "device"): (TrainConfig, "device"),
+    ("train", "sigma_cap"): (ModelConfig, "sigma_cap"),  # the cap of --certify-margin's Lipschitz VAE
+})
+#: ``robvae train`` options that set no config field (or not one to one): the lone exceptions
+TRAIN_NOT_CONFIG = {
+    "download", "out", "quiet", "verify_n",  # what to do, not what to train
+    "certify_margin", "certify_r",  # a plan (robvae.robustness.rigorous): sets arch lipschitz-mlp and lipschitz
+    "likelihood",  # adds "auto" (checked below)
+    "hidden",  # a comma-separated string (checked below)
+}
+
+
 @pytest.mark.parametrize("key", sorted(HAND))
 def test_hand_written_options_use_the_config_default(key):
     cname, pname = key
     p = next(p for p in COMMANDS[cname].params if p.name == pname)
     cls, field = HAND[key]
     assert p.default == _field_default(cls, field), (key, p.default)
+
+
+def test_every_train_option_is_generated_or_checked():
+    """A new ``robvae train`` flag must come from a config (config_option), be listed in HAND
+    (default checked) or be named an exception: no option escapes the check."""
+    params = {p.name for p in COMMANDS["train"].params}
+    generated = {p.name for p in COMMANDS["train"].params if isinstance(p, ConfigOption) and p.config_field}
+    hand = {pname for cname, pname in HAND if cname == "train"}
+    assert not generated & hand
+    loose = params - generated - hand - TRAIN_NOT_CONFIG - {"threads"}  # --threads: robvae.threads
+    assert not loose, f"robvae train options with no config check: {sorted(loose)}"
+    # the robust-training options added with the benchmark come from the configs
+    assert {"jacobian", "jacobian_whitened", "jacobian_projections", "smooth", "smooth_noise", "smooth_divergence",
+            "adversarial_eps", "adversarial_steps", "adversarial_norm"} <= generated
+
+
+def _accepts(**kw) -> bool:
+    try:
+        ModelConfig(**kw)
+    except ValueError:
+        return False
+    return True
+
+
+def test_train_choices_are_the_configs_choices():
+    """Choices of the str fields without a Literal, against what the configs accept: every choice
+    is accepted, and nothing the configs accept beyond the choices is missing (lipschitz-mlp is
+    reached through --certify-margin, auto resolves to bernoulli / gaussian)."""
+    opt = {p.name: p for p in COMMANDS["train"].params}
+    archs = ("mlp", "conv", "lipschitz-mlp", "resnet", "cnn")
+    assert [a for a in archs if _accepts(arch=a, **({"hidden": (8,)} if a == "lipschitz-mlp" else {}))] == \
+        [*opt["arch"].type.choices, "lipschitz-mlp"]
+    likelihoods = ("bernoulli", "gaussian", "cbernoulli", "laplace", "categorical")
+    assert [v for v in likelihoods if _accepts(likelihood=v)] == [c for c in opt["likelihood"].type.choices
+                                                                   if c != "auto"]
+    assert opt["likelihood"].default == "auto" and "cbernoulli" in opt["likelihood"].type.choices
+    names = []
+    for v in (*opt["objective"].type.choices, "vae", "info-vae"):
+        try:
+            ObjectiveConfig(v)
+            names.append(v)
+        except ValueError:
+            pass
+    assert names == list(opt["objective"].type.choices)
+    assert ObjectiveConfig().name == opt["objective"].default
+    assert tuple(int(h) for h in opt["hidden"].default.split(",")) == ModelConfig().hidden
 
 
 def test_one_alpha_default_everywhere():

@@ -197,3 +197,30 @@ def test_attack_legacy_reproduces_max_damage_attack(run_dir, capsys, tmp_path):
 def test_attack_pgd_settings_need_legacy(run_dir, capsys):
     rc, _, err = _run(capsys, "attack", run_dir, "--n", 2, "--eps", 0.5, "--steps", 3)
     assert rc == 2 and "--preset legacy" in err
+
+
+def test_attack_cli_is_one_library_call(run_dir, capsys, tmp_path):
+    """robvae attack writes what robvae.evaluation.attack_report returns (rows, summary), and the
+    library refuses PGD settings for the ensemble presets as the CLI does."""
+    from robvae import load, load_dataset
+    from robvae.errors import InputError
+    from robvae.evaluation import ATTACK_COLUMNS, attack_report
+
+    rc, out, err = _run(capsys, "attack", run_dir, "--n", 4, "--eps", 0.4, "--seed", 3, "--out", tmp_path / "a",
+                        "--quiet")
+    assert rc == 0, err
+    rows = read_csv(tmp_path / "a" / "attack.csv")
+    x = load_dataset("digits", "test").images[:4]
+    rep = attack_report(load(run_dir).model, x, 0.4, seed=3, progress=False)
+    assert rep.out_dir is None and rep.paths == {} and tuple(rows[0]) == ATTACK_COLUMNS
+    assert [r["objective"] for r in rows] == [r["objective"] for r in rep.rows]
+    for k in ("delta_norm", "damage", "expected_damage", "ssim"):
+        np.testing.assert_allclose([float(r[k]) for r in rows], [r[k] for r in rep.rows], rtol=1e-6)
+    meta = json.loads((tmp_path / "a" / "attack.json").read_text())
+    assert meta["summary"]["damage median"] == pytest.approx(rep.summary["damage median"], rel=1e-6)
+    assert rep.delta.shape == x.shape
+    # another seed moves the numbers (the comparison can fail)
+    other = attack_report(load(run_dir).model, x, 0.4, seed=4, progress=False)
+    assert not np.allclose([r["expected_damage"] for r in other.rows], [r["expected_damage"] for r in rep.rows])
+    with pytest.raises(InputError, match="legacy"):
+        attack_report(load(run_dir).model, x, 0.4, steps=3)

@@ -47,6 +47,10 @@ margin is 0 by convention, an unknown rather than a measurement), and the margin
 With ``out_dir`` the result is written atomically as ``per_input.csv``, ``summary.json`` and
 ``eval_config.json``; a later call with the same config and the same trained model loads those
 files instead of recomputing (resumable).
+
+The commands' reports are library calls too: :func:`margin_report` (``robvae margin``) and
+:func:`attack_report` (``robvae attack``: the fixed-budget attack on given inputs ->
+:class:`AttackReport` with ``.rows``, ``.summary``, and ``attack.csv`` / ``.json`` / ``.png``).
 """
 
 from __future__ import annotations
@@ -61,15 +65,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .attacks import EnsembleAttack
+from .attacks import EnsembleAttack, max_damage_attack
 from .config import ALPHA, ConfigMixin
 from .data import load_dataset
 from .errors import InputError
 from .fileio import read_csv, read_json, write_csv, write_json
-from .metrics import likelihood_degradation, perceptual_damage, reconstruction_error
+from .metrics import (
+    PerceptualDamage, expected_damage, image_similarity, likelihood_degradation, perceptual_damage,
+    reconstruction_damage, reconstruction_error,
+)
+from .report.figures import image_grid
 from .robustness import certify, empirical_margin, r_min
 from .robustness.lipschitz import VAELipschitz, vae_lipschitz
-from .stats import BoundStats, bound_stats, describe
+from .stats import BoundStats, bound_stats, describe, quartiles
 from .training import Run, load
 
 PER_INPUT_FILE = "per_input.csv"
@@ -538,4 +546,119 @@ def margin_report(run: Any, config: EvalConfig, out: str | Path | None = None, *
         write_json(path.with_suffix(".json"), jsonable({"command": "margin", **(meta or {}),
                                                         "evaluation": config.to_dict(), "summary": rep.summary()}))
         rep.path = path
+    return rep
+
+
+# --- the fixed-budget attack, as ``robvae attack`` reports it ----------------------------------
+
+#: the legacy single-PGD attack's settings (``preset="legacy"``: :func:`robvae.attacks.max_damage_attack`)
+LEGACY_ATTACK = {"steps": 50, "restarts": 2, "eta_samples": 4}
+#: draws of eta for the expected damage of a legacy perturbation (the ensemble reports its own)
+ATTACK_EVAL_DRAWS = 64
+#: the per-input columns of ``robvae attack``'s CSV
+ATTACK_COLUMNS = ("index", "delta_norm", "damage", "expected_damage", "preset", "objective", "likelihood_degradation",
+                  "ssim", "ms_ssim")
+ATTACK_CSV, ATTACK_JSON, ATTACK_PNG = "attack.csv", "attack.json", "attack.png"
+
+
+@dataclass
+class AttackReport:
+    """The maximum-damage attack at a fixed budget on a batch of inputs.
+
+    rows: one dict per input (keys :data:`ATTACK_COLUMNS`). summary: medians and quartiles of both
+    damages, likelihood degradation and SSIM, the objectives that won. delta: the perturbations
+    [n, *shape]. perceptual: the SSIM settings. out_dir: where ``attack.csv`` / ``.json`` / ``.png``
+    were written (None if not)."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    delta: torch.Tensor
+    perceptual: PerceptualDamage
+    out_dir: Path | None = None
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        """The files written: csv, json, png (empty when nothing was written)."""
+        if self.out_dir is None:
+            return {}
+        return {"csv": self.out_dir / ATTACK_CSV, "json": self.out_dir / ATTACK_JSON, "png": self.out_dir / ATTACK_PNG}
+
+
+def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2", "linf"] = "l2",
+                  preset: Literal["cheap", "strong", "legacy"] = "cheap", steps: int | None = None,
+                  restarts: int | None = None, eta_samples: int | None = None, batch_size: int = 25, seed: int = 0,
+                  out_dir: str | Path | None = None, progress: bool = True,
+                  meta: dict[str, Any] | None = None) -> AttackReport:
+    """Attack ``x`` at budget ``eps`` (in ``norm``) batch by batch and measure the damage per input.
+
+    ``preset`` "cheap" / "strong": :class:`robvae.attacks.EnsembleAttack` (its own expected damage);
+    "legacy": one :func:`robvae.attacks.max_damage_attack` run with ``steps`` / ``restarts`` /
+    ``eta_samples`` (defaults :data:`LEGACY_ATTACK`; the PGD settings apply to it only), its expected
+    damage over :data:`ATTACK_EVAL_DRAWS` draws of eta on a stream of its own (seed + 1). The
+    attack's generator is seeded with ``seed`` and shared across batches. Per input: the
+    perturbation's size, the deterministic and expected damage (eq. 5), the likelihood degradation
+    (NaN for a model without ``log_likelihood``) and the SSIM / MS-SSIM of the attacked against the
+    clean reconstruction. With ``out_dir``: ``attack.csv`` (:data:`ATTACK_COLUMNS`), ``attack.json``
+    (``meta``, the settings and the summary) and ``attack.png`` (the first 10 inputs)."""
+    pgd = {"steps": steps, "restarts": restarts, "eta_samples": eta_samples}
+    if preset != "legacy" and any(v is not None for v in pgd.values()):
+        raise InputError(f"{', '.join(k for k, v in pgd.items() if v is not None)} only apply to preset "
+                         "'legacy' (the ensemble presets have no step settings)")
+    if preset not in ("legacy", "cheap", "strong"):
+        raise InputError(f"preset must be 'cheap', 'strong' or 'legacy', got {preset!r}")
+    pgd = {k: LEGACY_ATTACK[k] if v is None else v for k, v in pgd.items()}
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    attack = None if preset == "legacy" else EnsembleAttack(preset, norm=norm, mode="full", generator=g)
+    parts, expected, objective = [], [], []
+    for i in tqdm(range(0, len(x), batch_size), desc="attack", unit="batch", disable=not progress):
+        xb = x[i:i + batch_size]
+        if attack is None:
+            d = max_damage_attack(model, xb, eps, norm=norm, generator=g, **pgd)
+            objective += ["max_damage"] * len(xb)
+        else:
+            res = attack(model, xb, eps)
+            d = res.delta
+            expected.append(res.expected_damage)
+            objective += res.objective
+        parts.append(d)
+    delta = torch.cat(parts)
+    if attack is None:  # after the attack, on its own stream: the attack's draws are max_damage_attack's
+        ge = torch.Generator(device=x.device).manual_seed(seed + 1)
+        expected = [expected_damage(model, x[i:i + batch_size], delta[i:i + batch_size], ATTACK_EVAL_DRAWS,
+                                    generator=ge) for i in range(0, len(x), batch_size)]
+    exp_damage = torch.cat(expected)
+    with torch.no_grad():
+        damage = reconstruction_damage(model, x, delta)
+        degr = (likelihood_degradation(model, x, delta) if callable(getattr(model, "log_likelihood", None))
+                else torch.full_like(damage, float("nan")))  # a user model without log p(x|z)
+        size = delta.flatten(1).norm(dim=1) if norm == "l2" else delta.flatten(1).abs().amax(1)
+        recon, recon_adv = model.decode(model.encode(x)[0]), model.decode(model.encode(x + delta)[0])
+    percept = image_similarity(recon_adv.clamp(0, 1), recon.clamp(0, 1))  # SSIM / MS-SSIM (robvae.metrics)
+    rows = [{"index": i, "delta_norm": float(size[i]), "damage": float(damage[i]),
+             "expected_damage": float(exp_damage[i]), "preset": preset, "objective": objective[i],
+             "likelihood_degradation": float(degr[i]), "ssim": float(percept.ssim[i]),
+             "ms_ssim": float(percept.ms_ssim[i])} for i in range(len(x))]
+    q25, med, q75 = quartiles(damage.cpu().numpy())
+    e25, emed, e75 = quartiles(exp_damage.cpu().numpy())
+    counts = {o: objective.count(o) for o in sorted(set(objective))}
+    summary = {"inputs": len(x), "eps": eps, "norm": norm, "preset": preset,
+               "objective": ", ".join(f"{o} {c}" for o, c in counts.items()),
+               "damage median": med, "expected damage median": emed, "damage q25": q25,
+               "expected damage q25": e25, "damage q75": q75, "expected damage q75": e75,
+               "median degradation": quartiles(degr.cpu().numpy())[1],
+               "median ssim": quartiles(percept.ssim.numpy())[1],
+               "median ms_ssim": quartiles(percept.ms_ssim.numpy())[1]}
+    rep = AttackReport(rows, summary, delta, percept)
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_csv(out / ATTACK_CSV, rows, fieldnames=list(ATTACK_COLUMNS))
+        write_json(out / ATTACK_JSON, {"command": "attack", **(meta or {}), "eps": eps, "norm": norm, "preset": preset,
+                                       **(pgd if preset == "legacy" else {}), "seed": seed, "summary": summary,
+                                       "perceptual": {"kernel_size": percept.kernel_size, "sigma": percept.sigma,
+                                                      "ms_ssim_scales": percept.ms_ssim_scales,
+                                                      "note": percept.note}})
+        k = min(10, len(x))
+        image_grid([x[:k], (x + delta)[:k], recon[:k], recon_adv[:k]], out / ATTACK_PNG,
+                   row_titles=["x", "x + delta", "g(mu(x))", "g(mu(x+delta))"])
+        rep.out_dir = out
     return rep

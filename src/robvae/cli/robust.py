@@ -1,4 +1,5 @@
-"""``robvae certify``, ``robvae attack`` and ``robvae margin``: thin faces over robvae.robustness."""
+"""``robvae certify``, ``robvae attack`` and ``robvae margin``: thin faces over robvae.robustness and
+robvae.evaluation (``attack_report``, ``margin_report``)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,16 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 
-from ..attacks import PRESETS, EnsembleAttack, max_damage_attack
+from ..attacks import PRESETS
 from ..data import load_dataset
 from ..data.download import default_data_dir
 from ..errors import InputError
-from ..evaluation import EvalConfig, margin_report
+from ..evaluation import LEGACY_ATTACK, EvalConfig, attack_report, margin_report
 from ..fileio import write_csv, write_json
-from ..metrics import expected_damage, image_similarity, likelihood_degradation, reconstruction_damage
-from ..report.figures import image_grid
 from ..robustness import CertifyConfig, r_min
 from ..robustness.rigorous import rigorous_columns
-from ..stats import quartiles
 from ..sweep import SHARD_EXECUTORS, certify_sharded
 from ..threads import auto_executor
 from ..training import load
@@ -30,12 +27,6 @@ from .options import (
     ConfigOption, add_options, auto_workers_option, config_option, device_option, download_option, format_summary,
     n_option, radius_options, run_data_dir_option, seed_option, split_option, threads_option,
 )
-
-
-#: the legacy single-PGD attack's settings (``robvae attack --preset legacy``)
-LEGACY = {"steps": 50, "restarts": 2, "eta_samples": 4}
-#: draws of eta for the expected damage of a legacy perturbation (the cheap preset judges with 64)
-EVAL_DRAWS = 64
 
 
 def _inputs(run_dir: str, split: str, n: int, device: str, data_dir: str | None = None, download: bool = False):
@@ -70,11 +61,6 @@ def resolve_radius(model, x, r: float | None, r_relative: float | None, n_sample
 def _save(out: Path, rows: list[dict], meta: dict) -> None:
     write_csv(out, rows)
     write_json(out.with_suffix(".json"), meta)
-
-
-def _median(v) -> float:
-    """The median, with +inf radii kept as values (see robvae.stats.quartiles)."""
-    return quartiles(v)[1]
 
 
 @app.command("certify")
@@ -164,13 +150,13 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
               help="The attack: the ensemble (robvae.attacks.EnsembleAttack) cheap (fast) or strong (final "
                    "numbers), or legacy: one PGD run (max_damage_attack) with --steps / --restarts / --eta-samples.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help=f"--preset legacy: projected-gradient steps per restart [default: {LEGACY['steps']}].")
+              help=f"--preset legacy: projected-gradient steps per restart [default: {LEGACY_ATTACK['steps']}].")
 @click.option("--restarts", type=click.IntRange(min=1), default=None,
               help=f"--preset legacy: random starts per input; the most damaging is kept [default: "
-                   f"{LEGACY['restarts']}].")
+                   f"{LEGACY_ATTACK['restarts']}].")
 @click.option("--eta-samples", type=click.IntRange(min=0), default=None,
               help=f"--preset legacy: draws of eta averaged in the objective (0: eta = 0) [default: "
-                   f"{LEGACY['eta_samples']}].")
+                   f"{LEGACY_ATTACK['eta_samples']}].")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default RUN/attack-SPLIT).")
 @seed_option
 @threads_option
@@ -184,66 +170,15 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
                download, batch_size, quiet) -> None:
     """Maximum-damage attack: deterministic and expected damage, likelihood degradation per input, and a PNG."""
     pgd = {"steps": steps, "restarts": restarts, "eta_samples": eta_samples}
-    if preset != "legacy" and any(v is not None for v in pgd.values()):
+    if preset != "legacy" and any(v is not None for v in pgd.values()):  # before loading anything
         given = ", ".join("--" + k.replace("_", "-") for k, v in pgd.items() if v is not None)
         raise click.UsageError(f"{given} only apply to --preset legacy (the ensemble presets have no step settings)")
-    pgd = {k: LEGACY[k] if v is None else v for k, v in pgd.items()}
     vae, x = _inputs(run, split, n, device, data_dir, download)
-    model = vae.model
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    from tqdm.auto import tqdm
-
-    attack = None if preset == "legacy" else EnsembleAttack(preset, norm=norm, mode="full", generator=g)
-    parts, expected, objective = [], [], []
-    for i in tqdm(range(0, len(x), batch_size), desc="attack", unit="batch", disable=quiet):
-        xb = x[i:i + batch_size]
-        if attack is None:
-            d = max_damage_attack(model, xb, eps, norm=norm, generator=g, **pgd)
-            objective += ["max_damage"] * len(xb)
-        else:
-            res = attack(model, xb, eps)
-            d = res.delta
-            expected.append(res.expected_damage)
-            objective += res.objective
-        parts.append(d)
-    delta = torch.cat(parts)
-    if attack is None:  # after the attack, on its own stream: the attack's draws are max_damage_attack's
-        ge = torch.Generator(device=x.device).manual_seed(seed + 1)
-        expected = [expected_damage(model, x[i:i + batch_size], delta[i:i + batch_size], EVAL_DRAWS, generator=ge)
-                    for i in range(0, len(x), batch_size)]
-    exp_damage = torch.cat(expected)
-    with torch.no_grad():
-        damage = reconstruction_damage(model, x, delta)
-        degr = (likelihood_degradation(model, x, delta) if callable(getattr(model, "log_likelihood", None))
-                else torch.full_like(damage, float("nan")))  # a --model without log p(x|z)
-        size = delta.flatten(1).norm(dim=1) if norm == "l2" else delta.flatten(1).abs().amax(1)
-        recon, recon_adv = model.decode(model.encode(x)[0]), model.decode(model.encode(x + delta)[0])
-    percept = image_similarity(recon_adv.clamp(0, 1), recon.clamp(0, 1))  # SSIM / MS-SSIM (robvae.metrics)
     out_dir = Path(out) if out else Path(vae.path) / f"attack-{split}"
-    rows = [{"index": i, "delta_norm": float(size[i]), "damage": float(damage[i]),
-             "expected_damage": float(exp_damage[i]), "preset": preset, "objective": objective[i],
-             "likelihood_degradation": float(degr[i]), "ssim": float(percept.ssim[i]),
-             "ms_ssim": float(percept.ms_ssim[i])} for i in range(len(x))]
-    q25, med, q75 = quartiles(damage.cpu().numpy())
-    e25, emed, e75 = quartiles(exp_damage.cpu().numpy())
-    counts = {o: objective.count(o) for o in sorted(set(objective))}
-    summary = {"inputs": len(x), "eps": eps, "norm": norm, "preset": preset,
-               "objective": ", ".join(f"{o} {c}" for o, c in counts.items()),
-               "damage median": med, "expected damage median": emed, "damage q25": q25,
-               "expected damage q25": e25, "damage q75": q75, "expected damage q75": e75,
-               "median degradation": _median(degr.cpu().numpy()),
-               "median ssim": _median(percept.ssim.numpy()), "median ms_ssim": _median(percept.ms_ssim.numpy())}
-    _save(out_dir / "attack.csv", rows, {"command": "attack", "run": str(run), "split": split, "n": n, "eps": eps,
-                                         "norm": norm, "preset": preset,
-                                         **(pgd if preset == "legacy" else {}), "seed": seed, "summary": summary,
-                                         "perceptual": {"kernel_size": percept.kernel_size, "sigma": percept.sigma,
-                                                        "ms_ssim_scales": percept.ms_ssim_scales,
-                                                        "note": percept.note}})
-    k = min(10, len(x))
-    image_grid([x[:k], (x + delta)[:k], recon[:k], recon_adv[:k]], out_dir / "attack.png",
-               row_titles=["x", "x + delta", "g(mu(x))", "g(mu(x+delta))"])
-    click.echo(format_summary(summary))
-    click.echo(f"per-input results: {out_dir / 'attack.csv'}; images: {out_dir / 'attack.png'}")
+    rep = attack_report(vae.model, x, eps, norm=norm, preset=preset, batch_size=batch_size, seed=seed,
+                        out_dir=out_dir, progress=not quiet, meta={"run": str(run), "split": split, "n": n}, **pgd)
+    click.echo(format_summary(rep.summary))
+    click.echo(f"per-input results: {rep.paths['csv']}; images: {rep.paths['png']}")
 
 
 def _eval(name: str, **kw):

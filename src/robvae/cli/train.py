@@ -11,13 +11,15 @@ from ..data.download import default_data_dir
 from ..demo import run_demo
 from ..fileio import folder_lock
 from ..models import ModelConfig
-from ..objectives import DIVERGENCES, ObjectiveConfig
+from ..objectives import ObjectiveConfig
 from ..report.figures import save_reconstructions
 from ..robustness.rigorous import plan_certified_margin
 from ..studies.certified import verify_margin
-from ..training import ADVERSARIAL_NORMS, TrainConfig, train
+from ..training import TrainConfig, train
 from . import app
-from .options import data_dir_option, dataset_option, device_option, objective_option, seed_option, threads_option
+from .options import (
+    config_option, data_dir_option, dataset_option, device_option, objective_option, seed_option, threads_option,
+)
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -39,23 +41,22 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
               help="KL weight (beta-vae) or total-correlation weight (beta-tcvae).")
 @click.option("--tau", type=float, default=0.0, show_default=True, callback=_positive,
               help="Floor on the encoder standard deviation: sigma = softplus(s) + tau.")
-@click.option("--jacobian", type=click.FloatRange(min=0), default=ObjectiveConfig.jacobian, show_default=True,
-              help="Weight of the encoder-Jacobian penalty ||J_mu(x)||_F^2 (random projections; 0 = off).")
-@click.option("--jacobian-whitened", is_flag=True, help="Penalise ||diag(1/sigma) J||_F^2 instead.")
-@click.option("--jacobian-projections", type=click.IntRange(min=1), default=ObjectiveConfig.jacobian_projections,
-              show_default=True, help="Random projections per input for the Jacobian penalty.")
-@click.option("--smooth", type=click.FloatRange(min=0), default=ObjectiveConfig.smooth, show_default=True,
-              help="Weight of the smooth-encoder penalty D(q(z|x+n), q(z|x)) (0 = off).")
-@click.option("--smooth-noise", type=click.FloatRange(min=0, min_open=True), default=ObjectiveConfig.smooth_noise,
-              show_default=True, help="Std of the Gaussian input noise n of the smooth-encoder penalty.")
-@click.option("--smooth-divergence", type=click.Choice(DIVERGENCES), default=ObjectiveConfig.smooth_divergence,
-              show_default=True, help="kl: KL(q(z|x+n) || q(z|x)); symmetric-kl: both directions summed.")
-@click.option("--adversarial-eps", type=click.FloatRange(min=0), default=TrainConfig.adversarial_eps,
-              show_default=True, help="Adversarial training budget (maximum-damage attack on each batch; 0 = off).")
-@click.option("--adversarial-steps", type=click.IntRange(min=1), default=TrainConfig.adversarial_steps,
-              show_default=True, help="PGD steps of the adversarial-training attack.")
-@click.option("--adversarial-norm", type=click.Choice(ADVERSARIAL_NORMS), default=TrainConfig.adversarial_norm,
-              show_default=True, help="Norm of the adversarial-training budget.")
+@config_option(ObjectiveConfig, "jacobian", type=click.FloatRange(min=0),
+               help="Weight of the encoder-Jacobian penalty ||J_mu(x)||_F^2 (random projections; 0 = off).")
+@config_option(ObjectiveConfig, "jacobian_whitened", help="Penalise ||diag(1/sigma) J||_F^2 instead.")
+@config_option(ObjectiveConfig, "jacobian_projections", type=click.IntRange(min=1),
+               help="Random projections per input for the Jacobian penalty.")
+@config_option(ObjectiveConfig, "smooth", type=click.FloatRange(min=0),
+               help="Weight of the smooth-encoder penalty D(q(z|x+n), q(z|x)) (0 = off).")
+@config_option(ObjectiveConfig, "smooth_noise", type=click.FloatRange(min=0, min_open=True),
+               help="Std of the Gaussian input noise n of the smooth-encoder penalty.")
+@config_option(ObjectiveConfig, "smooth_divergence",
+               help="kl: KL(q(z|x+n) || q(z|x)); symmetric-kl: both directions summed.")
+@config_option(TrainConfig, "adversarial_eps", type=click.FloatRange(min=0),
+               help="Adversarial training budget (maximum-damage attack on each batch; 0 = off).")
+@config_option(TrainConfig, "adversarial_steps", type=click.IntRange(min=1),
+               help="PGD steps of the adversarial-training attack.")
+@config_option(TrainConfig, "adversarial_norm", help="Norm of the adversarial-training budget.")
 @click.option("--likelihood", type=click.Choice(["auto", "bernoulli", "gaussian", "cbernoulli"]), default="auto",
               show_default=True, help="auto: Bernoulli for grey images, Gaussian for colour; cbernoulli: continuous Bernoulli.")
 @click.option("--gaussian-scale", type=click.FloatRange(min=0), default=0.1, show_default=True,

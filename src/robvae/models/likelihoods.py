@@ -87,4 +87,4 @@ def make_likelihood(name: str, scale: float | None) -> nn.Module:
         return GaussianLikelihood(scale)
     if name == "cbernoulli":
         return ContinuousBernoulliLikelihood()
-    raise ValueError(f"unknown likelihood {name!r}; choose 'bernoulli' or 'gaussian'")
+    raise ValueError(f"unknown likelihood {name!r}; choose 'bernoulli', 'gaussian' or 'cbernoulli'")

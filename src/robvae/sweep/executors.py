@@ -1,8 +1,9 @@
 """One executor abstraction: :func:`map_tasks` runs a function over many argument tuples in this
 process ("serial"), in local worker processes ("local") or as Ray tasks ("ray"), yielding each
-result as it finishes. Sharded certification (:mod:`robvae.sweep.shard`) and the sweeps'
-serial and Ray paths run on it; ``run_trials``'s local path adds, on top of the same process
-pool, the crash recovery a long training trial needs (below).
+result as it finishes. Sharded certification (:mod:`robvae.sweep.shard`) and every path of the
+sweeps run on it; ``run_trials``'s local path adds, pool by pool (``map_tasks`` reports a pool
+broken by a dying worker and the workers' exit codes), the crash recovery a long training trial
+needs (below).
 
 Running trials: ``run_trials`` with a local process pool, Ray tasks, or in-process.
 
@@ -32,6 +33,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -210,43 +212,33 @@ def _run_serial(todo: list[Trial], out: Path, bar: _Progress, threads: int | Non
 
 def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_retries: int,
                threads: int | None) -> None:
-    ctx = mp.get_context("spawn")
+    """:func:`map_tasks` "local", one pool at a time: a pool that breaks (a worker died) fails its
+    unfinished tasks with BrokenProcessPool; they go to a fresh pool, within ``max_retries``."""
     cwd = os.getcwd()
     starts = {t.id: int(read_status(trial_dir(out, t.id)).get("attempts", 0)) for t in todo}
     pending = list(todo)
     stalled = 0  # consecutive pools that broke before any trial started (workers cannot start)
     while pending:
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
-                                   initializer=limit_threads, initargs=(threads,))
-        futures = {pool.submit(run_trial, t.to_dict(), str(trial_dir(out, t.id)), torch_threads=threads, cwd=cwd): t
-                   for t in pending}
-        pending = []
+        batch, pending = pending, []
         broken: list[Trial] = []
         progressed = False
-        try:
-            remaining = set(futures)
-            while remaining:
-                bar.refresh([trial_dir(out, futures[f].id) for f in remaining])
-                done, remaining = wait(remaining, timeout=_POLL_S, return_when=FIRST_COMPLETED)
-                for f in done:
-                    t = futures[f]
-                    try:
-                        bar.finished(f.result()["status"])
-                        progressed = True
-                    except BrokenProcessPool:
-                        broken.append(t)
-                    except Exception as e:  # the task could not even start (e.g. pickling)
-                        update_status(trial_dir(out, t.id), status="failed", error=f"{type(e).__name__}: {e}")
-                        bar.finished("failed")
-        except BaseException:
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                proc.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        exitcodes: dict[int, int | None] = {}  # filled when the pool has shut down
+        tasks = [(t.to_dict(), str(trial_dir(out, t.id))) for t in batch]
+        poll = lambda idx: bar.refresh([trial_dir(out, batch[i].id) for i in idx])  # noqa: E731
+        with closing(map_tasks(run_trial, tasks, executor="local", workers=workers,
+                               kwargs={"torch_threads": threads, "cwd": cwd}, initializer=limit_threads,
+                               initargs=(threads,), poll=poll, exitcodes=exitcodes)) as results:
+            for i, st, err in results:
+                t = batch[i]
+                if err is None:
+                    bar.finished(st["status"])
+                    progressed = True
+                elif isinstance(err, BrokenProcessPool):
+                    broken.append(t)
+                else:  # the task could not even start (e.g. pickling)
+                    update_status(trial_dir(out, t.id), status="failed", error=f"{type(err).__name__}: {err}")
+                    bar.finished("failed")
         # which worker died by itself, and which were terminated by the broken pool (SIGTERM)?
-        procs = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=True)
-        exitcodes = {proc.pid: proc.exitcode for proc in procs}
         culprit_known = any(c not in (None, 0, -signal.SIGTERM) for c in exitcodes.values())
         started = [t for t in broken if read_status(trial_dir(out, t.id)).get("status") in ("running", "done")]
         stalled = 0 if (progressed or started) else stalled + 1
@@ -320,6 +312,7 @@ def map_tasks(
     initializer: Callable[..., Any] | None = None,
     initargs: tuple[Any, ...] = (),
     poll: Callable[[list[int]], Any] | None = None,
+    exitcodes: dict[int, int | None] | None = None,
 ) -> Iterator[tuple[int, Any, BaseException | None]]:
     """Run ``fn(*task, **kwargs)`` for every task; yield ``(index, result, error)`` as each finishes.
 
@@ -329,7 +322,10 @@ def map_tasks(
     instance with ``workers`` CPUs, or the one already running). ``error`` is the exception a
     task raised (a Ray task's RayError), with ``result`` None: the caller decides whether it is
     fatal. ``poll(pending indices)`` runs while waiting (e.g. to refresh a progress bar). Leaving
-    the loop early (an exception, Ctrl-C) cancels the unfinished tasks. ``fn`` and the tasks
+    the loop early (an exception, Ctrl-C) cancels the unfinished tasks. ``exitcodes`` ("local"):
+    filled, once the pool has shut down, with each worker process's exit code by pid (a task of a
+    pool whose worker died fails with BrokenProcessPool; the codes tell the worker that died from
+    those the broken pool terminated, -SIGTERM). ``fn`` and the tasks
     must be picklable for "local" and "ray". The results do not depend on the executor as long
     as ``fn`` seeds itself from its arguments.
     """
@@ -368,10 +364,13 @@ def map_tasks(
                         continue
                     yield futs[f], res, None
         finally:
+            procs = list((getattr(pool, "_processes", None) or {}).values())
             if remaining:
-                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                for proc in procs:
                     proc.terminate()
             pool.shutdown(wait=not remaining, cancel_futures=True)
+            if exitcodes is not None:
+                exitcodes.update({proc.pid: proc.exitcode for proc in procs})
     else:
         ray = _import_ray()
         started = ensure_ray(address, int(workers))
