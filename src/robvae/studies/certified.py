@@ -149,6 +149,7 @@ class StudyRow:
     lip_mean: float
     lip_log_sigma: float
     lip_decoder: float
+    n_unresolved: int = 0
 
 
 @dataclass
@@ -163,11 +164,11 @@ class CertifiedStudy:
     def markdown(self) -> str:
         head = ("| model | held-out ELBO | rigorous radius (mean) | rigorous radius (full) | Theorem 1 radius | "
                 f"empirical margin (full) | attack damage (eps={self.attack_eps:.3g}) | certified at eps={self.cert_eps:.3g} "
-                "| rigorous > margin |")
+                "| rigorous > margin (refuted / unresolved) |")
         lines = [head, "|" + "---|" * 9]
         for w in self.rows:
             lines.append(f"| {w.model} | {w.test_elbo:.2f} | {w.radius_mean:.3g} | {w.radius_full:.3g} | {w.theorem1:.3g} "
-                         f"| {w.margin:.3g} | {w.damage:.3g} | {w.certified_fraction:.2f} | {w.n_violations}/{w.n} |")
+                         f"| {w.margin:.3g} | {w.damage:.3g} | {w.certified_fraction:.2f} | {w.n_violations}/{w.n} ({w.n_unresolved} unresolved) |")
         return "\n".join(lines)
 
 
@@ -216,12 +217,20 @@ def certified_study(
         res = empirical_margin(model, x, rr, mode="full", eps_init=eps_init, tol=margin_tol, n_samples=n_samples,
                                generator=g)
         dmg = EnsembleAttack("cheap", target="damage", generator=g)(model, x, attack_eps).damage  # deterministic damage
-        viol = int((cert.radius_full > res.margin.double()).sum())
+        # A certificate is refuted only where the search settled "not robust" at a budget below it
+        # (margin + tolerance: the smallest budget decided NOT robust). Where the radius lies inside
+        # the search's bracket, or the clean input is not settled robust (margin 0 = unknown), the
+        # comparison is unresolved, counted apart and never as a violation.
+        radius, lo = cert.radius_full, res.margin.double()
+        known = res.robust_clean.bool()
+        not_robust_at = lo + (res.tolerance.double() if res.tolerance is not None else torch.zeros_like(lo))
+        viol = int((known & ~res.capped.bool() & (radius > not_robust_at)).sum())
+        unresolved = int(((radius > lo) & ~(known & ~res.capped.bool() & (radius > not_robust_at))).sum())
         L = cert.constants
         row = StudyRow(model=spec.name, test_elbo=float(run.metrics[-1]["test_elbo"]), radius_mean=_median(cert.radius_mean),
                        radius_full=_median(cert.radius_full), theorem1=_median(t1.radius), margin=_median(res.margin),
                        damage=_median(dmg), certified_fraction=float((cert.radius_full >= cert_eps).double().mean()),
-                       n_violations=viol, n=len(x), lip_mean=L.mean, lip_log_sigma=L.log_sigma, lip_decoder=L.decoder)
+                       n_violations=viol, n=len(x), n_unresolved=unresolved, lip_mean=L.mean, lip_log_sigma=L.log_sigma, lip_decoder=L.decoder)
         study.rows.append(row)
         if echo is not None:
             echo(f"{spec.name}: ELBO {row.test_elbo:.2f}, rigorous {row.radius_mean:.3g}/{row.radius_full:.3g}, "
