@@ -165,3 +165,87 @@ def test_unsupported_diffusers_config_is_one_line_exit_2(user_pkg, capsys):
     rc = main(["certify", "--model", "my_models:bad_kl", "--n", "4", "--r", "0.5", "--quiet"])
     err = _error_lines(capsys.readouterr().err)
     assert rc == 2 and len(err) == 1 and "not divisible by the autoencoder's downsampling factor 2" in err[0], err
+
+
+TINY = """
+import torch
+
+
+class Tiny(torch.nn.Module):
+    '''A protocol model that is not robvae's: no log_likelihood, no Lipschitz bounds.'''
+
+    input_shape = (1, 8, 8)
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = torch.nn.Linear(64, 4)
+        self.dec = torch.nn.Linear(2, 64)
+
+    def encode(self, x):
+        h = self.enc(x.flatten(1))
+        return h[:, :2], torch.nn.functional.softplus(h[:, 2:]) + 0.05
+
+    def decode(self, z):
+        return torch.sigmoid(self.dec(z)).reshape(-1, 1, 8, 8)
+
+
+def build():
+    return Tiny()
+
+
+def wrong():
+    return torch.nn.Linear(2, 2)
+"""
+
+
+@pytest.fixture()
+def tiny_pkg(tmp_path, monkeypatch):
+    (tmp_path / "tiny_model.py").write_text(textwrap.dedent(TINY))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop("tiny_model", None)
+    yield tmp_path
+    sys.modules.pop("tiny_model", None)
+
+
+def test_report_with_model_evaluates_then_renders_the_numbers_it_wrote(tiny_pkg, capsys):
+    from robvae.report.html import _fmt
+
+    rc = main(["report", "--model", "tiny_model:build", "--dataset", "digits", "--n", "8", "--quiet", "OUT"])
+    assert rc == 0, capsys.readouterr().err
+    out = tiny_pkg / "OUT"
+    assert len((out / "margin-test.csv").read_text().splitlines()) == 9
+    assert len((out / "attack-test" / "attack.csv").read_text().splitlines()) == 9
+    margin = json.loads((out / "margin-test.json").read_text())
+    attack = json.loads((out / "attack-test" / "attack.json").read_text())
+    assert margin["model"] == "tiny_model:build" and margin["evaluation"]["n_samples"] == robvae.EvalConfig().n_samples
+    s = margin["summary"]
+    assert s["n"] == 8 and s["n_used"] >= 1 and np.isfinite(s["median_margin"]) and np.isfinite(s["median_bound"])
+    page = (out / "report.html").read_text()
+    # the headline numbers are the ones in the JSON files (formatted as the page formats them)
+    assert f"<dt>median empirical margin</dt><dd>{_fmt(s['median_margin'])}</dd>" in page
+    assert f"(inputs compared with the margin)</dt><dd>{_fmt(s['median_bound'])}</dd>" in page
+    assert (f"<dt>attack damage (deterministic), median</dt><dd>{_fmt(attack['summary']['damage median'])}</dd>"
+            in page)
+    assert "data:image/png;base64," in page  # attack.png embedded
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nowhere_module:build", "does not import"),
+    ("tiny_model:wrong", "has no encode / decode"),
+])
+def test_report_with_bad_model_is_one_line_exit_2(tiny_pkg, capsys, spec, message):
+    rc = main(["report", "--model", spec, "--n", "4", "--quiet", "OUT"])
+    err = _error_lines(capsys.readouterr().err)
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("robvae: error: ") and message in err[0], err
+    assert not (tiny_pkg / "OUT").exists()  # checked before any work
+
+
+def test_report_without_model_rejects_model_only_options(tiny_pkg, capsys):
+    (tiny_pkg / "F").mkdir()
+    assert main(["report", "--n", "4", "F"]) == 2
+    assert "--n go with --model" in capsys.readouterr().err
+    assert main(["report"]) == 2
+    assert "Missing argument" in capsys.readouterr().err

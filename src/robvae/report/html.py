@@ -168,6 +168,7 @@ _RUN_HEADLINES = [
     ("certify-test.json", "median_radius", "median Theorem 1 radius"),
     ("certify-test.json", "median_radius_rigorous_mean", "median rigorous radius (mean-only)"),
     ("certify-test.json", "median_radius_rigorous_full", "median rigorous radius (full)"),
+    ("margin-test.json", "median_bound", "median Theorem 1 radius (inputs compared with the margin)"),
     ("margin-test.json", "median_margin", "median empirical margin"),
     ("margin-test.json", "attack_preset", "margin search attack preset"),
     ("margin-test.json", "n_violations", "Theorem 1 bounds above the margin"),
@@ -178,17 +179,23 @@ _RUN_HEADLINES = [
 ]
 
 
+#: results files of certify / margin / attack (a folder holding one renders, with or without config.json)
+RUN_RESULTS = ("certify-test.json", "certify-train.json", "margin-test.json", "margin-train.json",
+               "attack-test/attack.json", "attack-train/attack.json")
+
+
 def _run_meta(folder: Path) -> dict[str, Any]:
-    """A study description for a plain run folder: its config, and the figures and tables it has."""
-    config = read_json(folder / "config.json", "config")
+    """A study description for a plain run folder (or a ``--model`` output folder, which has no
+    config.json): its config, and the figures, tables and results it has."""
+    config = read_json(folder / "config.json", "config") if (folder / "config.json").is_file() else {}
     if (folder / "metrics.csv").is_file():
         _training_curves(folder)
     results = {}
-    for name in ("certify-test.json", "certify-train.json", "margin-test.json", "margin-train.json",
-                 "attack-test/attack.json", "attack-train/attack.json"):
+    for name in RUN_RESULTS:
         if (folder / name).is_file():
             results[name] = read_json(folder / name, "results")
-    return {"study": "run", "command": " / ".join(str(r.get("command", "")) for r in results.values()) or
+    return {"study": "run" if config else "model",
+            "command": " / ".join(str(r.get("command", "")) for r in results.values()) or
             "robvae train (see config.json)", "config": config,
             "figures": [f for f in RUN_FIGURES if (folder / f).is_file()],
             "tables": [t for t in RUN_TABLES if (folder / t).is_file()], "results": results}
@@ -252,8 +259,9 @@ def render_report(folders: Sequence[str | Path], out_file: str | Path | None = N
     if not folders:
         raise ValueError("give at least one study folder")
     for f in folders:
-        if not (f / "study.json").is_file() and not (f / "config.json").is_file():
-            raise FileNotFoundError(f"{f} is not a study folder (no study.json) nor a run folder (no config.json)")
+        if not any((f / name).is_file() for name in ("study.json", "config.json", *RUN_RESULTS)):
+            raise FileNotFoundError(f"{f} is not a study folder (no study.json) nor a run folder (no config.json) "
+                                    "nor a results folder (no certify / margin / attack results)")
     links, sections = zip(*(_section(f, k) for k, f in enumerate(folders)))
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
