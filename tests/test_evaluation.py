@@ -151,7 +151,7 @@ def test_rigorous_radius_never_above_the_margin(evaluated, tiny_run, mode):
     assert (rig[used] <= margin[used]).all()
     # the summary counts the same thing through robvae.stats.bound_stats
     rv = res.summary["rigorous_vs_margin"]
-    assert rv == {"column": col, "n_above_margin": 0, "n_compared": int(used.sum())}
+    assert rv == {"column": col, "n_above_margin": 0, "n_refuted": 0, "n_compared": int(used.sum())}
     # the full radius also covers sigma moving, so it is never above the mean-only one
     assert (res.column("radius_rigorous_full") <= res.column("radius_rigorous_mean") * (1 + 1e-9)).all()
     assert res.summary["radius_rigorous_mean"]["median"] == pytest.approx(np.median(res.column("radius_rigorous_mean")))

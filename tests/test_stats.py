@@ -105,3 +105,15 @@ def test_bound_stats_counts_each_input_once_and_only_real_violations():
     assert isinstance(s, BoundStats)
     with pytest.raises(ValueError, match="same length"):
         bound_stats([1.0], [1.0, 2.0])
+
+
+def test_refuted_counts_only_bounds_above_a_budget_settled_not_robust():
+    from robvae.stats import bound_stats
+
+    bound = [0.5, 0.5, 0.5, 0.1]
+    margin = [0.4, 0.4, 0.0, 0.2]            # all usable: p_clean unknown, nothing capped
+    refuted_at = [0.45, 0.6, float("nan"), 0.3]
+    s = bound_stats(bound, margin, refuted_at=refuted_at)
+    assert s.n_used == 4 and s.n_violations == 3   # above the search's lower end
+    assert s.n_refuted == 1                         # only input 0 lies above a settled non-robust budget
+    assert bound_stats(bound, margin).n_refuted == -1

@@ -90,7 +90,7 @@ COLUMNS = (
     "jac_frobenius", "jac_spectral", "jac_whitened",
     "radius", "radius_sound", "radius_spectral", "radius_whitened", "abstain", "abstain_sound",
     "radius_rigorous_mean", "radius_rigorous_full",
-    "margin", "margin_upper", "margin_capped", "margin_robust_clean", "p_clean", "attack_eps", "attack_preset",
+    "margin", "margin_upper", "margin_refuted_at", "margin_capped", "margin_robust_clean", "p_clean", "attack_eps", "attack_preset",
     "attack_objective",
     "damage", "expected_damage", "likelihood_degradation", "ssim", "ms_ssim", "reconstruction_error",
 )
@@ -355,6 +355,9 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
                                  progress=lambda k, a: bar.set_postfix_str(f"margin: attack {k}, {a} inputs", refresh=True))
             add("margin", m.margin)
             add("margin_upper", m.upper)
+            # the smallest budget settled NOT robust (margin + tolerance); NaN where none was settled
+            settled = m.margin + m.tolerance if m.tolerance is not None else torch.full_like(m.margin, math.nan)
+            add("margin_refuted_at", torch.where(settled < m.eps_max, settled, torch.full_like(settled, math.nan)))
             add("margin_capped", m.capped)
             add("margin_robust_clean", m.robust_clean)
             add("p_clean", m.p_clean)
@@ -362,6 +365,7 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
             add("p_clean", nan)
             add("margin", nan)
             add("margin_upper", nan)
+            add("margin_refuted_at", nan)
             add("margin_capped", torch.zeros(x.shape[0], dtype=torch.bool))
             add("margin_robust_clean", torch.ones(x.shape[0], dtype=torch.bool))
         bar.update(1)
@@ -441,8 +445,9 @@ def rows_bound_stats(rows: list[dict[str, Any]], column: str = "radius") -> Boun
         # the search could not settle "robust" even unperturbed (margin 0 = unknown, not measured):
         # not a margin to compare a bound with, counted with the inputs whose estimates disagree
         p_clean = np.where(flag("margin_robust_clean"), p_clean, 0.0)
+    refuted_at = col("margin_refuted_at") if rows and "margin_refuted_at" in rows[0] else None
     return bound_stats(col(column), col("margin"), p_clean=p_clean, capped=flag("margin_capped"),
-                       abstain=flag(ABSTAIN.get(column, "abstain")))
+                       abstain=flag(ABSTAIN.get(column, "abstain")), refuted_at=refuted_at)
 
 
 def summarize(rows: list[dict[str, Any]], config: EvalConfig | None = None) -> dict[str, Any]:
@@ -469,7 +474,7 @@ def summarize(rows: list[dict[str, Any]], config: EvalConfig | None = None) -> d
     rig = s["bounds"].get("rigorous_" + mode)
     if rig is not None:  # the rigorous radius of the margin's setting: above the margin must never happen
         s["rigorous_vs_margin"] = {"column": rig["column"], "n_above_margin": rig["n_violations"],
-                                   "n_compared": rig["n_used"]}
+                                   "n_refuted": rig["n_refuted"], "n_compared": rig["n_used"]}
     return s
 
 
@@ -524,6 +529,7 @@ class MarginReport:
             out[k] = v
             if k == "n_violations" and self.rigorous is not None:  # beside Theorem 1's: must always be 0
                 out["rigorous_above_margin"] = self.rigorous.n_violations
+                out["rigorous_refuted"] = self.rigorous.n_refuted  # above a budget settled not robust
                 out["rigorous_compared"] = self.rigorous.n_used
                 out["median_rigorous"] = self.rigorous.median_bound
         out["rigorous_note"] = self.result.summary.get("rigorous_note")

@@ -150,6 +150,9 @@ class BoundStats:
     applies, so ``n_used + n_abstain + n_infinite + n_disagree + n_capped + n_no_margin == n``.
 
     ``n_violations``: usable inputs with bound > margin (a violation of bound <= R_r(x) <= R_hat).
+    ``n_refuted``: usable inputs whose bound exceeds a budget the margin search settled as NOT
+    robust (``refuted_at``, e.g. margin + tolerance): evidence that the bound exceeds the true
+    margin, not only the search's lower end (-1 when ``refuted_at`` was not given).
     ``pearson`` / ``spearman`` (margin vs bound), ``slope`` / ``intercept`` (least squares,
     bound = slope * margin + intercept), ``median_bound`` / ``median_margin`` /
     ``median_ratio`` (bound / margin where margin > 0) are all over the same usable inputs.
@@ -170,6 +173,7 @@ class BoundStats:
     median_bound: float
     median_margin: float
     median_ratio: float
+    n_refuted: int
     mask: np.ndarray = field(repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,12 +208,14 @@ def _flags(v: ArrayLike | None, n: int, default: bool) -> np.ndarray:
 
 
 def bound_stats(bound: ArrayLike, margin: ArrayLike, *, p_clean: ArrayLike | None = None,
-                capped: ArrayLike | None = None, abstain: ArrayLike | None = None) -> BoundStats:
+                capped: ArrayLike | None = None, abstain: ArrayLike | None = None,
+                refuted_at: ArrayLike | None = None) -> BoundStats:
     """Compare a certified bound with the empirical margin, per input (see :class:`BoundStats`).
 
     bound, margin: [N]. p_clean: the margin search's clean estimate of p_r(x) (NaN or None:
     unknown, taken as agreeing). capped: the margin search hit its cap. abstain: the bound
-    abstains (default: bound <= 0 or NaN).
+    abstains (default: bound <= 0 or NaN). refuted_at: per input, the smallest budget the margin
+    search settled as not robust (NaN: none); gives ``n_refuted``.
     """
     b = np.asarray(bound, dtype=float).ravel()
     m = np.asarray(margin, dtype=float).ravel()
@@ -228,12 +234,18 @@ def bound_stats(bound: ArrayLike, margin: ArrayLike, *, p_clean: ArrayLike | Non
     bu, mu = b[use], m[use]
     slope, intercept = least_squares(mu, bu)
     pos = mu > 0
+    n_refuted = -1
+    if refuted_at is not None:
+        ra = np.asarray(refuted_at, dtype=float).ravel()
+        if ra.shape != (n,):
+            raise ValueError(f"expected {n} values of refuted_at, got {ra.size}")
+        n_refuted = int(np.sum(bu > ra[use]))  # NaN (nothing settled not robust) never refutes
     return BoundStats(
         n=int(n), n_used=int(use.sum()), n_violations=int(np.sum(bu > mu)), n_abstain=int(abst.sum()),
         n_infinite=int(inf.sum()), n_disagree=int(disagree.sum()), n_capped=int(cap.sum()),
         n_no_margin=int(no_margin.sum()), pearson=pearson(mu, bu), spearman=spearman(mu, bu), slope=slope,
         intercept=intercept, median_bound=median(bu), median_margin=median(mu),
-        median_ratio=median(bu[pos] / mu[pos]) if pos.any() else math.nan, mask=use,
+        median_ratio=median(bu[pos] / mu[pos]) if pos.any() else math.nan, n_refuted=n_refuted, mask=use,
     )
 
 
