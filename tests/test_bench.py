@@ -148,6 +148,8 @@ def test_example_zoos_are_valid():
     assert mnist.protocol.label == "v1" and mnist.subset == "mnist-10k"
     one = load_zoo(REPO / "examples" / "zoo-mnist.yaml", seeds=[0])  # --seeds 0: the same seed-0 models
     assert one.seeds == [0] and {t.id for t in one.trials} == {e.trials[0].id for e in mnist.entries}
+    fashion = load_zoo(REPO / "examples" / "zoo-fashion.yaml")  # the published Fashion-MNIST leaderboard
+    assert fashion.subset == "fashion-mnist" and fashion.seeds == [0] and len(fashion.trials) == 5
 
 
 # --- the leaderboard ----------------------------------------------------------------------
