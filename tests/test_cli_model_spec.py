@@ -66,14 +66,19 @@ def bad_kl():
 """
 
 
-@pytest.fixture()
-def user_pkg(tmp_path, monkeypatch):
-    (tmp_path / "my_models.py").write_text(textwrap.dedent(MODULE))
+def _module_on_path(tmp_path, monkeypatch, name: str, source: str):
+    """Write ``name``.py into tmp_path, put it on sys.path and chdir there; forget it afterwards."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    sys.modules.pop("my_models", None)
+    sys.modules.pop(name, None)
     yield tmp_path
-    sys.modules.pop("my_models", None)
+    sys.modules.pop(name, None)
+
+
+@pytest.fixture()
+def user_pkg(tmp_path, monkeypatch):
+    yield from _module_on_path(tmp_path, monkeypatch, "my_models", MODULE)
 
 
 def _error_lines(err: str) -> list[str]:
@@ -201,12 +206,7 @@ def wrong():
 
 @pytest.fixture()
 def tiny_pkg(tmp_path, monkeypatch):
-    (tmp_path / "tiny_model.py").write_text(textwrap.dedent(TINY))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    sys.modules.pop("tiny_model", None)
-    yield tmp_path
-    sys.modules.pop("tiny_model", None)
+    yield from _module_on_path(tmp_path, monkeypatch, "tiny_model", TINY)
 
 
 def test_report_with_model_evaluates_then_renders_the_numbers_it_wrote(tiny_pkg, capsys):

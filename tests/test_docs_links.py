@@ -144,14 +144,14 @@ def test_link_checker_flags_each_kind_of_bad_link(tmp_path):
         "[web](https://example.org/x) [self](#title) ![img](docs/THEORY.md)\n"
         "`[in code](../shared/SPEC.md)`\n"
         "```\n[in a fence](/etc/passwd)\n```\n"
-        "[escape](../shared/SPEC.md) [abs](/home/user/file.md) [missing](docs/NOPE.md)\n"
+        "[escape](../elsewhere/NOTES.md) [abs](/abs-root/file.md) [missing](docs/NOPE.md)\n"
         "[bad anchor](docs/THEORY.md#4-nothing) [bad self](#nowhere) [win](C:\\x\\y.md)\n"
         "[ref]: ../outside.md\n"
         '<a href="/tmp/x.html">x</a>\n'
     )
     problems = link_problems(repo / "README.md", repo)
     joined = "\n".join(problems)
-    for bad in ("../shared/SPEC.md", "/home/user/file.md", "docs/NOPE.md", "#4-nothing", "#nowhere",
+    for bad in ("../elsewhere/NOTES.md", "/abs-root/file.md", "docs/NOPE.md", "#4-nothing", "#nowhere",
                 "C:\\\\x\\\\y.md", "../outside.md", "/tmp/x.html"):
         assert bad in joined, (bad, joined)
     assert len(problems) == 8, joined

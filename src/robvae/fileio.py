@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -239,3 +241,19 @@ def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
         if (_lock_owner(path) or {}).get("pid") == me["pid"]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def read_yaml(path: str | os.PathLike, error: type[Exception], what: str) -> Any:
+    """The document of a YAML file (safe loader): FileNotFoundError when it is missing, ``error``
+    naming the file when it is not valid YAML or empty (``what``: "sweep file", "zoo file", ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({str(e).replace(chr(10), ' ')})") from None
+    if doc is None:
+        raise error(f"{path}: empty {what}")
+    return doc
+

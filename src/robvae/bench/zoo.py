@@ -33,10 +33,10 @@ import copy
 import itertools
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import RobvaeError
+from ..fileio import read_yaml
 from ..sweep import Trial
 from .loader import ModelSpecError, resolve_spec
 from .protocol import Protocol, get_protocol
@@ -259,17 +259,7 @@ def parse_zoo(doc: Any, source: str = "zoo", *, extra_models: list[str] | None =
 def load_zoo(path: str | os.PathLike, *, extra_models: list[str] | None = None,
              seeds: list[int] | None = None) -> ZooSpec:
     """Read and validate a zoo YAML file (``seeds`` replaces the file's seeds)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"zoo file {path} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ZooError(f"{path}: not valid YAML ({str(e).replace(chr(10), ' ')})") from None
-    if doc is None:
-        raise ZooError(f"{path}: empty zoo file")
+    doc = read_yaml(path, ZooError, "zoo file")
     if seeds is not None and isinstance(doc, dict):
         doc["seeds"] = list(seeds)
     return parse_zoo(doc, source=str(path), extra_models=extra_models)

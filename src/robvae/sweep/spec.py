@@ -27,9 +27,9 @@ import itertools
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from ..fileio import read_yaml
 from ..data import dataset_shape
 from ..evaluation import EvalConfig
 from ..models import ModelConfig
@@ -281,16 +281,5 @@ def parse_sweep(doc: Any, source: str = "sweep") -> SweepSpec:
 
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
     """Read and validate a sweep YAML file."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep file {path} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        first = str(e).replace("\n", " ")
-        raise SweepSpecError(f"{path}: not valid YAML ({first})") from None
-    if doc is None:
-        raise SweepSpecError(f"{path}: empty sweep file")
+    doc = read_yaml(path, SweepSpecError, "sweep file")
     return parse_sweep(doc, source=str(path))
