@@ -81,6 +81,30 @@ def test_files_written_and_resumed(evaluated, tiny_run, monkeypatch):
         evaluate(tiny_run, EvalConfig(**{**FAST, "n": 7}), out_dir=out, progress=False)
 
 
+def test_summary_is_typed_and_reloads_identically(evaluated):
+    """EvalSummary: typed fields from one summarize(); summary.json is its to_dict(); the summary of
+    a loaded folder (statistics recomputed from the CSV rows) equals the one computed in memory."""
+    from robvae.evaluation import EvalSummary, jsonable
+    from robvae.stats import BoundStats, bound_stats
+
+    res, out = evaluated
+    s = res.summary
+    assert isinstance(s, EvalSummary) and isinstance(s.bounds["theorem1"], BoundStats)
+    assert s.n == 8 and s.median("radius") == pytest.approx(np.median(res.column("radius")))
+    assert s.n_abstain == int(sum(r["abstain"] for r in res.rows))
+    # the Theorem 1 bound's statistics are exactly bound_stats over the same columns (an independent call)
+    want = bound_stats(res.column("radius"), res.column("margin"), capped=res.column("margin_capped") > 0,
+                       abstain=res.column("abstain") > 0,
+                       p_clean=np.where(res.column("margin_robust_clean") > 0, res.column("p_clean"), 0.0),
+                       refuted_at=res.column("margin_refuted_at"))
+    assert s.bounds["theorem1"] == want
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(jsonable(s.to_dict())))
+    loaded = load_result(out).summary
+    assert loaded.bounds == s.bounds and loaded.columns.keys() == s.columns.keys()
+    assert loaded.r == pytest.approx(s.r) and loaded.test_elbo == pytest.approx(s.test_elbo)
+    assert s["n"] == 8 and s.get("rigorous_vs_margin") == s.rigorous_vs_margin  # the former dict interface
+
+
 def test_absolute_r_and_eps_and_no_margin(tiny_run):
     res = evaluate(tiny_run, EvalConfig(**{**FAST, "r": 0.7, "attack_eps": 0.25, "margin": False, "n": 4}),
                    progress=False)

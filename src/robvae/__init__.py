@@ -16,7 +16,7 @@ from ._version import __version__  # noqa: E402
 from .attacks import EnsembleAttack, MaxDamageAttack, latent_attack, max_damage_attack, output_attack
 from .data import ImageDataset, load_dataset
 from .errors import CheckpointError, DataError, InputError, RobvaeError
-from .evaluation import EvalConfig, EvalResult, evaluate
+from .evaluation import EvalConfig, EvalResult, EvalSummary, evaluate
 from .metrics import likelihood_degradation
 from .models import VAE, LinearVAE, ModelConfig, VAEProtocol
 from .objectives import ObjectiveConfig
@@ -38,7 +38,7 @@ __all__ = [
     "max_damage_attack", "latent_attack", "output_attack", "MaxDamageAttack", "EnsembleAttack",
     "likelihood_degradation",
     # evaluation and statistics
-    "evaluate", "EvalConfig", "EvalResult", "bound_stats", "BoundStats",
+    "evaluate", "EvalConfig", "EvalResult", "EvalSummary", "bound_stats", "BoundStats",
     # errors
     "RobvaeError", "DataError", "CheckpointError", "InputError",
 ]

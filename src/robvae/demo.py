@@ -10,39 +10,39 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .evaluation import EvalConfig, evaluate
+from .evaluation import EvalConfig, EvalSummary, evaluate
 from .models import ModelConfig
 from .report.figures import save_reconstructions
 from .objectives import ObjectiveConfig
 from .training import TrainConfig, train
 
 
-def demo_table(summary: dict[str, Any], config: EvalConfig) -> list[tuple[str, str]]:
+def demo_table(summary: EvalSummary, config: EvalConfig) -> list[tuple[str, str]]:
     """The demo's one table: (quantity, value) rows from an evaluation summary."""
-    t1 = summary["bounds"]["theorem1"]
-    rig = summary["rigorous_vs_margin"]
+    t1 = summary.bounds["theorem1"]
+    rig = summary.rigorous_vs_margin
 
     def f(v: Any, spec: str = ".4f") -> str:
         return "n/a" if v is None else format(float(v), spec)
 
-    med = lambda k: summary[k]["median"]  # noqa: E731
+    med = summary.median
     return [
-        ("inputs (digits test set)", f"{summary['n']}"),
-        ("radius r (1.5 x median r_min)", f"{float(summary['r']):.4f}"),
+        ("inputs (digits test set)", f"{summary.n}"),
+        ("radius r (1.5 x median r_min)", f"{float(summary.r):.4f}"),
         ("p_r(x), median", f"{med('p'):.3f}"),
-        ("not r-robust even unperturbed", f"{summary['n_not_robust_clean']}"),
+        ("not r-robust even unperturbed", f"{summary.n_not_robust_clean}"),
         ("Theorem 1 radius, median", f"{med('radius'):.4f}"),
         ("sound radius (Clopper-Pearson), median", f"{med('radius_sound'):.4f}"),
         ("spectral / whitened radius, median", f"{med('radius_spectral'):.4f} / {med('radius_whitened'):.4f}"),
-        ("abstentions (p <= 0.5)", f"{summary['n_abstain']}"),
+        ("abstentions (p <= 0.5)", f"{summary.n_abstain}"),
         (f"empirical margin ({config.margin_mode} encoder), median", f"{med('margin'):.4f}"),
-        ("Spearman rho(bound, margin)", f(t1['spearman'], ".3f")),
-        ("bound above margin (violations)", f"{t1['n_violations']} of {t1['n_used']} compared"),
+        ("Spearman rho(bound, margin)", f(t1.spearman, ".3f")),
+        ("bound above margin (violations)", f"{t1.n_violations} of {t1.n_used} compared"),
         ("rigorous radius (mean-only), median", f"{med('radius_rigorous_mean'):.4g}"),
         ("rigorous radius (full), median", f"{med('radius_rigorous_full'):.4g}"),
         (f"rigorous radius ({config.margin_mode}) above margin", f"{rig['n_above_margin']} of {rig['n_compared']} compared"),
-        ("attack preset (robvae.attacks.EnsembleAttack)", f"{summary['attack_preset']}"),
-        ("max-damage attack budget (L2, 0.1 x median ||x||)", f"{float(summary['attack_eps']):.4f}"),
+        ("attack preset (robvae.attacks.EnsembleAttack)", f"{summary.attack_preset}"),
+        ("max-damage attack budget (L2, 0.1 x median ||x||)", f"{float(summary.attack_eps):.4f}"),
         ("damage ||g(mu(x+d)) - g(mu(x))|| (deterministic), median", f"{med('damage'):.4f}"),
         ("expected damage (paper eq. 5), median", f"{med('expected_damage'):.4f}"),
         ("relative log-likelihood degradation, median", f"{med('likelihood_degradation'):.4f}"),

@@ -191,7 +191,7 @@ class EvalResult:
     extra: free-form additions by callers (not written)."""
 
     rows: list[dict[str, Any]]
-    summary: dict[str, Any]
+    summary: EvalSummary
     config: EvalConfig
     out_dir: Path | None = None
     loaded: bool = False
@@ -239,9 +239,16 @@ def load_result(out_dir: str | Path) -> EvalResult:
     """Read an evaluation folder written by :func:`evaluate`."""
     out_dir = Path(out_dir)
     meta = read_json(out_dir / EVAL_CONFIG_FILE, "evaluation config")
-    summary = read_json(out_dir / SUMMARY_FILE, "evaluation summary")
+    saved = read_json(out_dir / SUMMARY_FILE, "evaluation summary")
     rows = [_parse_row(r) for r in read_csv(out_dir / PER_INPUT_FILE)]
-    return EvalResult(rows, summary, EvalConfig.from_dict(meta["evaluation"]), out_dir, loaded=True)
+    config = EvalConfig.from_dict(meta["evaluation"])
+    summary = summarize(rows, config, **{k: _unjson(saved.get(k)) for k in CONTEXT})  # statistics from the rows
+    return EvalResult(rows, summary, config, out_dir, loaded=True)
+
+
+def _unjson(v: Any) -> Any:
+    """The inverse of :func:`jsonable` for one value ("inf" / "-inf" back to floats)."""
+    return float(v) if v in ("inf", "-inf") else v
 
 
 def _parse_row(r: dict[str, str]) -> dict[str, Any]:
@@ -385,21 +392,19 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
                 row[k] = texts[k][j]
         rows.append({k: row[k] for k in COLUMNS})
 
-    summary = summarize(rows, config)
-    summary.update({
-        "dataset": run.config.dataset, "run": str(run.path), "r": r, "r_from": "absolute" if config.r is not None
-        else f"{config.r_relative:g} x median r_min", "attack_eps": eps,
-        "attack_eps_from": "absolute" if config.attack_eps is not None
+    summary = summarize(
+        rows, config, dataset=run.config.dataset, run=str(run.path), r=r,
+        r_from="absolute" if config.r is not None else f"{config.r_relative:g} x median r_min", attack_eps=eps,
+        attack_eps_from="absolute" if config.attack_eps is not None
         else f"{config.attack_eps_relative:g} x median ||x||",
-        "attack_preset": config.attack_preset if config.attack else None, "rigorous_note": rigorous_note,
-        "beta": run.config.objective.beta, "objective": run.config.objective.name, "tau": run.config.model.tau,
-        "seed": run.config.seed, "test_elbo": _last_elbo(run), "seconds": time.perf_counter() - t0,
-    })
+        attack_preset=config.attack_preset if config.attack else None, rigorous_note=rigorous_note,
+        beta=run.config.objective.beta, objective=run.config.objective.name, tau=run.config.model.tau,
+        seed=run.config.seed, test_elbo=_last_elbo(run), seconds=time.perf_counter() - t0)
     result = EvalResult(rows, summary, config, out)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / PER_INPUT_FILE, rows, fieldnames=list(COLUMNS))
-        write_json(out / SUMMARY_FILE, jsonable(summary))
+        write_json(out / SUMMARY_FILE, jsonable(summary.to_dict()))
         # written last: its presence with a matching identity marks the evaluation finished
         write_json(out / EVAL_CONFIG_FILE, {"evaluation": config.to_dict(), "evaluation_identity": ident["evaluation"],
                                             "train": ident["train"], "run": str(run.path)})
@@ -450,35 +455,105 @@ def rows_bound_stats(rows: list[dict[str, Any]], column: str = "radius") -> Boun
                        abstain=flag(ABSTAIN.get(column, "abstain")), refuted_at=refuted_at)
 
 
-def summarize(rows: list[dict[str, Any]], config: EvalConfig | None = None) -> dict[str, Any]:
-    """The summary of per-input rows: quartiles of each numeric column, abstentions, and for each
-    bound :func:`rows_bound_stats` (``BoundStats.to_dict()`` plus the column name)."""
+#: The run and setting an evaluation summary describes (EvalSummary fields, written to summary.json).
+CONTEXT = ("dataset", "run", "r", "r_from", "attack_eps", "attack_eps_from", "attack_preset", "rigorous_note", "beta",
+           "objective", "tau", "seed", "test_elbo", "seconds")
+
+
+@dataclass
+class EvalSummary:
+    """The summary of an evaluation, computed once from its per-input rows by :func:`summarize`.
+
+    columns: per numeric column, :func:`robvae.stats.describe` (n, median, q1, q3, mean, min, max,
+    n_infinite). bounds: per :data:`BOUNDS` name present in the rows, its :class:`BoundStats`
+    against the margin (the same function ``robvae margin`` and the studies use). The counts are
+    of inputs. The context fields (``dataset`` ... ``seconds``) say what was evaluated; they are
+    None when the summary was made from bare rows. ``to_dict()`` is the ``summary.json`` layout;
+    ``summary["key"]`` reads that layout too (the former dict interface).
+    """
+
+    n: int
+    columns: dict[str, dict[str, Any]]
+    bounds: dict[str, BoundStats]
+    n_abstain: int
+    n_abstain_sound: int
+    n_infinite_radius: int
+    n_margin_capped: int
+    n_not_robust_clean: int
+    margin_mode: str | None = None
+    attack_objective: dict[str, int] | None = None
+    dataset: str | None = None
+    run: str | None = None
+    r: float | None = None
+    r_from: str | None = None
+    attack_eps: float | None = None
+    attack_eps_from: str | None = None
+    attack_preset: str | None = None
+    rigorous_note: str | None = None
+    beta: float | None = None
+    objective: str | None = None
+    tau: float | None = None
+    seed: int | None = None
+    test_elbo: float | None = None
+    seconds: float | None = None
+
+    def median(self, column: str) -> float:
+        """The median of one numeric column (NaN values left out)."""
+        return self.columns[column]["median"]
+
+    @property
+    def rigorous_vs_margin(self) -> dict[str, Any] | None:
+        """The rigorous radius of the margin's setting against the margin (above it must never
+        happen): its column, n_above_margin, n_refuted, n_compared; None without that column."""
+        name = "rigorous_" + (self.margin_mode or "full")
+        if name not in self.bounds:
+            return None
+        st = self.bounds[name]
+        return {"column": BOUNDS[name], "n_above_margin": st.n_violations, "n_refuted": st.n_refuted,
+                "n_compared": st.n_used}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``summary.json`` layout: each column's description under its own name, each bound's
+        statistics (``BoundStats.to_dict()`` and its column) under ``bounds``."""
+        d: dict[str, Any] = {"n": self.n, "margin_mode": self.margin_mode, **self.columns,
+                             "n_abstain": self.n_abstain, "n_abstain_sound": self.n_abstain_sound,
+                             "n_infinite_radius": self.n_infinite_radius, "n_margin_capped": self.n_margin_capped,
+                             "n_not_robust_clean": self.n_not_robust_clean,
+                             "bounds": {k: {"column": BOUNDS[k], **st.to_dict()} for k, st in self.bounds.items()}}
+        if self.attack_objective is not None:
+            d["attack_objective"] = self.attack_objective
+        if self.rigorous_vs_margin is not None:
+            d["rigorous_vs_margin"] = self.rigorous_vs_margin
+        d.update({k: getattr(self, k) for k in CONTEXT})
+        return d
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+
+def summarize(rows: list[dict[str, Any]], config: EvalConfig | None = None, **context: Any) -> EvalSummary:
+    """The :class:`EvalSummary` of per-input rows: quartiles of each numeric column, abstentions,
+    and for each bound :func:`rows_bound_stats`. context: its :data:`CONTEXT` fields."""
     col = lambda k: np.array([float(r[k]) for r in rows], dtype=float)  # noqa: E731
-    s: dict[str, Any] = {"n": len(rows)}
-    if config is not None:
-        s["margin_mode"] = config.margin_mode if config.margin else None
-    for k in _NUMERIC_SUMMARY:
-        if rows and k in rows[0]:
-            s[k] = describe(col(k))
-    s["n_abstain"] = int(sum(bool(r["abstain"]) for r in rows))
-    s["n_abstain_sound"] = int(sum(bool(r["abstain_sound"]) for r in rows))
-    s["n_infinite_radius"] = int(np.isinf(col("radius")).sum())
-    s["n_margin_capped"] = int(sum(bool(r["margin_capped"]) for r in rows))
-    s["n_not_robust_clean"] = int((col("p") <= 0.5).sum())
-    s["bounds"] = {name: {"column": c, **rows_bound_stats(rows, c).to_dict()} for name, c in BOUNDS.items()
-                   if not rows or c in rows[0]}
-    if rows and "attack_objective" in rows[0]:
-        objs = [str(r["attack_objective"]) for r in rows if r.get("attack_objective") not in ("", None)]
-        s["attack_objective"] = {o: objs.count(o) for o in sorted(set(objs))}
-    mode = config.margin_mode if config is not None else "full"
-    rig = s["bounds"].get("rigorous_" + mode)
-    if rig is not None:  # the rigorous radius of the margin's setting: above the margin must never happen
-        s["rigorous_vs_margin"] = {"column": rig["column"], "n_above_margin": rig["n_violations"],
-                                   "n_refuted": rig["n_refuted"], "n_compared": rig["n_used"]}
-    return s
+    objs = [str(r["attack_objective"]) for r in rows if r.get("attack_objective") not in ("", None)]
+    return EvalSummary(
+        n=len(rows), columns={k: describe(col(k)) for k in _NUMERIC_SUMMARY if rows and k in rows[0]},
+        bounds={name: rows_bound_stats(rows, c) for name, c in BOUNDS.items() if not rows or c in rows[0]},
+        n_abstain=int(sum(bool(r["abstain"]) for r in rows)),
+        n_abstain_sound=int(sum(bool(r["abstain_sound"]) for r in rows)),
+        n_infinite_radius=int(np.isinf(col("radius")).sum()) if rows else 0,
+        n_margin_capped=int(sum(bool(r["margin_capped"]) for r in rows)),
+        n_not_robust_clean=int((col("p") <= 0.5).sum()) if rows else 0,
+        margin_mode=(config.margin_mode if config.margin else None) if config is not None else None,
+        attack_objective={o: objs.count(o) for o in sorted(set(objs))}
+        if rows and "attack_objective" in rows[0] else None,
+        **context,
+    )
 
 
-_jsonable = jsonable  # the former private name
 
 
 # --- the bound against the margin, as one command reports it -----------------------------------
@@ -523,7 +598,7 @@ class MarginReport:
 
     def summary(self) -> dict[str, Any]:
         c = self.result.config
-        out = {"inputs": len(self.result.rows), "r": self.result.summary["r"], "mode": c.margin_mode,
+        out = {"inputs": len(self.result.rows), "r": self.result.summary.r, "mode": c.margin_mode,
                "attack_preset": c.attack_preset}
         for k, v in self.stats.to_dict().items():
             out[k] = v
@@ -532,7 +607,7 @@ class MarginReport:
                 out["rigorous_refuted"] = self.rigorous.n_refuted  # above a budget settled not robust
                 out["rigorous_compared"] = self.rigorous.n_used
                 out["median_rigorous"] = self.rigorous.median_bound
-        out["rigorous_note"] = self.result.summary.get("rigorous_note")
+        out["rigorous_note"] = self.result.summary.rigorous_note
         return out
 
 

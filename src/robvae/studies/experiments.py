@@ -205,7 +205,7 @@ def _pooled_table(results: dict[str, Any], settings: dict[str, dict[str, Any]], 
             srow: dict[str, Any] = {x: v, "seed": s}
             for m in SWEEP_METRICS:
                 srow[f"{m}_median"] = quartiles([r[m] for r in ss])[1]
-            srow["test_elbo"] = results[next(n for n, st in settings.items() if st[x] == v and st["seed"] == s)].summary.get("test_elbo")
+            srow["test_elbo"] = results[next(n for n, st in settings.items() if st[x] == v and st["seed"] == s)].summary.test_elbo
             per_seed.append(srow)
         seed_meds = {m: [sr[f"{m}_median"] for sr in per_seed if sr[x] == v] for m in SWEEP_METRICS}
         for m in ("margin", "damage", "sigma_mean", "jac_frobenius"):
@@ -290,7 +290,7 @@ def bound_vs_margin(
         bound_vs_margin_figure(rows, out / "rigorous_vs_margin.png", rig, title=f"{dataset}: rigorous radius vs margin",
                                column=rig_col, bound_label=f"rigorous radius ({ev.margin_mode})", margin_label=mlabel)
         figures.append("rigorous_vs_margin.png")
-    per_model = {n: results[n].summary for n, _ in cfgs}
+    per_model = {n: results[n].summary.to_dict() for n, _ in cfgs}
     summary = {
         "study": "bound-vs-margin", "attack_preset": ev.attack_preset,
         "rigorous": None if rig is None else {"column": rig_col, **rig.to_dict()}, "dataset": dataset, "n_inputs": len(rows), "seeds": list(seeds),

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..evaluation import evaluate
+from ..evaluation import evaluate, jsonable
 from ..fileio import read_json, write_json
 from ..report.figures import save_reconstructions
 from ..training import RECON_FILE, train
@@ -136,10 +136,7 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
             t_eval = time.time()
             result = evaluate(run, trial.evaluation, out_dir=trial_dir_p / EVAL_DIR, progress=False)
             eval_s = time.time() - t_eval
-            eval_summary = _plain(getattr(result, "summary", result))
-            if not (trial_dir_p / EVAL_DIR / EVAL_SUMMARY_FILE).is_file():  # evaluate writes it itself
-                write_json(trial_dir_p / EVAL_DIR / EVAL_SUMMARY_FILE, eval_summary)
-            summary.update(eval_summary)
+            summary.update(_plain(jsonable(result.summary.to_dict())))  # evaluate wrote summary.json itself
         return update_status(trial_dir_p, status="done", error=None, wall_s=time.time() - t0,
                              train_s=train_s, eval_s=eval_s, summary=summary,
                              finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
