@@ -60,6 +60,23 @@ def test_certify_r_relative_scales_the_median_r_min(run_dir, capsys, tmp_path):
     assert r == pytest.approx(expect, rel=1e-6)
 
 
+def test_certify_r_relative_calibrates_on_at_most_1000_draws(run_dir, capsys, tmp_path):
+    """--samples 1500: the calibration draws min(1500, CALIBRATION_SAMPLES) = 1000 per input, so r
+    equals the 1000-draw median and (r_min's draws being the first of the same generator) not the
+    1500-draw one."""
+    from robvae import load, load_dataset, r_min
+    from robvae.cli.robust import CALIBRATION_SAMPLES
+
+    assert CALIBRATION_SAMPLES == 1000
+    rc, _, err = _run(capsys, "certify", run_dir, "--n", 3, "--r-relative", 1.0, "--samples", 1500,
+                      "--out", tmp_path / "c.csv", "--quiet", "--no-rigorous")
+    assert rc == 0, err
+    r = json.loads((tmp_path / "c.json").read_text())["r"]
+    model, x = load(run_dir).model, load_dataset("digits", "test").images[:3]
+    med = lambda s: float(r_min(model, x, s, generator=torch.Generator().manual_seed(0)).median())  # noqa: E731
+    assert r == pytest.approx(med(1000), rel=1e-6) and r != pytest.approx(med(1500), rel=1e-6)
+
+
 def test_attack_respects_the_budget_and_saves_images(run_dir, capsys, tmp_path):
     rc, out, err = _run(capsys, "attack", run_dir, "--n", 6, "--eps", 0.5, "--out", tmp_path / "att")
     assert rc == 0, err
