@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from robvae.models import VAE, ModelConfig
-from robvae.models.fast_decode import _is_subpixel_layer, flat_decode
+from robvae.models.fast_decode import _is_thin_deconv, flat_decode
 
 
 def _conv(dtype, c=1, hw=28, channels=(8, 16)):
@@ -35,7 +35,7 @@ def test_flat_decode_equals_decode(arch, dtype, tol, grad):
 def test_the_thin_last_layer_really_takes_the_subpixel_route():
     model = _conv(torch.float64)
     last = model.decoder.deconv[-1]
-    assert _is_subpixel_layer(last)  # 8 -> 1 channels
+    assert _is_thin_deconv(last)  # 8 -> 1 channels
     z = torch.randn(4, 5, dtype=torch.float64)
     with torch.inference_mode():
         before = flat_decode(model, z)

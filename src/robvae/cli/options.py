@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+
 import click
 import torch
 
@@ -68,32 +72,12 @@ device_option = click.option("--device", default="cpu", show_default=True, callb
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 
 
-def format_table(rows: list[dict], floatfmt: str = ".4g") -> str:
-    """A plain aligned text table of dicts (same keys), for terminal summaries."""
-    if not rows:
-        return "(empty)"
-    keys = list(rows[0])
-
-    def fmt(v):
-        if isinstance(v, float):
-            return format(v, floatfmt)
-        return str(v)
-
-    cells = [[fmt(r.get(k, "")) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    line = "  ".join(k.ljust(w) for k, w in zip(keys, widths))
-    sep = "  ".join("-" * w for w in widths)
-    body = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join([line, sep, *body])
-
-
 def format_summary(summary: dict, floatfmt: str = ".4g") -> str:
     """A two-column "quantity  value" listing of a summary dict."""
     w = max(len(str(k)) for k in summary)
     return "\n".join(f"{str(k).ljust(w)}  {format(v, floatfmt) if isinstance(v, float) else v}" for k, v in summary.items())
 
 
-run_argument = click.argument("run", type=click.Path(exists=False, file_okay=False))
 split_option = click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
                              help="Data split the inputs come from.")
 n_option = click.option("--n", "n", type=click.IntRange(min=1), default=500, show_default=True,
@@ -102,10 +86,9 @@ radius_options = [
     click.option("--r", "r", type=click.FloatRange(min=0, min_open=True), default=None,
                   help="Radius r of r-robustness (L2 distance between reconstructions)."),
     click.option("--r-relative", "r_relative", type=click.FloatRange(min=0, min_open=True), default=None,
-                  help="r = K times the median r_min(x) over the inputs (when no natural scale is known)."),
+                  help="r = K times the median r_min(x) over the inputs (when no natural scale is known; certify estimates "
+                       "each r_min from min(--samples, 1000) draws)."),
 ]
-samples_option = click.option("--samples", type=click.IntRange(min=1), default=1000, show_default=True,
-                              help="Monte Carlo draws of eta per estimate of p.")
 
 
 def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int:
@@ -155,9 +138,6 @@ class ConfigOption(click.Option):
 
 def _click_type(tp):
     """(click type, is_flag) for a dataclass field's annotation."""
-    import types
-    import typing
-
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
@@ -178,9 +158,6 @@ def config_option(cls, name: str, *, flag: str | None = None, aliases: tuple[str
     """A click option for field ``name`` of the config dataclass ``cls``: the flag is
     ``--field-name`` (or ``flag``), the default and the choices (``Literal``) come from the
     field; ``aliases``: old flag names, still accepted but hidden from ``--help``. Booleans become --x/--no-x."""
-    import dataclasses
-    import typing
-
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     hints = typing.get_type_hints(cls)
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]

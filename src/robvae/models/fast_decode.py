@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -103,10 +103,6 @@ def _is_thin_deconv(layer: torch.nn.Module) -> bool:
     return (type(layer) is torch.nn.ConvTranspose2d and layer.kernel_size == (4, 4) and layer.stride == (2, 2)
             and layer.padding == (1, 1) and layer.output_padding == (0, 0) and layer.dilation == (1, 1)
             and layer.groups == 1 and layer.padding_mode == "zeros" and 4 * layer.out_channels <= layer.in_channels)
-
-
-#: The former name (the route once ran as a sub-pixel convolution).
-_is_subpixel_layer = _is_thin_deconv
 
 
 def _shift(p: int, n: int) -> tuple[slice, slice]:
@@ -460,7 +456,3 @@ def batches(n: int, size: int) -> Iterator[slice]:
     size = max(1, int(size))
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
-
-
-def numel_of(shape: Sequence[int]) -> int:
-    return math.prod(int(s) for s in shape)

@@ -232,7 +232,8 @@ def _linthresh(xs) -> float:
     return float(pos.min()) if pos.size else 1.0
 
 
-def _number(v) -> float | None:
+def number_or_none(v) -> float | None:
+    """float(v), or None for NaN and for what is not a number."""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -242,7 +243,7 @@ def _number(v) -> float | None:
 
 def sweep_figure(rows: list[dict], axis: str, metrics: list[str], path: Path) -> bool:
     """A sweep's results table (rows of robvae.sweep.collect): each metric against the first numeric grid axis: one point per finished trial, mean line."""
-    done = [r for r in rows if r["status"] == "done" and _number(r.get(axis)) is not None]
+    done = [r for r in rows if r["status"] == "done" and number_or_none(r.get(axis)) is not None]
     if not done:
         return False
     ncol = min(3, len(metrics))
@@ -250,7 +251,7 @@ def sweep_figure(rows: list[dict], axis: str, metrics: list[str], path: Path) ->
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
     for k, m in enumerate(metrics):
         ax = axes[k // ncol][k % ncol]
-        pts = [(_number(r[axis]), _number(r.get(m))) for r in done]
+        pts = [(number_or_none(r[axis]), number_or_none(r.get(m))) for r in done]
         pts = [(x, y) for x, y in pts if y is not None]
         xs = sorted({x for x, _ in pts})
         ax.plot([x for x, _ in pts], [y for _, y in pts], "x", color="0.45", label="trials")

@@ -84,10 +84,6 @@ def write_study_meta(out: Path, study: str, command: str, config: dict[str, Any]
     return write_json(Path(out) / STUDY_FILE, meta)
 
 
-def read_study_meta(folder: str | Path) -> dict[str, Any]:
-    return read_json(Path(folder) / STUDY_FILE, "study description")
-
-
 def _png_data_uri(path: Path) -> str | None:
     data = path.read_bytes()
     if not data.startswith(_PNG_MAGIC):

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._version import __version__
 from ..fileio import read_json, write_csv, write_json
-from ..report.figures import sweep_figure
+from ..report.figures import number_or_none, sweep_figure
 from .worker import STATUS_FILE, TRIAL_FILE
 
 RESULTS_CSV = "results.csv"
@@ -125,24 +125,16 @@ def _is_brief(key: str, config_keys: list[str]) -> bool:
     return any(key == f"{m}.median" for m in _BRIEF_METRICS)
 
 
-def _number(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if f == f else None  # NaN -> None
-
-
 def write_study(out_dir: str | os.PathLike, *, command: str, config: dict[str, Any],
                 grid: dict[str, list[Any]]) -> Path:
     """Write ``study.json`` (and ``sweep.png``) so that ``robvae report OUT`` shows the sweep."""
     out = Path(out_dir)
     rows = collect(out)
     figures = []
-    axis = next((k for k, vals in grid.items() if len(vals) > 1 and all(_number(v) is not None for v in vals)), None)
+    axis = next((k for k, vals in grid.items() if len(vals) > 1 and all(number_or_none(v) is not None for v in vals)), None)
     if axis is not None and rows:
         metrics = [m for m in ("test_elbo", "radius.median", "margin.median", "damage.median", "p.median",
-                               "sigma_mean.median") if any(_number(r.get(m)) is not None for r in rows)]
+                               "sigma_mean.median") if any(number_or_none(r.get(m)) is not None for r in rows)]
         if metrics and sweep_figure(rows, axis, metrics, out / FIGURE_FILE):
             figures.append(FIGURE_FILE)
     doc = {"study": "sweep", "command": command, "config": config, "grid": grid,
