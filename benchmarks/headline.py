@@ -50,11 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--samples", type=int, default=10_000)
     ap.add_argument("--scale-to", type=int, default=10_000)
+    ap.add_argument("--split", default="test", help="the split to take the N inputs from (mnist-10k: 2,000 test, "
+                                                   "8,000 train)")
+    ap.add_argument("--r", default=None, help="an absolute r (default: --r-relative 1, which adds the calibration)")
     ap.add_argument("--extra", default="", help="extra robvae certify flags (default: none, i.e. default flags)")
     a = ap.parse_args(argv)
     robvae = str(Path(sys.executable).with_name("robvae"))
     out = Path(tempfile.mkdtemp(prefix="robvae-headline-")) / "certify.csv"
-    cmd = [robvae, "certify", a.run, "--n", str(a.n), "--samples", str(a.samples), "--r-relative", "1",
+    radius = ["--r", a.r] if a.r is not None else ["--r-relative", "1"]
+    cmd = [robvae, "certify", a.run, "--split", a.split, "--n", str(a.n), "--samples", str(a.samples), *radius,
            "--quiet", "--out", str(out), *a.extra.split()]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")}
     loads = [os.getloadavg()[0]]

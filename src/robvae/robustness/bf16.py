@@ -1,31 +1,42 @@
-"""r-robustness counts with the decoder in bfloat16 and exactly the float32 answer (issue 11 item 4).
+"""r-robustness counts with the heavy decoder layers in bfloat16 and exactly the float32 answer (issue 11 item 4).
 
 :func:`r_robustness_bf16` draws the same eta as :func:`robvae.robustness.r_robustness` (same
-generator, same chunks, float32), decodes every draw in bfloat16, and carries alongside each
-decoder row a rigorous bound ``e`` on how far its bfloat16 output can be from the exact one
-(layer by layer, below). A draw whose bfloat16 distance ``t~`` satisfies ``|t~ - r| > e`` falls
-on the same side of ``r`` as the float32 distance; only the others (typically a few per cent)
-are decoded again in float32 and counted from that. So every count, p, bound and radius equals
-the float32 one (the float32 decode of a subset of rows is assumed to give the same numbers as
-of the whole batch; a tested property of the CPU kernels, not a guarantee of every BLAS).
+generator, same chunks, float32) and decodes them with the one linear layer that holds most of
+the decoder's multiply-adds (the MLP decoder's last Linear, 86%; the conv decoder's first
+transposed convolution, 64%; when it holds >= :data:`HEAVY_SHARE`) in bfloat16, all other
+layers in float32 as the fast route runs them. Alongside each decoder row it carries two rigorous bounds: ``e_b`` on
+how far its output is from the exact g(z) (real arithmetic), and ``e_f`` on how far the float32
+route's output is from it. A draw whose distance ``t~`` satisfies ``|t~ - r| > m`` (``m`` = e_b +
+e_f + the rounding of both distances) falls on the same side of ``r`` as the float32 distance;
+only the others are decoded again in float32 (:func:`robvae.models.fast_decode.flat_decode`) and
+counted from that. So every count, p, bound and radius equals the float32 one (the float32
+decode of a subset of rows is assumed to give the same numbers as of the whole batch: a tested
+property of the CPU kernels, the same assumption as before).
 
-The bound, per decoder row (u = 2^-8, bfloat16's unit roundoff; all norms Euclidean, operator
-norms bounded from above):
+The bounds, per decoder row (u = 2^-8, bfloat16's unit roundoff, u' = u / (1 - u); v = 2^-24;
+gamma_n = n v / (1 - n v); norms Euclidean; ||T|| an upper bound on the operator norm of the
+linear part at the layer's input shape; K the terms one output sums, P the output positions
+sharing one bias):
 
-- input: e0 = ||bf16(z) - z||, exactly;
-- a linear map T (Linear, Conv2d, ConvTranspose2d) with weights W, computed as
-  bf16(T~ h~ + b~) with float32 accumulation over K terms:
-  e' = ||T~ - T|| ||h~|| + ||T|| e + ||b~ - b|| sqrt(P) + K 2^-23 || |T~| || ||h~|| + u/(1-u) ||y~||,
-  where P is the number of output positions sharing one bias and the operator norms are the
-  spectral norm (Linear) or, for convolutions, the sum of the kernel taps' spectral norms (a
-  transposed convolution's output phases adding in squares);
-- an activation with Lipschitz constant L (ReLU 1, LeakyReLU max(1,|a|), tanh 1, sigmoid 1/4, ELU
-  max(1, alpha), GELU 1.13), computed in float32 and rounded: e' = L e + u/(1-u) ||h~'||;
-- reshapes: e' = e; the final sigmoid (float32): e' = e / 4.
+- a float32 linear layer y = T h + b (both routes' rounding; any summation order):
+  e' = ||T|| e + gamma_{K+1} (|| |T| || ||h|| + ||b|| sqrt(P));
+- a bfloat16 linear layer, h~ = bf16(h) (h_lo = h - h~, its norm measured), T~ = bf16(T),
+  y = bf16(fl32(T~ h~ + b~)) (float32 accumulation):
+  e' = ||T|| (e + ||h_lo||) + ||T~ - T|| ||h~|| + gamma_{K+1} (|| |T~| || ||h~|| + ||b~|| sqrt(P))
+  + ||b~ - b|| sqrt(P), plus the output rounding, elementwise |y~_i - y_i| <= u' |y~_i|: after a
+  ReLU it adds u' ||relu(y~)||; before the final sigmoid s, |s(y~_i) - s(a_i)| <= M_i (u'|y~_i| +
+  |eps_i|) with M_i = sup s' near y~_i <= exp(2 (u'|y~_i| + E)) s'(y~_i) (log s is 1-Lipschitz)
+  and ||eps|| <= E (the terms above), so the output error is <= E / 4 + sqrt(D) exp(2E) C0,
+  C0 = sup_a u'|a| exp(2u'|a|) s'(a) (about 0.224 u'); elsewhere u' ||y~||;
+- activations (ReLU exact in either precision; others in float32): e' = L e + 2^-20 (||h'|| +
+  L ||h||) with L the Lipschitz constant; reshapes: e' = e; a final sigmoid: e' = e / 4 + 2^-20 ||g||.
 
-Then ``e * 1.01 + 2^-12 (||g~|| + 1)`` covers the float32 route's own rounding. The models this
-works for are those :func:`robvae.models.fast_decode.decoder_plan` understands (robvae's own VAE,
-and users' decoders of standard layers); any other model runs :func:`r_robustness` in float32.
+Operator norms: spectral norms (Linear), the exact norm of a convolution at its input shape (its
+dense operator's Gram matrix, float64) where that matrix is small enough, else a shape-free bound
+(:func:`robvae.robustness.lipschitz.conv_bound` and the tap-sum bound); all cached per weights
+version. The models this works for are those :func:`robvae.models.fast_decode.decoder_plan`
+understands (robvae's own VAE, and users' decoders of standard layers); any other model, or
+float64 inputs, run :func:`r_robustness` in float32.
 """
 
 from __future__ import annotations
@@ -39,15 +50,30 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ALPHA
+from ..errors import InputError
 from ..models.fast_decode import (
-    _ACTIVATIONS, _grid_for, _next_spatial, decoder_plan, default_chunk, draw_chunks, flat_decode,
+    _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, draw_chunks, flat_decode,
 )
-from ..rng import randn
-from ..validation import as_radius, check_delta, check_x, checked_encode
-from .sampling import RobustnessEstimate, _check_mode, clopper_pearson, r_robustness
+from ..validation import as_radius, check_delta, check_x
+from .lipschitz import _dense_operator, _kernel_matrix
+from .sampling import RobustnessEstimate, _check_mode, clopper_pearson, draw_setup, latent_draws, r_robustness
 
-#: bfloat16's unit roundoff (8 significand bits, round to nearest).
+#: bfloat16's unit roundoff (8 significand bits, round to nearest), and the rounding relative
+#: to the rounded value.
 U = 2.0 ** -8
+UB = U / (1 - U)
+#: float32's unit roundoff.
+V = 2.0 ** -24
+#: Relative error allowed for float32 elementwise functions (tanh, sigmoid, ELU, GELU): 16 ulp.
+FUNC = 2.0 ** -20
+#: The heaviest linear layer runs in bfloat16 when it holds at least this share of the decoder's
+#: multiply-adds (one layer only: an error bound carried through several layers by operator norms
+#: grows far beyond the actual error, and more draws would be recomputed than the bf16 layers save).
+HEAVY_SHARE = 0.2
+#: Convolutions whose dense operator has at most this many entries get their exact norm.
+DENSE_NORM_LIMIT = 25_000_000
+#: Absolute slack for underflow (subnormals flushed to zero) anywhere: far below any distance.
+TINY = 1e-20
 
 _LIPSCHITZ = {
     torch.nn.ReLU: lambda m: 1.0, torch.nn.LeakyReLU: lambda m: max(1.0, abs(m.negative_slope)),
@@ -55,110 +81,308 @@ _LIPSCHITZ = {
     torch.nn.GELU: lambda m: 1.13,
 }
 
-#: Per layer: (weights version, bf16 copy of the layer, operator-norm constants).
-_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+def _gamma(n: int) -> float:
+    return n * V / (1 - n * V)
 
 
-def _conv_op_bound(w: torch.Tensor, layer: torch.nn.Module) -> float:
-    """An upper bound on the operator norm of a convolution with kernel ``w`` (any input size,
-    zero padding): a sum over kernel taps of shifted matrix products, each of norm at most the
-    tap's spectral norm; for a transposed convolution the taps of one output phase (kernel index
-    mod stride) write disjoint outputs from the other phases, so the phases add in squares."""
-    taps = torch.linalg.matrix_norm(w.detach().double().permute(2, 3, 0, 1), ord=2) * (1 + 1e-6)  # [kh, kw]
-    if isinstance(layer, torch.nn.ConvTranspose2d) and layer.groups == 1:
-        sh, sw = layer.stride
-        total = 0.0
-        for a in range(sh):
-            for b in range(sw):
-                total += float(taps[a::sh, b::sw].sum()) ** 2
-        return math.sqrt(total)
-    return float(taps.sum()) * (layer.groups if layer.groups > 1 else 1)
+def _sigmoid_c0() -> float:
+    """C0 = sup_{a >= 0} u' a exp(2 u' a) s'(a), on a fine grid, rounded up (the function's slope
+    is below u' on the grid's step 1e-4, and beyond a = 80 it is below 1e-30)."""
+    a = torch.arange(0, 80, 1e-4, dtype=torch.float64)
+    s = torch.sigmoid(a)
+    f = UB * a * torch.exp(2 * UB * a) * s * (1 - s)
+    return float(f.max()) * (1 + 1e-6) + UB * 1e-4
 
 
+C0 = _sigmoid_c0()
+
+
+# --------------------------------------------------------------------------------------------
+# operator norms
+# --------------------------------------------------------------------------------------------
 def _spectral(w: torch.Tensor) -> float:
-    return float(torch.linalg.matrix_norm(w.detach().double(), ord=2)) * (1 + 1e-6)
+    return float(torch.linalg.matrix_norm(w.detach().double().cpu(), ord=2)) * (1 + 1e-9) + 1e-300
 
 
-def _prepared(layer: torch.nn.Module):
-    """(bf16 copy, ||T||, ||T~ - T||, || |T~| ||, ||b~ - b||, K) for a linear layer, cached."""
-    w, b = layer.weight, layer.bias
-    key = (w._version, w.data_ptr(), None if b is None else (b._version, b.data_ptr()))
-    hit = _LAYERS.get(layer)
+def _conv_shape_free(w: torch.Tensor, layer: torch.nn.Module) -> float:
+    """An upper bound on the norm of a convolution with kernel ``w`` (any input size, zero
+    padding): the smaller of sqrt(N) ||W_mat|| (:func:`robvae.robustness.lipschitz.conv_bound`)
+    and a sum over kernel taps of their spectral norms (a transposed convolution's output phases,
+    kernel index mod stride, write disjoint outputs, so they add in squares)."""
+    w = w.detach().double().cpu()
+    transposed = isinstance(layer, torch.nn.ConvTranspose2d)
+    n = 1
+    for k, s, d in zip(layer.kernel_size, layer.stride, layer.dilation):
+        n *= k if d != 1 else math.ceil(k / s)
+    mat = _spectral(_kernel_matrix(w, layer.groups, transposed)) * math.sqrt(n)
+    if layer.groups != 1:
+        return mat
+    taps = torch.linalg.matrix_norm(w.permute(2, 3, 0, 1), ord=2) * (1 + 1e-9)  # [kh, kw]
+    if transposed and layer.dilation == (1, 1):
+        sh, sw = layer.stride
+        tot = sum(float(taps[a::sh, b::sw].sum()) ** 2 for a in range(sh) for b in range(sw))
+        return min(mat, math.sqrt(tot))
+    return min(mat, float(taps.sum()))
+
+
+def _conv_exact(layer: torch.nn.Module, shape: tuple[int, ...]) -> float | None:
+    """The conv's norm on inputs of ``shape``: the largest eigenvalue of the dense operator's
+    smaller Gram matrix (float64), rounded up; None when the operator is too large."""
+    out = math.prod(shape)
+    with torch.no_grad():
+        probe = torch.zeros(1, *shape, dtype=layer.weight.dtype, device=layer.weight.device)
+        out_n = math.prod(layer(probe).shape[1:])
+    if out * out_n > DENSE_NORM_LIMIT:
+        return None
+    a = _dense_operator(layer, shape)  # [out, in] float64
+    g = a.T @ a if a.shape[0] >= a.shape[1] else a @ a.T
+    lam = float(torch.linalg.eigvalsh(g)[-1])
+    # Gram rounding <= n v64 ||a||_F^2 elementwise-sum; eigvalsh backward stable: a relative 1e-9 and
+    # an absolute n * 2^-52 ||a||_F^2 keep it above
+    slack = a.shape[0] * a.shape[1] * 2.0 ** -50 * float((a * a).sum())
+    return math.sqrt(max(lam, 0.0) * (1 + 1e-9) + slack) + 1e-300
+
+
+@dataclass
+class _Lin:
+    """Constants of one linear layer (Linear, Conv2d, ConvTranspose2d) at its input shape."""
+
+    layer: torch.nn.Module
+    bf16: bool
+    grid: tuple[int, int, int] | None  # a Linear feeding convolutions: its output grid (C, H, W)
+    op: float  # ||T||
+    abs_op: float  # || |T| ||
+    terms: int  # K + 1 (products per output, plus the bias)
+    b_norm: float  # ||b|| sqrt(P)
+    lo_op: float = 0.0  # ||T~ - T|| (bf16 layers)
+    abs_hi_op: float = 0.0  # || |T~| ||
+    b_hi_norm: float = 0.0  # ||b~|| sqrt(P)
+    b_lo: float = 0.0  # ||b~ - b|| sqrt(P)
+    w_hi: torch.Tensor | None = None  # bf16 weights (a Linear's rows permuted to (H, W, C) when grid)
+    b_hi: torch.Tensor | None = None
+    module_hi: torch.nn.Module | None = None  # a bf16 copy of a convolution
+
+
+def _lin(layer: torch.nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...], bf16: bool,
+         grid) -> _Lin:
+    w, b = layer.weight.detach(), layer.bias
+    if isinstance(layer, torch.nn.Linear):
+        norm = _spectral
+        op = _spectral(w)
+        terms = layer.in_features + 1
+        positions = 1
+    else:
+        def norm(m):
+            return _conv_shape_free(m, layer)
+        exact = _conv_exact(layer, in_shape)
+        op = norm(w) if exact is None else min(exact, norm(w))
+        # products per output: a transposed convolution's output takes ceil(k / s) taps per axis
+        # (any zeros an implementation inserts add exactly, without rounding)
+        taps = math.prod(layer.kernel_size) if isinstance(layer, torch.nn.Conv2d) else math.prod(
+            math.ceil(k / s) for k, s in zip(layer.kernel_size, layer.stride))
+        terms = (layer.in_channels // layer.groups) * taps + 1
+        positions = out_shape[1] * out_shape[2]
+    bn = 0.0 if b is None else float(b.detach().double().norm()) * math.sqrt(positions)
+    info = _Lin(layer, bf16, grid, op, norm(w.abs()), terms, bn)
+    if not bf16:
+        return info
+    wh = w.to(torch.bfloat16)
+    info.lo_op = norm(wh.double() - w.double())
+    info.abs_hi_op = norm(wh.double().abs())
+    if b is not None:
+        bh = b.detach().to(torch.bfloat16)
+        info.b_hi_norm = float(bh.double().norm()) * math.sqrt(positions)
+        info.b_lo = float((bh.double() - b.detach().double()).norm()) * math.sqrt(positions)
+    if isinstance(layer, torch.nn.Linear):
+        if grid is not None:
+            c, hh, ww = grid
+            wh = wh.view(c, hh, ww, -1).permute(1, 2, 0, 3).reshape(c * hh * ww, -1)
+            bh = None if b is None else bh.view(c, hh, ww).permute(1, 2, 0).reshape(-1)
+        info.w_hi = wh.contiguous()
+        info.b_hi = None if b is None else bh.contiguous()
+    else:
+        mod = copy.deepcopy(layer).to(torch.bfloat16)
+        mod.requires_grad_(False)
+        info.module_hi = mod
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# the analysed decoder: which layers run in bf16, and their constants
+# --------------------------------------------------------------------------------------------
+_LINEAR = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+
+#: Per plan: (weights key, device, [per-layer _Lin or None]).
+_ANALYSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _macs(layer: torch.nn.Module, in_shape, out_shape) -> int:
+    if isinstance(layer, torch.nn.Linear):
+        return layer.in_features * layer.out_features
+    per = (layer.in_channels // layer.groups) * math.prod(layer.kernel_size) * layer.out_channels
+    if isinstance(layer, torch.nn.ConvTranspose2d):
+        return per * in_shape[1] * in_shape[2]
+    return per * out_shape[1] * out_shape[2]
+
+
+def _weights_key(layers) -> tuple:
+    return tuple((p._version, p.data_ptr()) for m in layers for p in m.parameters(recurse=False))
+
+
+def _analyse(plan, z: torch.Tensor) -> list:
+    """Per layer of ``plan``: a :class:`_Lin` for linear layers (bf16 or not), else None."""
+    layers = list(plan.layers)
+    key = (_weights_key(layers), z.device, z.shape[1])
+    hit = _ANALYSED.get(plan)
     if hit is not None and hit[0] == key:
         return hit[1]
+    with torch.inference_mode():
+        h = torch.zeros(1, z.shape[1], dtype=torch.float32, device=z.device)
+        shapes = []
+        for layer in layers:
+            ins = tuple(h.shape[1:])
+            if type(layer) is torch.nn.Linear and h.dim() != 2:
+                h = h.reshape(1, -1)
+            if type(layer) in (torch.nn.Conv2d, torch.nn.ConvTranspose2d) and h.dim() == 2:
+                h = h.view(1, layer.in_channels, *[math.isqrt(h.shape[1] // layer.in_channels)] * 2)
+                ins = tuple(h.shape[1:])
+            h = layer(h)
+            shapes.append((ins, tuple(h.shape[1:])))
+    macs = [_macs(m, *shapes[i]) if type(m) in _LINEAR else 0 for i, m in enumerate(layers)]
+    total = max(1, sum(macs))
+    top = max(range(len(layers)), key=lambda i: macs[i])  # the one layer run in bf16 (module docstring)
+    infos = []
     with torch.no_grad():
-        lb = _bf16_copy(layer)
-        wb = lb.weight.detach().double()
-        wd = w.detach().double()
-        if isinstance(layer, torch.nn.Linear):
-            op, dop, aop = _spectral(wd), _spectral(wb - wd), _spectral(wb.abs())
-            fan_in = layer.in_features
-        else:
-            op, dop, aop = _conv_op_bound(wd, layer), _conv_op_bound(wb - wd, layer), _conv_op_bound(wb.abs(), layer)
-            fan_in = (layer.in_channels // layer.groups) * math.prod(layer.kernel_size)
-        db = 0.0 if b is None else float((lb.bias.detach().double() - b.detach().double()).norm())
-    val = (lb, op, dop, aop, db, fan_in)
-    _LAYERS[layer] = (key, val)
-    return val
-
-
-def _bf16_copy(layer: torch.nn.Module) -> torch.nn.Module:
-    lb = copy.deepcopy(layer).to(torch.bfloat16)
-    lb.requires_grad_(False)
-    return lb
+        for i, m in enumerate(layers):
+            if type(m) not in _LINEAR:
+                infos.append(None)
+                continue
+            heavy = i == top and macs[i] >= HEAVY_SHARE * total and not _is_thin_deconv(m)
+            grid = _grid_for(m, _next_spatial(layers, i)) if type(m) is torch.nn.Linear else None
+            infos.append(_lin(m, shapes[i][0], shapes[i][1], heavy, grid))
+    _ANALYSED[plan] = (key, infos)
+    return infos
 
 
 def _rownorm(h: torch.Tensor) -> torch.Tensor:
-    """Per-row Euclidean norms (accumulated in float32, rounded up by 1e-5 relative)."""
+    """Per-row Euclidean norms, accumulated in float32 and rounded up (float64 [N])."""
+    n = h[0].numel() if h.shape[0] else 1
     dims = tuple(range(1, h.dim()))
-    return torch.linalg.vector_norm(h, dim=dims, dtype=torch.float32).double() * (1 + 1e-5)
+    return torch.linalg.vector_norm(h, dim=dims, dtype=torch.float32).double() * (1 + (n + 4) * V)
 
 
-def decode_bf16(plan, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(g~ [N, D] float32, e [N] float64): the decoder of a checked :class:`DecoderPlan` run in
-    bfloat16, and a bound on ||g~ - g(z)|| per row (module docstring)."""
+def decode_bf16(plan, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(g~ [N, D] float32, e_b [N], e_f [N] float64): the decoder of a checked
+    :class:`~robvae.models.fast_decode.DecoderPlan` with its heavy layers in bfloat16; bounds on
+    ||g~ - g(z)|| and on the float32 route's ||g32 - g(z)|| per row (module docstring)."""
     layers = list(plan.layers)
-    h = z.to(torch.bfloat16)
-    e = torch.linalg.vector_norm((h.double() - z.double()), dim=1)
+    infos = _analyse(plan, z)
+    N = z.shape[0]
+    h = z
+    fresh = False  # may h be changed in place?
+    zero = torch.zeros(N, dtype=torch.float64, device=z.device)
+    eb, ef = zero, zero.clone()
+    pending = False  # h is a bf16 layer's output whose rounding is not yet in eb
     skip_unflatten = False
+
+    def settle(h, eb):
+        return eb + UB * _rownorm(h)
+
+    last = max((i for i, m in enumerate(layers) if type(m) in _LINEAR), default=-1)
     for i, layer in enumerate(layers):
         t = type(layer)
         if t in _ACTIVATIONS:
-            h = _ACTIVATIONS[t](layer, h)  # h is a fresh bf16 buffer (never z itself)
-            e = _LIPSCHITZ[t](layer) * e + U / (1 - U) * _rownorm(h)
+            L = _LIPSCHITZ[t](layer)
+            if t is torch.nn.ReLU:  # exact in either precision; bf16 rounding keeps the sign
+                h = h.relu_() if fresh else h.relu()
+                fresh = True
+                if pending:
+                    eb, pending = settle(h, eb), False
+                continue
+            if pending:
+                eb, pending = settle(h, eb), False
+            hin = _rownorm(h)
+            h = _ACTIVATIONS[t](layer, h.float() if h.dtype != torch.float32 or not fresh else h)
+            fresh = True
+            hn = _rownorm(h)
+            ef = L * ef + FUNC * 1.01 * (hn + eb + L * (hin + 2 * eb + 2 * ef))  # the float32 route's norms
+            eb = L * eb + FUNC * (hn + L * hin)
         elif t is torch.nn.Identity or t is torch.nn.Dropout:
             continue
-        elif t in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d):
-            lb, op, dop, aop, db, fan_in = _prepared(layer)
-            hn = _rownorm(h)
-            if t is torch.nn.Linear:
-                y = F.linear(h, lb.weight, lb.bias)
-                positions = 1
-                grid = _grid_for(layer, _next_spatial(layers, i))
-                if grid is not None:
-                    y = y.view(y.shape[0], *grid).contiguous(memory_format=torch.channels_last)
-                    skip_unflatten = type(_next_spatial(layers, i)) is torch.nn.Unflatten
+        elif t in _LINEAR:
+            info = infos[i]
+            if pending:
+                eb, pending = settle(h, eb), False
+            ein_b, ein_f = eb, ef
+            if info.bf16:
+                if h.dtype == torch.bfloat16:
+                    hb, lo = h, 0.0
+                else:
+                    hb = h.to(torch.bfloat16)
+                    lo = _rownorm(torch.sub(h, hb))  # h - bf16(h), exact in float32
+                hn = _rownorm(hb)
+                if t is torch.nn.Linear:
+                    y = F.linear(hb.reshape(N, -1), info.w_hi, info.b_hi)
+                else:
+                    y = info.module_hi(hb.contiguous(memory_format=torch.channels_last))
+                eb = (info.op * (eb + lo) + info.lo_op * hn
+                      + _gamma(info.terms) * (info.abs_hi_op * hn + info.b_hi_norm) + info.b_lo)
+                hn_in = hn + lo
+                pending = True
             else:
-                y = lb(h.contiguous(memory_format=torch.channels_last))
-                positions = y.shape[2] * y.shape[3]
-            e = (dop * hn + op * e + db * math.sqrt(positions) + fan_in * 2.0 ** -23 * aop * hn
-                 + U / (1 - U) * _rownorm(y))
-            h = y
+                if h.dtype != torch.float32:
+                    h = h.float()
+                hn = _rownorm(h)
+                if t is torch.nn.Linear:
+                    h2 = h.reshape(N, -1)
+                    y = F.linear(h2, layer.weight, layer.bias) if info.grid is None else _hwc_linear(layer, h2, info.grid)
+                elif _is_thin_deconv(layer):
+                    y = _thin_deconv(layer, h, sigmoid=False)
+                else:
+                    y = layer(h.contiguous(memory_format=torch.channels_last))
+                eb = info.op * eb + _gamma(info.terms) * (info.abs_op * hn + info.b_norm)
+                hn_in = hn
+            ef = info.op * ef + _gamma(info.terms) * (info.abs_op * (hn_in + ein_b + ein_f) + info.b_norm)
+            if t is torch.nn.Linear and info.grid is not None:
+                nxt = _next_spatial(layers, i)
+                skip_unflatten = type(nxt) is torch.nn.Unflatten
+                if info.bf16:
+                    c, hh, ww = info.grid
+                    y = y.view(N, hh, ww, c).permute(0, 3, 1, 2)
+            h, fresh = y, True
+            if pending and i == last and plan.sigmoid and all(
+                    type(m) in (torch.nn.Identity, torch.nn.Dropout, torch.nn.Flatten, torch.nn.Unflatten)
+                    for m in layers[i + 1:]):
+                # the final sigmoid, elementwise (module docstring)
+                eb = eb / 4 + math.sqrt(y[0].numel()) * C0 * torch.exp(2 * eb.clamp(max=300.0))
+                pending = False
+                h = h.float().sigmoid_().reshape(N, -1)
+                gn = _rownorm(h)
+                ef = ef / 4 + FUNC * 1.01 * (gn + eb + ef)
+                eb = eb + FUNC * gn
+                return h, eb + TINY, ef + TINY
         elif t is torch.nn.Unflatten:
             if skip_unflatten:
                 skip_unflatten = False
                 continue
-            h = h.reshape(h.shape[0], *layer.unflattened_size).contiguous(memory_format=torch.channels_last)
+            h = h.reshape(N, *layer.unflattened_size).contiguous(memory_format=torch.channels_last)
+            fresh = True
         elif t is torch.nn.Flatten:
-            h = h.reshape(h.shape[0], -1)
+            h = h.reshape(N, -1)
         else:  # pragma: no cover - decoder_plan only passes understood layers
             raise TypeError(f"layer {t.__name__} not supported in bfloat16")
-    g = h.reshape(h.shape[0], -1).float()
+    if pending:
+        eb = settle(h, eb)
+    g = h.float().reshape(N, -1)
+    if not fresh or g.data_ptr() == z.data_ptr():
+        g = g.clone()
     if plan.sigmoid:
         g = g.sigmoid_()
-        e = e / 4
-    e = e * 1.01 + 2.0 ** -12 * (_rownorm(g) + 1.0)
-    return g, e
+        gn = _rownorm(g)
+        ef = ef / 4 + FUNC * 1.01 * (gn + eb + ef)
+        eb = eb / 4 + FUNC * gn
+    return g, eb + TINY, ef + TINY
 
 
 @dataclass
@@ -186,47 +410,47 @@ def r_robustness_bf16(
     generator: torch.Generator | None = None,
     stats: list | None = None,
 ) -> RobustnessEstimate:
-    """:func:`robvae.robustness.r_robustness` with the decoder in bfloat16: the same draws and
-    exactly the same counts (module docstring), faster where bfloat16 matrix products are
-    (avx512_bf16 / AMX CPUs, CUDA). Models whose decoder is not understood, or float64 inputs,
-    run :func:`r_robustness` itself. ``stats``: a list that receives a :class:`Bf16Stats`."""
+    """:func:`robvae.robustness.r_robustness` with the decoder's heavy layers in bfloat16: the
+    same draws and exactly the same counts (module docstring), faster where bfloat16 matrix
+    products are (avx512_bf16 / AMX CPUs, CUDA). Models whose decoder is not understood, or
+    float64 inputs, run :func:`r_robustness` itself. ``stats``: a list that receives a
+    :class:`Bf16Stats`."""
     _check_mode(mode)
     check_x(model, x)
     delta = check_delta(x, delta)
     rt = as_radius(r, x.shape[0], x)
     B = x.shape[0]
     with torch.inference_mode():
-        mu0, sigma0 = model.encode(x)
+        mu0, _ = model.encode(x)
         plan = decoder_plan(model, mu0) if x.dtype == torch.float32 else None
     if plan is None:
         return r_robustness(model, x, r, delta, n_samples, alpha=alpha, mode=mode, chunk_size=chunk_size,
                             generator=generator)
     n_re = 0
     with torch.inference_mode():
-        ref = flat_decode(model, mu0)
-        if delta is None:
-            mu, sigma = mu0, sigma0
-        else:
-            mu, sigma_d = checked_encode(model, x + delta)
-            sigma = sigma_d if mode == "full" else sigma0
-        d, D = mu.shape[1], ref.shape[1]
-        chunk = chunk_size or default_chunk(n_samples, B, D, x.device, model)
+        mu, sigma, ref, chunk = draw_setup(model, x, delta, n_samples, mode, chunk_size)
+        D = ref.shape[1]
         k = torch.zeros(B, dtype=torch.long, device=x.device)
         rr = rt.to(torch.float64)
         for c in draw_chunks(n_samples, chunk):
-            eta = randn((B, c, d), mu, generator)
-            z = (mu[:, None, :] + eta * sigma[:, None, :]).reshape(B * c, d)
-            g, e = decode_bf16(plan, z)
+            z = latent_draws(mu, sigma, c, generator)
+            g, eb, ef = decode_bf16(plan, z)
             t = torch.linalg.vector_norm(g.view(B, c, D).sub_(ref[:, None, :]), dim=-1).double()  # [B, c]
-            e = e.view(B, c)
+            # |t~ - t32| <= ||g~ - g32|| + both norms' rounding (D squares summed in float32, the
+            # subtraction, the square root)
+            em = (eb + ef).view(B, c)
+            m = em + 2 * (D + 4) * V * (t + em)
             gap = t - rr[:, None]
-            sure_in = gap < -e
-            unsure = gap.abs() <= e
+            sure_in = gap < -m
+            unsure = ~(gap.abs() > m)  # NaN / inf: decide in float32
             k += sure_in.sum(dim=1)
             idx = unsure.reshape(-1).nonzero().squeeze(1)
             if idx.numel():
                 n_re += int(idx.numel())
                 exact = torch.linalg.vector_norm(flat_decode(model, z[idx]) - ref[idx // c], dim=-1)
+                if not bool(torch.isfinite(exact).all()):
+                    raise InputError(f"model.decode returned NaN or inf for {int((~torch.isfinite(exact)).sum())} "
+                                     "latent draws z = mu + eta * sigma")
                 within = (exact <= rt.to(exact.dtype)[idx // c]).long()
                 k.index_add_(0, idx // c, within)
     if stats is not None:

@@ -37,6 +37,32 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"unknown mode {mode!r}; choose 'mean' (sigma(x)) or 'full' (sigma(x+delta))")
 
 
+def draw_setup(
+    model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor | None, n_samples: int, mode: str,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(mu, sigma, ref, chunk): the centres and scales of the latent draws z = mu + eta * sigma
+    [B, d] (sigma(x) in mode "mean", sigma(x + delta) in "full"), g(mu(x)) flattened [B, D], and
+    the draws per chunk. Assumes validated inputs and runs under inference mode."""
+    mu0, sigma0 = model.encode(x)
+    ref = flat_decode(model, mu0)  # [B, D]
+    if delta is None:
+        mu, sigma = mu0, sigma0
+    else:
+        mu, sigma_d = checked_encode(model, x + delta)
+        sigma = sigma_d if mode == "full" else sigma0
+    chunk = chunk_size or default_chunk(n_samples, x.shape[0], ref.shape[1], x.device, model)
+    return mu, sigma, ref, chunk
+
+
+def latent_draws(mu: torch.Tensor, sigma: torch.Tensor, c: int, generator: torch.Generator | None) -> torch.Tensor:
+    """c draws z = mu + eta * sigma per input, eta ~ N(0, I) from ``generator``: [B * c, d], the
+    c draws of input b in rows b * c ... (b + 1) * c - 1."""
+    B, d = mu.shape
+    eta = randn((B, c, d), mu, generator)  # [B, c, d]
+    return (mu[:, None, :] + eta * sigma[:, None, :]).reshape(B * c, d)
+
+
 def _norm_chunks(
     model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor | None, n_samples: int, mode: str,
     chunk_size: int | None, generator: torch.Generator | None,
@@ -46,18 +72,10 @@ def _norm_chunks(
     Assumes validated inputs and runs under inference mode (no graph is kept).
     """
     B = x.shape[0]
-    mu0, sigma0 = model.encode(x)
-    ref = flat_decode(model, mu0)  # [B, D]
-    if delta is None:
-        mu, sigma = mu0, sigma0
-    else:
-        mu, sigma_d = checked_encode(model, x + delta)
-        sigma = sigma_d if mode == "full" else sigma0
-    d, D = mu.shape[1], ref.shape[1]
-    chunk = chunk_size or default_chunk(n_samples, B, D, x.device, model)
+    mu, sigma, ref, chunk = draw_setup(model, x, delta, n_samples, mode, chunk_size)
+    D = ref.shape[1]
     for c in draw_chunks(n_samples, chunk):
-        eta = randn((B, c, d), mu, generator)  # [B, c, d]
-        z = (mu[:, None, :] + eta * sigma[:, None, :]).reshape(B * c, d)
+        z = latent_draws(mu, sigma, c, generator)  # [B * c, d]
         out = flat_decode(model, z).view(B, c, D)  # a fresh buffer (inference mode): subtract in place
         norms = torch.linalg.vector_norm(out.sub_(ref[:, None, :]), dim=-1)  # [B, c]
         if not bool(torch.isfinite(norms).all()):  # NaN would count as "not within r": refuse instead
