@@ -172,9 +172,8 @@ class EvalConfig(ConfigMixin):
             raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
         if self.attack_preset not in ("cheap", "strong"):
             raise ValueError(f"attack_preset must be 'cheap' or 'strong', got {self.attack_preset!r}")
-        for name in ("batch_size",):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the numbers (device and data_dir excluded)."""
@@ -222,8 +221,7 @@ def _inputs(run: Any, config: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
         x = given[: config.n].to(config.device)
         return x, torch.full((x.shape[0],), -1, dtype=torch.long)
     data_dir = config.data_dir if config.data_dir is not None else run.config.data_dir
-    data = load_dataset(run.config.dataset, config.split, data_dir)
-    data = data.subset(config.n)
+    data = load_dataset(run.config.dataset, config.split, data_dir).subset(config.n)
     return data.images.to(config.device), data.labels
 
 
@@ -345,13 +343,10 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
             add("ssim", percept.ssim)
             add("ms_ssim", percept.ms_ssim)
         else:
-            add("damage", nan)
-            add("expected_damage", nan)
-            texts["attack_preset"] += [""] * x.shape[0]
-            texts["attack_objective"] += [""] * x.shape[0]
-            add("likelihood_degradation", nan)
-            add("ssim", nan)
-            add("ms_ssim", nan)
+            for k in ("damage", "expected_damage", "likelihood_degradation", "ssim", "ms_ssim"):
+                add(k, nan)
+            for k in texts:
+                texts[k] += [""] * x.shape[0]
         bar.update(1)
         # 4. empirical margin
         if config.margin:
@@ -369,10 +364,8 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
             add("margin_robust_clean", m.robust_clean)
             add("p_clean", m.p_clean)
         else:
-            add("p_clean", nan)
-            add("margin", nan)
-            add("margin_upper", nan)
-            add("margin_refuted_at", nan)
+            for k in ("p_clean", "margin", "margin_upper", "margin_refuted_at"):
+                add(k, nan)
             add("margin_capped", torch.zeros(x.shape[0], dtype=torch.bool))
             add("margin_robust_clean", torch.ones(x.shape[0], dtype=torch.bool))
         bar.update(1)

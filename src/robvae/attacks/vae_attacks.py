@@ -72,10 +72,26 @@ class MaxDamageAttack(_PGDAttack):
         return self.run(x, eps).delta
 
 
-class LatentAttack(_PGDAttack):
+class _TargetedAttack(_PGDAttack):
+    """An attack towards ``x_target``: ``run(x, x_target)`` / ``(x, x_target) -> delta``."""
+
+    def run(self, x: torch.Tensor, x_target: torch.Tensor) -> PGDResult:
+        """-> PGDResult(delta, value = minus the attack's loss [B])."""
+        check_inputs(self.model, x)
+        check_inputs(self.model, x_target, "x_target")
+        if x_target.shape[0] != x.shape[0]:
+            raise ValueError(f"x_target has {x_target.shape[0]} inputs, x has {x.shape[0]}")
+        return self._pgd(self._objective(x, x_target), x, self.eps)
+
+    def __call__(self, x: torch.Tensor, x_target: torch.Tensor) -> torch.Tensor:
+        return self.run(x, x_target).delta
+
+
+class LatentAttack(_TargetedAttack):
     """delta* = argmin_{||delta|| <= eps} D(q(z|x+delta), q(z|x_target)) + c ||delta||.
 
     D is the KL divergence (``distance="kl"``) or the distance of the means (``"mean"``).
+    ``run`` returns PGDResult(delta, value = -(D + c ||delta||) [B]).
     """
 
     def __init__(self, model: torch.nn.Module, eps: float | torch.Tensor | None = None, *, c: float = 0.0,
@@ -83,39 +99,22 @@ class LatentAttack(_PGDAttack):
         super().__init__(model, eps, **kwargs)
         self.c, self.distance = float(c), distance
 
-    def run(self, x: torch.Tensor, x_target: torch.Tensor) -> PGDResult:
-        """-> PGDResult(delta, value = -(D + c ||delta||) [B])."""
-        check_inputs(self.model, x)
-        check_inputs(self.model, x_target, "x_target")
-        if x_target.shape[0] != x.shape[0]:
-            raise ValueError(f"x_target has {x_target.shape[0]} inputs, x has {x.shape[0]}")
-        f = latent_objective(self.model, x, x_target, distance=self.distance, c=self.c, norm=self.norm)
-        return self._pgd(f, x, self.eps)
-
-    def __call__(self, x: torch.Tensor, x_target: torch.Tensor) -> torch.Tensor:
-        return self.run(x, x_target).delta
+    def _objective(self, x: torch.Tensor, x_target: torch.Tensor):
+        return latent_objective(self.model, x, x_target, distance=self.distance, c=self.c, norm=self.norm)
 
 
-class OutputAttack(_PGDAttack):
+class OutputAttack(_TargetedAttack):
     """delta* = argmin_{||delta|| <= eps} ||g(mu(x+delta)) - y|| + c ||delta||, y = g(mu(x_target))
-    (``match="reconstruction"``) or x_target (``match="image"``)."""
+    (``match="reconstruction"``) or x_target (``match="image"``). ``run`` returns
+    PGDResult(delta, value = -(||g(mu(x+delta)) - y|| + c ||delta||) [B])."""
 
     def __init__(self, model: torch.nn.Module, eps: float | torch.Tensor | None = None, *, c: float = 0.0,
                  match: str = "reconstruction", **kwargs):
         super().__init__(model, eps, **kwargs)
         self.c, self.match = float(c), match
 
-    def run(self, x: torch.Tensor, x_target: torch.Tensor) -> PGDResult:
-        """-> PGDResult(delta, value = -(||g(mu(x+delta)) - y|| + c ||delta||) [B])."""
-        check_inputs(self.model, x)
-        check_inputs(self.model, x_target, "x_target")
-        if x_target.shape[0] != x.shape[0]:
-            raise ValueError(f"x_target has {x_target.shape[0]} inputs, x has {x.shape[0]}")
-        f = output_objective(self.model, x, x_target, match=self.match, c=self.c, norm=self.norm)
-        return self._pgd(f, x, self.eps)
-
-    def __call__(self, x: torch.Tensor, x_target: torch.Tensor) -> torch.Tensor:
-        return self.run(x, x_target).delta
+    def _objective(self, x: torch.Tensor, x_target: torch.Tensor):
+        return output_objective(self.model, x, x_target, match=self.match, c=self.c, norm=self.norm)
 
 
 def max_damage_attack(

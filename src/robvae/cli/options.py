@@ -9,29 +9,30 @@ import typing
 import click
 import torch
 
+from ..data import load_dataset
+from ..data.download import default_data_dir
 from ..objectives import OBJECTIVES
 from ..threads import set_threads
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 
-def float_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
-    """Parse "1,2,4" into [1.0, 2.0, 4.0]; a bad entry is a usage error naming the option."""
-    if value is None:
-        return None
-    try:
-        return [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+def _list_parser(kind: type, what: str):
+    """A click callback parsing "1,2,4" into a list of ``kind``; a bad entry is a usage error naming the option."""
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list | None:
+        if value is None:
+            return None
+        try:
+            return [kind(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {what}, got {value!r}") from None
+    return parse
 
 
-def int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+#: "1,2,4" -> [1.0, 2.0, 4.0]
+float_list = _list_parser(float, "numbers")
+#: "0,1,2" -> [0, 1, 2]
+int_list = _list_parser(int, "integers")
 
 
 dataset_option = click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
@@ -42,6 +43,17 @@ download_option = click.option(
     "--download", is_flag=True,
     help="Fetch the official MNIST / Fashion-MNIST files (checksummed) into --data-dir, or into "
          "$ROBVAE_DATA_DIR/NAME (default ~/.cache/robvae/NAME), when they are missing.")
+
+
+def fetch_data(dataset: str, data_dir: str | None) -> str:
+    """``--download``: fetch both splits of ``dataset`` into ``data_dir`` (default:
+    robvae.data.download.default_data_dir); returns the folder."""
+    data_dir = data_dir or str(default_data_dir(dataset))
+    for split in ("train", "test"):
+        load_dataset(dataset, split, data_dir, download=True)
+    return data_dir
+
+
 run_data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False), default=None,
     help="Folder holding the run's data files (default: the folder the run was trained from).")

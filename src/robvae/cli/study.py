@@ -6,16 +6,14 @@ from pathlib import Path
 
 import click
 
-from ..data import load_dataset
-from ..data.download import default_data_dir
 from ..evaluation import EvalConfig
 from ..studies import Executor, Theorem2Config, TrainOptions, beta_study, bound_vs_margin, tau_study, theorem2_study
 from ..studies.certified import certified_study, default_models
 from ..sweep import EXECUTORS
 from . import app
 from .options import (
-    config_option, data_dir_option, dataset_option, device_option, download_option, float_list, int_list, int_tuple,
-    threads_option,
+    add_options, config_option, data_dir_option, dataset_option, device_option, download_option, fetch_data, float_list,
+    int_list, int_tuple, threads_option,
 )
 
 
@@ -75,20 +73,14 @@ def _common(f):
         device_option, threads_option,
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return add_options(opts)(f)
 
 
 def _data_dir(kw: dict) -> str | None:
     """Pop --dataset, --data-dir and --download; with --download fetch the data set's files first
     (into --data-dir, or the default download folder) and return the folder they are in."""
     dataset, data_dir, download = kw.pop("dataset"), kw.pop("data_dir"), kw.pop("download")
-    if download and dataset != "digits":
-        data_dir = data_dir or str(default_data_dir(dataset))
-        for split in ("train", "test"):
-            load_dataset(dataset, split, data_dir, download=True)
-    return data_dir
+    return fetch_data(dataset, data_dir) if download and dataset != "digits" else data_dir
 
 
 def _build(kw: dict):

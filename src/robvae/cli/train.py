@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from ..data import dataset_shape, load_dataset
-from ..data.download import default_data_dir
 from ..demo import run_demo
 from ..fileio import folder_lock
 from ..models import ModelConfig
@@ -18,7 +17,8 @@ from ..studies.certified import verify_margin
 from ..training import TrainConfig, train
 from . import app
 from .options import (
-    config_option, data_dir_option, dataset_option, device_option, objective_option, seed_option, threads_option,
+    config_option, data_dir_option, dataset_option, device_option, download_option, fetch_data, int_tuple,
+    objective_option, seed_option, threads_option,
 )
 
 
@@ -35,7 +35,8 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
               help="Encoder and decoder networks: mlp (fully connected, widths --hidden) or conv "
                    "(stride-2 convolutions; image sides divisible by 4).")
 @click.option("--latent-dim", type=click.IntRange(min=1), default=10, show_default=True, help="Latent dimension d.")
-@click.option("--hidden", default="256,128", show_default=True, help="MLP hidden widths, comma-separated.")
+@click.option("--hidden", callback=int_tuple, default="256,128", show_default=True,
+              help="MLP hidden widths, comma-separated.")
 @objective_option
 @click.option("--beta", type=float, default=1.0, show_default=True, callback=_positive,
               help="KL weight (beta-vae) or total-correlation weight (beta-tcvae).")
@@ -71,9 +72,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
 @seed_option
 @device_option
 @threads_option
-@click.option("--download", is_flag=True,
-              help="Fetch the official MNIST / Fashion-MNIST files (checksummed) into --data-dir, or into "
-                   "$ROBVAE_DATA_DIR/NAME (default ~/.cache/robvae/NAME), when they are missing.")
+@download_option
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (resumed if it exists).")
 @click.option("--quiet", is_flag=True, help="No progress bar (the summary lines are still printed).")
 @click.option("--certify-margin", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -92,27 +91,19 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
     """Train a VAE and save it as a run folder (config, weights, metrics, reconstructions)."""
     shape = dataset_shape(dataset)
     if download:
-        if data_dir is None:
-            data_dir = str(default_data_dir(dataset))
-        for split in ("train", "test"):
-            load_dataset(dataset, split, data_dir, download=True)
+        data_dir = fetch_data(dataset, data_dir)
     if likelihood == "auto":
         likelihood = "bernoulli" if shape[0] == 1 else "gaussian"
-    try:
-        hidden_t = tuple(int(h) for h in hidden.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {hidden!r}", param_hint="--hidden") from None
     plan = None
     if certify_margin is not None or certify_r is not None:  # robustness specified upfront (docs/THEORY.md section 9)
-
         if certify_margin is None or certify_r is None:
             raise click.UsageError("--certify-margin and --r go together")
         plan = plan_certified_margin(certify_margin, certify_r, latent_dim, sigma_cap)
         arch, tau = "lipschitz-mlp", 0.0
-        hidden_t = tuple(h + h % 2 for h in hidden_t)  # GroupSort pairs
+        hidden = tuple(h + h % 2 for h in hidden)  # GroupSort pairs
     config = TrainConfig(
         dataset=dataset, data_dir=data_dir, n_train=n_train,
-        model=ModelConfig(input_shape=shape, arch=arch, latent_dim=latent_dim, hidden=hidden_t, tau=tau,
+        model=ModelConfig(input_shape=shape, arch=arch, latent_dim=latent_dim, hidden=hidden, tau=tau,
                           likelihood=likelihood, gaussian_scale=gaussian_scale or None,
                           **({} if plan is None else {"lipschitz": plan.lipschitz, "sigma_cap": plan.sigma_cap})),
         objective=ObjectiveConfig(objective, beta, jacobian=jacobian, jacobian_whitened=jacobian_whitened,

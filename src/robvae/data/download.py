@@ -22,6 +22,7 @@ import hashlib
 import http.client
 import os
 import re
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -116,11 +117,8 @@ def parse_checksum(checksum: str) -> tuple[str, str]:
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes."""
-    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def verify_checksum(path: str | os.PathLike, checksum: str, label: str | None = None) -> None:
@@ -165,14 +163,10 @@ def _fetch_once(url: str, part: Path, timeout: float) -> None:
             raise urllib.error.HTTPError(url, status, f"unexpected HTTP status {status}", response.headers, None)
         length = response.headers.get("Content-Length")
         expected = int(length) if length is not None and length.isdigit() else None
-        received = 0
         with open(part, mode) as out:
-            while True:
-                block = response.read(_CHUNK)
-                if not block:
-                    break
-                out.write(block)
-                received += len(block)
+            start = out.tell()
+            shutil.copyfileobj(response, out, _CHUNK)
+            received = out.tell() - start
             out.flush()
             os.fsync(out.fileno())
         if expected is not None and received != expected:

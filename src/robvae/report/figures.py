@@ -36,8 +36,7 @@ def image_grid(rows: Sequence[torch.Tensor], path: str | Path, row_titles: Seque
         imgs = imgs.detach().float().cpu().clamp(0, 1)
         for j in range(n):
             ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if j < imgs.shape[0]:
                 img = imgs[j]
                 if img.shape[0] == 1:
@@ -63,8 +62,7 @@ def theorem2_figure(rows: Sequence[dict], jrows: Sequence[dict], path: str | Pat
         a1.plot(b, [r["sigma_exact"] for r in rr], "-", color=c, label=f"exact, |w|={rr[0]['column_norm']:g}")
         a1.plot(b, [r["sigma_trained"] for r in rr], "o", color=c, mfc="none", label="trained" if k == 0 else None)
     a1.set_xscale("log", base=2)
-    a1.set_xlabel("beta")
-    a1.set_ylabel("encoder sigma_i")
+    a1.set(xlabel="beta", ylabel="encoder sigma_i")
     a1.set_title(f"sigma*_i^2 = 1 / (1 + |w_i|^2 / (beta s^2)), s = {noise_scale:g}", fontsize=9)
     a1.legend(fontsize=7)
     jr = sorted(jrows, key=lambda r: r["beta"])
@@ -72,9 +70,7 @@ def theorem2_figure(rows: Sequence[dict], jrows: Sequence[dict], path: str | Pat
     a2.plot(b, [r["jac_frobenius_exact"] for r in jr], "-", color="k", label="exact")
     a2.plot(b, [r["jac_frobenius_trained"] for r in jr], "o", color="C3", mfc="none", label="trained")
     a2.set_xscale("log", base=2)
-    a2.set_yscale("log")
-    a2.set_xlabel("beta")
-    a2.set_ylabel("||J||_F of the encoder mean")
+    a2.set(yscale="log", xlabel="beta", ylabel="||J||_F of the encoder mean")
     a2.set_title("Jacobian diag(sigma*^2) W^T / (beta s^2)", fontsize=9)
     a2.legend(fontsize=8)
     fig.suptitle("Theorem 2: beta-VAE encoder trained against a fixed linear-Gaussian decoder")
@@ -115,10 +111,7 @@ def scatter_bound(ax, margin, bound, stats: BoundStats, *, title: str, bound_lab
     if np.isfinite(stats.slope):
         xs = np.array([0, hi])
         ax.plot(xs, stats.slope * xs + stats.intercept, "-", color="C3", lw=1.2)
-    ax.set_xlim(0, hi)
-    ax.set_ylim(0, hi)
-    ax.set_xlabel(margin_label)
-    ax.set_ylabel(bound_label)
+    ax.set(xlim=(0, hi), ylim=(0, hi), xlabel=margin_label, ylabel=bound_label)
     ax.set_title(title, fontsize=9)
     ax.text(0.03, 0.97, f"Pearson rho = {stats.pearson:.3f}\nSpearman rho = {stats.spearman:.3f}\n"
             f"least squares: y = {stats.slope:.3f} x + {stats.intercept:.3f}\n"
@@ -166,9 +159,8 @@ def degradation_figure(rows, path, corr: Correlation, *, title: str, margin_labe
     keep = np.isfinite(m) & np.isfinite(d)
     m, d = m[keep], d[keep]
     ax.scatter(m, d, s=12, alpha=0.7, color="C2")
-    ax.set_yscale("log" if (d > 0).all() and d.size and d.max() / max(d.min(), 1e-300) > 50 else "linear")
-    ax.set_xlabel(margin_label)
-    ax.set_ylabel("relative likelihood degradation")
+    ax.set(yscale="log" if (d > 0).all() and d.size and d.max() / max(d.min(), 1e-300) > 50 else "linear",
+           xlabel=margin_label, ylabel="relative likelihood degradation")
     eps = rows[0]["attack_eps"] if rows else float("nan")
     ax.set_title(f"{title}\nmaximum-damage attack, ||delta|| <= {float(eps):.3g}", fontsize=9)
     ax.text(0.97, 0.97, f"Pearson rho = {corr.pearson:.3f}\nSpearman rho = {corr.spearman:.3f}",
@@ -196,9 +188,7 @@ def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, t
     bad = [float(r[x]) for r in rows if "p_median" in r and float(r["p_median"]) <= 0.5]
     for k, (metric, label) in enumerate(panels):
         ax = axes[k // ncol][k % ncol]
-        med = np.array([float(r[f"{metric}_median"]) for r in rows])
-        q1 = np.array([float(r[f"{metric}_q1"]) for r in rows])
-        q3 = np.array([float(r[f"{metric}_q3"]) for r in rows])
+        med, q1, q3 = (np.array([float(r[f"{metric}_{q}"]) for r in rows]) for q in ("median", "q1", "q3"))
         ax.fill_between(xs, q1, q3, color="C0", alpha=0.25, label="quartiles over inputs")
         ax.plot(xs, med, "o-", color="C0", label="median over inputs")
         if len(seeds) > 1:
@@ -214,8 +204,7 @@ def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, t
                        color="C3", alpha=0.12, lw=0)
         if logx:
             ax.set_xscale("symlog" if (xs <= 0).any() else "log", base=2, **({"linthresh": _linthresh(xs)} if (xs <= 0).any() else {}))
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(label)
+        ax.set(xlabel=xlabel, ylabel=label)
         ax.set_title(label, fontsize=9)
         if k == 0:
             ax.legend(fontsize=7)
@@ -227,7 +216,6 @@ def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, t
 
 
 def _linthresh(xs) -> float:
-
     pos = xs[xs > 0]
     return float(pos.min()) if pos.size else 1.0
 
@@ -287,8 +275,7 @@ def bench_tradeoff_figure(rows: Sequence[dict], path: str | Path, *, title: str)
             for r in sel:
                 ax.annotate(str(r["name"]), (float(r[key]), float(r["elbo"])), fontsize=6, xytext=(3, 3),
                             textcoords="offset points")
-        ax.set_xlabel(label)
-        ax.set_ylabel("held-out ELBO (nats per image; higher is better)")
+        ax.set(xlabel=label, ylabel="held-out ELBO (nats per image; higher is better)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
     missing = [str(r["name"]) for r in rows if r not in drawn]

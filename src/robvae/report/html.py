@@ -149,8 +149,7 @@ def _training_curves(folder: Path) -> None:
     for key, label in (("train_elbo", "train ELBO"), ("test_elbo", "held-out ELBO")):
         if key in rows[0]:
             ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("nats per image")
+    ax.set(xlabel="epoch", ylabel="nats per image")
     ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()

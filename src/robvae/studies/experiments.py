@@ -315,37 +315,60 @@ def bound_vs_margin(
 
 
 def _sweep_study(
-    study: str, x: str, values: Sequence[float], dataset: str, out: Path, data_dir: str | None, seeds: Sequence[int],
-    o: TrainOptions, ev: EvalConfig, ex: Executor, rule: str,
+    study: str, values: Sequence[float], dataset: str, out: str | Path, data_dir: str | None, seeds: Sequence[int],
+    o: TrainOptions, evaluation: EvalConfig | None, executor: Executor | None, command: str | None, *, rule: str,
+    cli: str, settings: dict[str, Any], summary_head: dict[str, Any], panels: list[tuple[str, str]],
+    trends: Sequence[str], title: str, **figure_kw: Any,
 ) -> dict[str, Any]:
-    """Train one model per (value, seed), fix r (``rule`` "max": over all models; "first": over
-    the smallest value's models), evaluate them all, and pool the per-input rows into tables."""
+    """The beta and tau studies: train one model per (value of ``study``, seed), fix r (``rule``
+    "max": over all models; "first": over the smallest value's models), evaluate them all, pool
+    the per-input rows into tables and draw ``<study>.png`` (``panels``, ``title`` + r and budget).
+    ``cli``: the study's own flags in the command line; ``settings`` / ``summary_head``: its
+    settings as study.json / summary.json record them."""
+    x = study
+    ev = evaluation or EvalConfig()
+    ex = executor or Executor()
+    out = Path(out)
+    cmd = command or _command(study, dataset, data_dir, out, o, ev, seeds, cli)
     values = [float(v) for v in values]
     if not values:
         raise ValueError(f"give at least one {x} value")
     out.mkdir(parents=True, exist_ok=True)
-    settings: dict[str, dict[str, Any]] = {}
+    settings_of: dict[str, dict[str, Any]] = {}
     cfgs = []
     for v in values:
         for s in seeds:
             name = f"{x}={v:g},seed={s}"
-            settings[name] = {x: v, "seed": s}
+            settings_of[name] = {x: v, "seed": s}
             cfgs.append((name, make_train_config(dataset, data_dir, o, s, **{x: v})))
     runs = _train_all(cfgs, out, ex)
     if ev.r is None:
-        ref_names = [n for n in settings] if rule == "max" else [n for n in settings if settings[n][x] == min(values)]
+        ref_names = [n for n in settings_of if rule == "max" or settings_of[n][x] == min(values)]
         cal = _calibrate(out, runs, ref_names, ev, rule)
         ev_abs = replace(ev, r=float(cal["r"]))
     else:
         cal = {"rule": "absolute", "r": ev.r}
         ev_abs = ev
     results = _evaluate_all([(n, c, runs[n]) for n, c in cfgs], ev_abs, out, ex)
-    per_input, table, per_seed = _pooled_table(results, settings, x)
+    per_input, table, per_seed = _pooled_table(results, settings_of, x)
     write_csv(out / "per_input.csv", per_input)
     write_csv(out / f"{study}_table.csv", table)
     write_csv(out / f"{study}_by_seed.csv", per_seed)
-    return {"per_input": per_input, "table": table, "per_seed": per_seed, "calibration": cal, "r": ev_abs.r,
-            "results": results}
+    r, eps = ev_abs.r, per_input[0]["attack_eps"]
+    sweep_panels_figure(table, per_seed, out / f"{study}.png", x=x, panels=panels,
+                        title=f"{title}r = {r:.3g}, attack budget {eps:.3g}, {ev.margin_mode}-encoder margin",
+                        **figure_kw)
+    summary = {"study": study, "dataset": dataset, **summary_head, "seeds": list(seeds), "r": r,
+               "calibration": cal, "attack_eps": eps, "margin_mode": ev.margin_mode}
+    if x == "tau":
+        summary["taus_with_median_p_at_most_half"] = [row["tau"] for row in table if row["p_median"] <= 0.5]
+    summary.update(trends={m: _trend(table, x, m) for m in trends}, table=table)
+    write_json(out / "summary.json", jsonable(summary))
+    write_study_meta(out, study, cmd, {"dataset": dataset, "data_dir": data_dir, **settings, "seeds": list(seeds),
+                                       "train": asdict(o), "evaluation": ev.to_dict(), "r_used": r,
+                                       "executor": asdict(ex)},
+                     figures=[f"{study}.png"], tables=[f"{study}_table.csv", f"{study}_by_seed.csv", "per_input.csv"])
+    return {"table": table, "per_seed": per_seed, "rows": per_input, "summary": summary}
 
 
 def beta_study(
@@ -361,32 +384,17 @@ def beta_study(
     the seed medians), beta_by_seed.csv, per_input.csv, beta.png, summary.json, study.json."""
     if objective not in ("beta-vae", "beta-tcvae"):
         raise ValueError(f"objective must be 'beta-vae' or 'beta-tcvae', got {objective!r}")
-    o = replace(train or TrainOptions(), objective=objective)
-    ev = evaluation or EvalConfig()
-    ex = executor or Executor()
-    out = Path(out)
-    cmd = command or _command("beta", dataset, data_dir, out, o, ev, seeds,
-                              f" --betas {fmt_list(betas)} --objective {objective}")
-    res = _sweep_study("beta", "beta", betas, dataset, out, data_dir, seeds, o, ev, ex, "max")
     panels = [("margin", "empirical margin R_hat_r(x)"), ("damage", "attack damage (fixed budget)"),
               ("sigma_mean", "encoder sigma (mean over axes)"), ("jac_frobenius", "encoder Jacobian ||J||_F"),
               ("radius_sound", "certified radius (Theorem 1, sound p)"),
               ("reconstruction_error", "reconstruction error ||g(mu(x)) - x||")]
-    eps = res["per_input"][0]["attack_eps"]
-    sweep_panels_figure(res["table"], res["per_seed"], out / "beta.png", x="beta", xlabel="beta", panels=panels,
-                        logx=True, title=f"{dataset}, {objective}: r = {res['r']:.3g}, attack budget {eps:.3g}, "
-                        f"{ev.margin_mode}-encoder margin")
-    trends = {m: _trend(res["table"], "beta", m) for m in ("margin", "damage", "sigma_mean", "jac_frobenius", "radius",
-                                                            "radius_sound", "reconstruction_error", "p")}
-    summary = {"study": "beta", "dataset": dataset, "objective": objective, "betas": [float(b) for b in betas],
-               "seeds": list(seeds), "r": res["r"], "calibration": res["calibration"], "attack_eps": eps,
-               "margin_mode": ev.margin_mode, "trends": trends, "table": res["table"]}
-    write_json(out / "summary.json", jsonable(summary))
-    write_study_meta(out, "beta", cmd, {"dataset": dataset, "data_dir": data_dir, "betas": list(betas),
-                                        "objective": objective, "seeds": list(seeds), "train": asdict(o),
-                                        "evaluation": ev.to_dict(), "r_used": res["r"], "executor": asdict(ex)},
-                     figures=["beta.png"], tables=["beta_table.csv", "beta_by_seed.csv", "per_input.csv"])
-    return {"table": res["table"], "per_seed": res["per_seed"], "rows": res["per_input"], "summary": summary}
+    return _sweep_study(
+        "beta", betas, dataset, out, data_dir, seeds, replace(train or TrainOptions(), objective=objective), evaluation,
+        executor, command, rule="max", cli=f" --betas {fmt_list(betas)} --objective {objective}",
+        settings={"betas": list(betas), "objective": objective},
+        summary_head={"objective": objective, "betas": [float(b) for b in betas]}, panels=panels,
+        trends=("margin", "damage", "sigma_mean", "jac_frobenius", "radius", "radius_sound", "reconstruction_error", "p"),
+        title=f"{dataset}, {objective}: ", xlabel="beta", logx=True)
 
 
 def tau_study(
@@ -401,30 +409,13 @@ def tau_study(
     Writes tau_table.csv, tau_by_seed.csv, per_input.csv, tau.png, summary.json, study.json."""
     if any(t < 0 for t in taus):
         raise ValueError("taus must be >= 0")
-    o = train or TrainOptions()
-    ev = evaluation or EvalConfig()
-    ex = executor or Executor()
-    out = Path(out)
-    cmd = command or _command("tau", dataset, data_dir, out, o, ev, seeds, f" --taus {fmt_list(taus)}")
-    res = _sweep_study("tau", "tau", taus, dataset, out, data_dir, seeds, o, ev, ex, "first")
     panels = [("margin", "empirical margin R_hat_r(x)"), ("radius_sound", "certified radius (Theorem 1, sound p)"),
               ("damage", "attack damage (fixed budget)"), ("p", "p_r(x) (unperturbed)"),
               ("reconstruction_error", "reconstruction error ||g(mu(x)) - x||"),
               ("sigma_min", "encoder sigma (min over axes)")]
-    eps = res["per_input"][0]["attack_eps"]
-    sweep_panels_figure(res["table"], res["per_seed"], out / "tau.png", x="tau", xlabel="tau (floor on sigma)",
-                        panels=panels, p_threshold_panel="p",
-                        title=f"{dataset}: variance offset; r = {res['r']:.3g}, attack budget {eps:.3g}, "
-                        f"{ev.margin_mode}-encoder margin")
-    trends = {m: _trend(res["table"], "tau", m) for m in ("margin", "damage", "radius", "radius_sound", "p",
-                                                           "reconstruction_error", "sigma_min")}
-    below = [r["tau"] for r in res["table"] if r["p_median"] <= 0.5]
-    summary = {"study": "tau", "dataset": dataset, "taus": [float(t) for t in taus], "seeds": list(seeds),
-               "r": res["r"], "calibration": res["calibration"], "attack_eps": eps, "margin_mode": ev.margin_mode,
-               "taus_with_median_p_at_most_half": below, "trends": trends, "table": res["table"]}
-    write_json(out / "summary.json", jsonable(summary))
-    write_study_meta(out, "tau", cmd, {"dataset": dataset, "data_dir": data_dir, "taus": list(taus),
-                                       "seeds": list(seeds), "train": asdict(o), "evaluation": ev.to_dict(),
-                                       "r_used": res["r"], "executor": asdict(ex)},
-                     figures=["tau.png"], tables=["tau_table.csv", "tau_by_seed.csv", "per_input.csv"])
-    return {"table": res["table"], "per_seed": res["per_seed"], "rows": res["per_input"], "summary": summary}
+    return _sweep_study(
+        "tau", taus, dataset, out, data_dir, seeds, train or TrainOptions(), evaluation, executor, command,
+        rule="first", cli=f" --taus {fmt_list(taus)}", settings={"taus": list(taus)},
+        summary_head={"taus": [float(t) for t in taus]}, panels=panels,
+        trends=("margin", "damage", "radius", "radius_sound", "p", "reconstruction_error", "sigma_min"),
+        title=f"{dataset}: variance offset; ", xlabel="tau (floor on sigma)", p_threshold_panel="p")
