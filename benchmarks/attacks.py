@@ -14,6 +14,7 @@ import warnings
 import torch
 
 from robvae.attacks import EnsembleAttack, max_damage_attack
+from robvae.models import LinearVAE
 from robvae.models.fast_decode import flat_decode
 from robvae.robustness import empirical_margin
 
@@ -74,4 +75,27 @@ def ensemble(s: Settings) -> list[dict]:
                         ratio_vs="decoder rows fixed / sequential",
                         note=f"n_samples={n} (max per decision), tol 0.05, cheap preset; time fixed/sequential "
                              f"{tm['fixed'] / tm['sequential']:.2f}x", time_ratio=tm["fixed"] / tm["sequential"]))
+    rows += linear_margin_rows()
+    return rows
+
+
+def linear_margin_rows() -> list[dict]:
+    """Issue 11 item 3 on the linear VAE, whose margin is known exactly (docs/THEORY.md section 6):
+    decoder rows of the fixed-sample search over the sequential one, at the default n_samples
+    (10,000) and at 20,000, and both searches' margins against the exact one."""
+    rows = []
+    model = LinearVAE.random(d=4, input_shape=(1, 4, 4), s=0.1, seed=0)
+    x = torch.full((3, 1, 4, 4), 0.5, dtype=torch.float64)
+    r = 0.25
+    exact = model.exact_margin(r)
+    for n in (10_000, 20_000):
+        res = {seq: empirical_margin(model, x, r, mode="mean", n_samples=n, sequential=seq,
+                                     generator=torch.Generator().manual_seed(1)) for seq in (True, False)}
+        rel = {seq: float(((res[seq].margin - exact) / exact).abs().max()) for seq in res}
+        rows.append(row("ensemble", f"linear VAE margin search rows, n_samples={n}", res[True].decoder_rows / 3,
+                        "decoder rows per input", ratio=res[False].decoder_rows / res[True].decoder_rows,
+                        ratio_vs="decoder rows fixed / sequential", goal=5.0,
+                        note=f"exact margin {exact:.5f}; largest relative gap to it: sequential {rel[True]:.3f} "
+                             f"(never above: {bool((res[True].margin <= exact).all())}), fixed {rel[False]:.3f} "
+                             f"(above it: {int((res[False].margin > exact).sum())} of 3)"))
     return rows
