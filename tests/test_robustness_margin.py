@@ -64,7 +64,7 @@ def test_sequential_search_uses_fewer_decoder_rows_than_fixed_samples():
     seq = empirical_margin(m, x, r, mode="mean", n_samples=20000, generator=_gen(1))
     fixed = empirical_margin(m, x, r, mode="mean", n_samples=20000, sequential=False, generator=_gen(1))
     assert not fixed.sequential and seq.sequential
-    assert fixed.decoder_rows >= 3 * seq.decoder_rows, (fixed.decoder_rows, seq.decoder_rows)
+    assert fixed.decoder_rows >= 5 * seq.decoder_rows, (fixed.decoder_rows, seq.decoder_rows)  # issue 11: >= 5x
     # both find the margin: the fixed search to its bracket (with MC error), the sequential one conservatively
     assert torch.all((fixed.margin - exact).abs() <= 0.03 * exact)
     assert torch.all(seq.margin <= exact) and torch.all(seq.margin >= 0.85 * exact)
