@@ -7,31 +7,36 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from ..data import load_dataset  # noqa: E402
-from ..fileio import atomic_write_bytes  # noqa: E402
-from ..stats import BoundStats, Correlation  # noqa: E402
-from ..training import RECON_FILE  # noqa: E402
+from ..data import load_dataset
+from ..fileio import atomic_write_bytes
+from ..stats import BoundStats, Correlation
+from ..training import RECON_FILE
 
 
-def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 120) -> Path:
+def pyplot():
+    """matplotlib.pyplot with the Agg backend, imported on the first figure: it costs about 0.4 s,
+    which ``import robvae`` (and every command that draws nothing) should not pay."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig: "matplotlib.figure.Figure", path: str | Path, dpi: int = 120) -> Path:
     """Save a figure as PNG atomically and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def image_grid(rows: Sequence[torch.Tensor], path: str | Path, row_titles: Sequence[str] | None = None) -> Path:
     """A grid with one row per tensor of images [n, C, H, W] in [0, 1] (grey or RGB)."""
     n = max(r.shape[0] for r in rows)
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.2 * len(rows)), squeeze=False)
+    fig, axes = pyplot().subplots(len(rows), n, figsize=(1.1 * n, 1.2 * len(rows)), squeeze=False)
     for i, imgs in enumerate(rows):
         imgs = imgs.detach().float().cpu().clamp(0, 1)
         for j in range(n):
@@ -52,9 +57,9 @@ def image_grid(rows: Sequence[torch.Tensor], path: str | Path, row_titles: Seque
 
 def theorem2_figure(rows: Sequence[dict], jrows: Sequence[dict], path: str | Path, *, noise_scale: float) -> Path:
     """Theorem 2: trained (markers) vs exact (lines) sigma_i and ||J||_F against beta."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(10, 4))
     axes_ids = sorted({r["axis"] for r in rows})
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
     for k, i in enumerate(axes_ids):
         rr = sorted((r for r in rows if r["axis"] == i), key=lambda r: r["beta"])
         b = np.array([r["beta"] for r in rr])
@@ -128,7 +133,7 @@ def _col(rows, k) -> np.ndarray:
 def bound_vs_margin_figure(rows, path, stats: BoundStats, *, title: str, column: str = "radius",
                            bound_label: str = "Theorem 1 bound", margin_label: str = "empirical margin") -> Path:
     """The bound ``column`` of per-input ``rows`` against their margin, with ``stats`` (its BoundStats)."""
-    fig, ax = plt.subplots(figsize=(5.2, 5))
+    fig, ax = pyplot().subplots(figsize=(5.2, 5))
     scatter_bound(ax, _col(rows, "margin"), _col(rows, column), stats, title=title, bound_label=bound_label,
                   margin_label=margin_label, groups=[r.get("seed", 0) for r in rows])
     return save_figure(fig, path)
@@ -143,7 +148,7 @@ def bound_variants_figure(rows, path, stats: dict[str, BoundStats], *, title: st
                           margin_label: str = "empirical margin") -> Path:
     """The Theorem 1 bound and its sound / spectral / whitened variants against the margin, side
     by side; ``stats``: column -> its BoundStats."""
-    fig, axes = plt.subplots(1, len(VARIANTS), figsize=(18, 4.6))
+    fig, axes = pyplot().subplots(1, len(VARIANTS), figsize=(18, 4.6))
     for ax, (col, label) in zip(axes, VARIANTS):
         scatter_bound(ax, _col(rows, "margin"), _col(rows, col), stats[col], title=label,
                       bound_label=f"bound: {label}", margin_label=margin_label)
@@ -154,7 +159,7 @@ def bound_variants_figure(rows, path, stats: dict[str, BoundStats], *, title: st
 def degradation_figure(rows, path, corr: Correlation, *, title: str, margin_label: str = "empirical margin") -> Path:
     """Relative likelihood degradation under the fixed-budget attack against the margin, with
     ``corr`` (:func:`robvae.stats.correlation` of the two columns) printed on it."""
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    fig, ax = pyplot().subplots(figsize=(5.2, 4.6))
     m, d = _col(rows, "margin"), _col(rows, "likelihood_degradation")
     keep = np.isfinite(m) & np.isfinite(d)
     m, d = m[keep], d[keep]
@@ -181,7 +186,7 @@ def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, t
     n = len(panels)
     ncol = 3 if n > 4 else 2
     nrow = int(np.ceil(n / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False)
+    fig, axes = pyplot().subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False)
     rows = sorted(table, key=lambda r: r[x])
     xs = np.array([float(r[x]) for r in rows])
     seeds = sorted({r["seed"] for r in per_seed})
@@ -236,7 +241,7 @@ def sweep_figure(rows: list[dict], axis: str, metrics: list[str], path: Path) ->
         return False
     ncol = min(3, len(metrics))
     nrow = -(-len(metrics) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
+    fig, axes = pyplot().subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
     for k, m in enumerate(metrics):
         ax = axes[k // ncol][k % ncol]
         pts = [(number_or_none(r[axis]), number_or_none(r.get(m))) for r in done]
@@ -263,7 +268,7 @@ def bench_tradeoff_figure(rows: Sequence[dict], path: str | Path, *, title: str)
     against the median empirical margin (right), one point per leaderboard row (keys ``name``,
     ``method``, ``elbo``, ``certified_fraction``, ``median_margin``), coloured by method. Rows
     without an ELBO (models without a likelihood) are listed in the caption, not drawn."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 4.8))
     drawn = [r for r in rows if r.get("elbo") not in (None, "") and np.isfinite(float(r["elbo"]))]
     methods = list(dict.fromkeys(str(r.get("method", r["name"])) for r in drawn))
     colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}

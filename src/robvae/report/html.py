@@ -18,13 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .._version import __version__  # noqa: E402
+from .._version import __version__
 from ..fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
+from .figures import pyplot
 
 #: what every study folder holds besides its tables and figures (the report reads it):
 #: {"study": name, "command": the exact robvae command line that reproduces the folder,
@@ -145,7 +141,7 @@ def _training_curves(folder: Path) -> None:
     if not rows:
         return
     epochs = [int(r["epoch"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = pyplot().subplots(figsize=(5, 3.2))
     for key, label in (("train_elbo", "train ELBO"), ("test_elbo", "held-out ELBO")):
         if key in rows[0]:
             ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=label)
@@ -154,7 +150,7 @@ def _training_curves(folder: Path) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(folder / "training_curves.png", buf.getvalue())
 
 
