@@ -129,11 +129,14 @@ MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-
 
 
 @pytest.mark.skipif(not MNIST.is_dir(), reason="MNIST not at ../shared/data/mnist-10k")
-def test_trained_model_recomputes_few_draws(tmp_path):
+@pytest.mark.parametrize("arch,most", [("mlp", 0.15), ("conv", 0.3)])
+def test_trained_model_recomputes_few_draws(tmp_path, arch, most):
     """On a briefly trained MNIST model most draws are decided in bf16 (the bound is tight enough
-    to pay); this fails if the bound grows loose (the old layer-by-layer bound recomputed 84-100%)."""
+    to pay); this fails if the bound grows loose (the old layer-by-layer bound recomputed 84-100%;
+    at r = the median distance, where draws are densest near r, measured: MLP 4.5%, conv 23%; the
+    bounds before the periodic conv norms and the path-split sigmoid bound gave 4.8% and 25%)."""
     cfg = TrainConfig(dataset="mnist", data_dir=str(MNIST), n_train=1000,
-                      model=ModelConfig(input_shape=(1, 28, 28), arch="mlp", latent_dim=10),
+                      model=ModelConfig(input_shape=(1, 28, 28), arch=arch, latent_dim=10),
                       objective=ObjectiveConfig("elbo", 1.0), epochs=1, batch_size=128, lr=1e-3, seed=0, device="cpu")
     train(cfg, tmp_path / "run", progress=False)
     model = load(tmp_path / "run").model
@@ -145,7 +148,7 @@ def test_trained_model_recomputes_few_draws(tmp_path):
     got = r_robustness_bf16(model, x, r, n_samples=400, generator=torch.Generator().manual_seed(1), stats=stats)
     want = r_robustness(model, x, r, n_samples=400, generator=torch.Generator().manual_seed(1))
     assert torch.equal(got.n_within, want.n_within)
-    assert stats[0].fraction < 0.15, stats[0].fraction
+    assert stats[0].fraction < most, stats[0].fraction
 
 
 def test_device_not_hard_coded():
@@ -175,3 +178,34 @@ def test_unsupported_model_runs_float32():
     want = r_robustness(model, x, 5.0, n_samples=50, generator=torch.Generator().manual_seed(1))
     assert torch.equal(got.n_within, want.n_within)
     assert math.isfinite(float(got.p.sum()))
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (nn.ConvTranspose2d(8, 4, 4, 2, 1), (8, 6, 6)), (nn.ConvTranspose2d(16, 1, 4, 2, 1), (16, 7, 7)),
+    (nn.ConvTranspose2d(5, 3, 3, 2, 1), (5, 5, 5)), (nn.ConvTranspose2d(3, 2, 5, 3, 2), (3, 4, 4)),
+    (nn.ConvTranspose2d(4, 6, 3, 1, 1), (4, 6, 5)), (nn.Conv2d(3, 5, 3, 2, 1), (3, 9, 9)),
+    (nn.Conv2d(4, 6, 5, 1, 2), (4, 6, 6)), (nn.Conv2d(2, 3, 4, 2, 1), (2, 8, 8)),
+    (nn.Conv2d(3, 4, (3, 5), (1, 2), (1, 0)), (3, 7, 9)),
+])
+def test_periodic_conv_norm_bounds_the_exact_norm(layer, shape, monkeypatch):
+    """The periodic-extension bound (setup in milliseconds) against the exact norm at the input
+    shape (the dense operator's Gram matrix, an independent computation): never below it, and
+    within 50% (measured 0-32%, the most for |W| of a 5x5 kernel on a 6x6 input) so the bf16
+    bound stays useful; also for |W| and for the bf16 weight-rounding residual, whose norms the
+    bound uses."""
+    monkeypatch.setattr(bf16_module, "DENSE_GRAM_LIMIT", 10_000)
+    for w in (layer.weight.detach(), layer.weight.detach().abs(),
+              layer.weight.detach().to(torch.bfloat16).double() - layer.weight.detach().double()):
+        probe = bf16_module.copy.deepcopy(layer).double()
+        with torch.no_grad():
+            probe.weight.copy_(w)
+        exact = bf16_module._conv_exact(probe, shape)
+        got = bf16_module._conv_periodic(w, layer, shape)
+        assert exact is not None and got is not None
+        assert got >= exact * (1 - 1e-12), (got, exact)
+        assert got <= 1.5 * exact, (got, exact)
+
+
+def test_periodic_conv_norm_declines_unsupported_layers():
+    assert bf16_module._conv_periodic(torch.ones(4, 2, 3, 3), nn.Conv2d(4, 4, 3, groups=2), (4, 6, 6)) is None
+    assert bf16_module._conv_periodic(torch.ones(4, 4, 3, 3), nn.Conv2d(4, 4, 3, dilation=2), (4, 8, 8)) is None
