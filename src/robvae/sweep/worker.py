@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..evaluation import evaluate, jsonable
+from ..evaluation import evaluate
 from ..fileio import read_json, write_json
 from ..report.figures import save_reconstructions
 from ..training import RECON_FILE, train
@@ -136,7 +136,7 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
             t_eval = time.time()
             result = evaluate(run, trial.evaluation, out_dir=trial_dir_p / EVAL_DIR, progress=False)
             eval_s = time.time() - t_eval
-            summary.update(_plain(jsonable(result.summary.to_dict())))  # evaluate wrote summary.json itself
+            summary.update(_plain(result.summary.to_dict()))  # evaluate wrote summary.json itself
         return update_status(trial_dir_p, status="done", error=None, wall_s=time.time() - t0,
                              train_s=train_s, eval_s=eval_s, summary=summary,
                              finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
