@@ -36,8 +36,11 @@ DEFAULT_THREADS = 1
 #: seconds, and tens of seconds on a heavily loaded machine (measured: 64 x 5,000 = 0.3 M rows took
 #: 39 s with two workers against 10-13 s in one process at load average 13). At 5 M rows (500
 #: inputs x S = 10,000, load 3-4) two workers took 19.8 s against 31.7 s for one thread (issue 11).
-#: 2 M rows is a threshold between the two, not a measured optimum (docs/PERFORMANCE.md).
-AUTO_WORKERS_MIN_ROWS = 2_000_000
+#: On a quieter 2-core machine (AMD EPYC, 2026-11-30, docs/PERFORMANCE.md section 1) the crossover
+#: against this process with two passive threads lies between 2.6 M rows (256 x 10,000: workers
+#: 12.0 s, this process 10.9 s quiet; 17.3 against 16.3 s with a busy competitor) and 20 M rows
+#: (2,000 x 10,000: workers 65.1 s, this process 78.8 s); 5 M rows is inside that bracket.
+AUTO_WORKERS_MIN_ROWS = 5_000_000
 
 #: Whether :func:`prefer_passive_wait` took effect (torch was not loaded yet).
 _PASSIVE: bool | None = None
