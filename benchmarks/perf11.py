@@ -179,6 +179,17 @@ def usermodels(s, gemm: GemmRate) -> list[dict]:
                             ratio=t_ref / t_lib, ratio_vs="reference loop (one draw per model.decode call, Jacobian "
                             "row by row), as the certify section", goal=10.0,
                             note=f"loop timed on {n_ref} draws, scaled to S; 1 thread"))
+            # the same comparison as users run it: this process's default threads on both sides
+            torch.set_num_threads(before)
+            t = interleaved({"lib": lambda: certify(model, x, r, n_samples=S, generator=g),
+                             "loop": lambda: reference.sample_counts(model, xr, r, n_ref),
+                             "jac": lambda: reference.jacobian_rows(model, xr)}, repeats=s.repeats)
+            torch.set_num_threads(1)
+            t_lib, t_ref = t["lib"] / B, t["jac"] + S * t["loop"] / n_ref
+            rows.append(row("usermodels", f"user {name} VAE certify S={S} vs per-sample loop, {before} threads",
+                            1 / t_lib, "inputs/s", ratio=t_ref / t_lib, ratio_vs="the same reference loop, both at "
+                            "this process's default threads (no goal: the goal row is at one thread)",
+                            note=f"loop timed on {n_ref} draws, scaled to S; {before} threads"))
     finally:
         torch.set_num_threads(before)
     return rows
