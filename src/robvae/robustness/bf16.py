@@ -59,7 +59,7 @@ from ..models.fast_decode import (
 )
 from ..validation import as_radius, check_delta, check_x
 from .lipschitz import _dense_operator, _kernel_matrix
-from .sampling import RobustnessEstimate, _check_mode, clopper_pearson, draw_setup, latent_draws, r_robustness
+from .sampling import RobustnessEstimate, _check_mode, draw_setup, latent_draws, r_robustness
 
 #: bfloat16's unit roundoff (8 significand bits, round to nearest), and the rounding relative
 #: to the rounded value.
@@ -471,14 +471,13 @@ def r_robustness_bf16(
     rt = as_radius(r, x.shape[0], x)
     B = x.shape[0]
     with torch.inference_mode():
-        mu0, _ = model.encode(x)
-        plan = decoder_plan(model, mu0) if x.dtype == torch.float32 else None
+        mu, sigma, ref, chunk = draw_setup(model, x, delta, n_samples, mode, chunk_size)
+        plan = decoder_plan(model, mu) if x.dtype == torch.float32 else None
     if plan is None:
         return r_robustness(model, x, r, delta, n_samples, alpha=alpha, mode=mode, chunk_size=chunk_size,
                             generator=generator)
     n_re = 0
     with torch.inference_mode():
-        mu, sigma, ref, chunk = draw_setup(model, x, delta, n_samples, mode, chunk_size)
         D = ref.shape[1]
         k = torch.zeros(B, dtype=torch.long, device=x.device)
         rr = rt.to(torch.float64)
@@ -505,11 +504,7 @@ def r_robustness_bf16(
                 k.index_add_(0, idx // c, within)
     if stats is not None:
         stats.append(Bf16Stats(draws=B * n_samples, recomputed=n_re))
-    n = torch.full_like(k, n_samples)
-    lo, hi = clopper_pearson(k, n, alpha)
-    p = k.to(x.dtype) / n_samples
-    return RobustnessEstimate(p=p, p_lower=lo.to(x.dtype), p_upper=hi.to(x.dtype), n_within=k, n_samples=n,
-                              r=rt, alpha=float(alpha), mode=mode)
+    return RobustnessEstimate.from_counts(k, n_samples, rt, alpha, mode, x.dtype)
 
 
 __all__ = ["Bf16Stats", "decode_bf16", "r_robustness_bf16"]

@@ -161,6 +161,15 @@ class RobustnessEstimate:
     def robust(self) -> torch.Tensor:
         return self.p > 0.5
 
+    @classmethod
+    def from_counts(cls, k: torch.Tensor, n_samples: int, r: torch.Tensor, alpha: float, mode: str,
+                    dtype: torch.dtype) -> "RobustnessEstimate":
+        """The estimate from ``k`` [B] draws within r out of ``n_samples`` each (Clopper-Pearson bounds)."""
+        n = torch.full_like(k, n_samples)
+        lo, hi = clopper_pearson(k, n, alpha)
+        return cls(p=k.to(dtype) / n_samples, p_lower=lo.to(dtype), p_upper=hi.to(dtype), n_within=k, n_samples=n,
+                   r=r, alpha=float(alpha), mode=mode)
+
 
 def r_robustness(
     model: torch.nn.Module,
@@ -187,11 +196,7 @@ def r_robustness(
         k = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         for norms in _norm_chunks(model, x, delta, n_samples, mode, chunk_size, generator):
             k += (norms <= rt.to(norms.dtype)[:, None]).sum(dim=1)
-    n = torch.full_like(k, n_samples)
-    lo, hi = clopper_pearson(k, n, alpha)
-    p = (k.to(x.dtype) / n_samples)
-    return RobustnessEstimate(p=p, p_lower=lo.to(x.dtype), p_upper=hi.to(x.dtype), n_within=k, n_samples=n,
-                              r=rt, alpha=float(alpha), mode=mode)
+    return RobustnessEstimate.from_counts(k, n_samples, rt, alpha, mode, x.dtype)
 
 
 def r_min(
