@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from scipy import integrate, stats
 
 from robvae.errors import InputError
 from robvae.models import LinearVAE
@@ -114,17 +114,18 @@ def test_input_validation():
 # the anytime-valid sequential test (issue 9)
 # --------------------------------------------------------------------------------------------
 from robvae.robustness import sequential_bernoulli_test, sequential_robustness  # noqa: E402
+from robvae.robustness.sampling import settles_by  # noqa: E402
 
 
-@pytest.mark.parametrize("p", [0.5, 0.47])
-def test_sequential_test_error_rate_at_every_look(p):
+@pytest.mark.parametrize("p,concentration", [(0.5, 10.0), (0.47, 10.0), (0.5, 1.0), (0.47, 40.0)])
+def test_sequential_test_error_rate_at_every_look(p, concentration):
     """Looking after EVERY draw (the worst case for optional stopping), the chance of ever wrongly
     deciding p > 1/2 stays below alpha (a fixed-n binomial test looked at this often would exceed it)."""
     alpha, N, T = 0.05, 1500, 400
     rng = np.random.default_rng(0)
     k = np.cumsum(rng.random((N, T)) < p, axis=1)
     n = np.broadcast_to(np.arange(1, T + 1), (N, T))
-    dec = sequential_bernoulli_test(k, n, alpha)[0].numpy()
+    dec = sequential_bernoulli_test(k, n, alpha, concentration=concentration)[0].numpy()
     wrong = (dec == 1).any(axis=1).mean()
     assert wrong <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / N), wrong
     # the naive repeated z-test errs far more often: the check has teeth
@@ -161,3 +162,53 @@ def test_sequential_robustness_on_the_linear_vae():
     far = np.abs(exact - 0.5) > 0.15
     assert settled[far].all() and (res.n_samples.numpy()[far] < 2000).all(), (res.n_samples, exact)
     assert np.all(np.abs(res.p.numpy() - exact) <= 4 * np.sqrt(0.25 / res.n_samples.numpy()))
+
+
+@pytest.mark.parametrize("c,p0,k,n", [(1.0, 0.5, 60, 100), (10.0, 0.5, 55, 100), (10.0, 0.5, 40, 100),
+                                      (3.0, 0.3, 40, 100), (10.0, 0.5, 2530, 5000)])
+def test_sequential_test_matches_the_mixture_integral(c, p0, k, n):
+    """log M+ and log M- against the defining integrals, by quadrature (an independent computation)."""
+    a0, b0 = 2 * c * p0, 2 * c * (1 - p0)
+    # the likelihood ratio times the prior, scaled by its value at p_hat so the quadrature stays in range
+    log_lr = lambda q: k * math.log(q / p0) + (n - k) * math.log((1 - q) / (1 - p0)) + stats.beta.logpdf(q, a0, b0)
+    peak = max(log_lr(min(max(k / n, 1e-9), 1 - 1e-9)), log_lr(p0))
+    f = lambda q: math.exp(log_lr(q) - peak)
+    up = math.log(integrate.quad(f, p0, 1, points=[k / n], limit=200)[0] / stats.beta.sf(p0, a0, b0)) + peak
+    down = math.log(integrate.quad(f, 0, p0, points=[k / n] if k / n < p0 else None, limit=200)[0]
+                    / stats.beta.cdf(p0, a0, b0)) + peak
+    _, lu, ld = sequential_bernoulli_test(k, n, 0.01, p0, concentration=c)
+    assert abs(float(lu) - up) < 1e-6 and abs(float(ld) - down) < 1e-6, (float(lu), up, float(ld), down)
+
+
+def test_a_prior_near_one_half_settles_small_gaps_sooner():
+    """At p_hat = 0.54 the concentrated prior (c = 10) settles where the uniform one (c = 1) does not,
+    and at p_hat = 0.95 (a far case) both settle."""
+    assert sequential_bernoulli_test(1620, 3000, 0.001, concentration=10.0)[0].item() == 1
+    assert sequential_bernoulli_test(1620, 3000, 0.001, concentration=1.0)[0].item() == 0
+    assert sequential_bernoulli_test(95, 100, 0.001, concentration=10.0)[0].item() == 1
+    with pytest.raises(ValueError, match="concentration"):
+        sequential_bernoulli_test(5, 10, concentration=0.0)
+
+
+def test_futility_rule():
+    """settles_by: p_hat = 1/2 after half of n_max cannot settle; p_hat = 0.6 after 100 draws can. On the
+    linear VAE at its exact margin (p = 1/2) the futility rule stops early, unsettled, where
+    futility=None draws all n_max; a clear case settles the same with or without it."""
+    k, n = torch.tensor([2500, 60]), torch.tensor([5000, 100])
+    assert settles_by(k, n, 10000, 0.001).tolist() == [False, True]
+    assert settles_by(torch.tensor([5000]), torch.tensor([5000]), 10000, 0.001, z=50.0).tolist() == [True]
+    m = _model()
+    r = 0.25
+    v1 = torch.linalg.svd(m.A).Vh[0]
+    t_star = m.exact_margin(r)  # p_r(x, t* v1) = 1/2 exactly
+    x = torch.full((2, 1, 4, 4), 0.5, dtype=torch.float64)
+    delta = (torch.tensor([t_star, 0.0], dtype=torch.float64)[:, None] * v1[None]).view(2, 1, 4, 4)
+    assert abs(float(m.exact_p(r, float((delta[0].flatten() @ m.A.T).norm()))) - 0.5) < 1e-6
+    kw = dict(alpha=0.001, n_max=20000, mode="mean")
+    fut = sequential_robustness(m, x, r, delta, generator=_gen(4), **kw)
+    full = sequential_robustness(m, x, r, delta, futility=None, generator=_gen(4), **kw)
+    assert fut.decision[0] == 0 and full.decision[0] == 0 and full.n_samples[0] == 20000
+    assert fut.n_samples[0] < 20000 / 2, fut.n_samples
+    assert fut.decision[1] == full.decision[1] == 1 and fut.n_samples[1] < 2000
+    with pytest.raises(InputError, match="futility"):
+        sequential_robustness(m, x, r, delta, futility=-1.0, **kw)
