@@ -30,6 +30,8 @@ def test_help_on_every_command(capsys, cmd):
         (["train", "--out", "x", "--epochs", "0"], "'--epochs'"),
         (["train", "--out", "x", "--tau", "-1"], "'--tau'"),
         (["train", "--out", "x", "--hidden", "a,b"], "--hidden"),
+        (["train", "--out", "x", "--hidden", "256,,128"], "--hidden"),  # an empty entry is a typo, not skipped
+        (["study", "beta", "--out", "x", "--betas", "1,4,"], "--betas"),
         (["train"], "'--out'"),
         (["frobnicate"], "No such command"),
     ],

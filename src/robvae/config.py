@@ -48,6 +48,13 @@ def check_field_types(cls: type, d: dict[str, Any]) -> None:
             raise ValueError(f"{what} field {name}: expected {_describe(tp)}, got {value!r}")
 
 
+#: the plain annotations: (the Python types a value of it may have, how an error message names it)
+_PLAIN: dict[Any, tuple[type | tuple[type, ...], str]] = {
+    int: (int, "an integer"), float: ((int, float), "a number"), bool: (bool, "true or false"),
+    str: (str, "a string"), type(None): (type(None), "null"),
+}
+
+
 def _matches(value: Any, tp: Any) -> bool:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any or isinstance(tp, typing.TypeVar):
@@ -56,16 +63,8 @@ def _matches(value: Any, tp: Any) -> bool:
         return any(_matches(value, a) for a in args)
     if origin is typing.Literal:
         return any(value == a and type(value) is type(a) for a in args)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
+    if tp in _PLAIN:  # a bool is neither an integer nor a number here
+        return isinstance(value, _PLAIN[tp][0]) and (tp is bool or not isinstance(value, bool))
     if origin in (tuple, list) or tp in (tuple, list):
         if not isinstance(value, (tuple, list)):
             return False
@@ -88,8 +87,7 @@ def _describe(tp: Any) -> str:
     if origin in (tuple, list):
         inner = args[0] if args else Any
         return f"a list of {_describe(inner).removeprefix('an ').removeprefix('a ')}s"
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
+    return _PLAIN[tp][1] if tp in _PLAIN else getattr(tp, "__name__", str(tp))
 
 
 #: The one default confidence level: one-sided Clopper-Pearson bounds hold with probability

@@ -21,10 +21,6 @@ def demo_table(summary: EvalSummary, config: EvalConfig) -> list[tuple[str, str]
     """The demo's one table: (quantity, value) rows from an evaluation summary."""
     t1 = summary.bounds["theorem1"]
     rig = summary.rigorous_vs_margin
-
-    def f(v: Any, spec: str = ".4f") -> str:
-        return "n/a" if v is None else format(float(v), spec)
-
     med = summary.median
     return [
         ("inputs (digits test set)", f"{summary.n}"),
@@ -36,7 +32,7 @@ def demo_table(summary: EvalSummary, config: EvalConfig) -> list[tuple[str, str]
         ("spectral / whitened radius, median", f"{med('radius_spectral'):.4f} / {med('radius_whitened'):.4f}"),
         ("abstentions (p <= 0.5)", f"{summary.n_abstain}"),
         (f"empirical margin ({config.margin_mode} encoder), median", f"{med('margin'):.4f}"),
-        ("Spearman rho(bound, margin)", f(t1.spearman, ".3f")),
+        ("Spearman rho(bound, margin)", f"{t1.spearman:.3f}"),
         ("bound above margin (violations)", f"{t1.n_violations} of {t1.n_used} compared"),
         ("rigorous radius (mean-only), median", f"{med('radius_rigorous_mean'):.4g}"),
         ("rigorous radius (full), median", f"{med('radius_rigorous_full'):.4g}"),

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,7 +77,7 @@ from .metrics import (
 from .report.figures import image_grid
 from .robustness import certify, empirical_margin, r_min
 from .robustness.lipschitz import VAELipschitz, vae_lipschitz
-from .stats import BoundStats, bound_stats, describe, quartiles
+from .stats import BoundStats, bound_stats, describe, median, quartiles
 from .training import Run, load
 
 PER_INPUT_FILE = "per_input.csv"
@@ -94,6 +94,11 @@ COLUMNS = (
     "attack_objective",
     "damage", "expected_damage", "likelihood_degradation", "ssim", "ms_ssim", "reconstruction_error",
 )
+#: the per-input flags (bool columns)
+FLAGS = ("abstain", "abstain_sound", "margin_capped", "margin_robust_clean")
+#: the value of a column whose stage did not run (attack=False, margin=False, a model without Lipschitz
+#: bounds or log p(x|z)); every other column not computed is NaN
+NOT_COMPUTED = {"margin_capped": False, "margin_robust_clean": True, "attack_preset": "", "attack_objective": ""}
 #: Bounds compared with the margin in the summary (name -> column).
 BOUNDS = {"theorem1": "radius", "sound": "radius_sound", "spectral": "radius_spectral", "whitened": "radius_whitened",
           "rigorous_mean": "radius_rigorous_mean", "rigorous_full": "radius_rigorous_full"}
@@ -177,10 +182,7 @@ class EvalConfig(ConfigMixin):
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the numbers (device and data_dir excluded)."""
-        d = self.to_dict()
-        d.pop("device")
-        d.pop("data_dir")
-        return d
+        return {k: v for k, v in self.to_dict().items() if k not in ("device", "data_dir")}
 
 
 @dataclass
@@ -227,10 +229,6 @@ def _inputs(run: Any, config: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _gen(seed: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + salt) % (2**63))
-
-
-def _identity(run: Any, config: EvalConfig) -> dict[str, Any]:
-    return {"evaluation": config.identity(), "train": run.config.training_fields()}
 
 
 def load_result(out_dir: str | Path) -> EvalResult:
@@ -283,7 +281,7 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
         config = EvalConfig.from_dict(config)
     run = _resolve_run(run, config.device)
     out = Path(out_dir) if out_dir is not None else None
-    ident = _identity(run, config)
+    ident = {"evaluation": config.identity(), "train": run.config.training_fields()}
     if out is not None and _finished(out, ident):
         return load_result(out)
 
@@ -300,53 +298,47 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
                       for i, s in enumerate(batches)])
     bar.update(len(batches))
     x_norm = x_all.flatten(1).norm(dim=1)
+    cols: dict[str, list[Any]] = {"index": list(range(n)), "label": labels.tolist()}
+
+    def add(**batch: torch.Tensor | list[str]) -> None:
+        """Append one batch (or all inputs) of per-input columns, name=values, as Python values."""
+        for name, values in batch.items():
+            if isinstance(values, torch.Tensor):
+                values = values.detach().cpu().reshape(-1)
+                values = (values.bool() if name in FLAGS else values.double()).tolist()
+            cols.setdefault(name, []).extend(values)
+
+    add(r_min=rmin, x_norm=x_norm)
     r = float(config.r) if config.r is not None else float(config.r_relative * np.median(rmin.double().cpu().numpy()))
     if not r > 0:
         raise ValueError("the median r_min is 0 (the encoder has no noise); set an absolute r")
     eps = (float(config.attack_eps) if config.attack_eps is not None
            else float(config.attack_eps_relative * np.median(x_norm.double().cpu().numpy())))
 
+    cols.update(r=[r] * n, attack_eps=[eps] * n)
     constants, rigorous_note = _rigorous_constants(model, config)
-    cols: dict[str, list[torch.Tensor]] = {}
-    texts: dict[str, list[str]] = {"attack_preset": [], "attack_objective": []}
-
-    def add(name: str, t: torch.Tensor) -> None:
-        cols.setdefault(name, []).append(t.detach().double().cpu().reshape(-1))
-
     for i, s in enumerate(batches):
         x = x_all[s]
         # 2. certificates (Theorem 1 and variants), p, sigma, Jacobian norms
         cert = certify(model, x, r, n_samples=config.n_samples, alpha=config.alpha, mode="mean",
                        generator=_gen(config.seed, 100 + i), rigorous=constants if constants is not None else False)
-        nan = torch.full((x.shape[0],), float("nan"))
-        for k in ("radius_rigorous_mean", "radius_rigorous_full"):
-            add(k, cert.extras.get(k, nan))
-        for k in ("p", "p_lower", "sigma_min", "jac_frobenius", "jac_spectral", "jac_whitened", "radius",
-                  "radius_sound", "radius_spectral", "radius_whitened", "abstain", "abstain_sound"):
-            add(k, getattr(cert, k))
+        # every column of the certificate (the rigorous radii where the model has Lipschitz bounds) but its r
+        add(**{k: torch.from_numpy(v) for k, v in cert.as_numpy().items() if k != "r"})
         radius = cert.radius
         with torch.inference_mode():
-            add("sigma_mean", model.encode(x)[1].mean(dim=1))
-        add("reconstruction_error", reconstruction_error(model, x))
+            add(sigma_mean=model.encode(x)[1].mean(dim=1))
+        add(reconstruction_error=reconstruction_error(model, x))
         bar.update(1)
         # 3. maximum-damage attack at the fixed budget
         if config.attack:
             res = EnsembleAttack(config.attack_preset, mode="full", generator=_gen(config.seed, 200 + i))(model, x, eps)
             delta = res.delta
-            add("damage", res.damage)
-            add("expected_damage", res.expected_damage)
-            texts["attack_preset"] += [res.preset] * x.shape[0]
-            texts["attack_objective"] += list(res.objective)
-            add("likelihood_degradation", likelihood_degradation(model, x, delta) if hasattr(model, "log_likelihood")
-                else nan)
+            add(damage=res.damage, expected_damage=res.expected_damage, attack_preset=[res.preset] * x.shape[0],
+                attack_objective=list(res.objective))
+            if hasattr(model, "log_likelihood"):
+                add(likelihood_degradation=likelihood_degradation(model, x, delta))
             percept = perceptual_damage(model, x, delta)
-            add("ssim", percept.ssim)
-            add("ms_ssim", percept.ms_ssim)
-        else:
-            for k in ("damage", "expected_damage", "likelihood_degradation", "ssim", "ms_ssim"):
-                add(k, nan)
-            for k in texts:
-                texts[k] += [""] * x.shape[0]
+            add(ssim=percept.ssim, ms_ssim=percept.ms_ssim)
         bar.update(1)
         # 4. empirical margin
         if config.margin:
@@ -355,35 +347,14 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
                                  mode=config.margin_mode, eps_max=config.margin_eps_max, eps_init=init,
                                  tol=config.margin_tol, n_samples=config.n_samples, generator=_gen(config.seed, 300 + i),
                                  progress=lambda k, a: bar.set_postfix_str(f"margin: attack {k}, {a} inputs", refresh=True))
-            add("margin", m.margin)
-            add("margin_upper", m.upper)
+            add(margin=m.margin, margin_upper=m.upper, margin_capped=m.capped, margin_robust_clean=m.robust_clean,
+                p_clean=m.p_clean)
             # the smallest budget settled NOT robust (margin + tolerance); NaN where none was settled
             settled = m.margin + m.tolerance if m.tolerance is not None else torch.full_like(m.margin, math.nan)
-            add("margin_refuted_at", torch.where(settled < m.eps_max, settled, torch.full_like(settled, math.nan)))
-            add("margin_capped", m.capped)
-            add("margin_robust_clean", m.robust_clean)
-            add("p_clean", m.p_clean)
-        else:
-            for k in ("p_clean", "margin", "margin_upper", "margin_refuted_at"):
-                add(k, nan)
-            add("margin_capped", torch.zeros(x.shape[0], dtype=torch.bool))
-            add("margin_robust_clean", torch.ones(x.shape[0], dtype=torch.bool))
+            add(margin_refuted_at=torch.where(settled < m.eps_max, settled, torch.full_like(settled, math.nan)))
         bar.update(1)
     bar.close()
-
-    arrays = {k: torch.cat(v).numpy() for k, v in cols.items()}
-    arrays["r_min"] = rmin.double().cpu().numpy()
-    arrays["x_norm"] = x_norm.double().cpu().numpy()
-    rows: list[dict[str, Any]] = []
-    for j in range(n):
-        row: dict[str, Any] = {"index": j, "label": int(labels[j]), "r": r, "attack_eps": eps}
-        for k in COLUMNS:
-            if k in arrays:
-                v = arrays[k][j]
-                row[k] = bool(v) if k in ("abstain", "abstain_sound", "margin_capped", "margin_robust_clean") else float(v)
-            elif k in texts:
-                row[k] = texts[k][j]
-        rows.append({k: row[k] for k in COLUMNS})
+    rows = [{k: cols[k][j] if k in cols else NOT_COMPUTED.get(k, math.nan) for k in COLUMNS} for j in range(n)]
 
     summary = summarize(
         rows, config, dataset=run.config.dataset, run=str(run.path), r=r,
@@ -508,16 +479,13 @@ class EvalSummary:
     def to_dict(self) -> dict[str, Any]:
         """The ``summary.json`` layout: each column's description under its own name, each bound's
         statistics (``BoundStats.to_dict()`` and its column) under ``bounds``."""
-        d: dict[str, Any] = {"n": self.n, "margin_mode": self.margin_mode, **self.columns,
-                             "n_abstain": self.n_abstain, "n_abstain_sound": self.n_abstain_sound,
-                             "n_infinite_radius": self.n_infinite_radius, "n_margin_capped": self.n_margin_capped,
-                             "n_not_robust_clean": self.n_not_robust_clean,
-                             "bounds": {k: {"column": BOUNDS[k], **st.to_dict()} for k, st in self.bounds.items()}}
-        if self.attack_objective is not None:
-            d["attack_objective"] = self.attack_objective
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(d.pop("columns"))
+        d["bounds"] = {k: {"column": BOUNDS[k], **st.to_dict()} for k, st in self.bounds.items()}
+        if self.attack_objective is None:
+            del d["attack_objective"]
         if self.rigorous_vs_margin is not None:
             d["rigorous_vs_margin"] = self.rigorous_vs_margin
-        d.update({k: getattr(self, k) for k in CONTEXT})
         return d
 
     def __getitem__(self, key: str) -> Any:
@@ -556,6 +524,8 @@ MARGIN_COLUMNS = ("index", "bound", "margin", "margin_upper", "p", "p_clean", "r
                   "abstain_sound",
                   "radius_sound", "used", "violation", "radius_rigorous_mean", "radius_rigorous_full",
                   "rigorous_used", "rigorous_violation")
+#: the evaluation column of each margin CSV column named differently (the rest have the same name)
+MARGIN_SOURCE = {"bound": "radius", "robust_clean": "margin_robust_clean", "capped": "margin_capped"}
 
 
 @dataclass
@@ -573,20 +543,16 @@ class MarginReport:
     def rows(self) -> list[dict[str, Any]]:
         """Per input: the bound, the margin, both Monte Carlo estimates, the flags, and whether the
         input is used in the statistics (``used``) and violates bound <= margin there."""
+        rig_column = RIGOROUS_FOR_MODE[self.result.config.margin_mode]
         out = []
         for j, r in enumerate(self.result.rows):
+            # (an evaluation without a column: robust_clean taken as True, the others NaN)
+            row = {k: r.get(MARGIN_SOURCE.get(k, k), True if k == "robust_clean" else math.nan) for k in MARGIN_COLUMNS}
             used = bool(self.stats.mask[j])
-            rig_used = bool(self.rigorous.mask[j]) if self.rigorous is not None else False
-            rig = r.get(RIGOROUS_FOR_MODE[self.result.config.margin_mode], math.nan)
-            out.append({"index": r["index"], "bound": r["radius"], "margin": r["margin"],
-                        "margin_upper": r["margin_upper"], "p": r["p"], "p_clean": r["p_clean"],
-                        "robust_clean": r.get("margin_robust_clean", True),
-                        "capped": r["margin_capped"], "abstain": r["abstain"], "abstain_sound": r["abstain_sound"],
-                        "radius_sound": r["radius_sound"], "used": used,
-                        "violation": used and r["radius"] > r["margin"],
-                        "radius_rigorous_mean": r.get("radius_rigorous_mean", math.nan),
-                        "radius_rigorous_full": r.get("radius_rigorous_full", math.nan),
-                        "rigorous_used": rig_used, "rigorous_violation": rig_used and rig > r["margin"]})
+            rig_used = self.rigorous is not None and bool(self.rigorous.mask[j])
+            row.update(used=used, violation=used and r["radius"] > r["margin"], rigorous_used=rig_used,
+                       rigorous_violation=rig_used and r.get(rig_column, math.nan) > r["margin"])
+            out.append(row)
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -712,16 +678,14 @@ def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2"
              "expected_damage": float(exp_damage[i]), "preset": preset, "objective": objective[i],
              "likelihood_degradation": float(degr[i]), "ssim": float(percept.ssim[i]),
              "ms_ssim": float(percept.ms_ssim[i])} for i in range(len(x))]
-    q25, med, q75 = quartiles(damage.cpu().numpy())
-    e25, emed, e75 = quartiles(exp_damage.cpu().numpy())
     counts = {o: objective.count(o) for o in sorted(set(objective))}
     summary = {"inputs": len(x), "eps": eps, "norm": norm, "preset": preset,
-               "objective": ", ".join(f"{o} {c}" for o, c in counts.items()),
-               "damage median": med, "expected damage median": emed, "damage q25": q25,
-               "expected damage q25": e25, "damage q75": q75, "expected damage q75": e75,
-               "median degradation": quartiles(degr.cpu().numpy())[1],
-               "median ssim": quartiles(percept.ssim.numpy())[1],
-               "median ms_ssim": quartiles(percept.ms_ssim.numpy())[1]}
+               "objective": ", ".join(f"{o} {c}" for o, c in counts.items())}
+    damages = {"damage": quartiles(damage.cpu().numpy()), "expected damage": quartiles(exp_damage.cpu().numpy())}
+    for i, stat in ((1, "median"), (0, "q25"), (2, "q75")):  # "damage median", "expected damage median", ...
+        summary.update({f"{name} {stat}": q[i] for name, q in damages.items()})
+    summary.update({"median degradation": median(degr.cpu().numpy()), "median ssim": median(percept.ssim.numpy()),
+                    "median ms_ssim": median(percept.ms_ssim.numpy())})
     rep = AttackReport(rows, summary, delta, percept)
     if out_dir is not None:
         out = Path(out_dir)

@@ -33,24 +33,23 @@ def _pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return a[keep], b[keep]
 
 
-def _defined(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.size >= 2 and np.ptp(a) > 0 and np.ptp(b) > 0
+def _correlate(test: Any, x: ArrayLike, y: ArrayLike) -> float:
+    """scipy.stats ``test``'s coefficient on the finite pairs; NaN with fewer than two pairs or a
+    constant side (undefined)."""
+    a, b = _pair(x, y)
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(test(a, b)[0])
 
 
 def pearson(x: ArrayLike, y: ArrayLike) -> float:
     """Pearson's correlation coefficient of the finite pairs (NaN if undefined)."""
-    a, b = _pair(x, y)
-    if not _defined(a, b):
-        return math.nan
-    return float(_st.pearsonr(a, b)[0])
+    return _correlate(_st.pearsonr, x, y)
 
 
 def spearman(x: ArrayLike, y: ArrayLike) -> float:
     """Spearman's rank correlation of the finite pairs (NaN if undefined)."""
-    a, b = _pair(x, y)
-    if not _defined(a, b):
-        return math.nan
-    return float(_st.spearmanr(a, b)[0])
+    return _correlate(_st.spearmanr, x, y)
 
 
 def least_squares(x: ArrayLike, y: ArrayLike) -> tuple[float, float]:
@@ -183,17 +182,13 @@ class BoundStats:
         return d
 
     def __eq__(self, other: object) -> bool:
+        """Every statistic equal (NaN equal to NaN: an undefined statistic) and the same mask."""
         if not isinstance(other, BoundStats):
             return NotImplemented
-        return _same(self.to_dict(), other.to_dict()) and np.array_equal(self.mask, other.mask)
+        mine, theirs = (np.array(list(st.to_dict().values()), dtype=float) for st in (self, other))
+        return np.array_equal(mine, theirs, equal_nan=True) and np.array_equal(self.mask, other.mask)
 
     __hash__ = None  # type: ignore[assignment]
-
-
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a.keys() == b.keys() and all(
-        a[k] == b[k] or (isinstance(a[k], float) and isinstance(b[k], float) and math.isnan(a[k]) and math.isnan(b[k]))
-        for k in a)
 
 
 def _flags(v: ArrayLike | None, n: int, default: bool) -> np.ndarray:

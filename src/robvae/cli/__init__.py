@@ -20,7 +20,7 @@ from ..threads import prefer_passive_wait, set_threads
 # before any command module loads torch: OpenMP reads its wait policy once, when torch loads
 prefer_passive_wait()
 
-# modules that add commands to ``app``; a missing optional one is skipped
+# modules that add commands to ``app``
 _COMMAND_MODULES = ("train", "robust", "study", "sweep", "report", "bench")
 
 
@@ -32,11 +32,7 @@ def app() -> None:
 
 def _register() -> None:
     for name in _COMMAND_MODULES:
-        try:
-            importlib.import_module(f"robvae.cli.{name}")
-        except ModuleNotFoundError as e:  # command module not written (yet)
-            if e.name != f"robvae.cli.{name}":
-                raise
+        importlib.import_module(f"robvae.cli.{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(None)  # robvae.threads' default unless --threads says otherwise
     try:
         rc = app.main(args=argv, prog_name="robvae", standalone_mode=False)
-    except click.exceptions.Abort:  # click turns Ctrl-C (KeyboardInterrupt) into Abort
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C (click turns it into Abort where it catches it)
         click.echo(INTERRUPTED, err=True)
         return 130
     except click.ClickException as e:
@@ -58,9 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         click.echo(f"robvae: error: {msg}", err=True)
         return 2
-    except KeyboardInterrupt:
-        click.echo(INTERRUPTED, err=True)
-        return 130
     # with standalone_mode=False click returns the code of ``ctx.exit(code)`` / ``Exit(code)``
     # (e.g. ``robvae sweep`` with failed trials) instead of raising it
     return rc if isinstance(rc, int) else 0

@@ -83,16 +83,14 @@ def load_inputs_file(path: str | Path, shape: tuple[int, ...] | None = None) -> 
     p = Path(path)
     if not p.is_file():
         raise InputError(f"--inputs {p}: no such file")
+    if p.suffix not in (".npy", ".pt"):
+        raise InputError(f"--inputs {p}: expected a .npy or .pt file")
     try:
         if p.suffix == ".npy":
             arr = np.load(p, allow_pickle=False)
             t = torch.from_numpy(np.ascontiguousarray(arr))
-        elif p.suffix == ".pt":
-            t = torch.load(p, map_location="cpu", weights_only=True)
         else:
-            raise InputError(f"--inputs {p}: expected a .npy or .pt file")
-    except InputError:
-        raise
+            t = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt or pickled file, in one line
         msg = str(e).splitlines()[0] if str(e) else ""
         raise InputError(f"--inputs {p}: cannot read ({type(e).__name__}: {msg})") from e

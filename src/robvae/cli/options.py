@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import types
 import typing
 
@@ -11,19 +13,21 @@ import torch
 
 from ..data import load_dataset
 from ..data.download import default_data_dir
+from ..evaluation import EvalConfig
 from ..objectives import OBJECTIVES
 from ..threads import set_threads
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 
-def _list_parser(kind: type, what: str):
-    """A click callback parsing "1,2,4" into a list of ``kind``; a bad entry is a usage error naming the option."""
-    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list | None:
+def _list_parser(kind: type, what: str, into: type = list):
+    """A click callback parsing "1,2,4" into a list (or an ``into``) of ``kind``; a bad or empty entry
+    ("1,,4") is a usage error naming the option."""
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list | tuple | None:
         if value is None:
             return None
-        try:
-            return [kind(v) for v in value.split(",") if v.strip()]
+        try:  # kind("") raises ValueError for int and float: an empty entry is refused like a bad one
+            return into(kind(v) for v in value.split(","))
         except ValueError:
             raise click.BadParameter(f"expected comma-separated {what}, got {value!r}") from None
     return parse
@@ -33,6 +37,8 @@ def _list_parser(kind: type, what: str):
 float_list = _list_parser(float, "numbers")
 #: "0,1,2" -> [0, 1, 2]
 int_list = _list_parser(int, "integers")
+#: "256,128" -> (256, 128)
+int_tuple = _list_parser(int, "integers", tuple)
 
 
 dataset_option = click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
@@ -103,15 +109,11 @@ radius_options = [
 ]
 
 
-def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int:
-    """Set torch's threads for this command as soon as the option is parsed (robvae.threads)."""
-    return set_threads(value)
-
-
 #: ``--threads N``: torch threads in this process (default: robvae.threads.resolve_threads; see
 #: docs/PERFORMANCE.md). Applied on parsing, so a command needs no code for it.
 threads_option = click.option(
-    "--threads", type=click.IntRange(min=1), default=None, expose_value=False, is_eager=True, callback=_apply_threads,
+    "--threads", type=click.IntRange(min=1), default=None, expose_value=False, is_eager=True,
+    callback=lambda ctx, param, value: set_threads(value),
     help="torch threads in this process (default: one per core, with OpenMP threads waiting passively so "
          "they stay fast when other jobs share the cores; 1 where passive waiting could not be set).")
 #: ``--workers N`` for commands that shard inputs over processes (default: one per core for large work).
@@ -149,20 +151,14 @@ class ConfigOption(click.Option):
 
 
 def _click_type(tp):
-    """(click type, is_flag) for a dataclass field's annotation."""
+    """(click type, is_flag) for a dataclass field's annotation (``X | None`` as X; a bool is a flag)."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
         return _click_type(args[0])
     if origin is typing.Literal:
         return click.Choice([str(a) for a in typing.get_args(tp)]), False
-    if tp is bool:
-        return None, True
-    if tp is int:
-        return click.INT, False
-    if tp is float:
-        return click.FLOAT, False
-    return click.STRING, False
+    return {int: click.INT, float: click.FLOAT}.get(tp, click.STRING), tp is bool
 
 
 def config_option(cls, name: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), help: str = "",
@@ -176,13 +172,19 @@ def config_option(cls, name: str, *, flag: str | None = None, aliases: tuple[str
     ctype, is_flag = _click_type(hints[name])
     opt = flag or "--" + name.replace("_", "-")
     decls = [f"{opt}/--no-{opt[2:]}" if is_flag else opt, *aliases, name]
-    extra = {} if is_flag else {"type": type or ctype}
-    return click.option(*decls, cls=ConfigOption, aliases=tuple(aliases), config_field=(cls, name),
-                        default=default,
-                        show_default=default is not None, help=help, **extra, **kwargs)
+    return click.option(*decls, cls=ConfigOption, aliases=aliases, config_field=(cls, name), default=default,
+                        type=None if is_flag else type or ctype, show_default=default is not None, help=help, **kwargs)
 
 
-def int_tuple(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
-    """Parse "256,128" into (256, 128); a bad entry is a usage error naming the option."""
-    out = int_list(ctx, param, value)
-    return tuple(out) if out is not None else None
+#: an option generated from :class:`robvae.evaluation.EvalConfig` (``eval_option("n", help=...)``)
+eval_option = functools.partial(config_option, EvalConfig)
+
+
+def config_values(kw: dict) -> dict[type, dict]:
+    """The values in ``kw`` (the running command's arguments) of its options generated by
+    :func:`config_option`, grouped by config class: ``{cls: {field: value}}``."""
+    out: dict[type, dict] = collections.defaultdict(dict)
+    for p in click.get_current_context().command.params:
+        if isinstance(p, ConfigOption) and p.config_field:
+            out[p.config_field[0]][p.name] = kw[p.name]
+    return out

@@ -24,8 +24,9 @@ from ..training import load
 from . import app
 from .model_spec import ModelRun, certify_blocks, model_options, model_run, optional_run_argument
 from .options import (
-    ConfigOption, add_options, auto_workers_option, config_option, device_option, download_option, format_summary,
-    n_option, radius_options, run_data_dir_option, seed_option, split_option, threads_option,
+    ConfigOption, add_options, auto_workers_option, config_option, device_option, download_option,
+    eval_option as _eval, format_summary, n_option, radius_options, run_data_dir_option, seed_option, split_option,
+    threads_option,
 )
 
 
@@ -56,18 +57,11 @@ CALIBRATION_SAMPLES = 1000
 
 def resolve_radius(model, x, r: float | None, r_relative: float | None, n_samples: int, seed: int) -> float:
     """r as given, or K times the median r_min(x) over the inputs (min(n_samples,
-    CALIBRATION_SAMPLES) draws each); exactly one must be set."""
-    if (r is None) == (r_relative is None):
-        raise click.UsageError("give exactly one of --r and --r-relative")
+    CALIBRATION_SAMPLES) draws each); exactly one is set (certify checks before any work)."""
     if r is not None:
         return float(r)
     g = torch.Generator(device=x.device).manual_seed(seed)
     return float(r_relative) * float(r_min(model, x, min(n_samples, CALIBRATION_SAMPLES), generator=g).median())
-
-
-def _save(out: Path, rows: list[dict], meta: dict) -> None:
-    write_csv(out, rows)
-    write_json(out.with_suffix(".json"), meta)
 
 
 @app.command("certify")
@@ -135,11 +129,17 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     summary = cert.summary()
     lead = {"frobenius": "radius", "spectral": "radius_spectral", "whitened": "radius_whitened"}[jacobian_norm]
     summary = {"lead": lead, **summary, "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
-    _save(out_path, cert.to_rows(), {"command": "certify", "run": str(run), "split": split, "n": n, "r": radius,
-                                     "r_relative": r_relative, "n_samples": n_samples, "alpha": alpha, "mode": mode,
-                                     "rigorous": rigorous, "executor": executor, "seed": seed, "summary": summary})
+    write_csv(out_path, cert.to_rows())
+    write_json(out_path.with_suffix(".json"), {
+        "command": "certify", "run": str(run), "split": split, "n": n, "r": radius, "r_relative": r_relative,
+        "n_samples": n_samples, "alpha": alpha, "mode": mode, "rigorous": rigorous, "executor": executor, "seed": seed,
+        "summary": summary})
     click.echo(format_summary({k: v for k, v in summary.items() if not isinstance(v, dict)}))
     click.echo(f"per-input results: {out_path}")
+
+
+#: where attack and margin run and where a run's data is read from
+_RUN_OPTIONS = [threads_option, device_option, run_data_dir_option, download_option]
 
 
 @app.command("attack")
@@ -166,10 +166,7 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
                    f"{LEGACY_ATTACK['eta_samples']}].")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default RUN/attack-SPLIT).")
 @seed_option
-@threads_option
-@device_option
-@run_data_dir_option
-@download_option
+@add_options(_RUN_OPTIONS)
 @click.option("--batch-size", type=click.IntRange(min=1), default=25, show_default=True,
               help="Inputs attacked together (the progress bar moves per batch).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -186,11 +183,6 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
                         out_dir=out_dir, progress=not quiet, meta={"run": str(run), "split": split, "n": n}, **pgd)
     click.echo(format_summary(rep.summary))
     click.echo(f"per-input results: {rep.paths['csv']}; images: {rep.paths['png']}")
-
-
-def _eval(name: str, **kw):
-    """An option of ``robvae margin`` generated from :class:`robvae.evaluation.EvalConfig`."""
-    return config_option(EvalConfig, name, **kw)
 
 
 @app.command("margin")
@@ -218,10 +210,7 @@ def _eval(name: str, **kw):
 @_eval("batch_size", type=click.IntRange(min=1), help="Inputs per batch.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="CSV path (default RUN/margin-SPLIT.csv).")
 @_eval("seed", help="Random seed.")
-@threads_option
-@device_option
-@run_data_dir_option
-@download_option
+@add_options(_RUN_OPTIONS)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def margin_cmd(run, out, quiet, download, **kw) -> None:
     """Empirical (sampled) margins beside the Theorem 1 bounds, and their correlation.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -12,28 +13,18 @@ from ..studies.certified import certified_study, default_models
 from ..sweep import EXECUTORS
 from . import app
 from .options import (
-    add_options, config_option, data_dir_option, dataset_option, device_option, download_option, fetch_data, float_list,
-    int_list, int_tuple, threads_option,
+    add_options, config_option, config_values, data_dir_option, dataset_option, device_option, download_option,
+    eval_option as _eval, fetch_data, float_list, int_list, int_tuple, threads_option,
 )
 
-
-def _train(name: str, **kw):
-    return config_option(TrainOptions, name, **kw)
-
-
-def _eval(name: str, **kw):
-    return config_option(EvalConfig, name, **kw)
-
-
-#: the TrainOptions and EvalConfig fields the studies expose (their flags, defaults and choices
-#: come from the dataclasses; ``--eval-seed`` is EvalConfig.seed)
-TRAIN_FIELDS = ("epochs", "n_train", "arch", "latent_dim", "hidden", "batch_size", "lr")
-EVAL_FIELDS = ("n", "n_samples", "alpha", "r", "r_relative", "attack_eps", "attack_eps_relative", "attack_preset",
-               "margin_mode", "margin_tol", "seed")
+#: an option generated from :class:`robvae.studies.TrainOptions`
+_train = functools.partial(config_option, TrainOptions)
 
 
 def _common(f):
-    """Options shared by the studies that train models on a data set."""
+    """Options shared by the studies that train models on a data set: the TrainOptions, EvalConfig
+    and Executor fields the studies expose (flags, defaults and choices come from the dataclasses;
+    ``--eval-seed`` is EvalConfig.seed) and the data set, output folder and seeds."""
     opts = [
         dataset_option, data_dir_option, download_option,
         click.option("--out", type=click.Path(file_okay=False), required=True,
@@ -65,31 +56,25 @@ def _common(f):
                                   "or the mean only."),
         _eval("margin_tol", type=click.FloatRange(min=0, min_open=True), help="Relative tolerance of the margin bisection."),
         _eval("seed", flag="--eval-seed", help="Seed of the evaluation's draws."),
-        click.option("--executor", type=click.Choice(EXECUTORS), default=Executor.executor, show_default=True,
-                     help="Where the trials run: local processes, a Ray cluster, or this process."),
-        click.option("--workers", type=click.IntRange(min=1), default=Executor.workers, show_default=True,
-                     help="Worker processes (local) or CPUs (Ray)."),
-        click.option("--address", default=None, help="Ray cluster address (executor ray)."),
+        config_option(Executor, "executor", type=click.Choice(EXECUTORS),
+                      help="Where the trials run: local processes, a Ray cluster, or this process."),
+        config_option(Executor, "workers", type=click.IntRange(min=1), help="Worker processes (local) or CPUs (Ray)."),
+        config_option(Executor, "address", help="Ray cluster address (executor ray)."),
         device_option, threads_option,
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     return add_options(opts)(f)
 
 
-def _data_dir(kw: dict) -> str | None:
-    """Pop --dataset, --data-dir and --download; with --download fetch the data set's files first
-    (into --data-dir, or the default download folder) and return the folder they are in."""
-    dataset, data_dir, download = kw.pop("dataset"), kw.pop("data_dir"), kw.pop("download")
-    return fetch_data(dataset, data_dir) if download and dataset != "digits" else data_dir
-
-
-def _build(kw: dict):
-    """(TrainOptions, EvalConfig, Executor) from the parsed options (popped from ``kw``)."""
-    train = TrainOptions(**{k: kw.pop(k) for k in TRAIN_FIELDS}, device=kw["device"])
-    ev = EvalConfig(**{k: kw.pop(k) for k in EVAL_FIELDS}, device=kw.pop("device"))
-    ex = Executor(executor=kw.pop("executor"), workers=kw.pop("workers"), address=kw.pop("address"),
-                  progress=not kw.pop("quiet"))
-    return train, ev, ex
+def _build(kw: dict) -> dict:
+    """The arguments every study takes after (dataset, out), from the parsed options ``kw``:
+    data_dir (with --download the data set's files are fetched first, into --data-dir or the
+    default download folder), seeds, and the TrainOptions, EvalConfig and Executor."""
+    dataset, data_dir, got = kw["dataset"], kw["data_dir"], config_values(kw)
+    return dict(data_dir=fetch_data(dataset, data_dir) if kw["download"] and dataset != "digits" else data_dir,
+                seeds=kw["seeds"], train=TrainOptions(**got[TrainOptions], hidden=kw["hidden"], device=kw["device"]),
+                evaluation=EvalConfig(**got[EvalConfig], device=kw["device"]),
+                executor=Executor(**got[Executor], progress=not kw["quiet"]))
 
 
 @app.group("study")
@@ -101,9 +86,8 @@ def study() -> None:
 @_common
 def bound_vs_margin_cmd(**kw) -> None:
     """Theorem 1 bound (and variants) against the empirical margin over test inputs."""
-    dataset, data_dir, out, seeds = kw["dataset"], _data_dir(kw), kw.pop("out"), kw.pop("seeds")
-    train, ev, ex = _build(kw)
-    res = bound_vs_margin(dataset, out, data_dir=data_dir, seeds=seeds, train=train, evaluation=ev, executor=ex)
+    dataset, out = kw["dataset"], kw["out"]
+    res = bound_vs_margin(dataset, out, **_build(kw))
     s = res["summary"]["theorem1"]
     click.echo(f"bound vs margin on {dataset}: {s['n_used']} of {s['n']} inputs compared, Pearson rho "
                f"{s['pearson']:.3f}, Spearman rho {s['spearman']:.3f}, bound above margin for {s['n_violations']} "
@@ -119,13 +103,10 @@ def bound_vs_margin_cmd(**kw) -> None:
 @click.option("--objective", type=click.Choice(["beta-vae", "beta-tcvae"]), default="beta-vae", show_default=True)
 def beta_cmd(**kw) -> None:
     """Margin, attack damage, encoder sigma, Jacobian norm, certified radius against beta."""
-    dataset, data_dir, out, seeds = kw["dataset"], _data_dir(kw), kw.pop("out"), kw.pop("seeds")
-    betas, objective = kw.pop("betas"), kw.pop("objective")
+    dataset, out, betas = kw["dataset"], kw["out"], kw["betas"]
     if not betas or any(b <= 0 for b in betas):
         raise click.BadParameter("give positive numbers", param_hint="--betas")
-    train, ev, ex = _build(kw)
-    res = beta_study(dataset, out, betas=betas, objective=objective, data_dir=data_dir, seeds=seeds, train=train,
-                     evaluation=ev, executor=ex)
+    res = beta_study(dataset, out, betas=betas, objective=kw["objective"], **_build(kw))
     _echo_table(res["table"], "beta")
     click.echo(f"study folder: {Path(out)} (beta.png, beta_table.csv, beta_by_seed.csv, per_input.csv, summary.json)")
 
@@ -135,12 +116,10 @@ def beta_cmd(**kw) -> None:
 @click.option("--taus", callback=float_list, default="0,0.05,0.1,0.2,0.5", show_default=True)
 def tau_cmd(**kw) -> None:
     """The variance-offset study: margin, radius, damage, p_r(x), reconstruction against tau."""
-    dataset, data_dir, out, seeds = kw["dataset"], _data_dir(kw), kw.pop("out"), kw.pop("seeds")
-    taus = kw.pop("taus")
+    dataset, out, taus = kw["dataset"], kw["out"], kw["taus"]
     if not taus or any(t < 0 for t in taus):
         raise click.BadParameter("give numbers >= 0", param_hint="--taus")
-    train, ev, ex = _build(kw)
-    res = tau_study(dataset, out, taus=taus, data_dir=data_dir, seeds=seeds, train=train, evaluation=ev, executor=ex)
+    res = tau_study(dataset, out, taus=taus, **_build(kw))
     _echo_table(res["table"], "tau")
     below = res["summary"]["taus_with_median_p_at_most_half"]
     if below:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from ..fileio import folder_lock
@@ -55,8 +57,6 @@ def sweep_cmd(sweep_file, executor, address, workers, out, max_retries, cpus_per
         results = run_trials(spec.trials, out_dir, executor=executor, workers=workers, address=address,
                              progress=not quiet, max_retries=max_retries, cpus_per_trial=cpus_per_trial,
                              gpus_per_trial=gpus_per_trial)
-    import shlex
-
     command = " ".join(["robvae sweep", shlex.quote(str(sweep_file)), "--executor", executor, "--workers", str(workers)]
                        + (["--address", address] if address else []) + ["--out", shlex.quote(str(out_dir))])
     write_study(out_dir, command=command, config=spec.doc, grid=spec.grid)

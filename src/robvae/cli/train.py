@@ -17,8 +17,8 @@ from ..studies.certified import verify_margin
 from ..training import TrainConfig, train
 from . import app
 from .options import (
-    config_option, data_dir_option, dataset_option, device_option, download_option, fetch_data, int_tuple,
-    objective_option, seed_option, threads_option,
+    config_option, config_values, data_dir_option, dataset_option, device_option, download_option, fetch_data,
+    int_tuple, objective_option, seed_option, threads_option,
 )
 
 
@@ -85,10 +85,10 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
 @click.option("--verify-n", type=click.IntRange(min=1), default=20, show_default=True,
               help="With --certify-margin: test inputs on which the margin is verified.")
 def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, beta, tau, likelihood, gaussian_scale,
-              epochs, batch_size, lr, n_train, seed, device, out, quiet, jacobian, jacobian_whitened,
-              jacobian_projections, smooth, smooth_noise, smooth_divergence, adversarial_eps, adversarial_steps,
-              adversarial_norm, certify_margin=None, certify_r=None, sigma_cap=0.1, verify_n=20) -> None:
+              epochs, batch_size, lr, n_train, seed, device, out, quiet, certify_margin, certify_r, sigma_cap, verify_n,
+              **robust) -> None:
     """Train a VAE and save it as a run folder (config, weights, metrics, reconstructions)."""
+    robust = config_values(robust)  # the robust-training options, by config class (ObjectiveConfig, TrainConfig)
     shape = dataset_shape(dataset)
     if download:
         data_dir = fetch_data(dataset, data_dir)
@@ -106,11 +106,8 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
         model=ModelConfig(input_shape=shape, arch=arch, latent_dim=latent_dim, hidden=hidden, tau=tau,
                           likelihood=likelihood, gaussian_scale=gaussian_scale or None,
                           **({} if plan is None else {"lipschitz": plan.lipschitz, "sigma_cap": plan.sigma_cap})),
-        objective=ObjectiveConfig(objective, beta, jacobian=jacobian, jacobian_whitened=jacobian_whitened,
-                                  jacobian_projections=jacobian_projections, smooth=smooth, smooth_noise=smooth_noise,
-                                  smooth_divergence=smooth_divergence),
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-        adversarial_eps=adversarial_eps, adversarial_steps=adversarial_steps, adversarial_norm=adversarial_norm,
+        objective=ObjectiveConfig(objective, beta, **robust[ObjectiveConfig]),
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, **robust[TrainConfig],
     )
     with folder_lock(out, "robvae train"):
         run = train(config, out, progress=not quiet)

@@ -25,10 +25,11 @@ def pyplot():
     return plt
 
 
-def save_figure(fig: "matplotlib.figure.Figure", path: str | Path, dpi: int = 120) -> Path:
-    """Save a figure as PNG atomically and close it."""
+def save_figure(fig: "matplotlib.figure.Figure", path: str | Path, dpi: int = 120,
+                bbox_inches: str | None = "tight") -> Path:
+    """Save a figure as PNG atomically and close it (``bbox_inches``: matplotlib's; None: the whole figure)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches=bbox_inches)
     pyplot().close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
@@ -174,6 +175,16 @@ def degradation_figure(rows, path, corr: Correlation, *, title: str, margin_labe
     return save_figure(fig, path)
 
 
+def _panels(n: int, ncol: int, width: float, height: float):
+    """A figure of n panels of width x height inches, ncol to a row, the cells left over hidden:
+    (fig, the n axes in reading order)."""
+    nrow = -(-n // ncol)
+    fig, axes = pyplot().subplots(nrow, ncol, figsize=(width * ncol, height * nrow), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes.flat[:n]
+
+
 def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, title: str, logx: bool = False,
                         p_threshold_panel: str | None = None) -> Path:
     """Panels of a metric against a swept setting: median over inputs (line), quartile band over
@@ -183,16 +194,12 @@ def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, t
     {x, seed, metric_median}; panels: [(metric, label)]. ``p_threshold_panel`` names the panel of
     p_r(x), drawn with the 1/2 line and the settings whose median p_r(x) <= 1/2 shaded.
     """
-    n = len(panels)
-    ncol = 3 if n > 4 else 2
-    nrow = int(np.ceil(n / ncol))
-    fig, axes = pyplot().subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False)
+    fig, axes = _panels(len(panels), 3 if len(panels) > 4 else 2, 5, 3.6)
     rows = sorted(table, key=lambda r: r[x])
     xs = np.array([float(r[x]) for r in rows])
     seeds = sorted({r["seed"] for r in per_seed})
     bad = [float(r[x]) for r in rows if "p_median" in r and float(r["p_median"]) <= 0.5]
-    for k, (metric, label) in enumerate(panels):
-        ax = axes[k // ncol][k % ncol]
+    for k, (ax, (metric, label)) in enumerate(zip(axes, panels)):
         med, q1, q3 = (np.array([float(r[f"{metric}_{q}"]) for r in rows]) for q in ("median", "q1", "q3"))
         ax.fill_between(xs, q1, q3, color="C0", alpha=0.25, label="quartiles over inputs")
         ax.plot(xs, med, "o-", color="C0", label="median over inputs")
@@ -213,8 +220,6 @@ def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, t
         ax.set_title(label, fontsize=9)
         if k == 0:
             ax.legend(fontsize=7)
-    for k in range(n, nrow * ncol):
-        axes[k // ncol][k % ncol].axis("off")
     fig.suptitle(title + ("\n(red shading: median p_r(x) <= 1/2, not r-robust even unperturbed)" if bad else ""))
     fig.tight_layout()
     return save_figure(fig, path)
@@ -239,11 +244,8 @@ def sweep_figure(rows: list[dict], axis: str, metrics: list[str], path: Path) ->
     done = [r for r in rows if r["status"] == "done" and number_or_none(r.get(axis)) is not None]
     if not done:
         return False
-    ncol = min(3, len(metrics))
-    nrow = -(-len(metrics) // ncol)
-    fig, axes = pyplot().subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
-    for k, m in enumerate(metrics):
-        ax = axes[k // ncol][k % ncol]
+    fig, axes = _panels(len(metrics), min(3, len(metrics)), 4.2, 3.3)
+    for k, (ax, m) in enumerate(zip(axes, metrics)):
         pts = [(number_or_none(r[axis]), number_or_none(r.get(m))) for r in done]
         pts = [(x, y) for x, y in pts if y is not None]
         xs = sorted({x for x, _ in pts})
@@ -256,8 +258,6 @@ def sweep_figure(rows: list[dict], axis: str, metrics: list[str], path: Path) ->
             ax.set_xscale("log", base=2)
         if k == 0:
             ax.legend(fontsize=8)
-    for k in range(len(metrics), nrow * ncol):
-        axes[k // ncol][k % ncol].axis("off")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     return True

@@ -11,16 +11,14 @@ import base64
 import csv
 import datetime as _dt
 import html
-import io
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
-from .figures import pyplot
+from ..fileio import atomic_write_text, read_csv, read_json, write_json
+from .figures import pyplot, save_figure
 
 #: what every study folder holds besides its tables and figures (the report reads it):
 #: {"study": name, "command": the exact robvae command line that reproduces the folder,
@@ -70,13 +68,10 @@ dl.kv dd{margin:0}details{margin:.6em 0}nav a{margin-right:1em}
 
 
 def write_study_meta(out: Path, study: str, command: str, config: dict[str, Any], *,
-                     figures: Sequence[str] = (), tables: Sequence[str] = (),
-                     extra: dict[str, Any] | None = None) -> Path:
+                     figures: Sequence[str] = (), tables: Sequence[str] = ()) -> Path:
     """Write ``study.json`` (see :data:`STUDY_FILE`) into the study folder ``out``."""
     meta = {"study": study, "command": command, "config": config, "figures": list(figures), "tables": list(tables),
             "robvae": __version__, "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    if extra:
-        meta.update(extra)
     return write_json(Path(out) / STUDY_FILE, meta)
 
 
@@ -99,9 +94,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return f"{v:.4g}"
+        return f"{v:.4g}"  # NaN -> "nan", inf -> "inf"
     if isinstance(v, (list, tuple)):
         return ", ".join(_fmt(x) for x in v) or "none"
     if isinstance(v, str):
@@ -136,8 +129,7 @@ RUN_TABLES = ("metrics.csv", "certify-test.csv", "certify-train.csv", "margin-te
 
 def _training_curves(folder: Path) -> None:
     """training_curves.png from the run's metrics.csv: train and held-out ELBO per epoch."""
-    with open(folder / "metrics.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(folder / "metrics.csv")
     if not rows:
         return
     epochs = [int(r["epoch"]) for r in rows]
@@ -148,10 +140,7 @@ def _training_curves(folder: Path) -> None:
     ax.set(xlabel="epoch", ylabel="nats per image")
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    pyplot().close(fig)
-    atomic_write_bytes(folder / "training_curves.png", buf.getvalue())
+    save_figure(fig, folder / "training_curves.png", dpi=110, bbox_inches=None)
 
 
 #: headline numbers of a plain run folder: (results file, summary key, label), shown where present
@@ -181,10 +170,7 @@ def _run_meta(folder: Path) -> dict[str, Any]:
     config = read_json(folder / "config.json", "config") if (folder / "config.json").is_file() else {}
     if (folder / "metrics.csv").is_file():
         _training_curves(folder)
-    results = {}
-    for name in RUN_RESULTS:
-        if (folder / name).is_file():
-            results[name] = read_json(folder / name, "results")
+    results = {name: read_json(folder / name, "results") for name in RUN_RESULTS if (folder / name).is_file()}
     return {"study": "run" if config else "model",
             "command": " / ".join(str(r.get("command", "")) for r in results.values()) or
             "robvae train (see config.json)", "config": config,

@@ -78,7 +78,7 @@ class MarginVerification:
             ("Barrett margin, measured constants", f"{self.barrett_margin:.4g}  ({'holds' if self.barrett_margin >= self.eps else 'BELOW eps'})"),
             ("constants a, b, c, s", f"{a:.4g}, {b:.4g}, {c:.4g}, {s:.4g}"),
             ("min P(||g(z')-g(z)||<=r), clean", f"{self.p_clean_min:.4f}"),
-            (f"min P(...) under attack at eps", f"{self.p_attack_min:.4f}"),
+            ("min P(...) under attack at eps", f"{self.p_attack_min:.4f}"),
             ("inputs robust under attack", f"{self.n_robust_attack}/{self.n}"),
             ("median attack damage", f"{self.damage_median:.4g}"),
             ("median rigorous radius (mean / full)", f"{self.radius_mean_median:.4g} / {self.radius_full_median:.4g}"),
@@ -198,11 +198,10 @@ def certified_study(
     study = CertifiedStudy(dataset=dataset, r=float("nan"), attack_eps=float(attack_eps), cert_eps=float(cert_eps),
                            epochs=int(epochs))
     for i, spec in enumerate(models):
-        if spec.lipschitz is not None:
-            mc = ModelConfig(input_shape=tuple(train_set.shape), arch="lipschitz-mlp", latent_dim=latent_dim, hidden=hidden,
-                             lipschitz=spec.lipschitz, sigma_cap=spec.sigma_cap, likelihood=likelihood)
-        else:
-            mc = ModelConfig(input_shape=tuple(train_set.shape), latent_dim=latent_dim, hidden=hidden, likelihood=likelihood)
+        lip = {} if spec.lipschitz is None else {"arch": "lipschitz-mlp", "lipschitz": spec.lipschitz,
+                                                 "sigma_cap": spec.sigma_cap}
+        mc = ModelConfig(input_shape=tuple(train_set.shape), latent_dim=latent_dim, hidden=hidden, likelihood=likelihood,
+                         **lip)
         cfg = TrainConfig(dataset=dataset, data_dir=data_dir, n_train=n_train, model=mc,
                           objective=ObjectiveConfig(spec.objective, spec.beta), epochs=epochs, seed=seed)
         run = train(cfg, out / f"model{i}", progress=progress, data=(train_set, test_set))
@@ -224,8 +223,9 @@ def certified_study(
         radius, lo = cert.radius_full, res.margin.double()
         known = res.robust_clean.bool()
         not_robust_at = lo + (res.tolerance.double() if res.tolerance is not None else torch.zeros_like(lo))
-        viol = int((known & ~res.capped.bool() & (radius > not_robust_at)).sum())
-        unresolved = int(((radius > lo) & ~(known & ~res.capped.bool() & (radius > not_robust_at))).sum())
+        refuted = known & ~res.capped.bool() & (radius > not_robust_at)
+        viol = int(refuted.sum())
+        unresolved = int(((radius > lo) & ~refuted).sum())
         L = cert.constants
         row = StudyRow(model=spec.name, test_elbo=float(run.metrics[-1]["test_elbo"]), radius_mean=_median(cert.radius_mean),
                        radius_full=_median(cert.radius_full), theorem1=_median(t1.radius), margin=_median(res.margin),
@@ -236,7 +236,6 @@ def certified_study(
             echo(f"{spec.name}: ELBO {row.test_elbo:.2f}, rigorous {row.radius_mean:.3g}/{row.radius_full:.3g}, "
                  f"Theorem 1 {row.theorem1:.3g}, margin {row.margin:.3g}, violations {viol}/{len(x)}")
     write_csv(out / "certified.csv", [asdict(w) for w in study.rows])
-    write_json(out / "certified.json", {**{k: v for k, v in asdict(study).items() if k != "rows"},
-                                        "rows": [asdict(w) for w in study.rows]})
+    write_json(out / "certified.json", asdict(study))  # the rows as dicts too
     atomic_write_text(out / "certified.md", study.markdown() + "\n")
     return study

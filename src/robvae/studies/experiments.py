@@ -45,7 +45,7 @@ from ..objectives import ObjectiveConfig
 from ..report.figures import VARIANTS, bound_variants_figure, bound_vs_margin_figure, degradation_figure, sweep_panels_figure
 from ..report.html import write_study_meta
 from ..robustness import r_min
-from ..stats import correlation, quartiles, spearman
+from ..stats import correlation, median, quartiles, spearman
 from ..sweep import Trial, run_trials, trial_dir
 from ..training import TrainConfig, load
 
@@ -99,7 +99,7 @@ class TrainOptions:
 
 @dataclass
 class Executor:
-    """Where the trials run (see :func:`robvae.sweep.run_trials`)."""
+    """Where the trials run: the keyword arguments of :func:`robvae.sweep.run_trials` of the same names."""
 
     executor: str = "local"
     workers: int = 1
@@ -126,8 +126,7 @@ def make_train_config(dataset: str, data_dir: str | None, opts: TrainOptions, se
 def _train_all(train_configs: list[tuple[str, Any]], out: Path, ex: Executor) -> dict[str, Path]:
     """Train every (name, TrainConfig) under out/train; returns name -> run folder. Failures raise."""
     trials = [Trial(train=c, evaluation=None, name=name) for name, c in train_configs]
-    results = run_trials(trials, out / "train", executor=ex.executor, workers=ex.workers, address=ex.address,
-                         progress=ex.progress)
+    results = run_trials(trials, out / "train", **asdict(ex))
     _raise_failed(results, "training")
     return {t.name: r.dir / "run" for t, r in zip(trials, results)}
 
@@ -145,8 +144,7 @@ def _evaluate_all(items: list[tuple[str, Any, Path]], ev: EvalConfig, out: Path,
             if dest.exists():
                 shutil.rmtree(dest)
             shutil.copytree(run_dir, dest)
-    results = run_trials(trials, out / "eval", executor=ex.executor, workers=ex.workers, address=ex.address,
-                         progress=ex.progress)
+    results = run_trials(trials, out / "eval", **asdict(ex))
     _raise_failed(results, "evaluation")
     return {t.name: load_result(r.dir / "eval") for t, r in zip(trials, results)}
 
@@ -184,10 +182,7 @@ def _calibrate(out: Path, runs: dict[str, Path], names: Sequence[str], ev: EvalC
 
 def _pooled_table(results: dict[str, Any], settings: dict[str, dict[str, Any]], x: str) -> tuple[list, list, list]:
     """(per-input rows, per-setting rows pooled over seeds, per-setting-and-seed rows)."""
-    per_input: list[dict[str, Any]] = []
-    for name, res in results.items():
-        for row in res.rows:
-            per_input.append({**settings[name], **row})
+    per_input = [{**settings[name], **row} for name, res in results.items() for row in res.rows]
     values = sorted({s[x] for s in settings.values()})
     table, per_seed = [], []
     for v in values:
@@ -202,9 +197,8 @@ def _pooled_table(results: dict[str, Any], settings: dict[str, dict[str, Any]], 
         row["frac_margin_capped"] = float(np.mean([bool(r["margin_capped"]) for r in sel]))
         for s in sorted({r["seed"] for r in sel}):
             ss = [r for r in sel if r["seed"] == s]
-            srow: dict[str, Any] = {x: v, "seed": s}
-            for m in SWEEP_METRICS:
-                srow[f"{m}_median"] = quartiles([r[m] for r in ss])[1]
+            srow: dict[str, Any] = {x: v, "seed": s,
+                                    **{f"{m}_median": median([r[m] for r in ss]) for m in SWEEP_METRICS}}
             srow["test_elbo"] = results[next(n for n, st in settings.items() if st[x] == v and st["seed"] == s)].summary.test_elbo
             per_seed.append(srow)
         seed_meds = {m: [sr[f"{m}_median"] for sr in per_seed if sr[x] == v] for m in SWEEP_METRICS}
@@ -294,16 +288,13 @@ def bound_vs_margin(
     summary = {
         "study": "bound-vs-margin", "attack_preset": ev.attack_preset,
         "rigorous": None if rig is None else {"column": rig_col, **rig.to_dict()}, "dataset": dataset, "n_inputs": len(rows), "seeds": list(seeds),
-        "margin_mode": ev.margin_mode, "r": {n: s["r"] for n, s in per_model.items()},
-        "attack_eps": {n: s["attack_eps"] for n, s in per_model.items()},
+        "margin_mode": ev.margin_mode,
+        **{k: {n: s[k] for n, s in per_model.items()} for k in ("r", "attack_eps", "test_elbo")},  # per model
         "theorem1": stats["radius"].to_dict(), "variants": {c: st.to_dict() for c, st in stats.items()},
         "likelihood_degradation_vs_margin": degr.to_dict(),
-        "n_abstain": sum(s["n_abstain"] for s in per_model.values()),
-        "n_infinite_radius": sum(s["n_infinite_radius"] for s in per_model.values()),
-        "n_margin_capped": sum(s["n_margin_capped"] for s in per_model.values()),
+        **{k: sum(s[k] for s in per_model.values()) for k in ("n_abstain", "n_infinite_radius", "n_margin_capped")},
         "median_margin": stats["radius"].median_margin,
         "median_radius": stats["radius"].median_bound,
-        "test_elbo": {n: s.get("test_elbo") for n, s in per_model.items()},
         "per_model": per_model,
     }
     write_json(out / "summary.json", jsonable(summary))
@@ -334,13 +325,9 @@ def _sweep_study(
     if not values:
         raise ValueError(f"give at least one {x} value")
     out.mkdir(parents=True, exist_ok=True)
-    settings_of: dict[str, dict[str, Any]] = {}
-    cfgs = []
-    for v in values:
-        for s in seeds:
-            name = f"{x}={v:g},seed={s}"
-            settings_of[name] = {x: v, "seed": s}
-            cfgs.append((name, make_train_config(dataset, data_dir, o, s, **{x: v})))
+    grid = [(f"{x}={v:g},seed={s}", v, s) for v in values for s in seeds]  # (trial name, value, seed)
+    settings_of = {name: {x: v, "seed": s} for name, v, s in grid}
+    cfgs = [(name, make_train_config(dataset, data_dir, o, s, **{x: v})) for name, v, s in grid]
     runs = _train_all(cfgs, out, ex)
     if ev.r is None:
         ref_names = [n for n in settings_of if rule == "max" or settings_of[n][x] == min(values)]
