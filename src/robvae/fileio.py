@@ -48,10 +48,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return path
 
@@ -75,27 +73,22 @@ def dumps_json(obj: Any, **kwargs: Any) -> str:
 
 
 def _strict(o: Any) -> Any:
-    """A JSON tree of plain types with every non-finite float replaced by None."""
+    """A JSON tree of plain types with every non-finite float replaced by None (paths as strings,
+    sets as lists, numpy / torch scalars and arrays as numbers and lists)."""
     if isinstance(o, float):
         return o if math.isfinite(o) else None
     if isinstance(o, (str, int, bool)) or o is None:
         return o
     if isinstance(o, Mapping):
         return {(k if isinstance(k, str) else str(k)): _strict(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
+    if isinstance(o, (list, tuple, set, frozenset)):
         return [_strict(v) for v in o]
-    return _strict(_json_default(o))
-
-
-def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
-    if isinstance(o, (tuple, set, frozenset)):
-        return list(o)
     if hasattr(o, "item") and getattr(o, "ndim", 0) == 0:
-        return o.item()
+        return _strict(o.item())
     if hasattr(o, "tolist"):
-        return o.tolist()
+        return _strict(o.tolist())
     raise TypeError(f"cannot write {type(o).__name__} as JSON")
 
 
@@ -108,6 +101,15 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{what} {path} is corrupt (not valid JSON: {e})") from None
+
+
+def read_json_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file's top-level object, or {} when the file is missing, corrupt or not an object."""
+    try:
+        d = read_json(path)
+    except CheckpointError:
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
@@ -148,12 +150,10 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldn
 
 
 def _csv_value(v: Any) -> Any:
-    if isinstance(v, float):
-        return repr(v)
-    if hasattr(v, "item"):
+    """Floats as repr (every digit); numpy / torch scalars as Python numbers first."""
+    if hasattr(v, "item") and not isinstance(v, float):
         v = v.item()
-        return repr(v) if isinstance(v, float) else v
-    return v
+    return repr(v) if isinstance(v, float) else v
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:

@@ -68,10 +68,6 @@ def check_x(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> torch.T
 _SIGMA_HINT = " (is it a log-variance? encode must return the standard deviation, e.g. exp(0.5 * logvar))"
 
 
-def _count(mask: torch.Tensor) -> int:
-    return int(mask.sum())
-
-
 def _model_dtypes(model: torch.nn.Module) -> set[torch.dtype]:
     """The floating dtypes of a module's parameters and buffers (empty for a plain object)."""
     tensors = []
@@ -105,7 +101,7 @@ def _tensor_problems(t: object, what: str, rows: int, dtype: torch.dtype, shape:
     elif t.dtype != dtype:
         out.append(f"{what} of dtype {t.dtype}, but the input is {dtype}")
     elif not torch.isfinite(t).all():
-        out.append(f"{what} with {_count(~torch.isfinite(t))} NaN or inf values")
+        out.append(f"{what} with {int((~torch.isfinite(t)).sum())} NaN or inf values")
     return out
 
 
@@ -118,7 +114,7 @@ def _encode_problems(model: torch.nn.Module, x: torch.Tensor, out: object) -> li
     shape = tuple(mu.shape) if isinstance(mu, torch.Tensor) else None
     problems += _tensor_problems(sigma, "model.encode returned sigma", x.shape[0], x.dtype, shape)
     if not problems:
-        bad = _count(~(sigma > 0))
+        bad = int((~(sigma > 0)).sum())
         if bad:
             problems.append(f"model.encode returned sigma with {bad} values <= 0{_SIGMA_HINT}")
     return problems
@@ -217,7 +213,7 @@ def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
             rep.encode_finite = bool(torch.isfinite(mu).all() and torch.isfinite(sigma).all())
             if sigma.numel():
                 rep.sigma_min = float(sigma.min())
-                rep.n_sigma_nonpositive = _count(~(sigma > 0))
+                rep.n_sigma_nonpositive = int((~(sigma > 0)).sum())
         rep.problems += _encode_problems(model, x, out)
         if rep.problems:
             return rep

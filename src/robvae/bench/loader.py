@@ -28,11 +28,9 @@ def resolve_spec(spec: str) -> Callable[[], object]:
 
     The current folder is importable (as with ``python -m``), so a local ``my_models.py`` works.
     """
-    if not isinstance(spec, str) or spec.count(":") != 1:
+    if not isinstance(spec, str) or spec.count(":") != 1 or "" in spec.split(":"):
         raise ModelSpecError(f"model spec {spec!r}: expected 'package.module:callable'")
     mod_name, attr = spec.split(":")
-    if not mod_name or not attr:
-        raise ModelSpecError(f"model spec {spec!r}: expected 'package.module:callable'")
     cwd = str(Path.cwd())
     if cwd not in sys.path:
         sys.path.insert(0, cwd)

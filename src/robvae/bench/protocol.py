@@ -205,10 +205,8 @@ class BenchResult:
     def row(self) -> dict[str, Any]:
         """A flat table row: damage@eps and degradation@eps as columns."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("damage", "degradation", "extra")}
-        for eps, v in self.damage.items():
-            d[f"damage@{eps}"] = v
-        for eps, v in (self.degradation or {}).items():
-            d[f"degradation@{eps}"] = v
+        for what in ("damage", "degradation"):
+            d.update({f"{what}@{eps}": v for eps, v in (getattr(self, what) or {}).items()})
         return d
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_text, read_json, write_csv, write_json
+from ..fileio import atomic_write_text, read_json_dict, write_csv, write_json
 from ..report.figures import bench_tradeoff_figure
 from ..report.html import render_report, write_study_meta
 
@@ -65,21 +65,15 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")[:80] or "model"
 
 
-def _result_file(folder: Path, zoo: ZooSpec) -> Path:
-    return folder / f"bench-{zoo.protocol.label}-{zoo.subset}.json"
-
-
-def _cached(path: Path, zoo: ZooSpec) -> BenchResult | None:
-    if not path.is_file():
-        return None
-    try:
-        d = read_json(path, "bench result")
-    except ValueError:
-        return None
+def _cached(folder: Path, zoo: ZooSpec) -> tuple[Path, BenchResult | None]:
+    """The result file in ``folder`` for this protocol and subset, and the result it holds (None
+    when there is none)."""
+    path = folder / f"bench-{zoo.protocol.label}-{zoo.subset}.json"
+    d = read_json_dict(path)
     want = json.loads(json.dumps(zoo.protocol.to_dict()))  # as stored: tuples become lists
-    if not isinstance(d, dict) or d.get("protocol") != want or d.get("subset") != zoo.subset:
-        return None
-    return BenchResult.from_dict(_decode(d["result"]))
+    if d.get("protocol") != want or d.get("subset") != zoo.subset:
+        return path, None
+    return path, BenchResult.from_dict(_decode(d["result"]))
 
 
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
@@ -90,7 +84,7 @@ def _encode(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _encode(x) for k, x in v.items()}
     if isinstance(v, float) and not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return str(v)  # "nan", "inf" or "-inf"
     return v
 
 
@@ -178,18 +172,14 @@ def run_bench(
                 failed.append((t.name, res.error or res.status))
                 continue
             tdir = trial_dir(out, t.id)
-            path = _result_file(tdir, zoo)
-            bench = _cached(path, zoo)
+            path, bench = _cached(tdir, zoo)
             if bench is None:
                 echo(f"evaluating {t.name} ...")
-                run = load(tdir / "run")
-                bench = evaluate_protocol(run.model, data, zoo.protocol, zoo.subset, name=t.name)
+                bench = evaluate_protocol(load(tdir / "run").model, data, zoo.protocol, zoo.subset, name=t.name)
                 _store(path, zoo, bench, trial=t.id)
             evaluated.append((entry.name, entry.method, bench))
     for spec in zoo.models:
-        folder = out / "models" / _slug(spec)
-        path = _result_file(folder, zoo)
-        bench = _cached(path, zoo)
+        path, bench = _cached(out / "models" / _slug(spec), zoo)
         if bench is None:
             try:
                 model, name = build_model(spec)
@@ -198,8 +188,7 @@ def run_bench(
             except Exception as e:  # noqa: BLE001 - one bad user model does not stop the leaderboard
                 failed.append((spec, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
                 continue
-            folder.mkdir(parents=True, exist_ok=True)
-            _store(path, zoo, bench, spec=spec)
+            _store(path, zoo, bench, spec=spec)  # write_json makes the folder
         evaluated.append((bench.name, f"user: {spec}", bench))
 
     rows = aggregate(evaluated)

@@ -38,6 +38,7 @@ from typing import Any
 from ..errors import RobvaeError
 from ..fileio import read_yaml
 from ..sweep import Trial
+from ..sweep.spec import check_document, folder_key, one_line, set_dotted
 from .loader import ModelSpecError, resolve_spec
 from .protocol import Protocol, get_protocol
 
@@ -109,23 +110,10 @@ class ZooSpec:
         return [t for e in self.entries for t in e.trials]
 
 
-def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        if not isinstance(d.get(p), dict):
-            d[p] = {}
-        d = d[p]
-    d[parts[-1]] = copy.deepcopy(value)
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return str(v).lower()
     return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def _one_line(e: Exception) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _overrides(protocol: Protocol, subset: str, doc: dict[str, Any]) -> Protocol:
@@ -183,26 +171,22 @@ def _entries_for(item: Any, k: int, base: dict[str, Any], subset_dataset: str, d
             if data_dir is not None:
                 d["data_dir"] = data_dir
             for key, v in m.fixed.items():
-                _set(d, key, v)
+                set_dotted(d, key, v)
             for key, v in extra.items():
-                _set(d, str(key), v)
+                set_dotted(d, str(key), v)
             for p, v in setting.items():
-                _set(d, m.params[p], v)
+                set_dotted(d, m.params[p], v)
             try:
                 trials.append(Trial(train=d, evaluation=None, name=f"{label} seed={seed}"))
             except (TypeError, ValueError) as e:
-                raise ZooError(f"{where} ({label}): {_one_line(e)}") from None
+                raise ZooError(f"{where} ({label}): {one_line(e)}") from None
         entries.append(ZooEntry(label, name, setting, trials))
     return entries
 
 
 def parse_zoo(doc: Any, source: str = "zoo", *, extra_models: list[str] | None = None) -> ZooSpec:
     """Validate a zoo document (parsed YAML) into a :class:`ZooSpec` (see the module docstring)."""
-    if not isinstance(doc, dict):
-        raise ZooError(f"{source}: expected a mapping with keys {', '.join(ZOO_KEYS)}, got {type(doc).__name__}")
-    for k in doc:
-        if k not in ZOO_KEYS:
-            raise ZooError(f"{source}: {k}: unknown key (known: {', '.join(ZOO_KEYS)})")
+    check_document(doc, ZOO_KEYS, source, ZooError)
     protocol = get_protocol(str(doc.get("protocol", "v1")))
     subset = doc.get("subset", "digits")
     if subset not in protocol.names:
@@ -219,14 +203,10 @@ def parse_zoo(doc: Any, source: str = "zoo", *, extra_models: list[str] | None =
     for k in ("dataset", "seed", "data_dir"):
         if k in base:
             raise ZooError(f"base.{k}: set by the zoo itself (use 'subset', 'seeds', 'data_dir')")
-    data_dir = doc.get("data_dir")
-    if data_dir is not None and not isinstance(data_dir, str):
-        raise ZooError(f"data_dir: expected a folder path, got {type(data_dir).__name__}")
+    data_dir = folder_key(doc, "data_dir", ZooError)
     sub = protocol.subset(subset)
     data_dir = data_dir if data_dir is not None else sub.data_dir
-    out = doc.get("out")
-    if out is not None and not isinstance(out, str):
-        raise ZooError(f"out: expected a folder path, got {type(out).__name__}")
+    out = folder_key(doc, "out", ZooError)
     methods = doc.get("methods") or []
     if not isinstance(methods, list):
         raise ZooError(f"methods: expected a list, got {type(methods).__name__}")

@@ -15,7 +15,7 @@ radius stays finite. radius <= radius_spectral <= radius_whitened always holds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -101,18 +101,16 @@ class Certificate:
 
     def __getitem__(self, index: Any) -> "Certificate":
         """The certificates of some inputs (a slice, index tensor or boolean mask)."""
-        return Certificate(**{k: getattr(self, k)[index] for k in _STORED}, mode=self.mode, alpha=self.alpha,
-                           n_samples=self.n_samples, extras={k: v[index] for k, v in self.extras.items()})
+        return replace(self, **{k: getattr(self, k)[index] for k in _STORED},
+                       extras={k: v[index] for k, v in self.extras.items()})
 
     @classmethod
     def cat(cls, parts: list["Certificate"]) -> "Certificate":
         """Concatenate certificates of consecutive inputs (same settings)."""
         if not parts:
             raise ValueError("nothing to concatenate")
-        first = parts[0]
-        return cls(**{k: torch.cat([getattr(c, k) for c in parts]) for k in _STORED}, mode=first.mode,
-                   alpha=first.alpha, n_samples=first.n_samples,
-                   extras={k: torch.cat([c.extras[k] for c in parts]) for k in first.extras})
+        return replace(parts[0], **{k: torch.cat([getattr(c, k) for c in parts]) for k in _STORED},
+                       extras={k: torch.cat([c.extras[k] for c in parts]) for k in parts[0].extras})
 
     @classmethod
     def from_numpy(cls, arrays: dict[str, np.ndarray], *, mode: str, alpha: float, n_samples: int) -> "Certificate":
@@ -229,10 +227,9 @@ def certify(
         raise ValueError(f"unknown norms {sorted(unknown)}; choose from {', '.join(KINDS)}")
     check_x(model, x)
     rt = as_radius(r, x.shape[0], x)
-    parts: list[dict[str, torch.Tensor]] = []
     chunks = list(batches(x.shape[0], batch_size))
-    for s in tqdm(chunks, desc="certify", disable=not progress or len(chunks) < 2):
-        parts.append(_certify_batch(model, x[s], rt[s], n_samples, alpha, mode, tuple(norms), chunk_size, generator))
+    parts = [_certify_batch(model, x[s], rt[s], n_samples, alpha, mode, tuple(norms), chunk_size, generator)
+             for s in tqdm(chunks, desc="certify", disable=not progress or len(chunks) < 2)]
     cat = {k: torch.cat([pp[k] for pp in parts]) for k in parts[0]}
     extras = {} if rigorous is False else rigorous_columns(
         model, cat["p_lower"], cat["sigma_min"], None if rigorous is True else rigorous)

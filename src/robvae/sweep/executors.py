@@ -33,7 +33,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -64,6 +64,29 @@ class TrialResult:
     dir: Path
     summary: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False  # done in an earlier run; nothing was recomputed
+
+
+def check_options(executor: str, choices: Sequence[str], **minimum: tuple[Any, int]) -> None:
+    """ValueError unless ``executor`` is one of ``choices`` and each ``NAME=(value, least)`` has
+    ``int(value) >= least`` (checked in the order given)."""
+    if executor not in choices:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(choices)}")
+    for name, (value, least) in minimum.items():
+        if int(value) < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+
+
+@contextmanager
+def using_torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (None or 0: unchanged), then restore the number.
+    Only torch's own setting: the BLAS pools and the environment are left alone."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def trial_dir(out_dir: str | os.PathLike, trial_id: str) -> Path:
@@ -130,12 +153,7 @@ def run_trials(
     (status.json: error and traceback) and does not stop the others. Writes ``sweep.json`` (the
     trial ids in order) and ``results.csv`` / ``results.json`` (see :func:`collect`).
     """
-    if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-    if int(workers) < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if int(max_retries) < 0:
-        raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+    check_options(executor, EXECUTORS, workers=(workers, 1), max_retries=(max_retries, 0))
     trials = [t if isinstance(t, Trial) else Trial.from_dict(t) for t in trials]
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -163,12 +181,14 @@ def run_trials(
     try:
         if todo:
             if executor == "serial":
-                _run_serial(todo, out, bar, threads)
+                with using_torch_threads(threads):  # torch only: BLAS pools and environment left alone
+                    _run_once(todo, out, bar, "serial", None)
             elif executor == "local":
                 _run_local(todo, out, bar, int(workers), int(max_retries), threads)
             else:
-                _run_ray(todo, out, bar, int(workers), address, int(max_retries), cpus_per_trial, gpus_per_trial,
-                         threads)
+                _run_once(todo, out, bar, "ray", threads, workers=int(workers), address=address,
+                          ray_options={"num_cpus": cpus_per_trial, "num_gpus": gpus_per_trial,
+                                       "max_retries": int(max_retries), "retry_exceptions": False})
     except BaseException:
         for t in todo:  # whatever did not finish is marked, and rerun next time
             if read_status(trial_dir(out, t.id)).get("status") in ("queued", "running"):
@@ -186,24 +206,36 @@ def _mark_dead(tdir: Path, detail: str) -> None:
                   traceback=None)
 
 
+def _map_trials(batch: list[Trial], out: Path, bar: _Progress, executor: str, threads: int | None,
+                **options: Any) -> Iterator[tuple[int, Any, BaseException | None]]:
+    """:func:`map_tasks` of :func:`run_trial` over the trials, refreshing the bar while it waits."""
+    tasks = [(t.to_dict(), str(trial_dir(out, t.id))) for t in batch]
+    poll = lambda idx: bar.refresh([trial_dir(out, batch[i].id) for i in idx])  # noqa: E731
+    return map_tasks(run_trial, tasks, executor=executor, kwargs={"torch_threads": threads, "cwd": os.getcwd()},
+                     poll=poll, **options)
+
+
 # ---------------------------------------------------------------------------------------------
-# serial
+# serial and Ray
 
 
-def _run_serial(todo: list[Trial], out: Path, bar: _Progress, threads: int | None) -> None:
-    before = torch.get_num_threads()
-    if threads:  # torch only: this process's BLAS pools and environment are left alone
-        torch.set_num_threads(int(threads))
-    try:
-        tasks = [(t.to_dict(), str(trial_dir(out, t.id))) for t in todo]
-        poll = lambda idx: bar.refresh([trial_dir(out, todo[i].id) for i in idx])  # noqa: E731
-        for _, st, err in map_tasks(run_trial, tasks, executor="serial", kwargs={"torch_threads": None, "cwd": os.getcwd()},
-                                    poll=poll):
-            if err is not None:
-                raise err
-            bar.finished(st["status"])
-    finally:
-        torch.set_num_threads(before)
+def _run_once(todo: list[Trial], out: Path, bar: _Progress, executor: str, threads: int | None,
+              **options: Any) -> None:
+    """The executor "serial" (an error outside a trial, which run_trial records, ends the sweep) or
+    "ray" (Ray reruns a dead worker's trial up to max_retries times, then it is marked failed)."""
+    for i, st, err in _map_trials(todo, out, bar, executor, threads, **options):
+        tdir = trial_dir(out, todo[i].id)
+        if err is not None and executor == "serial":
+            raise err
+        if err is not None:  # the worker died more than max_retries times, ...
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            _mark_dead(tdir, f"({type(err).__name__}: {first})")
+            bar.finished("failed")
+            continue
+        if st.get("status") != read_status(tdir).get("status"):
+            # Ray: outputs on storage the driver does not see: keep the worker's record
+            write_json(tdir / STATUS_FILE, st)
+        bar.finished(st["status"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +246,6 @@ def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_r
                threads: int | None) -> None:
     """:func:`map_tasks` "local", one pool at a time: a pool that breaks (a worker died) fails its
     unfinished tasks with BrokenProcessPool; they go to a fresh pool, within ``max_retries``."""
-    cwd = os.getcwd()
     starts = {t.id: int(read_status(trial_dir(out, t.id)).get("attempts", 0)) for t in todo}
     pending = list(todo)
     stalled = 0  # consecutive pools that broke before any trial started (workers cannot start)
@@ -223,11 +254,8 @@ def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_r
         broken: list[Trial] = []
         progressed = False
         exitcodes: dict[int, int | None] = {}  # filled when the pool has shut down
-        tasks = [(t.to_dict(), str(trial_dir(out, t.id))) for t in batch]
-        poll = lambda idx: bar.refresh([trial_dir(out, batch[i].id) for i in idx])  # noqa: E731
-        with closing(map_tasks(run_trial, tasks, executor="local", workers=workers,
-                               kwargs={"torch_threads": threads, "cwd": cwd}, initializer=limit_threads,
-                               initargs=(threads,), poll=poll, exitcodes=exitcodes)) as results:
+        with closing(_map_trials(batch, out, bar, "local", threads, workers=workers, initializer=limit_threads,
+                                 initargs=(threads,), exitcodes=exitcodes)) as results:
             for i, st, err in results:
                 t = batch[i]
                 if err is None:
@@ -273,30 +301,6 @@ def _run_local(todo: list[Trial], out: Path, bar: _Progress, workers: int, max_r
 
 
 # ---------------------------------------------------------------------------------------------
-# Ray
-
-
-def _run_ray(todo: list[Trial], out: Path, bar: _Progress, workers: int, address: str | None, max_retries: int,
-             cpus_per_trial: float, gpus_per_trial: float, threads: int | None) -> None:
-    tasks = [(t.to_dict(), str(trial_dir(out, t.id))) for t in todo]
-    opts = {"num_cpus": cpus_per_trial, "num_gpus": gpus_per_trial, "max_retries": max_retries,
-            "retry_exceptions": False}
-    poll = lambda idx: bar.refresh([trial_dir(out, todo[i].id) for i in idx])  # noqa: E731
-    for i, st, err in map_tasks(run_trial, tasks, executor="ray", workers=workers, address=address,
-                                kwargs={"torch_threads": threads, "cwd": os.getcwd()}, ray_options=opts, poll=poll):
-        t = todo[i]
-        if err is not None:  # the worker died more than max_retries times, ...
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            _mark_dead(trial_dir(out, t.id), f"({type(err).__name__}: {first})")
-            bar.finished("failed")
-            continue
-        if st.get("status") != read_status(trial_dir(out, t.id)).get("status"):
-            # outputs on storage the driver does not see: keep the worker's record
-            write_json(trial_dir(out, t.id) / STATUS_FILE, st)
-        bar.finished(st["status"])
-
-
-# ---------------------------------------------------------------------------------------------
 # the executor abstraction
 
 
@@ -329,23 +333,17 @@ def map_tasks(
     must be picklable for "local" and "ray". The results do not depend on the executor as long
     as ``fn`` seeds itself from its arguments.
     """
-    if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    check_options(executor, EXECUTORS)
     kwargs = kwargs or {}
+    poll = poll or (lambda pending: None)
     if not tasks:
         return
     if executor == "serial":
         if initializer is not None:
             initializer(*initargs)
         for i, t in enumerate(tasks):
-            if poll is not None:
-                poll(list(range(i, len(tasks))))
-            try:
-                res = fn(*t, **kwargs)
-            except Exception as e:  # noqa: BLE001  (handed to the caller)
-                yield i, None, e
-                continue
-            yield i, res, None
+            poll(list(range(i, len(tasks))))
+            yield i, *_outcome(lambda: fn(*t, **kwargs))
     elif executor == "local":
         pool = ProcessPoolExecutor(max_workers=min(int(workers), len(tasks)), mp_context=mp.get_context("spawn"),
                                    initializer=initializer, initargs=initargs)
@@ -353,16 +351,10 @@ def map_tasks(
         remaining = set(futs)
         try:
             while remaining:
-                if poll is not None:
-                    poll(sorted(futs[f] for f in remaining))
+                poll(sorted(futs[f] for f in remaining))
                 done, remaining = wait(remaining, timeout=_POLL_S, return_when=FIRST_COMPLETED)
                 for f in done:
-                    try:
-                        res = f.result()
-                    except Exception as e:  # noqa: BLE001
-                        yield futs[f], None, e
-                        continue
-                    yield futs[f], res, None
+                    yield futs[f], *_outcome(f.result)
         finally:
             procs = list((getattr(pool, "_processes", None) or {}).values())
             if remaining:
@@ -379,22 +371,24 @@ def map_tasks(
             task = ray.remote(fn).options(**(ray_options or {}))
             refs = {task.remote(*t, **kwargs): i for i, t in enumerate(tasks)}
             while refs:
-                if poll is not None:
-                    poll(sorted(refs.values()))
+                poll(sorted(refs.values()))
                 ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=_POLL_S)
                 for ref in ready:
-                    i = refs.pop(ref)
-                    try:
-                        res = ray.get(ref)
-                    except ray.exceptions.RayError as e:
-                        yield i, None, e
-                        continue
-                    yield i, res, None
+                    yield refs.pop(ref), *_outcome(lambda: ray.get(ref), ray.exceptions.RayError)
         finally:
             for ref in refs:
                 ray.cancel(ref, force=True)
             if started:
                 ray.shutdown()
+
+
+def _outcome(get: Callable[[], Any], errors: type[BaseException] = Exception) -> tuple[Any, BaseException | None]:
+    """``(get(), None)``, or ``(None, error)`` when it raises one of ``errors`` (a task's error is
+    handed to the caller of :func:`map_tasks`, which decides whether it is fatal)."""
+    try:
+        return get(), None
+    except errors as e:  # noqa: BLE001
+        return None, e
 
 
 def _import_ray():

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..fileio import read_json, write_csv, write_json
+from ..fileio import read_json, read_json_dict, write_csv, write_json
 from ..report.figures import number_or_none, sweep_figure
-from .worker import STATUS_FILE, TRIAL_FILE
+from .worker import TRIAL_FILE, read_status
 
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
@@ -59,33 +59,22 @@ def _trial_ids(out: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / TRIAL_FILE).is_file()) if root.is_dir() else []
 
 
-def _safe_json(path: Path) -> dict[str, Any]:
-    try:
-        d = read_json(path)
-    except ValueError:
-        return {}
-    return d if isinstance(d, dict) else {}
-
-
 def collect(out_dir: str | os.PathLike, *, write: bool = True) -> list[dict[str, Any]]:
     """One row per trial of the sweep in ``out_dir``; writes results.csv and results.json."""
     out = Path(out_dir)
     records = []
     for tid in _trial_ids(out):
         tdir = out / "trials" / tid
-        trial = _safe_json(tdir / TRIAL_FILE)
-        status = _safe_json(tdir / STATUS_FILE)
+        trial = read_json_dict(tdir / TRIAL_FILE)
+        status = read_status(tdir)
         config = flatten({k: v for k, v in (trial.get("train") or {}).items() if k not in _NOT_CONFIG})
         config.update(flatten({k: v for k, v in (trial.get("evaluation") or {}).items() if k not in _NOT_CONFIG},
                               "evaluation."))
         records.append((tid, trial, status, config))
 
     keys: list[str] = [k for k in CORE_FIELDS if any(k in r[3] for r in records)]
-    all_keys = list(dict.fromkeys(k for r in records for k in r[3]))
-    for k in all_keys:
-        values = {repr(r[3].get(k)) for r in records}
-        if len(values) > 1 and k not in keys:
-            keys.append(k)
+    all_keys = dict.fromkeys(k for r in records for k in r[3])  # the other fields that vary
+    keys += [k for k in all_keys if k not in keys and len({repr(r[3].get(k)) for r in records}) > 1]
 
     rows = []
     for tid, trial, status, config in records:

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import ALPHA
-from ..robustness import Certificate, certify
+from ..robustness import Certificate, CertifyConfig, certify
 from ..training import load
-from .executors import map_tasks
+from ..validation import as_radius
+from .executors import check_options, map_tasks, using_torch_threads
 
 SHARD_EXECUTORS = ("serial", "local", "ray")
 
@@ -55,28 +55,29 @@ def _load_run(run_dir: str, device: str):
     return _RUN_CACHE[key]
 
 
+def certify_blocks(model: torch.nn.Module, x: torch.Tensor, r: float | torch.Tensor, *, seed: int = 0, start: int = 0,
+                   block_size: int = 64, progress: bool = False, **certify_kwargs: Any) -> Certificate:
+    """Certify ``x`` (global input indices ``start, start+1, ...``) in this process, block by block,
+    each block with its own generator seeded by :func:`block_seed` (see the module docstring)."""
+    rt = as_radius(r, x.shape[0], x)
+    parts = []
+    for i in tqdm(range(0, x.shape[0], block_size), desc="certify", unit="block", disable=not progress):
+        g = torch.Generator(device="cpu").manual_seed(block_seed(seed, start + i))
+        parts.append(certify(model, x[i : i + block_size], rt[i : i + block_size], generator=g, **certify_kwargs))
+    return Certificate.cat(parts)
+
+
 def certify_shard(run_dir: str, x: np.ndarray, r: np.ndarray, start: int, *, seed: int, block_size: int,
                   device: str = "cpu", torch_threads: int | None = 1,
                   certify_kwargs: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Certify inputs ``x`` (global indices ``start, start+1, ...``) block by block; numpy out
     (:meth:`Certificate.as_numpy`, cheap to send back from a worker)."""
-    before = torch.get_num_threads()
-    if torch_threads:
-        torch.set_num_threads(int(torch_threads))
-    try:
+    with using_torch_threads(torch_threads):
         model = _load_run(run_dir, device).model
         xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
         rt = torch.from_numpy(np.ascontiguousarray(r)).to(device)
-        parts: list[dict[str, np.ndarray]] = []
-        for i in range(0, xt.shape[0], block_size):
-            g = torch.Generator(device="cpu")
-            g.manual_seed(block_seed(seed, start + i))
-            cert = certify(model, xt[i : i + block_size], rt[i : i + block_size], generator=g,
-                           **(certify_kwargs or {}))
-            parts.append(cert)
-        return Certificate.cat(parts).as_numpy()
-    finally:
-        torch.set_num_threads(before)
+        return certify_blocks(model, xt, rt, seed=seed, start=start, block_size=block_size,
+                              **(certify_kwargs or {})).as_numpy()
 
 
 def certify_sharded(
@@ -107,12 +108,7 @@ def certify_sharded(
     Returns one :class:`robvae.Certificate` for all N inputs, in input order, whatever the
     executor (the executors are :func:`robvae.sweep.executors.map_tasks`).
     """
-    if executor not in SHARD_EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(SHARD_EXECUTORS)}")
-    if int(workers) < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if int(block_size) < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    check_options(executor, SHARD_EXECUTORS, workers=(workers, 1), block_size=(block_size, 1))
     if "generator" in certify_kwargs:
         raise ValueError("certify_sharded seeds each block itself: pass seed=..., not generator=")
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0:
@@ -122,35 +118,24 @@ def certify_sharded(
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     n = int(x.shape[0])
     x_np = x.detach().cpu().numpy()
-    rt = torch.as_tensor(r, dtype=x.dtype).detach().cpu()
-    if rt.dim() == 0:
-        rt = rt.expand(n)
-    if tuple(rt.shape) != (n,):
-        raise ValueError(f"r must be a number or a tensor of shape [{n}], got shape {tuple(rt.shape)}")
-    r_np = rt.contiguous().numpy()
+    r_np = as_radius(r, n, x.detach().cpu()).detach().numpy()  # InputError (a ValueError) for a bad r
 
     if shard_size is None:
         shard_size = max(1, math.ceil(n / (4 * int(workers))))
-    if int(shard_size) < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    check_options(executor, SHARD_EXECUTORS, shard_size=(shard_size, 1))
     shard_size = math.ceil(int(shard_size) / block_size) * block_size
-    starts = list(range(0, n, shard_size))
     kw = dict(seed=int(seed), block_size=int(block_size), device=device, torch_threads=torch_threads,
               certify_kwargs=certify_kwargs)
-    args = [(run_dir, x_np[s : s + shard_size], r_np[s : s + shard_size], s) for s in starts]
+    args = [(run_dir, x_np[s : s + shard_size], r_np[s : s + shard_size], s) for s in range(0, n, shard_size)]
 
-    bar = tqdm(total=n, desc=f"certify ({executor})", unit="input", disable=not progress)
     results: list[dict[str, np.ndarray] | None] = [None] * len(args)
-    try:
+    with tqdm(total=n, desc=f"certify ({executor})", unit="input", disable=not progress) as bar:
         for i, res, err in map_tasks(certify_shard, args, executor=executor, workers=int(workers), address=address,
                                      kwargs=kw, ray_options={"num_cpus": max(1, torch_threads or 1)}):
             if err is not None:
                 raise err
             results[i] = res
             bar.update(len(args[i][1]))
-    finally:
-        bar.close()
     cols = {k: np.concatenate([res[k] for res in results]) for k in results[0]}  # type: ignore[index]
-    return Certificate.from_numpy(cols, mode=certify_kwargs.get("mode", "mean"),
-                                  alpha=certify_kwargs.get("alpha", ALPHA),
-                                  n_samples=certify_kwargs.get("n_samples", 1000))
+    settings = {k: certify_kwargs.get(k, getattr(CertifyConfig, k)) for k in ("mode", "alpha", "n_samples")}
+    return Certificate.from_numpy(cols, **settings)  # certify's defaults where not given

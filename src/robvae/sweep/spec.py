@@ -46,9 +46,36 @@ class SweepSpecError(ValueError):
     """A sweep file or trial config is invalid; the message names the bad key."""
 
 
-def _eval_config_class() -> type | None:
-    """robvae.evaluation.EvalConfig."""
-    return EvalConfig
+def check_document(doc: Any, keys: tuple[str, ...], source: str, error: type[Exception]) -> None:
+    """A parsed YAML file (sweep, zoo) must be a mapping of known ``keys``; ``error`` names a bad one."""
+    if not isinstance(doc, dict):
+        raise error(f"{source}: expected a mapping with keys {', '.join(keys)}, got {type(doc).__name__}")
+    for k in doc:
+        if k not in keys:
+            raise error(f"{source}: {k}: unknown key (known: {', '.join(keys)})")
+
+
+def folder_key(doc: dict[str, Any], key: str, error: type[Exception]) -> str | None:
+    """``doc[key]``, a folder path (None when not given); ``error`` when it is not a string."""
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise error(f"{key}: expected a folder path, got {type(value).__name__}")
+    return value
+
+
+def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    """``d["a"]["b"] = value`` (a copy) for the key "a.b", making the mappings on the way."""
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        if not isinstance(d.get(p), dict):
+            d[p] = {}
+        d = d[p]
+    d[parts[-1]] = copy.deepcopy(value)
+
+
+def one_line(e: Exception) -> str:
+    """The first line of an error's message (the error's type when the message is empty)."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _eval_to_dict(ev: Any) -> dict[str, Any] | None:
@@ -64,19 +91,8 @@ def _eval_to_dict(ev: Any) -> dict[str, Any] | None:
 
 
 def make_eval_config(d: dict[str, Any] | Any | None) -> Any:
-    """An EvalConfig from a dict (or the dict itself while robvae.evaluation does not exist)."""
-    if d is None or not isinstance(d, dict):
-        return d
-    cls = _eval_config_class()
-    if cls is None:
-        return dict(d)
-    if hasattr(cls, "from_dict"):
-        return cls.from_dict(dict(d))
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown evaluation fields: {unknown}")
-    return cls(**d)
+    """An EvalConfig from a dict (anything else is returned as it is)."""
+    return EvalConfig.from_dict(dict(d)) if isinstance(d, dict) else d
 
 
 def _resolve_input_shape(config: TrainConfig) -> None:
@@ -111,10 +127,8 @@ class Trial:
     _fault: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.train, dict):
-            self.train = TrainConfig.from_dict(copy.deepcopy(self.train))
-        else:
-            self.train = TrainConfig.from_dict(self.train.to_dict())  # a private copy
+        train = self.train if isinstance(self.train, dict) else self.train.to_dict()
+        self.train = TrainConfig.from_dict(copy.deepcopy(train))  # a private copy
         _resolve_input_shape(self.train)
         self.evaluation = make_eval_config(self.evaluation)
         if self._fault is not None and self._fault not in FAULTS:
@@ -187,20 +201,19 @@ def _check_keys(d: Any, cls: type, where: str) -> None:
             _check_keys(v, sub, f"{where}.{k}")
 
 
-def _resolve_grid_key(key: str, has_eval: bool) -> tuple[str, list[str]]:
-    """Map a dotted grid key to ("train" | "evaluation", path), checking each part."""
+def _resolve_grid_key(key: str, has_eval: bool) -> tuple[str, str]:
+    """Map a dotted grid key to ("train" | "evaluation", dotted key in that config), checking each part."""
     if not isinstance(key, str) or not key:
         raise SweepSpecError(f"grid: keys must be dotted field names, got {key!r}")
     parts = key.split(".")
     if parts[0] == "evaluation":
-        cls = _eval_config_class()
         if not has_eval:
             raise SweepSpecError(f"grid.{key}: varies an evaluation field but the sweep has no evaluation")
         if len(parts) != 2:
             raise SweepSpecError(f"grid.{key}: expected evaluation.FIELD")
-        if cls is not None and dataclasses.is_dataclass(cls) and parts[1] not in _dataclass_fields(cls):
-            raise SweepSpecError(f"grid.{key}: unknown evaluation field (known: {', '.join(_dataclass_fields(cls))})")
-        return "evaluation", parts[1:]
+        if parts[1] not in _dataclass_fields(EvalConfig):
+            raise SweepSpecError(f"grid.{key}: unknown evaluation field (known: {', '.join(_dataclass_fields(EvalConfig))})")
+        return "evaluation", parts[1]
     cls: type | None = TrainConfig
     for i, p in enumerate(parts):
         if cls is None:
@@ -212,15 +225,7 @@ def _resolve_grid_key(key: str, has_eval: bool) -> tuple[str, list[str]]:
         cls = _nested_class(cls, p)
     if cls is not None:
         raise SweepSpecError(f"grid.{key}: is a group of fields; vary one of its fields (e.g. {key}.{next(iter(_dataclass_fields(cls)))})")
-    return "train", parts
-
-
-def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:
-    for p in path[:-1]:
-        if d.get(p) is None:
-            d[p] = {}
-        d = d[p]
-    d[path[-1]] = copy.deepcopy(value)
+    return "train", key
 
 
 def _fmt(v: Any) -> str:
@@ -229,27 +234,19 @@ def _fmt(v: Any) -> str:
 
 def parse_sweep(doc: Any, source: str = "sweep") -> SweepSpec:
     """Validate a sweep document (the parsed YAML) and expand its grid into trials."""
-    if not isinstance(doc, dict):
-        raise SweepSpecError(f"{source}: expected a mapping with keys {', '.join(SWEEP_KEYS)}, got {type(doc).__name__}")
-    for k in doc:
-        if k not in SWEEP_KEYS:
-            raise SweepSpecError(f"{source}: {k}: unknown key (known: {', '.join(SWEEP_KEYS)})")
+    check_document(doc, SWEEP_KEYS, source, SweepSpecError)
     base = doc.get("base") or {}
     _check_keys(base, TrainConfig, "base")
-    out = doc.get("out")
-    if out is not None and not isinstance(out, str):
-        raise SweepSpecError(f"out: expected a folder path, got {type(out).__name__}")
+    out = folder_key(doc, "out", SweepSpecError)
     evaluation = doc.get("evaluation")
     if evaluation is not None:
         if not isinstance(evaluation, dict):
             raise SweepSpecError(f"evaluation: expected a mapping of EvalConfig fields or null, got {type(evaluation).__name__}")
-        cls = _eval_config_class()
-        if cls is not None and dataclasses.is_dataclass(cls):
-            _check_keys(evaluation, cls, "evaluation")
+        _check_keys(evaluation, EvalConfig, "evaluation")
     grid = doc.get("grid") or {}
     if not isinstance(grid, dict):
         raise SweepSpecError(f"grid: expected a mapping of dotted keys to lists, got {type(grid).__name__}")
-    axes: list[tuple[str, str, list[str], list[Any]]] = []
+    axes: list[tuple[str, str, str, list[Any]]] = []
     for key, values in grid.items():
         target, path = _resolve_grid_key(key, evaluation is not None)
         if not isinstance(values, list):
@@ -264,13 +261,12 @@ def parse_sweep(doc: Any, source: str = "sweep") -> SweepSpec:
         train_d = copy.deepcopy(base)
         eval_d = copy.deepcopy(evaluation)
         for (key, target, path, _), value in zip(axes, combo):
-            _set_path(train_d if target == "train" else eval_d, path, value)
+            set_dotted(train_d if target == "train" else eval_d, path, value)
         name = ",".join(f"{key}={_fmt(v)}" for (key, *_), v in zip(axes, combo)) or "base"
         try:
             trial = Trial(train=train_d, evaluation=eval_d, name=name)
         except (TypeError, ValueError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise SweepSpecError(f"grid point {name}: {msg}") from None
+            raise SweepSpecError(f"grid point {name}: {one_line(e)}") from None
         if trial.id in seen:
             raise SweepSpecError(f"grid points {seen[trial.id]} and {name} give the same trial (a duplicate value?)")
         seen[trial.id] = name

@@ -11,6 +11,7 @@ Every file is written atomically (robvae.io), so a killed worker never leaves a 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,8 +20,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import torch
+from threadpoolctl import threadpool_limits
+
 from ..evaluation import evaluate
-from ..fileio import read_json, write_json
+from ..fileio import dumps_json, read_json_dict, write_json
 from ..report.figures import save_reconstructions
 from ..training import RECON_FILE, train
 from .spec import Trial
@@ -35,11 +39,7 @@ _FAULT_MARKER = ".fault-killed"
 
 def read_status(trial_dir: str | os.PathLike) -> dict[str, Any]:
     """The trial's status.json, or {} when it is missing or unreadable."""
-    try:
-        st = read_json(Path(trial_dir) / STATUS_FILE, "status")
-    except ValueError:
-        return {}
-    return st if isinstance(st, dict) else {}
+    return read_json_dict(Path(trial_dir) / STATUS_FILE)
 
 
 def update_status(trial_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
@@ -59,9 +59,8 @@ def outputs_complete(trial_dir: str | os.PathLike, with_eval: bool) -> bool:
 
 
 def _resolve_data_dir(data_dir: str | None, cwd: str | None) -> str | None:
-    if data_dir is None or cwd is None or os.path.isabs(os.path.expanduser(data_dir)):
-        return os.path.expanduser(data_dir) if data_dir else data_dir
-    return os.path.join(cwd, data_dir)
+    """``data_dir`` with ~ expanded and, when relative, taken against ``cwd`` (if given)."""
+    return None if data_dir is None else os.path.join(cwd or "", os.path.expanduser(data_dir))
 
 
 def _fault_callback(fault: str | None, trial_dir: Path):
@@ -87,17 +86,10 @@ def limit_threads(n: int | None) -> None:
     """Use ``n`` threads in this worker: torch, and the BLAS / OpenMP pools of numpy and scipy."""
     if not n:
         return
-    import torch
-
     torch.set_num_threads(int(n))
     for var in _THREAD_ENV:  # for libraries loaded later in this process
         os.environ[var] = str(int(n))
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(int(n))  # the ones already loaded
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        pass
+    threadpool_limits(int(n))  # the ones already loaded (threadpoolctl comes with scikit-learn)
 
 
 def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int | None = 1,
@@ -136,7 +128,8 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
             t_eval = time.time()
             result = evaluate(run, trial.evaluation, out_dir=trial_dir_p / EVAL_DIR, progress=False)
             eval_s = time.time() - t_eval
-            summary.update(_plain(result.summary.to_dict()))  # evaluate wrote summary.json itself
+            # as plain JSON (as status.json stores it); evaluate wrote summary.json itself
+            summary.update(json.loads(dumps_json(result.summary.to_dict())))
         return update_status(trial_dir_p, status="done", error=None, wall_s=time.time() - t0,
                              train_s=train_s, eval_s=eval_s, summary=summary,
                              finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -146,15 +139,3 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
                              traceback=traceback.format_exc(), wall_s=time.time() - t0,
                              finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
-
-def _plain(obj: Any) -> Any:
-    """A JSON-able copy: numpy / torch scalars to Python numbers, tuples to lists."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
