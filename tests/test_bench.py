@@ -274,3 +274,10 @@ def test_bad_zoo_file_fails_before_anything_runs(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main(["bench", "--model", "nowhere_at_all:build", "--out", str(tmp_path / "out")]) == 2
     assert "cannot import 'nowhere_at_all'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_markdown_cells_of_missing_and_infinite_numbers():
+    """NaN reads "nan" (it used to read "-inf"), infinities keep their sign, None is a dash."""
+    from robvae.bench.run import _cell
+
+    assert [_cell(v, "{:.3f}") for v in (math.nan, math.inf, -math.inf, None, 0.5)] == ["nan", "inf", "-inf", "—", "0.500"]

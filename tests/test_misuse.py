@@ -669,3 +669,14 @@ def test_examples_docs_and_tests_use_no_absolute_machine_paths():
                 if pattern.search(line):
                     bad.append(f"{rel}:{k}: {line.strip()[:100]}")
     assert not bad, "absolute machine paths:\n" + "\n".join(bad)
+
+
+def test_csv_cells_of_numpy_and_torch_scalars(tmp_path):
+    """numpy 2's float64 is a float whose repr is "np.float64(0.5)": cells hold the plain number."""
+    import numpy as np
+
+    from robvae.fileio import read_csv, write_csv
+
+    path = tmp_path / "t.csv"
+    write_csv(path, [{"a": np.float64(0.5), "b": np.float32(0.25), "c": torch.tensor(3), "d": 0.1, "e": np.int64(7)}])
+    assert read_csv(path) == [{"a": "0.5", "b": "0.25", "c": "3", "d": "0.1", "e": "7"}]

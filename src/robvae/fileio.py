@@ -150,8 +150,9 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldn
 
 
 def _csv_value(v: Any) -> Any:
-    """Floats as repr (every digit); numpy / torch scalars as Python numbers first."""
-    if hasattr(v, "item") and not isinstance(v, float):
+    """Floats as repr (every digit); numpy / torch scalars as Python numbers first (numpy's float64
+    is a float whose repr is "np.float64(...)" under numpy 2)."""
+    if hasattr(v, "item"):
         v = v.item()
     return repr(v) if isinstance(v, float) else v
 

@@ -129,6 +129,8 @@ def aggregate(results: list[tuple[str, str, BenchResult]]) -> list[dict[str, Any
 def _cell(v: Any, fmt: str) -> str:
     if v is None:
         return "—"
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
     if isinstance(v, float) and not math.isfinite(v):
         return "inf" if v > 0 else "-inf"
     return fmt.format(v)

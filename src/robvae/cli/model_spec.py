@@ -21,12 +21,10 @@ from typing import Any
 import click
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data import load_dataset
 from ..errors import InputError
-from ..robustness import Certificate, certify
-from ..sweep.shard import block_seed
+from ..sweep.shard import certify_blocks  # re-exported: the CLI certifies --model inputs with it
 from ..training import Run, TrainConfig
 from ..validation import check_images, check_model, model_input_shape
 from .options import DATASETS
@@ -168,17 +166,6 @@ def model_run(run_dir: str | None, split: str, n: int, device: str,
     run = ModelRun(path=out, config=TrainConfig(dataset=dataset, data_dir=data_dir), model=model, metrics=[],
                    inputs=None if pre is None else pre.to(device), spec=str(spec))
     return run, x
-
-
-def certify_blocks(model: torch.nn.Module, x: torch.Tensor, r: float, *, seed: int = 0, block_size: int = 64,
-                   progress: bool = False, **certify_kwargs: Any) -> Certificate:
-    """Certify in blocks seeded as :func:`robvae.sweep.certify_sharded` does (the same numbers as a
-    serial run of a run folder with the same model), in this process."""
-    parts = []
-    for i in tqdm(range(0, x.shape[0], block_size), desc="certify", unit="block", disable=not progress):
-        g = torch.Generator(device="cpu").manual_seed(block_seed(seed, i))
-        parts.append(certify(model, x[i:i + block_size], r, generator=g, **certify_kwargs))
-    return Certificate.cat(parts)
 
 
 __all__ = ["load_model_spec", "load_inputs_file", "ModelRun", "model_options", "optional_run_argument", "model_run", "certify_blocks"]
