@@ -156,11 +156,7 @@ def jacobian_penalty(
     K = int(projections)
     xs = x.unsqueeze(0).expand(K, *x.shape).reshape(K * x.shape[0], *x.shape[1:])
 
-    def f(inp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, sigma = model.encode(inp)
-        return mu, sigma
-
-    (mu, sigma), pullback = vjp(f, xs)
+    (mu, sigma), pullback = vjp(lambda inp: tuple(model.encode(inp)), xs)
     d = mu.shape[-1]
     v = _sphere(tuple(mu.shape), mu, generator)
     if whitened:

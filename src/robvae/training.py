@@ -212,10 +212,8 @@ def train(
         config = dataclasses.replace(config, data_dir=str(Path(config.data_dir).expanduser().resolve()))
     device = torch.device(config.device)
     if data is None:
-        train_set = load_dataset(config.dataset, "train", config.data_dir)
-        test_set = load_dataset(config.dataset, "test", config.data_dir)
-    else:
-        train_set, test_set = data
+        data = tuple(load_dataset(config.dataset, split, config.data_dir) for split in ("train", "test"))
+    train_set, test_set = data
     train_set = train_set.subset(config.n_train)
     if tuple(config.model.input_shape) != tuple(train_set.shape):
         config.model = ModelConfig.from_dict({**config.model.to_dict(), "input_shape": tuple(train_set.shape)})
@@ -348,17 +346,13 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu", *, checkpoint:
             raise
         raise CheckpointError(f"config {run_dir / CONFIG_FILE} is invalid: {e}") from None
     model = VAE(config.model)
-    if checkpoint:
-        path = run_dir / CHECKPOINT_FILE
-        tensors, meta = load_tensors(path, device)
-        _check_weights_config(path, meta, config)
-        state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    else:
-        path = run_dir / WEIGHTS_FILE
-        if not path.exists() and (run_dir / CHECKPOINT_FILE).exists():
-            raise CheckpointError(f"weights file {path} is missing: training has not finished (rerun train to resume)")
-        state, meta = load_tensors(path, device)
-        _check_weights_config(path, meta, config)
+    path = run_dir / (CHECKPOINT_FILE if checkpoint else WEIGHTS_FILE)
+    if not checkpoint and not path.exists() and (run_dir / CHECKPOINT_FILE).exists():
+        raise CheckpointError(f"weights file {path} is missing: training has not finished (rerun train to resume)")
+    state, meta = load_tensors(path, device)
+    _check_weights_config(path, meta, config)
+    if checkpoint:  # the model's tensors, without the optimiser's
+        state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
     model = model.to(device)
     _load_state(model, state, path)
     model.eval()

@@ -147,12 +147,11 @@ def load_cifar10(split: str = "train", data_dir: str | os.PathLike | None = None
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     how = ("pass --data-dir DIR pointing at the extracted cifar-10-batches-py folder (or its parent), "
            "from the python version of CIFAR-10")
+    extra = " (download is not supported for cifar10)" if download else ""
     if data_dir is None:
-        extra = " (download is not supported for cifar10)" if download else ""
         raise DataError(f"cifar10: no data folder given{extra}; {how}")
     folder = find_cifar_dir(data_dir)
     if folder is None:
-        extra = " (download is not supported for cifar10)" if download else ""
         raise DataError(f"cifar10: no {CIFAR_FOLDER} batch files in {data_dir}{extra}; {how}")
     parts = []
     for batch in CIFAR_BATCHES[split]:
@@ -160,7 +159,6 @@ def load_cifar10(split: str = "train", data_dir: str | os.PathLike | None = None
         if not path.is_file():
             raise DataError(f"{path}: missing (cifar10 {split} needs {', '.join(CIFAR_BATCHES[split])})")
         parts.append(read_cifar_batch(path))
-    data = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-    labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    data, labels = (np.concatenate(arrays) for arrays in zip(*parts))
     x = torch.from_numpy(data.reshape(-1, *CIFAR_SHAPE).astype(np.float32) / np.float32(255.0))
     return ImageDataset(x, torch.from_numpy(labels), "cifar10", split)

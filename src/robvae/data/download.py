@@ -18,6 +18,7 @@ Only the standard library (urllib) is used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -194,12 +195,10 @@ def download_file(
     name = dest.name
     if checksum is not None:
         parse_checksum(checksum)  # a malformed checksum is the caller's bug: fail before any I/O
-        if dest.exists():
-            try:
+        with contextlib.suppress(DataError):  # a stale or foreign file: download again and replace it
+            if dest.exists():
                 verify_checksum(dest, checksum)
                 return dest
-            except DataError:
-                pass  # stale or foreign file: download again and replace it
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(name + ".part")
     last_error: BaseException | None = None
@@ -210,13 +209,11 @@ def download_file(
         try:
             _fetch_once(url, part, timeout)
         except _Restart:
-            if checksum is not None and part.exists():
-                try:  # e.g. 416: the .part may already be whole (an earlier run stopped before the move)
+            if checksum is not None and part.exists():  # e.g. 416: the .part may already be whole
+                with contextlib.suppress(DataError):  # (an earlier run stopped before the move)
                     verify_checksum(part, checksum)
                     os.replace(part, dest)
                     return dest
-                except DataError:
-                    pass
             part.unlink(missing_ok=True)
             if restarted:
                 raise DataError(f"{name}: the server at {url} keeps refusing to resume; giving up") from None

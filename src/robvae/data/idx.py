@@ -32,11 +32,9 @@ FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 #: IDX type codes -> big-endian numpy dtypes.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
-#: Base file names per split (images, labels); each may end in .gz or not.
-IDX_NAMES: dict[str, tuple[str, str]] = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
+#: Base file names per split (images, labels): the downloaded names less ".gz" (a file may end in .gz or not).
+IDX_NAMES: dict[str, tuple[str, ...]] = {
+    split: tuple(name.removesuffix(".gz") for name in names) for split, names in _download.IDX_FILES.items()}
 SPLITS = tuple(IDX_NAMES)
 _SEARCH_DEPTH = 3  # how many levels of subfolders are searched for the files
 
@@ -174,8 +172,7 @@ def _missing_message(name: str, folder: Path, split: str) -> str:
 
 
 def _load(name: str, split: str, data_dir: Path, download: bool) -> ImageDataset:
-    if split not in IDX_NAMES:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    # an unknown split is refused by find_idx_files, before any download
     if download and find_idx_files(data_dir, split) is None:
         _download.download_dataset(name, data_dir, (split,))
     return load_idx_dataset(data_dir, split, name)

@@ -37,12 +37,11 @@ def dataset_shape(name: str) -> tuple[int, int, int]:
     return _SHAPES[canonical_name(name)]
 
 
-def _loader(name: str) -> Callable[..., ImageDataset]:
-    if name == "digits":
-        return lambda split, data_dir, download: load_digits(split)
-    if name == "cifar10":
-        return load_cifar10
-    return load_mnist if name == "mnist" else load_fashion_mnist
+#: name -> loader(split, data_dir, download)
+_LOADERS: dict[str, Callable[..., ImageDataset]] = {
+    "digits": lambda split, data_dir, download: load_digits(split),
+    "mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10,
+}
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | None = None,
@@ -57,4 +56,4 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     key = canonical_name(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    return _loader(key)(split, data_dir, download)
+    return _LOADERS[key](split, data_dir, download)

@@ -38,21 +38,15 @@ CHUNK_ROWS_CPU_CONV = 512
 CHUNK_ROWS_CUDA = 1 << 16
 
 
-def _sigmoid_vae_parts(model: torch.nn.Module):
-    """(decoder, kind) when ``model`` is robvae's own VAE with an unmodified decode (g = sigmoid of
-    an MLPDecoder or ConvDecoder), else None: only then may :func:`flat_decode` run it its own way."""
+def _sigmoid_vae_decoder(model: torch.nn.Module):
+    """The decoder when ``model`` is robvae's own VAE with an unmodified decode (g = sigmoid of an
+    MLPDecoder or ConvDecoder), else None: only then may :func:`flat_decode` run it its own way."""
     if type(model).decode is not VAE.decode or not isinstance(model, VAE) or _has_hooks_or_overrides(model):
         return None
     lik = getattr(model, "likelihood", None)
-    if type(lik) not in (BernoulliLikelihood, GaussianLikelihood) or type(lik).mean not in (
-            BernoulliLikelihood.mean, GaussianLikelihood.mean):
+    if type(lik) not in (BernoulliLikelihood, GaussianLikelihood):  # (their mean is sigmoid)
         return None
-    dec = model.decoder
-    if type(dec) is MLPDecoder:
-        return dec, "mlp"
-    if type(dec) is ConvDecoder:
-        return dec, "conv"
-    return None
+    return model.decoder if type(model.decoder) in (MLPDecoder, ConvDecoder) else None
 
 
 def _has_hooks_or_overrides(model: torch.nn.Module) -> bool:
@@ -86,14 +80,21 @@ def _key(layer: torch.nn.Module) -> tuple:
     return (w._version, w.data_ptr(), w.device, w.dtype, None if b is None else (b._version, b.data_ptr()))
 
 
-def _derived(layer: torch.nn.Module, make) -> tuple:
-    key = _key(layer)
-    hit = _DERIVED.get(layer)
+def _cached(table: weakref.WeakKeyDictionary, owner, key: tuple, make):
+    """``make()``, kept in ``table`` for ``owner`` until ``key`` changes; None when ``owner``
+    cannot be a weak key (then nothing is made)."""
+    try:
+        hit = table.get(owner)
+    except TypeError:  # not weak-referenceable
+        return None
     if hit is None or hit[0] != key:
-        with torch.no_grad():
-            hit = (key, make())
-        _DERIVED[layer] = hit
+        hit = (key, make())
+        table[owner] = hit
     return hit[1]
+
+
+def _derived(layer: torch.nn.Module, make) -> tuple:
+    return _cached(_DERIVED, layer, _key(layer), torch.no_grad()(make))
 
 
 def _is_thin_deconv(layer: torch.nn.Module) -> bool:
@@ -105,9 +106,11 @@ def _is_thin_deconv(layer: torch.nn.Module) -> bool:
             and layer.groups == 1 and layer.padding_mode == "zeros" and 4 * layer.out_channels <= layer.in_channels)
 
 
-def _shift(p: int, n: int) -> tuple[slice, slice]:
-    """(output slice, input slice) along one axis for output index m taking input m - 1 + p."""
-    return ((slice(1, n), slice(0, n - 1)), (slice(0, n), slice(0, n)), (slice(0, n - 1), slice(1, n)))[p]
+def _phase(a: int, n: int) -> tuple[int, int, slice, slice]:
+    """Output phase ``a`` (rows 2 m + a) along an axis of ``n`` input rows: (centre tap, edge tap,
+    output slice, input slice), the edge tap taking input m - 1 + p, p = 2 a (0 or 2)."""
+    edge = (slice(1, n), slice(0, n - 1)) if a == 0 else (slice(0, n - 1), slice(1, n))
+    return _TAPS[a][1], _TAPS[a][2 * a], *edge
 
 
 def _thin_deconv(layer: torch.nn.ConvTranspose2d, h: torch.Tensor, sigmoid: bool) -> torch.Tensor:
@@ -125,13 +128,9 @@ def _thin_deconv(layer: torch.nn.ConvTranspose2d, h: torch.Tensor, sigmoid: bool
     y = torch.mm(wt, rows.t()).view(cout, 4, 4, N, H, W)
     ph = torch.empty((2, 2, cout, N, H, W), dtype=h.dtype, device=h.device)
     for a in (0, 1):
-        ka, pa = _TAPS[a][1], 2 * a  # centre tap, edge position (0 or 2)
-        kea = _TAPS[a][pa]
-        om, im = _shift(pa, H)
+        ka, kea, om, im = _phase(a, H)  # centre tap, edge tap, edge output / input rows
         for b in (0, 1):
-            kb, pb = _TAPS[b][1], 2 * b
-            keb = _TAPS[b][pb]
-            on, in_ = _shift(pb, W)
+            kb, keb, on, in_ = _phase(b, W)
             o = ph[a, b]
             if bias is None:
                 o.copy_(y[:, ka, kb])
@@ -190,19 +189,18 @@ def flat_decode(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     a thin transposed convolution runs as one GEMM and an overlap-add (:func:`_thin_deconv`),
     the last one with the sigmoid fused.
     """
-    parts = _sigmoid_vae_parts(model)
+    dec = _sigmoid_vae_decoder(model)
     inplace = torch.is_inference_mode_enabled() or not torch.is_grad_enabled()
-    if parts is None:
+    if dec is None:
         plan = _user_plan(model, z) if inplace else None
         return model.decode(z).flatten(1) if plan is None else plan(z)
-    dec, kind = parts
     N = z.shape[0]
-    if kind == "mlp":
+    if type(dec) is MLPDecoder:
         h = _run(_layers(dec.net), z, inplace)
     else:
         head, deconv = _layers(dec.head), _layers(dec.deconv)
         k = max((i for i, layer in enumerate(head) if type(layer) is torch.nn.Linear), default=None)
-        if inplace and k is not None and _is_grid_linear(head[k], dec.grid):
+        if inplace and k is not None and head[k].out_features == math.prod(dec.grid):
             h = _hwc_linear(head[k], _run(head[:k], z, inplace), dec.grid)
             h = _run(head[k + 1:], h, inplace)  # elementwise activations keep the layout
         else:
@@ -212,10 +210,6 @@ def flat_decode(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
         h = _run(deconv, h, inplace)
     h = h.reshape(N, -1)
     return h.sigmoid_() if inplace else torch.sigmoid(h)
-
-
-def _is_grid_linear(layer: torch.nn.Module, grid: tuple[int, int, int]) -> bool:
-    return type(layer) is torch.nn.Linear and layer.out_features == math.prod(grid)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,13 +240,8 @@ def _flat_layers(module: torch.nn.Module) -> list[torch.nn.Module] | None:
         return [module]
     if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
         return None
-    out: list[torch.nn.Module] = []
-    for k in kids:
-        sub = _flat_layers(k)
-        if sub is None:
-            return None
-        out.extend(sub)
-    return out
+    subs = [_flat_layers(k) for k in kids]
+    return None if None in subs else [leaf for sub in subs for leaf in sub]
 
 
 def _next_spatial(layers: list[torch.nn.Module], i: int) -> torch.nn.Module | None:
@@ -408,22 +397,14 @@ def _user_plan(model: torch.nn.Module, z: torch.Tensor):
     when hooks or instance overrides are present (the rewrite would skip them)."""
     if _has_hooks_or_overrides(model) or _find_decoder(model) is None:
         return None
-    key = _plan_key(model, z)
-    try:
-        hit = _PLANS.get(model)
-    except TypeError:  # not weak-referenceable
-        return None
-    if hit is None or hit[0] != key:
-        hit = (key, _build_plan(model, z))
-        _PLANS[model] = hit
-    return hit[1]
+    return _cached(_PLANS, model, _plan_key(model, z), lambda: _build_plan(model, z))
 
 
 def has_fast_route(model: torch.nn.Module, z: torch.Tensor) -> bool:
     """Whether :func:`flat_decode` runs ``model`` its own way for latents like ``z`` (robvae's VAE,
     or a user's decoder rewritten and checked), rather than calling ``model.decode``."""
     with torch.inference_mode():
-        return _sigmoid_vae_parts(model) is not None or _user_plan(model, z) is not None
+        return _sigmoid_vae_decoder(model) is not None or _user_plan(model, z) is not None
 
 
 def draw_chunks(n_samples: int, chunk_size: int) -> Iterator[int]:

@@ -13,19 +13,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class BernoulliLikelihood(nn.Module):
-    """log p(x|z) = sum_j x_j log g_j + (1 - x_j) log(1 - g_j), g = sigmoid(h); x in [0, 1]."""
-
-    name = "bernoulli"
+class _SigmoidMean(nn.Module):
+    """The mean reconstruction g = sigmoid(h) that every likelihood here shares."""
 
     def mean(self, h: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(h)
+
+
+class BernoulliLikelihood(_SigmoidMean):
+    """log p(x|z) = sum_j x_j log g_j + (1 - x_j) log(1 - g_j), g = sigmoid(h); x in [0, 1]."""
+
+    name = "bernoulli"
 
     def log_prob(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return -F.binary_cross_entropy_with_logits(h, x, reduction="none").flatten(1).sum(1)
 
 
-class GaussianLikelihood(nn.Module):
+class GaussianLikelihood(_SigmoidMean):
     """log p(x|z) = sum_j log N(x_j; sigmoid(h_j), s^2), s fixed or learned (one scalar)."""
 
     name = "gaussian"
@@ -35,9 +39,6 @@ class GaussianLikelihood(nn.Module):
         self.learned = scale is None
         init = math.log(0.1 if scale is None else scale)
         self.log_scale = nn.Parameter(torch.tensor(init), requires_grad=self.learned)
-
-    def mean(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(h)
 
     def log_prob(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         s = self.log_scale.exp()
@@ -64,16 +65,13 @@ def cb_log_norm(h: torch.Tensor) -> torch.Tensor:
     return torch.where(small, taylor, exact)
 
 
-class ContinuousBernoulliLikelihood(nn.Module):
+class ContinuousBernoulliLikelihood(_SigmoidMean):
     """log p(x|z) = sum_j [x_j log lambda_j + (1 - x_j) log(1 - lambda_j) + log C(lambda_j)], lambda = sigmoid(h)
     (Loaiza-Ganem and Cunningham 2019), a proper density on [0, 1]. The reconstruction g = sigmoid(h)
     is lambda, as for the other likelihoods (the continuous Bernoulli's expectation is a monotone
     function of lambda, not lambda itself)."""
 
     name = "cbernoulli"
-
-    def mean(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(h)
 
     def log_prob(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         per_pixel = -F.binary_cross_entropy_with_logits(h, x, reduction="none") + cb_log_norm(h)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .networks import MLPDecoder, interleave
+
 
 class GroupSort(nn.Module):
     """MaxMin activation (GroupSort with groups of 2) on the last dimension: 1-Lipschitz in l2."""
@@ -81,14 +83,8 @@ class LipschitzMLP(nn.Sequential):
         for h in sizes[1:-1]:
             if h % 2:
                 raise ValueError(f"GroupSort needs even hidden widths, got {tuple(sizes[1:-1])}")
-        k = len(sizes) - 1
-        scale = float(lipschitz) ** (1.0 / k)
-        layers: list[nn.Module] = []
-        for i in range(k):
-            layers.append(OrthoLinear(sizes[i], sizes[i + 1], scale))
-            if i < k - 1:
-                layers.append(GroupSort())
-        super().__init__(*layers)
+        scale = float(lipschitz) ** (1.0 / (len(sizes) - 1))
+        super().__init__(*interleave([OrthoLinear(a, b, scale) for a, b in zip(sizes, sizes[1:])], GroupSort))
         self.lipschitz = float(lipschitz)
 
 
@@ -121,12 +117,10 @@ class LipschitzEncoder(nn.Module):
         D = math.prod(input_shape)
         self.latent_dim = int(latent_dim)
         self.mean = LipschitzMLP([D, *hidden, latent_dim], lipschitz)
-        self.sigma_fixed = None if sigma_fixed is None else float(sigma_fixed)
-        self.sigma_cap = None if sigma_cap is None else float(sigma_cap)
-        if self.sigma_fixed is not None and not self.sigma_fixed > 0:
-            raise ValueError(f"sigma_fixed must be > 0, got {sigma_fixed}")
-        if self.sigma_cap is not None and not self.sigma_cap > 0:
-            raise ValueError(f"sigma_cap must be > 0, got {sigma_cap}")
+        for name, value in (("sigma_fixed", sigma_fixed), ("sigma_cap", sigma_cap)):
+            setattr(self, name, None if value is None else float(value))
+            if value is not None and not float(value) > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         self.std = (LipschitzMLP([D, *hidden, latent_dim], lipschitz if lipschitz_std is None else lipschitz_std)
                     if self.sigma_fixed is None else None)
 
@@ -143,16 +137,14 @@ class LipschitzEncoder(nn.Module):
         return mu, self.std_scale() * torch.sigmoid(self.std(flat))
 
 
-class LipschitzDecoder(nn.Module):
-    """z [N, d] -> h(z) [N, *shape] (logits; the reconstruction is sigmoid(h)), L-Lipschitz."""
+class LipschitzDecoder(MLPDecoder):
+    """z [N, d] -> h(z) [N, *shape] (logits; the reconstruction is sigmoid(h)), L-Lipschitz: the
+    MLP decoder with a :class:`LipschitzMLP` d -> reversed(hidden) -> D."""
+
+    _make_net = LipschitzMLP
 
     def __init__(self, input_shape: Sequence[int], latent_dim: int, hidden: Sequence[int], lipschitz: float):
-        super().__init__()
-        self.input_shape = tuple(input_shape)
-        self.net = LipschitzMLP([latent_dim, *reversed(tuple(hidden)), math.prod(input_shape)], lipschitz)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(z.shape[0], *self.input_shape)
+        super().__init__(input_shape, latent_dim, hidden, lipschitz)
 
 
 def construction_constants(encoder: LipschitzEncoder, decoder: LipschitzDecoder) -> LipschitzConstants:

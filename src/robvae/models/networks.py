@@ -7,7 +7,7 @@ Encoders map ``[B, C, H, W] -> [B, 2 d]`` (mean and pre-softplus scale); decoder
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -20,14 +20,15 @@ def _activation(name: str) -> nn.Module:
     return acts[name]()
 
 
+def interleave(layers: Sequence[nn.Module], activation: Callable[[], nn.Module]) -> list[nn.Module]:
+    """``layers`` with a new ``activation()`` between each two consecutive ones (none after the last)."""
+    return [m for i, layer in enumerate(layers) for m in ([activation(), layer] if i else [layer])]
+
+
 def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
     """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with the activation between them."""
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(_activation(activation))
-    return nn.Sequential(*layers)
+    linears = [nn.Linear(a, b) for a, b in zip(sizes, sizes[1:])]
+    return nn.Sequential(*interleave(linears, lambda: _activation(activation)))
 
 
 class MLPEncoder(nn.Module):
@@ -44,20 +45,25 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     """An MLP ``d -> reversed(hidden)... -> D``, reshaped to the image."""
 
+    #: Builds the network from the sizes and the last constructor argument.
+    _make_net: Callable[..., nn.Module] = staticmethod(mlp)
+
     def __init__(self, input_shape: Sequence[int], latent_dim: int, hidden: Sequence[int], activation: str):
         super().__init__()
         self.input_shape = tuple(input_shape)
-        self.net = mlp([latent_dim, *reversed(tuple(hidden)), math.prod(input_shape)], activation)
+        self.net = self._make_net([latent_dim, *reversed(tuple(hidden)), math.prod(input_shape)], activation)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).view(z.shape[0], *self.input_shape)
 
 
-def _check_conv_shape(input_shape: Sequence[int]) -> None:
+def _conv_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """(C, H, W), checked: H and W divisible by 4."""
     if len(input_shape) != 3 or input_shape[1] % 4 or input_shape[2] % 4:
         raise ValueError(
             f"the conv architecture needs images [C, H, W] with H and W divisible by 4, got {tuple(input_shape)}"
         )
+    return tuple(input_shape)  # type: ignore[return-value]
 
 
 class ConvEncoder(nn.Module):
@@ -65,8 +71,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], latent_dim: int, channels: Sequence[int], hidden: int, activation: str):
         super().__init__()
-        _check_conv_shape(input_shape)
-        c, h, w = input_shape
+        c, h, w = _conv_shape(input_shape)
         c1, c2 = channels
         self.features = nn.Sequential(
             nn.Conv2d(c, c1, 4, stride=2, padding=1), _activation(activation),
@@ -83,8 +88,7 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], latent_dim: int, channels: Sequence[int], hidden: int, activation: str):
         super().__init__()
-        _check_conv_shape(input_shape)
-        c, h, w = input_shape
+        c, h, w = _conv_shape(input_shape)
         c1, c2 = channels
         self.grid = (c2, h // 4, w // 4)
         self.head = nn.Sequential(mlp([latent_dim, hidden, math.prod(self.grid)], activation), _activation(activation))

@@ -53,9 +53,8 @@ class ModelConfig(ConfigMixin):
     _what: ClassVar[str] = "model config"
 
     def __post_init__(self) -> None:
-        self.input_shape = tuple(int(s) for s in self.input_shape)
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.conv_channels = tuple(int(c) for c in self.conv_channels)  # type: ignore[assignment]
+        for name in ("input_shape", "hidden", "conv_channels"):
+            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
         if self.arch not in ("mlp", "conv", "lipschitz-mlp"):
             raise ValueError(f"unknown arch {self.arch!r}; choose 'mlp', 'conv' or 'lipschitz-mlp'")
         if self.arch == "lipschitz-mlp":
