@@ -172,7 +172,7 @@ class EnsembleAttack:
         check_x(model, x)
         mode = mode or self.mode
         g = generator if generator is not None else self.generator
-        B, shape = x.shape[0], tuple(x.shape[1:])
+        B = x.shape[0]
         eps_b = as_eps(eps, B, x)
         if not torch.isfinite(eps_b).all():
             raise ValueError("the ensemble attack needs a finite budget eps")
@@ -198,9 +198,8 @@ class EnsembleAttack:
         for k, st in enumerate(self.stages):
             if st.needs_r and rt is None:
                 continue
-            starts = []
-            for name in st.starts:
-                starts += {"singular": singular, "warm": warm, "best": [best]}[name]
+            pools = {"singular": singular, "warm": warm, "best": [best]}
+            starts = [s for name in st.starts for s in pools[name]]
             f = ensemble_objective(st.objective, model, x, mode=mode, draws=st.draws, r=rt, generator=g,
                                    counter=counter)
             res = apgd(f, x, eps_b, norm=self.norm, steps=st.steps, starts=torch.stack(starts) if starts else None,

@@ -124,10 +124,6 @@ class RowCounter:
         self.rows += int(n)
 
 
-def _sigma(mode: str, sigma_adv: torch.Tensor, sigma0: torch.Tensor, R: int, B: int, d: int) -> torch.Tensor:
-    return sigma_adv.view(R, B, 1, d) if mode == "full" else sigma0.view(1, B, 1, d)
-
-
 def ensemble_objective(
     name: str, model: torch.nn.Module, x: torch.Tensor, *, mode: str = "full", draws: int = 8,
     r: torch.Tensor | None = None, generator: torch.Generator | None = None, counter: RowCounter | None = None,
@@ -172,7 +168,8 @@ def ensemble_objective(
     def norms(x_adv: torch.Tensor) -> torch.Tensor:
         R = x_adv.shape[0]
         mu, sigma = model.encode(x_adv.flatten(0, 1))
-        z = (mu.view(R, B, 1, d) + eta * _sigma(mode, sigma, sigma0, R, B, d)).reshape(R * B * K, d)
+        s = sigma.view(R, B, 1, d) if mode == "full" else sigma0.view(1, B, 1, d)
+        z = (mu.view(R, B, 1, d) + eta * s).reshape(R * B * K, d)
         count(R * B * K)
         return safe_norm(flat_decode(model, z).view(R, B, K, D) - ref[None, :, None, :])  # [R, B, K]
 

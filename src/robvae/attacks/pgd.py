@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 
 from ..rng import rand, randn
-from ..validation import check_x
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -29,6 +28,11 @@ Objective = Callable[[torch.Tensor], torch.Tensor]
 def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[N] -> [N, 1, ..., 1] broadcasting against ``like`` [N, *shape]."""
     return v.view(-1, *[1] * (like.dim() - 1))
+
+
+def unit_rows(v: torch.Tensor) -> torch.Tensor:
+    """Each row of v [N, *shape] divided by its Euclidean norm (rows of zeros stay zero)."""
+    return v / _rows(v.flatten(1).norm(dim=1).clamp_min(torch.finfo(v.dtype).tiny), v)
 
 
 class Norm:
@@ -84,7 +88,7 @@ class L2(Norm):
         return g * _rows(radius / self.norm(g).clamp_min(torch.finfo(g.dtype).tiny), g)
 
     def direction(self, grad):
-        return grad / _rows(self.norm(grad).clamp_min(torch.finfo(grad.dtype).tiny), grad)
+        return unit_rows(grad)
 
     def project(self, delta, eps):
         n = self.norm(delta)
@@ -169,6 +173,22 @@ class PGDResult:
     value: torch.Tensor
 
 
+def _best_rows(delta: torch.Tensor, value: torch.Tensor, R: int) -> PGDResult:
+    """The best of R rows per input: delta [R * B, *shape], value [R * B] (restart-major)."""
+    B = value.shape[0] // R
+    best = value.view(R, B).argmax(dim=0)  # [B]
+    idx = torch.arange(B, device=value.device)
+    return PGDResult(delta=delta.view(R, B, *delta.shape[1:])[best, idx].detach(), value=value.view(R, B)[best, idx])
+
+
+def _value_grad(objective: Objective, xr: torch.Tensor, d: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The objective at x + d (rows [R * B, *shape]) and its gradient in d (NaN -> 0), both detached."""
+    d = d.detach().requires_grad_(True)
+    v = objective((xr + d).view(R, xr.shape[0] // R, *xr.shape[1:])).reshape(-1)
+    (g,) = torch.autograd.grad(v.sum(), d)
+    return v.detach(), torch.nan_to_num(g.detach())
+
+
 def pgd(
     objective: Objective,
     x: torch.Tensor,
@@ -209,40 +229,29 @@ def pgd(
     else:
         alpha_b = as_eps(step_size, B, x)
     with torch.inference_mode(False), torch.enable_grad():
-        xr = x.detach().clone().unsqueeze(0).expand(R, *x.shape).reshape(R * B, *shape)
+        xr = x.detach().repeat(R, *[1] * len(shape))  # R copies, restart-major
         eps_r, alpha_r = eps_b.repeat(R), alpha_b.repeat(R)
         delta = torch.zeros_like(xr)
         if random_start:
             delta = nrm.random_start(delta, eps_r, generator)
         elif init is not None:
-            delta = init.detach().to(x.dtype).unsqueeze(0).expand(R, *x.shape).reshape(R * B, *shape).clone()
+            delta = init.detach().to(x.dtype).repeat(R, *[1] * len(shape))
         delta = feasible(xr, delta, eps_r, nrm)
         best_delta = delta.clone()
         best_value = torch.full((R * B,), -math.inf, dtype=x.dtype, device=x.device)
         for _ in range(steps):
-            delta.requires_grad_(True)
-            value = objective((xr + delta).view(R, B, *shape)).reshape(R * B)
-            (grad,) = torch.autograd.grad(value.sum(), delta)
+            value, grad = _value_grad(objective, xr, delta, R)
             with torch.no_grad():
-                delta = delta.detach()
-                better = (value.detach() > best_value) if track else torch.zeros_like(best_value, dtype=torch.bool)
-                best_value = torch.where(better, value.detach(), best_value)
+                better = (value > best_value) if track else torch.zeros_like(best_value, dtype=torch.bool)
+                best_value = torch.where(better, value, best_value)
                 best_delta = torch.where(_rows(better, delta), delta, best_delta)
-                grad = torch.nan_to_num(grad)
                 delta = feasible(xr, delta + _rows(alpha_r, delta) * nrm.direction(grad), eps_r, nrm)
         with torch.no_grad():
             value = objective((xr + delta).view(R, B, *shape)).detach().reshape(R * B)
             better = (value > best_value) | ~torch.tensor(track, device=x.device)
             best_value = torch.where(better, value, best_value)
             best_delta = torch.where(_rows(better, delta), delta, best_delta)
-    best = best_value.view(R, B).argmax(dim=0)  # [B]
-    idx = torch.arange(B, device=x.device)
-    return PGDResult(delta=best_delta.view(R, B, *shape)[best, idx], value=best_value.view(R, B)[best, idx])
-
-
-def check_inputs(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-    """Validate an attack's images against the model (InputError on shape, NaN/inf or range)."""
-    return check_x(model, x, name=name)
+    return _best_rows(best_delta, best_value, R)
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -294,22 +303,15 @@ def apgd(
         n_rand = 1  # one row at delta = 0 (random_start False, no starts)
     R = len(rows) + n_rand
     with torch.inference_mode(False), torch.enable_grad():
-        xr = x.detach().clone().unsqueeze(0).expand(R, *x.shape).reshape(R * B, *shape)
+        xr = x.detach().repeat(R, *[1] * len(shape))  # R copies, restart-major
         eps_r = eps_b.repeat(R)
         extra = torch.zeros((n_rand * B, *shape), dtype=x.dtype, device=x.device)
         if random_start and n_rand:
             extra = nrm.random_start(extra, eps_r[len(rows) * B:], generator)
         delta = torch.cat([s.detach().clone().reshape(B, *shape) for s in rows] + [extra], dim=0)
         delta = feasible(xr, delta, eps_r, nrm)
-
-        def value_grad(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            d = d.detach().requires_grad_(True)
-            v = objective((xr + d).view(R, B, *shape)).reshape(R * B)
-            (g,) = torch.autograd.grad(v.sum(), d)
-            return v.detach(), torch.nan_to_num(g.detach())
-
         eta = 2.0 * eps_r
-        value, grad = value_grad(delta)
+        value, grad = _value_grad(objective, xr, delta, R)
         best_value, best_delta, best_grad = value.clone(), delta.clone(), grad.clone()
         prev = delta.clone()
         checkpoints = set(apgd_checkpoints(steps))
@@ -321,7 +323,7 @@ def apgd(
                 a = 1.0 if k == 0 else momentum
                 new = feasible(xr, delta + a * (z - delta) + (1 - a) * (delta - prev), eps_r, nrm)
             prev = delta
-            new_value, grad = value_grad(new)
+            new_value, grad = _value_grad(objective, xr, new, R)
             with torch.no_grad():
                 n_up += (new_value > value).to(n_up.dtype)
                 better = new_value > best_value
@@ -341,7 +343,4 @@ def apgd(
                     grad = torch.where(hrow, best_grad, grad)
                     best_cp, last_cp = best_value.clone(), k + 1
                     n_up.zero_()
-    best = best_value.view(R, B).argmax(dim=0)
-    idx = torch.arange(B, device=x.device)
-    return PGDResult(delta=best_delta.view(R, B, *shape)[best, idx].detach(),
-                     value=best_value.view(R, B)[best, idx])
+    return _best_rows(best_delta, best_value, R)

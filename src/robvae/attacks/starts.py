@@ -15,10 +15,7 @@ from torch.func import jvp, vjp
 
 from ..models.fast_decode import flat_decode
 from ..rng import randn
-
-
-def _rownorm(v: torch.Tensor) -> torch.Tensor:
-    return v.flatten(1).norm(dim=1).clamp_min(torch.finfo(v.dtype).tiny).view(-1, *[1] * (v.dim() - 1))
+from .pgd import unit_rows
 
 
 def top_singular_direction(
@@ -38,15 +35,14 @@ def top_singular_direction(
         def f(xx: torch.Tensor) -> torch.Tensor:
             return flat_decode(model, model.encode(xx)[0])
 
-        v = randn(x0.shape, x0, generator)
-        v = v / _rownorm(v)
+        v = unit_rows(randn(x0.shape, x0, generator))
         _, pullback = vjp(f, x0)
         sigma = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
         for _ in range(max(int(iters), 1)):
             _, jv = jvp(f, (x0,), (v,))
             sigma = jv.norm(dim=1)
             (w,) = pullback(jv)
-            v = (w / _rownorm(w)).detach()
+            v = unit_rows(w).detach()
             if counter is not None:
                 counter.add(2 * x0.shape[0])
     return v.detach(), sigma.detach()

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from ..validation import check_x
 from .objectives import latent_objective, max_damage_objective, output_objective
-from .pgd import PGDResult, as_eps, check_inputs, get_norm, pgd
+from .pgd import PGDResult, as_eps, get_norm, pgd
 from .starts import top_singular_direction
 
 
@@ -59,7 +60,7 @@ class MaxDamageAttack(_PGDAttack):
 
     def run(self, x: torch.Tensor, eps: float | torch.Tensor | None = None) -> PGDResult:
         """x [B, *shape] -> PGDResult(delta [B, *shape], value = the damage objective [B])."""
-        check_inputs(self.model, x)
+        check_x(self.model, x)
         f = max_damage_objective(self.model, x, eta_samples=self.eta_samples, mode=self.mode, generator=self.generator)
         eps = self.eps if eps is None else eps
         init = None
@@ -77,8 +78,8 @@ class _TargetedAttack(_PGDAttack):
 
     def run(self, x: torch.Tensor, x_target: torch.Tensor) -> PGDResult:
         """-> PGDResult(delta, value = minus the attack's loss [B])."""
-        check_inputs(self.model, x)
-        check_inputs(self.model, x_target, "x_target")
+        check_x(self.model, x)
+        check_x(self.model, x_target, "x_target")
         if x_target.shape[0] != x.shape[0]:
             raise ValueError(f"x_target has {x_target.shape[0]} inputs, x has {x.shape[0]}")
         return self._pgd(self._objective(x, x_target), x, self.eps)

@@ -57,9 +57,9 @@ from ..errors import InputError
 from ..models.fast_decode import (
     _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, draw_chunks, flat_decode,
 )
-from ..validation import as_radius, check_delta, check_x
-from .lipschitz import _dense_operator, _kernel_matrix
-from .sampling import RobustnessEstimate, _check_mode, draw_setup, latent_draws, r_robustness
+from ..validation import as_radius
+from .lipschitz import _dense_operator, _kernel_matrix, patch_overlap
+from .sampling import RobustnessEstimate, checked_inputs, draw_setup, latent_draws, r_robustness
 
 #: bfloat16's unit roundoff (8 significand bits, round to nearest), and the rounding relative
 #: to the rounded value.
@@ -119,10 +119,7 @@ def _conv_shape_free(w: torch.Tensor, layer: torch.nn.Module) -> float:
     kernel index mod stride, write disjoint outputs, so they add in squares)."""
     w = w.detach().double().cpu()
     transposed = isinstance(layer, torch.nn.ConvTranspose2d)
-    n = 1
-    for k, s, d in zip(layer.kernel_size, layer.stride, layer.dilation):
-        n *= k if d != 1 else math.ceil(k / s)
-    mat = _spectral(_kernel_matrix(w, layer.groups, transposed)) * math.sqrt(n)
+    mat = _spectral(_kernel_matrix(w, layer.groups, transposed)) * math.sqrt(patch_overlap(layer))
     if layer.groups != 1:
         return mat
     taps = torch.linalg.matrix_norm(w.permute(2, 3, 0, 1), ord=2) * (1 + 1e-9)  # [kh, kw]
@@ -465,9 +462,7 @@ def r_robustness_bf16(
     products are (avx512_bf16 / AMX CPUs, CUDA). Models whose decoder is not understood, or
     float64 inputs, run :func:`r_robustness` itself. ``stats``: a list that receives a
     :class:`Bf16Stats`."""
-    _check_mode(mode)
-    check_x(model, x)
-    delta = check_delta(x, delta)
+    delta = checked_inputs(model, x, delta, mode)
     rt = as_radius(r, x.shape[0], x)
     B = x.shape[0]
     with torch.inference_mode():

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp, vjp, vmap
 
+from ..attacks.pgd import unit_rows
 from ..models.fast_decode import CHUNK_ELEMENTS, batches
 from ..rng import randn
 from ..validation import check_x
@@ -132,15 +133,13 @@ def _power_spectral(
     B = x.shape[0]
     out, vjp_fn = vjp(f, x)
     jv_fn = _jv_fn(f, x, out, vjp_fn)
-    v = randn(x.shape, x, generator)
-    v = v / v.flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny).view(B, *[1] * (x.dim() - 1))
+    v = unit_rows(randn(x.shape, x, generator))
     est = torch.zeros(B, dtype=x.dtype, device=x.device)
     for _ in range(max(1, n_iter)):
         jv = jv_fn(v)  # [B, d]
         est = jv.norm(dim=1)
         (w,) = vjp_fn(jv)  # J^T J v
-        wn = w.flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
-        v = (w / wn.view(B, *[1] * (x.dim() - 1))).contiguous()  # some layers (group norm) need contiguous tangents
+        v = unit_rows(w).contiguous()  # some layers (group norm) need contiguous tangents
     return jv_fn(v).norm(dim=1).maximum(est).detach()
 
 
@@ -172,26 +171,10 @@ def jacobian_norm(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     check_x(model, x)
-    if method == "auto":
+    if method == "auto":  # resolved here, so that a JacobianSizeWarning points at the caller
         method = resolve_method(method, _latent_dim(model, x), x[0].numel())
-    scale = None
-    if kind == "whitened":
-        with torch.inference_mode():
-            scale = model.encode(x)[1].clone()
-    if method == "exact":
-        if kind == "frobenius":
-            return encoder_jacobian(model, x, chunk_size=chunk_size).norm(dim=(1, 2))
-        J = encoder_jacobian(model, x, chunk_size=chunk_size)
-        if scale is not None:
-            J = J / scale[:, :, None]
-        return torch.linalg.matrix_norm(J, ord=2)
-    with torch.inference_mode(False), torch.enable_grad():
-        xc = x.clone()
-        sc = None if scale is None else scale.clone()
-        f = _mean_fn(model, sc)
-        if kind == "frobenius":
-            return _hutchinson_frobenius(f, xc, n_probes, probe, generator).detach()
-        return _power_spectral(f, xc, n_iter, generator)
+    return getattr(jacobian_norms(model, x, (kind,), method=method, n_probes=n_probes, n_iter=n_iter, probe=probe,
+                                  chunk_size=chunk_size, generator=generator), kind)
 
 
 @dataclass
@@ -218,12 +201,15 @@ def jacobian_norms(
     max_elements: int | None = None,
     n_probes: int = 64,
     n_iter: int = 50,
+    probe: str = "vjp",
+    chunk_size: int | None = None,
     generator: torch.Generator | None = None,
 ) -> JacobianNorms:
     """The requested ``norms`` of J(x) at once: one exact Jacobian for all of them, or (when the
     exact Jacobian would be too large, see :func:`resolve_method`) the matrix-free estimators.
 
-    ``sigma`` [B, d]: sigma(x) for the whitened norm when already at hand.
+    ``sigma`` [B, d]: sigma(x) for the whitened norm when already at hand. ``probe``, ``chunk_size``:
+    as in :func:`jacobian_norm`.
     """
     unknown = set(norms) - set(KINDS)
     if unknown:
@@ -238,7 +224,7 @@ def jacobian_norms(
         with torch.inference_mode():
             sigma = model.encode(x)[1].clone()
     if method == "exact":
-        J = encoder_jacobian(model, x)
+        J = encoder_jacobian(model, x, chunk_size=chunk_size)
         if "frobenius" in norms:
             out["frobenius"] = J.norm(dim=(1, 2))
         if "spectral" in norms:
@@ -249,7 +235,7 @@ def jacobian_norms(
     with torch.inference_mode(False), torch.enable_grad():
         xc = x.clone()
         if "frobenius" in norms:
-            out["frobenius"] = _hutchinson_frobenius(_mean_fn(model), xc, n_probes, "vjp", generator).detach()
+            out["frobenius"] = _hutchinson_frobenius(_mean_fn(model), xc, n_probes, probe, generator).detach()
         if "spectral" in norms:
             out["spectral"] = _power_spectral(_mean_fn(model), xc, n_iter, generator)
         if "whitened" in norms:

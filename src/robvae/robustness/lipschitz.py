@@ -60,24 +60,20 @@ def _kernel_matrix(weight: torch.Tensor, groups: int, transposed: bool) -> torch
     if transposed:  # ConvTranspose2d weight [C_in, C_out / g, kh, kw] -> conv weight [C_out, C_in / g, kh, kw]
         cin, cout_g, kh, kw = w.shape
         w = w.view(groups, cin // groups, cout_g, kh, kw).transpose(1, 2).reshape(groups * cout_g, cin // groups, kh, kw)
-    cout, cin_g, kh, kw = w.shape
-    out_g = cout // groups
-    dense = torch.zeros(cout, groups * cin_g * kh * kw, dtype=torch.float64)
-    for g in range(groups):  # groups is a handful; a loop over layers' groups, not over samples
-        dense[g * out_g:(g + 1) * out_g, g * cin_g * kh * kw:(g + 1) * cin_g * kh * kw] = w[g * out_g:(g + 1) * out_g].reshape(out_g, -1)
-    return dense
+    return torch.block_diag(*w.reshape(w.shape[0], -1).split(w.shape[0] // groups))
+
+
+def patch_overlap(layer: nn.Conv2d | nn.ConvTranspose2d) -> int:
+    """N: the most patches one input pixel lies in, ceil(k / s) per axis (k when dilated)."""
+    return math.prod(k if d != 1 else math.ceil(k / s) for k, s, d in zip(layer.kernel_size, layer.stride, layer.dilation))
 
 
 def conv_bound(layer: nn.Conv2d | nn.ConvTranspose2d) -> float:
     """sqrt(N) ||W_mat||_2, a shape-free upper bound on a (transposed) convolution's spectral norm."""
     if getattr(layer, "padding_mode", "zeros") != "zeros":
         raise InputError(f"lipschitz_bound: {layer} uses padding_mode={layer.padding_mode!r}; only zero padding is supported")
-    transposed = isinstance(layer, nn.ConvTranspose2d)
-    mat = _kernel_matrix(layer.weight, layer.groups, transposed)
-    n = 1
-    for k, s, d in zip(layer.kernel_size, layer.stride, layer.dilation):
-        n *= k if d != 1 else math.ceil(k / s)
-    return math.sqrt(n) * spectral_norm(mat)
+    mat = _kernel_matrix(layer.weight, layer.groups, isinstance(layer, nn.ConvTranspose2d))
+    return math.sqrt(patch_overlap(layer)) * spectral_norm(mat)
 
 
 def _dense_operator(layer: nn.Module, shape: Sequence[int]) -> torch.Tensor:
@@ -112,9 +108,7 @@ def _bound(module: nn.Module, shape: tuple[int, ...] | None) -> tuple[float, tup
             b, shape = _bound(child, shape)
             total *= b
         return total, shape
-    if isinstance(m, nn.Linear):
-        return spectral_norm(m.weight), (*shape[:-1], m.out_features) if shape is not None else None
-    if isinstance(m, OrthoLinear):
+    if isinstance(m, (nn.Linear, OrthoLinear)):
         return spectral_norm(m.weight), (*shape[:-1], m.out_features) if shape is not None else None
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
         b = conv_bound(m)

@@ -156,7 +156,7 @@ def empirical_margin(
     if attack is None:
         attack = EnsembleAttack("cheap", norm=norm, mode=mode)
     B = x.shape[0]
-    shape = tuple(x.shape[1:])
+    col = (-1, *[1] * (x.dim() - 1))  # a per-input [B] tensor as a view broadcasting against x
     rt = as_radius(r, B, x)
     nrm = getattr(attack, "norm", None) or get_norm(norm)
     cap = float(eps_max) if eps_max is not None else nrm.diameter(x[0].numel())
@@ -207,14 +207,13 @@ def empirical_margin(
         """d found at budget ``frm`` rescaled to budget ``to`` (per input; zeros stay zeros). Scaling
         in keeps x + d in the box (a convex combination of x and x + d)."""
         f = torch.where(frm > 0, to / frm.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(to))
-        return d * f.view(-1, *[1] * len(shape))
+        return d * f.view(col)
 
     # 1. clean
     dec0, p_clean = decide(torch.arange(B, device=x.device), None, n_first=min(1000, n_max))
     robust_clean = dec0 == 1
     zeros = torch.zeros(B, dtype=x.dtype, device=x.device)
     inf = torch.full_like(zeros, math.inf)
-    col = (-1, *[1] * len(shape))
     # state per input: lo (robust, settled), hi_conf (NOT robust, settled), and the band [u_lo, u_hi]
     # of budgets whose decision was unsettled (inf when none); perturbations d_lo, d_conf, d_u.
     lo, lo_prev = zeros.clone(), zeros.clone()
@@ -224,11 +223,14 @@ def empirical_margin(
     init = rt if eps_init is None else torch.as_tensor(eps_init, dtype=x.dtype, device=x.device).expand(B)
     init = torch.where(torch.isfinite(init) & (init > 0), init, rt).clamp(max=cap)
 
-    def bad_above(eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The smallest budget above eps with a non-robust (or unsettled) perturbation, and it."""
+    def warm_at(eps: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+        """The warm start at budget eps: the non-robust (or unsettled) perturbation of the smallest such
+        budget above eps, scaled in to eps; ``fallback`` where there is none."""
         use_u = torch.isfinite(u_lo) & (u_lo > eps) & (u_lo < hi_conf)
         b = torch.where(use_u, u_lo, hi_conf)
-        return b, torch.where(use_u.view(col), d_u, d_conf)
+        d_b = torch.where(use_u.view(col), d_u, d_conf)
+        bad = torch.isfinite(b)
+        return torch.where(bad.view(col), scaled(d_b, torch.where(bad, b, eps), eps), fallback)
 
     def record(rows: torch.Tensor, eps: torch.Tensor, dec: torch.Tensor, delta: torch.Tensor) -> None:
         """Fold the decisions at eps into the state, keeping it monotone: a robust decision above an
@@ -294,10 +296,7 @@ def empirical_margin(
             mid_low = 0.5 * (lo + torch.where(has_band, u_lo, top))
             mid_up = torch.where(up_open, torch.minimum(2 * u_hi, top), 0.5 * (u_hi + top))
             mid = torch.where(low_side, mid_low, mid_up)
-            b, d_b = bad_above(mid)
-            warm = torch.where(torch.isfinite(b).view(col), scaled(d_b, torch.where(torch.isfinite(b), b, mid), mid),
-                               scaled(d_lo, lo, mid))
-            dec, delta = attack_at(mid, active, warm)
+            dec, delta = attack_at(mid, active, warm_at(mid, scaled(d_lo, lo, mid)))
             record(active, mid, dec, delta)
 
     for round_ in range(4):
@@ -307,9 +306,7 @@ def empirical_margin(
         check = search & (lo > 0)
         if not check.any():
             break
-        b, d_b = bad_above(lo)
-        warm = torch.where(torch.isfinite(b).view(col), scaled(d_b, torch.where(torch.isfinite(b), b, lo), lo), d_lo)
-        dec, delta = attack_at(lo, check, warm)
+        dec, delta = attack_at(lo, check, warm_at(lo, d_lo))
         failed = check & (dec != 1)
         if not failed.any():
             break
@@ -339,5 +336,4 @@ def empirical_margin(
     return MarginResult(margin=margin, upper=upper, p_clean=p_clean.to(x.dtype), robust_clean=robust_clean,
                         capped=capped, mode=mode, r=rt, eps_max=cap, n_attacks=n_attacks, tolerance=tolerance,
                         upper_confirmed=confirmed, preset=str(preset), decoder_rows=rows_used, alpha=float(alpha),
-                        sequential=bool(sequential), delta=torch.where(search.view(-1, *[1] * len(shape)), d_hi,
-                                                                       torch.zeros_like(d_hi)))
+                        sequential=bool(sequential), delta=torch.where(search.view(col), d_hi, torch.zeros_like(d_hi)))

@@ -32,9 +32,18 @@ from ..validation import as_radius, check_delta, check_x, checked_encode
 MODES = ("mean", "full")
 
 
-def _check_mode(mode: str) -> None:
+def checked_inputs(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor | None, mode: str) -> torch.Tensor | None:
+    """Validate ``mode``, x and delta: -> the checked delta (None: delta = 0)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose 'mean' (sigma(x)) or 'full' (sigma(x+delta))")
+    check_x(model, x)
+    return check_delta(x, delta)
+
+
+def _as_counts(k: torch.Tensor | np.ndarray | int, n: torch.Tensor | np.ndarray | int) -> list[np.ndarray]:
+    """k and n (numbers, arrays or tensors) as float64 arrays broadcast against each other."""
+    return np.broadcast_arrays(*(np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
+                                 for v in (k, n)))
 
 
 def draw_setup(
@@ -100,9 +109,7 @@ def delta_norms(
     "full" uses sigma(x + delta) (docs/THEORY.md section 5). ``chunk_size`` draws per decoder call (default: sized
     so a chunk of decoder outputs holds about 4M numbers).
     """
-    _check_mode(mode)
-    check_x(model, x)
-    delta = check_delta(x, delta)
+    delta = checked_inputs(model, x, delta, mode)
     with torch.inference_mode():
         # one output buffer filled chunk by chunk: a list of small per-chunk results interleaved
         # with the large decoder buffers fragments the heap (RSS grew by GBs on 1,000 inputs)
@@ -127,9 +134,7 @@ def clopper_pearson(
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     device = k.device if isinstance(k, torch.Tensor) else None
-    kn = np.asarray(k.detach().cpu() if isinstance(k, torch.Tensor) else k, dtype=np.float64)
-    nn_ = np.asarray(n.detach().cpu() if isinstance(n, torch.Tensor) else n, dtype=np.float64)
-    kn, nn_ = np.broadcast_arrays(kn, nn_)
+    kn, nn_ = _as_counts(k, n)
     if (kn < 0).any() or (kn > nn_).any() or (nn_ < 1).any():
         raise ValueError("clopper_pearson needs 0 <= k <= n and n >= 1")
     with np.errstate(invalid="ignore"):
@@ -188,9 +193,7 @@ def r_robustness(
     x, delta: [B, *shape]; r: a number or a [B] tensor. Memory is flat in ``n_samples`` (only
     counts are kept). See :func:`delta_norms` for ``mode`` and ``chunk_size``.
     """
-    _check_mode(mode)
-    check_x(model, x)
-    delta = check_delta(x, delta)
+    delta = checked_inputs(model, x, delta, mode)
     rt = as_radius(r, x.shape[0], x)
     with torch.inference_mode():
         k = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -254,9 +257,7 @@ def sequential_bernoulli_test(
         raise ValueError(f"p0 must be in (0, 1), got {p0}")
     if not concentration > 0:
         raise ValueError(f"concentration must be > 0, got {concentration}")
-    kn = np.asarray(k.detach().cpu() if isinstance(k, torch.Tensor) else k, dtype=np.float64)
-    nn_ = np.asarray(n.detach().cpu() if isinstance(n, torch.Tensor) else n, dtype=np.float64)
-    kn, nn_ = np.broadcast_arrays(kn, nn_)
+    kn, nn_ = _as_counts(k, n)
     if (kn < 0).any() or (kn > nn_).any():
         raise ValueError("sequential_bernoulli_test needs 0 <= k <= n")
     a0, b0 = 2 * concentration * p0, 2 * concentration * (1 - p0)
@@ -322,11 +323,9 @@ def sequential_robustness(
     :func:`settles_by`); None draws on to n_max. It only ends draws that would almost surely end
     unsettled anyway: a decision that is made is made by the same test, so the error <= alpha per
     decision is unchanged."""
-    _check_mode(mode)
     if futility is not None and not futility >= 0:
         raise InputError(f"futility must be >= 0 or None, got {futility}")
-    check_x(model, x)
-    delta = check_delta(x, delta)
+    delta = checked_inputs(model, x, delta, mode)
     B = x.shape[0]
     rt = as_radius(r, B, x)
     k = torch.zeros(B, dtype=torch.long, device=x.device)
