@@ -158,3 +158,24 @@ def test_counts_identical_with_and_without_rewrite():
         h.remove()
     # counts may differ only for draws within float rounding of r; with 900 draws none is expected
     assert torch.equal(fast.n_within, slow.n_within)
+
+
+@pytest.mark.parametrize("head", ["flatten", "unflatten"])
+def test_a_leading_reshape_never_writes_into_the_callers_z(head):
+    """A decoder that starts with Flatten (or a one-channel Unflatten, a view of z) and then an
+    activation: the in-place activation must not overwrite the caller's latent draws."""
+    d = 16
+    torch.manual_seed(0)
+    if head == "flatten":
+        dec = nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Linear(d, 64))
+        shape = (1, 8, 8)
+    else:
+        dec = nn.Sequential(nn.Unflatten(1, (1, 4, 4)), nn.ReLU(), nn.ConvTranspose2d(1, 1, 4, 2, 1), nn.Flatten())
+        shape = (1, 8, 8)
+    model = UserVAE(dec, d, shape).eval()
+    z = torch.randn(32, d)
+    z_before = z.clone()
+    with torch.inference_mode():
+        got = flat_decode(model, z)
+    assert torch.equal(z, z_before), "flat_decode changed its input z"
+    torch.testing.assert_close(got, model.decode(z_before).flatten(1), rtol=1e-5, atol=1e-6)

@@ -117,9 +117,12 @@ def parse_checksum(checksum: str) -> tuple[str, str]:
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """Hex digest of a file's bytes."""
+    """Hex digest of a file's bytes, read in 1 MiB blocks (``hashlib.file_digest`` needs Python 3.11)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, algorithm).hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def verify_checksum(path: str | os.PathLike, checksum: str, label: str | None = None) -> None:

@@ -299,13 +299,14 @@ def _compile(layers: list[torch.nn.Module], training: bool):
             if image or layer.dim not in (1, -1) or len(layer.unflattened_size) != 3:
                 return None
             shape = tuple(int(v) for v in layer.unflattened_size)
+            # a view of its input where the layout already matches (one channel): as fresh as its input
             steps.append(lambda h, fresh, shape=shape: (
-                h.reshape(h.shape[0], *shape).contiguous(memory_format=torch.channels_last), True))
+                h.reshape(h.shape[0], *shape).contiguous(memory_format=torch.channels_last), fresh))
             image = True
         elif t is torch.nn.Flatten:
             if layer.start_dim != 1 or layer.end_dim != -1:
                 return None
-            steps.append(lambda h, fresh: (h.reshape(h.shape[0], -1), True))
+            steps.append(lambda h, fresh: (h.reshape(h.shape[0], -1), fresh))  # may be a view: as fresh as its input
             image = False
         elif t in (torch.nn.ConvTranspose2d, torch.nn.Conv2d):
             if not image:
