@@ -184,6 +184,13 @@ class EvalConfig(ConfigMixin):
         """The fields that determine the numbers (device and data_dir excluded)."""
         return {k: v for k, v in self.to_dict().items() if k not in ("device", "data_dir")}
 
+    def attack_budget(self, x: torch.Tensor) -> float:
+        """The maximum-damage attack's L2 budget for inputs x [N, *shape]: ``attack_eps``, or
+        ``attack_eps_relative`` x median ||x||."""
+        if self.attack_eps is not None:
+            return float(self.attack_eps)
+        return float(self.attack_eps_relative * np.median(x.flatten(1).norm(dim=1).double().cpu().numpy()))
+
 
 @dataclass
 class EvalResult:
@@ -312,8 +319,7 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
     r = float(config.r) if config.r is not None else float(config.r_relative * np.median(rmin.double().cpu().numpy()))
     if not r > 0:
         raise ValueError("the median r_min is 0 (the encoder has no noise); set an absolute r")
-    eps = (float(config.attack_eps) if config.attack_eps is not None
-           else float(config.attack_eps_relative * np.median(x_norm.double().cpu().numpy())))
+    eps = config.attack_budget(x_all)
 
     cols.update(r=[r] * n, attack_eps=[eps] * n)
     constants, rigorous_note = _rigorous_constants(model, config)

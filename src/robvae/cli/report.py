@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 
 from . import app
 from ..evaluation import EvalConfig, attack_report, margin_report
@@ -65,8 +64,6 @@ def _evaluate(out: str, config: EvalConfig, quiet: bool) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     meta = {"run": str(out), "model": loaded.spec}
     margin_report(loaded, config, Path(out) / f"margin-{config.split}.csv", progress=not quiet, meta=meta)
-    eps = (config.attack_eps if config.attack_eps is not None  # the budget evaluate() uses by default
-           else config.attack_eps_relative * float(np.median(x.flatten(1).norm(dim=1).double().cpu().numpy())))
-    attack_report(loaded.model, x, eps, preset=config.attack_preset, batch_size=config.batch_size, seed=config.seed,
+    attack_report(loaded.model, x, config.attack_budget(x), preset=config.attack_preset, batch_size=config.batch_size, seed=config.seed,
                   out_dir=Path(out) / f"attack-{config.split}", progress=not quiet,
                   meta={**meta, "split": config.split, "n": config.n})
