@@ -95,9 +95,9 @@ def test_evaluate_protocol_matches_the_linear_vae_closed_forms():
     ({"methods": [{"method": "jacobian"}]}, "missing parameter 'weight'"),
     ({"methods": [{"method": "smooth", "weight": 1, "nois": 0.1}]}, "unknown parameter 'nois'"),
     ({"methods": [{"method": "adversarial", "eps": 0.5, "norm": "l1"}]}, "adversarial_norm"),
-    ({"methods": ["vae"], "models": ["no_such_module_xyz:build"]}, "cannot import 'no_such_module_xyz'"),
+    ({"methods": ["vae"], "models": ["no_such_module_xyz:build"]}, "module 'no_such_module_xyz' does not import"),
     ({"methods": ["vae"], "models": ["robvae.bench:no_such_callable"]}, "has no attribute 'no_such_callable'"),
-    ({"methods": ["vae"], "models": ["not-a-spec"]}, "expected 'package.module:callable'"),
+    ({"methods": ["vae"], "models": ["not-a-spec"]}, "expected MODULE:CALLABLE"),
     ({"methods": ["vae"], "subset": "cifar"}, "unknown test subset 'cifar'"),
     ({"methods": ["vae"], "seeds": [0, 0]}, "duplicate seeds"),
     ({"methods": ["vae"], "frobnicate": 1}, "frobnicate: unknown key"),
@@ -273,7 +273,7 @@ def test_bad_zoo_file_fails_before_anything_runs(tmp_path, capsys):
     assert err.startswith("robvae: error: methods[1] (adversarial(eps=-1)): adversarial_eps") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
     assert main(["bench", "--model", "nowhere_at_all:build", "--out", str(tmp_path / "out")]) == 2
-    assert "cannot import 'nowhere_at_all'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert "module 'nowhere_at_all' does not import" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_markdown_cells_of_missing_and_infinite_numbers():

@@ -4,19 +4,17 @@ The callable takes no arguments and returns ``(model, name)``: a robvae protocol
 (``encode(x) -> (mu, sigma)``, ``decode(z) -> mean``; optionally ``log_likelihood(x, z)`` for the
 ELBO and the likelihood degradation) and the name it appears under on the leaderboard.
 :func:`resolve_spec` checks that the spec imports (before anything runs); :func:`build_model`
-calls it. (A small local loader: replace with the project-wide one when it lands.)
+calls it.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from ..errors import RobvaeError
+from ..models.protocol import import_spec
 
 
 class ModelSpecError(RobvaeError):
@@ -24,28 +22,13 @@ class ModelSpecError(RobvaeError):
 
 
 def resolve_spec(spec: str) -> Callable[[], object]:
-    """The callable named by ``"package.module:callable"``; ModelSpecError naming the problem.
-
-    The current folder is importable (as with ``python -m``), so a local ``my_models.py`` works.
-    """
-    if not isinstance(spec, str) or spec.count(":") != 1 or "" in spec.split(":"):
-        raise ModelSpecError(f"model spec {spec!r}: expected 'package.module:callable'")
-    mod_name, attr = spec.split(":")
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        mod = importlib.import_module(mod_name)
-    except Exception as e:  # noqa: BLE001 - any import failure is the user's module's: one line
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelSpecError(f"model spec {spec!r}: cannot import {mod_name!r} ({type(e).__name__}: {first})") from None
-    obj = mod
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ModelSpecError(f"model spec {spec!r}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+    """The callable named by ``"package.module:callable"``; ModelSpecError naming the problem
+    (:func:`robvae.models.protocol.import_spec`: the current folder is importable, as with ``python -m``)."""
+    if not isinstance(spec, str):
+        raise ModelSpecError(f"model spec {spec!r}: expected MODULE:CALLABLE, e.g. my_pkg.models:build")
+    obj = import_spec(spec, f"model spec {spec!r}", ModelSpecError)
     if not callable(obj):
-        raise ModelSpecError(f"model spec {spec!r}: {attr!r} is not callable")
+        raise ModelSpecError(f"model spec {spec!r}: {spec.partition(':')[2]!r} is not callable")
     return obj
 
 

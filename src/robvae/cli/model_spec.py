@@ -12,8 +12,6 @@ with ``--model``, is the output folder (default: the current folder).
 
 from __future__ import annotations
 
-import importlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import torch
 
 from ..data import load_dataset
 from ..errors import InputError
+from ..models.protocol import import_spec
 from ..sweep.shard import certify_blocks  # re-exported: the CLI certifies --model inputs with it
 from ..training import Run, TrainConfig
 from ..validation import check_images, check_model, model_input_shape
@@ -41,21 +40,8 @@ def load_model_spec(spec: str, device: str | torch.device = "cpu") -> torch.nn.M
     module that does not import, a missing attribute, a callable that raises or that returns
     something without ``encode`` / ``decode``.
     """
-    mod_name, sep, attr = str(spec).partition(":")
-    if not sep or not mod_name or not attr:
-        raise InputError(f"--model {spec!r}: expected MODULE:CALLABLE, e.g. my_pkg.models:build")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, "")  # like `python -m`: modules in the current folder import
-    try:
-        module = importlib.import_module(mod_name)
-    except Exception as e:  # noqa: BLE001 - any import failure is the user's module, said in one line
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise InputError(f"--model {spec!r}: module {mod_name!r} does not import ({type(e).__name__}: {msg})") from e
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise InputError(f"--model {spec!r}: {obj.__name__ if obj is module else attr!r} has no attribute {part!r}")
-        obj = getattr(obj, part)
+    attr = str(spec).partition(":")[2]
+    obj = import_spec(spec, f"--model {spec!r}")
     if not isinstance(obj, torch.nn.Module):
         if not callable(obj):
             raise InputError(f"--model {spec!r}: {attr} is a {type(obj).__name__}, not a model or a callable")

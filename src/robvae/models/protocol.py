@@ -14,9 +14,14 @@ your own VAE: nothing else is required.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from ..errors import InputError
 
 
 @runtime_checkable
@@ -26,3 +31,27 @@ class VAEProtocol(Protocol):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+def import_spec(spec: str, label: str, error: type[Exception] = InputError) -> Any:
+    """The object named by ``"pkg.module:attr"`` (``attr`` may be dotted), importing ``pkg.module``
+    with the current folder importable (as with ``python -m``, so a local ``my_models.py`` works).
+
+    A malformed spec, a module that does not import and a missing attribute raise ``error`` with one
+    line that starts with ``label`` (``robvae --model``, the benchmark's zoo files)."""
+    mod_name, sep, attr = str(spec).partition(":")
+    if not sep or not mod_name or not attr or ":" in attr:
+        raise error(f"{label}: expected MODULE:CALLABLE, e.g. my_pkg.models:build")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as e:  # noqa: BLE001 - any import failure is the user's module, said in one line
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise error(f"{label}: module {mod_name!r} does not import ({type(e).__name__}: {msg})") from e
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise error(f"{label}: {obj.__name__ if obj is module else attr!r} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    return obj
