@@ -80,9 +80,17 @@ def _norm_chunks(
 
     Assumes validated inputs and runs under inference mode (no graph is kept).
     """
-    B = x.shape[0]
     mu, sigma, ref, chunk = draw_setup(model, x, delta, n_samples, mode, chunk_size)
-    D = ref.shape[1]
+    yield from _draw_norms(model, mu, sigma, ref, n_samples, chunk, generator)
+
+
+def _draw_norms(
+    model: torch.nn.Module, mu: torch.Tensor, sigma: torch.Tensor, ref: torch.Tensor, n_samples: int, chunk: int,
+    generator: torch.Generator | None,
+) -> Iterator[torch.Tensor]:
+    """||g(mu + eta * sigma) - ref|| for ``n_samples`` draws per input, chunk by chunk ([B, c] each);
+    the centres, scales and references of :func:`draw_setup`. Runs under inference mode."""
+    B, D = ref.shape
     for c in draw_chunks(n_samples, chunk):
         z = latent_draws(mu, sigma, c, generator)  # [B * c, d]
         out = flat_decode(model, z).view(B, c, D)  # a fresh buffer (inference mode): subtract in place
@@ -332,13 +340,16 @@ def sequential_robustness(
     n = torch.zeros(B, dtype=torch.long, device=x.device)
     dec = torch.zeros(B, dtype=torch.int8)
     live = torch.ones(B, dtype=torch.bool)  # still drawing: not settled, not stopped for futility
+    with torch.inference_mode():  # encoded and decoded once; each round only draws
+        mu, sigma, ref, _ = draw_setup(model, x, delta, n_max, mode, None)
     total, step = 0, max(int(n_first), 1)
     while total < n_max and live.any():
         rows = live.nonzero().flatten().to(x.device)
         c = min(step, n_max - total)
-        est = r_robustness(model, x[rows], rt[rows], None if delta is None else delta[rows], c, mode=mode,
-                           generator=generator)
-        k[rows] += est.n_within
+        with torch.inference_mode():
+            chunk = default_chunk(c, rows.numel(), ref.shape[1], x.device, model)
+            for norms in _draw_norms(model, mu[rows], sigma[rows], ref[rows], c, chunk, generator):
+                k[rows] += (norms <= rt[rows].to(norms.dtype)[:, None]).sum(dim=1)
         n[rows] += c
         total += c
         step = max(total // 2, 1)  # grow the total by half each round
