@@ -64,6 +64,6 @@ def _evaluate(out: str, config: EvalConfig, quiet: bool) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     meta = {"run": str(out), "model": loaded.spec}
     margin_report(loaded, config, Path(out) / f"margin-{config.split}.csv", progress=not quiet, meta=meta)
-    attack_report(loaded.model, x, config.attack_budget(x), preset=config.attack_preset, batch_size=config.batch_size, seed=config.seed,
-                  out_dir=Path(out) / f"attack-{config.split}", progress=not quiet,
+    attack_report(loaded.model, x, config.attack_budget(x), preset=config.attack_preset, batch_size=config.batch_size,
+                  seed=config.seed, out_dir=Path(out) / f"attack-{config.split}", progress=not quiet,
                   meta={**meta, "split": config.split, "n": config.n})

@@ -32,7 +32,8 @@ from ..validation import as_radius, check_delta, check_x, checked_encode
 MODES = ("mean", "full")
 
 
-def checked_inputs(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor | None, mode: str) -> torch.Tensor | None:
+def checked_inputs(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor | None,
+                   mode: str) -> torch.Tensor | None:
     """Validate ``mode``, x and delta: -> the checked delta (None: delta = 0)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose 'mean' (sigma(x)) or 'full' (sigma(x+delta))")
@@ -279,7 +280,8 @@ def sequential_bernoulli_test(
     return torch.as_tensor(dec), torch.as_tensor(log_up), torch.as_tensor(log_down)
 
 
-def settles_by(k: torch.Tensor, n: torch.Tensor, n_max: int, alpha: float = ALPHA, z: float = FUTILITY_Z) -> torch.Tensor:
+def settles_by(k: torch.Tensor, n: torch.Tensor, n_max: int, alpha: float = ALPHA,
+               z: float = FUTILITY_Z) -> torch.Tensor:
     """bool [B]: could :func:`sequential_bernoulli_test` (p0 = 1/2) still settle by n_max draws, after k
     successes in n? True when it would, were the remaining n_max - n draws to come at the optimistic
     rate p_hat + z * se (towards "p > 1/2") or p_hat - z * se (towards "p < 1/2"), with
