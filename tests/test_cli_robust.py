@@ -48,6 +48,22 @@ def test_certify_writes_the_library_numbers(run_dir, capsys, tmp_path):
     assert 0 < np.median(cols["p"]) <= 1 and np.all(cols["radius"][cols["p"] <= 0.5] == 0)
 
 
+def test_certify_precision_changes_nothing_but_the_arithmetic(run_dir, capsys, tmp_path):
+    """--precision bfloat16 / float32 / auto: the same CSV, cell for cell (bf16 counts are float32's);
+    the JSON records the setting."""
+    rows = {}
+    for p in ("bfloat16", "float32", "auto"):
+        rc, _, err = _run(capsys, "certify", run_dir, "--n", 10, "--r", 1.0, "--samples", 300, "--seed", 2,
+                          "--precision", p, "--out", tmp_path / f"{p}.csv", "--quiet")
+        assert rc == 0, err
+        rows[p] = read_csv(tmp_path / f"{p}.csv")
+        assert json.loads((tmp_path / f"{p}.json").read_text())["precision"] == p
+    assert rows["bfloat16"] == rows["float32"] == rows["auto"]
+    assert 0 < np.mean([float(r["p"]) for r in rows["float32"]]) < 1
+    rc, _, err = _run(capsys, "certify", run_dir, "--r", 1.0, "--precision", "half")
+    assert rc != 0 and "'--precision'" in err and "half" in err
+
+
 def test_certify_r_relative_scales_the_median_r_min(run_dir, capsys, tmp_path):
     from robvae import load, load_dataset, r_min
 

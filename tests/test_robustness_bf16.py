@@ -154,8 +154,8 @@ def test_trained_model_recomputes_few_draws(tmp_path, arch, most):
 def test_device_not_hard_coded():
     """The route follows z's device (CUDA runs bf16 matrix products too): nothing in the module
     names the CPU, and with CUDA present the counts there equal float32's."""
-    src = inspect.getsource(bf16_module)
-    assert '"cpu"' not in src and "'cpu'" not in src  # (constants are computed on the CPU by .cpu())
+    src = inspect.getsource(bf16_module).replace(inspect.getsource(bf16_module.native_bf16), "")
+    assert '"cpu"' not in src and "'cpu'" not in src  # (only the CPU feature probe names the CPU)
     if not torch.cuda.is_available():
         return
     model = _robvae("mlp").cuda()
@@ -209,3 +209,84 @@ def test_periodic_conv_norm_bounds_the_exact_norm(layer, shape, monkeypatch):
 def test_periodic_conv_norm_declines_unsupported_layers():
     assert bf16_module._conv_periodic(torch.ones(4, 2, 3, 3), nn.Conv2d(4, 4, 3, groups=2), (4, 6, 6)) is None
     assert bf16_module._conv_periodic(torch.ones(4, 4, 3, 3), nn.Conv2d(4, 4, 3, dilation=2), (4, 8, 8)) is None
+
+
+# --------------------------------------------------------------------------------------------
+# precision= in certify and r_robustness_bf16: "auto" takes the bf16 route only where it pays
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name,pays", [("robvae mlp scaled", True), ("robvae conv scaled", False),
+                                       ("user mlp tanh", True), ("user conv", False)])
+def test_auto_takes_bf16_for_mlp_decoders_at_one_thread(name, pays, monkeypatch, one_thread):
+    """With native bf16 products (forced here, so the test does not depend on this machine's CPU)
+    and one thread, "auto" runs the bf16 route for MLP decoders (measured 1.18-1.25x) and float32
+    for convolutional ones (0.87-0.97x); at two threads float32 for both (0.91x / 0.75x). The
+    counts are float32's either way."""
+    monkeypatch.setattr(bf16_module, "native_bf16", lambda device: True)
+    model = BOUND_MODELS[name]()
+    x = _x(model, n=3)
+    with torch.inference_mode():
+        r = delta_norms(model, x, n_samples=100, generator=torch.Generator().manual_seed(2)).median(dim=1).values
+    want = r_robustness(model, x, r, n_samples=100, generator=torch.Generator().manual_seed(2))
+    for threads, expect in ((1, pays), (2, False)):
+        torch.set_num_threads(threads)
+        stats = []
+        got = r_robustness_bf16(model, x, r, n_samples=100, generator=torch.Generator().manual_seed(2), stats=stats,
+                                precision="auto")
+        assert bool(stats) == expect, threads
+        assert torch.equal(got.n_within, want.n_within)
+    stats = []  # "bfloat16" takes the route whatever the threads and layers
+    r_robustness_bf16(model, x, r, n_samples=100, generator=torch.Generator().manual_seed(2), stats=stats,
+                      precision="bfloat16")
+    assert stats
+    monkeypatch.setattr(bf16_module, "native_bf16", lambda device: False)  # no native bf16: never auto
+    torch.set_num_threads(1)
+    stats = []
+    r_robustness_bf16(model, x, r, n_samples=100, generator=torch.Generator().manual_seed(2), stats=stats,
+                      precision="auto")
+    assert not stats
+
+
+def test_native_bf16_probe():
+    assert bf16_module.native_bf16("meta") is False  # only CPUs are probed
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    assert bf16_module.native_bf16("cpu") == any(bool(p()) for p in probes if p is not None)
+
+
+@pytest.mark.parametrize("name", ["robvae mlp scaled", "robvae conv scaled"])
+def test_certify_is_the_same_in_every_precision(name, monkeypatch, one_thread):
+    """robvae.certify(precision=...): float32, bfloat16 and auto (forced to take the bf16 route
+    where it would) give identical certificates, field by field."""
+    from robvae.robustness import certify
+
+    monkeypatch.setattr(bf16_module, "native_bf16", lambda device: True)
+    model = BOUND_MODELS[name]()
+    x = _x(model, n=5, seed=8)
+    with torch.inference_mode():
+        r = float(delta_norms(model, x, n_samples=100, generator=torch.Generator().manual_seed(1)).median())
+    certs = {p: certify(model, x, r, n_samples=200, precision=p, generator=torch.Generator().manual_seed(4),
+                        norms=("frobenius",)) for p in ("float32", "bfloat16", "auto")}
+    base = certs["float32"]
+    assert 0.2 < float(base.p.mean()) < 0.8  # r near the median: many draws near r, most of them decided in bf16
+    for p, cert in certs.items():
+        for f in ("p", "p_lower", "radius", "radius_sound"):
+            assert torch.equal(getattr(cert, f), getattr(base, f)), (p, f)
+
+
+def test_bad_precision_is_one_line():
+    from robvae.errors import InputError
+    from robvae.robustness import certify
+
+    model = MODELS["robvae mlp"]()
+    with pytest.raises(InputError, match="precision must be one of auto, float32, bfloat16, got 'fp16'"):
+        certify(model, _x(model, n=1), 1.0, n_samples=10, precision="fp16")
+    with pytest.raises(InputError, match="precision must be one of"):
+        r_robustness_bf16(model, _x(model, n=1), 1.0, n_samples=10, precision="half")

@@ -59,7 +59,7 @@ from ..models.fast_decode import (
 )
 from ..validation import as_radius
 from .lipschitz import _dense_operator, _kernel_matrix, patch_overlap
-from .sampling import RobustnessEstimate, checked_inputs, draw_setup, latent_draws, r_robustness
+from .sampling import RobustnessEstimate, checked_inputs, count_within, draw_setup, latent_draws
 
 #: bfloat16's unit roundoff (8 significand bits, round to nearest), and the rounding relative
 #: to the rounded value.
@@ -81,6 +81,9 @@ DENSE_NORM_LIMIT = 25_000_000
 DENSE_GRAM_LIMIT = 1_500
 #: Absolute slack for underflow (subnormals flushed to zero) anywhere: far below any distance.
 TINY = 1e-20
+#: The ``precision`` settings of :func:`robvae.certify` and ``robvae certify --precision``: every
+#: one gives the same counts, so the same p, bounds and radii (module docstring); they differ in speed.
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 _LIPSCHITZ = {
     torch.nn.ReLU: lambda m: 1.0, torch.nn.LeakyReLU: lambda m: max(1.0, abs(m.negative_slope)),
@@ -432,6 +435,34 @@ def decode_bf16(plan, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     return g, eb + TINY, ef + TINY
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether bfloat16 matrix products run natively on ``device``'s CPU (avx512_bf16 or AMX);
+    False for other devices."""
+    if torch.device(device).type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's probes (private)
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def bf16_pays(plan, z: torch.Tensor) -> bool:
+    """Whether ``precision="auto"`` takes the bfloat16 route: measured faster than float32 only for
+    a decoder whose bfloat16 layer is a plain Linear (an MLP decoder: 1.18-1.25x) on a CPU with
+    native bfloat16 products, in a process running one thread (certify's worker processes). Not
+    for convolutions (0.87-0.97x: a quarter of the draws are decoded again), nor at two threads
+    (0.91x: the float32 route's products use both cores better), nor on CUDA (not measured).
+    docs/PERFORMANCE.md, issue 11 section 3."""
+    if not native_bf16(z.device) or torch.get_num_threads() != 1:
+        return False
+    heavy = [info for info in _analyse(plan, z) if info is not None and info.bf16]
+    return bool(heavy) and all(type(info.layer) is torch.nn.Linear and info.grid is None for info in heavy)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 @dataclass
 class Bf16Stats:
     """How much float32 work the bfloat16 route still did: ``recomputed`` of ``draws`` draws."""
@@ -456,21 +487,27 @@ def r_robustness_bf16(
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
     stats: list | None = None,
+    precision: str = "bfloat16",
 ) -> RobustnessEstimate:
     """:func:`robvae.robustness.r_robustness` with the decoder's heavy layers in bfloat16: the
     same draws and exactly the same counts (module docstring), faster where bfloat16 matrix
     products are (avx512_bf16 / AMX CPUs, CUDA). Models whose decoder is not understood, or
     float64 inputs, run :func:`r_robustness` itself. ``stats``: a list that receives a
-    :class:`Bf16Stats`."""
+    :class:`Bf16Stats` (when the bfloat16 route ran). ``precision``: "bfloat16" (this route
+    wherever the decoder is understood), "auto" (only where it is measured faster,
+    :func:`bf16_pays`) or "float32" (:func:`r_robustness`): the answer is the same."""
+    check_precision(precision)
     delta = checked_inputs(model, x, delta, mode)
     rt = as_radius(r, x.shape[0], x)
     B = x.shape[0]
     with torch.inference_mode():
         mu, sigma, ref, chunk = draw_setup(model, x, delta, n_samples, mode, chunk_size)
-        plan = decoder_plan(model, mu) if x.dtype == torch.float32 else None
-    if plan is None:
-        return r_robustness(model, x, r, delta, n_samples, alpha=alpha, mode=mode, chunk_size=chunk_size,
-                            generator=generator)
+        plan = decoder_plan(model, mu) if x.dtype == torch.float32 and precision != "float32" else None
+        if plan is not None and precision == "auto" and not bf16_pays(plan, mu):
+            plan = None
+        if plan is None:  # float32: r_robustness's count from the same setup
+            k = count_within(model, mu, sigma, ref, rt, n_samples, chunk, generator)
+            return RobustnessEstimate.from_counts(k, n_samples, rt, alpha, mode, x.dtype)
     n_re = 0
     with torch.inference_mode():
         D = ref.shape[1]
@@ -502,4 +539,5 @@ def r_robustness_bf16(
     return RobustnessEstimate.from_counts(k, n_samples, rt, alpha, mode, x.dtype)
 
 
-__all__ = ["Bf16Stats", "decode_bf16", "r_robustness_bf16"]
+__all__ = ["PRECISIONS", "Bf16Stats", "bf16_pays", "check_precision", "decode_bf16", "native_bf16",
+           "r_robustness_bf16"]

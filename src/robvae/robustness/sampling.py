@@ -205,10 +205,21 @@ def r_robustness(
     delta = checked_inputs(model, x, delta, mode)
     rt = as_radius(r, x.shape[0], x)
     with torch.inference_mode():
-        k = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        for norms in _norm_chunks(model, x, delta, n_samples, mode, chunk_size, generator):
-            k += (norms <= rt.to(norms.dtype)[:, None]).sum(dim=1)
+        mu, sigma, ref, chunk = draw_setup(model, x, delta, n_samples, mode, chunk_size)
+        k = count_within(model, mu, sigma, ref, rt, n_samples, chunk, generator)
     return RobustnessEstimate.from_counts(k, n_samples, rt, alpha, mode, x.dtype)
+
+
+def count_within(
+    model: torch.nn.Module, mu: torch.Tensor, sigma: torch.Tensor, ref: torch.Tensor, rt: torch.Tensor,
+    n_samples: int, chunk: int, generator: torch.Generator | None,
+) -> torch.Tensor:
+    """How many of ``n_samples`` draws per input land within ``rt`` [B] of ``ref`` (long [B]); the
+    centres, scales and references of :func:`draw_setup`. Runs under inference mode."""
+    k = torch.zeros(ref.shape[0], dtype=torch.long, device=ref.device)
+    for norms in _draw_norms(model, mu, sigma, ref, n_samples, chunk, generator):
+        k += (norms <= rt.to(norms.dtype)[:, None]).sum(dim=1)
+    return k
 
 
 def r_min(
