@@ -26,7 +26,7 @@ from ..config import ALPHA, ConfigMixin
 from ..models.fast_decode import batches
 from ..stats import median
 from ..validation import as_radius, check_x
-from .jacobian import KINDS, encoder_jacobian, jacobian_norms
+from .jacobian import KINDS, jacobian_norms
 from .lipschitz import VAELipschitz
 from .bf16 import check_precision, r_robustness_bf16
 from .rigorous import rigorous_columns
@@ -223,9 +223,9 @@ def certify(
     """Theorem 1 certificates for every input: x [B, *shape], r a number or a [B] tensor.
 
     p_r(x) from ``n_samples`` draws (``mode`` as in :func:`r_robustness`; at delta = 0 both modes
-    coincide), the exact Jacobian (:func:`encoder_jacobian`) for the requested ``norms`` (matrix-free
-    estimates with a JacobianSizeWarning when it would be too large, see :func:`jacobian_norms`), inputs
-    processed ``batch_size`` at a time (tqdm bar when ``progress``).
+    coincide), the exact Jacobian (:func:`robvae.robustness.jacobian.encoder_jacobian`) for the
+    requested ``norms`` (matrix-free estimates with a JacobianSizeWarning when it would be too large,
+    see :func:`jacobian_norms`), inputs processed ``batch_size`` at a time (tqdm bar when ``progress``).
     rigorous: also the rigorous radii (robvae.robustness.rigorous, docs/THEORY.md section 8) as extras
     "radius_rigorous_mean" / "radius_rigorous_full"; True uses vae_lipschitz(model), or pass the
     Lipschitz constants (a VAELipschitz of rigorous upper bounds) for other models.
