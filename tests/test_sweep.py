@@ -204,6 +204,11 @@ def test_sharded_certify_local_equals_serial(certify_case):
     assert serial.p.numpy().shape == (9,) and 0 < serial.p.numpy().min() < 1  # r is near r_min: p varies
     _assert_same(serial, certify_sharded(run_dir, x, r, executor="serial", shard_size=4, **kw))
     _assert_same(serial, certify_sharded(run_dir, x, r, executor="local", workers=2, shard_size=2, **kw))
+    # every precision, in worker processes (one thread each: where "auto" takes bfloat16 on CPUs
+    # with native bfloat16), gives the same certificates
+    for precision in ("float32", "bfloat16"):
+        _assert_same(serial, certify_sharded(run_dir, x, r, executor="local", workers=2, shard_size=5,
+                                             precision=precision, **kw))
     other = certify_sharded(run_dir, x, r, executor="serial", **{**kw, "seed": 8})
     assert not np.array_equal(serial.p.numpy(), other.p.numpy())
     # a per-input radius, and blocks of several inputs
