@@ -83,6 +83,10 @@ def resolve_radius(model, x, r: float | None, r_relative: float | None, n_sample
                     "rigorous error bounds and decodes undecided draws again in float32, so every count (and "
                     "certificate) equals float32's; auto: bfloat16 where it is measured faster (MLP decoders, "
                     "worker processes, CPUs with native bfloat16).")
+@config_option(CertifyConfig, "early_abstain",
+               help="Stop drawing for an input once an anytime-valid sequential test settles p < 1/2 at level "
+                    "--alpha: it abstains, with p from the draws made (column n_drawn). Other inputs get the "
+                    "same draws and certificates as with --no-early-abstain.")
 @click.option("--rigorous/--no-rigorous", default=True, show_default=True,
               help="Also the rigorous radii (hold for every perturbation; docs/THEORY.md section 8), mean-only and "
                    "full, for models with Lipschitz bounds (robvae's VAE, the linear VAE); skipped with a note "
@@ -99,8 +103,8 @@ def resolve_radius(model, x, r: float | None, r_relative: float | None, n_sample
 @run_data_dir_option
 @download_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, mode, precision, rigorous, executor,
-                workers, address, out, seed, device, quiet, data_dir, download) -> None:
+def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, mode, precision, early_abstain, rigorous,
+                executor, workers, address, out, seed, device, quiet, data_dir, download) -> None:
     """Theorem 1 certificates (and the sound, spectral and whitened variants) for N inputs."""
     t0 = time.perf_counter()
     if (r is None) == (r_relative is None):  # checked before any work (loading the run, the data)
@@ -117,11 +121,11 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
             raise click.UsageError("--executor local / ray need a RUN folder (the workers load it); --model runs "
                                    "in this process")
         cert = certify_blocks(vae.model, x, radius, seed=seed, progress=not quiet, n_samples=n_samples, alpha=alpha,
-                              mode=mode, precision=precision)
+                              mode=mode, precision=precision, early_abstain=early_abstain)
     else:
         cert = certify_sharded(run, x, radius, executor=executor, workers=workers, address=address, seed=seed,
                                device=device, progress=not quiet, n_samples=n_samples, alpha=alpha, mode=mode,
-                               precision=precision, torch_threads=None if executor == "serial" else 1)  # serial: --threads
+                               precision=precision, early_abstain=early_abstain, torch_threads=None if executor == "serial" else 1)  # serial: --threads
     rigorous_note = "off (--no-rigorous)"
     if rigorous:  # from the certificate's p_lower and sigma_min: the same for every executor
         try:
@@ -137,7 +141,8 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     write_csv(out_path, cert.to_rows())
     write_json(out_path.with_suffix(".json"), {
         "command": "certify", "run": str(run), "split": split, "n": n, "r": radius, "r_relative": r_relative,
-        "n_samples": n_samples, "alpha": alpha, "mode": mode, "precision": precision, "rigorous": rigorous, "executor": executor, "seed": seed,
+        "n_samples": n_samples, "alpha": alpha, "mode": mode, "precision": precision, "early_abstain": early_abstain,
+        "rigorous": rigorous, "executor": executor, "seed": seed,
         "summary": summary})
     click.echo(format_summary({k: v for k, v in summary.items() if not isinstance(v, dict)}))
     click.echo(f"per-input results: {out_path}")

@@ -55,11 +55,11 @@ import torch.nn.functional as F
 from ..config import ALPHA
 from ..errors import InputError
 from ..models.fast_decode import (
-    _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, draw_chunks, flat_decode,
+    _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, flat_decode,
 )
 from ..validation import as_radius
 from .lipschitz import _dense_operator, _kernel_matrix, patch_overlap
-from .sampling import RobustnessEstimate, checked_inputs, count_within, draw_setup, latent_draws
+from .sampling import RobustnessEstimate, checked_inputs, count_within, draw_setup
 
 #: bfloat16's unit roundoff (8 significand bits, round to nearest), and the rounding relative
 #: to the rounded value.
@@ -488,6 +488,7 @@ def r_robustness_bf16(
     generator: torch.Generator | None = None,
     stats: list | None = None,
     precision: str = "bfloat16",
+    abstain_alpha: float | None = None,
 ) -> RobustnessEstimate:
     """:func:`robvae.robustness.r_robustness` with the decoder's heavy layers in bfloat16: the
     same draws and exactly the same counts (module docstring), faster where bfloat16 matrix
@@ -495,48 +496,50 @@ def r_robustness_bf16(
     float64 inputs, run :func:`r_robustness` itself. ``stats``: a list that receives a
     :class:`Bf16Stats` (when the bfloat16 route ran). ``precision``: "bfloat16" (this route
     wherever the decoder is understood), "auto" (only where it is measured faster,
-    :func:`bf16_pays`) or "float32" (:func:`r_robustness`): the answer is the same."""
+    :func:`bf16_pays`) or "float32" (:func:`r_robustness`): the answer is the same.
+    ``abstain_alpha``: as in :func:`r_robustness` (early stopping of inputs settled p < 1/2)."""
     check_precision(precision)
     delta = checked_inputs(model, x, delta, mode)
     rt = as_radius(r, x.shape[0], x)
-    B = x.shape[0]
     with torch.inference_mode():
         mu, sigma, ref, chunk = draw_setup(model, x, delta, n_samples, mode, chunk_size)
         plan = decoder_plan(model, mu) if x.dtype == torch.float32 and precision != "float32" else None
         if plan is not None and precision == "auto" and not bf16_pays(plan, mu):
             plan = None
-        if plan is None:  # float32: r_robustness's count from the same setup
-            k = count_within(model, mu, sigma, ref, rt, n_samples, chunk, generator)
-            return RobustnessEstimate.from_counts(k, n_samples, rt, alpha, mode, x.dtype)
-    n_re = 0
-    with torch.inference_mode():
-        D = ref.shape[1]
-        k = torch.zeros(B, dtype=torch.long, device=x.device)
-        rr = rt.to(torch.float64)
-        for c in draw_chunks(n_samples, chunk):
-            z = latent_draws(mu, sigma, c, generator)
-            g, eb, ef = decode_bf16(plan, z)
-            t = torch.linalg.vector_norm(g.view(B, c, D).sub_(ref[:, None, :]), dim=-1).double()  # [B, c]
-            # |t~ - t32| <= ||g~ - g32|| + both norms' rounding (D squares summed in float32, the
-            # subtraction, the square root)
-            em = (eb + ef).view(B, c)
-            m = em + 2 * (D + 4) * V * (t + em)
-            gap = t - rr[:, None]
-            sure_in = gap < -m
-            unsure = ~(gap.abs() > m)  # NaN / inf: decide in float32
-            k += sure_in.sum(dim=1)
-            idx = unsure.reshape(-1).nonzero().squeeze(1)
-            if idx.numel():
-                n_re += int(idx.numel())
-                exact = torch.linalg.vector_norm(flat_decode(model, z[idx]) - ref[idx // c], dim=-1)
-                if not bool(torch.isfinite(exact).all()):
-                    raise InputError(f"model.decode returned NaN or inf for {int((~torch.isfinite(exact)).sum())} "
-                                     "latent draws z = mu + eta * sigma")
-                within = (exact <= rt.to(exact.dtype)[idx // c]).long()
-                k.index_add_(0, idx // c, within)
-    if stats is not None:
-        stats.append(Bf16Stats(draws=B * n_samples, recomputed=n_re))
-    return RobustnessEstimate.from_counts(k, n_samples, rt, alpha, mode, x.dtype)
+        counted = Bf16Stats(draws=0, recomputed=0)
+        within = None if plan is None else lambda model, z, ref, rt: _within_bf16(plan, model, z, ref, rt, counted)
+        k, n = count_within(model, mu, sigma, ref, rt, n_samples, chunk, generator, abstain_alpha=abstain_alpha,
+                            within=within)
+    if stats is not None and plan is not None:
+        stats.append(counted)
+    return RobustnessEstimate.from_counts(k, n, rt, alpha, mode, x.dtype)
+
+
+def _within_bf16(plan, model: torch.nn.Module, z: torch.Tensor, ref: torch.Tensor, rt: torch.Tensor,
+                 counted: Bf16Stats) -> torch.Tensor:
+    """:func:`robvae.robustness.sampling.within_float32`'s count by the bfloat16 route: draws
+    decided by the bounds, the others decoded again in float32 (module docstring)."""
+    L, D = ref.shape
+    g, eb, ef = decode_bf16(plan, z)
+    c = g.shape[0] // L
+    t = torch.linalg.vector_norm(g.view(L, c, D).sub_(ref[:, None, :]), dim=-1).double()  # [L, c]
+    # |t~ - t32| <= ||g~ - g32|| + both norms' rounding (D squares summed in float32, the
+    # subtraction, the square root)
+    em = (eb + ef).view(L, c)
+    m = em + 2 * (D + 4) * V * (t + em)
+    gap = t - rt.to(torch.float64)[:, None]
+    unsure = ~(gap.abs() > m)  # NaN / inf: decide in float32
+    k = (gap < -m).sum(dim=1)
+    idx = unsure.reshape(-1).nonzero().squeeze(1)
+    counted.draws += L * c
+    if idx.numel():
+        counted.recomputed += int(idx.numel())
+        exact = torch.linalg.vector_norm(flat_decode(model, z[idx]) - ref[idx // c], dim=-1)
+        if not bool(torch.isfinite(exact).all()):
+            raise InputError(f"model.decode returned NaN or inf for {int((~torch.isfinite(exact)).sum())} "
+                             "latent draws z = mu + eta * sigma")
+        k.index_add_(0, idx // c, (exact <= rt.to(exact.dtype)[idx // c]).long())
+    return k
 
 
 __all__ = ["PRECISIONS", "Bf16Stats", "bf16_pays", "check_precision", "decode_bf16", "native_bf16",

@@ -43,7 +43,9 @@ class Certificate:
     Stored: p (the Monte Carlo estimate of p_r(x)), p_lower (its one-sided Clopper-Pearson lower
     bound at level 1 - alpha), sigma_min (min_i sigma_i(x)), jac_frobenius / jac_spectral /
     jac_whitened (||J||_F, ||J||_2, ||diag(1/sigma) J||_2; NaN when not requested in ``norms``),
-    r (the radius), and the settings mode / alpha / n_samples. Optional extras (None when not
+    r (the radius), n_drawn (the draws p and p_lower come from: n_samples, or fewer for an input
+    that stopped early, settled p < 1/2, see :class:`CertifyConfig`), and the settings mode /
+    alpha / n_samples. Optional extras (None when not
     computed) leave room for more certificates, e.g. a rigorous radius.
 
     Derived: radius (Theorem 1: 0 = abstain, +inf when p = 1), radius_sound (p replaced by
@@ -60,6 +62,7 @@ class Certificate:
     jac_spectral: torch.Tensor
     jac_whitened: torch.Tensor
     r: torch.Tensor
+    n_drawn: torch.Tensor
     mode: str = "mean"
     alpha: float = ALPHA
     n_samples: int = 1000
@@ -144,6 +147,7 @@ class Certificate:
             "median_radius_spectral": med(self.radius_spectral), "median_radius_whitened": med(self.radius_whitened),
             **{f"median_{k}": med(v) for k, v in self.extras.items()},
             "n_abstain": int(self.abstain.sum()), "n_abstain_sound": int(self.abstain_sound.sum()),
+            "n_stopped_early": int((self.n_drawn < self.n_samples).sum()),
             "n_infinite_radius": int(torch.isinf(self.radius).sum()),
             "p_quantiles": {str(k): float(v) for k, v in zip(q, torch.quantile(p, torch.tensor(q, dtype=p.dtype)))},
         }
@@ -162,7 +166,11 @@ class CertifyConfig(ConfigMixin):
     "bfloat16" (the heavy layer in bfloat16 with rigorous error bounds, undecided draws decoded
     again in float32: exactly float32's counts, robvae.robustness.bf16) or "auto" (bfloat16 where
     it is measured faster: MLP decoders, one thread, CPUs with native bfloat16). The certificates
-    are the same whichever is chosen.
+    are the same whichever is chosen. early_abstain: stop drawing for an input as soon as an
+    anytime-valid sequential test (docs/THEORY.md section 11, level alpha) settles p_r(x) < 1/2: it
+    abstains (radius and sound radius 0) and its p and p_lower come from the draws made
+    (``n_drawn``). Every other input gets exactly the draws and certificate it gets without it; the
+    sound radius keeps its guarantee (abstaining never claims anything).
     """
 
     n_samples: int = 1000
@@ -170,6 +178,7 @@ class CertifyConfig(ConfigMixin):
     mode: Literal["mean", "full"] = "mean"
     batch_size: int = 256
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    early_abstain: bool = True
 
     _what = "certify config"
 
@@ -189,10 +198,10 @@ def theorem1_radius(p: torch.Tensor, scale: torch.Tensor, jac_norm: torch.Tensor
 
 
 def _certify_batch(model, x, r, n_samples, alpha, mode, norms, chunk_size, generator,
-                   precision) -> dict[str, torch.Tensor]:
+                   precision, early_abstain) -> dict[str, torch.Tensor]:
     """The stored fields of one batch's certificates."""
     est = r_robustness_bf16(model, x, r, None, n_samples, alpha=alpha, mode=mode, chunk_size=chunk_size,
-                            generator=generator, precision=precision)
+                            generator=generator, precision=precision, abstain_alpha=alpha if early_abstain else None)
     with torch.inference_mode():
         sigma = model.encode(x)[1]
     nan = torch.full_like(est.p, float("nan"))
@@ -201,7 +210,7 @@ def _certify_batch(model, x, r, n_samples, alpha, mode, norms, chunk_size, gener
         jn = jacobian_norms(model, x, norms, sigma=sigma, generator=generator)
         jf, js, jw = jn.frobenius, jn.spectral, jn.whitened
     return {"p": est.p, "p_lower": est.p_lower, "sigma_min": sigma.amin(dim=1), "jac_frobenius": jf,
-            "jac_spectral": js, "jac_whitened": jw, "r": est.r}
+            "jac_spectral": js, "jac_whitened": jw, "r": est.r, "n_drawn": est.n_samples}
 
 
 def certify(
@@ -219,6 +228,7 @@ def certify(
     progress: bool = False,
     rigorous: bool | VAELipschitz = False,
     precision: str = CertifyConfig.precision,
+    early_abstain: bool = CertifyConfig.early_abstain,
 ) -> Certificate:
     """Theorem 1 certificates for every input: x [B, *shape], r a number or a [B] tensor.
 
@@ -230,6 +240,7 @@ def certify(
     "radius_rigorous_mean" / "radius_rigorous_full"; True uses vae_lipschitz(model), or pass the
     Lipschitz constants (a VAELipschitz of rigorous upper bounds) for other models.
     precision: "auto", "float32" or "bfloat16" (see :class:`CertifyConfig`): the same certificates.
+    early_abstain: stop drawing for inputs settled p < 1/2 (see :class:`CertifyConfig`).
     """
     unknown = set(norms) - set(KINDS)
     if unknown:
@@ -239,7 +250,7 @@ def certify(
     rt = as_radius(r, x.shape[0], x)
     chunks = list(batches(x.shape[0], batch_size))
     parts = [_certify_batch(model, x[s], rt[s], n_samples, alpha, mode, tuple(norms), chunk_size, generator,
-                          precision)
+                          precision, early_abstain)
              for s in tqdm(chunks, desc="certify", disable=not progress or len(chunks) < 2)]
     cat = {k: torch.cat([pp[k] for pp in parts]) for k in parts[0]}
     extras = {} if rigorous is False else rigorous_columns(

@@ -91,15 +91,20 @@ def _draw_norms(
 ) -> Iterator[torch.Tensor]:
     """||g(mu + eta * sigma) - ref|| for ``n_samples`` draws per input, chunk by chunk ([B, c] each);
     the centres, scales and references of :func:`draw_setup`. Runs under inference mode."""
-    B, D = ref.shape
     for c in draw_chunks(n_samples, chunk):
-        z = latent_draws(mu, sigma, c, generator)  # [B * c, d]
-        out = flat_decode(model, z).view(B, c, D)  # a fresh buffer (inference mode): subtract in place
-        norms = torch.linalg.vector_norm(out.sub_(ref[:, None, :]), dim=-1)  # [B, c]
-        if not bool(torch.isfinite(norms).all()):  # NaN would count as "not within r": refuse instead
-            raise InputError(f"model.decode returned NaN or inf for {int((~torch.isfinite(norms)).sum())} of "
-                             f"{norms.numel()} latent draws z = mu + eta * sigma")
-        yield norms
+        yield draw_distances(model, latent_draws(mu, sigma, c, generator), ref)
+
+
+def draw_distances(model: torch.nn.Module, z: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """||g(z) - ref|| [L, c] for the c draws z [L * c, d] of each of L inputs (input l's in rows
+    l * c ... (l + 1) * c - 1) and their references ``ref`` [L, D]. Refuses NaN / inf."""
+    L, D = ref.shape
+    out = flat_decode(model, z).view(L, -1, D)  # a fresh buffer (inference mode): subtract in place
+    norms = torch.linalg.vector_norm(out.sub_(ref[:, None, :]), dim=-1)  # [L, c]
+    if not bool(torch.isfinite(norms).all()):  # NaN would count as "not within r": refuse instead
+        raise InputError(f"model.decode returned NaN or inf for {int((~torch.isfinite(norms)).sum())} of "
+                         f"{norms.numel()} latent draws z = mu + eta * sigma")
+    return norms
 
 
 def delta_norms(
@@ -176,12 +181,13 @@ class RobustnessEstimate:
         return self.p > 0.5
 
     @classmethod
-    def from_counts(cls, k: torch.Tensor, n_samples: int, r: torch.Tensor, alpha: float, mode: str,
+    def from_counts(cls, k: torch.Tensor, n_samples: int | torch.Tensor, r: torch.Tensor, alpha: float, mode: str,
                     dtype: torch.dtype) -> "RobustnessEstimate":
-        """The estimate from ``k`` [B] draws within r out of ``n_samples`` each (Clopper-Pearson bounds)."""
-        n = torch.full_like(k, n_samples)
+        """The estimate from ``k`` [B] draws within r out of ``n_samples`` each (a number, or [B]
+        when inputs drew different numbers; Clopper-Pearson bounds)."""
+        n = torch.full_like(k, n_samples) if not isinstance(n_samples, torch.Tensor) else n_samples.to(k)
         lo, hi = clopper_pearson(k, n, alpha)
-        return cls(p=k.to(dtype) / n_samples, p_lower=lo.to(dtype), p_upper=hi.to(dtype), n_within=k, n_samples=n,
+        return cls(p=k.to(dtype) / n.to(dtype), p_lower=lo.to(dtype), p_upper=hi.to(dtype), n_within=k, n_samples=n,
                    r=r, alpha=float(alpha), mode=mode)
 
 
@@ -196,30 +202,65 @@ def r_robustness(
     mode: str = "mean",
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
+    abstain_alpha: float | None = None,
 ) -> RobustnessEstimate:
     """Estimate p_r(x, delta) = P_eta(||Delta(x, delta)|| <= r) from ``n_samples`` draws of eta.
 
     x, delta: [B, *shape]; r: a number or a [B] tensor. Memory is flat in ``n_samples`` (only
     counts are kept). See :func:`delta_norms` for ``mode`` and ``chunk_size``.
+    ``abstain_alpha``: stop drawing for an input once the anytime-valid test settles p < 1/2 at
+    this level (:func:`count_within`); its estimate then uses the draws made (``n_samples`` [B]).
     """
     delta = checked_inputs(model, x, delta, mode)
     rt = as_radius(r, x.shape[0], x)
     with torch.inference_mode():
         mu, sigma, ref, chunk = draw_setup(model, x, delta, n_samples, mode, chunk_size)
-        k = count_within(model, mu, sigma, ref, rt, n_samples, chunk, generator)
-    return RobustnessEstimate.from_counts(k, n_samples, rt, alpha, mode, x.dtype)
+        k, n = count_within(model, mu, sigma, ref, rt, n_samples, chunk, generator, abstain_alpha=abstain_alpha)
+    return RobustnessEstimate.from_counts(k, n, rt, alpha, mode, x.dtype)
+
+
+def within_float32(model: torch.nn.Module, z: torch.Tensor, ref: torch.Tensor, rt: torch.Tensor) -> torch.Tensor:
+    """How many of the c draws z [L * c, d] of each of L inputs decode within ``rt`` [L] of ``ref``
+    [L, D] (long [L]; :func:`draw_distances`)."""
+    norms = draw_distances(model, z, ref)
+    return (norms <= rt.to(norms.dtype)[:, None]).sum(dim=1)
 
 
 def count_within(
     model: torch.nn.Module, mu: torch.Tensor, sigma: torch.Tensor, ref: torch.Tensor, rt: torch.Tensor,
-    n_samples: int, chunk: int, generator: torch.Generator | None,
-) -> torch.Tensor:
-    """How many of ``n_samples`` draws per input land within ``rt`` [B] of ``ref`` (long [B]); the
-    centres, scales and references of :func:`draw_setup`. Runs under inference mode."""
-    k = torch.zeros(ref.shape[0], dtype=torch.long, device=ref.device)
-    for norms in _draw_norms(model, mu, sigma, ref, n_samples, chunk, generator):
-        k += (norms <= rt.to(norms.dtype)[:, None]).sum(dim=1)
-    return k
+    n_samples: int, chunk: int, generator: torch.Generator | None, *, abstain_alpha: float | None = None,
+    within=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, n), long [B] each: how many of the draws per input land within ``rt`` [B] of ``ref``, out
+    of how many; the centres, scales and references of :func:`draw_setup`. Runs under inference mode.
+
+    ``n`` is ``n_samples`` for every input unless ``abstain_alpha`` is given: then after each chunk
+    an input whose counts settle p < 1/2 in the anytime-valid test (:func:`sequential_bernoulli_test`
+    at level ``abstain_alpha``, docs/THEORY.md section 11) stops drawing. It is certain to abstain
+    and its p is estimated from the draws made. Every chunk still draws eta for all inputs, so an
+    input that never stops gets exactly the draws, and the count, it gets without this option.
+    ``within(model, z, ref, rt)``: the per-chunk count (default :func:`within_float32`).
+    """
+    within = within or within_float32
+    B = ref.shape[0]
+    k = torch.zeros(B, dtype=torch.long, device=ref.device)
+    n = torch.zeros(B, dtype=torch.long, device=ref.device)
+    live = torch.ones(B, dtype=torch.bool, device=ref.device)
+    rows = torch.arange(B, device=ref.device)
+    for c in draw_chunks(n_samples, chunk):
+        z = latent_draws(mu, sigma, c, generator)  # [B * c, d]: every input's, so the stream is the same
+        if rows.numel() < B:
+            z = z.view(B, c, -1)[rows].reshape(rows.numel() * c, -1)
+        k[rows] += within(model, z, ref[rows], rt[rows])
+        n[rows] += c
+        if abstain_alpha is not None:
+            settled_below = sequential_bernoulli_test(k[rows], n[rows], abstain_alpha)[0].to(rows.device) < 0
+            if bool(settled_below.any()):
+                live[rows[settled_below]] = False
+                rows = live.nonzero().squeeze(1)
+                if rows.numel() == 0:
+                    break
+    return k, n
 
 
 def r_min(

@@ -1,0 +1,123 @@
+"""Early abstention in certify (issue 11 item 3): an input stops drawing once an anytime-valid test
+settles p < 1/2. Checked against the linear VAE's exact p (which inputs may stop), against the
+same certificates without it (every other input unchanged, field by field), and for the error
+rate of the stopping rule itself at p = 1/2, the worst case of its null hypothesis."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+from robvae.cli import main
+from robvae.fileio import read_csv
+from robvae.models import LinearVAE
+from robvae.robustness import certify
+from robvae.robustness.certify import _STORED
+from robvae.robustness.sampling import count_within
+
+S = 4000
+
+
+def _linear():
+    return LinearVAE.random(d=4, input_shape=(1, 4, 4), s=0.1, seed=0)
+
+
+def test_only_inputs_settled_below_one_half_stop_and_no_other_certificate_changes():
+    m = _linear()
+    qs = [0.02, 0.2, 0.4, 0.6, 0.9, 0.995] * 2  # the exact p_r(x) of each input (p does not depend on x here)
+    r = torch.tensor([m.s * math.sqrt(stats.chi2.ppf(q, m.latent_dim)) for q in qs], dtype=torch.float64)
+    assert torch.allclose(torch.as_tensor(m.exact_p(r.numpy())), torch.tensor(qs, dtype=torch.float64))
+    x = torch.rand(len(qs), 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    a = certify(m, x, r, n_samples=S, alpha=1e-3, generator=torch.Generator().manual_seed(3))  # the default
+    b = certify(m, x, r, n_samples=S, alpha=1e-3, generator=torch.Generator().manual_seed(3), early_abstain=False)
+    assert torch.equal(b.n_drawn, torch.full_like(b.n_drawn, S))
+    stopped = a.n_drawn < S
+    low = torch.tensor([q < 0.3 for q in qs])
+    assert stopped[low].all()  # p = 0.02 and 0.2: settled well before S
+    assert int(a.n_drawn[torch.tensor([q == 0.02 for q in qs])].max()) <= 200
+    assert not stopped[torch.tensor([q > 0.5 for q in qs])].any()  # robust inputs never stop here
+    # stopped inputs abstain in every radius, with p and p_lower from the draws made
+    for name in ("radius", "radius_sound", "radius_spectral", "radius_whitened"):
+        assert (getattr(a, name)[stopped] == 0).all(), name
+    k = (a.p * a.n_drawn).round()
+    assert torch.allclose(a.p * a.n_drawn, k) and (a.p[stopped] < 0.5).all()
+    assert (b.radius_sound[stopped] == 0).all()  # the fixed-sample answer abstained there too
+    # every input that did not stop: the same draws, so the same certificate, field by field
+    for f in _STORED:
+        assert torch.equal(getattr(a, f)[~stopped], getattr(b, f)[~stopped]), f
+    s = a.summary()
+    assert s["n_stopped_early"] == int(stopped.sum()) and b.summary()["n_stopped_early"] == 0
+    assert a[stopped].n_drawn.shape == (int(stopped.sum()),)  # indexing and cat keep the column
+    assert torch.equal(type(a).cat([a[:5], a[5:]]).n_drawn, a.n_drawn)
+
+
+def _coin(p: float, generator: torch.Generator):
+    """A stand-in for the decoder's per-chunk count: Binomial(c, p) draws within r per input."""
+    def within(model, z, ref, rt):
+        c = z.shape[0] // ref.shape[0]
+        return torch.binomial(torch.full((ref.shape[0],), float(c), dtype=torch.float64),
+                              torch.full((ref.shape[0],), p, dtype=torch.float64), generator=generator).long()
+    return within
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_stopping_rule_error_rate(p):
+    """At p = 1/2 (the hardest case of "not p < 1/2") an input may stop, though it is checked
+    after every chunk, in at most a fraction alpha of cases; at p = 0.3 nearly all stop, early."""
+    B, alpha = 3000, 0.05
+    mu, sigma, ref = torch.zeros(B, 1), torch.ones(B, 1), torch.zeros(B, 1)
+    k, n = count_within(None, mu, sigma, ref, torch.ones(B), 3000, 20, torch.Generator().manual_seed(1),
+                        abstain_alpha=alpha, within=_coin(p, torch.Generator().manual_seed(2)))
+    stopped = (n < 3000).double().mean().item()
+    if p == 0.5:
+        assert stopped <= alpha, stopped
+        assert int(n.max()) == 3000 and bool((k <= n).all())
+    else:
+        assert stopped > 0.99 and float(n.double().median()) < 300, (stopped, float(n.double().median()))
+
+
+def test_without_abstain_alpha_every_input_draws_all():
+    B = 50
+    mu, sigma, ref = torch.zeros(B, 1), torch.ones(B, 1), torch.zeros(B, 1)
+    k, n = count_within(None, mu, sigma, ref, torch.ones(B), 500, 20, torch.Generator().manual_seed(1),
+                        within=_coin(0.1, torch.Generator().manual_seed(2)))
+    assert torch.equal(n, torch.full((B,), 500))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from robvae.models import ModelConfig
+    from robvae.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("early") / "run"
+    train(TrainConfig(model=ModelConfig(latent_dim=4, hidden=(64,)), epochs=4, batch_size=64, n_train=400),
+          out, progress=False)
+    return out
+
+
+def test_cli_early_abstain_column_summary_and_switch(run_dir, capsys, tmp_path):
+    """robvae certify: n_drawn per input in the CSV, n_stopped_early in the summary and the JSON;
+    --no-early-abstain draws all S for every input; inputs that did not stop are identical."""
+    rows, meta = {}, {}
+    for flag in ("--early-abstain", "--no-early-abstain"):
+        rc = main(["certify", str(run_dir), "--n", "20", "--r", "0.53", "--samples", "2000", "--seed", "1", flag,
+                   "--out", str(tmp_path / f"{flag}.csv"), "--quiet"])
+        out = capsys.readouterr().out
+        assert rc == 0 and "n_stopped_early" in out
+        rows[flag] = read_csv(tmp_path / f"{flag}.csv")
+        meta[flag] = json.loads((tmp_path / f"{flag}.json").read_text())
+    early, full = rows["--early-abstain"], rows["--no-early-abstain"]
+    assert meta["--early-abstain"]["early_abstain"] is True and meta["--no-early-abstain"]["early_abstain"] is False
+    assert all(int(r["n_drawn"]) == 2000 for r in full)
+    stopped = [i for i, r in enumerate(early) if int(r["n_drawn"]) < 2000]
+    assert stopped and len(stopped) < 20  # r = 0.53 puts some digits below p = 1/2 and some above
+    assert meta["--early-abstain"]["summary"]["n_stopped_early"] == len(stopped)
+    for i, (e, f) in enumerate(zip(early, full)):
+        if i in stopped:
+            assert float(e["radius_sound"]) == 0 and float(e["p"]) < 0.5
+        else:
+            assert e == f
