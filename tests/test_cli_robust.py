@@ -64,6 +64,29 @@ def test_certify_precision_changes_nothing_but_the_arithmetic(run_dir, capsys, t
     assert rc != 0 and "'--precision'" in err and "half" in err
 
 
+def test_cli_early_abstain_column_summary_and_switch(run_dir, capsys, tmp_path):
+    """robvae certify: n_drawn per input in the CSV, n_stopped_early in the summary and the JSON;
+    --no-early-abstain draws all S for every input; inputs that did not stop are identical."""
+    rows, meta = {}, {}
+    for flag in ("--early-abstain", "--no-early-abstain"):
+        rc, out, err = _run(capsys, "certify", run_dir, "--n", 20, "--r", 0.40, "--samples", 2000, "--seed", 1, flag,
+                            "--out", tmp_path / f"{flag}.csv", "--quiet")
+        assert rc == 0 and "n_stopped_early" in out, err
+        rows[flag] = read_csv(tmp_path / f"{flag}.csv")
+        meta[flag] = json.loads((tmp_path / f"{flag}.json").read_text())
+    early, full = rows["--early-abstain"], rows["--no-early-abstain"]
+    assert meta["--early-abstain"]["early_abstain"] is True and meta["--no-early-abstain"]["early_abstain"] is False
+    assert all(int(r["n_drawn"]) == 2000 for r in full)
+    stopped = [i for i, r in enumerate(early) if int(r["n_drawn"]) < 2000]
+    assert stopped and len(stopped) < 20  # r = 0.40 puts some digits below p = 1/2 and some above
+    assert meta["--early-abstain"]["summary"]["n_stopped_early"] == len(stopped)
+    for i, (e, f) in enumerate(zip(early, full)):
+        if i in stopped:
+            assert float(e["radius_sound"]) == 0 and float(e["p"]) < 0.5
+        else:
+            assert e == f
+
+
 def test_certify_r_relative_scales_the_median_r_min(run_dir, capsys, tmp_path):
     from robvae import load, load_dataset, r_min
 

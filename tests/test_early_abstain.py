@@ -5,15 +5,12 @@ rate of the stopping rule itself at p = 1/2, the worst case of its null hypothes
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 from scipy import stats
 
-from robvae.cli import main
-from robvae.fileio import read_csv
 from robvae.models import LinearVAE
 from robvae.robustness import certify
 from robvae.robustness.certify import _STORED
@@ -86,38 +83,3 @@ def test_without_abstain_alpha_every_input_draws_all():
     k, n = count_within(None, mu, sigma, ref, torch.ones(B), 500, 20, torch.Generator().manual_seed(1),
                         within=_coin(0.1, torch.Generator().manual_seed(2)))
     assert torch.equal(n, torch.full((B,), 500))
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from robvae.models import ModelConfig
-    from robvae.training import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("early") / "run"
-    train(TrainConfig(model=ModelConfig(latent_dim=4, hidden=(64,)), epochs=4, batch_size=64, n_train=400),
-          out, progress=False)
-    return out
-
-
-def test_cli_early_abstain_column_summary_and_switch(run_dir, capsys, tmp_path):
-    """robvae certify: n_drawn per input in the CSV, n_stopped_early in the summary and the JSON;
-    --no-early-abstain draws all S for every input; inputs that did not stop are identical."""
-    rows, meta = {}, {}
-    for flag in ("--early-abstain", "--no-early-abstain"):
-        rc = main(["certify", str(run_dir), "--n", "20", "--r", "0.53", "--samples", "2000", "--seed", "1", flag,
-                   "--out", str(tmp_path / f"{flag}.csv"), "--quiet"])
-        out = capsys.readouterr().out
-        assert rc == 0 and "n_stopped_early" in out
-        rows[flag] = read_csv(tmp_path / f"{flag}.csv")
-        meta[flag] = json.loads((tmp_path / f"{flag}.json").read_text())
-    early, full = rows["--early-abstain"], rows["--no-early-abstain"]
-    assert meta["--early-abstain"]["early_abstain"] is True and meta["--no-early-abstain"]["early_abstain"] is False
-    assert all(int(r["n_drawn"]) == 2000 for r in full)
-    stopped = [i for i, r in enumerate(early) if int(r["n_drawn"]) < 2000]
-    assert stopped and len(stopped) < 20  # r = 0.53 puts some digits below p = 1/2 and some above
-    assert meta["--early-abstain"]["summary"]["n_stopped_early"] == len(stopped)
-    for i, (e, f) in enumerate(zip(early, full)):
-        if i in stopped:
-            assert float(e["radius_sound"]) == 0 and float(e["p"]) < 0.5
-        else:
-            assert e == f
