@@ -16,6 +16,8 @@ Draws are a batch dimension: a chunk of c draws for B inputs is one decoder call
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -226,6 +228,14 @@ def within_float32(model: torch.nn.Module, z: torch.Tensor, ref: torch.Tensor, r
     return (norms <= rt.to(norms.dtype)[:, None]).sum(dim=1)
 
 
+#: Early abstention (:func:`count_within`) looks at the test first after this many draws, then
+#: each time the draws have grown by this factor: the test is valid at any looks, and looking after
+#: every chunk cost more than the draws it saved on small decoders (each look is a scipy call);
+#: an input stops at most 25% later than it could have.
+ABSTAIN_FIRST_CHECK = 32
+ABSTAIN_CHECK_GROWTH = 1.25
+
+
 def count_within(
     model: torch.nn.Module, mu: torch.Tensor, sigma: torch.Tensor, ref: torch.Tensor, rt: torch.Tensor,
     n_samples: int, chunk: int, generator: torch.Generator | None, *, abstain_alpha: float | None = None,
@@ -234,8 +244,9 @@ def count_within(
     """(k, n), long [B] each: how many of the draws per input land within ``rt`` [B] of ``ref``, out
     of how many; the centres, scales and references of :func:`draw_setup`. Runs under inference mode.
 
-    ``n`` is ``n_samples`` for every input unless ``abstain_alpha`` is given: then after each chunk
-    an input whose counts settle p < 1/2 in the anytime-valid test (:func:`sequential_bernoulli_test`
+    ``n`` is ``n_samples`` for every input unless ``abstain_alpha`` is given: then after the chunks
+    that reach :data:`ABSTAIN_FIRST_CHECK` draws and grow them by :data:`ABSTAIN_CHECK_GROWTH`, an
+    input whose counts settle p < 1/2 in the anytime-valid test (:func:`sequential_bernoulli_test`
     at level ``abstain_alpha``, docs/THEORY.md section 11) stops drawing. It is certain to abstain
     and its p is estimated from the draws made. Every chunk still draws eta for all inputs, so an
     input that never stops gets exactly the draws, and the count, it gets without this option.
@@ -247,13 +258,16 @@ def count_within(
     n = torch.zeros(B, dtype=torch.long, device=ref.device)
     live = torch.ones(B, dtype=torch.bool, device=ref.device)
     rows = torch.arange(B, device=ref.device)
+    drawn, check_at = 0, ABSTAIN_FIRST_CHECK
     for c in draw_chunks(n_samples, chunk):
         z = latent_draws(mu, sigma, c, generator)  # [B * c, d]: every input's, so the stream is the same
         if rows.numel() < B:
             z = z.view(B, c, -1)[rows].reshape(rows.numel() * c, -1)
         k[rows] += within(model, z, ref[rows], rt[rows])
         n[rows] += c
-        if abstain_alpha is not None:
+        drawn += c  # every live input has drawn this many
+        if abstain_alpha is not None and check_at <= drawn < n_samples:
+            check_at = math.ceil(drawn * ABSTAIN_CHECK_GROWTH)
             settled_below = sequential_bernoulli_test(k[rows], n[rows], abstain_alpha)[0].to(rows.device) < 0
             if bool(settled_below.any()):
                 live[rows[settled_below]] = False
