@@ -125,7 +125,8 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     else:
         cert = certify_sharded(run, x, radius, executor=executor, workers=workers, address=address, seed=seed,
                                device=device, progress=not quiet, n_samples=n_samples, alpha=alpha, mode=mode,
-                               precision=precision, early_abstain=early_abstain, torch_threads=None if executor == "serial" else 1)  # serial: --threads
+                               precision=precision, early_abstain=early_abstain,
+                               torch_threads=None if executor == "serial" else 1)  # serial: --threads
     rigorous_note = "off (--no-rigorous)"
     if rigorous:  # from the certificate's p_lower and sigma_min: the same for every executor
         try:

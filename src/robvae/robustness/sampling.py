@@ -17,7 +17,6 @@ Draws are a batch dimension: a chunk of c draws for B inputs is one decoder call
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator
 from dataclasses import dataclass
 
