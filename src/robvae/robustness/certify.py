@@ -26,9 +26,9 @@ from ..config import ALPHA, ConfigMixin
 from ..models.fast_decode import batches
 from ..stats import median
 from ..validation import as_radius, check_x
+from .bf16 import check_precision, r_robustness_bf16
 from .jacobian import KINDS, jacobian_norms
 from .lipschitz import VAELipschitz
-from .bf16 import check_precision, r_robustness_bf16
 from .rigorous import rigorous_columns
 
 #: the per-input radii and flags derived from the stored fields (properties of Certificate)
