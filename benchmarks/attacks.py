@@ -81,6 +81,7 @@ def ensemble(s: Settings) -> list[dict]:
                              f"{tm['fixed'] / tm['sequential']:.2f}x", time_ratio=tm["fixed"] / tm["sequential"]))
     rows += linear_margin_rows()
     rows += study_margin_rows(s)
+    rows += certify_abstain_rows(s)
     return rows
 
 
@@ -109,6 +110,38 @@ def linear_margin_rows() -> list[dict]:
                         note=f"seeds {list(seeds)}: ratios {', '.join(f'{q:.2f}' for q in ratios)}; exact margin "
                              f"{exact:.5f}; largest relative gap to it: sequential {rel[True]:.3f} (never above: "
                              f"{below}), fixed {rel[False]:.3f} (above it: {above} of {3 * len(seeds)})"))
+    return rows
+
+
+def certify_abstain_rows(s: Settings) -> list[dict]:
+    """Issue 11 item 3, abstention: certify with early abstention (the default) against fixed S draws
+    for every input, on test inputs of a trained MLP VAE (MNIST if ../shared has it, else digits) at
+    r = 1 and 0.8 x the median r_min (about half, and most, of the inputs abstain), S = 10,000
+    (2,000 with --quick); interleaved, one run. The certificates of the inputs that did not stop
+    are checked identical."""
+    run = load(bench_run("mlp"))
+    model = run.model.eval().to(s.device)
+    n, S = (64, 2000) if s.quick else (256, 10_000)
+    x = load_dataset(run.config.dataset, "test", run.config.data_dir).subset(n).images.to(s.device)
+    g = lambda seed: torch.Generator(device=s.device).manual_seed(seed)  # noqa: E731
+    r_med = float(r_min(model, x, 1000, generator=g(1)).median())
+    rows = []
+    for rel in (1.0, 0.8):
+        r = rel * r_med
+        res = {}
+        t = interleaved({name: (lambda name=name: res.__setitem__(name, certify(
+            model, x, r, n_samples=S, early_abstain=name == "early", generator=g(2))))
+            for name in ("early", "fixed")}, repeats=1, warmup=0, device=s.device)
+        early, fixed = res["early"], res["fixed"]
+        kept = early.n_drawn == S
+        same = all(bool(torch.equal(getattr(early, f)[kept], getattr(fixed, f)[kept]))
+                   for f in ("p", "p_lower", "radius", "radius_sound"))
+        draws = float(fixed.n_drawn.sum()) / float(early.n_drawn.sum())
+        rows.append(row("ensemble", f"certify early abstention, r = {rel:g} x median r_min", t["early"] / n,
+                        "s per input", ratio=t["fixed"] / t["early"], ratio_vs="wall time fixed S / early abstention",
+                        note=f"{run.config.dataset} MLP VAE, {n} test inputs, S = {S}, r = {r:.3f}: "
+                             f"{int((~kept).sum())} stopped early, {int(early.abstain.sum())} abstain; draws fixed / "
+                             f"early {draws:.2f}x; certificates of the others identical: {same}"))
     return rows
 
 
