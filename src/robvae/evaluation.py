@@ -5,6 +5,8 @@ the run's data set ``split`` and computes, per input (docs/THEORY.md sections 2-
 
 - ``r_min``: median ||g(mu(x) + eta sigma(x)) - g(mu(x))||; ``x_norm``: ||x||;
 - ``p``, ``p_lower``: Monte Carlo p_r(x) and its one-sided Clopper-Pearson lower bound;
+  ``n_drawn``: the draws they come from (``n_samples``, or fewer for an input that stopped early,
+  settled p < 1/2: :class:`robvae.robustness.CertifyConfig`);
 - ``sigma_min``, ``sigma_mean``: min and mean over latent axes of sigma(x);
 - ``jac_frobenius``, ``jac_spectral``, ``jac_whitened``: norms of the encoder-mean Jacobian;
 - ``radius`` (Theorem 1), ``radius_sound``, ``radius_spectral``, ``radius_whitened``
@@ -86,7 +88,7 @@ EVAL_CONFIG_FILE = "eval_config.json"
 
 #: The per-input columns, in CSV order.
 COLUMNS = (
-    "index", "label", "r", "x_norm", "r_min", "p", "p_lower", "sigma_min", "sigma_mean",
+    "index", "label", "r", "x_norm", "r_min", "p", "p_lower", "n_drawn", "sigma_min", "sigma_mean",
     "jac_frobenius", "jac_spectral", "jac_whitened",
     "radius", "radius_sound", "radius_spectral", "radius_whitened", "abstain", "abstain_sound",
     "radius_rigorous_mean", "radius_rigorous_full",
