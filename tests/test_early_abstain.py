@@ -83,3 +83,43 @@ def test_without_abstain_alpha_every_input_draws_all():
     k, n = count_within(None, mu, sigma, ref, torch.ones(B), 500, 20, torch.Generator().manual_seed(1),
                         within=_coin(0.1, torch.Generator().manual_seed(2)))
     assert torch.equal(n, torch.full((B,), 500))
+
+
+def test_grouped_chunks_give_the_chunk_by_chunk_counts():
+    """Once most inputs stop, count_within decodes several chunks per call. A plain chunk-by-chunk
+    loop (written here: draw every input's eta per chunk, count the live inputs, look at the same
+    draws) must give the same k and n for every input; and the calls really were grouped."""
+    from robvae.robustness.sampling import (ABSTAIN_CHECK_GROWTH, ABSTAIN_FIRST_CHECK, draw_setup, latent_draws,
+                                            sequential_bernoulli_test, within_float32)
+    m = _linear()
+    qs = [0.02] * 9 + [0.6, 0.9, 0.995]
+    r = torch.tensor([m.s * math.sqrt(stats.chi2.ppf(q, m.latent_dim)) for q in qs], dtype=torch.float64)
+    x = torch.rand(len(qs), 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    S, chunk, alpha = 3000, 25, 1e-3
+    with torch.inference_mode():
+        mu, sigma, ref, _ = draw_setup(m, x, None, S, "mean", None)
+        calls = []
+
+        def recording(model, z, ref_, rt_):
+            calls.append(z.shape[0] // ref_.shape[0])
+            return within_float32(model, z, ref_, rt_)
+        k, n = count_within(m, mu, sigma, ref, r, S, chunk, torch.Generator().manual_seed(5), abstain_alpha=alpha,
+                            within=recording)
+        # the reference: one chunk at a time
+        gen = torch.Generator().manual_seed(5)
+        B = len(qs)
+        kr, nr = torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long)
+        live = torch.ones(B, dtype=torch.bool)
+        drawn, look = 0, ABSTAIN_FIRST_CHECK
+        while drawn < S:
+            c = min(chunk, S - drawn)
+            z = latent_draws(mu, sigma, c, gen).view(B, c, -1)
+            idx = live.nonzero().squeeze(1)
+            kr[idx] += within_float32(m, z[idx].reshape(-1, z.shape[-1]), ref[idx], r[idx])
+            nr[idx] += c
+            drawn += c
+            if look <= drawn < S:
+                look = math.ceil(drawn * ABSTAIN_CHECK_GROWTH)
+                live[idx[sequential_bernoulli_test(kr[idx], nr[idx], alpha)[0] < 0]] = False
+    assert torch.equal(k, kr) and torch.equal(n, nr)
+    assert int((n < S).sum()) == 9 and max(calls) >= 3 * chunk  # 3 live inputs: several chunks per call

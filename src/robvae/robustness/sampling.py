@@ -258,13 +258,26 @@ def count_within(
     live = torch.ones(B, dtype=torch.bool, device=ref.device)
     rows = torch.arange(B, device=ref.device)
     drawn, check_at = 0, ABSTAIN_FIRST_CHECK
-    for c in draw_chunks(n_samples, chunk):
-        z = latent_draws(mu, sigma, c, generator)  # [B * c, d]: every input's, so the stream is the same
+    sizes = list(draw_chunks(n_samples, chunk))
+    i = 0
+    while i < len(sizes):
+        # the next chunks up to the next look, as many as fit in one decoder call of B * chunk rows
+        # (one chunk while every input is live): each chunk's eta is drawn for every input, in
+        # order, so the stream is the same however the chunks are grouped
+        group, rows_in_call = [], 0
+        while i < len(sizes) and (not group or rows_in_call + rows.numel() * sizes[i] <= B * chunk):
+            group.append(sizes[i])
+            rows_in_call += rows.numel() * sizes[i]
+            drawn += sizes[i]  # every live input has drawn this many
+            i += 1
+            if abstain_alpha is not None and check_at <= drawn:
+                break
+        zs = [latent_draws(mu, sigma, c, generator).view(B, c, -1) for c in group]  # [B, c, d] each
+        z = zs[0] if len(zs) == 1 else torch.cat(zs, dim=1)
         if rows.numel() < B:
-            z = z.view(B, c, -1)[rows].reshape(rows.numel() * c, -1)
-        k[rows] += within(model, z, ref[rows], rt[rows])
-        n[rows] += c
-        drawn += c  # every live input has drawn this many
+            z = z[rows]
+        k[rows] += within(model, z.reshape(rows_in_call, -1), ref[rows], rt[rows])
+        n[rows] += sum(group)
         if abstain_alpha is not None and check_at <= drawn < n_samples:
             check_at = math.ceil(drawn * ABSTAIN_CHECK_GROWTH)
             settled_below = sequential_bernoulli_test(k[rows], n[rows], abstain_alpha)[0].to(rows.device) < 0
