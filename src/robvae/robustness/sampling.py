@@ -428,8 +428,7 @@ def sequential_robustness(
         c = min(step, n_max - total)
         with torch.inference_mode():
             chunk = default_chunk(c, rows.numel(), ref.shape[1], x.device, model)
-            for norms in _draw_norms(model, mu[rows], sigma[rows], ref[rows], c, chunk, generator):
-                k[rows] += (norms <= rt[rows].to(norms.dtype)[:, None]).sum(dim=1)
+            k[rows] += count_within(model, mu[rows], sigma[rows], ref[rows], rt[rows], c, chunk, generator)[0]
         n[rows] += c
         total += c
         step = max(total // 2, 1)  # grow the total by half each round
