@@ -14,7 +14,9 @@ import robvae
 from robvae.errors import InputError
 from robvae.models import LinearVAE, ModelConfig, VAE
 from robvae.models.lipschitz import GroupSort
-from robvae.robustness.lipschitz import conv_bound, lipschitz_bound, vae_lipschitz
+from robvae.robustness.lipschitz import (
+    _dense_operator, conv_bound, conv_operator_norm, dense_norm, lipschitz_bound, vae_lipschitz,
+)
 
 
 def _exact_norm(f, shape) -> float:
@@ -130,3 +132,51 @@ def test_linear_vae_constants():
 def test_vae_lipschitz_rejects_unknown_models():
     with pytest.raises(InputError, match="pass the constants"):
         vae_lipschitz(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("shape", [(40, 17), (17, 40), (30, 30)])
+def test_dense_norm_is_the_spectral_norm_rounded_up(shape):
+    """dense_norm (sparse Gram product, top eigenvalue) against a matrix built with known singular
+    values, and against an SVD, for tall, wide and square matrices with many zeros."""
+    g = torch.Generator().manual_seed(5)
+    m, n = shape
+    k = min(m, n)
+    u = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))[0]
+    s = torch.linspace(0.1, 3.7, k, dtype=torch.float64)
+    a = u @ torch.diag(s) @ v.T
+    assert dense_norm(a) >= 3.7 and dense_norm(a) == pytest.approx(3.7, rel=1e-8)
+    sparse = torch.randn(m, n, generator=g, dtype=torch.float64) * (torch.rand(m, n, generator=g) < 0.1)
+    exact = float(torch.linalg.matrix_norm(sparse, ord=2))
+    assert exact <= dense_norm(sparse) <= exact * (1 + 1e-8)
+    assert dense_norm(torch.zeros(m, n)) < 1e-100
+
+
+@pytest.mark.parametrize("layer,shape", [(nn.ConvTranspose2d(4, 3, 4, 2, 1), (4, 5, 5)),
+                                         (nn.Conv2d(3, 5, 3, 2, 1), (3, 9, 7))])
+def test_dense_operator_in_blocks_is_the_layer(layer, shape):
+    """The dense operator, built a few basis vectors at a time, applied to random inputs gives the
+    layer's linear part."""
+    layer = layer.double()
+    a = _dense_operator(layer, shape, block=7)
+    x = torch.randn(5, *shape, dtype=torch.float64)
+    lin = (layer(x) - layer(torch.zeros_like(x))).flatten(1)
+    assert torch.allclose(x.flatten(1) @ a.T, lin, atol=1e-12)
+    assert conv_operator_norm(layer, shape) == pytest.approx(float(torch.linalg.matrix_norm(a, ord=2)), rel=1e-8)
+    assert conv_operator_norm(layer, shape, limit=10) is None
+
+
+def test_vae_lipschitz_is_computed_once_per_weights():
+    """The constants are cached per model; an in-place change of the weights (an optimiser step,
+    load_state_dict) is seen: doubling the decoder's first Linear doubles the decoder's constant."""
+    torch.manual_seed(6)
+    model = VAE(ModelConfig(input_shape=(1, 8, 8), arch="conv", latent_dim=3, conv_channels=(2, 3), conv_hidden=8))
+    first = vae_lipschitz(model)
+    assert vae_lipschitz(model) is first
+    with torch.no_grad():
+        model.decoder.head[0][0].weight.mul_(2.0)
+    again = vae_lipschitz(model)
+    assert again is not first
+    assert again.decoder == pytest.approx(2 * first.decoder, rel=1e-8) and again.mean == first.mean
+    model.train(not model.training)
+    assert vae_lipschitz(model) is not again  # modes are part of the key (dropout's constant depends on them)

@@ -58,7 +58,7 @@ from ..models.fast_decode import (
     _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, flat_decode,
 )
 from ..validation import as_radius
-from .lipschitz import _dense_operator, _kernel_matrix, patch_overlap
+from .lipschitz import _kernel_matrix, conv_operator_norm, patch_overlap
 from .sampling import RobustnessEstimate, checked_inputs, count_within, draw_setup
 
 #: bfloat16's unit roundoff (8 significand bits, round to nearest), and the rounding relative
@@ -170,21 +170,14 @@ def _conv_periodic(w: torch.Tensor, layer: torch.nn.Module, in_shape: tuple[int,
 
 
 def _conv_exact(layer: torch.nn.Module, shape: tuple[int, ...]) -> float | None:
-    """The conv's norm on inputs of ``shape``: the largest eigenvalue of the dense operator's
-    smaller Gram matrix (float64), rounded up; None when the operator is too large."""
-    out = math.prod(shape)
+    """The conv's norm on inputs of ``shape`` (:func:`robvae.robustness.lipschitz.conv_operator_norm`);
+    None when the operator is too large."""
     with torch.no_grad():
         probe = torch.zeros(1, *shape, dtype=layer.weight.dtype, device=layer.weight.device)
         out_n = math.prod(layer(probe).shape[1:])
-    if out * out_n > DENSE_NORM_LIMIT or min(out, out_n) > DENSE_GRAM_LIMIT:
+    if min(math.prod(shape), out_n) > DENSE_GRAM_LIMIT:
         return None
-    a = _dense_operator(layer, shape)  # [out, in] float64
-    g = a.T @ a if a.shape[0] >= a.shape[1] else a @ a.T
-    lam = float(torch.linalg.eigvalsh(g)[-1])
-    # Gram rounding <= n v64 ||a||_F^2 elementwise-sum; eigvalsh backward stable: a relative 1e-9 and
-    # an absolute n * 2^-52 ||a||_F^2 keep it above
-    slack = a.shape[0] * a.shape[1] * 2.0 ** -50 * float((a * a).sum())
-    return math.sqrt(max(lam, 0.0) * (1 + 1e-9) + slack) + 1e-300
+    return conv_operator_norm(layer, shape, DENSE_NORM_LIMIT)
 
 
 @dataclass
