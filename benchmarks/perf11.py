@@ -8,6 +8,9 @@
 - ``usermodels``: protocol-only MLP and conv VAEs (written here, not subclasses of robvae's VAE)
   through r_robustness: fraction of the same-run GEMM rate, and speed-up over a per-sample loop.
 - ``bf16``: r_robustness_bf16 against float32 r_robustness, same draws, counts checked equal.
+- ``lipschitz``: the rigorous radii's fixed cost, ``vae_lipschitz`` of robvae's MNIST conv VAE
+  (exact conv norms from the sparse Gram matrix's top eigenvalue) against the same constants with
+  an SVD of each dense conv operator (the method before session 5), interleaved; values compared.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from robvae.data import load_dataset
 from robvae.models import ModelConfig
 from robvae.objectives import ObjectiveConfig
 from robvae.robustness import certify, r_robustness
+from robvae.robustness import lipschitz as lipschitz_module
 from robvae.robustness.bf16 import r_robustness_bf16
 from robvae.training import TrainConfig, load, train
 
 from . import reference
 from .flops import per_row
-from .suite import MNIST, images, radius_for, row
+from .suite import MNIST, images, make_model, radius_for, row
 from .timing import GemmRate, fraction, interleaved
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,3 +232,29 @@ def bf16(s, gemm: GemmRate) -> list[dict]:
                              f"{os.getloadavg()[0]:.1f}",
                         counts_equal=same, recomputed=st[-1].fraction, setup_s=setup))
     return rows
+
+
+def lipschitz(s) -> list[dict]:
+    """vae_lipschitz of the MNIST conv VAE: sparse Gram + top eigenvalue against dense SVDs."""
+    model = make_model("conv")
+    shape = tuple(model.input_shape)
+    new = lipschitz_module.dense_norm
+
+    def svd_constants():
+        lipschitz_module.dense_norm = lipschitz_module.spectral_norm  # the method before session 5
+        try:
+            return lipschitz_module._vae_lipschitz(model, shape)
+        finally:
+            lipschitz_module.dense_norm = new
+
+    out = {}
+    t = interleaved({"gram": lambda: out.__setitem__("gram", lipschitz_module._vae_lipschitz(model, shape)),
+                     "svd": lambda: out.__setitem__("svd", svd_constants())},
+                    repeats=1 if s.quick else 2, warmup=0)
+    fields = ("mean", "log_sigma", "sigma", "decoder")
+    rel = max(abs(getattr(out["gram"], f) / getattr(out["svd"], f) - 1) for f in fields)
+    return [row("lipschitz", "conv VAE vae_lipschitz, dense SVDs (before)", t["svd"], "s",
+                note=f"MNIST conv VAE, {torch.get_num_threads()} threads"),
+            row("lipschitz", "conv VAE vae_lipschitz, sparse Gram + top eigenvalue", t["gram"], "s",
+                ratio=t["svd"] / t["gram"], ratio_vs="dense SVDs, same run, interleaved",
+                note=f"largest relative difference of the four constants {rel:.1e} (both upper bounds)")]

@@ -348,6 +348,7 @@ SECTIONS.update({
     "contention": lambda s, g: _perf11().contention(s),
     "usermodels": lambda s, g: _perf11().usermodels(s, g),
     "bf16": lambda s, g: _perf11().bf16(s, g),
+    "lipschitz": lambda s, g: _perf11().lipschitz(s),
 })
 
 
