@@ -28,6 +28,7 @@ deviation, the standard deviation and the decoder (see its docstring for the der
 
 from __future__ import annotations
 
+import hashlib
 import math
 import weakref
 from collections.abc import Sequence
@@ -221,8 +222,20 @@ def _split_last(seq: nn.Sequential) -> tuple[float, nn.Linear]:
     return lipschitz_bound(nn.Sequential(*head)), last
 
 
-#: Per model: (its parameters' and buffers' versions, modes, tau, shape; the constants).
+#: Per model: (its parameters' and buffers' content hash, modes, tau, shape; the constants).
 _VAE_LIPSCHITZ: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model: nn.Module) -> str:
+    """A hash of every parameter's and buffer's name, dtype, shape and bytes (milliseconds for a
+    conv VAE). Content, not tensor versions and addresses: a stale constant would make a rigorous
+    radius too large, and a replaced tensor can reuse a freed address with the same version."""
+    h = hashlib.blake2b(digest_size=20)
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        t = t.detach()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.contiguous().cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def vae_lipschitz(model: nn.Module, input_shape: Sequence[int] | None = None) -> VAELipschitz:
@@ -239,11 +252,11 @@ def vae_lipschitz(model: nn.Module, input_shape: Sequence[int] | None = None) ->
     LinearVAE (docs/THEORY.md section 7): sigma_max(A), 0, 0, sigma_max(W).
 
     Computed once per model and weights (seconds for a conv VAE: its convolutions' exact norms):
-    later calls with unchanged parameters, buffers and modes return the same object.
+    later calls return the same object while the parameters' and buffers' contents (a hash), the
+    modes and tau are unchanged.
     """
     shape = tuple(input_shape) if input_shape is not None else tuple(getattr(model, "input_shape", ()) or ()) or None
-    key = (tuple((t._version, t.data_ptr()) for t in (*model.parameters(), *model.buffers())),
-           tuple(m.training for m in model.modules()), float(getattr(model, "tau", 0.0)), shape)
+    key = (_fingerprint(model), tuple(m.training for m in model.modules()), float(getattr(model, "tau", 0.0)), shape)
     hit = _VAE_LIPSCHITZ.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
