@@ -98,6 +98,24 @@ def test_plan_follows_weight_changes():
         torch.testing.assert_close(flat_decode(model, z), model.decode(z).flatten(1), rtol=1e-5, atol=1e-5)
 
 
+def test_replaced_weights_never_hit_a_stale_cache_entry():
+    """The caches key weights by (version, address). Replacing a weight twice between two decodes
+    frees the cached tensor before the second new one is allocated, which can then land at the
+    cached address with the same version (0): without the kept storages that decoded with the old
+    weights in about half the rounds here. The entries keep the cached storages alive, so every
+    round matches model.decode."""
+    model = _archs()["conv unflatten thin deconv"].eval()
+    z = torch.randn(5, 6)
+    for layer in (model.decoder[-1], model.decoder[0]):
+        for _ in range(30):
+            with torch.inference_mode():
+                flat_decode(model, z)
+            for _ in range(2):
+                layer.weight = nn.Parameter(torch.randn_like(layer.weight))
+            with torch.inference_mode():
+                torch.testing.assert_close(flat_decode(model, z), model.decode(z).flatten(1), rtol=1e-5, atol=1e-5)
+
+
 class ScaledDecode(UserVAE):
     def decode(self, z):  # not sigmoid(decoder(z)) nor decoder(z): the check must refuse the rewrite
         return 0.5 * super().decode(z)

@@ -70,6 +70,24 @@ def test_counts_equal_float32(name):
     assert stats and 0 < stats[0].recomputed <= stats[0].draws  # draws near r were recomputed in float32
 
 
+def test_replaced_heavy_weights_never_hit_a_stale_analysis():
+    """The bfloat16 analysis (bf16 copies of the heavy layer's weights, their norms) is cached per
+    (version, address) of the weights and keeps their storage alive: replacing the heavy layer's
+    weight twice between calls (the second new tensor could otherwise take the freed cached
+    address with the same version 0) still gives float32's counts every round."""
+    model = _robvae("mlp", shape=(1, 8, 8))
+    heavy = model.decoder.net[2]  # 128 -> 256: the layer run in bfloat16 (the 64-pixel output layer is smaller)
+    x = _x(model, n=3)
+    with torch.inference_mode():
+        r = delta_norms(model, x, n_samples=64, generator=torch.Generator().manual_seed(0)).median(dim=1).values
+    for i in range(20):
+        got = r_robustness_bf16(model, x, r, n_samples=64, generator=torch.Generator().manual_seed(i))
+        want = r_robustness(model, x, r, n_samples=64, generator=torch.Generator().manual_seed(i))
+        assert torch.equal(got.n_within, want.n_within)
+        for _ in range(2):
+            heavy.weight = nn.Parameter(torch.randn_like(heavy.weight) * 0.2)
+
+
 @pytest.mark.parametrize("name", ["robvae mlp scaled", "robvae conv scaled"])
 def test_counts_equal_at_several_radii_trained_like(name):
     model = BOUND_MODELS[name]()

@@ -80,21 +80,29 @@ def _key(layer: torch.nn.Module) -> tuple:
     return (w._version, w.data_ptr(), w.device, w.dtype, None if b is None else (b._version, b.data_ptr()))
 
 
-def _cached(table: weakref.WeakKeyDictionary, owner, key: tuple, make):
+def _cached(table: weakref.WeakKeyDictionary, owner, key: tuple, make, tensors=lambda: ()):
     """``make()``, kept in ``table`` for ``owner`` until ``key`` changes; None when ``owner``
-    cannot be a weak key (then nothing is made)."""
+    cannot be a weak key (then nothing is made). The keys hold tensors' (version, address): the
+    entry keeps the storages of ``tensors()`` alive, so no other tensor can be allocated at those
+    addresses while it stands (a replaced weight with a reused address and an equal version would
+    otherwise hit a stale entry)."""
     try:
         hit = table.get(owner)
     except TypeError:  # not weak-referenceable
         return None
     if hit is None or hit[0] != key:
-        hit = (key, make())
+        hit = (key, make(), keep_alive(tensors()))
         table[owner] = hit
     return hit[1]
 
 
+def keep_alive(tensors) -> tuple:
+    """References to the storages of ``tensors`` (None skipped), for a cache entry keyed by addresses."""
+    return tuple(t.untyped_storage() for t in tensors if t is not None)
+
+
 def _derived(layer: torch.nn.Module, make) -> tuple:
-    return _cached(_DERIVED, layer, _key(layer), torch.no_grad()(make))
+    return _cached(_DERIVED, layer, _key(layer), torch.no_grad()(make), lambda: (layer.weight, layer.bias))
 
 
 def _is_thin_deconv(layer: torch.nn.Module) -> bool:
@@ -398,7 +406,8 @@ def _user_plan(model: torch.nn.Module, z: torch.Tensor):
     when hooks or instance overrides are present (the rewrite would skip them)."""
     if _has_hooks_or_overrides(model) or _find_decoder(model) is None:
         return None
-    return _cached(_PLANS, model, _plan_key(model, z), lambda: _build_plan(model, z))
+    return _cached(_PLANS, model, _plan_key(model, z), lambda: _build_plan(model, z),
+                   lambda: (*model.parameters(), *model.buffers()))
 
 
 def has_fast_route(model: torch.nn.Module, z: torch.Tensor) -> bool:

@@ -56,6 +56,7 @@ from ..config import ALPHA
 from ..errors import InputError
 from ..models.fast_decode import (
     _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, flat_decode,
+    keep_alive,
 )
 from ..validation import as_radius
 from .lipschitz import _kernel_matrix, conv_operator_norm, patch_overlap
@@ -299,7 +300,7 @@ def _analyse(plan, z: torch.Tensor) -> list:
             heavy = i == top and macs[i] >= HEAVY_SHARE * total and not _is_thin_deconv(m)
             grid = _grid_for(m, _next_spatial(layers, i)) if type(m) is torch.nn.Linear else None
             infos.append(_lin(m, shapes[i][0], shapes[i][1], heavy, grid))
-    _ANALYSED[plan] = (key, infos)
+    _ANALYSED[plan] = (key, infos, keep_alive(p for m in layers for p in m.parameters(recurse=False)))  # as fast_decode's caches
     return infos
 
 
