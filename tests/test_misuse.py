@@ -5,7 +5,6 @@ concurrent runs, strict JSON. Each test failed on the code before the fix."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -95,6 +94,28 @@ def test_every_call_path_refuses_a_model_that_breaks_the_protocol(fault, path):
     with pytest.raises(InputError) as e:
         _paths()[path](model, x)
     assert FAULTS[fault] in str(e.value), str(e.value)
+
+
+def test_the_output_check_sees_every_input_of_a_large_batch():
+    """The protocol check runs CHECK_BATCH inputs at a time (memory): a sigma <= 0 for one input
+    in the last batch is still refused, and certify / r_min refuse it before drawing."""
+    from robvae.robustness import r_min
+    from robvae.validation import CHECK_BATCH, check_model_outputs
+
+    class OneBad(Bad):
+        def encode(self, x):
+            mu, sigma = self.inner.encode(x)
+            bad = x.flatten(1)[:, 0] > 0.999  # only the marked input
+            return mu, torch.where(bad[:, None], -sigma, sigma)
+
+    model = OneBad("none")
+    x = torch.rand(2 * CHECK_BATCH + 7, 1, 4, 4, dtype=torch.float64) * 0.9
+    check_model_outputs(model, x)  # fine
+    x[-1, 0, 0, 0] = 1.0
+    with pytest.raises(InputError, match=r"model.encode returned sigma with 3 values <= 0"):
+        check_model_outputs(model, x)
+    with pytest.raises(InputError, match="sigma"):
+        r_min(model, x, 10)
 
 
 def test_a_decoder_that_is_nan_only_away_from_mu_is_refused():
