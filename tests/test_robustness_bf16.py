@@ -22,6 +22,7 @@ from robvae.models.fast_decode import decoder_plan, flat_decode
 from robvae.robustness import bf16 as bf16_module
 from robvae.robustness import delta_norms, r_robustness
 from robvae.robustness.bf16 import U, V, decode_bf16, r_robustness_bf16
+from robvae.robustness.lipschitz import conv_periodic_bound
 
 from test_fast_decode_user import _archs
 
@@ -218,15 +219,15 @@ def test_periodic_conv_norm_bounds_the_exact_norm(layer, shape, monkeypatch):
         with torch.no_grad():
             probe.weight.copy_(w)
         exact = bf16_module._conv_exact(probe, shape)
-        got = bf16_module._conv_periodic(w, layer, shape)
+        got = conv_periodic_bound(w, layer, shape)
         assert exact is not None and got is not None
         assert got >= exact * (1 - 1e-12), (got, exact)
         assert got <= 1.5 * exact, (got, exact)
 
 
 def test_periodic_conv_norm_declines_unsupported_layers():
-    assert bf16_module._conv_periodic(torch.ones(4, 2, 3, 3), nn.Conv2d(4, 4, 3, groups=2), (4, 6, 6)) is None
-    assert bf16_module._conv_periodic(torch.ones(4, 4, 3, 3), nn.Conv2d(4, 4, 3, dilation=2), (4, 8, 8)) is None
+    assert conv_periodic_bound(torch.ones(4, 2, 3, 3), nn.Conv2d(4, 4, 3, groups=2), (4, 6, 6)) is None
+    assert conv_periodic_bound(torch.ones(4, 4, 3, 3), nn.Conv2d(4, 4, 3, dilation=2), (4, 8, 8)) is None
 
 
 # --------------------------------------------------------------------------------------------

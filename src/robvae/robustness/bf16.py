@@ -59,7 +59,7 @@ from ..models.fast_decode import (
     keep_alive,
 )
 from ..validation import as_radius
-from .lipschitz import _kernel_matrix, conv_operator_norm, patch_overlap
+from .lipschitz import _kernel_matrix, conv_operator_norm, conv_periodic_bound, patch_overlap
 from .sampling import RobustnessEstimate, checked_inputs, count_within, draw_setup
 
 #: bfloat16's unit roundoff (8 significand bits, round to nearest), and the rounding relative
@@ -134,42 +134,6 @@ def _conv_shape_free(w: torch.Tensor, layer: torch.nn.Module) -> float:
     return min(mat, float(taps.sum()))
 
 
-def _conv_periodic(w: torch.Tensor, layer: torch.nn.Module, in_shape: tuple[int, ...]) -> float | None:
-    """An upper bound on the norm of the convolution with kernel ``w`` at input shape ``in_shape``
-    (groups 1, dilation 1, zero padding; else None): the exact norm of its periodic extension.
-
-    View the layer as a transposed convolution from the small grid (a ConvTranspose2d's input, a
-    Conv2d's output: a Conv2d is the adjoint of the transposed convolution with the same weight
-    array, so it has the same norm) of size h per axis to the large one, output index m = s i + k
-    before padding crops it. Those outputs lie in a window of s (h - 1) + k' positions (k' = k
-    rounded up to a multiple of s, zero taps added); on a torus of n >= h - 1 + k'/s small-grid
-    positions no two of them wrap onto each other, so the layer (a crop of that window, or for a
-    Conv2d the adjoint of one after an isometric zero padding) is a compression of the torus
-    operator C_n and ||T|| <= ||C_n||. C_n is block-diagonalised by the discrete Fourier
-    transform: ||C_n|| = max over the n x n frequencies of the spectral norm of the [C_large s^2,
-    C_small] matrix of the output phases' tap sums. Rounded up for float64's rounding."""
-    if layer.groups != 1 or layer.dilation != (1, 1) or getattr(layer, "padding_mode", "zeros") != "zeros" or any(
-            not isinstance(p, int) for p in layer.padding):
-        return None
-    w = w.detach().double().cpu()
-    c_small, c_large = w.shape[0], w.shape[1]
-    s, k = layer.stride, tuple(w.shape[2:])
-    kp = [math.ceil(kk / ss) * ss for kk, ss in zip(k, s)]
-    w = F.pad(w, (0, kp[1] - k[1], 0, kp[0] - k[0]))
-    if isinstance(layer, torch.nn.ConvTranspose2d):
-        small = in_shape[1:]
-    else:
-        small = [(h + 2 * p - kk) // ss + 1 for h, p, kk, ss in zip(in_shape[1:], layer.padding, k, s)]
-    taps = [kk // ss for kk, ss in zip(kp, s)]
-    n = [h + t + 1 for h, t in zip(small, taps)]
-    phase = [torch.exp(1j * torch.outer(torch.arange(nn, dtype=torch.float64) * (2 * math.pi / nn),
-                                         torch.arange(t, dtype=torch.float64))) for nn, t in zip(n, taps)]
-    polyphase = w.reshape(c_small, c_large, taps[0], s[0], taps[1], s[1]).to(torch.complex128)
-    a = torch.einsum("iopaqb,fp,gq->fgoabi", polyphase, phase[0], phase[1]).reshape(n[0] * n[1], -1, c_small)
-    top = float(torch.linalg.matrix_norm(a, ord=2).max())
-    return top * (1 + 1e-9) + 1e-12 * float(w.norm()) + 1e-300
-
-
 def _conv_exact(layer: torch.nn.Module, shape: tuple[int, ...]) -> float | None:
     """The conv's norm on inputs of ``shape`` (:func:`robvae.robustness.lipschitz.conv_operator_norm`);
     None when the operator is too large."""
@@ -211,7 +175,7 @@ def _lin(layer: torch.nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int
         positions = 1
     else:
         def norm(m):
-            periodic = _conv_periodic(m, layer, in_shape)
+            periodic = conv_periodic_bound(m, layer, in_shape)
             free = _conv_shape_free(m, layer)
             return free if periodic is None else min(free, periodic)
         exact = _conv_exact(layer, in_shape)
