@@ -215,3 +215,31 @@ def test_vae_bounds_at_a_shape_above_the_dense_limit_use_the_torus_bound(arch_sh
     assert torus.decoder < 0.8 * free.decoder
     assert _max_quotient(lambda x: model.encode(x)[0], shape) <= torus.mean
     assert _max_quotient(model.decode, (3,), seed=3) <= torus.decoder
+
+
+def test_periodic_bound_is_never_below_the_exact_norm_on_random_layers():
+    """The torus bound holds a certificate up, so it is checked against the exact norm (the
+    layer's Jacobian, SVD) on 120 random Conv2d / ConvTranspose2d layers: kernels 1-5, strides
+    1-3, any padding below the kernel, output_padding, rectangular inputs."""
+    from robvae.robustness.lipschitz import conv_periodic_bound
+
+    g = torch.Generator().manual_seed(11)
+    seen = 0
+    for trial in range(120):
+        k, s = (int(torch.randint(lo, hi, (), generator=g)) for lo, hi in ((1, 6), (1, 4)))
+        p = int(torch.randint(0, k, (), generator=g))
+        cin, cout, h, w = (int(torch.randint(lo, hi, (), generator=g)) for lo, hi in ((1, 5), (1, 5), (2, 7), (2, 7)))
+        if trial % 2:
+            op = int(torch.randint(0, s, (), generator=g)) if s > 1 else 0
+            layer = nn.ConvTranspose2d(cin, cout, k, s, p, output_padding=op).double()
+        else:
+            layer = nn.Conv2d(cin, cout, k, s, p).double()
+        shape = (cin, h, w)
+        try:
+            exact = _exact_norm(lambda v: layer(v) - layer(torch.zeros_like(v)), shape)
+        except RuntimeError:  # an output size below 1
+            continue
+        bound = conv_periodic_bound(layer.weight, layer, shape)
+        assert bound is not None and bound >= exact * (1 - 1e-9), (layer, shape, bound, exact)
+        seen += 1
+    assert seen >= 80
