@@ -37,7 +37,7 @@ from .executors import check_options, map_tasks, using_torch_threads
 
 SHARD_EXECUTORS = ("serial", "local", "ray")
 
-_RUN_CACHE: dict[tuple[str, str, int], Any] = {}
+_RUN_CACHE: dict[tuple, Any] = {}
 
 
 def block_seed(seed: int, start: int) -> int:
@@ -48,7 +48,8 @@ def block_seed(seed: int, start: int) -> int:
 
 def _load_run(run_dir: str, device: str):
     weights = Path(run_dir) / "model.safetensors"
-    key = (str(Path(run_dir).resolve()), str(device), weights.stat().st_mtime_ns if weights.exists() else 0)
+    st = weights.stat() if weights.exists() else None  # an atomic rewrite is a new inode
+    key = (str(Path(run_dir).resolve()), str(device), None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
     if key not in _RUN_CACHE:
         _RUN_CACHE.clear()  # one run per worker process at a time
         _RUN_CACHE[key] = load(run_dir, device=device)
