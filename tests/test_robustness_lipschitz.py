@@ -243,3 +243,38 @@ def test_periodic_bound_is_never_below_the_exact_norm_on_random_layers():
         assert bound is not None and bound >= exact * (1 - 1e-9), (layer, shape, bound, exact)
         seen += 1
     assert seen >= 80
+
+
+def test_sparse_operator_equals_the_dense_operator_on_random_layers():
+    """The operator placed from the kernel by index arithmetic equals, entry for entry, the one
+    built by applying the layer to the identity basis, on 150 random layers: groups, dilation,
+    strides, paddings, output_padding, rectangular kernels and inputs."""
+    from robvae.robustness.lipschitz import _sparse_operator
+
+    g = torch.Generator().manual_seed(3)
+
+    def r(lo, hi):
+        return int(torch.randint(lo, hi, (), generator=g))
+
+    seen = 0
+    for trial in range(150):
+        k, s, p, d, grp = (r(1, 6), r(1, 6)), (r(1, 4), r(1, 4)), None, r(1, 3), (1, 2)[r(0, 2)]
+        p = (r(0, k[0]), r(0, k[1]))
+        cin, cout, shape_hw = grp * r(1, 3), grp * r(1, 3), (r(2, 8), r(2, 8))
+        try:
+            if trial % 2:
+                op = (r(0, max(s[0], d)), r(0, max(s[1], d)))
+                layer = nn.ConvTranspose2d(cin, cout, k, s, p, output_padding=op, groups=grp, dilation=d).double()
+            else:
+                layer = nn.Conv2d(cin, cout, k, s, p, groups=grp, dilation=d).double()
+            dense = _dense_operator(layer, (cin, *shape_hw))
+        except RuntimeError:  # an output size below 1, or output_padding not allowed
+            continue
+        sparse = _sparse_operator(layer, (cin, *shape_hw))
+        assert torch.equal(torch.from_numpy(sparse.toarray()), dense), (layer, shape_hw)
+        seen += 1
+    assert seen >= 100
+    same = nn.Conv2d(2, 3, 4, padding="same").double()  # asymmetric padding: left to the dense route
+    assert _sparse_operator(same, (2, 5, 5)) is None
+    exact = _exact_norm(lambda v: same(v) - same(torch.zeros_like(v)), (2, 5, 5))
+    assert conv_operator_norm(same, (2, 5, 5)) == pytest.approx(exact, rel=1e-8)

@@ -16,9 +16,9 @@ which approaches the spectral norm from below):
   padding only removes outputs). Same bound.
 - With ``input_shape`` given, a convolution also gets the norm of its periodic extension at that
   shape (:func:`conv_periodic_bound`, milliseconds, within ~1% of exact at CIFAR size) and, when
-  its dense operator is small (<= 2e7 entries), its exact norm (:func:`dense_norm` of the dense
-  matrix built from the identity basis); the smallest bound is used, and the result then holds
-  for inputs of that shape only.
+  its operator is small (<= 2e7 entries as a dense matrix), its exact norm (:func:`dense_norm` of
+  the operator, placed sparse from the kernel); the smallest bound is used, and the result then
+  holds for inputs of that shape only.
 - Activations (elementwise, so their l2 constant is the sup of |f'|): ReLU, Identity, Tanh,
   Softplus, GroupSort (a permutation per pair): 1; LeakyReLU: max(1, |slope|); ELU: max(1, alpha);
   Sigmoid: 1/4; Flatten / Unflatten: 1; Dropout: 1 in eval mode, 1/(1 - p) in training mode.
@@ -105,36 +105,78 @@ def _dense_operator(layer: nn.Module, shape: Sequence[int], block: int = 512) ->
     return rows.T
 
 
-def dense_norm(a: torch.Tensor) -> float:
-    """The spectral norm of a dense matrix, rounded up to a true upper bound: the square root of
-    the largest eigenvalue of its smaller Gram matrix, in float64. The Gram matrix is a sparse
-    product (a convolution's operator is mostly zeros) and only the top eigenvalue is computed
-    (LAPACK dsyevr): the conv VAE's 6,272 x 3,136 operators take ~2 s each, against 11 s for an SVD
-    of the rectangle.
+def _sparse_operator(layer: nn.Module, shape: Sequence[int]) -> scipy.sparse.csr_matrix | None:
+    """The layer's linear part as a sparse float64 matrix [out, in] on inputs of ``shape``, its
+    entries placed from the kernel by index arithmetic (each is one weight: an input pixel reaches
+    an output through at most one tap), or None for a layout it does not cover (string padding,
+    other padding modes): :func:`_dense_operator` then builds it."""
+    if getattr(layer, "padding_mode", "zeros") != "zeros" or any(not isinstance(q, int) for q in layer.padding):
+        return None
+    w = layer.weight.detach().to(torch.float64).cpu()
+    cin, h, wd = (int(v) for v in shape)
+    cout, ho, wo = _out_shape(layer, shape)
+    (sh, sw), (ph, pw), (dh, dw), g = layer.stride, layer.padding, layer.dilation, layer.groups
+    kh, kw = w.shape[2:]
+    u = torch.arange(kh).view(1, 1, 1, 1, -1, 1)
+    v = torch.arange(kw).view(1, 1, 1, 1, 1, -1)
+    if isinstance(layer, nn.ConvTranspose2d):  # input (c, i, j) -> output (o, s i - p + d u, ...)
+        cout_g = w.shape[1]
+        c = torch.arange(cin).view(-1, 1, 1, 1, 1, 1)
+        ol = torch.arange(cout_g).view(1, -1, 1, 1, 1, 1)
+        i = torch.arange(h).view(1, 1, -1, 1, 1, 1)
+        j = torch.arange(wd).view(1, 1, 1, -1, 1, 1)
+        o = (c // (cin // g)) * cout_g + ol
+        y, x = sh * i - ph + dh * u, sw * j - pw + dw * v
+        vals = w.view(cin, cout_g, 1, 1, kh, kw)
+    else:  # output (o, y, x) <- input (c, s y - p + d u, ...)
+        cin_g = w.shape[1]
+        o = torch.arange(cout).view(-1, 1, 1, 1, 1, 1)
+        cl = torch.arange(cin_g).view(1, -1, 1, 1, 1, 1)
+        y = torch.arange(ho).view(1, 1, -1, 1, 1, 1)
+        x = torch.arange(wo).view(1, 1, 1, -1, 1, 1)
+        c = (o // (cout // g)) * cin_g + cl
+        i, j = sh * y - ph + dh * u, sw * x - pw + dw * v
+        vals = w.view(cout, cin_g, 1, 1, kh, kw)
+    o, c, y, x, i, j, vals = torch.broadcast_tensors(o, c, y, x, i, j, vals)
+    ok = (y >= 0) & (y < ho) & (x >= 0) & (x < wo) & (i >= 0) & (i < h) & (j >= 0) & (j < wd) & (vals != 0)
+    rows = ((o * ho + y) * wo + x)[ok].numpy()
+    cols = ((c * h + i) * wd + j)[ok].numpy()
+    return scipy.sparse.csr_matrix((vals[ok].numpy(), (rows, cols)), shape=(cout * ho * wo, cin * h * wd))
+
+
+def dense_norm(a: torch.Tensor | scipy.sparse.spmatrix) -> float:
+    """The spectral norm of a matrix (dense, or a scipy sparse one), rounded up to a true upper
+    bound: the square root of the largest eigenvalue of its smaller Gram matrix, in float64. The
+    Gram matrix is a sparse product (a convolution's operator is mostly zeros) and only the top
+    eigenvalue is computed (LAPACK dsyevr): the conv VAE's 6,272 x 3,136 operators take ~2 s each,
+    against 11 s for an SVD of the rectangle.
 
     Rounding: each computed Gram entry sums at most m products, so it is within gamma_m of
     |a|^T |a| elementwise, a matrix of norm <= gamma_m ||a||_F^2; the eigenvalue solver is backward
     stable (exact for a matrix within p(n) 2^-53 ||G|| of the computed Gram matrix, n its order).
     The slack 8 (m + n) 2^-53 ||a||_F^2 covers both, and a relative 1e-9 the rest."""
-    a = a.detach().to(torch.float64).cpu()
-    if a.numel() == 0:
+    if isinstance(a, torch.Tensor):
+        a = scipy.sparse.csr_matrix(a.detach().to(torch.float64).cpu().numpy())
+    a = scipy.sparse.csr_matrix(a, dtype="float64")
+    if a.shape[0] == 0 or a.shape[1] == 0:
         return 0.0
     m, n = max(a.shape), min(a.shape)
-    c = scipy.sparse.csr_matrix(a.numpy())
-    g = (c.T @ c if a.shape[0] >= a.shape[1] else c @ c.T).toarray()
+    g = (a.T @ a if a.shape[0] >= a.shape[1] else a @ a.T).toarray()
     lam = float(scipy.linalg.eigh(g, eigvals_only=True, subset_by_index=[n - 1, n - 1], driver="evr")[0])
-    slack = (m + n) * 2.0 ** -50 * float((a * a).sum())
+    slack = (m + n) * 2.0 ** -50 * float((a.data * a.data).sum())
     return math.sqrt(max(lam, 0.0) * (1 + 1e-9) + slack) + 1e-300
 
 
 def conv_operator_norm(layer: nn.Conv2d | nn.ConvTranspose2d, shape: Sequence[int],
                        limit: int = 20_000_000) -> float | None:
     """The exact norm of a convolution's linear part on inputs of ``shape`` (:func:`dense_norm`
-    of its dense operator), or None when the operator has more than ``limit`` entries."""
+    of its operator, built sparse from the kernel), or None when the operator has more than
+    ``limit`` entries (as a dense matrix: its Gram matrix and the eigenproblem grow with it)."""
     out = _out_shape(layer, shape)
     if math.prod(shape) * math.prod(out) > limit:
         return None
-    return dense_norm(_dense_operator(layer, shape))
+    op = _sparse_operator(layer, shape)
+    return dense_norm(_dense_operator(layer, shape) if op is None else op)
 
 
 def conv_periodic_bound(w: torch.Tensor, layer: torch.nn.Module, in_shape: tuple[int, ...]) -> float | None:
