@@ -37,6 +37,14 @@ CHUNK_ROWS_CPU_CONV = 512
 #: The same cap on accelerators, where larger calls keep the device busy.
 CHUNK_ROWS_CUDA = 1 << 16
 
+#: Without a gradient, :func:`flat_decode` decodes a multiple of this many rows (the last row
+#: repeated, the extra rows dropped). Matrix-product kernels treat a remainder of rows with other
+#: code: decoding 37 rows of a 1,024-row chunk again gave different last bits for some rows of the
+#: MLP decoder (sizes up to 333), and a multiple of 8 gave the chunk's bits for every size tried.
+#: Counts decided again on a subset of rows (the bfloat16 route, inputs still drawing under early
+#: abstention) rely on getting the same bits as their chunk (tests/test_fast_decode_user.py).
+ROW_ALIGN = 8
+
 
 def _sigmoid_vae_decoder(model: torch.nn.Module):
     """The decoder when ``model`` is robvae's own VAE with an unmodified decode (g = sigmoid of an
@@ -195,10 +203,20 @@ def flat_decode(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     recorded the ReLUs and the final sigmoid work in place (no extra activation buffers), the
     linear layer feeding the convolutions writes channels-last directly (permuted weight rows), and
     a thin transposed convolution runs as one GEMM and an overlap-add (:func:`_thin_deconv`),
-    the last one with the sigmoid fused.
+    the last one with the sigmoid fused. Without a gradient, in eval mode, a row gets the same bits
+    in any batch: the rows are padded to a multiple of :data:`ROW_ALIGN`.
     """
-    dec = _sigmoid_vae_decoder(model)
     inplace = torch.is_inference_mode_enabled() or not torch.is_grad_enabled()
+    n = z.shape[0]
+    # the same bits as in any aligned batch (ROW_ALIGN); not in training mode, where a batch norm's
+    # statistics would see the extra rows
+    if inplace and z.dim() == 2 and n % ROW_ALIGN and not getattr(model, "training", False):
+        return _flat_decode(model, torch.cat([z, z[-1:].expand(ROW_ALIGN - n % ROW_ALIGN, -1)]), inplace)[:n]
+    return _flat_decode(model, z, inplace)
+
+
+def _flat_decode(model: torch.nn.Module, z: torch.Tensor, inplace: bool) -> torch.Tensor:
+    dec = _sigmoid_vae_decoder(model)
     if dec is None:
         plan = _user_plan(model, z) if inplace else None
         return model.decode(z).flatten(1) if plan is None else plan(z)

@@ -11,7 +11,8 @@ e_f + the rounding of both distances) falls on the same side of ``r`` as the flo
 only the others are decoded again in float32 (:func:`robvae.models.fast_decode.flat_decode`) and
 counted from that. So every count, p, bound and radius equals the float32 one (the float32
 decode of a subset of rows is assumed to give the same numbers as of the whole batch: a tested
-property of the CPU kernels, the same assumption as before).
+property of the CPU kernels once :func:`robvae.models.fast_decode.flat_decode` pads to a multiple
+of ``ROW_ALIGN`` rows).
 
 The bounds, per decoder row (u = 2^-8, bfloat16's unit roundoff, u' = u / (1 - u); v = 2^-24;
 gamma_n = n v / (1 - n v); norms Euclidean; ||T|| an upper bound on the operator norm of the
