@@ -212,3 +212,25 @@ def test_futility_rule():
     assert fut.decision[1] == full.decision[1] == 1 and fut.n_samples[1] < 2000
     with pytest.raises(InputError, match="futility"):
         sequential_robustness(m, x, r, delta, futility=-1.0, **kw)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_many_inputs_are_decoded_in_groups_with_the_same_numbers(arch, monkeypatch):
+    """A chunk of more decoder rows than the cap (one draw for each of many inputs, as in the
+    --r-relative calibration) is decoded in groups of inputs: the same distances, bit for bit
+    (rows are padded to ROW_ALIGN), and no decoder call above the cap."""
+    from robvae.models import VAE, ModelConfig
+    from robvae.robustness import sampling
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(input_shape=(1, 8, 8), arch=arch, latent_dim=3, hidden=(16,), conv_channels=(4, 8))).eval()
+    x = torch.rand(23, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    whole = delta_norms(model, x, None, 6, chunk_size=2, generator=_gen(3))  # 46 rows per call: under the cap
+    calls = []
+    real = sampling.flat_decode
+    monkeypatch.setattr(sampling, "flat_decode", lambda m, z: calls.append(z.shape[0]) or real(m, z))
+    monkeypatch.setattr(sampling, "row_cap", lambda device, model: 10)
+    grouped = delta_norms(model, x, None, 6, chunk_size=2, generator=_gen(3))
+    assert torch.equal(whole, grouped)
+    assert calls[0] == 23  # the references g(mu(x)), one call
+    assert max(calls[1:]) <= 10 and sum(calls[1:]) == 23 * 6

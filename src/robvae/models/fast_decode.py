@@ -444,19 +444,23 @@ def draw_chunks(n_samples: int, chunk_size: int) -> Iterator[int]:
         yield min(chunk_size, n_samples - start)
 
 
+def row_cap(device: torch.device | str | None = None, model: torch.nn.Module | None = None) -> int:
+    """Decoder rows per call: :data:`CHUNK_ROWS_CUDA` on CUDA, else :data:`CHUNK_ROWS_CPU_CONV` when
+    ``model``'s decoder has convolutions, else :data:`CHUNK_ROWS_CPU`."""
+    if device is not None and torch.device(device).type == "cuda":
+        return CHUNK_ROWS_CUDA
+    dec = None if model is None else _find_decoder(model)
+    conv = dec is not None and any(isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Conv2d)) for m in dec.modules())
+    return CHUNK_ROWS_CPU_CONV if conv else CHUNK_ROWS_CPU
+
+
 def default_chunk(n_samples: int, batch: int, numel: int, device: torch.device | str | None = None,
                   model: torch.nn.Module | None = None) -> int:
     """Draws per chunk so that ``batch * chunk * numel`` stays under :data:`CHUNK_ELEMENTS` and
-    ``batch * chunk`` decoder rows under :data:`CHUNK_ROWS_CPU` (CPU; :data:`CHUNK_ROWS_CPU_CONV`
-    when ``model``'s decoder has convolutions) / :data:`CHUNK_ROWS_CUDA`."""
-    if device is not None and torch.device(device).type == "cuda":
-        cap = CHUNK_ROWS_CUDA
-    else:
-        dec = None if model is None else _find_decoder(model)
-        conv = dec is not None and any(isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Conv2d)) for m in dec.modules())
-        cap = CHUNK_ROWS_CPU_CONV if conv else CHUNK_ROWS_CPU
+    ``batch * chunk`` decoder rows under :func:`row_cap` (at least one draw: a batch of more inputs
+    than that is decoded in groups of inputs, :func:`robvae.robustness.sampling.draw_distances`)."""
     by_elements = CHUNK_ELEMENTS // max(1, batch * numel)
-    by_rows = cap // max(1, batch)
+    by_rows = row_cap(device, model) // max(1, batch)
     return max(1, min(n_samples, by_elements, by_rows))
 
 

@@ -25,7 +25,7 @@ import torch
 from scipy import special, stats
 
 from ..config import ALPHA
-from ..models.fast_decode import default_chunk, draw_chunks, flat_decode
+from ..models.fast_decode import batches, default_chunk, draw_chunks, flat_decode, row_cap
 from ..rng import randn
 from ..errors import InputError
 from ..validation import as_radius, check_delta, check_x, checked_encode
@@ -98,8 +98,19 @@ def _draw_norms(
 
 def draw_distances(model: torch.nn.Module, z: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """||g(z) - ref|| [L, c] for the c draws z [L * c, d] of each of L inputs (input l's in rows
-    l * c ... (l + 1) * c - 1) and their references ``ref`` [L, D]. Refuses NaN / inf."""
+    l * c ... (l + 1) * c - 1) and their references ``ref`` [L, D]. Refuses NaN / inf. More rows
+    than :func:`robvae.models.fast_decode.row_cap` (one draw for each of many inputs: the
+    ``--r-relative`` calibration of thousands of inputs) are decoded in groups of inputs, so the
+    decoder's buffers do not grow with L; a row decodes to the same bits in any group
+    (:data:`robvae.models.fast_decode.ROW_ALIGN`), so the distances are the same."""
     L, D = ref.shape
+    c = z.shape[0] // max(1, L)
+    per_call = max(1, row_cap(z.device, model) // max(1, c))
+    if L > per_call:
+        norms = torch.empty((L, c), dtype=ref.dtype, device=ref.device)
+        for s in batches(L, per_call):
+            norms[s] = draw_distances(model, z[s.start * c:s.stop * c], ref[s])
+        return norms
     out = flat_decode(model, z).view(L, -1, D)  # a fresh buffer (inference mode): subtract in place
     norms = torch.linalg.vector_norm(out.sub_(ref[:, None, :]), dim=-1)  # [L, c]
     if not bool(torch.isfinite(norms).all()):  # NaN would count as "not within r": refuse instead
