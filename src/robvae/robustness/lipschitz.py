@@ -109,39 +109,32 @@ def _sparse_operator(layer: nn.Module, shape: Sequence[int]) -> scipy.sparse.csr
     """The layer's linear part as a sparse float64 matrix [out, in] on inputs of ``shape``, its
     entries placed from the kernel by index arithmetic (each is one weight: an input pixel reaches
     an output through at most one tap), or None for a layout it does not cover (string padding,
-    other padding modes): :func:`_dense_operator` then builds it."""
+    other padding modes): :func:`_dense_operator` then builds it.
+
+    Both layers are placed as a transposed convolution from a small grid to a large one: small
+    position i, tap u -> large position s i - p + d u, small channel c -> the large channels of its
+    group. A ConvTranspose2d is that map from its input; a Conv2d is its adjoint (the same weight
+    array, small grid = its output), so its matrix is the transpose."""
     if getattr(layer, "padding_mode", "zeros") != "zeros" or any(not isinstance(q, int) for q in layer.padding):
         return None
-    w = layer.weight.detach().to(torch.float64).cpu()
-    cin, h, wd = (int(v) for v in shape)
-    cout, ho, wo = _out_shape(layer, shape)
-    (sh, sw), (ph, pw), (dh, dw), g = layer.stride, layer.padding, layer.dilation, layer.groups
-    kh, kw = w.shape[2:]
-    u = torch.arange(kh).view(1, 1, 1, 1, -1, 1)
-    v = torch.arange(kw).view(1, 1, 1, 1, 1, -1)
-    if isinstance(layer, nn.ConvTranspose2d):  # input (c, i, j) -> output (o, s i - p + d u, ...)
-        cout_g = w.shape[1]
-        c = torch.arange(cin).view(-1, 1, 1, 1, 1, 1)
-        ol = torch.arange(cout_g).view(1, -1, 1, 1, 1, 1)
-        i = torch.arange(h).view(1, 1, -1, 1, 1, 1)
-        j = torch.arange(wd).view(1, 1, 1, -1, 1, 1)
-        o = (c // (cin // g)) * cout_g + ol
-        y, x = sh * i - ph + dh * u, sw * j - pw + dw * v
-        vals = w.view(cin, cout_g, 1, 1, kh, kw)
-    else:  # output (o, y, x) <- input (c, s y - p + d u, ...)
-        cin_g = w.shape[1]
-        o = torch.arange(cout).view(-1, 1, 1, 1, 1, 1)
-        cl = torch.arange(cin_g).view(1, -1, 1, 1, 1, 1)
-        y = torch.arange(ho).view(1, 1, -1, 1, 1, 1)
-        x = torch.arange(wo).view(1, 1, 1, -1, 1, 1)
-        c = (o // (cout // g)) * cin_g + cl
-        i, j = sh * y - ph + dh * u, sw * x - pw + dw * v
-        vals = w.view(cout, cin_g, 1, 1, kh, kw)
-    o, c, y, x, i, j, vals = torch.broadcast_tensors(o, c, y, x, i, j, vals)
-    ok = (y >= 0) & (y < ho) & (x >= 0) & (x < wo) & (i >= 0) & (i < h) & (j >= 0) & (j < wd) & (vals != 0)
-    rows = ((o * ho + y) * wo + x)[ok].numpy()
-    cols = ((c * h + i) * wd + j)[ok].numpy()
-    return scipy.sparse.csr_matrix((vals[ok].numpy(), (rows, cols)), shape=(cout * ho * wo, cin * h * wd))
+    w = layer.weight.detach().to(torch.float64).cpu()  # [C_small, C_large / groups, kh, kw] for both
+    out = _out_shape(layer, shape)
+    small, large = (shape, out) if isinstance(layer, nn.ConvTranspose2d) else (out, shape)
+    (cs, hs, ws), (cl, hl, wl) = (tuple(int(v) for v in t) for t in (small, large))
+    (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
+    c_group, kh, kw = w.shape[1:]
+    c = torch.arange(cs).view(-1, 1, 1, 1, 1, 1)
+    o = (c // (cs // layer.groups)) * c_group + torch.arange(c_group).view(1, -1, 1, 1, 1, 1)
+    i = torch.arange(hs).view(1, 1, -1, 1, 1, 1)
+    j = torch.arange(ws).view(1, 1, 1, -1, 1, 1)
+    y = sh * i - ph + dh * torch.arange(kh).view(1, 1, 1, 1, -1, 1)
+    x = sw * j - pw + dw * torch.arange(kw).view(1, 1, 1, 1, 1, -1)
+    c, o, i, j, y, x, vals = torch.broadcast_tensors(c, o, i, j, y, x, w.view(cs, c_group, 1, 1, kh, kw))
+    ok = (y >= 0) & (y < hl) & (x >= 0) & (x < wl) & (vals != 0)
+    rows = ((o * hl + y) * wl + x)[ok].numpy()
+    cols = ((c * hs + i) * ws + j)[ok].numpy()
+    placed = scipy.sparse.csr_matrix((vals[ok].numpy(), (rows, cols)), shape=(cl * hl * wl, cs * hs * ws))
+    return placed if isinstance(layer, nn.ConvTranspose2d) else placed.T.tocsr()
 
 
 def dense_norm(a: torch.Tensor | scipy.sparse.spmatrix) -> float:
