@@ -270,11 +270,11 @@ def test_sparse_operator_equals_the_dense_operator_on_random_layers():
             dense = _dense_operator(layer, (cin, *shape_hw))
         except RuntimeError:  # an output size below 1, or output_padding not allowed
             continue
-        sparse = _sparse_operator(layer, (cin, *shape_hw))
+        sparse = _sparse_operator(layer, (cin, *shape_hw), layer(torch.zeros(1, cin, *shape_hw, dtype=torch.float64)).shape[1:])
         assert torch.equal(torch.from_numpy(sparse.toarray()), dense), (layer, shape_hw)
         seen += 1
     assert seen >= 100
     same = nn.Conv2d(2, 3, 4, padding="same").double()  # asymmetric padding: left to the dense route
-    assert _sparse_operator(same, (2, 5, 5)) is None
+    assert _sparse_operator(same, (2, 5, 5), (3, 5, 5)) is None
     exact = _exact_norm(lambda v: same(v) - same(torch.zeros_like(v)), (2, 5, 5))
     assert conv_operator_norm(same, (2, 5, 5)) == pytest.approx(exact, rel=1e-8)

@@ -56,12 +56,11 @@ import torch.nn.functional as F
 from ..config import ALPHA
 from ..errors import InputError
 from ..models.fast_decode import (
-    _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, flat_decode,
-    keep_alive,
+    _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, keep_alive,
 )
 from ..validation import as_radius
-from .lipschitz import _kernel_matrix, conv_operator_norm, conv_periodic_bound, patch_overlap
-from .sampling import RobustnessEstimate, checked_inputs, count_within, draw_setup
+from .lipschitz import _kernel_matrix, _out_shape, conv_operator_norm, conv_periodic_bound, patch_overlap
+from .sampling import RobustnessEstimate, checked_inputs, count_within, draw_distances, draw_setup
 
 #: bfloat16's unit roundoff (8 significand bits, round to nearest), and the rounding relative
 #: to the rounded value.
@@ -138,10 +137,7 @@ def _conv_shape_free(w: torch.Tensor, layer: torch.nn.Module) -> float:
 def _conv_exact(layer: torch.nn.Module, shape: tuple[int, ...]) -> float | None:
     """The conv's norm on inputs of ``shape`` (:func:`robvae.robustness.lipschitz.conv_operator_norm`);
     None when the operator is too large."""
-    with torch.no_grad():
-        probe = torch.zeros(1, *shape, dtype=layer.weight.dtype, device=layer.weight.device)
-        out_n = math.prod(layer(probe).shape[1:])
-    if min(math.prod(shape), out_n) > DENSE_GRAM_LIMIT:
+    if min(math.prod(shape), math.prod(_out_shape(layer, shape))) > DENSE_GRAM_LIMIT:
         return None
     return conv_operator_norm(layer, shape, DENSE_NORM_LIMIT)
 
@@ -493,10 +489,7 @@ def _within_bf16(plan, model: torch.nn.Module, z: torch.Tensor, ref: torch.Tenso
     counted.draws += L * c
     if idx.numel():
         counted.recomputed += int(idx.numel())
-        exact = torch.linalg.vector_norm(flat_decode(model, z[idx]) - ref[idx // c], dim=-1)
-        if not bool(torch.isfinite(exact).all()):
-            raise InputError(f"model.decode returned NaN or inf for {int((~torch.isfinite(exact)).sum())} "
-                             "latent draws z = mu + eta * sigma")
+        exact = draw_distances(model, z[idx], ref[idx // c])[:, 0]  # one draw per row: float32, NaN refused
         k.index_add_(0, idx // c, (exact <= rt.to(exact.dtype)[idx // c]).long())
     return k
 

@@ -105,11 +105,12 @@ def _dense_operator(layer: nn.Module, shape: Sequence[int], block: int = 512) ->
     return rows.T
 
 
-def _sparse_operator(layer: nn.Module, shape: Sequence[int]) -> scipy.sparse.csr_matrix | None:
+def _sparse_operator(layer: nn.Module, shape: Sequence[int],
+                     out: Sequence[int]) -> scipy.sparse.csr_matrix | None:
     """The layer's linear part as a sparse float64 matrix [out, in] on inputs of ``shape``, its
     entries placed from the kernel by index arithmetic (each is one weight: an input pixel reaches
-    an output through at most one tap), or None for a layout it does not cover (string padding,
-    other padding modes): :func:`_dense_operator` then builds it.
+    an output through at most one tap; ``out`` the output shape), or None for a layout it does not
+    cover (string padding, other padding modes): :func:`_dense_operator` then builds it.
 
     Both layers are placed as a transposed convolution from a small grid to a large one: small
     position i, tap u -> large position s i - p + d u, small channel c -> the large channels of its
@@ -118,7 +119,6 @@ def _sparse_operator(layer: nn.Module, shape: Sequence[int]) -> scipy.sparse.csr
     if getattr(layer, "padding_mode", "zeros") != "zeros" or any(not isinstance(q, int) for q in layer.padding):
         return None
     w = layer.weight.detach().to(torch.float64).cpu()  # [C_small, C_large / groups, kh, kw] for both
-    out = _out_shape(layer, shape)
     small, large = (shape, out) if isinstance(layer, nn.ConvTranspose2d) else (out, shape)
     (cs, hs, ws), (cl, hl, wl) = (tuple(int(v) for v in t) for t in (small, large))
     (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
@@ -168,7 +168,7 @@ def conv_operator_norm(layer: nn.Conv2d | nn.ConvTranspose2d, shape: Sequence[in
     out = _out_shape(layer, shape)
     if math.prod(shape) * math.prod(out) > limit:
         return None
-    op = _sparse_operator(layer, shape)
+    op = _sparse_operator(layer, shape, out)
     return dense_norm(_dense_operator(layer, shape) if op is None else op)
 
 
