@@ -14,8 +14,10 @@ import robvae
 from robvae.errors import InputError
 from robvae.models import LinearVAE, ModelConfig, VAE
 from robvae.models.lipschitz import GroupSort
+from robvae.robustness import lipschitz as lip
 from robvae.robustness.lipschitz import (
-    _dense_operator, conv_bound, conv_operator_norm, dense_norm, lipschitz_bound, vae_lipschitz,
+    _dense_operator, _sparse_operator, conv_bound, conv_operator_norm, conv_periodic_bound, dense_norm,
+    lipschitz_bound, vae_lipschitz,
 )
 
 
@@ -197,8 +199,6 @@ def test_vae_bounds_at_a_shape_above_the_dense_limit_use_the_torus_bound(arch_sh
     sqrt(N) ||W_mat||: on a CIFAR conv VAE that was 1.4-2.6x looser per layer, so the rigorous
     radii were up to 2.2x too small. Forced here with the dense limit at 0: the constants still
     hold against optimised difference quotients and are tighter than the shape-free ones."""
-    from robvae.robustness import lipschitz as lip
-
     shape, channels = arch_shape
     torch.manual_seed(7)
     model = VAE(ModelConfig(input_shape=shape, arch="conv", latent_dim=3, conv_channels=channels,
@@ -221,8 +221,6 @@ def test_periodic_bound_is_never_below_the_exact_norm_on_random_layers():
     """The torus bound holds a certificate up, so it is checked against the exact norm (the
     layer's Jacobian, SVD) on 120 random Conv2d / ConvTranspose2d layers: kernels 1-5, strides
     1-3, any padding below the kernel, output_padding, rectangular inputs."""
-    from robvae.robustness.lipschitz import conv_periodic_bound
-
     g = torch.Generator().manual_seed(11)
     seen = 0
     for trial in range(120):
@@ -249,8 +247,6 @@ def test_sparse_operator_equals_the_dense_operator_on_random_layers():
     """The operator placed from the kernel by index arithmetic equals, entry for entry, the one
     built by applying the layer to the identity basis, on 150 random layers: groups, dilation,
     strides, paddings, output_padding, rectangular kernels and inputs."""
-    from robvae.robustness.lipschitz import _sparse_operator
-
     g = torch.Generator().manual_seed(3)
 
     def r(lo, hi):
