@@ -50,6 +50,28 @@ def test_same_config_and_seed_give_the_same_weights(tmp_path, digits_small):
     wa, wb, wc = _weights(a.model), _weights(b.model), _weights(c.model)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    for name in (WEIGHTS_FILE, CHECKPOINT_FILE, CONFIG_FILE):  # and the same files, byte for byte
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_safetensors_files_are_written_in_one_byte_order_and_read_back(tmp_path):
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from robvae.fileio import _canonical, load_tensors, save_tensors
+
+    tensors = {"w": torch.arange(6.0).view(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64), "h": torch.ones(3).half()}
+    meta = {f"k{i}": f"v{i}" for i in range(12)} | {"config": '{"name": "é ✓"}'}
+    raws = {_canonical(st_save(tensors, metadata=meta)) for _ in range(30)}
+    assert len(raws) == 1  # safetensors' own order varies from call to call
+    raw = raws.pop()
+    assert (8 + int.from_bytes(raw[:8], "little")) % 8 == 0  # the data stays 8-byte aligned
+    back = st_load(raw)
+    assert set(back) == set(tensors) and all(torch.equal(back[k], tensors[k]) for k in tensors)
+    save_tensors(tmp_path / "t.safetensors", tensors, meta)
+    assert (tmp_path / "t.safetensors").read_bytes() == raw
+    back, meta_back = load_tensors(tmp_path / "t.safetensors")
+    assert meta_back == meta and all(torch.equal(back[k], tensors[k]) for k in tensors)
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, digits_small):

@@ -113,9 +113,23 @@ def read_json_dict(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
-    """Save tensors as safetensors, atomically."""
+    """Save tensors as safetensors, atomically; the same tensors and metadata give the same bytes."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write_bytes(path, st_save(flat, metadata=dict(metadata) if metadata else None))
+    return atomic_write_bytes(path, _canonical(st_save(flat, metadata=dict(metadata) if metadata else None)))
+
+
+def _canonical(raw: bytes) -> bytes:
+    """``raw`` (a safetensors file) with its JSON header written in one order: safetensors writes
+    the metadata's keys in a per-process random (hash) order, so two identical runs wrote
+    different files. The tensor offsets are relative to the data, so only the header changes; it
+    is padded with spaces (as the format allows) to keep the data 8-byte aligned."""
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    if isinstance(header.get("__metadata__"), dict):
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n :]
 
 
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
