@@ -1,7 +1,8 @@
-"""``python -m benchmarks [--quick] [--only certify,peak,...] [--out results.json] [--device cpu|cuda]``
+"""``python -m benchmarks [--quick] [--only certify,peak,...] [--out FILE.json] [--device cpu|cuda]``
 
 Prints one table (every ratio measured side by side in this run) and writes it as JSON with the
-machine it ran on.
+machine it ran on, to ``runs/benchmarks.json`` unless ``--out`` says otherwise (the recorded run,
+``benchmarks/results.json``, is replaced only when named: ``--out benchmarks/results.json``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from pathlib import Path
 
 import torch
 
+from robvae.fileio import atomic_write_text
+
 from .suite import SECTIONS, Settings
 from .timing import GemmRate
+
+
+#: Where a run's JSON goes unless ``--out`` names a file (git-ignored, like every ``runs/`` folder).
+DEFAULT_OUT = "runs/benchmarks.json"
 
 
 def machine() -> dict:
@@ -76,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller workloads (a few minutes)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections: {', '.join(SECTIONS)}")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results.json"), help="JSON output path")
+    ap.add_argument("--out", default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT}; the recorded run is "
+                    "benchmarks/results.json)")
     ap.add_argument("--markdown", default=None, help="also write the table as Markdown to this path")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (models and inputs follow it)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
@@ -104,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": machine(), "quick": a.quick, "device": a.device, "seconds": time.perf_counter() - t0,
            "rows": rows}
-    Path(a.out).write_text(json.dumps(doc, indent=1, default=float))
+    atomic_write_text(a.out, json.dumps(doc, indent=1, default=float))
     if a.markdown:
-        Path(a.markdown).write_text(markdown(rows) + "\n")
+        atomic_write_text(a.markdown, markdown(rows) + "\n")
     print(f"written {a.out}", file=sys.stderr)
     return 0
 
