@@ -59,7 +59,7 @@ from ..models.fast_decode import (
     _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, keep_alive,
 )
 from ..validation import as_radius
-from .lipschitz import _kernel_matrix, _out_shape, conv_operator_norm, conv_periodic_bound, patch_overlap
+from .lipschitz import _out_shape, conv_operator_norm, conv_periodic_bound, kernel_bound
 from .sampling import RobustnessEstimate, checked_inputs, count_within, draw_distances, draw_setup
 
 #: bfloat16's unit roundoff (8 significand bits, round to nearest), and the rounding relative
@@ -123,7 +123,7 @@ def _conv_shape_free(w: torch.Tensor, layer: torch.nn.Module) -> float:
     kernel index mod stride, write disjoint outputs, so they add in squares)."""
     w = w.detach().double().cpu()
     transposed = isinstance(layer, torch.nn.ConvTranspose2d)
-    mat = _spectral(_kernel_matrix(w, layer.groups, transposed)) * math.sqrt(patch_overlap(layer))
+    mat = kernel_bound(w, layer)
     if layer.groups != 1:
         return mat
     taps = torch.linalg.matrix_norm(w.permute(2, 3, 0, 1), ord=2) * (1 + 1e-9)  # [kh, kw]

@@ -61,12 +61,12 @@ def spectral_norm(matrix: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(matrix.detach().to(torch.float64).cpu(), ord=2)) * ROUNDING
 
 
-def _kernel_matrix(weight: torch.Tensor, groups: int, transposed: bool) -> torch.Tensor:
-    """The dense [C_out, C_in * kh * kw] kernel matrix (block-diagonal over groups)."""
+def _kernel_matrix(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The dense kernel matrix of a weight array, block-diagonal over groups: a Conv2d's
+    [C_out, C_in * kh * kw]; for a ConvTranspose2d's weight [C_in, C_out / g, kh, kw] the
+    [C_in, C_out * kh * kw] matrix of the Conv2d it is the adjoint of (same stride and padding),
+    whatever the stride."""
     w = weight.detach().to(torch.float64).cpu()
-    if transposed:  # ConvTranspose2d weight [C_in, C_out / g, kh, kw] -> conv weight [C_out, C_in / g, kh, kw]
-        cin, cout_g, kh, kw = w.shape
-        w = w.view(groups, cin // groups, cout_g, kh, kw).transpose(1, 2).reshape(groups * cout_g, cin // groups, kh, kw)
     return torch.block_diag(*w.reshape(w.shape[0], -1).split(w.shape[0] // groups))
 
 
@@ -75,12 +75,30 @@ def patch_overlap(layer: nn.Conv2d | nn.ConvTranspose2d) -> int:
     return math.prod(k if d != 1 else math.ceil(k / s) for k, s, d in zip(layer.kernel_size, layer.stride, layer.dilation))
 
 
+def kernel_bound(weight: torch.Tensor, layer: nn.Conv2d | nn.ConvTranspose2d) -> float:
+    """sqrt(N) ||W_mat||_2 for the convolution ``layer`` with kernel ``weight`` (any input size).
+
+    A Conv2d stacks its patches (each pixel in at most N of them) and applies W_mat to each; a
+    ConvTranspose2d is the adjoint of the Conv2d with the same weight array, stride and padding,
+    so it has that Conv2d's norm (:func:`_kernel_matrix`). At stride 1 a ConvTranspose2d is also
+    the stride-1 convolution with the flipped kernel and the channel axes swapped: the smaller of
+    the two bounds is taken."""
+    w = weight.detach().to(torch.float64).cpu()
+    mats = [_kernel_matrix(w, layer.groups)]
+    if isinstance(layer, nn.ConvTranspose2d) and all(st == 1 for st in layer.stride):
+        cin, cout_g, kh, kw = w.shape
+        g = layer.groups
+        swapped = w.view(g, cin // g, cout_g, kh, kw).transpose(1, 2).reshape(g * cout_g, cin // g, kh, kw)
+        mats.append(_kernel_matrix(swapped, g))
+    return math.sqrt(patch_overlap(layer)) * min(spectral_norm(m) for m in mats)
+
+
 def conv_bound(layer: nn.Conv2d | nn.ConvTranspose2d) -> float:
-    """sqrt(N) ||W_mat||_2, a shape-free upper bound on a (transposed) convolution's spectral norm."""
+    """sqrt(N) ||W_mat||_2, a shape-free upper bound on a (transposed) convolution's spectral norm
+    (:func:`kernel_bound`)."""
     if getattr(layer, "padding_mode", "zeros") != "zeros":
         raise InputError(f"lipschitz_bound: {layer} uses padding_mode={layer.padding_mode!r}; only zero padding is supported")
-    mat = _kernel_matrix(layer.weight, layer.groups, isinstance(layer, nn.ConvTranspose2d))
-    return math.sqrt(patch_overlap(layer)) * spectral_norm(mat)
+    return kernel_bound(layer.weight, layer)
 
 
 def _dense_operator(layer: nn.Module, shape: Sequence[int], block: int = 512) -> torch.Tensor:
