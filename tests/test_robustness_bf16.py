@@ -89,6 +89,21 @@ def test_replaced_heavy_weights_never_hit_a_stale_analysis():
             heavy.weight = nn.Parameter(torch.randn_like(heavy.weight) * 0.2)
 
 
+def test_heavy_weights_edited_through_data_are_seen():
+    """An edit through ``.data`` keeps the tensor's version: the analysis (bf16 weight copies,
+    their norms) is checked against the live numbers, so the counts stay float32's."""
+    model = _robvae("mlp", shape=(1, 8, 8))
+    heavy = model.decoder.net[2]
+    x = _x(model, n=3)
+    with torch.inference_mode():
+        r = delta_norms(model, x, n_samples=64, generator=torch.Generator().manual_seed(0)).median(dim=1).values
+    for i in range(4):
+        got = r_robustness_bf16(model, x, r, n_samples=64, generator=torch.Generator().manual_seed(i))
+        want = r_robustness(model, x, r, n_samples=64, generator=torch.Generator().manual_seed(i))
+        assert torch.equal(got.n_within, want.n_within)
+        heavy.weight.data.mul_(3.0 if i % 2 == 0 else -0.5)
+
+
 @pytest.mark.parametrize("name", ["robvae mlp scaled", "robvae conv scaled"])
 def test_counts_equal_at_several_radii_trained_like(name):
     model = BOUND_MODELS[name]()

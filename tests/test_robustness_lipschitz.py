@@ -326,3 +326,74 @@ def test_sparse_operator_equals_the_dense_operator_on_random_layers():
     assert _sparse_operator(same, (2, 5, 5), (3, 5, 5)) is None
     exact = _exact_norm(lambda v: same(v) - same(torch.zeros_like(v)), (2, 5, 5))
     assert conv_operator_norm(same, (2, 5, 5)) == pytest.approx(exact, rel=1e-8)
+
+
+def test_a_gaussian_likelihood_vae_gets_its_constants():
+    """Its learned scale is a 0-dim parameter (the content hash once failed on it)."""
+    torch.manual_seed(2)
+    model = VAE(ModelConfig(input_shape=(1, 4, 4), latent_dim=2, hidden=(8,), likelihood="gaussian", gaussian_scale=None)).double()
+    assert any(p.dim() == 0 for p in model.parameters())
+    consts = vae_lipschitz(model)
+    assert consts.decoder > 0 and _max_quotient(model.decode, (2,), n=64, steps=20) <= consts.decoder
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.dim() == 0).add_(1.0)
+    assert vae_lipschitz(model) is not consts  # the scalar is part of the hash
+
+
+def test_constants_follow_module_settings_and_edits_through_data():
+    """The cache key covers what is not a tensor version: an OrthoLinear's scale (a float), an
+    activation's setting or the activation itself, and weights edited through ``.data`` (which
+    leaves the tensor's version alone): each changes the constants at once."""
+    torch.manual_seed(4)
+    lip_model = VAE(ModelConfig(input_shape=(1, 4, 4), arch="lipschitz-mlp", latent_dim=2, hidden=(8,), lipschitz=2.0,
+                                sigma_fixed=0.2))
+    before = vae_lipschitz(lip_model).mean
+    lip_model.encoder.mean[0].scale *= 10.0
+    assert vae_lipschitz(lip_model).mean == pytest.approx(10 * before, rel=1e-6)
+
+    model = VAE(ModelConfig(input_shape=(1, 4, 4), latent_dim=2, hidden=(8, 8), activation="elu"))
+    first = vae_lipschitz(model)
+    elu = next(m for m in model.decoder.modules() if isinstance(m, nn.ELU))
+    elu.alpha = 50.0
+    assert vae_lipschitz(model).decoder == pytest.approx(50 * first.decoder, rel=1e-6)
+    idx = next(i for i, m in enumerate(model.decoder.net) if isinstance(m, nn.ELU))
+    model.decoder.net[idx] = nn.LeakyReLU(20.0)
+    assert vae_lipschitz(model).decoder == pytest.approx(20 * first.decoder, rel=1e-6)
+    last = [m for m in model.encoder.modules() if isinstance(m, nn.Linear)][0]
+    mean_before = vae_lipschitz(model).mean
+    last.weight.data.mul_(3.0)  # no version bump
+    assert vae_lipschitz(model).mean == pytest.approx(3 * mean_before, rel=1e-6)
+
+
+def test_overridden_maps_hooks_and_layer_subclasses_are_refused():
+    """Bounds of robvae's modules say nothing about code that replaces them: a subclass's encode,
+    an instance's decode, a forward hook, or a layer subclass with its own forward each give a
+    one-line InputError (the caller then passes its own constants)."""
+    class Standardised(VAE):
+        def encode(self, x):
+            return super().encode((x - 0.5) / 0.01)
+
+    cfg = ModelConfig(input_shape=(1, 4, 4), latent_dim=2, hidden=(8,))
+    with pytest.raises(InputError, match="overrides encode"):
+        vae_lipschitz(Standardised(cfg))
+    model = VAE(cfg)
+    model.decode = lambda z: 2 * VAE.decode(model, z)
+    with pytest.raises(InputError, match="overrides decode"):
+        vae_lipschitz(model)
+    model = VAE(cfg)
+    handle = model.encoder.net[0].register_forward_hook(lambda m, i, o: 100 * o)
+    with pytest.raises(InputError, match="forward hook"):
+        vae_lipschitz(model)
+    handle.remove()
+    assert vae_lipschitz(model).mean > 0
+
+    class Doubled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(InputError, match="unsupported layer Doubled"):
+        lipschitz_bound(nn.Sequential(Doubled(3, 3), nn.ReLU()))
+    relu = nn.ReLU()
+    relu.forward = lambda x: 5 * x
+    with pytest.raises(InputError, match="unsupported layer ReLU"):
+        lipschitz_bound(nn.Sequential(nn.Linear(3, 3), relu))

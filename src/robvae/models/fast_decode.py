@@ -88,18 +88,23 @@ def _key(layer: torch.nn.Module) -> tuple:
     return (w._version, w.data_ptr(), w.device, w.dtype, None if b is None else (b._version, b.data_ptr()))
 
 
-def _cached(table: weakref.WeakKeyDictionary, owner, key: tuple, make, tensors=lambda: ()):
+def _cached(table: weakref.WeakKeyDictionary, owner, key: tuple, make, tensors=lambda: (), content: bool = False):
     """``make()``, kept in ``table`` for ``owner`` until ``key`` changes; None when ``owner``
-    cannot be a weak key (then nothing is made). The keys hold tensors' (version, address): the
-    entry keeps the storages of ``tensors()`` alive, so no other tensor can be allocated at those
-    addresses while it stands (a replaced weight with a reused address and an equal version would
-    otherwise hit a stale entry)."""
+    cannot be a weak key (then nothing is made). The keys hold tensors' (version, address).
+
+    ``content``: the entry also keeps a copy of ``tensors()`` (:func:`snapshot`) and is made
+    again when their numbers differ from it (:func:`unchanged`): an edit through ``.data`` (weight
+    clipping, some optimisers) leaves a tensor's version alone, and a replaced tensor can reuse a
+    freed address with an equal version. The check reads the tensors once per call, next to a
+    decode that multiplies with them. Without it, the entry keeps the storages of ``tensors()``
+    alive (:func:`keep_alive`), so at least no other tensor takes their addresses."""
     try:
         hit = table.get(owner)
     except TypeError:  # not weak-referenceable
         return None
-    if hit is None or hit[0] != key:
-        hit = (key, make(), keep_alive(tensors()))
+    if hit is None or hit[0] != key or (content and not unchanged(hit[2], tensors())):
+        ts = tuple(tensors())
+        hit = (key, make(), snapshot(ts) if content else keep_alive(ts))
         table[owner] = hit
     return hit[1]
 
@@ -109,8 +114,25 @@ def keep_alive(tensors) -> tuple:
     return tuple(t.untyped_storage() for t in tensors if t is not None)
 
 
+def snapshot(tensors) -> tuple:
+    """Copies of ``tensors`` (None kept) that a cache entry is checked against (:func:`unchanged`)."""
+    with torch.no_grad():
+        return tuple(None if t is None else t.detach().clone() for t in tensors)
+
+
+def unchanged(snap: tuple, tensors) -> bool:
+    """Whether ``tensors`` hold the same numbers (dtype, shape and device) as ``snap``."""
+    ts = tuple(tensors)
+    if len(ts) != len(snap):
+        return False
+    with torch.no_grad():
+        return all((a is None) == (b is None) and (a is None or (
+            a.dtype == b.dtype and a.shape == b.shape and a.device == b.device and torch.equal(a, b.detach())))
+            for a, b in zip(snap, ts))
+
+
 def _derived(layer: torch.nn.Module, make) -> tuple:
-    return _cached(_DERIVED, layer, _key(layer), torch.no_grad()(make), lambda: (layer.weight, layer.bias))
+    return _cached(_DERIVED, layer, _key(layer), torch.no_grad()(make), lambda: (layer.weight, layer.bias), content=True)
 
 
 def _is_thin_deconv(layer: torch.nn.Module) -> bool:

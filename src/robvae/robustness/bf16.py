@@ -38,7 +38,7 @@ Operator norms: spectral norms (Linear); for a convolution the smallest of the e
 input shape (its dense operator's Gram matrix, float64, where that is small), the norm of its
 periodic extension (:func:`_conv_periodic`, per-frequency matrices: milliseconds) and a shape-free
 bound (:func:`robvae.robustness.lipschitz.conv_bound` and the tap-sum bound), for T, |T| and the
-weight rounding T~ - T alike; all cached per weights version. The models this works for are those
+weight rounding T~ - T alike; all cached per weights (version, address, and their numbers). The models this works for are those
 :func:`robvae.models.fast_decode.decoder_plan` understands (robvae's own VAE, and users' decoders
 of standard layers); any other model, or float64 inputs, run :func:`r_robustness` in float32.
 """
@@ -56,7 +56,8 @@ import torch.nn.functional as F
 from ..config import ALPHA
 from ..errors import InputError
 from ..models.fast_decode import (
-    _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, keep_alive,
+    _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, snapshot,
+    unchanged,
 )
 from ..validation import as_radius
 from .lipschitz import _out_shape, conv_operator_norm, conv_periodic_bound, kernel_bound
@@ -234,8 +235,9 @@ def _analyse(plan, z: torch.Tensor) -> list:
     """Per layer of ``plan``: a :class:`_Lin` for linear layers (bf16 or not), else None."""
     layers = list(plan.layers)
     key = (_weights_key(layers), z.device, z.shape[1])
+    params = lambda: (p for m in layers for p in m.parameters(recurse=False))  # noqa: E731
     hit = _ANALYSED.get(plan)
-    if hit is not None and hit[0] == key:
+    if hit is not None and hit[0] == key and unchanged(hit[2], params()):  # contents too, as fast_decode's caches
         return hit[1]
     with torch.inference_mode():
         h = torch.zeros(1, z.shape[1], dtype=torch.float32, device=z.device)
@@ -261,7 +263,7 @@ def _analyse(plan, z: torch.Tensor) -> list:
             heavy = i == top and macs[i] >= HEAVY_SHARE * total and not _is_thin_deconv(m)
             grid = _grid_for(m, _next_spatial(layers, i)) if type(m) is torch.nn.Linear else None
             infos.append(_lin(m, shapes[i][0], shapes[i][1], heavy, grid))
-    _ANALYSED[plan] = (key, infos, keep_alive(p for m in layers for p in m.parameters(recurse=False)))  # as fast_decode's caches
+    _ANALYSED[plan] = (key, infos, snapshot(params()))
     return infos
 
 

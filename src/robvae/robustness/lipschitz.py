@@ -13,7 +13,8 @@ which approaches the spectral norm from below):
   dilated). Bound: sqrt(N) ||W_mat||_2.
 - ConvTranspose2d: the adjoint structure: every output pixel sums at most N patch contributions,
   so by Cauchy-Schwarz ||y||^2 <= N sum_i ||W_mat^T x_i||^2 <= N ||W_mat||^2 ||x||^2 (cropping by
-  padding only removes outputs). Same bound.
+  padding only removes outputs), with W_mat the [C_in, C_out k_h k_w] matrix of the weight array
+  as stored (the Conv2d it is the adjoint of; at stride 1 also the flipped, channel-swapped view).
 - With ``input_shape`` given, a convolution also gets the norm of its periodic extension at that
   shape (:func:`conv_periodic_bound`, milliseconds, within ~1% of exact at CIFAR size) and, when
   its operator is small (<= 2e7 entries as a dense matrix), its exact norm (:func:`dense_norm` of
@@ -22,7 +23,9 @@ which approaches the spectral norm from below):
 - Activations (elementwise, so their l2 constant is the sup of |f'|): ReLU, Identity, Tanh,
   Softplus, GroupSort (a permutation per pair): 1; LeakyReLU: max(1, |slope|); ELU: max(1, alpha);
   Sigmoid: 1/4; Flatten / Unflatten: 1; Dropout: 1 in eval mode, 1/(1 - p) in training mode.
-Anything else raises :class:`robvae.errors.InputError` naming the layer.
+Anything else raises :class:`robvae.errors.InputError` naming the layer, and so does a layer whose
+``forward`` is overridden (a subclass or an instance attribute) or a module with a forward hook
+(the bound covers the standard layer alone).
 
 For robvae's VAEs, :func:`vae_lipschitz` gives bounds for the encoder mean, the log standard
 deviation, the standard deviation and the decoder (see its docstring for the derivations).
@@ -41,8 +44,10 @@ import scipy.sparse
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 from ..errors import InputError
+from ..models.likelihoods import _SigmoidMean
 from ..models.linear import LinearVAE
 from ..models.lipschitz import GroupSort, LipschitzDecoder, LipschitzEncoder, OrthoLinear
 from ..models.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
@@ -236,48 +241,67 @@ def _out_shape(layer: nn.Module, shape: Sequence[int] | None) -> tuple[int, ...]
         return tuple(layer(x).shape[1:])
 
 
+def _is(m: nn.Module, cls: type | tuple[type, ...]) -> bool:
+    """``m`` is a ``cls`` that runs that class's own forward (not a subclass's or an instance's)."""
+    classes = cls if isinstance(cls, tuple) else (cls,)
+    return any(isinstance(m, c) and type(m).forward is c.forward for c in classes) and "forward" not in vars(m)
+
+
+def _check_unhooked(module: nn.Module, what: str) -> None:
+    """Refuse a module with forward hooks (its own, its children's, or global ones): a bound of its
+    layers would not cover what a hook does to their outputs."""
+    if _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks:
+        raise InputError(f"{what}: a global forward hook is registered; the bound covers the layers alone")
+    for name, m in module.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            raise InputError(f"{what}: module {name or type(module).__name__!r} has a forward hook; "
+                             "the bound covers the layers alone")
+
+
 def _bound(module: nn.Module, shape: tuple[int, ...] | None) -> tuple[float, tuple[int, ...] | None]:
-    """(bound, output shape) of one module on inputs of ``shape`` (None when unknown)."""
+    """(bound, output shape) of one module on inputs of ``shape`` (None when unknown). Every branch
+    checks that the module runs its class's own forward (:func:`_is`)."""
     m = module
-    if isinstance(m, nn.Sequential):  # includes LipschitzMLP
+    if _is(m, nn.Sequential):  # includes LipschitzMLP
         total = 1.0
         for child in m:
             b, shape = _bound(child, shape)
             total *= b
         return total, shape
-    if isinstance(m, (nn.Linear, OrthoLinear)):
+    if _is(m, (nn.Linear, OrthoLinear)):
         return spectral_norm(m.weight), (*shape[:-1], m.out_features) if shape is not None else None
-    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+    if _is(m, (nn.Conv2d, nn.ConvTranspose2d)):
         b = conv_bound(m)
         if shape is not None:  # at a known input shape: the torus bound (milliseconds), exact when small
             bounds = (conv_periodic_bound(m.weight, m, shape), conv_operator_norm(m, shape, DENSE_LIMIT))
             b = min([b, *(v for v in bounds if v is not None)])
         return b, _out_shape(m, shape)
-    if isinstance(m, _ONE):
+    if _is(m, _ONE):
         return 1.0, _out_shape(m, shape) if isinstance(m, (nn.Flatten, nn.Unflatten)) else shape
-    if isinstance(m, nn.LeakyReLU):
+    if _is(m, nn.LeakyReLU):
         return max(1.0, abs(float(m.negative_slope))), shape
-    if isinstance(m, nn.ELU):
+    if _is(m, nn.ELU):
         return max(1.0, abs(float(m.alpha))), shape
-    if isinstance(m, nn.Sigmoid):
+    if _is(m, nn.Sigmoid):
         return 0.25, shape
-    if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)):
+    if _is(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)):
         return (1.0 / (1.0 - m.p) if m.training and m.p < 1 else 1.0), shape
-    if isinstance(m, MLPEncoder):
+    if _is(m, MLPEncoder):
         return _bound(m.net, None if shape is None else (math.prod(shape),))
-    if isinstance(m, (MLPDecoder, LipschitzDecoder)):
+    if _is(m, (MLPDecoder, LipschitzDecoder)):
         b, _ = _bound(m.net, shape)
         return b, (*m.input_shape,)
-    if isinstance(m, ConvEncoder):
+    if _is(m, ConvEncoder):
         b1, s1 = _bound(m.features, shape)
         b2, s2 = _bound(m.head, None if s1 is None else (math.prod(s1),))
         return b1 * b2, s2
-    if isinstance(m, ConvDecoder):
+    if _is(m, ConvDecoder):
         b1, _ = _bound(m.head, shape)
         b2, s2 = _bound(m.deconv, tuple(m.grid))
         return b1 * b2, s2
     raise InputError(f"lipschitz_bound: unsupported layer {type(m).__name__} ({m!r:.80}); "
-                     "supported: Linear, Conv2d, ConvTranspose2d, Sequential and known-Lipschitz activations")
+                     "supported: Linear, Conv2d, ConvTranspose2d, Sequential and known-Lipschitz activations, "
+                     "each with its own forward")
 
 
 def lipschitz_bound(module: nn.Module, input_shape: Sequence[int] | None = None) -> float:
@@ -289,6 +313,7 @@ def lipschitz_bound(module: nn.Module, input_shape: Sequence[int] | None = None)
     if not isinstance(module, nn.Module):
         raise InputError(f"lipschitz_bound needs a torch.nn.Module, got {type(module).__name__}")
     shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+    _check_unhooked(module, "lipschitz_bound")
     return float(_bound(module, shape)[0])
 
 
@@ -320,15 +345,24 @@ def _split_last(seq: nn.Sequential) -> tuple[float, nn.Linear]:
 _VAE_LIPSCHITZ: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+_SIMPLE = (bool, int, float, str, type(None))
+
+
 def _fingerprint(model: nn.Module) -> str:
-    """A hash of every parameter's and buffer's name, dtype, shape and bytes (milliseconds for a
-    conv VAE). Content, not tensor versions and addresses: a stale constant would make a rigorous
-    radius too large, and a replaced tensor can reuse a freed address with the same version."""
+    """A hash of every parameter's and buffer's name, dtype, shape and bytes, and of every module's
+    class and plain settings (numbers, strings, flags and tuples of them: an OrthoLinear's scale,
+    an ELU's alpha, a mode), in milliseconds for a conv VAE. Content, not tensor versions and
+    addresses: a stale constant would make a rigorous radius too large, an edit through ``.data``
+    leaves the version alone, and a replaced tensor can reuse a freed address with its version."""
     h = hashlib.blake2b(digest_size=20)
     for name, t in (*model.named_parameters(), *model.named_buffers()):
         t = t.detach()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.contiguous().cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.contiguous().reshape(-1).cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for name, m in model.named_modules():
+        settings = sorted((k, v) for k, v in vars(m).items() if isinstance(v, _SIMPLE) or (
+            isinstance(v, tuple) and all(isinstance(e, _SIMPLE) for e in v)))
+        h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__}:{settings!r};".encode())
     return h.hexdigest()
 
 
@@ -352,6 +386,12 @@ def vae_lipschitz(model: nn.Module, input_shape: Sequence[int] | None = None) ->
     shape = tuple(input_shape) if input_shape is not None else tuple(getattr(model, "input_shape", ()) or ()) or None
     if not isinstance(model, (LinearVAE, VAE)):  # before hashing: adapters wrap models of ~100 M weights
         raise InputError(f"vae_lipschitz: no Lipschitz bounds for {type(model).__name__}; pass the constants yourself")
+    base = LinearVAE if isinstance(model, LinearVAE) else VAE
+    changed = [f for f in ("encode", "decode", "forward") if getattr(type(model), f) is not getattr(base, f) or f in vars(model)]
+    if changed:
+        raise InputError(f"vae_lipschitz: {type(model).__name__} overrides {', '.join(changed)} of robvae's "
+                         f"{base.__name__}; its bounds cover robvae's own maps only (pass the constants yourself)")
+    _check_unhooked(model, "vae_lipschitz")
     key = (_fingerprint(model), tuple(m.training for m in model.modules()), float(getattr(model, "tau", 0.0)), shape)
     hit = _VAE_LIPSCHITZ.get(model)
     if hit is not None and hit[0] == key:
@@ -368,21 +408,24 @@ def _vae_lipschitz(model: nn.Module, shape: tuple[int, ...] | None) -> VAELipsch
         raise InputError(f"vae_lipschitz: no Lipschitz bounds for {type(model).__name__}; pass the constants yourself")
     enc, dec = model.encoder, model.decoder
     d = model.latent_dim
+    if type(model.likelihood).mean is not _SigmoidMean.mean:
+        raise InputError(f"vae_lipschitz: likelihood {type(model.likelihood).__name__} has its own mean; the "
+                         "decoder's bound assumes g = sigmoid(h)")
     decoder = lipschitz_bound(dec, (d,)) / 4.0  # the mean reconstruction is sigmoid(h)
-    if isinstance(enc, LipschitzEncoder):
+    if _is(enc, LipschitzEncoder):
         mean = lipschitz_bound(enc.mean)
         if enc.std is None:
             return VAELipschitz(mean, 0.0, 0.0, decoder, sigma_constant=True)
         ls = lipschitz_bound(enc.std)
         return VAELipschitz(mean, ls, enc.std_scale() * ls / 4.0, decoder)
-    if isinstance(enc, MLPEncoder):
+    if _is(enc, MLPEncoder):
         body, last = _split_last(enc.net)
-    elif isinstance(enc, ConvEncoder):
+    elif _is(enc, ConvEncoder):
         feat = lipschitz_bound(enc.features, shape)
         head, last = _split_last(enc.head)
         body = feat * head
     else:
-        raise InputError(f"vae_lipschitz: unsupported encoder {type(enc).__name__}")
+        raise InputError(f"vae_lipschitz: unsupported encoder {type(enc).__name__} (robvae's encoders, each with its own forward)")
     mean = body * spectral_norm(last.weight[:d])
     ls = body * spectral_norm(last.weight[d:])
     tau = float(model.tau)
