@@ -204,6 +204,9 @@ def test_dense_norm_is_the_spectral_norm_rounded_up(shape):
     exact = float(torch.linalg.matrix_norm(sparse, ord=2))
     assert exact <= dense_norm(sparse) <= exact * (1 + 1e-8)
     assert dense_norm(torch.zeros(m, n)) < 1e-100
+    for scale in (1e-170, 1e-300, 1e170):  # the Gram matrix of tiny or huge weights under- or overflows unscaled
+        got = dense_norm(a * scale)
+        assert got >= 3.7 * scale * (1 - 1e-15) and got == pytest.approx(3.7 * scale, rel=1e-8), scale
 
 
 @pytest.mark.parametrize("layer,shape", [(nn.ConvTranspose2d(4, 3, 4, 2, 1), (4, 5, 5)),

@@ -234,3 +234,22 @@ def test_many_inputs_are_decoded_in_groups_with_the_same_numbers(arch, monkeypat
     assert torch.equal(whole, grouped)
     assert calls[0] == 23  # the references g(mu(x)), one call
     assert max(calls[1:]) <= 10 and sum(calls[1:]) == 23 * 6
+
+
+def test_float32_bounds_are_rounded_outwards():
+    """A float32 estimate's Clopper-Pearson bounds are the float64 ones rounded outwards (the
+    largest float32 at or below the lower bound, the smallest at or above the upper), not to
+    nearest: about half of them had been rounded the wrong way."""
+    from robvae.robustness.sampling import RobustnessEstimate
+
+    k = torch.arange(0, 401)
+    lo, hi = clopper_pearson(k, torch.full_like(k, 400), 0.001)
+    est = RobustnessEstimate.from_counts(k, 400, torch.ones(401), 0.001, "mean", torch.float32)
+    assert est.p_lower.dtype == torch.float32
+    assert bool((est.p_lower.double() <= lo).all()) and bool((est.p_upper.double() >= hi).all())
+    up = torch.nextafter(est.p_lower, torch.full_like(est.p_lower, 2.0)).double()
+    down = torch.nextafter(est.p_upper, torch.full_like(est.p_upper, -1.0)).double()
+    assert bool((up > lo).all()) and bool((down < hi).all())  # the nearest float32 on the safe side
+    assert int((lo.float().double() > lo).sum()) > 50  # a plain cast would have rounded these up
+    same = RobustnessEstimate.from_counts(k, 400, torch.ones(401), 0.001, "mean", torch.float64)
+    assert torch.equal(same.p_lower, lo.double()) and torch.equal(same.p_upper, hi.double())

@@ -89,7 +89,7 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 
 _LIPSCHITZ = {
     torch.nn.ReLU: lambda m: 1.0, torch.nn.LeakyReLU: lambda m: max(1.0, abs(m.negative_slope)),
-    torch.nn.Tanh: lambda m: 1.0, torch.nn.Sigmoid: lambda m: 0.25, torch.nn.ELU: lambda m: max(1.0, m.alpha),
+    torch.nn.Tanh: lambda m: 1.0, torch.nn.Sigmoid: lambda m: 0.25, torch.nn.ELU: lambda m: max(1.0, abs(m.alpha)),
     torch.nn.GELU: lambda m: 1.13,
 }
 

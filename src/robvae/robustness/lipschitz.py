@@ -170,17 +170,30 @@ def dense_norm(a: torch.Tensor | scipy.sparse.spmatrix) -> float:
     Rounding: each computed Gram entry sums at most m products, so it is within gamma_m of
     |a|^T |a| elementwise, a matrix of norm <= gamma_m ||a||_F^2; the eigenvalue solver is backward
     stable (exact for a matrix within p(n) 2^-53 ||G|| of the computed Gram matrix, n its order).
-    The slack 8 (m + n) 2^-53 ||a||_F^2 covers both, and a relative 1e-9 the rest."""
+    The slack 8 (m + n) 2^-53 ||a||_F^2 covers both, and a relative 1e-9 the rest.
+
+    The matrix is first scaled by a power of two (exact) so that its largest entry lies in
+    [1/2, 1): the Gram matrix of tiny weights would otherwise underflow to zero (a norm of 1e-300
+    for weights of 1e-170), and of huge ones overflow. Entries the scaling pushes below the
+    smallest subnormal add at most sqrt(nnz) 2^-1074 to the norm, which is added."""
     if isinstance(a, torch.Tensor):
         a = scipy.sparse.csr_matrix(a.detach().to(torch.float64).cpu().numpy())
     a = scipy.sparse.csr_matrix(a, dtype="float64")
-    if a.shape[0] == 0 or a.shape[1] == 0:
+    if a.shape[0] == 0 or a.shape[1] == 0 or a.nnz == 0:
         return 0.0
+    top = float(abs(a).max())
+    if top == 0.0:
+        return 0.0
+    if not math.isfinite(top):
+        return math.inf
+    e = math.frexp(top)[1]  # top = f 2^e with f in [1/2, 1)
+    a = a * math.ldexp(1.0, -e)
     m, n = max(a.shape), min(a.shape)
     g = (a.T @ a if a.shape[0] >= a.shape[1] else a @ a.T).toarray()
     lam = float(scipy.linalg.eigh(g, eigvals_only=True, subset_by_index=[n - 1, n - 1], driver="evr")[0])
     slack = (m + n) * 2.0 ** -50 * float((a.data * a.data).sum())
-    return math.sqrt(max(lam, 0.0) * (1 + 1e-9) + slack) + 1e-300
+    scaled = math.sqrt(max(lam, 0.0) * (1 + 1e-9) + slack) + math.sqrt(a.nnz) * 2.0 ** -1074
+    return math.ldexp(scaled, e) + 1e-300
 
 
 def conv_operator_norm(layer: nn.Conv2d | nn.ConvTranspose2d, shape: Sequence[int],
