@@ -254,3 +254,22 @@ def test_a_leading_reshape_never_writes_into_the_callers_z(head):
         got = flat_decode(model, z)
     assert torch.equal(z, z_before), "flat_decode changed its input z"
     torch.testing.assert_close(got, model.decode(z_before).flatten(1), rtol=1e-5, atol=1e-6)
+
+
+def test_a_module_placed_twice_in_a_sequential_runs_twice():
+    """One activation instance shared by several positions of a Sequential (common in users'
+    code) is applied at each of them by ``seq(h)``; ``children()`` lists it once, and the fast
+    route of robvae's own MLP VAE, which walked it, decoded without the second activation (off
+    by 0.09). Both routes keep every position now."""
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(input_shape=(1, 28, 28), arch="mlp", latent_dim=6)).eval()
+    shared = nn.LeakyReLU(0.3)
+    model.decoder.net[1] = shared
+    model.decoder.net[3] = shared
+    act = nn.Tanh()
+    user = UserVAE(nn.Sequential(nn.Linear(6, 32), act, nn.Linear(32, 48), act, nn.Linear(48, 784)), 6, (1, 28, 28)).eval()
+    z = torch.randn(5, 6)
+    for m in (model, user):
+        assert has_fast_route(m, z)
+        with torch.inference_mode():
+            torch.testing.assert_close(flat_decode(m, z), m.decode(z).flatten(1), rtol=1e-5, atol=1e-6)

@@ -187,10 +187,11 @@ def _thin_deconv(layer: torch.nn.ConvTranspose2d, h: torch.Tensor, sigmoid: bool
 
 
 def _layers(seq: torch.nn.Module) -> list[torch.nn.Module]:
-    """The layers of ``seq`` with nested Sequentials flattened."""
+    """The layers of ``seq`` with nested Sequentials flattened; a module placed twice (one shared
+    activation) runs twice, as in ``seq(h)`` (``children()`` would list it once)."""
     if not isinstance(seq, torch.nn.Sequential):
         return [seq]
-    return [leaf for layer in seq.children() for leaf in _layers(layer)]
+    return [leaf for layer in seq for leaf in _layers(layer)]
 
 
 def _run(layers: list[torch.nn.Module], h: torch.Tensor, inplace: bool) -> torch.Tensor:
@@ -283,7 +284,7 @@ def _flat_layers(module: torch.nn.Module) -> list[torch.nn.Module] | None:
     """The leaf layers of ``module`` in registration order (nested containers flattened), or None
     when a container is not a plain chain (a ModuleList/Dict, or a module with its own forward
     whose children are not simply applied in order: that is left to the numerical check)."""
-    kids = list(module.children())
+    kids = list(module) if isinstance(module, torch.nn.Sequential) else list(module.children())  # repeats kept
     if not kids:
         return [module]
     if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
