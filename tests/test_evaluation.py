@@ -93,7 +93,9 @@ def test_summary_is_typed_and_reloads_identically(evaluated):
     assert s.n == 8 and s.median("radius") == pytest.approx(np.median(res.column("radius")))
     assert s.n_abstain == int(sum(r["abstain"] for r in res.rows))
     # the Theorem 1 bound's statistics are exactly bound_stats over the same columns (an independent call)
-    want = bound_stats(res.column("radius"), res.column("margin"), capped=res.column("margin_capped") > 0,
+    unknown = (res.column("margin_robust_clean") > 0) & (res.column("margin") == 0) & (res.column("margin_capped") == 0)
+    want = bound_stats(res.column("radius"), np.where(unknown, np.nan, res.column("margin")),
+                       capped=res.column("margin_capped") > 0,
                        abstain=res.column("abstain") > 0,
                        p_clean=np.where(res.column("margin_robust_clean") > 0, res.column("p_clean"), 0.0),
                        refuted_at=res.column("margin_refuted_at"))
@@ -157,7 +159,7 @@ def _compared(res, column):
     bound is > 0 and finite, the search's clean estimate says robust, the margin is finite and not capped."""
     b, m = res.column(column), res.column("margin")
     return ((b > 0) & np.isfinite(b) & (res.column("p_clean") > 0.5) & (res.column("margin_robust_clean") == 1)
-            & np.isfinite(m) & (res.column("margin_capped") == 0))
+            & np.isfinite(m) & (m > 0) & (res.column("margin_capped") == 0))  # m = 0: no budget settled robust
 
 
 @pytest.mark.parametrize("mode", ["full", "mean"])
@@ -236,3 +238,22 @@ def test_unsettled_clean_decision_is_not_a_margin_of_zero():
     assert (st.n_used, st.n_violations, st.n_disagree) == (1, 0, 1)
     old = rows_bound_stats([base, {k: v for k, v in settled.items() if k != "margin_robust_clean"}], "radius")
     assert (old.n_used, old.n_violations) == (2, 1)
+
+
+def test_a_margin_with_no_budget_settled_robust_is_not_compared():
+    """Robust unperturbed, but the attacked estimate stayed undecided at every budget tried
+    (p_r(x) = 0.59, 1,000 draws): the search reports margin 0, an unknown in [0, margin_upper],
+    which once counted a rigorous radius of 0.0047 as "above the margin" on MNIST. It is counted
+    without a margin now; a budget settled NOT robust below the bound still refutes it."""
+    from robvae.evaluation import rows_bound_stats
+
+    unknown = {"radius": 0.0047, "margin": 0.0, "margin_upper": 0.0047, "p_clean": 0.59, "margin_capped": False,
+               "abstain": False, "margin_robust_clean": True, "margin_refuted_at": float("nan")}
+    settled = {"radius": 0.01, "margin": 0.3, "margin_upper": 0.31, "p_clean": 0.9, "margin_capped": False,
+               "abstain": False, "margin_robust_clean": True, "margin_refuted_at": 0.31}
+    st = rows_bound_stats([unknown, settled], "radius")
+    assert (st.n_used, st.n_violations, st.n_no_margin, st.n_refuted) == (1, 0, 1, 0)
+    st = rows_bound_stats([{**unknown, "margin_refuted_at": 0.003}, settled], "radius")
+    assert (st.n_used, st.n_violations, st.n_no_margin, st.n_refuted) == (1, 0, 1, 1)
+    capped = {**unknown, "margin_capped": True}  # at the cap: robust at every budget, not an unknown
+    assert rows_bound_stats([capped, settled], "radius").n_capped == 1

@@ -117,3 +117,7 @@ def test_refuted_counts_only_bounds_above_a_budget_settled_not_robust():
     assert s.n_used == 4 and s.n_violations == 3   # above the search's lower end
     assert s.n_refuted == 1                         # only input 0 lies above a settled non-robust budget
     assert bound_stats(bound, margin).n_refuted == -1
+    # inputs without a measured margin still count when refuted; abstaining or disagreeing ones never
+    t = bound_stats([0.5, 0.5, 0.5], [float("nan"), 0.4, 0.4], refuted_at=[0.45, 0.45, 0.45],
+                    p_clean=[0.9, 0.4, 0.9], abstain=[False, False, True])
+    assert (t.n_no_margin, t.n_disagree, t.n_abstain, t.n_used, t.n_refuted) == (1, 1, 1, 0, 1)

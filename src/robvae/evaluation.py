@@ -418,12 +418,19 @@ def rows_bound_stats(rows: list[dict[str, Any]], column: str = "radius") -> Boun
                              dtype=float)
     flag = lambda k: np.array([r.get(k) in (True, "True", 1) for r in rows], dtype=bool)  # noqa: E731
     p_clean = col("p_clean") if rows and "p_clean" in rows[0] else None
+    margin = col("margin")
     if p_clean is not None and "margin_robust_clean" in rows[0]:
         # the search could not settle "robust" even unperturbed (margin 0 = unknown, not measured):
         # not a margin to compare a bound with, counted with the inputs whose estimates disagree
-        p_clean = np.where(flag("margin_robust_clean"), p_clean, 0.0)
+        robust_clean = flag("margin_robust_clean")
+        p_clean = np.where(robust_clean, p_clean, 0.0)
+        # robust unperturbed, but no budget above 0 settled robust (p_r(x) so near 1/2 that the
+        # attacked estimate is undecided at every budget tried): margin 0 is again an unknown, in
+        # [0, margin_upper]; counted with the inputs without a margin (a budget settled NOT robust
+        # below the bound still counts in n_refuted)
+        margin = np.where(robust_clean & (margin == 0) & ~flag("margin_capped"), math.nan, margin)
     refuted_at = col("margin_refuted_at") if rows and "margin_refuted_at" in rows[0] else None
-    return bound_stats(col(column), col("margin"), p_clean=p_clean, capped=flag("margin_capped"),
+    return bound_stats(col(column), margin, p_clean=p_clean, capped=flag("margin_capped"),
                        abstain=flag(ABSTAIN.get(column, "abstain")), refuted_at=refuted_at)
 
 
@@ -475,8 +482,10 @@ class EvalSummary:
 
     @property
     def rigorous_vs_margin(self) -> dict[str, Any] | None:
-        """The rigorous radius of the margin's setting against the margin (above it must never
-        happen): its column, n_above_margin, n_refuted, n_compared; None without that column."""
+        """The rigorous radius of the margin's setting against the margin: its column,
+        n_above_margin (above the search's lower end: only a radius inside the search's last
+        bracket), n_refuted (above a budget settled NOT robust: must never happen), n_compared;
+        None without that column."""
         name = "rigorous_" + (self.margin_mode or "full")
         if name not in self.bounds:
             return None

@@ -145,13 +145,17 @@ class BoundStats:
     (the bound abstains), ``n_infinite`` (p = 1: an infinite bound, not an abstention),
     ``n_disagree`` (the bound certifies but the margin's clean estimate is <= 1/2: two Monte
     Carlo estimates on either side of 1/2), ``n_capped`` (the margin search hit its cap),
-    ``n_no_margin`` (no margin computed). An input is counted once, in the first of these that
-    applies, so ``n_used + n_abstain + n_infinite + n_disagree + n_capped + n_no_margin == n``.
+    ``n_no_margin`` (no margin computed, or none measured: NaN). An input is counted once, in the
+    first of these that applies, so ``n_used + n_abstain + n_infinite + n_disagree + n_capped +
+    n_no_margin == n``.
 
-    ``n_violations``: usable inputs with bound > margin (a violation of bound <= R_r(x) <= R_hat).
-    ``n_refuted``: usable inputs whose bound exceeds a budget the margin search settled as NOT
-    robust (``refuted_at``, e.g. margin + tolerance): evidence that the bound exceeds the true
-    margin, not only the search's lower end (-1 when ``refuted_at`` was not given).
+    ``n_violations``: usable inputs with bound > margin (the margin is the search's lower end, the
+    largest budget settled robust: a bound inside the search's last bracket counts too, though it
+    need not exceed the true margin). ``n_refuted``: inputs whose bound exceeds a budget the margin
+    search settled as NOT robust (``refuted_at``, e.g. margin + tolerance): evidence that the bound
+    exceeds the true margin. Counted over the usable inputs and those capped or without a measured
+    margin (-1 when ``refuted_at`` was not given); never over the ones that abstain, are infinite
+    or disagree.
     ``pearson`` / ``spearman`` (margin vs bound), ``slope`` / ``intercept`` (least squares,
     bound = slope * margin + intercept), ``median_bound`` / ``median_margin`` /
     ``median_ratio`` (bound / margin where margin > 0) are all over the same usable inputs.
@@ -234,7 +238,10 @@ def bound_stats(bound: ArrayLike, margin: ArrayLike, *, p_clean: ArrayLike | Non
         ra = np.asarray(refuted_at, dtype=float).ravel()
         if ra.shape != (n,):
             raise ValueError(f"expected {n} values of refuted_at, got {ra.size}")
-        n_refuted = int(np.sum(bu > ra[use]))  # NaN (nothing settled not robust) never refutes
+        # over the usable inputs and those without a measured margin or at the cap: a budget settled
+        # NOT robust below the bound is evidence whatever the margin's lower end (NaN never refutes)
+        known = ~(abst | inf | disagree)
+        n_refuted = int(np.sum(b[known] > ra[known]))
     return BoundStats(
         n=int(n), n_used=int(use.sum()), n_violations=int(np.sum(bu > mu)), n_abstain=int(abst.sum()),
         n_infinite=int(inf.sum()), n_disagree=int(disagree.sum()), n_capped=int(cap.sum()),
