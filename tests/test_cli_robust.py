@@ -168,6 +168,15 @@ def test_error_paths_are_one_line(run_dir, capsys, args, needle):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_the_ray_executor_without_ray_is_a_one_line_error(run_dir, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray then raises ImportError
+    rc, out, err = _run(capsys, "certify", str(run_dir), "--r", "1", "--n", "2", "--executor", "ray")
+    assert rc == 2 and "needs Ray" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_corrupt_run_is_reported_by_file(run_dir, capsys, tmp_path):
     import shutil
 

@@ -701,3 +701,15 @@ def test_csv_cells_of_numpy_and_torch_scalars(tmp_path):
     path = tmp_path / "t.csv"
     write_csv(path, [{"a": np.float64(0.5), "b": np.float32(0.25), "c": torch.tensor(3), "d": 0.1, "e": np.int64(7)}])
     assert read_csv(path) == [{"a": "0.5", "b": "0.25", "c": "3", "d": "0.1", "e": "7"}]
+
+
+def test_csv_rows_with_different_columns_are_written_with_all_of_them(tmp_path):
+    """A leaderboard whose first row (a user's model without a likelihood) lacks the degradation
+    columns of the others stopped `robvae bench` ("dict contains fields not in fieldnames"): the
+    header is every key in order of first appearance, missing cells empty."""
+    from robvae.fileio import read_csv, write_csv
+
+    path = tmp_path / "t.csv"
+    write_csv(path, [{"name": "mine", "cf": 0.5}, {"name": "vae", "cf": 0.25, "degradation@1": 2.0}])
+    assert read_csv(path) == [{"name": "mine", "cf": "0.5", "degradation@1": ""},
+                              {"name": "vae", "cf": "0.25", "degradation@1": "2.0"}]

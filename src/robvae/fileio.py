@@ -153,9 +153,10 @@ def _safetensors_metadata(raw: bytes) -> dict[str, str]:
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> Path:
-    """Write rows (dicts) as CSV, atomically."""
+    """Write rows (dicts) as CSV, atomically. The columns: ``fieldnames``, or every key of any row
+    in order of first appearance (a row without one gets an empty cell)."""
     buf = io.StringIO()
-    names = list(fieldnames) if fieldnames is not None else (list(rows[0].keys()) if rows else [])
+    names = list(fieldnames) if fieldnames is not None else list(dict.fromkeys(k for row in rows for k in row))
     w = csv.DictWriter(buf, fieldnames=names)
     w.writeheader()
     for row in rows:

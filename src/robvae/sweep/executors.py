@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..fileio import write_json
 from .results import collect
 from .spec import Trial
@@ -68,9 +69,12 @@ class TrialResult:
 
 def check_options(executor: str, choices: Sequence[str], **minimum: tuple[Any, int]) -> None:
     """ValueError unless ``executor`` is one of ``choices`` and each ``NAME=(value, least)`` has
-    ``int(value) >= least`` (checked in the order given)."""
+    ``int(value) >= least`` (checked in the order given); for "ray", InputError unless Ray imports
+    (before any work or progress bar starts)."""
     if executor not in choices:
         raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(choices)}")
+    if executor == "ray":
+        _import_ray()
     for name, (value, least) in minimum.items():
         if int(value) < least:
             raise ValueError(f"{name} must be >= {least}, got {value}")
@@ -395,7 +399,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise ImportError("the ray executor needs Ray: pip install 'robvae[ray]' (or pip install 'ray[default]')") from None
+        raise InputError("the ray executor needs Ray: pip install 'robvae[ray]' (or pip install 'ray[default]')") from None
     return ray
 
 
