@@ -40,3 +40,12 @@ def test_study_certified_small(tmp_path, capsys):
     assert "lipschitz-vae (L=4)" in out and "rigorous radius above the empirical margin: 0" in out
     rows = json.loads((tmp_path / "study" / "certified.json").read_text())["rows"]
     assert len(rows) == 3 and all(r["n_violations"] == 0 for r in rows)
+    # a study folder like the others: study.json with the command that reproduces it, and a report
+    meta = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert meta["study"] == "certified" and meta["tables"] == ["certified.csv"]
+    assert meta["command"] == (f"robvae study certified --dataset digits --out {tmp_path / 'study'} --lipschitz 4 "
+                               "--sigma-cap 0.5 --beta 4 --epochs 2 --latent-dim 4 --hidden 32 --n-train 300 --n 4 "
+                               "--n-samples 300 --r-relative 1.5 --attack-eps 1 --cert-eps 0.05 --seed 0")
+    rc, out, err = _run(capsys, "report", str(tmp_path / "study"), "--html", str(tmp_path / "report.html"))
+    assert rc == 0, err
+    assert "lipschitz-vae (L=4)" in (tmp_path / "report.html").read_text()

@@ -186,6 +186,7 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
               help="Budget at which the fraction of rigorously certified inputs is reported.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@threads_option
 def certified_cmd(dataset, data_dir, out, lipschitz, sigma_cap, beta, epochs, n_train, latent_dim, hidden, n_eval,
                   n_samples, r, r_relative, attack_eps, cert_eps, seed, quiet) -> None:
     """Standard VAE, beta-VAE and Lipschitz VAEs: rigorous radii (docs/THEORY.md), Theorem 1, margins, damage."""
@@ -198,4 +199,4 @@ def certified_cmd(dataset, data_dir, out, lipschitz, sigma_cap, beta, epochs, n_
     click.echo(f"certified-robustness study on {dataset}, r={res.r:.4g}, {n_eval} test inputs")
     click.echo(res.markdown())
     click.echo(f"inputs with a rigorous radius above the empirical margin: {sum(w.n_violations for w in res.rows)}")
-    click.echo(f"study folder: {Path(out)} (certified.md, certified.csv, certified.json, model*/)")
+    click.echo(f"study folder: {Path(out)} (certified.md, certified.csv, certified.json, study.json, model*/)")

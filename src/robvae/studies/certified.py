@@ -31,7 +31,9 @@ from ..robustness import certify, empirical_margin, r_min
 from ..robustness.lipschitz import vae_lipschitz
 from ..robustness.rigorous import barrett_margin, rigorous_certify
 from ..rng import randn
+from ..report.html import write_study_meta
 from ..training import TrainConfig, train
+from .experiments import fmt_list
 
 
 def barrett_probability(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor, r: float, n_samples: int = 1000,
@@ -238,4 +240,31 @@ def certified_study(
     write_csv(out / "certified.csv", [asdict(w) for w in study.rows])
     write_json(out / "certified.json", asdict(study))  # the rows as dicts too
     atomic_write_text(out / "certified.md", study.markdown() + "\n")
+    config = dict(dataset=dataset, data_dir=data_dir, models=[asdict(m) for m in models], epochs=epochs,
+                  latent_dim=latent_dim, hidden=list(hidden), n_train=n_train, n=n, n_samples=n_samples, r=study.r,
+                  r_relative=None if r is not None else r_relative, attack_eps=attack_eps, cert_eps=cert_eps,
+                  margin_tol=margin_tol, likelihood=likelihood, seed=seed)
+    write_study_meta(out, "certified", _command(out, models, config), config, tables=["certified.csv"])
     return study
+
+
+def _command(out: Path, models: list[StudyModel], c: dict) -> str:
+    """The ``robvae study certified`` line that reproduces the folder (the Python call when the
+    models are not the command's: a VAE, a beta-VAE and Lipschitz VAEs of one std cap)."""
+    lips = [m.lipschitz for m in models if m.lipschitz is not None]
+    betas = [m.beta for m in models if m.objective == "beta-vae"]
+    cap = next((m.sigma_cap for m in models if m.lipschitz is not None), 0.5)
+    if not lips or len(betas) != 1 or models != default_models(tuple(lips), betas[0], cap) or c["margin_tol"] != 0.05 \
+            or c["likelihood"] != "bernoulli":
+        return "robvae.studies.certified_study(...) (Python: models or settings the command does not offer)"
+    parts = [f"robvae study certified --dataset {c['dataset']}"]
+    if c["data_dir"] is not None:
+        parts.append(f"--data-dir {c['data_dir']}")
+    parts.append(f"--out {out} --lipschitz {fmt_list(lips)} --sigma-cap {cap:g} --beta {betas[0]:g} "
+                 f"--epochs {c['epochs']} --latent-dim {c['latent_dim']} --hidden {fmt_list(c['hidden'])}")
+    if c["n_train"] is not None:
+        parts.append(f"--n-train {c['n_train']}")
+    parts.append(f"--n {c['n']} --n-samples {c['n_samples']}")
+    parts.append(f"--r-relative {c['r_relative']:g}" if c["r_relative"] is not None else f"--r {c['r']:g}")
+    parts.append(f"--attack-eps {c['attack_eps']:g} --cert-eps {c['cert_eps']:g} --seed {c['seed']}")
+    return " ".join(parts)
