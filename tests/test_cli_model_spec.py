@@ -154,6 +154,10 @@ def test_inputs_files_are_read_without_pickles(tmp_path):
     np.save(tmp_path / "b.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match="cannot read"):
         load_inputs_file(tmp_path / "b.npy")
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04not a tensor file")  # torch's error advises unpickling: not passed on
+    with pytest.raises(InputError, match="not a plain tensor file") as err:
+        load_inputs_file(tmp_path / "junk.pt")
+    assert "weights_only=False" not in str(err.value) and "False" not in str(err.value)
     torch.save({"k": torch.zeros(2)}, tmp_path / "c.pt")
     with pytest.raises(InputError, match="expected one tensor"):
         load_inputs_file(tmp_path / "c.pt")

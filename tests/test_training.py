@@ -98,7 +98,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, digits_small):
 
 def test_a_different_config_in_an_existing_folder_is_refused(tmp_path, digits_small):
     train(_config(epochs=1), tmp_path / "run", progress=False, data=digits_small)
-    with pytest.raises(CheckpointError, match="different config.*model"):
+    with pytest.raises(CheckpointError, match=r"different config \(differs in: model\.latent_dim\)"):
         train(_config(epochs=1, model=ModelConfig(latent_dim=5, hidden=(32,))), tmp_path / "run",
               progress=False, data=digits_small)
 

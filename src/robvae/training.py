@@ -174,6 +174,18 @@ def _load_optimizer_state(opt: torch.optim.Optimizer, flat: dict[str, torch.Tens
     opt.load_state_dict(sd)
 
 
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The keys whose values differ, sorted; nested configs by their dotted field (model.latent_dim)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
 def _check_same_config(run_dir: Path, config: TrainConfig) -> bool:
     """Refuse a run folder trained under another config; True when ``config`` only asks for more
     epochs than the folder's (the run is then continued: epoch e's shuffling and noise depend only
@@ -184,7 +196,7 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> bool:
     a.pop("epochs")
     b.pop("epochs")
     if a != b or config.epochs < saved.epochs:
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        diff = _differences(a, b)
         if config.epochs < saved.epochs:
             diff.append(f"epochs ({config.epochs} < the run's {saved.epochs}; more epochs continue a run)")
         raise CheckpointError(

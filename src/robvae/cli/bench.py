@@ -81,4 +81,4 @@ def bench_cmd(zoo_file, out, models, subset, data_dir, seeds, executor, workers,
     for name, err in board.failed:
         click.echo(f"  failed: {name}: {err}")
     click.echo(f"\nleaderboard: {board.out}/leaderboard.md, leaderboard.csv, tradeoff.png, report.html "
-               f"({len(board.models)} models, {len(board.failed)} failed)")
+               f"({len(board.models)} model{'' if len(board.models) == 1 else 's'}, {len(board.failed)} failed)")

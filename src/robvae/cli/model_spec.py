@@ -76,6 +76,9 @@ def load_inputs_file(path: str | Path, shape: tuple[int, ...] | None = None) -> 
         else:
             t = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt or pickled file, in one line
+        if "weights only load failed" in str(e).lower():  # torch's advice to unpickle is not ours to pass on
+            raise InputError(f"--inputs {p}: not a plain tensor file (.pt files are read with "
+                             "torch.load(weights_only=True); save one tensor with torch.save, or use .npy)") from e
         msg = str(e).splitlines()[0] if str(e) else ""
         raise InputError(f"--inputs {p}: cannot read ({type(e).__name__}: {msg})") from e
     if not isinstance(t, torch.Tensor):

@@ -105,7 +105,7 @@ radius_options = [
                   help="Radius r of r-robustness (L2 distance between reconstructions)."),
     click.option("--r-relative", "r_relative", type=click.FloatRange(min=0, min_open=True), default=None,
                   help="r = K times the median r_min(x) over the inputs (when no natural scale is known; certify estimates "
-                       "each r_min from min(--samples, 1000) draws)."),
+                       "each r_min from min(--n-samples, 1000) draws)."),
 ]
 
 

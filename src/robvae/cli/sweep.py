@@ -67,7 +67,7 @@ def sweep_cmd(sweep_file, executor, address, workers, out, max_retries, cpus_per
     click.echo(f"{len(results)} trials: {n_done} done ({n_skip} already done before), {len(failed)} failed")
     for r in failed:
         click.echo(f"  {r.status}: {r.id} {r.name}: {r.error} (see {r.dir / 'status.json'})")
-    click.echo(f"results: {out_dir}/results.csv, results-brief.csv, results.json ({len(rows)} rows); "
+    click.echo(f"results: {out_dir}/results.csv, results-brief.csv, results.json ({len(rows)} row{'' if len(rows) == 1 else 's'}); "
                f"robvae report {out_dir} renders them")
     if failed:
         raise click.exceptions.Exit(1)
