@@ -124,7 +124,7 @@ def test_zoo_expands_settings_and_seeds():
     names = [e.name for e in zoo.entries]
     assert names == ["vae", "beta-vae(beta=2)", "beta-vae(beta=4)", "jacobian(weight=0.5, whitened=true)",
                      "adversarial(eps=0.5, steps=2)", "smooth(weight=3, noise=0.2, divergence=symmetric-kl)",
-                     "tau(tau=0.1)", "beta-tcvae(beta=6)", "lipschitz(lipschitz=2)"]
+                     "tau(tau=0.1)", "beta-tcvae(beta=6)", "lipschitz(lipschitz=2, model.sigma_cap=0.5)"]
     assert all(len(e.trials) == 2 for e in zoo.entries) and len({t.id for t in zoo.trials}) == 18
     by = {e.name: e.trials[1].train for e in zoo.entries}
     assert by["vae"].seed == 1 and by["vae"].dataset == "digits" and by["vae"].epochs == 2
@@ -136,8 +136,12 @@ def test_zoo_expands_settings_and_seeds():
     s = by["smooth(weight=3, noise=0.2, divergence=symmetric-kl)"].objective
     assert (s.smooth, s.smooth_noise, s.smooth_divergence) == (3, 0.2, "symmetric-kl")
     assert by["tau(tau=0.1)"].model.tau == 0.1
-    lip = by["lipschitz(lipschitz=2)"].model
+    lip = by["lipschitz(lipschitz=2, model.sigma_cap=0.5)"].model
     assert (lip.arch, lip.lipschitz, lip.sigma_cap) == ("lipschitz-mlp", 2.0, 0.5)
+    # a config override makes another model, with its own name (not "the setting appears twice")
+    two = parse_zoo({"methods": [{"method": "lipschitz", "lipschitz": 2.0},
+                                 {"method": "lipschitz", "lipschitz": 2.0, "config": {"model.sigma_cap": 0.5}}]})
+    assert [e.name for e in two.entries] == ["lipschitz(lipschitz=2)", "lipschitz(lipschitz=2, model.sigma_cap=0.5)"]
 
 
 def test_example_zoos_are_valid():

@@ -163,7 +163,8 @@ def _entries_for(item: Any, k: int, base: dict[str, Any], subset_dataset: str, d
     entries = []
     for combo in itertools.product(*(vals for _, vals in axes)):
         setting = dict(zip((p for p, _ in axes), combo))
-        label = name + (f"({', '.join(f'{p}={_fmt(v)}' for p, v in setting.items())})" if setting else "")
+        shown = [*(f"{p}={_fmt(v)}" for p, v in setting.items()), *(f"{k}={_fmt(v)}" for k, v in extra.items())]
+        label = name + (f"({', '.join(shown)})" if shown else "")  # config overrides too: they make another model
         trials = []
         for seed in seeds:
             d = copy.deepcopy(base)
