@@ -14,7 +14,7 @@ from robvae.stats import BoundStats
 from robvae.studies import Executor, TrainOptions, bound_vs_margin
 
 OPTS = TrainOptions(epochs=2, n_train=300, latent_dim=3, hidden=(32,), batch_size=64)
-EV = EvalConfig(n=12, n_samples=200, margin_tol=0.2, r_relative=1.2, seed=3)
+EV = EvalConfig(n=12, n_samples=600, margin_tol=0.2, r_relative=1.2, seed=3)
 
 
 def _same(a: dict, b: dict) -> None:
@@ -33,7 +33,7 @@ def test_margin_command_and_study_give_identical_statistics(tmp_path, capsys):
         res = bound_vs_margin("digits", tmp_path / "study", train=OPTS, evaluation=EV,
                               executor=Executor(executor="serial", progress=False))
         run_dir = next((tmp_path / "study" / "train" / "trials").iterdir()) / "run"
-        rc = main(["margin", str(run_dir), "--n", "12", "--n-samples", "200",
+        rc = main(["margin", str(run_dir), "--n", "12", "--n-samples", "600",
                    "--margin-tol", "0.2", "--r-relative", "1.2", "--seed", "3", "--quiet",
                    "--out", str(tmp_path / "m.csv")])
     finally:
