@@ -20,7 +20,7 @@ S = 4000
 
 
 def _linear():
-    return LinearVAE.random(d=4, input_shape=(1, 4, 4), s=0.1, seed=0)
+    return LinearVAE.random(d=4, input_shape=(1, 4, 4), s=0.1, seed=0).eval()
 
 
 def test_only_inputs_settled_below_one_half_stop_and_no_other_certificate_changes():
@@ -123,3 +123,41 @@ def test_grouped_chunks_give_the_chunk_by_chunk_counts():
                 live[idx[sequential_bernoulli_test(kr[idx], nr[idx], alpha)[0] < 0]] = False
     assert torch.equal(k, kr) and torch.equal(n, nr)
     assert int((n < S).sum()) == 9 and max(calls) >= 3 * chunk  # 3 live inputs: several chunks per call
+
+
+class _BatchDependent(torch.nn.Module):
+    """A protocol model whose decode depends on the other rows of its call (as a batch norm in
+    training mode would): decoding only the live inputs' rows changes every distance."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = torch.nn.Linear(16, 4)
+        self.decoder = torch.nn.Linear(4, 16)
+
+    def encode(self, x):
+        return self.enc(x.flatten(1)), torch.full((x.shape[0], 4), 0.5)
+
+    def decode(self, z):
+        return torch.sigmoid(self.decoder(z) + 0.05 * z.mean(0, keepdim=True).sum()).view(-1, 1, 4, 4)
+
+
+def test_abstention_keeps_every_row_of_a_call_where_rows_are_not_independent():
+    """Early abstention decodes only the live inputs' rows where fast_decode.rows_independent
+    holds; for a decoder whose rows depend on their batch it keeps every call's rows, so an input
+    that does not stop still gets exactly the counts it gets without abstention."""
+    from robvae.models.fast_decode import rows_independent
+    from robvae.robustness import r_robustness
+    from robvae.robustness.sampling import delta_norms
+
+    m = _BatchDependent().eval()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    assert not rows_independent(m, torch.zeros(6, 4)) and rows_independent(_linear().float(), torch.zeros(6, 4))
+    with torch.inference_mode():
+        norms = delta_norms(m, x, n_samples=400, generator=torch.Generator().manual_seed(5))
+    r = torch.full((6,), 1e-6)
+    r[5] = float(norms[5].median())  # five inputs stop at once, the last one draws on
+    a = r_robustness(m, x, r, n_samples=400, generator=torch.Generator().manual_seed(5), abstain_alpha=1e-3)
+    b = r_robustness(m, x, r, n_samples=400, generator=torch.Generator().manual_seed(5))
+    assert (a.n_samples[:5] < 400).all() and int(a.n_samples[5]) == 400
+    assert int(a.n_within[5]) == int(b.n_within[5])

@@ -256,6 +256,58 @@ def test_a_leading_reshape_never_writes_into_the_callers_z(head):
     torch.testing.assert_close(got, model.decode(z_before).flatten(1), rtol=1e-5, atol=1e-6)
 
 
+class _Conv1x1VAE(nn.Module):
+    """Linear -> Unflatten -> ReLU -> Conv2d(16, 1, 1): torch runs a 1x1 convolution of few images
+    with another kernel than of many, so a row's last bits depend on its batch."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = nn.Linear(49, 16)
+        self.decoder = nn.Sequential(nn.Linear(8, 16 * 7 * 7), nn.Unflatten(1, (16, 7, 7)), nn.ReLU(), nn.Conv2d(16, 1, 1))
+
+    def encode(self, x):
+        h = self.enc(x.flatten(1))
+        return h[:, :8], 3.0 + 0 * h[:, 8:]
+
+    def decode(self, z):
+        return torch.sigmoid(self.decoder(z))
+
+
+def test_counts_stay_exact_where_a_rows_bits_depend_on_its_batch():
+    """Two cases found by an audit (one thread, this CPU): the bfloat16 route's float32 redo of one
+    undecided draw, and early abstention decoding the one input still drawing, each decoded a few
+    rows where the chunk had many, and a draw exactly at r changed side (a certificate went from
+    radius 0.072 to abstaining). rows_independent now decides whether subsets may be decoded; the
+    counts equal the plain float32 route's."""
+    from robvae.robustness import r_robustness
+    from robvae.robustness.bf16 import r_robustness_bf16
+    from robvae.robustness.sampling import delta_norms
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = _Conv1x1VAE().eval()
+        x = torch.rand(1, 1, 7, 7)  # drawn right after the model's weights
+        gen = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+        d = delta_norms(m, x, None, 64, generator=gen(13))
+        r = float(d.sort(1).values[0, 32])  # a draw exactly at r
+        plain = r_robustness(m, x, r, n_samples=64, generator=gen(13))
+        assert torch.equal(r_robustness_bf16(m, x, r, n_samples=64, generator=gen(13), precision="bfloat16").n_within,
+                           plain.n_within)
+        m = _Conv1x1VAE().eval()
+        x = torch.rand(64, 1, 7, 7)
+        d = delta_norms(m, x, None, 200, generator=gen(41))
+        r = d.amin(1) * 0.5  # inputs 0..62 stop early
+        r[-1] = d[-1].sort().values[100]  # input 63 draws on, with a draw exactly at r
+        plain = r_robustness(m, x, r, n_samples=200, generator=gen(41))
+        early = r_robustness(m, x, r, n_samples=200, generator=gen(41), abstain_alpha=0.05)
+        assert (early.n_samples[:63] < 200).all() and int(early.n_samples[63]) == 200
+        assert int(early.n_within[63]) == int(plain.n_within[63])
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_module_placed_twice_in_a_sequential_runs_twice():
     """One activation instance shared by several positions of a Sequential (common in users'
     code) is applied at each of them by ``seq(h)``; ``children()`` lists it once, and the fast

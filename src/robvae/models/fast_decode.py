@@ -40,10 +40,16 @@ CHUNK_ROWS_CUDA = 1 << 16
 #: Without a gradient, :func:`flat_decode` decodes a multiple of this many rows (the last row
 #: repeated, the extra rows dropped). Matrix-product kernels treat a remainder of rows with other
 #: code: decoding 37 rows of a 1,024-row chunk again gave different last bits for some rows of the
-#: MLP decoder (sizes up to 333), and a multiple of 8 gave the chunk's bits for every size tried.
-#: Counts decided again on a subset of rows (the bfloat16 route, inputs still drawing under early
-#: abstention) rely on getting the same bits as their chunk (tests/test_fast_decode_user.py).
-ROW_ALIGN = 8
+#: MLP decoder (sizes up to 333), and torch runs a 1x1 or stride-1 convolution of fewer than 16
+#: images with another kernel than of more; a multiple of 16 gave the chunk's bits for every size
+#: tried with float32 decoders. Counts decided again on a subset of rows (the bfloat16 route,
+#: inputs still drawing under early abstention) rely on getting the same bits as their chunk; since
+#: that is a property of the kernels, not a theorem, :func:`rows_independent` checks it per model.
+ROW_ALIGN = 16
+
+#: :func:`rows_independent`'s check: subsets of these sizes (and of about half the batch) of a
+#: batch of fixed latent rows as large as a decoder call (:func:`row_cap`, at most 1,024 rows).
+INDEPENDENCE_SIZES = (1, 2, 3, 5, 8, 13, 16, 17, 31, 33, 64, 100, 257)
 
 
 def _sigmoid_vae_decoder(model: torch.nn.Module):
@@ -449,6 +455,40 @@ def _user_plan(model: torch.nn.Module, z: torch.Tensor):
         return None
     return _cached(_PLANS, model, _plan_key(model, z), lambda: _build_plan(model, z),
                    lambda: (*model.parameters(), *model.buffers()))
+
+
+#: Per model: (key, whether :func:`flat_decode` gives a row the same bits in any subset of a batch).
+_INDEPENDENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def rows_independent(model: torch.nn.Module, z: torch.Tensor) -> bool:
+    """Whether :func:`flat_decode` gives each row the same bits whatever rows share its call, for
+    latents like ``z`` at this process's thread count: checked once per model, weights, dtype,
+    device, mode and thread count by decoding one call's worth of fixed latent rows (:func:`row_cap`,
+    at most 1,024) at once and subsets of each size in :data:`INDEPENDENCE_SIZES` and of half the
+    batch, bit for bit: a check, not a proof (a kernel may change path at a batch size not tried). The bfloat16 route's
+    float32 redo and early abstention's decodes of the inputs still drawing rely on it; where it
+    fails (float64 convolutions, some kernels at some thread counts) they keep every call's rows
+    as without them (same counts, less speed)."""
+    key = (*_plan_key(model, z), torch.get_num_threads())
+    got = _cached(_INDEPENDENT, model, key, lambda: _check_independence(model, z),
+                  lambda: (*model.parameters(), *model.buffers()))
+    return _check_independence(model, z) if got is None else got
+
+
+def _check_independence(model: torch.nn.Module, z: torch.Tensor) -> bool:
+    if z.dim() != 2:
+        return False
+    g = torch.Generator(device="cpu").manual_seed(20261130)
+    rows = min(row_cap(z.device, model), 1024)
+    zc = (2.0 * torch.randn(rows, z.shape[1], generator=g, dtype=torch.float64)).to(dtype=z.dtype, device=z.device)
+    with torch.inference_mode():
+        full = flat_decode(model, zc)
+        for n in (*(m for m in INDEPENDENCE_SIZES if m < rows), rows // 2 + 3):
+            idx = torch.randperm(rows, generator=g)[:n].to(z.device)
+            if not torch.equal(flat_decode(model, zc[idx]), full[idx]):
+                return False
+    return True
 
 
 def has_fast_route(model: torch.nn.Module, z: torch.Tensor) -> bool:

@@ -10,9 +10,10 @@ route's output is from it. A draw whose distance ``t~`` satisfies ``|t~ - r| > m
 e_f + the rounding of both distances) falls on the same side of ``r`` as the float32 distance;
 only the others are decoded again in float32 (:func:`robvae.models.fast_decode.flat_decode`) and
 counted from that. So every count, p, bound and radius equals the float32 one (the float32
-decode of a subset of rows is assumed to give the same numbers as of the whole batch: a tested
-property of the CPU kernels once :func:`robvae.models.fast_decode.flat_decode` pads to a multiple
-of ``ROW_ALIGN`` rows).
+decode of a subset of rows must give the same numbers as of the whole batch: a property of the
+kernels once :func:`robvae.models.fast_decode.flat_decode` pads to a multiple of ``ROW_ALIGN``
+rows, checked per model by :func:`robvae.models.fast_decode.rows_independent`; where it fails,
+the float32 route runs).
 
 The bounds, per decoder row (u = 2^-8, bfloat16's unit roundoff, u' = u / (1 - u); v = 2^-24;
 gamma_n = n v / (1 - n v); norms Euclidean; ||T|| an upper bound on the operator norm of the
@@ -56,8 +57,8 @@ import torch.nn.functional as F
 from ..config import ALPHA
 from ..errors import InputError
 from ..models.fast_decode import (
-    _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, snapshot,
-    unchanged,
+    _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, rows_independent,
+    snapshot, unchanged,
 )
 from ..validation import as_radius
 from .lipschitz import _out_shape, conv_operator_norm, conv_periodic_bound, kernel_bound
@@ -462,6 +463,8 @@ def r_robustness_bf16(
         mu, sigma, ref, chunk = draw_setup(model, x, delta, n_samples, mode, chunk_size)
         plan = decoder_plan(model, mu) if x.dtype == torch.float32 and precision != "float32" else None
         if plan is not None and precision == "auto" and not bf16_pays(plan, mu):
+            plan = None
+        if plan is not None and not rows_independent(model, mu):  # the float32 redo of a subset needs it
             plan = None
         counted = Bf16Stats(draws=0, recomputed=0)
         within = None if plan is None else lambda model, z, ref, rt: _within_bf16(plan, model, z, ref, rt, counted)

@@ -25,7 +25,7 @@ import torch
 from scipy import special, stats
 
 from ..config import ALPHA
-from ..models.fast_decode import batches, default_chunk, draw_chunks, flat_decode, row_cap
+from ..models.fast_decode import batches, default_chunk, draw_chunks, flat_decode, row_cap, rows_independent
 from ..rng import randn
 from ..errors import InputError
 from ..validation import as_radius, check_delta, check_x, checked_encode
@@ -101,8 +101,8 @@ def draw_distances(model: torch.nn.Module, z: torch.Tensor, ref: torch.Tensor) -
     l * c ... (l + 1) * c - 1) and their references ``ref`` [L, D]. Refuses NaN / inf. More rows
     than :func:`robvae.models.fast_decode.row_cap` (one draw for each of many inputs: the
     ``--r-relative`` calibration of thousands of inputs) are decoded in groups of inputs, so the
-    decoder's buffers do not grow with L; a row decodes to the same bits in any group
-    (:data:`robvae.models.fast_decode.ROW_ALIGN`), so the distances are the same."""
+    decoder's buffers do not grow with L; where a row decodes to the same bits in any group
+    (:func:`robvae.models.fast_decode.rows_independent`) the distances are those of one call."""
     L, D = ref.shape
     c = z.shape[0] // max(1, L)
     per_call = max(1, row_cap(z.device, model) // max(1, c))
@@ -281,6 +281,11 @@ def count_within(
     n = torch.zeros(B, dtype=torch.long, device=ref.device)
     live = torch.ones(B, dtype=torch.bool, device=ref.device)
     rows = torch.arange(B, device=ref.device)
+    # decoding only the live inputs' rows gives them their chunk's bits only where the decoder's
+    # rows are independent of their batch (checked: fast_decode.rows_independent); elsewhere every
+    # call keeps all rows, as without abstention, and only the live inputs' counts are kept
+    # (model None: a caller's ``within`` that decodes nothing)
+    subset = abstain_alpha is not None and (model is None or rows_independent(model, mu))
     drawn, check_at = 0, ABSTAIN_FIRST_CHECK
     sizes = list(draw_chunks(n_samples, chunk))
     i = 0
@@ -288,19 +293,21 @@ def count_within(
         # the next chunks up to the next look, as many as fit in one decoder call of B * chunk rows
         # (one chunk while every input is live): each chunk's eta is drawn for every input, in
         # order, so the stream is the same however the chunks are grouped
+        decoded = rows if subset else torch.arange(B, device=ref.device)
         group, rows_in_call = [], 0
-        while i < len(sizes) and (not group or rows_in_call + rows.numel() * sizes[i] <= B * chunk):
+        while i < len(sizes) and (not group or rows_in_call + decoded.numel() * sizes[i] <= B * chunk):
             group.append(sizes[i])
-            rows_in_call += rows.numel() * sizes[i]
+            rows_in_call += decoded.numel() * sizes[i]
             drawn += sizes[i]  # every live input has drawn this many
             i += 1
             if abstain_alpha is not None and check_at <= drawn:
                 break
         zs = [latent_draws(mu, sigma, c, generator).view(B, c, -1) for c in group]  # [B, c, d] each
         z = zs[0] if len(zs) == 1 else torch.cat(zs, dim=1)
-        if rows.numel() < B:
-            z = z[rows]
-        k[rows] += within(model, z.reshape(rows_in_call, -1), ref[rows], rt[rows])
+        if decoded.numel() < B:
+            z = z[decoded]
+        counts = within(model, z.reshape(rows_in_call, -1), ref[decoded], rt[decoded])
+        k[rows] += counts if decoded.numel() == rows.numel() else counts[rows]
         n[rows] += sum(group)
         if abstain_alpha is not None and check_at <= drawn < n_samples:
             check_at = math.ceil(drawn * ABSTAIN_CHECK_GROWTH)
