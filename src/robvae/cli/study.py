@@ -93,8 +93,9 @@ def bound_vs_margin_cmd(**kw) -> None:
                f"{s['pearson']:.3f}, Spearman rho {s['spearman']:.3f}, bound above margin for {s['n_violations']} "
                f"(abstain {s['n_abstain']}, infinite {s['n_infinite']}, estimates disagree {s['n_disagree']}, "
                f"margin capped {s['n_capped']})")
-    click.echo(f"study folder: {Path(out)} (bound_vs_margin.png, bound_variants.png, likelihood_vs_margin.png, "
-               "per_input.csv, summary.json)")
+    rig = ", rigorous_vs_margin.png" if (Path(out) / "rigorous_vs_margin.png").is_file() else ""
+    click.echo(f"study folder: {Path(out)} (bound_vs_margin.png, bound_variants.png, likelihood_vs_margin.png{rig}, "
+               "per_input.csv, summary.json, study.json)")
 
 
 @study.command("beta")
@@ -108,7 +109,7 @@ def beta_cmd(**kw) -> None:
         raise click.BadParameter("give positive numbers", param_hint="--betas")
     res = beta_study(dataset, out, betas=betas, objective=kw["objective"], **_build(kw))
     _echo_table(res["table"], "beta")
-    click.echo(f"study folder: {Path(out)} (beta.png, beta_table.csv, beta_by_seed.csv, per_input.csv, summary.json)")
+    click.echo(f"study folder: {Path(out)} (beta.png, beta_table.csv, beta_by_seed.csv, per_input.csv, summary.json, study.json)")
 
 
 @study.command("tau")
@@ -124,7 +125,7 @@ def tau_cmd(**kw) -> None:
     below = res["summary"]["taus_with_median_p_at_most_half"]
     if below:
         click.echo(f"median p_r(x) <= 1/2 (not r-robust even unperturbed) at tau = {', '.join(f'{t:g}' for t in below)}")
-    click.echo(f"study folder: {Path(out)} (tau.png, tau_table.csv, tau_by_seed.csv, per_input.csv, summary.json)")
+    click.echo(f"study folder: {Path(out)} (tau.png, tau_table.csv, tau_by_seed.csv, per_input.csv, summary.json, study.json)")
 
 
 def _echo_table(table, x: str) -> None:
@@ -157,7 +158,7 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
     for r in res["jacobian_rows"]:
         click.echo(f"{r['beta']:>6g} {r['jac_frobenius_trained']:>16.6g} {r['jac_frobenius_exact']:>14.6g}")
     click.echo(f"largest relative error: sigma {s['max_rel_error_sigma']:.2e}, Jacobian norm {s['max_rel_error_jacobian']:.2e}")
-    click.echo(f"study folder: {Path(out)} (theorem2.png, theorem2.csv, theorem2_jacobian.csv, summary.json)")
+    click.echo(f"study folder: {Path(out)} (theorem2.png, theorem2.csv, theorem2_jacobian.csv, summary.json, study.json)")
 
 
 @study.command("certified")
