@@ -49,3 +49,18 @@ def test_study_certified_small(tmp_path, capsys):
     rc, out, err = _run(capsys, "report", str(tmp_path / "study"), "--html", str(tmp_path / "report.html"))
     assert rc == 0, err
     assert "lipschitz-vae (L=4)" in (tmp_path / "report.html").read_text()
+
+
+def test_a_certified_margin_the_attack_contradicts_is_reported_as_such():
+    """The table said "(holds)" whenever the bound reached eps, even with 0/20 inputs robust under
+    the attack; a contradiction is now named, and robvae train fails on it."""
+    from robvae.studies.certified import MarginVerification
+
+    base = dict(eps=0.5, r=0.02, n=20, barrett_margin=0.5005, constants=(1.0, 1.0, 0.1, 1.0), p_clean_min=0.9,
+                p_attack_min=0.8, n_robust_attack=20, radius_mean_median=0.1, radius_full_median=0.05, damage_median=0.1)
+    ok = MarginVerification(**base)
+    assert not ok.contradicted and "(holds)" in ok.table()
+    bad = MarginVerification(**{**base, "p_clean_min": 0.13, "p_attack_min": 0.01, "n_robust_attack": 0})
+    assert bad.contradicted and "CONTRADICTED: 20/20" in bad.table()
+    below = MarginVerification(**{**base, "barrett_margin": 0.3, "n_robust_attack": 0})
+    assert not below.contradicted and "BELOW eps" in below.table()

@@ -50,10 +50,11 @@ def test_divergences_against_numerical_integrals():
 
 
 def test_bhattacharyya_and_binary_kl_known_answers():
-    assert float(bhattacharyya_bound(0.5, 1.0)) == pytest.approx(0.5)
-    assert float(bhattacharyya_bound(0.5, math.cos(math.pi / 4))) == pytest.approx(0.0, abs=1e-15)
+    # bhattacharyya_bound takes ln BC
+    assert float(bhattacharyya_bound(0.5, 0.0)) == pytest.approx(0.5)
+    assert float(bhattacharyya_bound(0.5, math.log(math.cos(math.pi / 4)))) == pytest.approx(0.0, abs=1e-15)
     # p = sin^2(pi/3) = 3/4, arccos BC = pi/6 -> sin^2(pi/6) = 1/4
-    assert float(bhattacharyya_bound(0.75, math.cos(math.pi / 6))) == pytest.approx(0.25, abs=1e-12)
+    assert float(bhattacharyya_bound(0.75, math.log(math.cos(math.pi / 6)))) == pytest.approx(0.25, abs=1e-12)
     p = torch.tensor([0.9, 0.7, 0.99], dtype=F64)
     K = torch.tensor([0.05, 0.01, 0.3], dtype=F64)
     lo = binary_kl_bound(p, K)
@@ -310,3 +311,95 @@ def test_certify_can_add_the_rigorous_radii():
     assert torch.all(rm <= m.exact_margin(r)) and torch.equal(rm, cert.extras["radius_rigorous_full"])
     assert "median_radius_rigorous_mean" in cert.summary()
     assert "radius_rigorous_mean" not in certify(m, x, r, n_samples=200).extras
+
+
+# --- found by an audit of the formulas (session 6) -------------------------------------------------
+def _mp_worst_lower_bound(p, D, t, m):
+    """worst_lower_bound in 40-digit arithmetic (mpmath), written from docs/THEORY.md section 8."""
+    import mpmath as mp
+
+    mp.mp.dps = 40
+    p, D, t = mp.mpf(p), mp.mpf(D), mp.mpf(t)
+    log_bc_var = -(mp.mpf(m) / 2) * mp.log(mp.cosh(t / mp.sqrt(m)))
+    kl_var = (mp.exp(2 * t) - 1 - 2 * t) / 2
+    tv = min(mp.sqrt(1 - mp.exp(2 * log_bc_var)), mp.sqrt(kl_var / 2))
+    a = max(mp.ncdf(mp.sqrt(2) * mp.erfinv(2 * p - 1) - D) - tv, 0)
+    bc = mp.exp(log_bc_var - D ** 2 / 4)
+    b = mp.sin(max(0, mp.asin(mp.sqrt(p)) - mp.acos(bc))) ** 2
+    kl = kl_var + D ** 2 * mp.exp(2 * t) / 2
+    lo, hi = mp.mpf(0), p  # the smallest q with kl(p || q) <= KL
+    for _ in range(200):
+        q = (lo + hi) / 2
+        val = p * mp.log(p / q) + (1 - p) * mp.log((1 - p) / (1 - q))
+        lo, hi = (lo, q) if val <= kl else (q, hi)
+    return max(a, b, lo)
+
+
+@pytest.mark.parametrize("gap", [1e-6, 1e-5, 1e-4, 1e-2])
+def test_full_radius_holds_in_exact_arithmetic_near_one_half(gap):
+    """Near p_lower = 1/2 the float64 bounds cancelled (1 - BC^2 and arccos BC from BC near 1, a
+    binary KL of 1e-14 from four logarithms of 0.35): a full radius came out 0.2% too large at
+    p_lower - 1/2 = 1.5e-7, 3x at 1e-8. At the returned radius the worst-case bound, recomputed
+    in 40 digits, is above 1/2."""
+    g = np.random.default_rng(int(-math.log10(gap)))
+    for _ in range(6):
+        ld, lls, m = float(g.uniform(0.01, 3)), float(g.uniform(0.1, 8)), int(g.choice([1, 4, 64]))
+        p = 0.5 + gap * float(g.uniform(1, 3))
+        _, rf = rigorous_radii(torch.tensor([p], dtype=F64), torch.tensor([ld], dtype=F64), lls, m)
+        eps = float(rf[0])
+        assert eps > 0
+        assert _mp_worst_lower_bound(p, ld * eps, lls * eps, m) > 0.5, (p, ld, lls, m, eps)
+
+
+def test_an_overflowing_divergence_never_certifies():
+    """D = 0 with e^(2t) overflowing made the KL bound 0 * inf = NaN, which the bisection read as
+    "infeasible everywhere" and returned p itself: a full radius of 1e6 for L_D = 0."""
+    assert float(worst_lower_bound(0.6, 0.0, 400.0, 4)) == 0.0
+    assert float(binary_kl_bound(0.6, float("nan"))) == 0.0
+    _, rf = rigorous_radii(torch.tensor([0.6], dtype=F64), torch.tensor([0.0], dtype=F64), 1.0, 4)
+    assert 0 < float(rf[0]) < 1  # sigma moving alone (L_D = 0) still limits the radius
+    assert _mp_worst_lower_bound(0.6, 0.0, float(rf[0]), 4) > 0.5
+    with pytest.raises(InputError, match="must be finite and >= 0"):
+        rigorous_radii(torch.tensor([0.7], dtype=F64), torch.tensor([-1.0], dtype=F64), 1.0, 4)
+    with pytest.raises(InputError, match="log-sigma constant"):
+        rigorous_radii(torch.tensor([0.7], dtype=F64), torch.tensor([1.0], dtype=F64), -1.0, 4)
+
+
+def test_barrett_bound_2_needs_two_latent_dimensions():
+    """Inglot's chi-square tail bound behind bound 2 holds for m >= 2; at m = 1 its test passed at
+    every u, so any budget below r / (a b) was certified, even where P(||g(z') - g(z)|| <= r) is
+    0.0056 unperturbed (a trained one-latent Lipschitz VAE printed a margin that 0/20 inputs met)."""
+    from robvae.robustness.rigorous import barrett_bound1, barrett_bound2, barrett_margin, plan_certified_margin
+
+    with pytest.raises(InputError, match="m >= 2"):
+        barrett_bound2(1.0, 1.0, 0.0, 100.0, 1.0, 1)
+    for s in (0.1, 1.0, 100.0):
+        assert barrett_margin(1.0, 1.0, 0.0, s, 1.0, 1) == barrett_bound1(1.0, 1.0, 0.0, s, 1.0)
+    assert barrett_margin(1.0, 1.0, 0.0, 100.0, 1.0, 1) == 0.0
+    with pytest.raises(InputError, match="cannot certify"):
+        plan_certified_margin(0.5, 0.02, 1, sigma_cap=1.0)
+    # chi-square check of bound 2 for m >= 2: where it certifies u, P(chi2_m >= u) < 1/2
+    from robvae.robustness.rigorous import _log_cm
+
+    for m in (2, 3, 10, 50):
+        u = np.linspace(m - 1.999, 5 * m + 20, 4000)
+        ok = (_log_cm(m) + (m / 2) * np.log(u) - u / 2 - np.log(u - m + 2)) <= math.log(0.5)
+        assert (stats.chi2.sf(u[ok], m) < 0.5).all()
+
+
+def test_barrett_bound_1_at_extreme_scales():
+    """r^2 / (2 a^2) overflowed (r = 1e200: an infinite margin) or a^2 underflowed (a = 1e-170: a
+    ZeroDivisionError); solved in units of r / (sqrt 2 a) it is finite and below r / (sqrt 2 a b)."""
+    from robvae.robustness.rigorous import barrett_bound1
+
+    big = barrett_bound1(1.0, 1.0, 0.0, 0.0, 1e200)
+    assert math.isfinite(big) and big == pytest.approx(1e200 / math.sqrt(2), rel=1e-12)
+    tiny = barrett_bound1(1e-170, 1.0, 0.0, 0.0, 1.0)
+    assert tiny == pytest.approx(1.0 / (math.sqrt(2) * 1e-170), rel=1e-12)
+    assert barrett_bound1(1.0, 2.0, 0.5, 0.1, 1.0) == pytest.approx(_bound1_direct(1.0, 2.0, 0.5, 0.1, 1.0), rel=1e-12)
+
+
+def _bound1_direct(a, b, c, s, r):
+    R = r * r / (2 * a * a)
+    qa = b * b + c * c
+    return (-2 * s * c + math.sqrt(4 * s * s * c * c - qa * (4 * s * s - R))) / qa

@@ -122,6 +122,8 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
         x = load_dataset(dataset, "test", config.data_dir).images[:verify_n].to(device)
         ver = verify_margin(run.model.eval(), x, certify_margin, certify_r, seed=seed)
         click.echo(ver.table())
+        if ver.contradicted:  # the certificate and the attack disagree: never pass that silently
+            raise click.ClickException(f"the certified margin is contradicted: {ver.verdict}")
 
 
 @app.command("demo")

@@ -40,6 +40,12 @@ from .sampling import r_robustness
 
 _F64 = torch.float64
 BISECT_STEPS = 64
+#: Inputs whose p_lower is within this of 1/2 abstain (radii 0): there the float64 rounding of the
+#: bounds is no longer small against the radius itself (radii of about 1e-8 L^-1 and below).
+P_MARGIN = 1e-7
+#: The full radius's bound must exceed 1/2 by this much: its float64 value is within about 1e-16
+#: of the exact one, so the exact bound is above 1/2 too.
+BOUND_SLACK = 1e-12
 
 
 def _t(v) -> torch.Tensor:
@@ -49,8 +55,12 @@ def _t(v) -> torch.Tensor:
 # --- divergences between diagonal Gaussians (exact, for given d and rho) ----------------------
 def bc_variance(rho: torch.Tensor) -> torch.Tensor:
     """Bhattacharyya coefficient of N(0, I) and N(0, diag rho^2): prod_i sqrt(2 rho_i / (1 + rho_i^2)); [..., m] -> [...]."""
-    rho = _t(rho)
-    return torch.exp(0.5 * (math.log(2.0) + rho.log() - torch.log1p(rho.square())).sum(-1))
+    return torch.exp(log_bc_variance(rho))
+
+
+def log_bc_variance(rho: torch.Tensor) -> torch.Tensor:
+    """ln of :func:`bc_variance`: -1/2 sum_i ln cosh(ln rho_i) (2 rho / (1 + rho^2) = 1 / cosh ln rho)."""
+    return -0.5 * _log_cosh(_t(rho).log()).sum(-1)
 
 
 def kl_variance(rho: torch.Tensor) -> torch.Tensor:
@@ -61,8 +71,13 @@ def kl_variance(rho: torch.Tensor) -> torch.Tensor:
 
 def bhattacharyya(d: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     """BC(q, q') = prod_i sqrt(2 rho_i / (1 + rho_i^2)) exp(-d_i^2 / (4 (1 + rho_i^2))); [..., m] -> [...]."""
+    return torch.exp(log_bhattacharyya(d, rho))
+
+
+def log_bhattacharyya(d: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """ln of :func:`bhattacharyya`."""
     d, rho = _t(d), _t(rho)
-    return bc_variance(rho) * torch.exp(-(d.square() / (4 * (1 + rho.square()))).sum(-1))
+    return log_bc_variance(rho) - (d.square() / (4 * (1 + rho.square()))).sum(-1)
 
 
 def kl_full(d: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
@@ -78,15 +93,24 @@ def worst_bc_variance(t, m: int | float = math.inf) -> torch.Tensor:
     -ln BC_var = 1/2 sum_i ln cosh(l_i); phi(u) = ln cosh(sqrt u) is concave in u (its derivative
     tanh(sqrt u) / (2 sqrt u) decreases), so under sum u_i <= t^2 the sum is largest when all u_i equal.
     """
+    return torch.exp(worst_log_bc_variance(t, m))
+
+
+def worst_log_bc_variance(t, m: int | float = math.inf) -> torch.Tensor:
+    """ln of :func:`worst_bc_variance`, kept as a logarithm: 1 - BC^2 = -expm1(2 ln BC) keeps its
+    digits when BC is within 1e-8 of 1 (p_lower near 1/2), where 1 - BC^2 from BC itself did not."""
     t = _t(t)
     if math.isinf(m):
-        return torch.exp(-t.square() / 4)
-    return torch.exp(-(m / 2) * _log_cosh(t / math.sqrt(m)))
+        return -t.square() / 4
+    return -(m / 2) * _log_cosh(t / math.sqrt(m))
 
 
 def _log_cosh(x: torch.Tensor) -> torch.Tensor:
+    """ln cosh x without cancellation: ln(1 + 2 sinh^2(x/2)) below 1 (x + ln(1 + e^-2x) - ln 2 loses
+    every digit for tiny x), that form above (sinh^2 would overflow)."""
     x = x.abs()
-    return x + torch.log1p(torch.exp(-2 * x)) - math.log(2.0)
+    small = torch.log1p(2 * torch.sinh(x.clamp(max=1.0) / 2).square())
+    return torch.where(x < 1.0, small, x + torch.log1p(torch.exp(-2 * x)) - math.log(2.0))
 
 
 def worst_kl_variance(t) -> torch.Tensor:
@@ -102,14 +126,20 @@ def worst_kl_variance(t) -> torch.Tensor:
 def worst_bhattacharyya(D, t, m: int | float = math.inf) -> torch.Tensor:
     """A lower bound on BC(q, q') over ||d|| <= D, ||ln rho|| <= t: worst_bc_variance(t, m) exp(-D^2 / 4)
     (each exp(-d_i^2 / (4 (1 + rho_i^2))) >= exp(-d_i^2 / 4))."""
-    return worst_bc_variance(t, m) * torch.exp(-_t(D).square() / 4)
+    return torch.exp(worst_log_bhattacharyya(D, t, m))
+
+
+def worst_log_bhattacharyya(D, t, m: int | float = math.inf) -> torch.Tensor:
+    """ln of :func:`worst_bhattacharyya`."""
+    return worst_log_bc_variance(t, m) - _t(D).square() / 4
 
 
 def worst_kl_full(D, t) -> torch.Tensor:
     """An upper bound on KL(q || q') over ||d|| <= D, ||ln rho|| <= t: 1/2 (e^(2t) - 1 - 2t) + 1/2 D^2 e^(2t)
     (the variance part as in worst_kl_variance; d_i^2 / rho_i^2 <= d_i^2 e^(2t))."""
     D, t = _t(D), _t(t)
-    return worst_kl_variance(t) + 0.5 * D.square() * torch.exp(2 * t)
+    shift = 0.5 * D.square() * torch.exp(2 * t)
+    return worst_kl_variance(t) + torch.where(D == 0, torch.zeros_like(shift), shift)  # not 0 * inf = NaN
 
 
 # --- lower bounds on p' -----------------------------------------------------------------------
@@ -118,32 +148,46 @@ def shift_bound(p, D) -> torch.Tensor:
     return torch.special.ndtr(torch.special.ndtri(_t(p)) - _t(D))
 
 
-def tv_variance(bc_var, kl_var) -> torch.Tensor:
-    """TV between the variance-only pair <= min(sqrt(1 - BC^2), sqrt(KL / 2))."""
-    bc_var, kl_var = _t(bc_var), _t(kl_var)
-    return torch.minimum(torch.sqrt((1 - bc_var.square()).clamp(min=0)), torch.sqrt(kl_var.clamp(min=0) / 2))
+def tv_variance(log_bc_var, kl_var) -> torch.Tensor:
+    """TV between the variance-only pair <= min(sqrt(1 - BC^2), sqrt(KL / 2)), from ln BC (see
+    :func:`worst_log_bc_variance`); NaN (an overflow) gives the trivial bound 1."""
+    log_bc_var, kl_var = _t(log_bc_var), _t(kl_var)
+    tv = torch.minimum(torch.sqrt((-torch.expm1(2 * log_bc_var)).clamp(min=0)), torch.sqrt(kl_var.clamp(min=0) / 2))
+    return torch.where(torch.isnan(tv), torch.ones_like(tv), tv.clamp(max=1.0))
 
 
-def shift_variance_bound(p, D, bc_var, kl_var) -> torch.Tensor:
-    """Shift then rescale: p' >= Phi(Phi^{-1}(p) - D) - TV_var (clamped at 0)."""
-    return (shift_bound(p, D) - tv_variance(bc_var, kl_var)).clamp(min=0)
+def shift_variance_bound(p, D, log_bc_var, kl_var) -> torch.Tensor:
+    """Shift then rescale: p' >= Phi(Phi^{-1}(p) - D) - TV_var (clamped at 0); the variance part's
+    Bhattacharyya coefficient as its logarithm."""
+    return (shift_bound(p, D) - tv_variance(log_bc_var, kl_var)).clamp(min=0)
 
 
-def bhattacharyya_bound(p, bc) -> torch.Tensor:
-    """p' >= sin^2(max(0, arcsin sqrt p - arccos BC)) (BC of q, q' is >= its value on any binary split)."""
-    p, bc = _t(p), _t(bc).clamp(0, 1)
-    return torch.sin((torch.arcsin(p.clamp(0, 1).sqrt()) - torch.arccos(bc)).clamp(min=0)).square()
+def bhattacharyya_bound(p, log_bc) -> torch.Tensor:
+    """p' >= sin^2(max(0, arcsin sqrt p - arccos BC)) (BC of q, q' is >= its value on any binary split),
+    from ln BC: arccos e^L = 2 arcsin sqrt(-expm1(L) / 2) keeps its digits for BC near 1, where
+    arccos of BC itself lost them (1 - BC of 1e-15 is known to 5% as a float64 near 1)."""
+    p, log_bc = _t(p), _t(log_bc).clamp(max=0)
+    angle = 2 * torch.arcsin(torch.sqrt((-torch.expm1(log_bc) / 2).clamp(0, 1)))
+    return torch.sin((torch.arcsin(p.clamp(0, 1).sqrt()) - angle).clamp(min=0)).square()
 
 
 def binary_kl(p, q) -> torch.Tensor:
-    """kl(p || q) for Bernoulli parameters (0 log 0 = 0)."""
-    p, q = _t(p), _t(q)
-    return torch.special.xlogy(p, p) - torch.special.xlogy(p, q) + torch.special.xlogy(1 - p, 1 - p) - torch.special.xlogy(1 - p, 1 - q)
+    """kl(p || q) for Bernoulli parameters (0 log 0 = 0), as p ln(1 + (p - q)/q) + (1 - p) ln(1 - (p - q)/(1 - q)):
+    for q near p its four logarithms of about 0.35 each cancelled down to a value of 1e-14, with a
+    relative error of 1e-2 (a full radius 0.2% too large at p_lower - 1/2 = 1.5e-7)."""
+    p, q = torch.broadcast_tensors(_t(p), _t(q))
+    d = p - q
+    with torch.no_grad():
+        one = torch.where(p > 0, p * torch.log1p(d / q), torch.zeros_like(p))
+        two = torch.where(p < 1, (1 - p) * torch.log1p(-d / (1 - q)), torch.zeros_like(p))
+    return one + two
 
 
 def binary_kl_bound(p, kl) -> torch.Tensor:
-    """The smallest p' in [0, p] with kl(p || p') <= KL (data processing), by vectorised bisection."""
+    """The smallest p' in [0, p] with kl(p || p') <= KL (data processing), by vectorised bisection;
+    a NaN KL (an overflow) gives the trivial bound 0."""
     p, kl = torch.broadcast_tensors(_t(p), _t(kl))
+    kl = torch.where(torch.isnan(kl), torch.full_like(kl, math.inf), kl)
     lo, hi = torch.zeros_like(p), p.clone()  # kl(p || .) decreases on [0, p]; kl(p || p) = 0 <= KL
     # invariant: hi feasible (kl <= KL), lo infeasible or 0, so the smallest feasible p* is in [lo, hi]
     for _ in range(BISECT_STEPS):
@@ -157,15 +201,15 @@ def binary_kl_bound(p, kl) -> torch.Tensor:
 def lower_bound(p, d, rho) -> torch.Tensor:
     """The best of the four lower bounds on p' for given d, rho [..., m] and p [...]."""
     D = _t(d).norm(dim=-1)
-    return torch.maximum(torch.maximum(shift_variance_bound(p, D, bc_variance(rho), kl_variance(rho)),
-                                       bhattacharyya_bound(p, bhattacharyya(d, rho))),
+    return torch.maximum(torch.maximum(shift_variance_bound(p, D, log_bc_variance(rho), kl_variance(rho)),
+                                       bhattacharyya_bound(p, log_bhattacharyya(d, rho))),
                          binary_kl_bound(p, kl_full(d, rho)))
 
 
 def worst_lower_bound(p, D, t, m: int | float = math.inf) -> torch.Tensor:
     """A lower bound on p' valid for every d, rho with ||d|| <= D and ||ln rho||_2 <= t (the best of three)."""
-    a = shift_variance_bound(p, D, worst_bc_variance(t, m), worst_kl_variance(t))
-    b = bhattacharyya_bound(p, worst_bhattacharyya(D, t, m))
+    a = shift_variance_bound(p, D, worst_log_bc_variance(t, m), worst_kl_variance(t))
+    b = bhattacharyya_bound(p, worst_log_bhattacharyya(D, t, m))
     c = binary_kl_bound(p, worst_kl_full(D, t))
     return torch.maximum(torch.maximum(a, b), c)
 
@@ -176,12 +220,16 @@ def rigorous_radii(p_lower, lip_shift, lip_log_sigma, m: int | float = math.inf)
 
     Mean only: Phi^{-1}(p_lo) / L_D (Neyman-Pearson is tight, so no other bound helps).
     Full: the largest eps with worst_lower_bound(p_lo, L_D eps, L_ls eps) > 1/2, by bisection on
-    [0, radius_mean] (every full bound is at most the shift bound). Both 0 where p_lo <= 1/2.
+    [0, radius_mean] (every full bound is at most the shift bound). Both 0 where p_lo <= 1/2 +
+    :data:`P_MARGIN`. InputError for a negative or non-finite constant.
     The returned radius is the lower end of the final bracket, so the bound there is > 1/2.
     """
     p, ld = torch.broadcast_tensors(_t(p_lower), _t(lip_shift))
     lls = _t(lip_log_sigma).expand_as(p)
-    ok = p > 0.5
+    for name, v in (("the shift constant L_D", ld), ("the log-sigma constant", lls)):
+        if bool(((v < 0) | ~torch.isfinite(v)).any()):
+            raise InputError(f"rigorous radii: {name} must be finite and >= 0 (an upper bound), got {v.flatten()[:4].tolist()}")
+    ok = p > 0.5 + P_MARGIN
     r_mean = torch.where(ok, torch.special.ndtri(p) / ld, torch.zeros_like(p))
     if bool((lls == 0).all()):
         return r_mean, r_mean.clone()
@@ -189,7 +237,7 @@ def rigorous_radii(p_lower, lip_shift, lip_log_sigma, m: int | float = math.inf)
     hi = torch.where(torch.isfinite(r_mean), r_mean, torch.full_like(p, 1e6))
     for _ in range(BISECT_STEPS):
         mid = 0.5 * (lo + hi)
-        good = worst_lower_bound(p, ld * mid, lls * mid, m) > 0.5
+        good = worst_lower_bound(p, ld * mid, lls * mid, m) > 0.5 + BOUND_SLACK
         lo = torch.where(good, mid, lo)
         hi = torch.where(good, hi, mid)
     return r_mean, torch.where(ok, lo, torch.zeros_like(p))
@@ -269,14 +317,18 @@ def barrett_bound1(a: float, b: float, c: float, s: float, r: float) -> float:
     root at (-2 s c + sqrt(4 s^2 c^2 - (b^2 + c^2)(4 s^2 - R))) / (b^2 + c^2); inf when b = c = 0.
     """
     _check_barrett(a, b, c, s, r)
-    R = r * r / (2 * a * a)
-    if not 4 * s * s < R:
+    rho = r / (math.sqrt(2.0) * a)  # R = rho^2: no square of r / a is formed (it overflowed at 1e200)
+    if not math.isfinite(rho):
+        raise InputError(f"Barrett bound: r / a out of range (r={r:g}, a={a:g})")
+    sig = s / rho
+    if not 2 * sig < 1.0:
         return 0.0
-    qa = b * b + c * c
-    if qa == 0:
+    n = math.hypot(b, c)
+    if n == 0:
         return math.inf
-    disc = 4 * s * s * c * c - qa * (4 * s * s - R)
-    return max(0.0, (-2 * s * c + math.sqrt(disc)) / qa)
+    gam = c / n  # eps = (rho / n) x with x^2 + 4 sig gam x + 4 sig^2 - 1 = 0, every term of order 1
+    x = -2 * sig * gam + math.sqrt(4 * sig * sig * gam * gam - 4 * sig * sig + 1.0)
+    return max(0.0, (rho / n) * x)
 
 
 def _log_cm(m: int) -> float:
@@ -305,11 +357,13 @@ def barrett_bound2(a: float, b: float, c: float, s: float, r: float, m: int, gam
     """Bound 2: the largest certified eps (see :func:`barrett_condition`); 0 when even eps = 0 fails.
 
     With a fixed std gamma (c = 0) pass ``gamma``. Found by a grid on [0, r / (a b)) and bisection
-    between the last certified grid point and the next one.
+    between the last certified grid point and the next one. Needs m >= 2: Inglot's chi-square tail
+    bound behind it holds for two or more degrees of freedom (for m = 1 it stays below 1/2 at every
+    u, and would certify any budget).
     """
     _check_barrett(a, b, c, s, r)
-    if int(m) < 1:
-        raise InputError(f"Barrett bound 2: m must be >= 1, got {m}")
+    if int(m) < 2:
+        raise InputError(f"Barrett bound 2 needs m >= 2 latent dimensions (Inglot's chi-square tail bound), got {m}")
     m = int(m)
     if gamma is not None and not gamma > 0:
         raise InputError(f"Barrett bound 2: gamma must be > 0, got {gamma}")
@@ -342,10 +396,12 @@ def barrett_bound2(a: float, b: float, c: float, s: float, r: float, m: int, gam
 
 
 def barrett_margin(a: float, b: float, c: float, s: float, r: float, m: int, gamma: float | None = None) -> float:
-    """Barrett et al.'s certified margin: the larger of bounds 1 and 2 (fixed std gamma: c = 0, s = gamma sqrt m)."""
+    """Barrett et al.'s certified margin: the larger of bounds 1 and 2 (fixed std gamma: c = 0, s = gamma sqrt m);
+    bound 1 alone for m = 1 (bound 2 needs m >= 2, :func:`barrett_bound2`)."""
     if gamma is not None:
         c, s = 0.0, gamma * math.sqrt(m)
-    return max(barrett_bound1(a, b, c, s, r), barrett_bound2(a, b, c, s, r, m, gamma))
+    one = barrett_bound1(a, b, c, s, r)
+    return one if int(m) < 2 else max(one, barrett_bound2(a, b, c, s, r, m, gamma))
 
 
 # --- robustness specified upfront -------------------------------------------------------------

@@ -73,11 +73,25 @@ class MarginVerification:
     radius_full_median: float
     damage_median: float
 
+    @property
+    def contradicted(self) -> bool:
+        """The margin is certified (>= eps) but the Monte Carlo checks found an input that is not
+        robust, clean or under the attack at eps: a bug, or a Monte Carlo error of these checks."""
+        return self.barrett_margin >= self.eps and (self.n_robust_attack < self.n or self.p_clean_min <= 0.5)
+
+    @property
+    def verdict(self) -> str:
+        if self.barrett_margin < self.eps:
+            return "BELOW eps"
+        if self.contradicted:
+            return f"CONTRADICTED: {self.n - self.n_robust_attack}/{self.n} inputs not robust under the attack"
+        return "holds"
+
     def table(self) -> str:
         a, b, c, s = self.constants
         rows = [
             ("requested margin eps (r)", f"{self.eps:.4g} (r={self.r:.4g})"),
-            ("Barrett margin, measured constants", f"{self.barrett_margin:.4g}  ({'holds' if self.barrett_margin >= self.eps else 'BELOW eps'})"),
+            ("Barrett margin, measured constants", f"{self.barrett_margin:.4g}  ({self.verdict})"),
             ("constants a, b, c, s", f"{a:.4g}, {b:.4g}, {c:.4g}, {s:.4g}"),
             ("min P(||g(z')-g(z)||<=r), clean", f"{self.p_clean_min:.4f}"),
             ("min P(...) under attack at eps", f"{self.p_attack_min:.4f}"),
