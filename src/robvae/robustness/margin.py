@@ -57,7 +57,8 @@ from .sampling import r_robustness, sequential_robustness
 @dataclass
 class MarginResult:
     """margin [B]: R_hat_r(x) (the largest budget decided robust; 0 when not robust clean).
-    upper [B]: the smallest budget where robustness failed or was not settled (eps_max where capped).
+    upper [B]: the smallest budget where robustness failed or was not settled (eps_max where capped):
+    mostly not settled, so p there is near 1/2; the smallest budget settled NOT robust is margin + tolerance.
     p_clean [B]: p_r(x) unperturbed (from the clean decision's draws, at least 1000).
     robust_clean [B]: p_clean > 1/2 settled.  capped [B]: still robust at eps_max.
     mode: "full" or "mean".  r [B]: the radius.  eps_max: the search cap.  n_attacks: batched attack runs.
