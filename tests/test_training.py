@@ -159,3 +159,33 @@ def test_atomic_writes_leave_no_temporary_files_and_normal_permissions(tmp_path)
     assert p.read_text() == "hello"
     assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~rio._UMASK
     assert [f.name for f in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_a_corrupt_checkpoint_or_metrics_file_never_costs_the_finished_run(tmp_path, digits_small):
+    """Found by an audit: extending a finished run whose checkpoint was corrupt deleted its good
+    final weights (and wrote the longer config) before failing; a truncated metrics.csv was
+    trusted (its partial row printed as the run's ELBO, the resumed file skipped epochs), an empty
+    one crashed with an IndexError, and a row appended to a finished run's file was reported."""
+    from robvae.training import METRICS_FILE
+
+    run = tmp_path / "run"
+    train(_config(epochs=2), run, progress=False, data=digits_small)
+    weights, config, metrics = ((run / f).read_bytes() for f in (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE))
+    good = (run / CHECKPOINT_FILE).read_bytes()
+    (run / CHECKPOINT_FILE).write_bytes(good[:200])
+    with pytest.raises(CheckpointError, match="checkpoint.safetensors is corrupt"):
+        train(_config(epochs=3), run, progress=False, data=digits_small)
+    assert (run / WEIGHTS_FILE).read_bytes() == weights and (run / CONFIG_FILE).read_bytes() == config
+    (run / CHECKPOINT_FILE).write_bytes(good)
+    cut = metrics.rindex(b"\n2,") + 4  # the last row cut after its first cells
+    for damaged in (metrics[:cut], metrics[: metrics.rindex(b"\n2,") + 1], b"", metrics.replace(b"\n2,", b"\n7,")):
+        (run / METRICS_FILE).write_bytes(damaged)
+        with pytest.raises(CheckpointError, match="metrics.csv is corrupt or does not match the checkpoint"):
+            train(_config(epochs=3), run, progress=False, data=digits_small)
+        assert (run / WEIGHTS_FILE).read_bytes() == weights
+    (run / METRICS_FILE).unlink()
+    with pytest.raises(CheckpointError, match="metrics.csv is missing"):
+        train(_config(epochs=2), run, progress=False, data=digits_small)
+    (run / METRICS_FILE).write_bytes(metrics + b"3,1,1,1,1\n")  # a row the run never had
+    again = train(_config(epochs=2), run, progress=False, data=digits_small)
+    assert len(again.metrics) == 2 and (run / METRICS_FILE).read_bytes() == metrics

@@ -230,25 +230,27 @@ def train(
     if tuple(config.model.input_shape) != tuple(train_set.shape):
         config.model = ModelConfig.from_dict({**config.model.to_dict(), "input_shape": tuple(train_set.shape)})
 
-    if (run_dir / CONFIG_FILE).exists() and _check_same_config(run_dir, config):
-        # more epochs than a finished run: continue from its checkpoint; the final weights of the
-        # shorter run (equal to the checkpoint's) make way for the longer run's
-        (run_dir / WEIGHTS_FILE).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG_FILE, config.to_dict())
+    extend = (run_dir / CONFIG_FILE).exists() and _check_same_config(run_dir, config)
 
     torch.manual_seed(config.seed)
     model = VAE(config.model).to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     metrics: list[dict[str, Any]] = []
     start_epoch = 0
+    # everything read back is checked before anything in the folder changes: a corrupt checkpoint
+    # or metrics file must not cost the finished run its config or final weights
     if (run_dir / CHECKPOINT_FILE).exists():
         tensors, meta = load_tensors(run_dir / CHECKPOINT_FILE, device)
         _load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, run_dir / CHECKPOINT_FILE)
         _load_optimizer_state(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")})
         start_epoch = int(meta.get("epoch", "0"))
-        if (run_dir / METRICS_FILE).exists():
-            metrics = [dict(r) for r in read_csv(run_dir / METRICS_FILE)][:start_epoch]
+        metrics = _read_metrics(run_dir / METRICS_FILE, start_epoch)
+    if extend:
+        # more epochs than a finished run: continue from its checkpoint; the final weights of the
+        # shorter run (equal to the checkpoint's) make way for the longer run's
+        (run_dir / WEIGHTS_FILE).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG_FILE, config.to_dict())
 
     n = len(train_set)
     bar = tqdm(range(start_epoch, config.epochs), desc=f"train {config.dataset}", unit="epoch",
@@ -281,13 +283,40 @@ def train(
         ckpt = {f"model.{k}": v for k, v in model.state_dict().items()}
         ckpt.update(_optimizer_state(opt))
         save_tensors(run_dir / CHECKPOINT_FILE, ckpt, {"epoch": str(epoch + 1), "config": json.dumps(config.to_dict())})
-        write_csv(run_dir / METRICS_FILE, metrics, fieldnames=list(row))
+        write_csv(run_dir / METRICS_FILE, metrics, fieldnames=list(METRIC_COLUMNS))
         bar.set_postfix(loss=f"{row['train_loss']:.2f}", test_nelbo=f"{-row['test_elbo']:.2f}")
         if callback is not None:
             callback(epoch + 1, {k: float(v) for k, v in row.items()})
 
+    if metrics:  # the checked rows only (a finished run's file may have gained others since)
+        write_csv(run_dir / METRICS_FILE, metrics, fieldnames=list(METRIC_COLUMNS))
     save_tensors(run_dir / WEIGHTS_FILE, model.state_dict(), {"config": json.dumps(config.to_dict())})
     return load(run_dir, device=config.device)
+
+
+#: The columns of metrics.csv, in order.
+METRIC_COLUMNS = ("epoch", "train_loss", "train_elbo", "test_elbo", "seconds")
+
+
+def _read_metrics(path: Path, epochs: int) -> list[dict[str, Any]]:
+    """The first ``epochs`` rows of a run's metrics file, checked: rows 1..epochs in order, every
+    cell a finite number. A truncated, garbled or short file raises CheckpointError naming it (its
+    numbers would otherwise be reported as the run's, or the resumed file would skip epochs)."""
+    if epochs == 0:
+        return []
+    hint = f"metrics file {path}"
+    if not path.is_file():
+        raise CheckpointError(f"{hint} is missing but the checkpoint is at epoch {epochs}; restore it or start a new folder")
+    rows = read_csv(path)[:epochs]
+    try:
+        out = [{k: (int(r[k]) if k == "epoch" else float(r[k])) for k in METRIC_COLUMNS} for r in rows]
+    except (KeyError, TypeError, ValueError):
+        out = None
+    if out is None or [r["epoch"] for r in out] != list(range(1, epochs + 1)) or not all(
+            math.isfinite(v) for r in out for v in r.values()):
+        raise CheckpointError(f"{hint} is corrupt or does not match the checkpoint (epochs 1..{epochs} expected); "
+                              "restore it or start a new folder")
+    return out
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
