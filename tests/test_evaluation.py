@@ -81,6 +81,34 @@ def test_files_written_and_resumed(evaluated, tiny_run, monkeypatch):
         evaluate(tiny_run, EvalConfig(**{**FAST, "n": 7}), out_dir=out, progress=False)
 
 
+def test_a_damaged_per_input_table_is_computed_again_not_reused(evaluated, tiny_run, monkeypatch, tmp_path):
+    """Found by an audit: a per_input.csv that had lost rows was reused (a study's statistics
+    changed silently), and one cut mid-row crashed with a TypeError. load_result names the file;
+    evaluate computes the table again."""
+    import shutil
+
+    import robvae.evaluation as rb
+    from robvae.errors import CheckpointError
+
+    _, out = evaluated
+    text = (out / "per_input.csv").read_text()
+    lines = text.splitlines(keepends=True)
+    for damaged in ("".join(lines[:6]), text[: len(text) - len(lines[-1]) // 2]):
+        copy = tmp_path / f"eval{len(damaged)}"
+        shutil.copytree(out, copy)
+        (copy / "per_input.csv").write_text(damaged)
+        with pytest.raises(CheckpointError, match="per_input.csv is damaged"):
+            load_result(copy)
+
+        def boom(*a, **k):
+            raise AssertionError("recomputed")
+
+        monkeypatch.setattr(rb, "certify", boom)
+        with pytest.raises(AssertionError, match="recomputed"):
+            evaluate(tiny_run, EvalConfig(**FAST), out_dir=copy, progress=False)
+        monkeypatch.undo()
+
+
 def test_summary_is_typed_and_reloads_identically(evaluated):
     """EvalSummary: typed fields from one summarize(); summary.json is its to_dict(); the summary of
     a loaded folder (statistics recomputed from the CSV rows) equals the one computed in memory."""

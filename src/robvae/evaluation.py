@@ -70,7 +70,7 @@ from tqdm.auto import tqdm
 from .attacks import EnsembleAttack, max_damage_attack
 from .config import ALPHA, ConfigMixin
 from .data import load_dataset
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .fileio import read_csv, read_json, write_csv, write_json
 from .metrics import (
     PerceptualDamage, expected_damage, image_similarity, likelihood_degradation, perceptual_damage,
@@ -241,11 +241,20 @@ def _gen(seed: int, salt: int) -> torch.Generator:
 
 
 def load_result(out_dir: str | Path) -> EvalResult:
-    """Read an evaluation folder written by :func:`evaluate`."""
+    """Read an evaluation folder written by :func:`evaluate`; CheckpointError naming the file when
+    its per-input table is damaged (a row cut short, rows missing against the summary's n)."""
     out_dir = Path(out_dir)
     meta = read_json(out_dir / EVAL_CONFIG_FILE, "evaluation config")
     saved = read_json(out_dir / SUMMARY_FILE, "evaluation summary")
-    rows = [_parse_row(r) for r in read_csv(out_dir / PER_INPUT_FILE)]
+    path = out_dir / PER_INPUT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"evaluation file {path} is missing")
+    raw = read_csv(path)
+    n = saved.get("n")
+    if any(None in r.values() or None in r for r in raw) or (isinstance(n, int) and len(raw) != n):
+        raise CheckpointError(f"evaluation file {path} is damaged ({len(raw)} rows, the summary says {n}, "
+                              "or a row is cut short); rerun the command to compute it again")
+    rows = [_parse_row(r) for r in raw]
     config = EvalConfig.from_dict(meta["evaluation"])
     summary = summarize(rows, config, **{k: _unjson(saved.get(k)) for k in CONTEXT})  # statistics from the rows
     return EvalResult(rows, summary, config, out_dir, loaded=True)
@@ -275,7 +284,13 @@ def _finished(out_dir: Path, ident: dict[str, Any]) -> bool:
     except Exception:
         return False
     same = {"evaluation": meta.get("evaluation_identity"), "train": meta.get("train")} == ident
-    return same and (out_dir / SUMMARY_FILE).is_file() and (out_dir / PER_INPUT_FILE).is_file()
+    if not (same and (out_dir / SUMMARY_FILE).is_file() and (out_dir / PER_INPUT_FILE).is_file()):
+        return False
+    try:  # a damaged table is computed again, not reused
+        load_result(out_dir)
+    except CheckpointError:
+        return False
+    return True
 
 
 def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | None = None,
