@@ -155,6 +155,21 @@ def test_interrupted_trial_is_rerun(tmp_path):
     assert not again.skipped and again.status == "done" and (again.dir / "run" / "model.safetensors").is_file()
 
 
+def test_a_damaged_trial_file_is_rewritten_from_the_spec(tmp_path):
+    """Found by an audit: a truncated trial.json left that trial's config columns empty in
+    results.csv after a successful rerun. The trial files are rewritten from the spec when missing
+    or damaged, and the table is whole again."""
+    trials = [tiny(0), tiny(1)]
+    res = run_trials(trials, tmp_path, executor="serial", progress=False)
+    want = collect(tmp_path)
+    (res[1].dir / "trial.json").write_text('{"id": "')
+    again = run_trials(trials, tmp_path, executor="serial", progress=False)
+    assert [r.skipped for r in again] == [True, True]
+    got = collect(tmp_path)
+    assert got[1]["seed"] == 1 and [r["id"] for r in got] == [r["id"] for r in want]
+    assert {k: v for k, v in got[1].items() if "seconds" not in k} == {k: v for k, v in want[1].items() if "seconds" not in k}
+
+
 def test_evaluation_runs_after_training_and_feeds_the_table(tmp_path):
     from robvae.evaluation import EvalConfig
 

@@ -189,3 +189,16 @@ def test_a_corrupt_checkpoint_or_metrics_file_never_costs_the_finished_run(tmp_p
     (run / METRICS_FILE).write_bytes(metrics + b"3,1,1,1,1\n")  # a row the run never had
     again = train(_config(epochs=2), run, progress=False, data=digits_small)
     assert len(again.metrics) == 2 and (run / METRICS_FILE).read_bytes() == metrics
+
+
+def test_a_killed_writes_temporary_files_are_removed_when_the_run_resumes(tmp_path, digits_small):
+    """A process killed between writing a temporary file and renaming it leaves the temporary
+    behind (seen after a SIGKILLed sweep); the resumed run removes its own, and nothing else."""
+    run = tmp_path / "run"
+    train(_config(epochs=1), run, progress=False, data=digits_small)
+    stale = [run / ".checkpoint.safetensors.ab12cd.tmp", run / ".metrics.csv.zz.tmp"]
+    other = run / ".notes.txt.keep.tmp"
+    for f in (*stale, other):
+        f.write_bytes(b"partial")
+    train(_config(epochs=2), run, progress=False, data=digits_small)
+    assert not any(f.exists() for f in stale) and other.exists()

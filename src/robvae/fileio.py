@@ -54,6 +54,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def remove_stale_temporaries(folder: str | os.PathLike, names: Sequence[str]) -> int:
+    """Delete the temporary files :func:`atomic_write_bytes` left for ``names`` in ``folder`` when
+    its process was killed between writing and renaming (the caller owns those files: one robvae
+    process per folder). Returns how many were removed."""
+    folder = Path(folder)
+    gone = 0
+    for name in names:
+        for tmp in folder.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                gone += 1
+    return gone
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 

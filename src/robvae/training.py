@@ -31,7 +31,7 @@ from .config import ConfigMixin
 from .data import ImageDataset, load_dataset
 from .data.registry import canonical_name
 from .errors import CheckpointError
-from .fileio import load_tensors, read_csv, read_json, save_tensors, write_csv, write_json
+from .fileio import load_tensors, read_csv, read_json, remove_stale_temporaries, save_tensors, write_csv, write_json
 from .attacks import MaxDamageAttack
 from .models import VAE, ModelConfig
 from .objectives import ObjectiveConfig, compute_objective
@@ -231,6 +231,7 @@ def train(
         config.model = ModelConfig.from_dict({**config.model.to_dict(), "input_shape": tuple(train_set.shape)})
 
     extend = (run_dir / CONFIG_FILE).exists() and _check_same_config(run_dir, config)
+    remove_stale_temporaries(run_dir, (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, WEIGHTS_FILE))  # a killed run's
 
     torch.manual_seed(config.seed)
     model = VAE(config.model).to(device)

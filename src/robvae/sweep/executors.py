@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..fileio import write_json
+from ..fileio import read_json_dict, write_json
 from .results import collect
 from .spec import Trial
 from .worker import STATUS_FILE, TRIAL_FILE, limit_threads, outputs_complete, read_status, run_trial, update_status
@@ -170,7 +170,7 @@ def run_trials(
     skipped: set[str] = set()
     for tid, t in unique.items():
         tdir = trial_dir(out, tid)
-        if not (tdir / TRIAL_FILE).is_file():
+        if read_json_dict(tdir / TRIAL_FILE).get("id") != tid:  # missing or damaged: the table reads it
             write_json(tdir / TRIAL_FILE, t.to_dict())
         st = read_status(tdir)
         if st.get("status") == "done" and outputs_complete(tdir, t.evaluation is not None):
