@@ -152,8 +152,12 @@ def test_inputs_files_are_read_without_pickles(tmp_path):
     np.save(tmp_path / "a.npy", x)
     torch.testing.assert_close(load_inputs_file(tmp_path / "a.npy", (1, 8, 8)), torch.from_numpy(x))
     np.save(tmp_path / "b.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="not a plain .npy array") as err:
         load_inputs_file(tmp_path / "b.npy")
+    assert "allow_pickle" not in str(err.value)
+    (tmp_path / "junk.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(InputError, match="--inputs .*junk.npy"):
+        load_inputs_file(tmp_path / "junk.npy")
     (tmp_path / "junk.pt").write_bytes(b"\x80\x04not a tensor file")  # torch's error advises unpickling: not passed on
     with pytest.raises(InputError, match="not a plain tensor file") as err:
         load_inputs_file(tmp_path / "junk.pt")

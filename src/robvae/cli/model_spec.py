@@ -76,6 +76,9 @@ def load_inputs_file(path: str | Path, shape: tuple[int, ...] | None = None) -> 
         else:
             t = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt or pickled file, in one line
+        if "allow_pickle" in str(e):  # numpy's advice to unpickle is not ours to pass on either
+            raise InputError(f"--inputs {p}: not a plain .npy array (robvae never unpickles; save an array "
+                             "with numpy.save)") from e
         if "weights only load failed" in str(e).lower():  # torch's advice to unpickle is not ours to pass on
             raise InputError(f"--inputs {p}: not a plain tensor file (.pt files are read with "
                              "torch.load(weights_only=True); save one tensor with torch.save, or use .npy)") from e
