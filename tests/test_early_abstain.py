@@ -161,3 +161,14 @@ def test_abstention_keeps_every_row_of_a_call_where_rows_are_not_independent():
     b = r_robustness(m, x, r, n_samples=400, generator=torch.Generator().manual_seed(5))
     assert (a.n_samples[:5] < 400).all() and int(a.n_samples[5]) == 400
     assert int(a.n_within[5]) == int(b.n_within[5])
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, 2.0, -0.1, float("nan")])
+def test_abstain_alpha_outside_zero_one_is_refused(bad):
+    from robvae.errors import InputError
+    from robvae.robustness import r_robustness
+
+    m = _linear()
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with pytest.raises(InputError, match="abstain_alpha must be a level in"):
+        r_robustness(m, x, 0.1, n_samples=50, abstain_alpha=bad)

@@ -275,6 +275,8 @@ def count_within(
     input that never stops gets exactly the draws, and the count, it gets without this option.
     ``within(model, z, ref, rt)``: the per-chunk count (default :func:`within_float32`).
     """
+    if abstain_alpha is not None and not (isinstance(abstain_alpha, (int, float)) and 0 < abstain_alpha < 1):
+        raise InputError(f"abstain_alpha must be a level in (0, 1), got {abstain_alpha!r}")
     within = within or within_float32
     B = ref.shape[0]
     k = torch.zeros(B, dtype=torch.long, device=ref.device)
