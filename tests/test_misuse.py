@@ -96,6 +96,27 @@ def test_every_call_path_refuses_a_model_that_breaks_the_protocol(fault, path):
     assert FAULTS[fault] in str(e.value), str(e.value)
 
 
+@pytest.mark.parametrize("layer", ["dropout", "batchnorm"])
+def test_every_call_path_refuses_a_model_with_active_dropout_or_batch_norm(layer):
+    """Found by an audit: a batch norm in training mode failed with torch's own error from the
+    Jacobian step (one input), and a dropout in training mode was used as it was (every decode a
+    different network). Every estimator and attack now refuses them in one line; eval mode works."""
+    class WithLayer(Bad):
+        def __init__(self):
+            super().__init__("none")
+            self.extra = torch.nn.Dropout(0.2) if layer == "dropout" else torch.nn.BatchNorm1d(4)
+
+    model = WithLayer().double().train()
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    name = "Dropout" if layer == "dropout" else "BatchNorm1d"
+    for path, call in _paths().items():
+        if path == "likelihood_degradation":
+            model.log_likelihood = lambda xx, zz: -torch.ones(xx.shape[0], dtype=xx.dtype)
+        with pytest.raises(InputError, match=f"training mode with {name} layers.*model.eval"):
+            call(model, x)
+    _paths()["certify"](model.eval(), x)
+
+
 def test_the_output_check_sees_every_input_of_a_large_batch():
     """The protocol check runs CHECK_BATCH inputs at a time (memory): a sigma <= 0 for one input
     in the last batch is still refused, and certify / r_min refuse it before drawing."""

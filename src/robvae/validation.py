@@ -235,10 +235,25 @@ def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
 CHECK_BATCH = 256
 
 
+def check_mode(model: torch.nn.Module) -> None:
+    """InputError when a batch norm or a dropout layer (p > 0) of ``model`` is in training mode:
+    its outputs then depend on the other inputs of the batch or on chance, so no estimate, bound
+    or attack is reproducible (a batch norm also fails on one input)."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    active = sorted({type(m).__name__ for m in model.modules() if m.training and (
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        or (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0))})
+    if active:
+        raise InputError(f"the model is in training mode with {', '.join(active)} layers, whose outputs then depend "
+                         "on the batch or on chance: call model.eval() first")
+
+
 def check_model_outputs(model: torch.nn.Module, x: torch.Tensor) -> None:
-    """The cheap check every estimator and attack runs first: one encode and decode of ``x``
-    (no gradient, :data:`CHECK_BATCH` inputs at a time), InputError naming the model method and
-    the problem."""
+    """The cheap check every estimator and attack runs first: the model's mode (:func:`check_mode`),
+    then one encode and decode of ``x`` (no gradient, :data:`CHECK_BATCH` inputs at a time),
+    InputError naming the model method and the problem."""
+    check_mode(model)
     check_dtype(model, x)
     with torch.no_grad():
         for start in range(0, max(1, x.shape[0]), CHECK_BATCH):
