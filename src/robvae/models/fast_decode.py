@@ -466,10 +466,10 @@ def rows_independent(model: torch.nn.Module, z: torch.Tensor) -> bool:
     latents like ``z`` at this process's thread count: checked once per model, weights, dtype,
     device, mode and thread count by decoding one call's worth of fixed latent rows (:func:`row_cap`,
     at most 1,024) at once and subsets of each size in :data:`INDEPENDENCE_SIZES` and of half the
-    batch, bit for bit: a check, not a proof (a kernel may change path at a batch size not tried). The bfloat16 route's
-    float32 redo and early abstention's decodes of the inputs still drawing rely on it; where it
-    fails (float64 convolutions, some kernels at some thread counts) they keep every call's rows
-    as without them (same counts, less speed)."""
+    batch, bit for bit: a check, not a proof (a kernel may change path at a batch size not tried).
+    The bfloat16 route's float32 redo and early abstention's decodes of the inputs still drawing
+    rely on it; where it fails (float64 convolutions, some kernels at some thread counts) they keep
+    every call's rows as without them (same counts, less speed)."""
     key = (*_plan_key(model, z), torch.get_num_threads())
     got = _cached(_INDEPENDENT, model, key, lambda: _check_independence(model, z),
                   lambda: (*model.parameters(), *model.buffers()))

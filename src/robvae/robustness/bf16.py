@@ -57,8 +57,8 @@ import torch.nn.functional as F
 from ..config import ALPHA
 from ..errors import InputError
 from ..models.fast_decode import (
-    _ACTIVATIONS, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan, rows_independent,
-    snapshot, unchanged,
+    _ACTIVATIONS, _cached, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan,
+    rows_independent,
 )
 from ..validation import as_radius
 from .lipschitz import _out_shape, conv_operator_norm, conv_periodic_bound, kernel_bound
@@ -215,7 +215,7 @@ def _lin(layer: torch.nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int
 # --------------------------------------------------------------------------------------------
 _LINEAR = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
 
-#: Per plan: (weights key, device, [per-layer _Lin or None]).
+#: Per plan: (weights key, [per-layer _Lin or None], a copy of the weights).
 _ANALYSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -236,10 +236,12 @@ def _analyse(plan, z: torch.Tensor) -> list:
     """Per layer of ``plan``: a :class:`_Lin` for linear layers (bf16 or not), else None."""
     layers = list(plan.layers)
     key = (_weights_key(layers), z.device, z.shape[1])
-    params = lambda: (p for m in layers for p in m.parameters(recurse=False))  # noqa: E731
-    hit = _ANALYSED.get(plan)
-    if hit is not None and hit[0] == key and unchanged(hit[2], params()):  # contents too, as fast_decode's caches
-        return hit[1]
+    params = lambda: [p for m in layers for p in m.parameters(recurse=False)]  # noqa: E731
+    # cached as fast_decode's derived weights: per weights version and address, checked against their numbers
+    return _cached(_ANALYSED, plan, key, lambda: _analysed(layers, z), params, content=True)
+
+
+def _analysed(layers: list, z: torch.Tensor) -> list:
     with torch.inference_mode():
         h = torch.zeros(1, z.shape[1], dtype=torch.float32, device=z.device)
         shapes = []
@@ -264,7 +266,6 @@ def _analyse(plan, z: torch.Tensor) -> list:
             heavy = i == top and macs[i] >= HEAVY_SHARE * total and not _is_thin_deconv(m)
             grid = _grid_for(m, _next_spatial(layers, i)) if type(m) is torch.nn.Linear else None
             infos.append(_lin(m, shapes[i][0], shapes[i][1], heavy, grid))
-    _ANALYSED[plan] = (key, infos, snapshot(params()))
     return infos
 
 

@@ -177,9 +177,8 @@ def binary_kl(p, q) -> torch.Tensor:
     relative error of 1e-2 (a full radius 0.2% too large at p_lower - 1/2 = 1.5e-7)."""
     p, q = torch.broadcast_tensors(_t(p), _t(q))
     d = p - q
-    with torch.no_grad():
-        one = torch.where(p > 0, p * torch.log1p(d / q), torch.zeros_like(p))
-        two = torch.where(p < 1, (1 - p) * torch.log1p(-d / (1 - q)), torch.zeros_like(p))
+    one = torch.where(p > 0, p * torch.log1p(d / q), torch.zeros_like(p))
+    two = torch.where(p < 1, (1 - p) * torch.log1p(-d / (1 - q)), torch.zeros_like(p))
     return one + two
 
 
