@@ -48,6 +48,39 @@ def test_certify_writes_the_library_numbers(run_dir, capsys, tmp_path):
     assert 0 < np.median(cols["p"]) <= 1 and np.all(cols["radius"][cols["p"] <= 0.5] == 0)
 
 
+def test_certify_interrupted_resumes_to_the_same_csv(run_dir, capsys, tmp_path, monkeypatch):
+    """Ctrl-C during certify keeps the finished shards in CSV.partial (exit 130, the usual line);
+    the same command then certifies the rest and writes the uninterrupted CSV, byte for byte, and
+    removes the folder."""
+    from robvae.sweep import shard as shard_mod
+
+    args = ["certify", run_dir, "--n", 140, "--r", 1.0, "--samples", 200, "--seed", 4, "--executor", "serial",
+            "--quiet"]
+    rc, _, err = _run(capsys, *args, "--out", tmp_path / "ref.csv")
+    assert rc == 0, err
+    real = shard_mod.certify_shard
+    calls: list[int] = []
+
+    def interrupt_second(*a, **k):
+        calls.append(a[3])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(shard_mod, "certify_shard", interrupt_second)
+    rc, _, err = _run(capsys, *args, "--out", tmp_path / "c.csv")
+    assert rc == 130 and "rerun the same command to resume" in err
+    assert not (tmp_path / "c.csv").exists()
+    assert [p.name for p in (tmp_path / "c.csv.partial").glob("shard-*")] == ["shard-0-64.safetensors"]
+    calls.clear()
+    monkeypatch.setattr(shard_mod, "certify_shard", lambda *a, **k: (calls.append(a[3]), real(*a, **k))[1])
+    rc, _, err = _run(capsys, *args, "--out", tmp_path / "c.csv")
+    assert rc == 0, err
+    assert calls == [64, 128]  # the finished shard is not certified again
+    assert (tmp_path / "c.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+    assert not (tmp_path / "c.csv.partial").exists()
+
+
 def test_certify_precision_changes_nothing_but_the_arithmetic(run_dir, capsys, tmp_path):
     """--precision bfloat16 / float32 / auto: the same CSV, cell for cell (bf16 counts are float32's);
     the JSON records the setting."""

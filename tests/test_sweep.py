@@ -8,6 +8,7 @@ SIGKILLs the worker after the first epoch on the first attempt, "kill" SIGKILLs 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,3 +278,158 @@ def test_ctrl_c_marks_unfinished_trials_and_a_rerun_resumes_them(tmp_path):
     final = {p.parent.name: json.loads(p.read_text()) for p in out.glob("trials/*/status.json")}
     assert len(final) == 4 and all(s["status"] == "done" for s in final.values())
     assert all(final[k]["attempts"] == 1 for k in finished)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_sharded_certify_resumes_from_finished_shards(certify_case, tmp_path, monkeypatch):
+    """An interrupted certification keeps its finished shards (partial=); the rerun certifies the
+    rest only and gives the uninterrupted certificate, bit for bit. A changed setting, weights or
+    input is not mixed in."""
+    from robvae.sweep import shard as shard_mod
+
+    run_dir, x, r = certify_case
+    kw = dict(seed=3, n_samples=150, alpha=0.01, block_size=2, executor="serial")
+    whole = certify_sharded(run_dir, x, r, **kw)
+    folder = tmp_path / "out.csv.partial"
+    real = shard_mod.certify_shard
+    calls: list[int] = []
+
+    def stop_at_third(run, xs, rs, start, **k):
+        calls.append(start)
+        if len(calls) == 3:
+            raise _Stop
+        return real(run, xs, rs, start, **k)
+
+    monkeypatch.setattr(shard_mod, "certify_shard", stop_at_third)
+    with pytest.raises(_Stop):
+        certify_sharded(run_dir, x, r, shard_size=2, partial=folder, **kw)
+    assert sorted(p.name for p in folder.glob("shard-*")) == ["shard-0-2.safetensors", "shard-2-4.safetensors"]
+    calls.clear()
+    monkeypatch.setattr(shard_mod, "certify_shard", lambda *a, **k: (calls.append(a[3]), real(*a, **k))[1])
+    resumed = certify_sharded(run_dir, x, r, shard_size=4, partial=folder, **kw)  # another shard size: same blocks
+    _assert_same(whole, resumed)
+    assert calls == [4, 8]  # only the unfinished inputs, in whole blocks
+    # a damaged shard is recomputed; a rerun with everything stored certifies nothing
+    (folder / "shard-2-4.safetensors").write_bytes(b"garbage")
+    calls.clear()
+    _assert_same(whole, certify_sharded(run_dir, x, r, partial=folder, **kw))
+    assert calls == [2]
+    calls.clear()
+    _assert_same(whole, certify_sharded(run_dir, x, r, partial=folder, **kw))
+    assert calls == []
+    # more inputs: the stored blocks are reused where the inputs are unchanged; the old last,
+    # short block (8-9) is not (a longer block draws other noise)
+    x2 = torch.cat([x, x[:3]])
+    ref2 = certify_sharded(run_dir, x2, r, **kw)
+    calls.clear()
+    _assert_same(ref2, certify_sharded(run_dir, x2, r, partial=folder, **kw))
+    assert calls == [8, 10]  # default shards of 2 inputs here
+    # another setting empties the folder; a changed input is recomputed
+    calls.clear()
+    other = certify_sharded(run_dir, x, r, partial=folder, **{**kw, "seed": 4})
+    assert calls == [0, 2, 4, 6, 8] and not np.array_equal(other.p.numpy(), whole.p.numpy())
+    x3 = x.clone()
+    x3[5] = 1 - x3[5]
+    ref3 = certify_sharded(run_dir, x3, r, **{**kw, "seed": 4})
+    calls.clear()
+    _assert_same(ref3, certify_sharded(run_dir, x3, r, partial=folder, shard_size=2, **{**kw, "seed": 4}))
+    assert calls == [4]
+
+
+def test_certify_blocks_resume_in_process(certify_case, tmp_path, monkeypatch):
+    """The in-process path (robvae certify --model) keeps every finished block the same way; the
+    model's weights are part of the key."""
+    from robvae.sweep import shard as shard_mod
+    from robvae.training import load
+
+    run_dir, x, r = certify_case
+    model = load(run_dir).model
+    kw = dict(seed=1, n_samples=120, block_size=4)
+    whole = shard_mod.certify_blocks(model, x, r, **kw)
+    folder = tmp_path / "p"
+    real = shard_mod.certify
+    calls: list[int] = []
+
+    def stop_at_second(m, xs, *a, **k):
+        calls.append(len(xs))
+        if len(calls) == 2:
+            raise _Stop
+        return real(m, xs, *a, **k)
+
+    monkeypatch.setattr(shard_mod, "certify", stop_at_second)
+    with pytest.raises(_Stop):
+        shard_mod.certify_blocks(model, x, r, partial=folder, **kw)
+    calls.clear()
+    monkeypatch.setattr(shard_mod, "certify", lambda m, xs, *a, **k: (calls.append(len(xs)), real(m, xs, *a, **k))[1])
+    _assert_same(whole, shard_mod.certify_blocks(model, x, r, partial=folder, **kw))
+    assert calls == [4, 1]
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)  # other weights: nothing stored is reused
+    calls.clear()
+    shard_mod.certify_blocks(model, x, r, partial=folder, **kw)
+    assert calls == [4, 4, 1]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process parents from /proc (Linux)")
+def test_local_workers_exit_when_their_parent_is_killed(tmp_path):
+    """SIGKILL of the process that runs a local pool (no clean-up runs) must not leave its workers
+    behind: they finish nothing more and exit within a few seconds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "pool.py"
+    script.write_text("import time\nfrom robvae.sweep.executors import map_tasks\n"
+                      "if __name__ == '__main__':\n"
+                      "    for _ in map_tasks(time.sleep, [(300,), (300,)], executor='local', workers=2):\n"
+                      "        pass\n")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path)
+
+    def children() -> list[int]:
+        kids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == proc.pid:
+                kids.append(int(stat.parent.name))
+        return kids
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        cmdlines = {p: _cmdline(p) for p in children()}  # the pool's workers, not its resource tracker
+        workers = [p for p, c in cmdlines.items() if b"spawn_main" in c and b"resource_tracker" not in c]
+        time.sleep(0.2)
+    try:
+        assert len(workers) == 2, "the pool's workers did not start"
+        time.sleep(1.0)  # the workers run their tasks (time.sleep) now
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(alive(p) for p in workers):
+            time.sleep(0.2)
+        assert not any(alive(p) for p in workers), "orphaned workers kept running"
+    finally:
+        for p in workers:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)

@@ -4,6 +4,7 @@ robvae.evaluation (``attack_report``, ``margin_report``)."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..evaluation import LEGACY_ATTACK, EvalConfig, attack_report, margin_report
 from ..fileio import write_csv, write_json
 from ..robustness import CertifyConfig, r_min
 from ..robustness.rigorous import rigorous_columns
-from ..sweep import SHARD_EXECUTORS, certify_sharded
+from ..sweep import SHARD_EXECUTORS, certify_sharded, partial_folder
 from ..threads import auto_executor
 from ..training import load
 from . import app
@@ -116,17 +117,21 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     # the serial path uses every core (workers use one thread each): Monte Carlo counts agree
     # exactly across executors, radii to float rounding
     executor, workers = auto_executor(len(x) * n_samples, executor, workers)
+    out_path = Path(out) if out else Path(vae.path) / f"certify-{split}.csv"
+    # finished shards are kept here until the CSV is written: an interrupted run resumes from them
+    partial = partial_folder(out_path)
     if isinstance(vae, ModelRun):  # --model: this process, blocks seeded as certify_sharded's
         if executor != "serial":
             raise click.UsageError("--executor local / ray need a RUN folder (the workers load it); --model runs "
                                    "in this process")
         cert = certify_blocks(vae.model, x, radius, seed=seed, progress=not quiet, n_samples=n_samples, alpha=alpha,
-                              mode=mode, precision=precision, early_abstain=early_abstain)
+                              mode=mode, precision=precision, early_abstain=early_abstain, partial=partial)
     else:
         cert = certify_sharded(run, x, radius, executor=executor, workers=workers, address=address, seed=seed,
                                device=device, progress=not quiet, n_samples=n_samples, alpha=alpha, mode=mode,
                                precision=precision, early_abstain=early_abstain,
-                               torch_threads=None if executor == "serial" else 1)  # serial: --threads
+                               torch_threads=None if executor == "serial" else 1,  # serial: --threads
+                               partial=partial)
     rigorous_note = "off (--no-rigorous)"
     if rigorous:  # from the certificate's p_lower and sigma_min: the same for every executor
         try:
@@ -135,7 +140,6 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
         except InputError as e:
             rigorous_note = f"not available for this model ({e})"
             click.echo(f"robvae: note: no rigorous radii: {e}", err=True)
-    out_path = Path(out) if out else Path(vae.path) / f"certify-{split}.csv"
     summary = cert.summary()
     lead = {"frobenius": "radius", "spectral": "radius_spectral", "whitened": "radius_whitened"}[jacobian_norm]
     summary = {"lead": lead, **summary, "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
@@ -145,6 +149,7 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
         "n_samples": n_samples, "alpha": alpha, "mode": mode, "precision": precision, "early_abstain": early_abstain,
         "rigorous": rigorous, "executor": executor, "seed": seed,
         "summary": summary})
+    shutil.rmtree(partial, ignore_errors=True)
     click.echo(format_summary({k: v for k, v in summary.items() if not isinstance(v, dict)}))
     click.echo(f"per-input results: {out_path}")
 

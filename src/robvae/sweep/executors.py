@@ -31,6 +31,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -350,7 +351,7 @@ def map_tasks(
             yield i, *_outcome(lambda: fn(*t, **kwargs))
     elif executor == "local":
         pool = ProcessPoolExecutor(max_workers=min(int(workers), len(tasks)), mp_context=mp.get_context("spawn"),
-                                   initializer=initializer, initargs=initargs)
+                                   initializer=_start_worker, initargs=(os.getpid(), initializer, initargs))
         futs = {pool.submit(fn, *t, **kwargs): i for i, t in enumerate(tasks)}
         remaining = set(futs)
         try:
@@ -384,6 +385,26 @@ def map_tasks(
                 ray.cancel(ref, force=True)
             if started:
                 ray.shutdown()
+
+
+#: how often a local worker checks that the process that started it is still alive (seconds)
+PARENT_CHECK_S = 1.0
+
+
+def _start_worker(parent: int, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
+    """Each local worker's first step: a daemon thread that ends the worker once its parent is
+    gone (killed with SIGKILL, which runs no clean-up: a ProcessPoolExecutor's workers would finish
+    their task and then wait for the next one forever, beside the workers of a rerun), then the
+    caller's ``initializer``. Whatever the worker had not saved atomically is redone by the rerun."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="robvae-parent-watch", daemon=True).start()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)
 
 
 def _outcome(get: Callable[[], Any], errors: type[BaseException] = Exception) -> tuple[Any, BaseException | None]:

@@ -16,6 +16,12 @@ uses all cores instead, for speed, and its radii then agree with the workers' to
 
 Note that ``certify(model, x, r, generator=g)`` called directly on the whole batch is a different
 (equally valid) random draw; compare it with ``certify_sharded(..., block_size=len(x))``.
+
+Resuming. Because a block's numbers depend only on the weights, the settings, ``(seed,
+block_size)`` and the block's own inputs, finished blocks can be kept: with ``partial=FOLDER``
+(``robvae certify`` uses ``CSV.partial`` beside its output), every finished shard (or, in this
+process, every block) is saved there as it arrives (:class:`ShardStore`), and a rerun of the same
+question skips them and gives the same certificate as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +39,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._version import __version__
+from ..errors import CheckpointError
+from ..fileio import atomic_write_text, dumps_json, load_tensors, remove_stale_temporaries, save_tensors
 from ..robustness import Certificate, CertifyConfig, certify
 from ..training import load
 from ..validation import as_radius
 from .executors import check_options, map_tasks, using_torch_threads
 
 SHARD_EXECUTORS = ("serial", "local", "ray")
+
+#: the default shard's largest size, in blocks: small enough that an interrupted run loses little
+#: (a shard is saved when it finishes) and that the workers stay balanced
+MAX_SHARD_BLOCKS = 4
 
 _RUN_CACHE: dict[tuple, Any] = {}
 
@@ -56,15 +72,187 @@ def _load_run(run_dir: str, device: str):
     return _RUN_CACHE[key]
 
 
+# ---------------------------------------------------------------------------------------------
+# finished shards on disk (resuming an interrupted certification)
+
+_SHARD_FILE = re.compile(r"^shard-(\d+)-(\d+)\.safetensors$")
+_KEY_FILE = "key.json"
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """A digest of a model in memory: its class, its printed structure and every tensor of its
+    state dict (name, dtype, shape, values)."""
+    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}".encode())
+    for name, t in model.state_dict().items():
+        a = t.detach().cpu().contiguous()
+        h.update(f"{name}:{a.dtype}:{tuple(a.shape)}".encode())
+        h.update(a.view(torch.uint8).numpy().tobytes() if a.numel() else b"")
+    return h.hexdigest()
+
+
+def run_digest(run_dir: str | os.PathLike) -> str:
+    """A digest of the files :func:`robvae.load` builds a run's model from (config and weights)."""
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        f = Path(run_dir) / name
+        h.update(name.encode())
+        h.update(f.read_bytes() if f.is_file() else b"<missing>")
+    return h.hexdigest()
+
+
+def partial_folder(out: str | os.PathLike) -> Path:
+    """Where a certification written to ``out`` keeps its finished shards: ``OUT.partial``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Consecutive inputs ``[start, stop)``: already finished (``cols``) or still to certify."""
+
+    start: int
+    stop: int
+    cols: dict[str, np.ndarray] | None = None
+
+
+class ShardStore:
+    """Finished shards of one certification, kept in a folder so that an interrupted run resumes.
+
+    ``settings`` is everything the numbers depend on besides the inputs (the model's digest, seed,
+    block size, certify's settings, threads, device; robvae's version is added): it is written to
+    ``key.json``, and a folder holding another question's shards is emptied first. Each shard is
+    one safetensors file ``shard-START-STOP`` of its per-input columns, with a digest of its own
+    inputs and radii in its metadata; a shard is reused only when that digest matches, when it
+    starts on a block and ends on one (or at the last input), so a rerun with more inputs reuses
+    the blocks whose inputs are unchanged. Unreadable or damaged shard files are recomputed.
+    Writes are atomic; :meth:`remove` deletes the folder once the result is safely written.
+    """
+
+    def __init__(self, folder: str | os.PathLike, settings: dict[str, Any]):
+        self.folder = Path(folder)
+        self.key = dumps_json({**settings, "robvae": __version__}, default=repr)
+        key_path = self.folder / _KEY_FILE
+        if self.folder.is_dir():
+            remove_stale_temporaries(self.folder, [_KEY_FILE, *(p.name for p in self.folder.iterdir()
+                                                                if _SHARD_FILE.match(p.name))])
+            old = key_path.read_text(encoding="utf-8", errors="replace") if key_path.is_file() else None
+            if old != self.key:  # another question's results (or a damaged key): not reusable
+                for p in self.folder.iterdir():
+                    if _SHARD_FILE.match(p.name) or p.name == _KEY_FILE:
+                        p.unlink()
+        if not (key_path.is_file() and key_path.read_text(encoding="utf-8", errors="replace") == self.key):
+            atomic_write_text(key_path, self.key)  # makes the folder; fails early where it cannot be written
+
+    def save(self, start: int, cols: dict[str, np.ndarray], x: np.ndarray, r: np.ndarray) -> None:
+        """Keep the results ``cols`` of inputs ``x`` (radii ``r``) from global index ``start`` on."""
+        stop = start + len(x)
+        save_tensors(self.folder / f"shard-{start}-{stop}.safetensors",
+                     {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in cols.items()},
+                     metadata={"inputs": _digest(x, r)})
+
+    def plan(self, x: np.ndarray, r: np.ndarray, block_size: int) -> list[_Piece]:
+        """Cut inputs ``[0, N)`` into finished pieces (their columns loaded) and gaps, in order."""
+        n = len(x)
+        found: dict[int, list[int]] = {}
+        for p in self.folder.iterdir():
+            m = _SHARD_FILE.match(p.name)
+            if m:
+                a, b = int(m.group(1)), int(m.group(2))
+                if a % block_size == 0 and a < b <= n and (b % block_size == 0 or b == n):
+                    found.setdefault(a, []).append(b)
+        pieces: list[_Piece] = []
+        s = gap = 0
+        while s < n:
+            cols = None
+            for b in sorted(found.get(s, ()), reverse=True):  # the longest valid shard first
+                cols = self._load(s, b, x, r)
+                if cols is not None:
+                    break
+            if cols is None:
+                s += block_size if s + block_size <= n else n - s
+                continue
+            if gap < s:
+                pieces.append(_Piece(gap, s))
+            pieces.append(_Piece(s, b, cols))
+            s = gap = b
+        if gap < n:
+            pieces.append(_Piece(gap, n))
+        return pieces
+
+    def _load(self, a: int, b: int, x: np.ndarray, r: np.ndarray) -> dict[str, np.ndarray] | None:
+        path = self.folder / f"shard-{a}-{b}.safetensors"
+        try:
+            tensors, meta = load_tensors(path)
+        except CheckpointError:
+            return None
+        if meta.get("inputs") != _digest(x[a:b], r[a:b]) or any(t.shape[:1] != (b - a,) for t in tensors.values()):
+            return None
+        return {k: t.numpy() for k, t in tensors.items()}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _split(piece: _Piece, size: int) -> list[_Piece]:
+    return [_Piece(s, min(s + size, piece.stop)) for s in range(piece.start, piece.stop, size)]
+
+
+def _certificate(cols: dict[str, np.ndarray], certify_kwargs: dict[str, Any]) -> Certificate:
+    settings = {k: certify_kwargs.get(k, getattr(CertifyConfig, k)) for k in ("mode", "alpha", "n_samples")}
+    return Certificate.from_numpy(cols, **settings)  # certify's defaults where not given
+
+
+def _settings(model: str, seed: int, block_size: int, device: str, torch_threads: int | None,
+              certify_kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model, "seed": int(seed), "block_size": int(block_size), "device": str(device),
+            "torch_threads": torch_threads, "certify": {k: certify_kwargs[k] for k in sorted(certify_kwargs)}}
+
+
+# ---------------------------------------------------------------------------------------------
+# certification, block by block
+
+
 def certify_blocks(model: torch.nn.Module, x: torch.Tensor, r: float | torch.Tensor, *, seed: int = 0, start: int = 0,
-                   block_size: int = 64, progress: bool = False, **certify_kwargs: Any) -> Certificate:
+                   block_size: int = 64, progress: bool = False, partial: str | os.PathLike | None = None,
+                   **certify_kwargs: Any) -> Certificate:
     """Certify ``x`` (global input indices ``start, start+1, ...``) in this process, block by block,
-    each block with its own generator seeded by :func:`block_seed` (see the module docstring)."""
+    each block with its own generator seeded by :func:`block_seed` (see the module docstring).
+    ``partial``: a folder that keeps every finished block (:class:`ShardStore`; the model's
+    weights are part of its key), so that an interrupted call resumes where it stopped."""
     rt = as_radius(r, x.shape[0], x)
+    if partial is None:
+        pieces = [_Piece(i, min(i + block_size, x.shape[0])) for i in range(0, x.shape[0], block_size)]
+        store = None
+    else:
+        if start % block_size:
+            raise ValueError("partial= needs start to be a multiple of block_size")
+        store = ShardStore(partial, _settings(model_digest(model), seed, block_size, str(x.device),
+                                              torch.get_num_threads(), {**certify_kwargs, "start": int(start)}))
+        x_np, r_np = x.detach().cpu().numpy(), rt.detach().cpu().numpy()
+        pieces = [q for p in store.plan(x_np, r_np, block_size) for q in ([p] if p.cols else _split(p, block_size))]
     parts = []
-    for i in tqdm(range(0, x.shape[0], block_size), desc="certify", unit="block", disable=not progress):
-        g = torch.Generator(device="cpu").manual_seed(block_seed(seed, start + i))
-        parts.append(certify(model, x[i : i + block_size], rt[i : i + block_size], generator=g, **certify_kwargs))
+    with tqdm(total=int(x.shape[0]), desc="certify", unit="input", disable=not progress) as bar:
+        for p in pieces:
+            if p.cols is not None:
+                parts.append(_certificate(p.cols, certify_kwargs))
+            else:
+                g = torch.Generator(device="cpu").manual_seed(block_seed(seed, start + p.start))
+                cert = certify(model, x[p.start : p.stop], rt[p.start : p.stop], generator=g, **certify_kwargs)
+                if store is not None:  # as certify_sharded: columns through numpy, on the CPU
+                    cols = cert.as_numpy()
+                    store.save(p.start, cols, x_np[p.start : p.stop], r_np[p.start : p.stop])
+                    cert = _certificate(cols, certify_kwargs)
+                parts.append(cert)
+            bar.update(p.stop - p.start)
     return Certificate.cat(parts)
 
 
@@ -95,6 +283,7 @@ def certify_sharded(
     device: str = "cpu",
     torch_threads: int | None = 1,
     progress: bool = False,
+    partial: str | os.PathLike | None = None,
     **certify_kwargs: Any,
 ) -> Certificate:
     """Certify every input of ``x`` [N, *shape] with the run in ``run_dir``, sharded over workers.
@@ -103,8 +292,12 @@ def certify_sharded(
     task per shard; ``address`` "auto" / HOST:PORT joins a cluster, else the running or a new
     local instance with ``workers`` CPUs). Each worker loads the run with ``robvae.load``.
     r: a number or an [N] tensor. shard_size: inputs per shard (default: about 4 shards per
-    worker; rounded up to whole blocks). seed / block_size: see the module docstring — the result
-    depends on them, not on the executor, ``workers`` or ``shard_size``. certify_kwargs go to
+    worker, at most :data:`MAX_SHARD_BLOCKS` blocks; rounded up to whole blocks). seed /
+    block_size: see the module docstring — the result depends on them, not on the executor,
+    ``workers`` or ``shard_size``. partial: a folder that keeps every finished shard
+    (:class:`ShardStore`, keyed by the run's config and weights and these settings) so that a
+    rerun after an interruption certifies only the rest; the caller removes it when done
+    (``robvae certify`` does once its CSV is written). certify_kwargs go to
     :func:`robvae.certify` (n_samples, alpha, mode, norms, chunk_size, ...).
     Returns one :class:`robvae.Certificate` for all N inputs, in input order, whatever the
     executor (the executors are :func:`robvae.sweep.executors.map_tasks`).
@@ -122,21 +315,32 @@ def certify_sharded(
     r_np = as_radius(r, n, x.detach().cpu()).detach().numpy()  # InputError (a ValueError) for a bad r
 
     if shard_size is None:
-        shard_size = max(1, math.ceil(n / (4 * int(workers))))
+        shard_size = min(max(1, math.ceil(n / (4 * int(workers)))), MAX_SHARD_BLOCKS * int(block_size))
     check_options(executor, SHARD_EXECUTORS, shard_size=(shard_size, 1))
     shard_size = math.ceil(int(shard_size) / block_size) * block_size
+    store = None
+    pieces = [_Piece(0, n)]
+    if partial is not None:
+        store = ShardStore(partial, _settings(run_digest(run_dir), seed, block_size, device, torch_threads,
+                                              certify_kwargs))
+        pieces = store.plan(x_np, r_np, block_size)
+    pieces = [q for p in pieces for q in ([p] if p.cols is not None else _split(p, shard_size))]
+    todo = [i for i, p in enumerate(pieces) if p.cols is None]
     kw = dict(seed=int(seed), block_size=int(block_size), device=device, torch_threads=torch_threads,
               certify_kwargs=certify_kwargs)
-    args = [(run_dir, x_np[s : s + shard_size], r_np[s : s + shard_size], s) for s in range(0, n, shard_size)]
+    args = [(run_dir, x_np[pieces[i].start : pieces[i].stop], r_np[pieces[i].start : pieces[i].stop], pieces[i].start)
+            for i in todo]
 
-    results: list[dict[str, np.ndarray] | None] = [None] * len(args)
-    with tqdm(total=n, desc=f"certify ({executor})", unit="input", disable=not progress) as bar:
-        for i, res, err in map_tasks(certify_shard, args, executor=executor, workers=int(workers), address=address,
+    results: list[dict[str, np.ndarray] | None] = [p.cols for p in pieces]
+    with tqdm(total=n, initial=n - sum(len(a[1]) for a in args), desc=f"certify ({executor})", unit="input",
+              disable=not progress) as bar:
+        for j, res, err in map_tasks(certify_shard, args, executor=executor, workers=int(workers), address=address,
                                      kwargs=kw, ray_options={"num_cpus": max(1, torch_threads or 1)}):
             if err is not None:
                 raise err
-            results[i] = res
-            bar.update(len(args[i][1]))
+            results[todo[j]] = res
+            if store is not None:
+                store.save(args[j][3], res, args[j][1], args[j][2])
+            bar.update(len(args[j][1]))
     cols = {k: np.concatenate([res[k] for res in results]) for k in results[0]}  # type: ignore[index]
-    settings = {k: certify_kwargs.get(k, getattr(CertifyConfig, k)) for k in ("mode", "alpha", "n_samples")}
-    return Certificate.from_numpy(cols, **settings)  # certify's defaults where not given
+    return _certificate(cols, certify_kwargs)
