@@ -180,6 +180,30 @@ def test_diffusers_certify_and_automatic_matrix_free_switch(monkeypatch):
     assert jac_mod.jacobian_norms(model, x, ("frobenius",), method="exact").method == "exact"
 
 
+def test_diffusers_default_attention_block_can_be_attacked():
+    """Found by an audit: with the mid-block attention every Stable Diffusion VAE has, forward-mode
+    products failed inside group_norm (the attack's start, the margin search, jvp probes: a raw
+    traceback). They now fall back to a second reverse pass; the start direction is still J's
+    top right-singular vector (checked against the exact Jacobian)."""
+    from robvae.attacks.starts import top_singular_direction
+    from robvae.evaluation import attack_report
+    from robvae.models.fast_decode import flat_decode
+
+    model = from_diffusers(_tiny_kl())
+    x = _digits(2)
+    v, sigma = top_singular_direction(model, x, iters=30)
+    for i in range(2):
+        J = torch.func.jacrev(lambda xx: flat_decode(model, model.encode(xx)[0]))(x[i : i + 1])
+        s = torch.linalg.svdvals(J.reshape(J.shape[1], -1))
+        torch.testing.assert_close(sigma[i], s[0], rtol=1e-3, atol=0)
+    est = jacobian_norm(model, x, method="hutchinson", probe="jvp", n_probes=400,
+                        generator=torch.Generator().manual_seed(0))
+    exact = jacobian_norm(model, x, method="exact")
+    torch.testing.assert_close(est, exact, rtol=0.15, atol=0)
+    rep = attack_report(model, x, 0.5, preset="cheap", seed=0)
+    assert len(rep.rows) == 2
+
+
 def test_diffusers_unsupported_configs_are_refused():
     with pytest.raises(InputError, match="not divisible"):
         from_diffusers(_tiny_kl(), input_shape=(1, 9, 9))

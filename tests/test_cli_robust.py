@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -322,3 +323,22 @@ def test_attack_cli_is_one_library_call(run_dir, capsys, tmp_path):
     assert not np.allclose([r["expected_damage"] for r in other.rows], [r["expected_damage"] for r in rep.rows])
     with pytest.raises(InputError, match="legacy"):
         attack_report(load(run_dir).model, x, 0.4, steps=3)
+
+
+def test_out_paths_that_would_replace_a_runs_files_are_refused(run_dir, capsys, tmp_path):
+    """Found by an audit: --out RUN/config.csv wrote the summary over the run's config.json (the
+    run could no longer be loaded), and --out RUN/model.safetensors wrote a CSV over the weights."""
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    for cmd, extra in (("certify", ["--r", 1.0, "--samples", 50]), ("margin", ["--r", 1.0])):
+        for out, needle in ((run_dir / "config.csv", "would replace .*config.json, which is not an earlier"),
+                            (run_dir / "model.safetensors", "must end in .csv")):
+            rc, _, err = _run(capsys, cmd, run_dir, "--n", 2, *extra, "--out", out, "--quiet")
+            assert rc == 2 and re.search(needle, err), err
+            assert len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    assert not list(run_dir.glob("*.partial"))
+    # an earlier result of the same command is replaced as before
+    for _ in range(2):
+        rc, _, err = _run(capsys, "certify", run_dir, "--n", 2, "--r", 1.0, "--samples", 50, "--out",
+                          tmp_path / "c.csv", "--quiet")
+        assert rc == 0, err

@@ -209,3 +209,52 @@ def test_real_fashion_mnist_from_system_folder():
     assert test.images.min().item() == 0.0 and test.images.max().item() == 1.0
     train = load_fashion_mnist("train")
     assert len(train) == 60000 and torch.bincount(train.labels).tolist() == [6000] * 10
+
+
+def test_mnist_and_fashion_subfolders_are_told_apart(tmp_path):
+    """Found by an audit: MNIST and Fashion-MNIST share file names, and the search took the first
+    subfolder in sorted order, so --dataset mnist over a folder holding fashion-mnist/ and mnist/
+    trained on Fashion-MNIST (exit 0)."""
+    mnist, _ = make_split(tmp_path / "mnist", "test", 3, gz=True, seed=1)
+    fashion, _ = make_split(tmp_path / "fashion-mnist", "test", 5, gz=True, seed=2)
+    np.testing.assert_array_equal(load_mnist("test", tmp_path).images.numpy()[:, 0], mnist / np.float32(255))
+    np.testing.assert_array_equal(load_fashion_mnist("test", tmp_path).images.numpy()[:, 0],
+                                  fashion / np.float32(255))
+    # only the other data set's folder: refused, naming it; a neutral folder is taken
+    only = tmp_path / "only"
+    make_split(only / "Fashion_MNIST" / "raw", "test", 2, gz=False)
+    with pytest.raises(DataError, match=r"only IDX files .*Fashion_MNIST/raw, whose name says they are another"):
+        load_mnist("test", only)
+    make_split(only / "data", "test", 4, gz=False)
+    assert len(load_mnist("test", only)) == 4 and len(load_fashion_mnist("test", only)) == 2
+    # two neutral folders at one depth: refused, naming both
+    two = tmp_path / "two"
+    make_split(two / "a", "test", 2, gz=False)
+    make_split(two / "b", "test", 3, gz=False)
+    with pytest.raises(DataError, match=r"several folders.*two/a.*two/b"):
+        load_mnist("test", two)
+    assert find_idx_files(two, "test") is not None  # no data set named: the first, as before
+    # the folder given holds the files: taken whatever its name
+    assert len(load_mnist("test", tmp_path / "fashion-mnist")) == 5
+
+
+def test_a_gzip_bomb_and_a_wrapping_header_are_refused_without_reading_them(tmp_path):
+    """Found by an audit: a 2 MB .gz of zeros inflated to 2 GiB in memory before the header was
+    checked, and dimensions whose product wraps in int64 passed as 0 bytes."""
+    import zlib
+
+    huge = struct.pack(">I", 0x803) + struct.pack(">3I", 1 << 31, 1 << 31, 4)
+    path = tmp_path / "wrap-images-idx3-ubyte"
+    path.write_bytes(huge)
+    with pytest.raises(DataError, match=r"wrap-images.*declares 18446744073709551616 bytes"):
+        read_idx(path)
+    # a valid header for 16 images followed by 64 MiB of zeros, compressed to ~64 KiB
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    body = [comp.compress(idx_bytes(np.zeros((16, 28, 28), np.uint8)))]
+    zeros = bytes(1 << 20)
+    body += [comp.compress(zeros) for _ in range(64)]
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(b"".join(body) + comp.flush())
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(DataError, match=r"bomb.gz: 65536 or more extra bytes after the payload"):
+        read_idx(path, 0x803)

@@ -325,3 +325,71 @@ def test_a_module_placed_twice_in_a_sequential_runs_twice():
         assert has_fast_route(m, z)
         with torch.inference_mode():
             torch.testing.assert_close(flat_decode(m, z), m.decode(z).flatten(1), rtol=1e-5, atol=1e-6)
+
+
+class ClampDecoder(nn.Module):
+    """Standard layers, but forward clamps the latents first: invisible to latents within +-c."""
+
+    def __init__(self, d, c):
+        super().__init__()
+        self.c = c
+        self.net = nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, 16))
+
+    def forward(self, z):
+        return self.net(z.clamp(-self.c, self.c))
+
+
+def test_changes_that_are_not_tensors_rebuild_the_rewrite():
+    """A layer replaced or appended, or a flag the model's decode reads, after a first call: the
+    rewrite follows model.decode (a cache keyed by tensors only kept the old function)."""
+    d = 6
+    torch.manual_seed(0)
+    z = torch.randn(40, d)
+    model = UserVAE(nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, 16)), d, (1, 4, 4)).eval()
+    edits = [lambda m: m.decoder.__setitem__(1, nn.Tanh()),
+             lambda m: m.decoder.append(nn.Sigmoid()),
+             lambda m: setattr(m, "sigmoid", False),
+             lambda m: setattr(m.decoder[1], "alpha", 3.0) if isinstance(m.decoder[1], nn.ELU) else
+             m.decoder.__setitem__(1, nn.ELU(alpha=0.5))]
+    for edit in edits:
+        with torch.inference_mode():
+            flat_decode(model, z)  # builds (or reuses) the rewrite
+        edit(model)
+        with torch.inference_mode():
+            torch.testing.assert_close(flat_decode(model, z), model.decode(z).flatten(1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("c", [3.0, 6.0, 40.0])
+def test_a_decoder_that_differs_far_out_is_never_used_where_it_differs(c):
+    """A clamp in the decoder's forward at +-c: the rewrite (which skips it) must not be used on
+    latents beyond it, whether the first check sees them (c = 3, 6) or only later calls do (c =
+    40: caught by the per-call check on the farthest row, with a warning)."""
+    import warnings
+
+    d = 4
+    torch.manual_seed(1)
+    model = UserVAE(ClampDecoder(d, c), d, (1, 4, 4)).eval()
+    g = torch.Generator().manual_seed(0)
+    near = torch.randn(64, d, generator=g)
+    far = torch.randn(64, d, generator=g) * 2 + torch.tensor([50.0, 0, 0, 0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.inference_mode():
+            for z in (near, far, near):
+                torch.testing.assert_close(flat_decode(model, z), model.decode(z).flatten(1), rtol=1e-5, atol=1e-6)
+    if c == 40.0:
+        assert any("disagreed with model.decode" in str(w.message) for w in caught)
+
+
+def test_no_rewrite_in_half_precision():
+    """In float16 / bfloat16 the rewrite's rounding cannot be told from a different function
+    (0.01 + 0.98 sigmoid passed a 3e-2 tolerance): model.decode is used."""
+    d = 6
+    torch.manual_seed(0)
+    model = UserVAE(nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, 16)), d, (1, 4, 4)).eval()
+    for dtype in (torch.float16, torch.bfloat16):
+        m = model.to(dtype)
+        z = torch.randn(20, d, dtype=dtype)
+        with torch.inference_mode():
+            assert not has_fast_route(m, z)
+            assert torch.equal(flat_decode(m, z)[:20], m.decode(z).flatten(1))

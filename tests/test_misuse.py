@@ -37,6 +37,8 @@ class Bad(torch.nn.Module):
             return mu
         if self.fault == "nan_mu":
             return mu * float("nan"), sigma
+        if self.fault == "noisy_mu":
+            return mu + 0.01 * torch.randn_like(mu), sigma
         return mu, sigma
 
     def decode(self, z):
@@ -45,6 +47,10 @@ class Bad(torch.nn.Module):
             return out * float("nan")
         if self.fault == "flat_decode_wrong":
             return out.flatten(1)[:, :10]
+        if self.fault == "noisy_decode":
+            return out + 0.05 * torch.randn_like(out)
+        if self.fault == "functional_dropout":
+            return out + 0.1 * torch.nn.functional.dropout(torch.ones_like(out), 0.5, training=True)
         return out
 
 
@@ -55,6 +61,10 @@ FAULTS = {
     "nan_mu": "model.encode returned mu with 6 NaN or inf values",
     "nan_decode": "model.decode returned g(z) with 32 NaN or inf values",
     "flat_decode_wrong": "model.decode returned g(z) of shape (2, 10), expected (2, 1, 4, 4)",
+    # found by an audit: randomness inside encode / decode made every estimate silently wrong
+    "noisy_decode": "model.decode is not deterministic: two calls on the same input gave different g(z)",
+    "functional_dropout": "model.decode is not deterministic",
+    "noisy_mu": "model.encode is not deterministic: two calls on the same input gave different mu",
 }
 
 

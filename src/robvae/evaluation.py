@@ -71,7 +71,7 @@ from .attacks import EnsembleAttack, max_damage_attack
 from .config import ALPHA, ConfigMixin
 from .data import load_dataset
 from .errors import CheckpointError, InputError
-from .fileio import read_csv, read_json, write_csv, write_json
+from .fileio import read_csv, read_json, result_paths, write_csv, write_json
 from .metrics import (
     PerceptualDamage, expected_damage, image_similarity, likelihood_degradation, perceptual_damage,
     reconstruction_damage, reconstruction_error,
@@ -609,15 +609,15 @@ def margin_report(run: Any, config: EvalConfig, out: str | Path | None = None, *
     per-input CSV (:data:`MARGIN_COLUMNS`) and ``out`` with suffix .json (the config, ``meta`` and
     the summary)."""
     config = replace(config, attack=False, margin=True)
+    paths = None if out is None else result_paths(out, "margin")  # before any work
     result = evaluate(run, config, progress=progress)
     rig = result.bound_stats(RIGOROUS_FOR_MODE[config.margin_mode]) if config.rigorous else None
     rep = MarginReport(result, result.bound_stats("theorem1"), rigorous=rig)
-    if out is not None:
-        path = Path(out)
-        write_csv(path, rep.rows(), fieldnames=list(MARGIN_COLUMNS))
-        write_json(path.with_suffix(".json"), jsonable({"command": "margin", **(meta or {}),
-                                                        "evaluation": config.to_dict(), "summary": rep.summary()}))
-        rep.path = path
+    if paths is not None:
+        write_csv(paths[0], rep.rows(), fieldnames=list(MARGIN_COLUMNS))
+        write_json(paths[1], jsonable({"command": "margin", **(meta or {}), "evaluation": config.to_dict(),
+                                       "summary": rep.summary()}))
+        rep.path = paths[0]
     return rep
 
 

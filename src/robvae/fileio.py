@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import CheckpointError, LockError
+from .errors import CheckpointError, InputError, LockError
 
 
 def _read_umask() -> int:
@@ -115,6 +115,24 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{what} {path} is corrupt (not valid JSON: {e})") from None
+
+
+def result_paths(out: str | os.PathLike, command: str) -> tuple[Path, Path]:
+    """(CSV, JSON) paths of a command that writes a per-input CSV at ``out`` and its summary beside
+    it (``out`` with suffix .json), checked before any work: ``out`` must end in .csv, and an
+    existing JSON there must be an earlier result of the same ``command`` (so that ``--out
+    RUN/config.csv`` cannot replace a run's config.json). InputError otherwise."""
+    csv_path = Path(out)
+    if csv_path.suffix.lower() != ".csv":
+        raise InputError(f"--out {csv_path}: must end in .csv (robvae {command} writes a CSV there and its "
+                         "summary beside it as .json)")
+    json_path = csv_path.with_suffix(".json")
+    if json_path.exists() and read_json_dict(json_path).get("command") != command:
+        raise InputError(f"--out {csv_path} would replace {json_path}, which is not an earlier robvae {command} "
+                         "summary; choose another --out")
+    if csv_path.is_dir() or json_path.is_dir():
+        raise InputError(f"--out {csv_path}: {csv_path if csv_path.is_dir() else json_path} is a folder")
+    return csv_path, json_path
 
 
 def read_json_dict(path: str | os.PathLike) -> dict[str, Any]:
@@ -273,6 +291,20 @@ def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
                 os.unlink(path)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a mapping that repeats a key (safe_load keeps the last value
+    silently: a zoo's or sweep's second ``n_samples:`` would override the first unseen)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | os.PathLike, error: type[Exception], what: str) -> Any:
     """The document of a YAML file (safe loader): FileNotFoundError when it is missing, ``error``
     naming the file when it is not valid YAML or empty (``what``: "sweep file", "zoo file", ...)."""
@@ -280,7 +312,7 @@ def read_yaml(path: str | os.PathLike, error: type[Exception], what: str) -> Any
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as e:
         raise error(f"{path}: not valid YAML ({str(e).replace(chr(10), ' ')})") from None
     if doc is None:

@@ -258,8 +258,42 @@ def check_model_outputs(model: torch.nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         for start in range(0, max(1, x.shape[0]), CHECK_BATCH):
             part = x[start:start + CHECK_BATCH]
-            mu, _ = checked_encode(model, part)
-            checked_decode(model, mu, tuple(x.shape[1:]))
+            mu, sigma = checked_encode(model, part)
+            out = checked_decode(model, mu, tuple(x.shape[1:]))
+            if start == 0:
+                check_deterministic(model, part, (mu, sigma), out)
+
+
+#: inputs encoded and latents decoded a second time by :func:`check_deterministic`
+DETERMINISM_ROWS = 4
+
+
+def check_deterministic(model: torch.nn.Module, x: torch.Tensor, encoded: tuple[torch.Tensor, torch.Tensor],
+                        decoded: torch.Tensor) -> None:
+    """InputError unless encoding the first :data:`DETERMINISM_ROWS` inputs of ``x`` again gives
+    the same (mu, sigma) and decoding their mu again the same g(mu) (to 1e-5 relative: CUDA
+    kernels may add in another order). The certificates are about the functions mu, sigma and g;
+    randomness inside encode or decode (sampling, ``F.dropout(training=True)``, noise) would make
+    every estimate and radius silently wrong."""
+    k = min(DETERMINISM_ROWS, x.shape[0])
+    mu, sigma = encoded
+    again = model.encode(x[:k])
+    for name, a, b in (("mu", again[0], mu[:k]), ("sigma", again[1], sigma[:k]),
+                       ("g(z)", model.decode(mu[:k]), decoded[:k])):
+        if not _close(a, b):
+            what = "model.decode" if name == "g(z)" else "model.encode"
+            raise InputError(f"{what} is not deterministic: two calls on the same input gave different {name} "
+                             "(sampling, noise or functional dropout inside it?); robvae certifies the functions "
+                             "mu(x), sigma(x) and g(z): move the randomness out or disable it in eval mode")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    if torch.equal(a, b):
+        return True
+    a, b = a.double(), b.double()
+    return bool(((a - b).abs() <= 1e-5 * b.abs().clamp_min(1.0)).all())
 
 
 def check_delta(x: torch.Tensor, delta: torch.Tensor | None, *, tol: float = 1e-6) -> torch.Tensor | None:

@@ -11,8 +11,9 @@ gradient is 0, so this start is what moves an attack that does not start at rand
 from __future__ import annotations
 
 import torch
-from torch.func import jvp, vjp
+from torch.func import vjp
 
+from ..autodiff import jv_function
 from ..models.fast_decode import flat_decode
 from ..rng import randn
 from .pgd import unit_rows
@@ -36,10 +37,11 @@ def top_singular_direction(
             return flat_decode(model, model.encode(xx)[0])
 
         v = unit_rows(randn(x0.shape, x0, generator))
-        _, pullback = vjp(f, x0)
+        out, pullback = vjp(f, x0)
+        jv_fn = jv_function(f, x0, pullback, out)  # forward mode, or a second reverse pass where it fails
         sigma = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
         for _ in range(max(int(iters), 1)):
-            _, jv = jvp(f, (x0,), (v,))
+            jv = jv_fn(v)
             sigma = jv.norm(dim=1)
             (w,) = pullback(jv)
             v = unit_rows(w).detach()

@@ -29,13 +29,14 @@ relative log-likelihood degradation (median) at each attack budget, and wall tim
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..attacks import EnsembleAttack
+from ..attacks import PRESETS, EnsembleAttack
 from ..data import ImageDataset, load_dataset
 from ..errors import InputError, RobvaeError
 from ..metrics import likelihood_degradation, reconstruction_error
@@ -161,6 +162,51 @@ PROTOCOL_V1 = Protocol(
 )
 #: Every registered protocol, by version.
 PROTOCOLS: dict[str, Protocol] = {"v1": PROTOCOL_V1}
+
+
+def _count(v: Any, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise InputError(f"must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _positive(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise InputError(f"must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
+def _level(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+        raise InputError(f"must be a level in (0, 1), got {v!r}")
+    return float(v)
+
+
+def _choice(*allowed: str):
+    def check(v: Any) -> str:
+        if v not in allowed:
+            raise InputError(f"must be one of {', '.join(allowed)}, got {v!r}")
+        return v
+    return check
+
+
+def _budgets(v: Any) -> tuple[float, ...]:
+    vals = v if isinstance(v, (list, tuple)) else [v]
+    if not vals:
+        raise InputError("must list at least one budget")
+    return tuple(_positive(e) for e in vals)
+
+
+#: how each field a zoo may override is checked (and normalised), before anything is trained
+PROTOCOL_FIELD_CHECKS = {
+    "attack": _choice(*PRESETS), "attack_norm": _choice("l2", "linf"), "n_samples": lambda v: _count(v, 1),
+    "alpha": _level, "margin_tol": _positive, "margin_max_iter": lambda v: _count(v, 1),
+    "margin_mode": _choice("full", "mean"), "seed": lambda v: _count(v, 0), "elbo_seed": lambda v: _count(v, 0),
+}
+SUBSET_FIELD_CHECKS = {
+    "n": lambda v: _count(v, 1), "r": _positive, "cert_eps": _positive, "attack_eps": _budgets,
+    "seed": lambda v: _count(v, 0),
+}
 
 
 def get_protocol(version: str) -> Protocol:

@@ -35,12 +35,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import RobvaeError
+from ..errors import InputError, RobvaeError
 from ..fileio import read_yaml
 from ..sweep import Trial
 from ..sweep.spec import check_document, folder_key, one_line, set_dotted
 from .loader import ModelSpecError, resolve_spec
-from .protocol import Protocol, get_protocol
+from .protocol import PROTOCOL_FIELD_CHECKS, SUBSET_FIELD_CHECKS, Protocol, get_protocol
 
 
 class ZooError(RobvaeError):
@@ -123,14 +123,14 @@ def _overrides(protocol: Protocol, subset: str, doc: dict[str, Any]) -> Protocol
             continue
         if not isinstance(ov, dict):
             raise ZooError(f"{key}: expected a mapping of fields, got {type(ov).__name__}")
-        obj = protocol if target is None else protocol.subset(subset)
-        known = [f for f in obj.__dataclass_fields__ if f not in ("version", "subsets", "name", "dataset", "split",
-                                                                     "data_dir")]
+        checks = PROTOCOL_FIELD_CHECKS if target is None else SUBSET_FIELD_CHECKS
         for k, v in ov.items():
-            if k not in known:
-                raise ZooError(f"{key}.{k}: unknown field (known: {', '.join(known)})")
-            if k == "attack_eps":
-                v = tuple(float(e) for e in (v if isinstance(v, list) else [v]))
+            if k not in checks:
+                raise ZooError(f"{key}.{k}: unknown field (known: {', '.join(checks)})")
+            try:
+                v = checks[k](v)
+            except InputError as e:
+                raise ZooError(f"{key}.{k}: {e}") from None
             protocol = protocol.with_overrides(target, **{k: v})
     return protocol
 

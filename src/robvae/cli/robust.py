@@ -16,7 +16,7 @@ from ..data import load_dataset
 from ..data.download import default_data_dir
 from ..errors import InputError
 from ..evaluation import LEGACY_ATTACK, EvalConfig, attack_report, margin_report
-from ..fileio import write_csv, write_json
+from ..fileio import result_paths, write_csv, write_json
 from ..robustness import CertifyConfig, r_min
 from ..robustness.rigorous import rigorous_columns
 from ..sweep import SHARD_EXECUTORS, certify_sharded, partial_folder
@@ -111,13 +111,13 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     if (r is None) == (r_relative is None):  # checked before any work (loading the run, the data)
         raise click.UsageError("give exactly one of --r and --r-relative")
     vae, x = _inputs(run, split, n, device, data_dir, download)
+    out_path, json_path = result_paths(Path(out) if out else Path(vae.path) / f"certify-{split}.csv", "certify")
     radius = resolve_radius(vae.model, x, r, r_relative, n_samples, seed)
     # one code path for every executor: each block of inputs draws its noise from a generator
     # seeded by (seed, the block's first index), whatever the executor (see robvae.sweep.shard);
     # the serial path uses every core (workers use one thread each): Monte Carlo counts agree
     # exactly across executors, radii to float rounding
     executor, workers = auto_executor(len(x) * n_samples, executor, workers)
-    out_path = Path(out) if out else Path(vae.path) / f"certify-{split}.csv"
     # finished shards are kept here until the CSV is written: an interrupted run resumes from them
     partial = partial_folder(out_path)
     if isinstance(vae, ModelRun):  # --model: this process, blocks seeded as certify_sharded's
@@ -144,7 +144,7 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     lead = {"frobenius": "radius", "spectral": "radius_spectral", "whitened": "radius_whitened"}[jacobian_norm]
     summary = {"lead": lead, **summary, "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
     write_csv(out_path, cert.to_rows())
-    write_json(out_path.with_suffix(".json"), {
+    write_json(json_path, {
         "command": "certify", "run": str(run), "split": split, "n": n, "r": radius, "r_relative": r_relative,
         "n_samples": n_samples, "alpha": alpha, "mode": mode, "precision": precision, "early_abstain": early_abstain,
         "rigorous": rigorous, "executor": executor, "seed": seed,

@@ -11,7 +11,10 @@ range) raises ``DataError`` naming the file.
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -39,15 +42,24 @@ SPLITS = tuple(IDX_NAMES)
 _SEARCH_DEPTH = 3  # how many levels of subfolders are searched for the files
 
 
-def _read_bytes(path: Path) -> bytes:
+#: the largest IDX payload read (bytes): 64x the 47 MB of MNIST's training images; a header that
+#: declares more is refused before anything is decompressed or allocated
+MAX_IDX_BYTES = 1 << 32
+
+
+def _open(path: Path) -> io.BufferedIOBase:
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
-    if raw[:2] != GZIP_MAGIC:
-        return raw
+    # gzip is read as a stream, no further than the header says: a small file that inflates to
+    # gigabytes costs nothing
+    return gzip.GzipFile(fileobj=io.BytesIO(raw)) if raw[:2] == GZIP_MAGIC else io.BytesIO(raw)
+
+
+def _read(stream: io.BufferedIOBase, n: int, path: Path) -> bytes:
     try:
-        return gzip.decompress(raw)
+        return stream.read(n)
     except EOFError as err:
         raise DataError(f"{path}: truncated gzip stream ({err})") from err
     except (gzip.BadGzipFile, zlib.error, OSError) as err:
@@ -58,30 +70,38 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
     """Read one IDX file (gzip or raw) into a numpy array of the shape its header gives.
 
     ``expected_magic`` (e.g. ``IDX_IMAGES_MAGIC``) is checked when given. The payload must be
-    exactly as long as the header says: truncated files and trailing bytes are both refused.
+    exactly as long as the header says: truncated files and trailing bytes are both refused, and
+    so is a header declaring more than :data:`MAX_IDX_BYTES` (before anything is read).
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DataError(f"{path}: {len(data)} bytes, too short for an IDX header (4-byte magic number)")
-    magic = int.from_bytes(data[:4], "big")
+    stream = _open(path)
+    head = _read(stream, 4, path)
+    if len(head) < 4:
+        raise DataError(f"{path}: {len(head)} bytes, too short for an IDX header (4-byte magic number)")
+    magic = int.from_bytes(head, "big")
     if expected_magic is not None and magic != expected_magic:
         raise DataError(f"{path}: bad IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
-    zeros, type_code, ndim = data[0:2], data[2], data[3]
+    zeros, type_code, ndim = head[0:2], head[2], head[3]
     if zeros != b"\x00\x00" or type_code not in _IDX_DTYPES or ndim == 0:
         raise DataError(f"{path}: not an IDX file (magic number 0x{magic:08x})")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes, {ndim} dimensions need {header})")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dim_bytes = _read(stream, 4 * ndim, path)
+    if len(dim_bytes) < 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({4 + len(dim_bytes)} bytes, {ndim} dimensions need "
+                        f"{4 + 4 * ndim})")
+    dims = tuple(int.from_bytes(dim_bytes[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
     dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    payload = len(data) - header
-    if payload < expected:
-        raise DataError(f"{path}: truncated payload: {payload} bytes, header {dims} needs {expected}")
-    if payload > expected:
-        raise DataError(f"{path}: {payload - expected} extra bytes after the payload of {dims} ({expected} bytes)")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    expected = math.prod(dims) * dtype.itemsize  # exact (numpy's int64 product can wrap)
+    if expected > MAX_IDX_BYTES:
+        raise DataError(f"{path}: header {dims} declares {expected} bytes of data, more than robvae reads "
+                        f"({MAX_IDX_BYTES}); not an image data set file?")
+    payload = _read(stream, expected, path)
+    if len(payload) < expected:
+        raise DataError(f"{path}: truncated payload: {len(payload)} bytes, header {dims} needs {expected}")
+    extra = _read(stream, 1 << 16, path)
+    if extra:
+        more = "" if len(extra) < 1 << 16 else " or more"
+        raise DataError(f"{path}: {len(extra)}{more} extra bytes after the payload of {dims} ({expected} bytes)")
+    return np.frombuffer(payload, dtype=dtype).reshape(dims)
 
 
 def read_idx_pair(
@@ -127,11 +147,15 @@ def _search_dirs(root: Path) -> list[Path]:
     return dirs
 
 
-def find_idx_files(data_dir: str | os.PathLike, split: str) -> tuple[Path, Path] | None:
+def find_idx_files(data_dir: str | os.PathLike, split: str, name: str | None = None) -> tuple[Path, Path] | None:
     """(images, labels) paths of ``split`` in ``data_dir`` or its subfolders; None when absent.
 
-    Both files must sit in the same folder; the shallowest folder holding both wins. Raises
-    DataError when a folder holds one of the two but no folder holds both.
+    Both files must sit in the same folder. ``data_dir`` itself wins when it holds both. Below it,
+    MNIST and Fashion-MNIST use the same file names, so with the data set's ``name`` a subfolder
+    whose path names another data set (``fashion-mnist/`` when MNIST is asked for, ``mnist/``
+    for Fashion-MNIST) is never taken; one that names this data set is preferred over one that
+    names none; among the rest the shallowest wins, and a tie is refused naming the folders.
+    Raises DataError when a folder holds one of the two files but no folder holds both.
     """
     if split not in IDX_NAMES:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
@@ -140,21 +164,56 @@ def find_idx_files(data_dir: str | os.PathLike, split: str) -> tuple[Path, Path]
         return None
     image_base, label_base = IDX_NAMES[split]
     half: tuple[Path, str] | None = None
+    found: list[tuple[Path, Path, Path]] = []  # (folder, images, labels), shallowest first
     for folder in _search_dirs(root):
         images = next((p for p in _candidates(folder, image_base) if p.is_file()), None)
         labels = next((p for p in _candidates(folder, label_base) if p.is_file()), None)
         if images and labels:
-            return images, labels
-        if half is None and (images or labels):
+            if folder == root or name is None:
+                return images, labels
+            found.append((folder, images, labels))
+        elif half is None and (images or labels):
             half = (images, label_base) if images else (labels, image_base)  # type: ignore[assignment]
+    if found:
+        return _pick(found, root, split, name)
     if half is not None:
         raise DataError(f"{half[0]}: found, but its partner {half[1]}(.gz) is missing from {half[0].parent}")
     return None
 
 
+def _names(folder: Path, root: Path, name: str | None) -> bool | None:
+    """Whether ``folder``'s path below ``root`` names data set ``name`` (True), another IDX data
+    set (False) or none (None)."""
+    tokens = {t for part in folder.relative_to(root).parts for t in re.split(r"[^a-z0-9]+", part.lower()) if t}
+    fashion = "fashion" in tokens
+    mnist = any(t.startswith("mnist") for t in tokens)  # mnist, mnist10k
+    if name == "fashion-mnist":
+        return True if fashion else (False if mnist else None)
+    if name == "mnist":
+        return False if fashion else (True if mnist else None)
+    return None
+
+
+def _pick(found: list[tuple[Path, Path, Path]], root: Path, split: str, name: str | None) -> tuple[Path, Path]:
+    verdicts = [_names(f[0], root, name) for f in found]
+    for want in (True, None):
+        group = [f for f, v in zip(found, verdicts) if v is want]
+        if group:
+            depth = len(group[0][0].relative_to(root).parts)
+            tied = [f for f in group if len(f[0].relative_to(root).parts) == depth]
+            if len(tied) > 1:
+                raise DataError(f"{name} {split}: several folders under {root} hold its IDX files "
+                                f"({', '.join(str(f[0]) for f in tied)}); pass the one you mean as --data-dir")
+            return tied[0][1], tied[0][2]
+    others = ", ".join(str(f[0]) for f in found)
+    raise DataError(f"{name} {split}: the only IDX files under {root} are in {others}, whose name says they are "
+                    "another data set's (MNIST and Fashion-MNIST files have the same names); pass the folder of "
+                    f"{name}'s files as --data-dir")
+
+
 def load_idx_dataset(data_dir: str | os.PathLike, split: str, name: str) -> ImageDataset:
     """Load a split from a folder of IDX files as float32 [N, 1, 28, 28] in [0, 1]."""
-    found = find_idx_files(data_dir, split)
+    found = find_idx_files(data_dir, split, name)
     if found is None:
         raise DataError(_missing_message(name, Path(data_dir), split))
     images, labels = read_idx_pair(*found)
@@ -173,7 +232,7 @@ def _missing_message(name: str, folder: Path, split: str) -> str:
 
 def _load(name: str, split: str, data_dir: Path, download: bool) -> ImageDataset:
     # an unknown split is refused by find_idx_files, before any download
-    if download and find_idx_files(data_dir, split) is None:
+    if download and find_idx_files(data_dir, split, name) is None:
         _download.download_dataset(name, data_dir, (split,))
     return load_idx_dataset(data_dir, split, name)
 
@@ -203,7 +262,7 @@ def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike | None 
     ``default_data_dir("fashion-mnist")``.
     """
     if data_dir is None:
-        if find_idx_files(FASHION_MNIST_SYSTEM_DIR, split) is not None or not download:
+        if find_idx_files(FASHION_MNIST_SYSTEM_DIR, split, "fashion-mnist") is not None or not download:
             if not FASHION_MNIST_SYSTEM_DIR.is_dir():
                 raise DataError(f"fashion-mnist: {FASHION_MNIST_SYSTEM_DIR} does not exist; install the Debian "
                                 "package dataset-fashion-mnist, pass --data-dir DIR or download=True (--download)")

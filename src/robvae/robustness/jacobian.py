@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.func import jvp, vjp, vmap
+from torch.func import vjp, vmap
 
 from ..attacks.pgd import unit_rows
+from ..autodiff import jv_function
 from ..models.fast_decode import CHUNK_ELEMENTS, batches
 from ..rng import randn
 from ..validation import check_x
@@ -107,23 +108,11 @@ def _hutchinson_frobenius(
         sq = g.reshape(n_probes, B, -1).pow(2).sum(-1)
     elif probe == "jvp":
         v = randn((n_probes, *x.shape), x, generator)  # [P, B, *shape]
-        jv = vmap(lambda t: jvp(f, (x,), (t,))[1])(v)  # [P, B, d]
+        jv = vmap(jv_function(f, x))(v)  # [P, B, d]
         sq = jv.pow(2).sum(-1)
     else:
         raise ValueError(f"unknown probe {probe!r}; choose 'vjp' (u ~ N(0, I_d)) or 'jvp' (v ~ N(0, I_D))")
     return sq.mean(0).sqrt()
-
-
-def _jv_fn(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, out: torch.Tensor,
-           vjp_fn: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
-    """v -> J v: forward mode (jvp), or, for layers without a forward-mode derivative (e.g. fused
-    attention on the CPU, or group norm after it), the transpose of the vjp (a second reverse pass)."""
-    try:
-        jvp(f, (x,), (torch.zeros_like(x),))
-        return lambda v: jvp(f, (x,), (v,))[1]
-    except (NotImplementedError, RuntimeError):
-        _, vjp2 = vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
-        return lambda v: vjp2(v)[0]
 
 
 def _power_spectral(
@@ -132,7 +121,7 @@ def _power_spectral(
     """Power iteration on J^T J (v <- J^T J v / ||J^T J v||), per input -> ||J v|| ~ ||J||_2 [B]."""
     B = x.shape[0]
     out, vjp_fn = vjp(f, x)
-    jv_fn = _jv_fn(f, x, out, vjp_fn)
+    jv_fn = jv_function(f, x, vjp_fn, out)
     v = unit_rows(randn(x.shape, x, generator))
     est = torch.zeros(B, dtype=x.dtype, device=x.device)
     for _ in range(max(1, n_iter)):

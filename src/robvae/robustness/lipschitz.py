@@ -47,6 +47,7 @@ from torch import nn
 from torch.nn.modules import module as _torch_module
 
 from ..errors import InputError
+from ..models.fast_decode import structure_key
 from ..models.likelihoods import _SigmoidMean
 from ..models.linear import LinearVAE
 from ..models.lipschitz import GroupSort, LipschitzDecoder, LipschitzEncoder, OrthoLinear
@@ -358,9 +359,6 @@ def _split_last(seq: nn.Sequential) -> tuple[float, nn.Linear]:
 _VAE_LIPSCHITZ: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-_SIMPLE = (bool, int, float, str, type(None))
-
-
 def _fingerprint(model: nn.Module) -> str:
     """A hash of every parameter's and buffer's name, dtype, shape and bytes, and of every module's
     class and plain settings (numbers, strings, flags and tuples of them: an OrthoLinear's scale,
@@ -372,10 +370,7 @@ def _fingerprint(model: nn.Module) -> str:
         t = t.detach()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.contiguous().reshape(-1).cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    for name, m in model.named_modules():
-        settings = sorted((k, v) for k, v in vars(m).items() if isinstance(v, _SIMPLE) or (
-            isinstance(v, tuple) and all(isinstance(e, _SIMPLE) for e in v)))
-        h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__}:{settings!r};".encode())
+    h.update(structure_key(model).encode())
     return h.hexdigest()
 
 

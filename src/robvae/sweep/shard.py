@@ -149,11 +149,14 @@ class ShardStore:
                 for p in self.folder.iterdir():
                     if _SHARD_FILE.match(p.name) or p.name == _KEY_FILE:
                         p.unlink()
-        if not (key_path.is_file() and key_path.read_text(encoding="utf-8", errors="replace") == self.key):
-            atomic_write_text(key_path, self.key)  # makes the folder; fails early where it cannot be written
+        self._keyed = key_path.is_file() and key_path.read_text(encoding="utf-8", errors="replace") == self.key
 
     def save(self, start: int, cols: dict[str, np.ndarray], x: np.ndarray, r: np.ndarray) -> None:
-        """Keep the results ``cols`` of inputs ``x`` (radii ``r``) from global index ``start`` on."""
+        """Keep the results ``cols`` of inputs ``x`` (radii ``r``) from global index ``start`` on
+        (the folder and its key are made with the first shard: a call refused before it leaves none)."""
+        if not self._keyed:
+            atomic_write_text(self.folder / _KEY_FILE, self.key)
+            self._keyed = True
         stop = start + len(x)
         save_tensors(self.folder / f"shard-{start}-{stop}.safetensors",
                      {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in cols.items()},
@@ -163,7 +166,7 @@ class ShardStore:
         """Cut inputs ``[0, N)`` into finished pieces (their columns loaded) and gaps, in order."""
         n = len(x)
         found: dict[int, list[int]] = {}
-        for p in self.folder.iterdir():
+        for p in (self.folder.iterdir() if self._keyed else ()):
             m = _SHARD_FILE.match(p.name)
             if m:
                 a, b = int(m.group(1)), int(m.group(2))
