@@ -285,3 +285,121 @@ def test_markdown_cells_of_missing_and_infinite_numbers():
     from robvae.bench.run import _cell
 
     assert [_cell(v, "{:.3f}") for v in (math.nan, math.inf, -math.inf, None, 0.5)] == ["nan", "inf", "-inf", "—", "0.500"]
+
+
+class _Quantised(torch.nn.Module):
+    """Gradient masking: the encoder reads round(16 x) / 16, so autograd sees J = 0 (a Theorem 1
+    radius of inf) while mu still moves under perturbations that cross a rounding step."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.input_shape = inner, inner.input_shape
+
+    def encode(self, x):
+        return self.inner.encode(torch.round(16 * x) / 16)
+
+    def decode(self, z):
+        return self.inner.decode(z)
+
+
+class _MeanImage(torch.nn.Module):
+    """A degenerate model: every reconstruction is one fixed image (certified everywhere)."""
+
+    def __init__(self, image):
+        super().__init__()
+        self.input_shape = tuple(image.shape)
+        self.register_buffer("image", image.clone())
+
+    def encode(self, x):
+        return torch.zeros(x.shape[0], 2, dtype=x.dtype), torch.full((x.shape[0], 2), 0.1, dtype=x.dtype)
+
+    def decode(self, z):
+        return (self.image + 0.3).clamp(0, 1).expand(z.shape[0], *self.image.shape)
+
+
+def test_gradient_masked_and_degenerate_models_are_flagged_and_ranked_last(tmp_path):
+    """Found by an audit: a quantising encoder ranked #1 (100% certified, radius inf) and a
+    model with a constant reconstruction was certified everywhere. Both are evaluated as before,
+    but flagged and ranked after every honest model, with the reason under the table."""
+    from robvae.data import load_dataset
+    from robvae.models import ModelConfig
+    from robvae.training import TrainConfig, train
+
+    model = train(TrainConfig(model=ModelConfig(latent_dim=8, hidden=(64,)), epochs=40), tmp_path / "run",
+                  progress=False).model
+    data = load_dataset("digits", "test")
+    protocol = PROTOCOL_V1.with_overrides("digits", n=20).with_overrides(n_samples=200, margin_max_iter=3)
+    honest = evaluate_protocol(model, data, protocol, "digits", name="linear")
+    masked = evaluate_protocol(_Quantised(model), data, protocol, "digits", name="masked")
+    constant = evaluate_protocol(_MeanImage(data.images[0]), data, protocol, "digits", name="constant")
+    assert honest.flags == [] and honest.first_order_inconsistent == 0.0
+    assert masked.first_order_inconsistent > 0.5 and "gradient masking" in masked.flags[0]
+    assert masked.certified_fraction >= honest.certified_fraction  # what made it rank first
+    assert constant.reconstruction_error >= constant.mean_image_error and "mean image" in constant.flags[0]
+    rows = aggregate([("masked", "user", masked), ("constant", "user", constant), ("linear", "user", honest)])
+    assert [r["name"] for r in rows][0] == "linear" and all(r["flags"] for r in rows[1:])
+    md = markdown_table(rows)
+    assert "masked (flagged)" in md and "- masked: gradients do not describe the encoder" in md
+
+
+def test_user_models_with_clashing_names_or_slugs_and_edited_models(tmp_path, monkeypatch):
+    """Found by an audit: a user model named like another entry was averaged into its row, specs
+    `um:a_b` and `um_a:b` shared one result folder, and an edited model (or other data) was served
+    its old result."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "um.py").write_text(textwrap.dedent("""
+        import torch
+        from robvae.models import LinearVAE
+        SEED = 1
+        def a_b():
+            return LinearVAE.random(d=2, input_shape=(1, 8, 8), s=0.2, seed=SEED, dtype=torch.float32), "same"
+    """))
+    (tmp_path / "um_a.py").write_text(textwrap.dedent("""
+        import torch
+        from robvae.models import LinearVAE
+        def b():
+            return LinearVAE.random(d=2, input_shape=(1, 8, 8), s=0.2, seed=7, dtype=torch.float32), "same"
+    """))
+    doc = {"subset": "digits", "subset_overrides": {"n": 6}, "protocol_overrides": {"n_samples": 100,
+                                                                                   "margin_max_iter": 2},
+           "models": ["um:a_b", "um_a:b"]}
+    calls: list[str] = []
+    real = bench_run.evaluate_protocol
+    monkeypatch.setattr(bench_run, "evaluate_protocol", lambda *a, **k: (calls.append(k["name"]), real(*a, **k))[1])
+    board = run_bench(parse_zoo(doc), tmp_path / "out", executor="serial", progress=False)
+    assert len(calls) == 2 and sorted(r["name"] for r in board.rows) == ["same", "same [um_a:b]"]
+    assert len(list((tmp_path / "out" / "models").iterdir())) == 2
+    calls.clear()
+    run_bench(parse_zoo(doc), tmp_path / "out", executor="serial", progress=False)
+    assert calls == []  # unchanged: cached
+    import um
+    monkeypatch.setattr(um, "SEED", 2)  # the user edits a model: evaluated again
+    board2 = run_bench(parse_zoo(doc), tmp_path / "out", executor="serial", progress=False)
+    assert calls == ["same"]
+    assert board2.rows != board.rows
+
+
+@pytest.mark.parametrize("ov, msg", [
+    ({"protocol_overrides": {"n_samples": "lots"}}, "protocol_overrides.n_samples: must be an integer >= 1"),
+    ({"protocol_overrides": {"alpha": 2}}, "protocol_overrides.alpha: must be a level in (0, 1)"),
+    ({"protocol_overrides": {"attack": "strongest"}}, "protocol_overrides.attack: must be one of"),
+    ({"subset_overrides": {"n": -5}}, "subset_overrides.n: must be an integer >= 1"),
+    ({"subset_overrides": {"r": "1"}}, "subset_overrides.r: must be a finite number > 0"),
+    ({"subset_overrides": {"attack_eps": [0.4, -1]}}, "subset_overrides.attack_eps: must be a finite number > 0"),
+])
+def test_override_values_are_checked_before_anything_runs(ov, msg):
+    with pytest.raises(ZooError) as e:
+        parse_zoo({"methods": ["vae"], **ov})
+    assert msg in str(e.value)
+
+
+def test_bench_exits_1_when_a_model_failed(tmp_path, monkeypatch, capsys):
+    """As robvae sweep: the leaderboard of what worked is written, and the exit status says that
+    not everything did (it was 0 even when every model failed)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken_models.py").write_text(USER_MODULE + "\ndef broken():\n    raise RuntimeError('no weights')\n")
+    rc = main(["bench", "--model", "broken_models:build", "--model", "broken_models:broken", "--subset", "digits",
+               "--out", "out", "--executor", "serial", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "failed: broken_models:broken: RuntimeError: no weights" in out
+    assert "my-linear" in (tmp_path / "out" / "leaderboard.md").read_text()

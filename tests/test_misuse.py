@@ -744,3 +744,45 @@ def test_csv_rows_with_different_columns_are_written_with_all_of_them(tmp_path):
     write_csv(path, [{"name": "mine", "cf": 0.5}, {"name": "vae", "cf": 0.25, "degradation@1": 2.0}])
     assert read_csv(path) == [{"name": "mine", "cf": "0.5", "degradation@1": ""},
                               {"name": "vae", "cf": "0.25", "degradation@1": "2.0"}]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--lr", "inf"], "'--lr': 'inf' is not a finite number"),
+    (["train", "--tau", "inf"], "'--tau': 'inf' is not a finite number"),
+    (["train", "--hidden", "-5"], "'--hidden': expected comma-separated integers >= 1, got '-5'"),
+    (["train", "--hidden", "64,0"], "'--hidden': expected comma-separated integers >= 1"),
+    (["train", "--seed", str(2**70)], "'--seed'"),
+    (["margin", "RUN", "--r", "1", "--margin-eps-max", "inf"], "'--margin-eps-max': 'inf' is not a finite number"),
+    (["study", "theorem2", "--noise-scale", "inf"], "'--noise-scale': 'inf' is not a finite number"),
+    (["study", "beta", "--betas", "1,nan"], "'--betas': expected comma-separated finite numbers"),
+])
+def test_non_finite_and_out_of_range_values_are_usage_errors(capsys, tmp_path, args, needle):
+    """Found by an audit: inf passed to code that overflowed (a traceback) or trained a model that
+    diverged and left a config that a rerun refused; a negative width crashed in torch, a huge
+    seed gave "Overflow when unpacking long long"."""
+    args = [str(tmp_path / "run") if a == "RUN" else a for a in args]
+    cap = _one_line(capsys, 2, *args, "--out", str(tmp_path / "out"))
+    assert needle in cap.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_refused_train_leaves_no_empty_run_folder(capsys, tmp_path):
+    """The folder lock made the run folder before the data was read: a refused command left an
+    empty folder behind."""
+    _one_line(capsys, 2, "train", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--out",
+              str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cifar_label_too_large_for_numpy_is_a_data_error(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from robvae.data.cifar import read_cifar_batch
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [2**70]}, protocol=2))
+    with pytest.raises(Exception) as e:
+        read_cifar_batch(path)
+    assert type(e.value).__name__ == "DataError" and "label 1180591620717411303424 out of range 0..9" in str(e.value)

@@ -21,3 +21,7 @@ class InputError(RobvaeError):
 
 class LockError(RobvaeError):
     """A folder is in use by another robvae process (see :func:`robvae.fileio.folder_lock`)."""
+
+
+class StudyError(RobvaeError):
+    """A study could not finish: some of its trials failed (the message names one and its error)."""

@@ -255,8 +255,10 @@ def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     """Hold ``FOLDER/.robvae.lock`` while the block runs: a second robvae process (``command``,
     e.g. "robvae train") into the same folder is refused with a LockError naming the holder. A
     lock left by a process that died (same host, pid not running) is taken over; the lock file
-    is removed when the block ends (also on an error or Ctrl-C)."""
+    is removed when the block ends (also on an error or Ctrl-C); a folder this call created and
+    the block left empty (a command refused before it wrote anything) is removed too."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
@@ -289,6 +291,9 @@ def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
         if (_lock_owner(path) or {}).get("pid") == me["pid"]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        if created:
+            with contextlib.suppress(OSError):  # not empty (or gone): kept
+                folder.rmdir()
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -185,8 +185,10 @@ def _value_grad(objective: Objective, xr: torch.Tensor, d: torch.Tensor, R: int)
     """The objective at x + d (rows [R * B, *shape]) and its gradient in d (NaN -> 0), both detached."""
     d = d.detach().requires_grad_(True)
     v = objective((xr + d).view(R, xr.shape[0] // R, *xr.shape[1:])).reshape(-1)
-    (g,) = torch.autograd.grad(v.sum(), d)
-    return v.detach(), torch.nan_to_num(g.detach())
+    if not v.requires_grad:  # the objective does not depend on the input (a constant model): no gradient
+        return v.detach(), torch.zeros_like(d)
+    (g,) = torch.autograd.grad(v.sum(), d, allow_unused=True)
+    return v.detach(), torch.zeros_like(d) if g is None else torch.nan_to_num(g.detach())
 
 
 def pgd(

@@ -42,6 +42,7 @@ from ..errors import InputError, RobvaeError
 from ..metrics import likelihood_degradation, reconstruction_error
 from ..objectives import ObjectiveConfig, compute_objective
 from ..robustness import certify, empirical_margin
+from ..robustness.jacobian import first_order_check
 from ..robustness.rigorous import rigorous_certify
 
 
@@ -164,6 +165,11 @@ PROTOCOL_V1 = Protocol(
 PROTOCOLS: dict[str, Protocol] = {"v1": PROTOCOL_V1}
 
 
+#: the share of inputs that may fail :func:`robvae.robustness.jacobian.first_order_check` (a ReLU
+#: kink on a random direction) before a model's row is flagged
+FIRST_ORDER_TOLERANCE = 0.1
+
+
 def _count(v: Any, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise InputError(f"must be an integer >= {lo}, got {v!r}")
@@ -239,6 +245,20 @@ class BenchResult:
     degradation: dict[str, float] | None
     wall_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    mean_image_error: float | None = None
+    first_order_inconsistent: float | None = None
+
+    @property
+    def flags(self) -> list[str]:
+        """Why this model's robustness numbers cannot be ranked with the others (empty: they can)."""
+        out = []
+        if self.first_order_inconsistent is not None and self.first_order_inconsistent > FIRST_ORDER_TOLERANCE:
+            out.append(f"gradients do not describe the encoder on {self.first_order_inconsistent:.0%} of the inputs "
+                       "(gradient masking?): its certificates and attacks are not valid")
+        if self.mean_image_error is not None and self.reconstruction_error >= self.mean_image_error:
+            out.append(f"reconstructs no better than the mean image (error {self.reconstruction_error:.3g} >= "
+                       f"{self.mean_image_error:.3g})")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -249,8 +269,9 @@ class BenchResult:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def row(self) -> dict[str, Any]:
-        """A flat table row: damage@eps and degradation@eps as columns."""
+        """A flat table row: damage@eps and degradation@eps as columns, and the flags."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("damage", "degradation", "extra")}
+        d["flags"] = "; ".join(self.flags)
         for what in ("damage", "degradation"):
             d.update({f"{what}@{eps}": v for eps, v in (getattr(self, what) or {}).items()})
         return d
@@ -304,6 +325,10 @@ def evaluate_protocol(
     seed = protocol.seed
     elbo = heldout_elbo(model, data, protocol.elbo_seed)
     rec = float(reconstruction_error(model, x).double().mean())
+    # the two sanity checks behind BenchResult.flags: a constant guess, and gradient masking
+    mean_image = data.images.to(device=device, dtype=x.dtype).mean(0, keepdim=True)
+    mean_err = float((x - mean_image).flatten(1).norm(dim=1).double().mean())
+    first_order = first_order_check(model, x, s.cert_eps, generator=_generator(seed, 5, device))
 
     cert = certify(model, x, s.r, n_samples=protocol.n_samples, alpha=protocol.alpha, norms=("frobenius",),
                    generator=_generator(seed, 1, device))
@@ -335,7 +360,8 @@ def evaluate_protocol(
         elbo=elbo, reconstruction_error=rec, median_radius=_median(cert.radius),
         median_radius_sound=_median(cert.radius_sound), certified_fraction=certified, rigorous_radius=rigorous,
         median_margin=_median(margin.margin), margin_capped_fraction=float(margin.capped.double().mean()),
-        damage=damage, degradation=degradation, wall_s=time.perf_counter() - t0,
+        damage=damage, degradation=degradation, wall_s=time.perf_counter() - t0, mean_image_error=mean_err,
+        first_order_inconsistent=first_order.fraction_inconsistent,
     )
 
 

@@ -3,8 +3,9 @@ protocol, and write the leaderboard.
 
 Output folder:
 - ``trials/<id>/``           each trained model (robvae.sweep: run/, status.json, ...), plus
-                             ``bench-<protocol>-<subset>.json``: its BenchResult (written once, atomically);
-- ``models/<slug>/``         the same result file for each user model (``module:callable``);
+                             ``bench-<protocol>-<subset>-<hash>.json``: its BenchResult (written once,
+                             atomically, with the digests of the weights and the data it was computed on);
+- ``models/<slug>-<hash>/``  the same result file for each user model (``module:callable``);
 - ``leaderboard.csv`` / ``leaderboard.md``   one row per setting (mean over its seeds), sorted
                              by certified fraction (then by the sound median radius), ELBO beside it;
 - ``leaderboard-models.csv`` one row per model (every seed);
@@ -12,12 +13,21 @@ Output folder:
 - ``protocol.json``, ``summary.json``, ``study.json`` and ``report.html`` (``robvae report OUT``).
 
 Resuming: training resumes through robvae.sweep (finished trials are skipped, unfinished ones
-resume from their checkpoint) and a model whose result file exists for the same protocol is not
-evaluated again, so an interrupted bench rerun recomputes nothing that had finished.
+resume from their checkpoint) and a model whose result file exists for the same protocol, the
+same weights (a user model is built again and its digest compared) and the same data is not
+evaluated again, so an interrupted bench rerun recomputes nothing that had finished, and an
+edited model or another data folder is never served an old result.
+
+Ranking: by certified fraction, then the sound median radius, except that rows with a flag
+(:attr:`BenchResult.flags`: the encoder's gradients do not describe it at the certification
+budget, i.e. gradient masking; or it reconstructs no better than the mean test image) come last,
+with the reason under the table. A user model whose name a setting already has is listed as
+``NAME [SPEC]``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -33,6 +43,7 @@ from ..report.figures import bench_tradeoff_figure
 from ..report.html import render_report, write_study_meta
 
 from ..sweep import run_trials, trial_dir
+from ..sweep.shard import model_digest, run_digest
 from ..training import load
 from .loader import build_model
 from .protocol import BenchResult, evaluate_protocol, load_subset_data
@@ -61,19 +72,36 @@ class Leaderboard:
     markdown: str
 
 
+#: the format of the stored result files: results of another format are evaluated again
+RESULT_FORMAT = 2
+
+
 def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")[:80] or "model"
+    """A folder name for a user model's spec: readable, plus a hash so that two specs never share
+    one (``um:a_b`` and ``um_a:b`` read the same)."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")[:64] or "model"
+    return f"{readable}-{hashlib.sha256(s.encode()).hexdigest()[:10]}"
 
 
-def _cached(folder: Path, zoo: ZooSpec) -> tuple[Path, BenchResult | None]:
-    """The result file in ``folder`` for this protocol and subset, and the result it holds (None
-    when there is none)."""
-    path = folder / f"bench-{zoo.protocol.label}-{zoo.subset}.json"
+def _result_path(folder: Path, zoo: ZooSpec) -> Path:
+    digest = hashlib.sha256(json.dumps(zoo.protocol.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    return folder / f"bench-{zoo.protocol.label}-{zoo.subset}-{digest}.json"
+
+
+def _cached(folder: Path, zoo: ZooSpec, identity: dict[str, str]) -> tuple[Path, BenchResult | None]:
+    """The result file in ``folder`` for this protocol and subset, and the result it holds: None
+    when there is none, or when it was computed for another model or other data (``identity``:
+    their digests), in another format, or it cannot be read."""
+    path = _result_path(folder, zoo)
     d = read_json_dict(path)
     want = json.loads(json.dumps(zoo.protocol.to_dict()))  # as stored: tuples become lists
-    if d.get("protocol") != want or d.get("subset") != zoo.subset:
+    if (d.get("protocol") != want or d.get("subset") != zoo.subset or d.get("format") != RESULT_FORMAT
+            or d.get("identity") != identity):
         return path, None
-    return path, BenchResult.from_dict(_decode(d["result"]))
+    try:
+        return path, BenchResult.from_dict(_decode(d["result"]))
+    except (KeyError, TypeError, ValueError):  # a damaged or hand-edited file: evaluate again
+        return path, None
 
 
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
@@ -94,9 +122,15 @@ def _decode(v: Any) -> Any:
     return _NONFINITE.get(v, v) if isinstance(v, str) else v
 
 
-def _store(path: Path, zoo: ZooSpec, result: BenchResult, **extra: Any) -> None:
-    write_json(path, {"protocol": zoo.protocol.to_dict(), "subset": zoo.subset, "result": _encode(result.to_dict()),
-                      **extra})
+def _store(path: Path, zoo: ZooSpec, result: BenchResult, identity: dict[str, str], **extra: Any) -> None:
+    write_json(path, {"format": RESULT_FORMAT, "protocol": zoo.protocol.to_dict(), "subset": zoo.subset,
+                      "identity": identity, "result": _encode(result.to_dict()), **extra})
+
+
+def data_digest(data) -> str:
+    """A digest of a test split's images (a rerun with other data is evaluated again)."""
+    x = data.images.detach().cpu().contiguous()
+    return hashlib.sha256(x.numpy().tobytes() + str(tuple(x.shape)).encode()).hexdigest()
 
 
 def _num(v: Any) -> float | None:
@@ -113,16 +147,19 @@ def aggregate(results: list[tuple[str, str, BenchResult]]) -> list[dict[str, Any
     for name, items in groups.items():
         flat = [res.row() for _, res in items]
         row: dict[str, Any] = {"name": name, "method": items[0][0], "models": len(items)}
-        for key in flat[0]:
-            if key in ("name", "protocol", "subset", "n", "r", "cert_eps"):
+        keys = list(dict.fromkeys(k for f in flat for k in f))  # every column of every seed
+        for key in keys:
+            if key in ("name", "protocol", "subset", "n", "r", "cert_eps", "flags"):
                 continue
             vals = [_num(f.get(key)) for f in flat]
             row[key] = None if any(v is None for v in vals) else sum(vals) / len(vals)  # type: ignore[arg-type]
         if len(items) > 1:
             cf = [f["certified_fraction"] for f in flat]
             row["certified_fraction_spread"] = max(cf) - min(cf)
+        row["flags"] = "; ".join(dict.fromkeys(fl for _, res in items for fl in res.flags))
         rows.append(row)
-    rows.sort(key=lambda r: (-r["certified_fraction"], -(r["median_radius_sound"] or 0.0)))
+    # flagged rows (gradient masking, no better than the mean image) rank after every other row
+    rows.sort(key=lambda r: (bool(r["flags"]), -r["certified_fraction"], -(r["median_radius_sound"] or 0.0)))
     return rows
 
 
@@ -138,15 +175,20 @@ def _cell(v: Any, fmt: str) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The leaderboard as a GitHub markdown table (damage columns included)."""
-    dmg = [k for k in (rows[0] if rows else {}) if k.startswith("damage@")]
-    deg = [k for k in (rows[0] if rows else {}) if k.startswith("degradation@")]
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # a column any row has (the first may lack one)
+    dmg = [k for k in keys if k.startswith("damage@")]
+    deg = [k for k in keys if k.startswith("degradation@")]
     cols = list(_MD_COLUMNS) + [(k, f"damage @{k[7:]}", "{:.3f}") for k in dmg] + \
         [(k, f"LL degr. @{k[12:]}", "{:.3f}") for k in deg]
     head = ["#", "model", "seeds"] + [h for _, h, _ in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:", ":---", "---:"] + ["---:"] * len(cols)) + "|"]
     for i, r in enumerate(rows, 1):
-        cells = [str(i), r["name"], str(r["models"])] + [_cell(r.get(k), f) for k, _, f in cols]
+        name = f"{r['name']} (flagged)" if r.get("flags") else r["name"]
+        cells = [str(i), name, str(r["models"])] + [_cell(r.get(k), f) for k, _, f in cols]
         lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- {r['name']}: {r['flags']}" for r in rows if r.get("flags")]
+    if notes:
+        lines += ["", "Flagged rows are ranked last, whatever their numbers:", *notes]
     return "\n".join(lines)
 
 
@@ -167,6 +209,7 @@ def run_bench(
         results = run_trials(trials, out, executor=executor, workers=workers, progress=progress)
         by_id = {r.id: r for r in results}
     data = load_subset_data(zoo.protocol, zoo.subset, zoo.data_dir)
+    data_id = data_digest(data)
     for entry in zoo.entries:
         for t in entry.trials:
             res = by_id[t.id]
@@ -174,24 +217,30 @@ def run_bench(
                 failed.append((t.name, res.error or res.status))
                 continue
             tdir = trial_dir(out, t.id)
-            path, bench = _cached(tdir, zoo)
+            identity = {"model": run_digest(tdir / "run"), "data": data_id}
+            path, bench = _cached(tdir, zoo, identity)
             if bench is None:
                 echo(f"evaluating {t.name} ...")
                 bench = evaluate_protocol(load(tdir / "run").model, data, zoo.protocol, zoo.subset, name=t.name)
-                _store(path, zoo, bench, trial=t.id)
+                _store(path, zoo, bench, identity, trial=t.id)
             evaluated.append((entry.name, entry.method, bench))
+    taken = {e.name for e in zoo.entries}
     for spec in zoo.models:
-        path, bench = _cached(out / "models" / _slug(spec), zoo)
-        if bench is None:
-            try:
-                model, name = build_model(spec)
+        try:
+            model, name = build_model(spec)  # cheap next to an evaluation; its digest keys the result
+            identity = {"model": model_digest(model), "data": data_id}
+            path, bench = _cached(out / "models" / _slug(spec), zoo, identity)
+            if bench is None:
                 echo(f"evaluating {name} ({spec}) ...")
                 bench = evaluate_protocol(model, data, zoo.protocol, zoo.subset, name=name)
-            except Exception as e:  # noqa: BLE001 - one bad user model does not stop the leaderboard
-                failed.append((spec, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
-                continue
-            _store(path, zoo, bench, spec=spec)  # write_json makes the folder
-        evaluated.append((bench.name, f"user: {spec}", bench))
+                _store(path, zoo, bench, identity, spec=spec)  # write_json makes the folder
+        except Exception as e:  # noqa: BLE001 - one bad user model does not stop the leaderboard
+            failed.append((spec, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+            continue
+        # a row per model: a name a zoo setting or another user model already has gets its spec
+        row_name = bench.name if bench.name not in taken else f"{bench.name} [{spec}]"
+        taken.add(row_name)
+        evaluated.append((row_name, f"user: {spec}", bench))
 
     rows = aggregate(evaluated)
     model_rows = [{"setting": s, "method": m, **b.row()} for s, m, b in evaluated]
@@ -199,7 +248,8 @@ def run_bench(
     write_csv(out / LEADERBOARD_CSV, rows)
     table = markdown_table(rows)
     header = (f"# robvae bench leaderboard ({zoo.subset})\n\n```\n{zoo.protocol.describe(zoo.subset)}\n```\n\n"
-              "Sorted by certified fraction (sound Theorem 1 radius >= eps); means over seeds.\n\n")
+              "Sorted by certified fraction (sound Theorem 1 radius >= eps); means over seeds; flagged rows "
+              "last.\n\n")
     fail_txt = "".join(f"- failed: {n}: {e}\n" for n, e in failed)
     atomic_write_text(out / LEADERBOARD_MD, header + table + "\n" + (f"\n{fail_txt}" if fail_txt else ""))
     figures = []

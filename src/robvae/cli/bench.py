@@ -82,3 +82,5 @@ def bench_cmd(zoo_file, out, models, subset, data_dir, seeds, executor, workers,
         click.echo(f"  failed: {name}: {err}")
     click.echo(f"\nleaderboard: {board.out}/leaderboard.md, leaderboard.csv, tradeoff.png, report.html "
                f"({len(board.models)} model{'' if len(board.models) == 1 else 's'}, {len(board.failed)} failed)")
+    if board.failed:  # as robvae sweep: the leaderboard is written, but the command did not do everything
+        raise click.exceptions.Exit(1)

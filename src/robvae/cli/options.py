@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import math
 import types
 import typing
 
@@ -17,28 +18,46 @@ from ..evaluation import EvalConfig
 from ..objectives import OBJECTIVES
 from ..threads import set_threads
 
+
+class FiniteFloat(click.FloatRange):
+    """click's FloatRange that also refuses nan and inf (one usage line naming the option): every
+    float option of robvae is a finite quantity (a rate, a radius, a budget, a weight), and inf
+    had passed to code that overflowed or trained a model that diverged."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
+
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 
-def _list_parser(kind: type, what: str, into: type = list):
+def _list_parser(kind: type, what: str, into: type = list, ok=lambda v: True):
     """A click callback parsing "1,2,4" into a list (or an ``into``) of ``kind``; a bad or empty entry
-    ("1,,4") is a usage error naming the option."""
+    ("1,,4"), or one that fails ``ok`` (nan, a negative width), is a usage error naming the option."""
     def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list | tuple | None:
         if value is None:
             return None
         try:  # kind("") raises ValueError for int and float: an empty entry is refused like a bad one
-            return into(kind(v) for v in value.split(","))
+            out = into(kind(v) for v in value.split(","))
         except ValueError:
+            out = None
+        if out is None or not all(ok(v) for v in out):
             raise click.BadParameter(f"expected comma-separated {what}, got {value!r}") from None
+        return out
     return parse
 
 
-#: "1,2,4" -> [1.0, 2.0, 4.0]
-float_list = _list_parser(float, "numbers")
-#: "0,1,2" -> [0, 1, 2]
-int_list = _list_parser(int, "integers")
-#: "256,128" -> (256, 128)
-int_tuple = _list_parser(int, "integers", tuple)
+#: "1,2,4" -> [1.0, 2.0, 4.0] (finite)
+float_list = _list_parser(float, "finite numbers", ok=math.isfinite)
+#: "0,1,2" -> [0, 1, 2] (seeds: >= 0)
+int_list = _list_parser(int, "integers >= 0", ok=lambda v: 0 <= v < 2**63)
+#: "256,128" -> (256, 128) (layer widths: >= 1)
+int_tuple = _list_parser(int, "integers >= 1", tuple, ok=lambda v: 1 <= v <= 1 << 20)
 
 
 dataset_option = click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
@@ -87,7 +106,8 @@ def check_device(ctx: click.Context | None, param: click.Parameter | None, value
 
 device_option = click.option("--device", default="cpu", show_default=True, callback=check_device,
                              help="torch device: cpu, cuda, cuda:1, ...")
-seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+seed_option = click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+                           help="Random seed.")
 
 
 def format_summary(summary: dict, floatfmt: str = ".4g") -> str:
@@ -101,9 +121,9 @@ split_option = click.option("--split", type=click.Choice(["train", "test"]), def
 n_option = click.option("--n", "n", type=click.IntRange(min=1), default=500, show_default=True,
                         help="Number of inputs (the first N of the split).")
 radius_options = [
-    click.option("--r", "r", type=click.FloatRange(min=0, min_open=True), default=None,
+    click.option("--r", "r", type=FiniteFloat(min=0, min_open=True), default=None,
                   help="Radius r of r-robustness (L2 distance between reconstructions)."),
-    click.option("--r-relative", "r_relative", type=click.FloatRange(min=0, min_open=True), default=None,
+    click.option("--r-relative", "r_relative", type=FiniteFloat(min=0, min_open=True), default=None,
                   help="r = K times the median r_min(x) over the inputs (when no natural scale is known; certify estimates "
                        "each r_min from min(--n-samples, 1000) draws)."),
 ]
@@ -158,7 +178,7 @@ def _click_type(tp):
         return _click_type(args[0])
     if origin is typing.Literal:
         return click.Choice([str(a) for a in typing.get_args(tp)]), False
-    return {int: click.INT, float: click.FLOAT}.get(tp, click.STRING), tp is bool
+    return {int: click.INT, float: FiniteFloat()}.get(tp, click.STRING), tp is bool
 
 
 def config_option(cls, name: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), help: str = "",

@@ -25,6 +25,7 @@ from ..training import load
 from . import app
 from .model_spec import ModelRun, certify_blocks, model_options, model_run, optional_run_argument
 from .options import (
+    FiniteFloat,
     ConfigOption, add_options, auto_workers_option, config_option, device_option, download_option,
     eval_option as _eval, format_summary, n_option, radius_options, run_data_dir_option, seed_option, split_option,
     threads_option,
@@ -73,7 +74,7 @@ def resolve_radius(model, x, r: float | None, r_relative: float | None, n_sample
 @add_options(radius_options)
 @config_option(CertifyConfig, "n_samples", aliases=("--samples",), type=click.IntRange(min=1),
                help="Monte Carlo draws of eta per estimate of p.")
-@config_option(CertifyConfig, "alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@config_option(CertifyConfig, "alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True),
                help="Confidence level 1 - alpha of the sound (Clopper-Pearson) radius.")
 @click.option("--jacobian-norm", "--norm", "jacobian_norm", cls=ConfigOption, aliases=("--norm",),
               type=click.Choice(["frobenius", "spectral", "whitened"]), default="frobenius", show_default=True,
@@ -164,7 +165,7 @@ _RUN_OPTIONS = [threads_option, device_option, run_data_dir_option, download_opt
 @split_option
 @click.option("--n", "n", type=click.IntRange(min=1), default=100, show_default=True,
               help="Number of inputs (the first N of the split).")
-@click.option("--eps", type=click.FloatRange(min=0, min_open=True), required=True,
+@click.option("--eps", type=FiniteFloat(min=0, min_open=True), required=True,
               help="Perturbation budget: the largest ||delta|| allowed, in the norm of --threat (L2 by default).")
 @click.option("--threat", "--norm", "norm", cls=ConfigOption, aliases=("--norm",), type=click.Choice(["l2", "linf"]),
               default="l2", show_default=True,
@@ -206,22 +207,22 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
 @add_options(model_options)
 @_eval("split", help="Data split.")
 @_eval("n", type=click.IntRange(min=1), help="Number of inputs (the first N of the split).")
-@_eval("r", type=click.FloatRange(min=0, min_open=True),
+@_eval("r", type=FiniteFloat(min=0, min_open=True),
        help="Radius r of r-robustness (L2 distance between reconstructions); overrides --r-relative.")
-@_eval("r_relative", type=click.FloatRange(min=0, min_open=True),
+@_eval("r_relative", type=FiniteFloat(min=0, min_open=True),
        help="r = K times the median r_min(x) over the inputs (when no natural scale is known).")
 @_eval("n_samples", aliases=("--samples",), type=click.IntRange(min=1),
        help="Monte Carlo draws of eta per estimate of p.")
-@_eval("alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@_eval("alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True),
        help="Confidence level 1 - alpha of the sound (Clopper-Pearson) radius.")
 @_eval("margin_mode", aliases=("--mode",),
        help="full: the attack moves mu and sigma (the default); mean: sigma held at sigma(x).")
 @_eval("attack_preset", aliases=("--preset",),
        help="Attack ensemble preset of the margin search (robvae.attacks.EnsembleAttack): cheap or strong.")
 @_eval("rigorous", help="Also the rigorous radii (models with Lipschitz bounds) and how many exceed the margin.")
-@_eval("margin_tol", aliases=("--tol",), type=click.FloatRange(min=0, min_open=True),
+@_eval("margin_tol", aliases=("--tol",), type=FiniteFloat(min=0, min_open=True),
        help="Relative width of the bisection bracket.")
-@_eval("margin_eps_max", type=click.FloatRange(min=0, min_open=True),
+@_eval("margin_eps_max", type=FiniteFloat(min=0, min_open=True),
        help="Largest budget searched (default: the pixel box diameter).")
 @_eval("batch_size", type=click.IntRange(min=1), help="Inputs per batch.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="CSV path (default RUN/margin-SPLIT.csv).")

@@ -13,6 +13,7 @@ from ..studies.certified import certified_study, default_models
 from ..sweep import EXECUTORS
 from . import app
 from .options import (
+    FiniteFloat,
     add_options, config_option, config_values, data_dir_option, dataset_option, device_option, download_option,
     eval_option as _eval, fetch_data, float_list, int_list, int_tuple, threads_option,
 )
@@ -37,24 +38,24 @@ def _common(f):
         click.option("--hidden", callback=int_tuple, default=",".join(map(str, TrainOptions.hidden)),
                      show_default=True, help="MLP hidden widths, comma-separated."),
         _train("batch_size", type=click.IntRange(min=1), help="Training batch size."),
-        _train("lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate."),
+        _train("lr", type=FiniteFloat(min=0, min_open=True), help="Adam learning rate."),
         _eval("n", type=click.IntRange(min=1), help="Test inputs evaluated per model (the first N of the test split)."),
         _eval("n_samples", type=click.IntRange(min=1), help="Monte Carlo draws per estimate of p_r."),
-        _eval("alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        _eval("alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True),
               help="Level of the Clopper-Pearson bound (sound certificate)."),
-        _eval("r", type=click.FloatRange(min=0, min_open=True),
+        _eval("r", type=FiniteFloat(min=0, min_open=True),
               help="Absolute radius r (default: calibrated, see --r-relative)."),
-        _eval("r_relative", type=click.FloatRange(min=0, min_open=True),
+        _eval("r_relative", type=FiniteFloat(min=0, min_open=True),
               help="r = this x median r_min (of the reference model in the beta / tau studies)."),
-        _eval("attack_eps", type=click.FloatRange(min=0, min_open=True),
+        _eval("attack_eps", type=FiniteFloat(min=0, min_open=True),
               help="Absolute L2 budget of the maximum-damage attack."),
-        _eval("attack_eps_relative", type=click.FloatRange(min=0, min_open=True),
+        _eval("attack_eps_relative", type=FiniteFloat(min=0, min_open=True),
               help="Attack budget = this x median ||x|| of the evaluated inputs."),
         _eval("attack_preset", help="Attack ensemble preset (robvae.attacks.EnsembleAttack) of the fixed-budget "
                                     "attack and the margin search: cheap (studies) or strong (final numbers)."),
         _eval("margin_mode", help="Empirical margin with the full encoder attacked (docs/THEORY.md section 5) "
                                   "or the mean only."),
-        _eval("margin_tol", type=click.FloatRange(min=0, min_open=True), help="Relative tolerance of the margin bisection."),
+        _eval("margin_tol", type=FiniteFloat(min=0, min_open=True), help="Relative tolerance of the margin bisection."),
         _eval("seed", flag="--eval-seed", help="Seed of the evaluation's draws."),
         config_option(Executor, "executor", type=click.Choice(EXECUTORS),
                       help="Where the trials run: local processes, a Ray cluster, or this process."),
@@ -142,10 +143,10 @@ def _echo_table(table, x: str) -> None:
 @click.option("--column-norms", callback=float_list, default="0.5,1,2,4", show_default=True,
               help="Norms |w_i| of the decoder's orthogonal columns (one per latent axis).")
 @click.option("--data-dim", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--noise-scale", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+@click.option("--noise-scale", type=FiniteFloat(min=0, min_open=True), default=0.5, show_default=True,
               help="Decoder noise s: p(x|z) = N(W z, s^2 I).")
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="L-BFGS iterations.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -> None:
     """Theorem 2: a beta-VAE encoder trained against a fixed linear-Gaussian decoder vs the closed form."""
     if not betas or any(b <= 0 for b in betas):
@@ -168,9 +169,9 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
               help="Study folder (finished models are reused).")
 @click.option("--lipschitz", callback=float_list, default="2,8,32", show_default=True,
               help="Constants L of the Lipschitz VAEs (arch lipschitz-mlp).")
-@click.option("--sigma-cap", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+@click.option("--sigma-cap", type=FiniteFloat(min=0, min_open=True), default=0.5, show_default=True,
               help="Std cap ||sigma(x)|| <= cap of the Lipschitz VAEs.")
-@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+@click.option("--beta", type=FiniteFloat(min=0, min_open=True), default=4.0, show_default=True,
               help="beta of the beta-VAE.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use only the first N training images.")
@@ -178,14 +179,14 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
 @click.option("--hidden", callback=int_tuple, default="256,128", show_default=True, help="Hidden widths (even).")
 @click.option("--n", "n_eval", type=click.IntRange(min=1), default=20, show_default=True, help="Test inputs evaluated.")
 @click.option("--n-samples", type=click.IntRange(min=1), default=2000, show_default=True, help="Draws per estimate of p.")
-@click.option("--r", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--r", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Radius r (default: --r-relative x median r_min of the standard VAE).")
-@click.option("--r-relative", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True)
-@click.option("--attack-eps", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+@click.option("--r-relative", type=FiniteFloat(min=0, min_open=True), default=1.5, show_default=True)
+@click.option("--attack-eps", type=FiniteFloat(min=0, min_open=True), default=1.0, show_default=True,
               help="L2 budget of the maximum-damage attack.")
-@click.option("--cert-eps", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+@click.option("--cert-eps", type=FiniteFloat(min=0, min_open=True), default=0.05, show_default=True,
               help="Budget at which the fraction of rigorously certified inputs is reported.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @threads_option
 def certified_cmd(dataset, data_dir, out, lipschitz, sigma_cap, beta, epochs, n_train, latent_dim, hidden, n_eval,

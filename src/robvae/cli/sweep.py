@@ -8,6 +8,7 @@ import click
 
 from ..fileio import folder_lock
 from . import app
+from .options import FiniteFloat
 from ..sweep import collect, load_sweep, run_trials
 from ..sweep.results import write_study
 
@@ -24,9 +25,9 @@ from ..sweep.results import write_study
               help="Output folder (default: the sweep file's out:). Every Ray node must see it at the same path.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
               help="Reruns of a trial whose worker process died.")
-@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
+@click.option("--cpus-per-trial", type=FiniteFloat(min=0, min_open=True), default=1, show_default=True,
               help="Ray CPUs reserved per trial (and torch threads per trial).")
-@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0, show_default=True,
+@click.option("--gpus-per-trial", type=FiniteFloat(min=0), default=0, show_default=True,
               help="Ray GPUs reserved per trial (set device: cuda in base:).")
 @click.option("--dry-run", is_flag=True, help="List the trials and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

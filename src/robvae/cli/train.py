@@ -17,6 +17,7 @@ from ..studies.certified import verify_margin
 from ..training import TrainConfig, train
 from . import app
 from .options import (
+    FiniteFloat,
     config_option, config_values, data_dir_option, dataset_option, device_option, download_option, fetch_data,
     int_tuple, objective_option, seed_option, threads_option,
 )
@@ -38,35 +39,35 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
 @click.option("--hidden", callback=int_tuple, default="256,128", show_default=True,
               help="MLP hidden widths, comma-separated.")
 @objective_option
-@click.option("--beta", type=float, default=1.0, show_default=True, callback=_positive,
+@click.option("--beta", type=FiniteFloat(), default=1.0, show_default=True, callback=_positive,
               help="KL weight (beta-vae) or total-correlation weight (beta-tcvae).")
-@click.option("--tau", type=float, default=0.0, show_default=True, callback=_positive,
+@click.option("--tau", type=FiniteFloat(), default=0.0, show_default=True, callback=_positive,
               help="Floor on the encoder standard deviation: sigma = softplus(s) + tau.")
-@config_option(ObjectiveConfig, "jacobian", type=click.FloatRange(min=0),
+@config_option(ObjectiveConfig, "jacobian", type=FiniteFloat(min=0),
                help="Weight of the encoder-Jacobian penalty ||J_mu(x)||_F^2 (random projections; 0 = off).")
 @config_option(ObjectiveConfig, "jacobian_whitened", help="Penalise ||diag(1/sigma) J||_F^2 instead.")
 @config_option(ObjectiveConfig, "jacobian_projections", type=click.IntRange(min=1),
                help="Random projections per input for the Jacobian penalty.")
-@config_option(ObjectiveConfig, "smooth", type=click.FloatRange(min=0),
+@config_option(ObjectiveConfig, "smooth", type=FiniteFloat(min=0),
                help="Weight of the smooth-encoder penalty D(q(z|x+n), q(z|x)) (0 = off).")
-@config_option(ObjectiveConfig, "smooth_noise", type=click.FloatRange(min=0, min_open=True),
+@config_option(ObjectiveConfig, "smooth_noise", type=FiniteFloat(min=0, min_open=True),
                help="Std of the Gaussian input noise n of the smooth-encoder penalty.")
 @config_option(ObjectiveConfig, "smooth_divergence",
                help="kl: KL(q(z|x+n) || q(z|x)); symmetric-kl: both directions summed.")
-@config_option(TrainConfig, "adversarial_eps", type=click.FloatRange(min=0),
+@config_option(TrainConfig, "adversarial_eps", type=FiniteFloat(min=0),
                help="Adversarial training budget (maximum-damage attack on each batch; 0 = off).")
 @config_option(TrainConfig, "adversarial_steps", type=click.IntRange(min=1),
                help="PGD steps of the adversarial-training attack.")
 @config_option(TrainConfig, "adversarial_norm", help="Norm of the adversarial-training budget.")
 @click.option("--likelihood", type=click.Choice(["auto", "bernoulli", "gaussian", "cbernoulli"]), default="auto",
               show_default=True, help="auto: Bernoulli for grey images, Gaussian for colour; cbernoulli: continuous Bernoulli.")
-@click.option("--gaussian-scale", type=click.FloatRange(min=0), default=0.1, show_default=True,
+@click.option("--gaussian-scale", type=FiniteFloat(min=0), default=0.1, show_default=True,
               help="Fixed Gaussian likelihood scale; 0 learns it.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
               help="Training epochs. More than a finished run's continues that run (same result as "
                    "training that long from the start).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Training batch size.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True,
               help="Adam learning rate (a diverging run stops with an error).")
 @click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use only the first N training images.")
 @seed_option
@@ -75,12 +76,12 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
 @download_option
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (resumed if it exists).")
 @click.option("--quiet", is_flag=True, help="No progress bar (the summary lines are still printed).")
-@click.option("--certify-margin", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--certify-margin", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Robustness specified upfront: train a Lipschitz VAE (arch lipschitz-mlp) whose Barrett et al. "
                    "margin is at least this L2 budget at radius --r for every input, then verify it on test inputs.")
-@click.option("--r", "certify_r", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--r", "certify_r", type=FiniteFloat(min=0, min_open=True), default=None,
               help="The radius r of --certify-margin: P(||g(z') - g(z)|| <= r) > 1/2 (two independent draws).")
-@click.option("--sigma-cap", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+@click.option("--sigma-cap", type=FiniteFloat(min=0, min_open=True), default=0.1, show_default=True,
               help="With --certify-margin: cap on the encoder std, ||sigma(x)|| <= cap.")
 @click.option("--verify-n", type=click.IntRange(min=1), default=20, show_default=True,
               help="With --certify-margin: test inputs on which the margin is verified.")

@@ -250,7 +250,7 @@ def _flat_decode(model: torch.nn.Module, z: torch.Tensor, inplace: bool) -> torc
     if dec is None:
         plan = _user_plan(model, z) if inplace else None
         if plan is None:
-            return model.decode(z).flatten(1)
+            return _own_output(model, model.decode(z), inplace)
         out = plan(z)
         if plan.spot_check(model, z, out):
             return out
@@ -258,7 +258,7 @@ def _flat_decode(model: torch.nn.Module, z: torch.Tensor, inplace: bool) -> torc
         warnings.warn(f"robvae: the fast decode route of {type(model).__name__} disagreed with model.decode on a "
                       "latent row the first check had not covered; model.decode is used from now on (earlier "
                       "results of this process may be affected: rerun them)", RuntimeWarning, stacklevel=3)
-        return model.decode(z).flatten(1)
+        return _own_output(model, model.decode(z), inplace)
     N = z.shape[0]
     if type(dec) is MLPDecoder:
         h = _run(_layers(dec.net), z, inplace)
@@ -389,6 +389,21 @@ def _compile(layers: list[torch.nn.Module], training: bool):
             h, fresh = step(h, fresh)
         return h.reshape(h.shape[0], -1) if fresh else h.reshape(h.shape[0], -1).clone()
     return run
+
+
+def _own_output(model: torch.nn.Module, out: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``model.decode``'s output flattened, as a tensor the caller may overwrite (the distances
+    are computed in place): a copy when it is a view (``expand`` of one image: one memory
+    location for many elements), not contiguous, or shares memory with the model's own tensors
+    (a decode returning a buffer would have been overwritten)."""
+    if not inplace:
+        return out.flatten(1)
+    shared = out._base is not None or not out.is_contiguous()
+    if not shared:
+        ptr = out.untyped_storage().data_ptr()
+        shared = any(t.untyped_storage().data_ptr() == ptr for t in (*model.parameters(), *model.buffers())) \
+            if isinstance(model, torch.nn.Module) else True
+    return (out.clone() if shared else out).flatten(1)
 
 
 def _find_decoder(model: torch.nn.Module) -> torch.nn.Module | None:

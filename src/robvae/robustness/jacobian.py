@@ -14,6 +14,7 @@ Rows of the batch must be processed independently by the encoder (no batch-norm 
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,3 +231,55 @@ def jacobian_norms(
         if "whitened" in norms:
             out["whitened"] = _power_spectral(_mean_fn(model, sigma.clone()), xc, n_iter, generator)
     return JacobianNorms(**out, method=method)
+
+
+@dataclass
+class FirstOrderCheck:
+    """What :func:`first_order_check` found, per input [B]: ``consistent`` (the autograd Jacobian
+    describes the encoder mean at the scale eps), ``ratio`` (the largest ||mu(x+delta) - mu(x)|| /
+    ||J delta|| over the directions; inf where J delta = 0 but mu moved)."""
+
+    consistent: torch.Tensor
+    ratio: torch.Tensor
+    eps: float
+
+    @property
+    def fraction_inconsistent(self) -> float:
+        return float((~self.consistent).double().mean())
+
+
+def first_order_check(model: torch.nn.Module, x: torch.Tensor, eps: float, *, n_dirs: int = 8,
+                      factor: float = 4.0, generator: torch.Generator | None = None) -> FirstOrderCheck:
+    """Whether the encoder mean's autograd Jacobian J (what Theorem 1 and the gradient attacks
+    see) describes mu at the scale of a certificate, per input: for ``n_dirs`` random directions
+    delta of L2 norm ``eps`` (x + delta clipped to [0, 1]), the finite difference ||mu(x+delta) -
+    mu(x)|| must be at most ``factor`` ||J delta|| (+ 1e-6 (||J delta|| + eps ||J||_F) for
+    rounding); an input is inconsistent when over half of its directions fail. A smooth network
+    passes at any small eps (the difference is J delta + O(eps^2)); gradient masking fails it: a
+    quantising or non-differentiable step gives J = 0 (a radius of inf) while mu still moves. A
+    truly constant encoder passes (it does not move)."""
+    check_x(model, x)
+    B = x.shape[0]
+    f = _mean_fn(model)
+    with torch.inference_mode(False), torch.enable_grad():
+        x0 = x.detach().clone()
+        out, vjp_fn = vjp(f, x0)
+        jv = jv_function(f, x0, vjp_fn, out)
+        (g,) = vjp_fn(torch.ones_like(out))  # scale only: ||J||_F >= ||J^T 1|| / sqrt(d)
+        scale = g.reshape(B, -1).norm(dim=1) / math.sqrt(out.shape[1])
+        fails = torch.zeros(B, dtype=torch.long, device=x.device)
+        worst = torch.zeros(B, dtype=torch.float64, device=x.device)
+        for _ in range(int(n_dirs)):
+            v = randn(x0.shape, x0, generator)
+            v = v / v.reshape(B, -1).norm(dim=1).clamp_min(1e-30).view(B, *([1] * (x.dim() - 1)))
+            xd = (x0 + eps * v).clamp(0.0, 1.0)
+            delta = (xd - x0).detach()
+            pred = jv(delta).detach().reshape(B, -1).norm(dim=1)
+            with torch.no_grad():
+                moved = (f(xd) - out).detach().reshape(B, -1).norm(dim=1)
+            slack = 1e-6 * (pred + eps * scale.detach())
+            fails += (moved > factor * pred + slack).long()
+            ratio = torch.where(pred > 0, moved / pred.clamp_min(1e-300),
+                                torch.where(moved > 0, torch.full_like(moved, math.inf), torch.ones_like(moved)))
+            worst = torch.maximum(worst, ratio.double())
+    return FirstOrderCheck(consistent=(2 * fails <= int(n_dirs)).cpu(), ratio=worst.cpu(), eps=float(eps))

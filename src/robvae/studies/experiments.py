@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..data import dataset_shape, load_dataset
+from ..errors import StudyError
 from ..evaluation import RIGOROUS_FOR_MODE, EvalConfig, jsonable, load_result, rows_bound_stats
 from ..fileio import read_json, write_csv, write_json
 from ..models import ModelConfig
@@ -153,8 +154,8 @@ def _raise_failed(results: Sequence[Any], what: str) -> None:
     bad = [r for r in results if r.status != "done"]
     if bad:
         first = (bad[0].error or "").strip().splitlines()
-        raise RuntimeError(f"{len(bad)} {what} trial(s) failed, e.g. {bad[0].name} ({bad[0].dir}): "
-                           f"{first[-1] if first else 'unknown error'}; rerun the study to retry them")
+        raise StudyError(f"{len(bad)} {what} trial(s) failed, e.g. {bad[0].name} ({bad[0].dir}): "
+                         f"{first[-1] if first else 'unknown error'}; rerun the study to retry them")
 
 
 def _calibrate(out: Path, runs: dict[str, Path], names: Sequence[str], ev: EvalConfig, rule: str) -> dict[str, Any]:
