@@ -32,6 +32,22 @@ def test_impossible_margin_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert rc == 2 and "--r" in err
 
 
+def test_certify_margin_options_that_would_be_changed_or_ignored_are_refused(tmp_path, capsys):
+    """Found by an audit: --certify-margin silently replaced --arch conv and --tau 0.1, and
+    --sigma-cap / --verify-n without it were ignored; odd widths are rounded up with a note."""
+    for args, needle in ((["--sigma-cap", "0.2"], "--sigma-cap and --verify-n go with --certify-margin"),
+                         (["--verify-n", "3"], "--sigma-cap and --verify-n go with --certify-margin"),
+                         (["--certify-margin", "0.5", "--r", "2", "--arch", "conv"], "not --arch conv"),
+                         (["--certify-margin", "0.5", "--r", "2", "--tau", "0.1"], "drop --tau")):
+        rc, _, err = _run(capsys, "train", "--dataset", "digits", *args, "--out", str(tmp_path / "run"))
+        assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "run").exists()
+    rc, out, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "1", "--latent-dim", "4", "--hidden", "31",
+                        "--n-train", "100", "--certify-margin", "0.5", "--r", "2", "--verify-n", "2", "--quiet",
+                        "--out", str(tmp_path / "run"))
+    assert rc == 0 and "hidden widths rounded up to even numbers for GroupSort: 32" in err
+
+
 def test_study_certified_small(tmp_path, capsys):
     rc, out, err = _run(capsys, "study", "certified", "--dataset", "digits", "--epochs", "2", "--n-train", "300",
                         "--latent-dim", "4", "--hidden", "32", "--n", "4", "--n-samples", "300", "--lipschitz", "4",

@@ -28,6 +28,10 @@ def vae():
     return _vae()
 
 
+def vae64():
+    return _vae().double()
+
+
 class NotAModel:
     pass
 
@@ -257,3 +261,19 @@ def test_report_without_model_rejects_model_only_options(tiny_pkg, capsys):
     assert "--n go with --model" in capsys.readouterr().err
     assert main(["report"]) == 2
     assert "Missing argument" in capsys.readouterr().err
+
+
+def test_a_float64_model_gets_float64_inputs_on_the_cli(user_pkg, capsys):
+    """Found by an audit: the CLI reads images as float32, and a float64 model was refused with
+    advice (x.to(torch.float64)) a CLI user cannot follow; its inputs now come in its dtype."""
+    rc = main(["certify", "out64", "--model", "my_models:vae64", "--dataset", "digits", "--n", "6", "--r", "0.5",
+               "--n-samples", "100", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    from robvae.cli.model_spec import certify_blocks
+
+    cert = certify_blocks(load_model_spec("my_models:vae64"), robvae.load_dataset("digits", "test").images[:6].double(),
+                          0.5, seed=0, n_samples=100)
+    rows = (user_pkg / "out64" / "certify-test.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    np.testing.assert_allclose([float(r.split(",")[header.index("radius")]) for r in rows[1:]], cert.radius.numpy(),
+                               rtol=1e-12)

@@ -272,3 +272,22 @@ def test_cli_train_download_fills_the_cache_and_records_it(server, tmp_path, mon
     assert rc == 0, capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(sums)
     assert load(tmp_path / "run").config.data_dir == str(tmp_path / "cache" / "mnist")
+
+
+def test_a_refused_connection_does_not_claim_a_partial_file(tmp_path):
+    """Found by an audit: after errors that received nothing (refused connection, 5xx) the message
+    said a partial file was kept, and there was none."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DataError, match=r"failed after 2 attempts \(.*\); nothing was received$"):
+        dl.download_file(f"http://127.0.0.1:{port}/f.bin", tmp_path / "f.bin", SHA, retries=1, timeout=5, backoff=0)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/f.bin"])
+def test_only_http_urls_are_fetched(tmp_path, url):
+    with pytest.raises(DataError, match="is not an http\\(s\\) URL"):
+        dl.download_file(url, tmp_path / "f.bin", SHA)

@@ -258,3 +258,16 @@ def test_a_gzip_bomb_and_a_wrapping_header_are_refused_without_reading_them(tmp_
     assert path.stat().st_size < 1 << 20
     with pytest.raises(DataError, match=r"bomb.gz: 65536 or more extra bytes after the payload"):
         read_idx(path, 0x803)
+
+
+def test_cli_download_of_fashion_mnist_uses_the_installed_package_folder(tmp_path, monkeypatch):
+    """Found by an audit: `--download` for Fashion-MNIST always fetched into the cache (and failed
+    offline) although the library reads Debian's package folder first."""
+    from robvae.cli import options
+
+    system = tmp_path / "system"
+    make_split(system, "train", 3, gz=True)
+    make_split(system, "test", 2, gz=True)
+    monkeypatch.setattr(options, "FASHION_MNIST_SYSTEM_DIR", system)
+    monkeypatch.setattr(options, "load_dataset", lambda *a, **k: pytest.fail("nothing to download"))
+    assert options.fetch_data("fashion-mnist", None) == str(system)

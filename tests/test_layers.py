@@ -22,6 +22,7 @@ PKG = SRC / "robvae"
 #: first component below robvae -> layer. A new module must be added here (the test says so).
 LAYERS: dict[str, int] = {
     "errors": 0, "config": 0, "fileio": 0, "validation": 0, "rng": 0, "stats": 0, "threads": 0, "_version": 0,
+    "autodiff": 0,
     "data": 1,
     "models": 2, "objectives": 2, "adapters": 2,
     "training": 3, "attacks": 3,

@@ -102,3 +102,33 @@ def test_bad_options():
     with pytest.raises(ValueError):
         jacobian_norm(m, x, "frobenius", "magic")
     assert math.isfinite(float(jacobian_norm(m, x, "frobenius", "hutchinson", n_probes=2).sum()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_get_spectral_norms(dtype):
+    """Found by an audit: certify on a float16 model failed with torch's "Low precision dtypes not
+    supported" from the SVD; the exact Jacobian of such a model is now read in float32."""
+    from robvae.robustness.jacobian import jacobian_norms
+
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 12), torch.nn.Tanh(), torch.nn.Linear(12, 6))
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec, self.input_shape = enc, torch.nn.Linear(3, 16), (1, 4, 4)
+
+        def encode(self, x):
+            h = self.enc(x)
+            return h[:, :3], torch.nn.functional.softplus(h[:, 3:]) + 0.1
+
+        def decode(self, z):
+            return torch.sigmoid(self.dec(z)).view(-1, 1, 4, 4)
+
+    m = M().eval()
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    ref = jacobian_norms(m, x, ("spectral", "whitened"), method="exact")
+    low = jacobian_norms(m.to(dtype), x.to(dtype), ("spectral", "whitened"), method="exact")
+    assert low.spectral.dtype == dtype
+    torch.testing.assert_close(low.spectral.float(), ref.spectral, rtol=3e-2, atol=0)
+    torch.testing.assert_close(low.whitened.float(), ref.whitened, rtol=3e-2, atol=0)

@@ -152,7 +152,14 @@ def model_run(run_dir: str | None, split: str, n: int, device: str,
     else:
         pre = None
         x = load_dataset(dataset, split, data_dir).subset(n).images
-    x = x.to(device)
+    # images are read as float32; a model whose floating tensors all have another dtype (float64,
+    # half) gets its inputs in that dtype (a CLI user cannot convert them)
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()} \
+        if isinstance(model, torch.nn.Module) else set()
+    dtype = dtypes.pop() if len(dtypes) == 1 else x.dtype
+    x = x.to(device=device, dtype=dtype)
+    if pre is not None:
+        pre = pre.to(dtype=dtype)
     check_model(model, x[: min(len(x), 8)]).raise_if_failed()  # the protocol, before any work
     out = Path(run_dir) if run_dir is not None else Path(".")
     run = ModelRun(path=out, config=TrainConfig(dataset=dataset, data_dir=data_dir), model=model, metrics=[],

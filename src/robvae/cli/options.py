@@ -14,6 +14,7 @@ import torch
 
 from ..data import load_dataset
 from ..data.download import default_data_dir
+from ..data.idx import FASHION_MNIST_SYSTEM_DIR, find_idx_files
 from ..evaluation import EvalConfig
 from ..objectives import OBJECTIVES
 from ..threads import set_threads
@@ -72,7 +73,11 @@ download_option = click.option(
 
 def fetch_data(dataset: str, data_dir: str | None) -> str:
     """``--download``: fetch both splits of ``dataset`` into ``data_dir`` (default:
-    robvae.data.download.default_data_dir); returns the folder."""
+    robvae.data.download.default_data_dir); returns the folder. Fashion-MNIST without a folder is
+    read from Debian's package folder when that holds both splits, as the library does."""
+    if data_dir is None and dataset == "fashion-mnist" and all(
+            find_idx_files(FASHION_MNIST_SYSTEM_DIR, split, dataset) for split in ("train", "test")):
+        return str(FASHION_MNIST_SYSTEM_DIR)
     data_dir = data_dir or str(default_data_dir(dataset))
     for split in ("train", "test"):
         load_dataset(dataset, split, data_dir, download=True)

@@ -96,12 +96,25 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
     if likelihood == "auto":
         likelihood = "bernoulli" if shape[0] == 1 else "gaussian"
     plan = None
+    ctx = click.get_current_context()
+    given = {name for name in ("arch", "tau", "sigma_cap", "verify_n")
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    if certify_margin is None and certify_r is None and given & {"sigma_cap", "verify_n"}:
+        raise click.UsageError("--sigma-cap and --verify-n go with --certify-margin (they would be ignored)")
     if certify_margin is not None or certify_r is not None:  # robustness specified upfront (docs/THEORY.md section 9)
         if certify_margin is None or certify_r is None:
             raise click.UsageError("--certify-margin and --r go together")
+        if "arch" in given and arch != "lipschitz-mlp":
+            raise click.UsageError(f"--certify-margin trains a Lipschitz VAE (--arch lipschitz-mlp), not --arch {arch}")
+        if "tau" in given and tau != 0:
+            raise click.UsageError("--certify-margin caps the encoder std itself (--sigma-cap); drop --tau")
         plan = plan_certified_margin(certify_margin, certify_r, latent_dim, sigma_cap)
         arch, tau = "lipschitz-mlp", 0.0
-        hidden = tuple(h + h % 2 for h in hidden)  # GroupSort pairs
+        even = tuple(h + h % 2 for h in hidden)  # GroupSort pairs
+        if even != tuple(hidden):
+            click.echo(f"robvae: note: hidden widths rounded up to even numbers for GroupSort: "
+                       f"{','.join(map(str, even))}", err=True)
+        hidden = even
     config = TrainConfig(
         dataset=dataset, data_dir=data_dir, n_train=n_train,
         model=ModelConfig(input_shape=shape, arch=arch, latent_dim=latent_dim, hidden=hidden, tau=tau,

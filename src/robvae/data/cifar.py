@@ -121,9 +121,9 @@ def read_cifar_batch(path: str | os.PathLike, num_classes: int = 10) -> tuple[np
         raise DataError(f"{path}: b'labels' must be a list of ints, found {type(labels).__name__}")
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
         raise DataError(f"{path}: b'labels' holds values that are not integers")
-    if any(not 0 <= int(v) <= 9 for v in labels):  # before numpy, which overflows on huge Python ints
-        bad = next(int(v) for v in labels if not 0 <= int(v) <= 9)
-        raise DataError(f"{path}: label {bad} out of range 0..9")
+    huge = [int(v) for v in labels if not -2**62 < int(v) < 2**62]  # numpy's int64 would overflow
+    if huge:
+        raise DataError(f"{path}: labels out of range 0..{num_classes - 1} (a label of {huge[0]})")
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     if y.shape[0] != data.shape[0]:
         raise DataError(f"{path}: {y.shape[0]} labels for {data.shape[0]} images")

@@ -26,6 +26,7 @@ import re
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -196,6 +197,8 @@ def download_file(
     """
     dest = Path(dest)
     name = dest.name
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise DataError(f"{name}: {url!r} is not an http(s) URL (check the mirror setting)")
     if checksum is not None:
         parse_checksum(checksum)  # a malformed checksum is the caller's bug: fail before any I/O
         with contextlib.suppress(DataError):  # a stale or foreign file: download again and replace it
@@ -243,10 +246,10 @@ def download_file(
         attempt += 1
         if attempt <= retries and backoff > 0:
             time.sleep(backoff * attempt)
-    raise DataError(
-        f"{name}: download from {url} failed after {retries + 1} attempts ({last_error}); "
-        f"the partial file {part} is kept and the next download resumes it"
-    )
+    kept = (f"the partial file {part} is kept and the next download resumes it"
+            if part.exists() and part.stat().st_size > 0 else "nothing was received")
+    reason = str(last_error).replace("\n", " ")
+    raise DataError(f"{name}: download from {url} failed after {retries + 1} attempts ({reason}); {kept}")
 
 
 def download_dataset(

@@ -217,10 +217,12 @@ def jacobian_norms(
         J = encoder_jacobian(model, x, chunk_size=chunk_size)
         if "frobenius" in norms:
             out["frobenius"] = J.norm(dim=(1, 2))
+        # the SVD has no half / bfloat16 kernels: those Jacobians are read in float32, the result cast back
+        Jw = J.float() if J.dtype in (torch.float16, torch.bfloat16) else J
         if "spectral" in norms:
-            out["spectral"] = torch.linalg.matrix_norm(J, ord=2)
+            out["spectral"] = torch.linalg.matrix_norm(Jw, ord=2).to(J.dtype)
         if "whitened" in norms:
-            out["whitened"] = torch.linalg.matrix_norm(J / sigma[:, :, None], ord=2)
+            out["whitened"] = torch.linalg.matrix_norm(Jw / sigma[:, :, None].to(Jw.dtype), ord=2).to(J.dtype)
         return JacobianNorms(**out, method=method)
     with torch.inference_mode(False), torch.enable_grad():
         xc = x.clone()
