@@ -403,3 +403,29 @@ def test_bench_exits_1_when_a_model_failed(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert rc == 1 and "failed: broken_models:broken: RuntimeError: no weights" in out
     assert "my-linear" in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+def test_a_bare_model_joins_the_bench_named_after_its_callable(tmp_path, monkeypatch):
+    """`robvae certify --model` takes a callable returning the model alone; bench takes it too."""
+    from robvae.bench.loader import build_model
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "bare_models.py").write_text(USER_MODULE + "\ndef bare():\n    return build()[0]\n"
+                                             "\ndef three():\n    return build() + (1,)\n")
+    model, name = build_model("bare_models:bare")
+    assert name == "bare" and callable(model.encode)
+    from robvae.errors import RobvaeError
+
+    with pytest.raises(RobvaeError, match="a model or \\(model, name\\), got a tuple of 3"):
+        build_model("bare_models:three")
+
+
+def test_the_mnist_subset_is_found_from_any_working_folder(tmp_path, monkeypatch):
+    """The protocol's data folder is relative to the repository root; it was resolved against the
+    current folder, where users run their own models from."""
+    from robvae.bench.protocol import load_subset_data
+
+    if not (REPO / PROTOCOL_V1.subset("mnist-10k").data_dir).is_dir():
+        pytest.skip("mnist-10k is not beside this checkout")
+    monkeypatch.chdir(tmp_path)
+    assert len(load_subset_data(PROTOCOL_V1, "mnist-10k")) == 2000

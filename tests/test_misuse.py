@@ -786,3 +786,32 @@ def test_a_cifar_label_too_large_for_numpy_is_a_data_error(tmp_path):
     with pytest.raises(Exception) as e:
         read_cifar_batch(path)
     assert type(e.value).__name__ == "DataError" and "labels out of range 0..9 (a label of 1180591620717411303424)" in str(e.value)
+
+
+def test_api_arguments_found_by_the_training_audit_are_refused():
+    """Found by an audit: jacobian_penalty(projections=0) returned NaN, beta-TCVAE with
+    dataset_size=0 raised "math domain error", sigma_cap=inf was accepted (the encoder then gave
+    an infinite std), plan_certified_margin crashed on latent_dim=0 and refused numpy floats, and
+    barrett_margin(m=0) returned a number."""
+    import numpy as np
+
+    from robvae.models import VAE, ModelConfig
+    from robvae.objectives import jacobian_penalty, tc_decomposition
+    from robvae.robustness.rigorous import barrett_margin, plan_certified_margin
+
+    model = VAE(ModelConfig(input_shape=(1, 4, 4), latent_dim=2, hidden=(8,)))
+    x = torch.rand(3, 1, 4, 4)
+    with pytest.raises(InputError, match="projections must be an integer >= 1"):
+        jacobian_penalty(model, x, projections=0)
+    z = torch.randn(3, 2)
+    with pytest.raises(InputError, match="dataset_size must be an integer >= 1"):
+        tc_decomposition(z, z, torch.ones_like(z), 0)
+    with pytest.raises(ValueError, match="finite sigma_cap > 0"):
+        ModelConfig(arch="lipschitz-mlp", sigma_cap=float("inf"))
+    with pytest.raises(InputError, match="latent_dim must be an integer >= 1"):
+        plan_certified_margin(0.5, 2.0, 0)
+    with pytest.raises(InputError, match="latent_dim must be an integer >= 1, got 2.5"):
+        plan_certified_margin(0.5, 2.0, 2.5)
+    assert plan_certified_margin(np.float32(0.5), 2.0, 4) == plan_certified_margin(0.5, 2.0, 4)
+    with pytest.raises(InputError, match="m must be an integer >= 1"):
+        barrett_margin(1.0, 1.0, 0.1, 0.1, 2.0, 0)

@@ -132,3 +132,44 @@ def test_half_precision_models_get_spectral_norms(dtype):
     assert low.spectral.dtype == dtype
     torch.testing.assert_close(low.spectral.float(), ref.spectral, rtol=3e-2, atol=0)
     torch.testing.assert_close(low.whitened.float(), ref.whitened, rtol=3e-2, atol=0)
+
+
+def test_first_order_check_known_answers():
+    """A linear encoder: the finite difference IS J delta (ratio 1 to rounding), consistent at any
+    eps. The same encoder behind round(16 x) / 16 (gradient masking): J = 0 while mu moves, so
+    every input fails at a budget that crosses rounding steps; at one far below them nothing
+    moves, and that is consistent too. A constant encoder is consistent (nothing moves)."""
+    from robvae.models import LinearVAE
+    from robvae.robustness.jacobian import first_order_check
+
+    lin = LinearVAE.random(d=3, input_shape=(1, 8, 8), s=0.2, seed=0, dtype=torch.float64)
+    x = (torch.randint(0, 17, (12, 1, 8, 8), generator=torch.Generator().manual_seed(0)) / 16).double()
+    for eps in (0.01, 0.5, 2.0):
+        c = first_order_check(lin, x, eps, generator=torch.Generator().manual_seed(1))
+        assert bool(c.consistent.all()) and c.fraction_inconsistent == 0.0
+        torch.testing.assert_close(c.ratio, torch.ones(12, dtype=torch.float64), rtol=1e-9, atol=0)
+
+    class Quantised(torch.nn.Module):
+        input_shape = (1, 8, 8)
+
+        def encode(self, xx):
+            return lin.encode(torch.round(16 * xx) / 16)
+
+        def decode(self, z):
+            return lin.decode(z)
+
+    q = first_order_check(Quantised(), x, 0.5, generator=torch.Generator().manual_seed(1))
+    assert q.fraction_inconsistent == 1.0 and bool(torch.isinf(q.ratio).all())
+    tiny = first_order_check(Quantised(), x, 1e-4, generator=torch.Generator().manual_seed(1))
+    assert tiny.fraction_inconsistent == 0.0  # a step of 1e-4 crosses no rounding boundary
+
+    class Constant(torch.nn.Module):
+        input_shape = (1, 8, 8)
+
+        def encode(self, xx):
+            return torch.zeros(xx.shape[0], 3, dtype=xx.dtype), torch.ones(xx.shape[0], 3, dtype=xx.dtype)
+
+        def decode(self, z):
+            return torch.full((z.shape[0], 1, 8, 8), 0.5, dtype=z.dtype)
+
+    assert first_order_check(Constant(), x, 0.5).fraction_inconsistent == 0.0

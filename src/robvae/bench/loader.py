@@ -1,6 +1,7 @@
 """User models for the benchmark: ``"my_pkg.my_module:build"`` specs.
 
-The callable takes no arguments and returns ``(model, name)``: a robvae protocol model
+The callable takes no arguments and returns ``(model, name)`` (or the model alone, named after
+the callable, as ``robvae certify --model`` takes it): a robvae protocol model
 (``encode(x) -> (mu, sigma)``, ``decode(z) -> mean``; optionally ``log_likelihood(x, z)`` for the
 ELBO and the likelihood degradation) and the name it appears under on the leaderboard.
 :func:`resolve_spec` checks that the spec imports (before anything runs); :func:`build_model`
@@ -33,11 +34,16 @@ def resolve_spec(spec: str) -> Callable[[], object]:
 
 
 def build_model(spec: str) -> tuple[torch.nn.Module, str]:
-    """Call the spec's callable; it must return (model, name) with a protocol model."""
+    """Call the spec's callable; it returns (model, name) with a protocol model, or the model
+    alone (as for ``robvae certify --model``), which is then named after the callable."""
     out = resolve_spec(spec)()
-    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], str)):
-        raise ModelSpecError(f"model spec {spec!r}: the callable must return (model, name), got {type(out).__name__}")
-    model, name = out
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], str):
+        model, name = out
+    elif not isinstance(out, tuple):
+        model, name = out, spec.partition(":")[2]
+    else:
+        raise ModelSpecError(f"model spec {spec!r}: the callable must return a model or (model, name), got a "
+                             f"tuple of {len(out)}")
     if not (callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))):
         raise ModelSpecError(f"model spec {spec!r}: the model needs encode(x) -> (mu, sigma) and decode(z)")
     if not name.strip():

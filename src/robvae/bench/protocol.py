@@ -32,6 +32,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -368,4 +369,11 @@ def evaluate_protocol(
 def load_subset_data(protocol: Protocol, subset: str, data_dir: str | None = None) -> ImageDataset:
     """The test split of the subset's data set (``data_dir`` overrides the protocol's folder)."""
     s = protocol.subset(subset)
-    return load_dataset(s.dataset, s.split, data_dir if data_dir is not None else s.data_dir)
+    if data_dir is None and s.data_dir is not None:
+        data_dir = s.data_dir
+        # the protocol's folders are relative to the repository root (a source checkout): from
+        # another working folder, found there when they are not found here
+        root = Path(__file__).resolve().parents[3]
+        if not Path(data_dir).is_absolute() and not Path(data_dir).exists() and (root / "pyproject.toml").is_file():
+            data_dir = str((root / data_dir).resolve())
+    return load_dataset(s.dataset, s.split, data_dir)

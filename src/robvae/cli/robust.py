@@ -111,6 +111,8 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     t0 = time.perf_counter()
     if (r is None) == (r_relative is None):  # checked before any work (loading the run, the data)
         raise click.UsageError("give exactly one of --r and --r-relative")
+    if address is not None and executor != "ray":  # as robvae sweep: it would be ignored
+        raise click.UsageError("--address joins a Ray cluster: it goes with --executor ray")
     vae, x = _inputs(run, split, n, device, data_dir, download)
     out_path, json_path = result_paths(Path(out) if out else Path(vae.path) / f"certify-{split}.csv", "certify")
     radius = resolve_radius(vae.model, x, r, r_relative, n_samples, seed)

@@ -60,10 +60,11 @@ class ModelConfig(ConfigMixin):
         if self.arch == "lipschitz-mlp":
             if not (self.lipschitz > 0 and math.isfinite(self.lipschitz)):
                 raise ValueError(f"lipschitz must be a finite number > 0, got {self.lipschitz}")
-            if self.sigma_fixed is None and not (self.sigma_cap is not None and self.sigma_cap > 0):
-                raise ValueError(f"arch 'lipschitz-mlp' needs sigma_cap > 0 or sigma_fixed > 0, got {self.sigma_cap}")
-            if self.sigma_fixed is not None and not self.sigma_fixed > 0:
-                raise ValueError(f"sigma_fixed must be > 0, got {self.sigma_fixed}")
+            if self.sigma_fixed is None and not (self.sigma_cap is not None and 0 < self.sigma_cap < math.inf):
+                raise ValueError(f"arch 'lipschitz-mlp' needs a finite sigma_cap > 0 or sigma_fixed > 0, got "
+                                 f"{self.sigma_cap}")
+            if self.sigma_fixed is not None and not 0 < self.sigma_fixed < math.inf:
+                raise ValueError(f"sigma_fixed must be a finite number > 0, got {self.sigma_fixed}")
             if any(h % 2 for h in self.hidden):
                 raise ValueError(f"arch 'lipschitz-mlp' needs even hidden widths (GroupSort), got {self.hidden}")
             if self.tau != 0.0:
