@@ -370,7 +370,7 @@ def _fingerprint(model: nn.Module) -> str:
         t = t.detach()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.contiguous().reshape(-1).cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    h.update(structure_key(model).encode())
+    h.update(repr(structure_key(model)).encode())
     return h.hexdigest()
 
 
