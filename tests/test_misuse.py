@@ -815,3 +815,13 @@ def test_api_arguments_found_by_the_training_audit_are_refused():
     assert plan_certified_margin(np.float32(0.5), 2.0, 4) == plan_certified_margin(0.5, 2.0, 4)
     with pytest.raises(InputError, match="m must be an integer >= 1"):
         barrett_margin(1.0, 1.0, 0.1, 0.1, 2.0, 0)
+
+
+def test_a_sweep_whose_out_is_a_file_says_so(capsys, tmp_path):
+    """It printed a bare "[Errno 17] File exists"."""
+    (tmp_path / "taken").write_text("x")
+    (tmp_path / "s.yaml").write_text(f"out: {tmp_path / 'taken'}\nbase: {{dataset: digits, epochs: 1}}\n"
+                                     "grid: {seed: [0]}\nevaluation: null\n")
+    cap = _one_line(capsys, 2, "sweep", str(tmp_path / "s.yaml"), "--executor", "serial", "--quiet")
+    assert "output folder" in cap.err and "is a file" in cap.err
+    assert (tmp_path / "taken").read_text() == "x"

@@ -258,6 +258,8 @@ def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     is removed when the block ends (also on an error or Ctrl-C); a folder this call created and
     the block left empty (a command refused before it wrote anything) is removed too."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output folder {folder} is a file; choose another --out (or out:)")
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
