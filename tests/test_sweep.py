@@ -273,7 +273,9 @@ def test_ctrl_c_marks_unfinished_trials_and_a_rerun_resumes_them(tmp_path):
     assert all(s["status"] in ("done", "interrupted") for s in statuses.values())
     # the rerun: finished trials are skipped (one attempt each), the others complete
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
+    failed_now = {p.parent.name: json.loads(p.read_text()) for p in out.glob("trials/*/status.json")}
+    assert rerun.returncode == 0, (rerun.stderr, rerun.stdout[-2000:],
+                                   {k: (v.get("status"), v.get("error")) for k, v in failed_now.items()})
     assert f"{len(finished)} already done before" in rerun.stdout
     final = {p.parent.name: json.loads(p.read_text()) for p in out.glob("trials/*/status.json")}
     assert len(final) == 4 and all(s["status"] == "done" for s in final.values())

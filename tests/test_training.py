@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from robvae import load
 from robvae.errors import CheckpointError
+from robvae.fileio import read_csv
 from robvae.models import ModelConfig
 from robvae.training import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, TrainConfig, train
 
@@ -202,3 +204,32 @@ def test_a_killed_writes_temporary_files_are_removed_when_the_run_resumes(tmp_pa
         f.write_bytes(b"partial")
     train(_config(epochs=2), run, progress=False, data=digits_small)
     assert not any(f.exists() for f in stale) and other.exists()
+
+
+def test_a_run_killed_between_its_metrics_and_its_checkpoint_resumes(tmp_path, digits_small, monkeypatch):
+    """Found by a flaky sweep test: the checkpoint was written before metrics.csv, so a process
+    killed between the two left a metrics file one row short, and the resume refused the run
+    ("restore it or start a new folder"). Metrics are written first now: the extra row is dropped
+    and its epoch recomputed, to the uninterrupted run's weights and metrics."""
+    import robvae.training as tr
+
+    ref = train(_config(epochs=3), tmp_path / "ref", progress=False, data=digits_small)
+    real = tr.save_tensors
+    calls = []
+
+    def killed_at_second_checkpoint(path, *a, **k):
+        if Path(path).name == CHECKPOINT_FILE:
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # after metrics.csv got epoch 2, before the checkpoint did
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(tr, "save_tensors", killed_at_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(epochs=3), tmp_path / "run", progress=False, data=digits_small)
+    monkeypatch.setattr(tr, "save_tensors", real)
+    assert len(read_csv(tmp_path / "run" / "metrics.csv")) == 2  # one row ahead of the checkpoint (epoch 1)
+    again = train(_config(epochs=3), tmp_path / "run", progress=False, data=digits_small)
+    assert (tmp_path / "run" / WEIGHTS_FILE).read_bytes() == (tmp_path / "ref" / WEIGHTS_FILE).read_bytes()
+    assert [int(m["epoch"]) for m in again.metrics] == [1, 2, 3]
+    assert [m["test_elbo"] for m in again.metrics] == [m["test_elbo"] for m in ref.metrics]

@@ -283,8 +283,10 @@ def train(
         metrics.append(row)
         ckpt = {f"model.{k}": v for k, v in model.state_dict().items()}
         ckpt.update(_optimizer_state(opt))
-        save_tensors(run_dir / CHECKPOINT_FILE, ckpt, {"epoch": str(epoch + 1), "config": json.dumps(config.to_dict())})
+        # metrics first: a run killed between the two writes has one row more than its checkpoint's
+        # epochs, which a resume drops (and recomputes); the other order lost the run (a row short)
         write_csv(run_dir / METRICS_FILE, metrics, fieldnames=list(METRIC_COLUMNS))
+        save_tensors(run_dir / CHECKPOINT_FILE, ckpt, {"epoch": str(epoch + 1), "config": json.dumps(config.to_dict())})
         bar.set_postfix(loss=f"{row['train_loss']:.2f}", test_nelbo=f"{-row['test_elbo']:.2f}")
         if callback is not None:
             callback(epoch + 1, {k: float(v) for k, v in row.items()})

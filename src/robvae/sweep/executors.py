@@ -394,9 +394,12 @@ PARENT_CHECK_S = 1.0
 def _start_worker(parent: int, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
     """Each local worker's first step: a daemon thread that ends the worker once its parent is
     gone (killed with SIGKILL, which runs no clean-up: a ProcessPoolExecutor's workers would finish
-    their task and then wait for the next one forever, beside the workers of a rerun), then the
-    caller's ``initializer``. Whatever the worker had not saved atomically is redone by the rerun."""
+    their task and then wait for the next one forever, beside the workers of a rerun); SIGINT
+    ignored (the parent handles Ctrl-C and terminates the pool); then the caller's ``initializer``. Whatever the worker had not saved atomically is redone by the rerun."""
     threading.Thread(target=_exit_with_parent, args=(parent,), name="robvae-parent-watch", daemon=True).start()
+    # Ctrl-C reaches the whole process group: the parent handles it (marks what is unfinished and
+    # terminates the pool); a worker would only print a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if initializer is not None:
         initializer(*initargs)
 
