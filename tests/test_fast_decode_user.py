@@ -393,3 +393,41 @@ def test_no_rewrite_in_half_precision():
         with torch.inference_mode():
             assert not has_fast_route(m, z)
             assert torch.equal(flat_decode(m, z)[:20], m.decode(z).flatten(1))
+
+
+class _OffsetVAE(UserVAE):
+    """decode reads a plain tensor attribute (not a parameter or buffer) and a near-origin bump."""
+
+    def __init__(self, d, bump_radius=0.0):
+        super().__init__(nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, 16)), d, (1, 4, 4), sigmoid=False)
+        self.offset = torch.zeros(16)
+        self.bump_radius = bump_radius
+
+    def decode(self, z):
+        h = self.decoder(z) + self.offset
+        near = (z.norm(dim=1, keepdim=True) < self.bump_radius).to(h.dtype)
+        return (h + 0.3 * near).view(z.shape[0], 1, 4, 4)
+
+
+def test_state_the_key_cannot_see_is_caught_by_the_per_call_check():
+    """Found by an audit: a plain tensor attribute (or a global, a lambda) that decode reads,
+    changed after the first call, kept the old rewrite in use; and a decoder that differs only
+    near the data's latents passed the first check. Every call now checks one row (the farthest
+    out, or one moving through the batch), and the first check includes rows of the first call."""
+    import warnings
+
+    torch.manual_seed(0)
+    d = 4
+    model = _OffsetVAE(d).eval()
+    z = torch.randn(256, d, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        assert has_fast_route(model, z)
+        torch.testing.assert_close(flat_decode(model, z), model.decode(z).flatten(1), rtol=1e-5, atol=1e-6)
+        model.offset += 0.5  # not a parameter, not a buffer, not a plain setting
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.testing.assert_close(flat_decode(model, z), model.decode(z).flatten(1), rtol=1e-5, atol=1e-6)
+        assert any("disagreed with model.decode" in str(w.message) for w in caught)
+        near = _OffsetVAE(d, bump_radius=2.2).eval()  # differs on most of z's rows, not on the fixed ones
+        assert not has_fast_route(near, z)
+        torch.testing.assert_close(flat_decode(near, z), near.decode(z).flatten(1), rtol=1e-5, atol=1e-6)

@@ -825,3 +825,17 @@ def test_a_sweep_whose_out_is_a_file_says_so(capsys, tmp_path):
     cap = _one_line(capsys, 2, "sweep", str(tmp_path / "s.yaml"), "--executor", "serial", "--quiet")
     assert "output folder" in cap.err and "is a file" in cap.err
     assert (tmp_path / "taken").read_text() == "x"
+
+
+def test_a_model_built_under_inference_mode_is_a_clear_error():
+    """Its weights are inference tensors: the caches' version keys raised torch's "Inference
+    tensors do not track version counter", and the Jacobian "cannot be saved for backward"."""
+    from robvae.models import VAE, ModelConfig
+    from robvae.robustness import certify, r_robustness
+
+    with torch.inference_mode():
+        model = VAE(ModelConfig(input_shape=(1, 4, 4), latent_dim=2, hidden=(8,))).eval()
+    x = torch.rand(2, 1, 4, 4)
+    for call in (lambda: r_robustness(model, x, 0.5, n_samples=10), lambda: certify(model, x, 0.5, n_samples=10)):
+        with pytest.raises(InputError, match="made under torch.inference_mode"):
+            call()

@@ -247,6 +247,10 @@ def check_mode(model: torch.nn.Module) -> None:
     if active:
         raise InputError(f"the model is in training mode with {', '.join(active)} layers, whose outputs then depend "
                          "on the batch or on chance: call model.eval() first")
+    if any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
+        raise InputError("the model's weights were made under torch.inference_mode (inference tensors), which "
+                         "autograd cannot use for the Jacobians and attacks: build or load it outside "
+                         "inference_mode (torch.no_grad() is fine)")
 
 
 def check_model_outputs(model: torch.nn.Module, x: torch.Tensor) -> None:

@@ -73,7 +73,7 @@ class Leaderboard:
 
 
 #: the format of the stored result files: results of another format are evaluated again
-RESULT_FORMAT = 2
+RESULT_FORMAT = 3
 
 
 def _slug(s: str) -> str:

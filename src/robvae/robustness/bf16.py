@@ -58,7 +58,7 @@ from ..config import ALPHA
 from ..errors import InputError
 from ..models.fast_decode import (
     _ACTIVATIONS, _cached, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan,
-    rows_independent,
+    rows_independent, version,
 )
 from ..validation import as_radius
 from .lipschitz import _out_shape, conv_operator_norm, conv_periodic_bound, kernel_bound
@@ -229,7 +229,7 @@ def _macs(layer: torch.nn.Module, in_shape, out_shape) -> int:
 
 
 def _weights_key(layers) -> tuple:
-    return tuple((p._version, p.data_ptr()) for m in layers for p in m.parameters(recurse=False))
+    return tuple((version(p), p.data_ptr()) for m in layers for p in m.parameters(recurse=False))
 
 
 def _analyse(plan, z: torch.Tensor) -> list:

@@ -239,49 +239,97 @@ def jacobian_norms(
 class FirstOrderCheck:
     """What :func:`first_order_check` found, per input [B]: ``consistent`` (the autograd Jacobian
     describes the encoder mean at the scale eps), ``ratio`` (the largest ||mu(x+delta) - mu(x)|| /
-    ||J delta|| over the directions; inf where J delta = 0 but mu moved)."""
+    ||J delta|| over the directions; inf where J delta = 0 but mu moved), ``median_ratio`` (over
+    the random directions), ``top_ratio`` (along J's own top right-singular direction)."""
 
     consistent: torch.Tensor
     ratio: torch.Tensor
+    median_ratio: torch.Tensor
+    top_ratio: torch.Tensor
     eps: float
 
     @property
     def fraction_inconsistent(self) -> float:
         return float((~self.consistent).double().mean())
 
+    @property
+    def typical_ratio(self) -> float:
+        """The median over inputs of the per-input median ratio (1 for a smooth model at small eps)."""
+        return float(self.median_ratio.double().median())
+
+
+#: inputs checked together by :func:`first_order_check`
+FIRST_ORDER_BATCH = 64
+
 
 def first_order_check(model: torch.nn.Module, x: torch.Tensor, eps: float, *, n_dirs: int = 8,
-                      factor: float = 4.0, generator: torch.Generator | None = None) -> FirstOrderCheck:
-    """Whether the encoder mean's autograd Jacobian J (what Theorem 1 and the gradient attacks
-    see) describes mu at the scale of a certificate, per input: for ``n_dirs`` random directions
-    delta of L2 norm ``eps`` (x + delta clipped to [0, 1]), the finite difference ||mu(x+delta) -
-    mu(x)|| must be at most ``factor`` ||J delta|| (+ 1e-6 (||J delta|| + eps ||J||_F) for
-    rounding); an input is inconsistent when over half of its directions fail. A smooth network
-    passes at any small eps (the difference is J delta + O(eps^2)); gradient masking fails it: a
-    quantising or non-differentiable step gives J = 0 (a radius of inf) while mu still moves. A
-    truly constant encoder passes (it does not move)."""
+                      factor: float = 4.0, power_iters: int = 12,
+                      generator: torch.Generator | None = None) -> FirstOrderCheck:
+    """Whether the encoder mean's autograd Jacobian J — the reverse-mode one that Theorem 1 and
+    the gradient attacks read — describes mu at the scale of a certificate, per input. For
+    ``n_dirs`` random directions delta of L2 norm ``eps`` (x + delta clipped to [0, 1]) the finite
+    difference ||mu(x+delta) - mu(x)|| is compared with ||J delta|| (slack 1e-6 (||J delta|| + eps
+    ||J||) plus the rounding of mu itself); an input is inconsistent when the difference exceeds
+    ``factor`` ||J delta|| on over half of the directions, or when J delta = 0 on any direction
+    along which mu moved; and along J's own top right-singular direction (``power_iters`` steps of
+    power iteration) mu must move at least ||J delta|| / ``factor`` and at most ``factor`` ||J
+    delta|| (a Jacobian rotated away from the model's, which would send the attacks the wrong way).
+    A smooth network passes at any small eps (the difference is J delta + O(eps^2)); gradient
+    masking fails it (a quantising step gives J = 0 while mu still moves; a gradient scaled down
+    shows in ``typical_ratio``, which the benchmark also bounds). A constant encoder passes."""
     check_x(model, x)
+    parts = [_first_order(model, x[s], eps, int(n_dirs), float(factor), int(power_iters), generator)
+             for s in batches(x.shape[0], FIRST_ORDER_BATCH)]
+    return FirstOrderCheck(*(torch.cat([p[k] for p in parts]) for k in range(4)), eps=float(eps))
+
+
+def _first_order(model, x, eps, n_dirs, factor, power_iters, generator):
     B = x.shape[0]
     f = _mean_fn(model)
     with torch.inference_mode(False), torch.enable_grad():
         x0 = x.detach().clone()
         out, vjp_fn = vjp(f, x0)
-        jv = jv_function(f, x0, vjp_fn, out)
-        (g,) = vjp_fn(torch.ones_like(out))  # scale only: ||J||_F >= ||J^T 1|| / sqrt(d)
-        scale = g.reshape(B, -1).norm(dim=1) / math.sqrt(out.shape[1])
-        fails = torch.zeros(B, dtype=torch.long, device=x.device)
-        worst = torch.zeros(B, dtype=torch.float64, device=x.device)
-        for _ in range(int(n_dirs)):
-            v = randn(x0.shape, x0, generator)
+        out = out.detach()
+        # J delta by reverse mode only (the Jacobian certify and the attacks use): J v = d/du <J^T u, v>
+        _, vjp2 = vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
+        jv = lambda v: vjp2(v)[0].detach()  # noqa: E731
+        (g,) = vjp_fn(torch.ones_like(out))
+        scale = (g.reshape(B, -1).norm(dim=1) / math.sqrt(out.shape[1])).detach()
+        tiny = 16 * torch.finfo(out.dtype).eps * out.reshape(B, -1).norm(dim=1)  # mu's own rounding
+
+        def moved_and_pred(v):
             v = v / v.reshape(B, -1).norm(dim=1).clamp_min(1e-30).view(B, *([1] * (x.dim() - 1)))
             xd = (x0 + eps * v).clamp(0.0, 1.0)
             delta = (xd - x0).detach()
-            pred = jv(delta).detach().reshape(B, -1).norm(dim=1)
+            pred = jv(delta).reshape(B, -1).norm(dim=1)
             with torch.no_grad():
-                moved = (f(xd) - out).detach().reshape(B, -1).norm(dim=1)
-            slack = 1e-6 * (pred + eps * scale.detach())
+                moved = (f(xd) - out).reshape(B, -1).norm(dim=1)
+            return moved, pred, 1e-6 * (pred + eps * scale) + tiny
+
+        fails = torch.zeros(B, dtype=torch.long, device=x.device)
+        masked = torch.zeros(B, dtype=torch.bool, device=x.device)
+        ratios = []
+        for _ in range(n_dirs):
+            moved, pred, slack = moved_and_pred(randn(x0.shape, x0, generator))
             fails += (moved > factor * pred + slack).long()
-            ratio = torch.where(pred > 0, moved / pred.clamp_min(1e-300),
-                                torch.where(moved > 0, torch.full_like(moved, math.inf), torch.ones_like(moved)))
-            worst = torch.maximum(worst, ratio.double())
-    return FirstOrderCheck(consistent=(2 * fails <= int(n_dirs)).cpu(), ratio=worst.cpu(), eps=float(eps))
+            masked |= (pred <= slack) & (moved > 2 * slack)
+            ratios.append(_ratio(moved, pred, slack))
+        r = torch.stack(ratios)  # [n_dirs, B]
+        # J's top right-singular direction (power iteration on J^T J, reverse mode)
+        v = randn(x0.shape, x0, generator)
+        for _ in range(power_iters):
+            w = vjp_fn(jv(v))[0].detach()
+            v = w / w.reshape(B, -1).norm(dim=1).clamp_min(1e-30).view(B, *([1] * (x.dim() - 1)))
+        moved, pred, slack = moved_and_pred(v)
+        top = _ratio(moved, pred, slack)
+        bad_top = (moved > factor * pred + slack) | (moved * factor + slack < pred)
+    consistent = (2 * fails <= n_dirs) & ~masked & ~bad_top
+    return consistent.cpu(), r.max(0).values.cpu(), r.median(0).values.cpu(), top.cpu()
+
+
+def _ratio(moved: torch.Tensor, pred: torch.Tensor, slack: torch.Tensor) -> torch.Tensor:
+    """moved / pred (float64), 1 where neither exceeds the slack, inf where only mu moved."""
+    moved, pred, slack = moved.double(), pred.double(), slack.double()
+    r = moved / pred.clamp_min(1e-300)
+    r = torch.where(pred > slack, r, torch.where(moved > 2 * slack, torch.full_like(r, math.inf), torch.ones_like(r)))
+    return r
