@@ -435,3 +435,63 @@ def test_local_workers_exit_when_their_parent_is_killed(tmp_path):
         for p in workers:
             if alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_two_questions_in_one_partial_folder_never_mix(certify_case, tmp_path, monkeypatch, capsys):
+    """Found by an audit: two certify commands into one --out (seed 0 and seed 1) saved into each
+    other's partial folder, and the rerun of one took the other's shards (126 rows wrong). Every
+    shard now carries its question's key, and robvae certify holds a lock on the folder."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from robvae.cli import main
+    from robvae.errors import RobvaeError
+    from robvae.fileio import folder_lock
+    from robvae.sweep import ShardStore
+    from robvae.sweep import shard as shard_mod
+
+    run_dir, x, r = certify_case
+    xn, rn = x.numpy(), np.full(len(x), r, dtype=np.float32)
+    folder = tmp_path / "c.csv.partial"
+    a = ShardStore(folder, {"seed": 0})
+    a.save(0, {"p": np.ones(2)}, xn[:2], rn[:2])
+    b = ShardStore(folder, {"seed": 1})  # empties the folder, writes its own key
+    a.save(2, {"p": np.ones(2)}, xn[2:4], rn[2:4])  # the first command, still running, saves on
+    assert [p.cols is None for p in b.plan(xn, rn, 2)] == [True]  # nothing of A's is taken
+    # the CLI: a second command into the same --out is refused while the first holds the folder
+    with folder_lock(folder, "robvae certify"):
+        rc = main(["certify", str(run_dir), "--n", "4", "--r", "1", "--samples", "50", "--executor", "serial",
+                   "--out", str(tmp_path / "c.csv"), "--quiet"])
+    assert rc == 2 and "is in use by robvae certify" in capsys.readouterr().err
+    # a worker that dies is one line that says the finished shards are kept
+    monkeypatch.setattr(shard_mod, "map_tasks", lambda *a, **k: iter([(0, None, BrokenProcessPool("killed"))]))
+    with pytest.raises(RobvaeError, match="a certify worker process died .*rerun to resume"):
+        certify_sharded(run_dir, x, r, executor="local", partial=tmp_path / "p2", n_samples=50)
+
+
+def test_model_digest_sees_buffers_settings_and_code(tmp_path, monkeypatch):
+    """Found by an audit: a --model run resumed with blocks of a model whose non-persistent
+    buffer or plain attribute had changed (the digest hashed the state dict only)."""
+    from robvae.sweep.shard import model_digest
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "dig_models.py").write_text(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = torch.nn.Linear(2, 2)\n"
+        "        self.register_buffer('scale', torch.ones(1), persistent=False)\n"
+        "        self.shift = 0.0\n")
+    import dig_models
+
+    torch.manual_seed(0)
+    m = dig_models.M()
+    base = model_digest(m)
+    assert model_digest(m) == base
+    m.scale.fill_(1.5)
+    assert model_digest(m) != base
+    m.scale.fill_(1.0)
+    m.shift = 0.25
+    assert model_digest(m) != base
+    m.shift = 0.0
+    assert model_digest(m) == base

@@ -16,7 +16,7 @@ from ..data import load_dataset
 from ..data.download import default_data_dir
 from ..errors import InputError
 from ..evaluation import LEGACY_ATTACK, EvalConfig, attack_report, margin_report
-from ..fileio import result_paths, write_csv, write_json
+from ..fileio import folder_lock, result_paths, write_csv, write_json
 from ..robustness import CertifyConfig, r_min
 from ..robustness.rigorous import rigorous_columns
 from ..sweep import SHARD_EXECUTORS, certify_sharded, partial_folder
@@ -121,40 +121,43 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     # the serial path uses every core (workers use one thread each): Monte Carlo counts agree
     # exactly across executors, radii to float rounding
     executor, workers = auto_executor(len(x) * n_samples, executor, workers)
-    # finished shards are kept here until the CSV is written: an interrupted run resumes from them
+    # finished shards are kept here until the CSV is written: an interrupted run resumes from them;
+    # held under a lock, so that two commands into one --out never save into each other's folder
     partial = partial_folder(out_path)
-    if isinstance(vae, ModelRun):  # --model: this process, blocks seeded as certify_sharded's
-        if executor != "serial":
-            raise click.UsageError("--executor local / ray need a RUN folder (the workers load it); --model runs "
-                                   "in this process")
-        cert = certify_blocks(vae.model, x, radius, seed=seed, progress=not quiet, n_samples=n_samples, alpha=alpha,
-                              mode=mode, precision=precision, early_abstain=early_abstain, partial=partial)
-    else:
-        cert = certify_sharded(run, x, radius, executor=executor, workers=workers, address=address, seed=seed,
-                               device=device, progress=not quiet, n_samples=n_samples, alpha=alpha, mode=mode,
-                               precision=precision, early_abstain=early_abstain,
-                               torch_threads=None if executor == "serial" else 1,  # serial: --threads
-                               partial=partial)
-    rigorous_note = "off (--no-rigorous)"
-    if rigorous:  # from the certificate's p_lower and sigma_min: the same for every executor
-        try:
-            cert.extras.update(rigorous_columns(vae.model, cert.p_lower, cert.sigma_min))
-            rigorous_note = "Lipschitz bounds from the weights"
-        except InputError as e:
-            rigorous_note = f"not available for this model ({e})"
-            click.echo(f"robvae: note: no rigorous radii: {e}", err=True)
-    summary = cert.summary()
-    lead = {"frobenius": "radius", "spectral": "radius_spectral", "whitened": "radius_whitened"}[jacobian_norm]
-    summary = {"lead": lead, **summary, "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
-    write_csv(out_path, cert.to_rows())
-    write_json(json_path, {
-        "command": "certify", "run": str(run), "split": split, "n": n, "r": radius, "r_relative": r_relative,
-        "n_samples": n_samples, "alpha": alpha, "mode": mode, "precision": precision, "early_abstain": early_abstain,
-        "rigorous": rigorous, "executor": executor, "seed": seed,
-        "summary": summary})
-    shutil.rmtree(partial, ignore_errors=True)
-    click.echo(format_summary({k: v for k, v in summary.items() if not isinstance(v, dict)}))
-    click.echo(f"per-input results: {out_path}")
+    with folder_lock(partial, "robvae certify"):
+        if isinstance(vae, ModelRun):  # --model: this process, blocks seeded as certify_sharded's
+            if executor != "serial":
+                raise click.UsageError("--executor local / ray need a RUN folder (the workers load it); --model runs "
+                                       "in this process")
+            cert = certify_blocks(vae.model, x, radius, seed=seed, progress=not quiet, n_samples=n_samples,
+                                  alpha=alpha, mode=mode, precision=precision, early_abstain=early_abstain,
+                                  partial=partial)
+        else:
+            cert = certify_sharded(run, x, radius, executor=executor, workers=workers, address=address, seed=seed,
+                                   device=device, progress=not quiet, n_samples=n_samples, alpha=alpha, mode=mode,
+                                   precision=precision, early_abstain=early_abstain,
+                                   torch_threads=None if executor == "serial" else 1,  # serial: --threads
+                                   partial=partial)
+        rigorous_note = "off (--no-rigorous)"
+        if rigorous:  # from the certificate's p_lower and sigma_min: the same for every executor
+            try:
+                cert.extras.update(rigorous_columns(vae.model, cert.p_lower, cert.sigma_min))
+                rigorous_note = "Lipschitz bounds from the weights"
+            except InputError as e:
+                rigorous_note = f"not available for this model ({e})"
+                click.echo(f"robvae: note: no rigorous radii: {e}", err=True)
+        summary = cert.summary()
+        lead = {"frobenius": "radius", "spectral": "radius_spectral", "whitened": "radius_whitened"}[jacobian_norm]
+        summary = {"lead": lead, **summary, "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
+        write_csv(out_path, cert.to_rows())
+        write_json(json_path, {
+            "command": "certify", "run": str(run), "split": split, "n": n, "r": radius, "r_relative": r_relative,
+            "n_samples": n_samples, "alpha": alpha, "mode": mode, "precision": precision,
+            "early_abstain": early_abstain, "rigorous": rigorous, "executor": executor, "seed": seed,
+            "summary": summary})
+        shutil.rmtree(partial, ignore_errors=True)
+        click.echo(format_summary({k: v for k, v in summary.items() if not isinstance(v, dict)}))
+        click.echo(f"per-input results: {out_path}")
 
 
 #: where attack and margin run and where a run's data is read from

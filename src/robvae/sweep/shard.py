@@ -27,10 +27,12 @@ question skips them and gives the same certificate as an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
 import re
 import shutil
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +42,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError, RobvaeError
 from ..fileio import atomic_write_text, dumps_json, load_tensors, remove_stale_temporaries, save_tensors
+from ..models.fast_decode import structure_key
 from ..robustness import Certificate, CertifyConfig, certify
 from ..training import load
 from ..validation import as_radius
@@ -89,10 +92,17 @@ def _digest(*arrays: np.ndarray) -> str:
 
 
 def model_digest(model: torch.nn.Module) -> str:
-    """A digest of a model in memory: its class, its printed structure and every tensor of its
-    state dict (name, dtype, shape, values)."""
-    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}".encode())
-    for name, t in model.state_dict().items():
+    """A digest of a model in memory: its class and the source of its class's module (an edited
+    ``encode`` / ``decode``), its printed structure, every module's plain settings and attributes
+    (:func:`robvae.models.fast_decode.structure_key`), and every parameter and buffer, persistent
+    or not (name, dtype, shape, values). What it cannot see: state outside the model (globals)."""
+    cls = type(model)
+    h = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}\n{model!r}\n{structure_key(model)!r}".encode())
+    try:
+        h.update(inspect.getsource(inspect.getmodule(cls)).encode())
+    except (OSError, TypeError):  # built-in, interactive or without source: the rest still counts
+        pass
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
         a = t.detach().cpu().contiguous()
         h.update(f"{name}:{a.dtype}:{tuple(a.shape)}".encode())
         h.update(a.view(torch.uint8).numpy().tobytes() if a.numel() else b"")
@@ -139,7 +149,12 @@ class ShardStore:
 
     def __init__(self, folder: str | os.PathLike, settings: dict[str, Any]):
         self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InputError(f"{self.folder} (where certify keeps its finished shards) is not a folder; remove it "
+                             "or choose another --out")
         self.key = dumps_json({**settings, "robvae": __version__}, default=repr)
+        self.key_digest = hashlib.sha256(self.key.encode()).hexdigest()  # in every shard: a shard another
+        # command saved into this folder (two commands, one --out) is never taken for this question's
         key_path = self.folder / _KEY_FILE
         if self.folder.is_dir():
             remove_stale_temporaries(self.folder, [_KEY_FILE, *(p.name for p in self.folder.iterdir()
@@ -160,7 +175,7 @@ class ShardStore:
         stop = start + len(x)
         save_tensors(self.folder / f"shard-{start}-{stop}.safetensors",
                      {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in cols.items()},
-                     metadata={"inputs": _digest(x, r)})
+                     metadata={"inputs": _digest(x, r), "key": self.key_digest})
 
     def plan(self, x: np.ndarray, r: np.ndarray, block_size: int) -> list[_Piece]:
         """Cut inputs ``[0, N)`` into finished pieces (their columns loaded) and gaps, in order."""
@@ -197,7 +212,8 @@ class ShardStore:
             tensors, meta = load_tensors(path)
         except CheckpointError:
             return None
-        if meta.get("inputs") != _digest(x[a:b], r[a:b]) or any(t.shape[:1] != (b - a,) for t in tensors.values()):
+        if (meta.get("inputs") != _digest(x[a:b], r[a:b]) or meta.get("key") != self.key_digest
+                or any(t.shape[:1] != (b - a,) for t in tensors.values())):  # another question's shard
             return None
         return {k: t.numpy() for k, t in tensors.items()}
 
@@ -339,6 +355,9 @@ def certify_sharded(
               disable=not progress) as bar:
         for j, res, err in map_tasks(certify_shard, args, executor=executor, workers=int(workers), address=address,
                                      kwargs=kw, ray_options={"num_cpus": max(1, torch_threads or 1)}):
+            if isinstance(err, BrokenProcessPool):  # a worker was killed (out of memory, a signal)
+                kept = "; the finished shards are kept: rerun to resume" if store is not None else ""
+                raise RobvaeError(f"a certify worker process died ({err}){kept}") from None
             if err is not None:
                 raise err
             results[todo[j]] = res
