@@ -80,3 +80,37 @@ def test_a_certified_margin_the_attack_contradicts_is_reported_as_such():
     assert bad.contradicted and "CONTRADICTED: 20/20" in bad.table()
     below = MarginVerification(**{**base, "barrett_margin": 0.3, "n_robust_attack": 0})
     assert not below.contradicted and "BELOW eps" in below.table()
+
+
+def test_the_margin_check_also_attacks_barretts_probability_itself():
+    """Found by an audit: the check of --certify-margin attacked only the damage to g(mu(x)); it now
+    also runs a PGD on Barrett's probability itself and keeps the worse p per input. On a model
+    whose mean ignores its input while its std follows it (the damage to g(mu(x)) is always 0), the
+    PGD on the probability drives p from 1 to below 1/2 within the budget."""
+    import torch
+
+    from robvae.attacks.pgd import pgd
+    from robvae.studies.certified import _barrett_objective, barrett_probability
+
+    class SigmaOnly(torch.nn.Module):
+        input_shape = (1, 4, 4)
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.full((16,), 3.0))
+            self.dec = torch.nn.Linear(2, 16)
+
+        def encode(self, x):
+            s = 0.01 + torch.nn.functional.softplus(x.flatten(1) @ self.w - 20.0)
+            return torch.zeros(x.shape[0], 2) + 0 * s[:, None], s[:, None].expand(-1, 2)
+
+        def decode(self, z):
+            return self.dec(z).view(-1, 1, 4, 4)
+
+    torch.manual_seed(0)
+    m = SigmaOnly().eval()
+    x = torch.full((3, 1, 4, 4), 0.2)
+    g = torch.Generator().manual_seed(0)
+    assert float(barrett_probability(m, x, torch.zeros_like(x), 0.5, 2000, g).min()) == 1.0
+    direct = pgd(_barrett_objective(m, x, 0.5, generator=g), x, 2.0, norm="l2", steps=40, generator=g).delta
+    assert float(barrett_probability(m, x, direct, 0.5, 2000, g).max()) < 0.5
