@@ -22,5 +22,12 @@ def jv_function(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     except (NotImplementedError, RuntimeError):
         if vjp_fn is None or out is None:
             out, vjp_fn = vjp(f, x)
-        _, vjp2 = vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
-        return lambda v: vjp2(v)[0]
+        return reverse_jv(vjp_fn, out)
+
+
+def reverse_jv(vjp_fn: Callable, out: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """v -> J v from reverse mode only, given f's pullback ``vjp_fn`` at x and ``out`` = f(x):
+    u -> J^T u is linear, so its vjp at any u (here 0), applied to v, is J v. It reads the same
+    Jacobian as every gradient (what a model that masks only reverse mode shows)."""
+    _, vjp2 = vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
+    return lambda v: vjp2(v)[0]

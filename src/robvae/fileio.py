@@ -12,10 +12,11 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 import torch
@@ -104,6 +105,23 @@ def _strict(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return _strict(o.tolist())
     raise TypeError(f"cannot write {type(o).__name__} as JSON")
+
+
+def hash_arrays(h: Any, named: Iterable[tuple[str, Any]]) -> Any:
+    """Feed every (name, tensor or numpy array) into the hashlib object ``h`` — its name, dtype,
+    shape and bytes (bfloat16 and 0-dim tensors included) — and return ``h``: the one content
+    digest behind the caches and result files keyed by weights or inputs."""
+    for name, t in named:
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous()
+            dtype, shape = str(t.dtype), tuple(t.shape)
+            data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        else:
+            a = np.ascontiguousarray(t)
+            dtype, shape, data = a.dtype.str, a.shape, a.tobytes()
+        h.update(f"{name}:{dtype}:{shape};".encode())
+        h.update(data)
+    return h
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:

@@ -30,7 +30,6 @@ the likelihood scores the clean target.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -38,7 +37,7 @@ import torch
 from torch.func import vjp
 
 from .config import ConfigMixin
-from .errors import InputError
+from .validation import check_count
 
 OBJECTIVES = ("elbo", "beta-vae", "beta-tcvae")
 Divergence = Literal["kl", "symmetric-kl"]
@@ -110,8 +109,7 @@ def tc_decomposition(
     z: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, dataset_size: int
 ) -> dict[str, torch.Tensor]:
     """Minibatch-weighted-sampling estimates of (MI, TC, DWKL), each [B], for samples z [B, d]."""
-    if isinstance(dataset_size, bool) or not isinstance(dataset_size, numbers.Integral) or dataset_size < 1:
-        raise InputError(f"dataset_size must be an integer >= 1 (the training set's size), got {dataset_size!r}")
+    check_count(dataset_size, 1, "dataset_size")  # the training set's size
     B = z.shape[0]
     # log q(z_b,k | x_c): [B, C, d]
     logq_pair = gaussian_log_density(z[:, None, :], mu[None, :, :], sigma[None, :, :])
@@ -157,9 +155,7 @@ def jacobian_penalty(
     all K x B vector-Jacobian products in one batched torch.func.vjp; differentiable in the
     model's parameters (use it in a loss).
     """
-    if isinstance(projections, bool) or not isinstance(projections, numbers.Integral) or projections < 1:
-        raise InputError(f"projections must be an integer >= 1, got {projections!r}")
-    K = int(projections)
+    K = check_count(projections, 1, "projections")
     xs = x.unsqueeze(0).expand(K, *x.shape).reshape(K * x.shape[0], *x.shape[1:])
 
     (mu, sigma), pullback = vjp(lambda inp: tuple(model.encode(inp)), xs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -43,6 +45,32 @@ def check_images(
         if lo < 0.0 or hi > 1.0:
             raise InputError(f"{name} has values outside [0, 1] (min {lo:.4g}, max {hi:.4g})")
     return x
+
+
+def _named(name: str) -> str:
+    return f"{name} " if name else ""
+
+
+def check_count(v, lo: int = 1, name: str = "") -> int:
+    """``v`` as an int when it is an integer >= ``lo`` (numpy integers too, not a bool); else an
+    InputError "NAME must be an integer >= LO, got V"."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+        raise InputError(f"{_named(name)}must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def check_positive(v, name: str = "") -> float:
+    """``v`` as a float when it is a finite number > 0 (not a bool); else an InputError."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+        raise InputError(f"{_named(name)}must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
+def check_level(v, name: str = "") -> float:
+    """``v`` as a float when it is a level in (0, 1) (a confidence level alpha); else an InputError."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1:
+        raise InputError(f"{_named(name)}must be a level in (0, 1), got {v!r}")
+    return float(v)
 
 
 def model_input_shape(model: torch.nn.Module) -> tuple[int, ...] | None:

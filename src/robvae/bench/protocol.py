@@ -29,7 +29,6 @@ relative log-likelihood degradation (median) at each attack budget, and wall tim
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from ..objectives import ObjectiveConfig, compute_objective
 from ..robustness import certify, empirical_margin
 from ..robustness.jacobian import first_order_check
 from ..robustness.rigorous import rigorous_certify
+from ..validation import check_count, check_level, check_positive
 
 
 @dataclass(frozen=True)
@@ -175,24 +175,6 @@ FIRST_ORDER_TOLERANCE = 0.02
 FIRST_ORDER_RATIO_LIMIT = 1.5
 
 
-def _count(v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise InputError(f"must be an integer >= {lo}, got {v!r}")
-    return v
-
-
-def _positive(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise InputError(f"must be a finite number > 0, got {v!r}")
-    return float(v)
-
-
-def _level(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-        raise InputError(f"must be a level in (0, 1), got {v!r}")
-    return float(v)
-
-
 def _choice(*allowed: str):
     def check(v: Any) -> str:
         if v not in allowed:
@@ -205,18 +187,19 @@ def _budgets(v: Any) -> tuple[float, ...]:
     vals = v if isinstance(v, (list, tuple)) else [v]
     if not vals:
         raise InputError("must list at least one budget")
-    return tuple(_positive(e) for e in vals)
+    return tuple(check_positive(e) for e in vals)
 
 
 #: how each field a zoo may override is checked (and normalised), before anything is trained
 PROTOCOL_FIELD_CHECKS = {
-    "attack": _choice(*PRESETS), "attack_norm": _choice("l2", "linf"), "n_samples": lambda v: _count(v, 1),
-    "alpha": _level, "margin_tol": _positive, "margin_max_iter": lambda v: _count(v, 1),
-    "margin_mode": _choice("full", "mean"), "seed": lambda v: _count(v, 0), "elbo_seed": lambda v: _count(v, 0),
+    "attack": _choice(*PRESETS), "attack_norm": _choice("l2", "linf"), "n_samples": check_count,
+    "alpha": check_level, "margin_tol": check_positive, "margin_max_iter": check_count,
+    "margin_mode": _choice("full", "mean"), "seed": lambda v: check_count(v, 0),
+    "elbo_seed": lambda v: check_count(v, 0),
 }
 SUBSET_FIELD_CHECKS = {
-    "n": lambda v: _count(v, 1), "r": _positive, "cert_eps": _positive, "attack_eps": _budgets,
-    "seed": lambda v: _count(v, 0),
+    "n": check_count, "r": check_positive, "cert_eps": check_positive, "attack_eps": _budgets,
+    "seed": lambda v: check_count(v, 0),
 }
 
 
@@ -338,12 +321,11 @@ def evaluate_protocol(
     mean_image = data.images.to(device=device, dtype=x.dtype).mean(0, keepdim=True)
     mean_err = float((x - mean_image).flatten(1).norm(dim=1).double().mean())
     first_order = first_order_check(model, x, s.cert_eps, generator=_generator(seed, 5, device))
-    consistent = first_order.consistent.to(device)
 
     cert = certify(model, x, s.r, n_samples=protocol.n_samples, alpha=protocol.alpha, norms=("frobenius",),
                    generator=_generator(seed, 1, device))
     # an input whose gradients do not describe its encoder is never counted as certified
-    certified = float(((cert.radius_sound >= s.cert_eps) & consistent.to(cert.radius_sound.device)).double().mean())
+    certified = float(((cert.radius_sound.cpu() >= s.cert_eps) & first_order.consistent).double().mean())
     try:
         rig = rigorous_certify(model, x, s.r, n_samples=protocol.n_samples, alpha=protocol.alpha,
                                generator=_generator(seed, 2, device))

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_text, read_json_dict, write_csv, write_json
+from ..fileio import atomic_write_text, hash_arrays, read_json_dict, write_csv, write_json
 from ..report.figures import bench_tradeoff_figure
 from ..report.html import render_report, write_study_meta
 
@@ -129,8 +129,7 @@ def _store(path: Path, zoo: ZooSpec, result: BenchResult, identity: dict[str, st
 
 def data_digest(data) -> str:
     """A digest of a test split's images (a rerun with other data is evaluated again)."""
-    x = data.images.detach().cpu().contiguous()
-    return hashlib.sha256(x.numpy().tobytes() + str(tuple(x.shape)).encode()).hexdigest()
+    return hash_arrays(hashlib.sha256(), [("images", data.images)]).hexdigest()
 
 
 def _num(v: Any) -> float | None:

@@ -23,7 +23,7 @@ import torch
 from torch.func import vjp, vmap
 
 from ..attacks.pgd import unit_rows
-from ..autodiff import jv_function
+from ..autodiff import jv_function, reverse_jv
 from ..models.fast_decode import CHUNK_ELEMENTS, batches
 from ..rng import randn
 from ..validation import check_x
@@ -290,9 +290,8 @@ def _first_order(model, x, eps, n_dirs, factor, power_iters, generator):
         x0 = x.detach().clone()
         out, vjp_fn = vjp(f, x0)
         out = out.detach()
-        # J delta by reverse mode only (the Jacobian certify and the attacks use): J v = d/du <J^T u, v>
-        _, vjp2 = vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
-        jv = lambda v: vjp2(v)[0].detach()  # noqa: E731
+        jv_rev = reverse_jv(vjp_fn, out)  # reverse mode only: the Jacobian certify and the attacks use
+        jv = lambda v: jv_rev(v).detach()  # noqa: E731
         (g,) = vjp_fn(torch.ones_like(out))
         scale = (g.reshape(B, -1).norm(dim=1) / math.sqrt(out.shape[1])).detach()
         tiny = 16 * torch.finfo(out.dtype).eps * out.reshape(B, -1).norm(dim=1)  # mu's own rounding

@@ -47,6 +47,7 @@ from torch import nn
 from torch.nn.modules import module as _torch_module
 
 from ..errors import InputError
+from ..fileio import hash_arrays
 from ..models.fast_decode import structure_key
 from ..models.likelihoods import _SigmoidMean
 from ..models.linear import LinearVAE
@@ -365,11 +366,7 @@ def _fingerprint(model: nn.Module) -> str:
     an ELU's alpha, a mode), in milliseconds for a conv VAE. Content, not tensor versions and
     addresses: a stale constant would make a rigorous radius too large, an edit through ``.data``
     leaves the version alone, and a replaced tensor can reuse a freed address with its version."""
-    h = hashlib.blake2b(digest_size=20)
-    for name, t in (*model.named_parameters(), *model.named_buffers()):
-        t = t.detach()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.contiguous().reshape(-1).cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h = hash_arrays(hashlib.blake2b(digest_size=20), (*model.named_parameters(), *model.named_buffers()))
     h.update(repr(structure_key(model)).encode())
     return h.hexdigest()
 

@@ -28,14 +28,13 @@ independent draws z ~ q(.|x), z' ~ q(.|x + delta); ``barrett_bound1`` / ``barret
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from ..validation import check_x
+from ..validation import check_count, check_positive, check_x
 from .lipschitz import VAELipschitz, vae_lipschitz
 from .sampling import r_robustness
 
@@ -398,8 +397,7 @@ def barrett_bound2(a: float, b: float, c: float, s: float, r: float, m: int, gam
 def barrett_margin(a: float, b: float, c: float, s: float, r: float, m: int, gamma: float | None = None) -> float:
     """Barrett et al.'s certified margin: the larger of bounds 1 and 2 (fixed std gamma: c = 0, s = gamma sqrt m);
     bound 1 alone for m = 1 (bound 2 needs m >= 2, :func:`barrett_bound2`)."""
-    if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
-        raise InputError(f"the latent dimension m must be an integer >= 1, got {m!r}")
+    m = check_count(m, 1, "the latent dimension m")
     if gamma is not None:
         c, s = 0.0, gamma * math.sqrt(m)
     one = barrett_bound1(a, b, c, s, r)
@@ -442,13 +440,9 @@ def plan_certified_margin(eps: float, r: float, latent_dim: int, sigma_cap: floa
 
     Raises InputError when even L = L_MIN cannot certify eps (or eps, r, cap are out of range).
     """
-    for name, v in (("eps", eps), ("r", r), ("sigma_cap", sigma_cap)):
-        if isinstance(v, bool) or not (isinstance(v, numbers.Real) and math.isfinite(v) and v > 0):
-            raise InputError(f"--certify-margin: {name} must be a finite number > 0, got {v!r}")
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, numbers.Integral) or latent_dim < 1:
-        raise InputError(f"--certify-margin: latent_dim must be an integer >= 1, got {latent_dim!r}")
-    eps, r, sigma_cap = float(eps), float(r), float(sigma_cap)
-    m = int(latent_dim)
+    eps, r, sigma_cap = (check_positive(v, f"--certify-margin: {name}")
+                         for name, v in (("eps", eps), ("r", r), ("sigma_cap", sigma_cap)))
+    m = check_count(latent_dim, 1, "--certify-margin: latent_dim")
     margin = lambda L: barrett_margin(*lipschitz_vae_barrett_constants(L, sigma_cap, m), r, m)  # noqa: E731
     target = eps * (1 + PLAN_SLACK)
     if margin(L_MIN) < target:

@@ -28,7 +28,7 @@ from ..config import ALPHA
 from ..models.fast_decode import batches, default_chunk, draw_chunks, flat_decode, row_cap, rows_independent
 from ..rng import randn
 from ..errors import InputError
-from ..validation import as_radius, check_delta, check_x, checked_encode
+from ..validation import as_radius, check_delta, check_level, check_x, checked_encode
 
 MODES = ("mean", "full")
 
@@ -275,8 +275,8 @@ def count_within(
     input that never stops gets exactly the draws, and the count, it gets without this option.
     ``within(model, z, ref, rt)``: the per-chunk count (default :func:`within_float32`).
     """
-    if abstain_alpha is not None and not (isinstance(abstain_alpha, (int, float)) and 0 < abstain_alpha < 1):
-        raise InputError(f"abstain_alpha must be a level in (0, 1), got {abstain_alpha!r}")
+    if abstain_alpha is not None:
+        check_level(abstain_alpha, "abstain_alpha")
     within = within or within_float32
     B = ref.shape[0]
     k = torch.zeros(B, dtype=torch.long, device=ref.device)

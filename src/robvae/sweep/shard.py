@@ -31,7 +31,6 @@ import inspect
 import math
 import os
 import re
-import shutil
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..errors import CheckpointError, InputError, RobvaeError
-from ..fileio import atomic_write_text, dumps_json, load_tensors, remove_stale_temporaries, save_tensors
+from ..fileio import atomic_write_text, dumps_json, hash_arrays, load_tensors, remove_stale_temporaries, save_tensors
 from ..models.fast_decode import structure_key
 from ..robustness import Certificate, CertifyConfig, certify
 from ..training import load
@@ -83,12 +82,7 @@ _KEY_FILE = "key.json"
 
 
 def _digest(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    return hash_arrays(hashlib.sha256(), enumerate(arrays)).hexdigest()
 
 
 def model_digest(model: torch.nn.Module) -> str:
@@ -102,11 +96,7 @@ def model_digest(model: torch.nn.Module) -> str:
         h.update(inspect.getsource(inspect.getmodule(cls)).encode())
     except (OSError, TypeError):  # built-in, interactive or without source: the rest still counts
         pass
-    for name, t in (*model.named_parameters(), *model.named_buffers()):
-        a = t.detach().cpu().contiguous()
-        h.update(f"{name}:{a.dtype}:{tuple(a.shape)}".encode())
-        h.update(a.view(torch.uint8).numpy().tobytes() if a.numel() else b"")
-    return h.hexdigest()
+    return hash_arrays(h, (*model.named_parameters(), *model.named_buffers())).hexdigest()
 
 
 def run_digest(run_dir: str | os.PathLike) -> str:
@@ -144,7 +134,7 @@ class ShardStore:
     inputs and radii in its metadata; a shard is reused only when that digest matches, when it
     starts on a block and ends on one (or at the last input), so a rerun with more inputs reuses
     the blocks whose inputs are unchanged. Unreadable or damaged shard files are recomputed.
-    Writes are atomic; :meth:`remove` deletes the folder once the result is safely written.
+    Writes are atomic; the caller deletes the folder once the result is safely written.
     """
 
     def __init__(self, folder: str | os.PathLike, settings: dict[str, Any]):
@@ -156,15 +146,16 @@ class ShardStore:
         self.key_digest = hashlib.sha256(self.key.encode()).hexdigest()  # in every shard: a shard another
         # command saved into this folder (two commands, one --out) is never taken for this question's
         key_path = self.folder / _KEY_FILE
+        self._keyed = False  # the folder holds this question's key (else it is written with the first shard)
         if self.folder.is_dir():
             remove_stale_temporaries(self.folder, [_KEY_FILE, *(p.name for p in self.folder.iterdir()
                                                                 if _SHARD_FILE.match(p.name))])
             old = key_path.read_text(encoding="utf-8", errors="replace") if key_path.is_file() else None
-            if old != self.key:  # another question's results (or a damaged key): not reusable
+            self._keyed = old == self.key
+            if not self._keyed:  # another question's results (or a damaged key): not reusable
                 for p in self.folder.iterdir():
                     if _SHARD_FILE.match(p.name) or p.name == _KEY_FILE:
                         p.unlink()
-        self._keyed = key_path.is_file() and key_path.read_text(encoding="utf-8", errors="replace") == self.key
 
     def save(self, start: int, cols: dict[str, np.ndarray], x: np.ndarray, r: np.ndarray) -> None:
         """Keep the results ``cols`` of inputs ``x`` (radii ``r``) from global index ``start`` on
@@ -217,9 +208,6 @@ class ShardStore:
             return None
         return {k: t.numpy() for k, t in tensors.items()}
 
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
 
 def _split(piece: _Piece, size: int) -> list[_Piece]:
     return [_Piece(s, min(s + size, piece.stop)) for s in range(piece.start, piece.stop, size)]
@@ -257,7 +245,8 @@ def certify_blocks(model: torch.nn.Module, x: torch.Tensor, r: float | torch.Ten
         store = ShardStore(partial, _settings(model_digest(model), seed, block_size, str(x.device),
                                               torch.get_num_threads(), {**certify_kwargs, "start": int(start)}))
         x_np, r_np = x.detach().cpu().numpy(), rt.detach().cpu().numpy()
-        pieces = [q for p in store.plan(x_np, r_np, block_size) for q in ([p] if p.cols else _split(p, block_size))]
+        pieces = [q for p in store.plan(x_np, r_np, block_size)
+                  for q in ([p] if p.cols is not None else _split(p, block_size))]
     parts = []
     with tqdm(total=int(x.shape[0]), desc="certify", unit="input", disable=not progress) as bar:
         for p in pieces:
