@@ -481,6 +481,7 @@ def test_model_digest_sees_buffers_settings_and_code(tmp_path, monkeypatch):
         "        super().__init__()\n"
         "        self.lin = torch.nn.Linear(2, 2)\n"
         "        self.register_buffer('scale', torch.ones(1), persistent=False)\n"
+        "        self.temperature = torch.nn.Parameter(torch.tensor(1.0))  # 0-dim: hashed too\n"
         "        self.shift = 0.0\n")
     import dig_models
 
@@ -495,3 +496,6 @@ def test_model_digest_sees_buffers_settings_and_code(tmp_path, monkeypatch):
     assert model_digest(m) != base
     m.shift = 0.0
     assert model_digest(m) == base
+    with torch.no_grad():
+        m.temperature.fill_(2.0)
+    assert model_digest(m) != base
