@@ -32,6 +32,10 @@ def vae64():
     return _vae().double()
 
 
+def vae_bf16():
+    return _vae().to(torch.bfloat16)
+
+
 class NotAModel:
     pass
 
@@ -277,3 +281,44 @@ def test_a_float64_model_gets_float64_inputs_on_the_cli(user_pkg, capsys):
     header = rows[0].split(",")
     np.testing.assert_allclose([float(r.split(",")[header.index("radius")]) for r in rows[1:]], cert.radius.numpy(),
                                rtol=1e-12)
+
+
+def test_margin_with_a_float64_model_gets_float64_inputs(user_pkg, capsys):
+    """Found by the dtype audit: certify and attack fed a float64 --model its dtype, but margin (and
+    report) reloaded the data as float32 and refused the model."""
+    rc = main(["margin", "m64", "--model", "my_models:vae64", "--dataset", "digits", "--n", "3", "--r", "0.5",
+               "--n-samples", "100", "--attack-preset", "cheap", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert len((user_pkg / "m64" / "margin-test.csv").read_text().splitlines()) == 4
+
+
+def test_bfloat16_model_certifies_and_attacks_on_the_cli(user_pkg, capsys):
+    """Found by the dtype audit: a bfloat16 --model crashed (a traceback) in the radii (no
+    half-precision ndtri) and where its numbers reached numpy."""
+    rc = main(["certify", "cb", "--model", "my_models:vae_bf16", "--dataset", "digits", "--n", "6", "--r", "0.5",
+               "--n-samples", "200", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    rows = (user_pkg / "cb" / "certify-test.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    p = [float(r.split(",")[header.index("p")]) for r in rows[1:]]
+    n_within = [float(r.split(",")[header.index("p")]) * 200 for r in rows[1:]]
+    assert len(p) == 6 and all(abs(v - round(v)) < 1e-3 for v in n_within)  # k / 200 exactly, not bfloat16's
+    rc = main(["attack", "ab", "--model", "my_models:vae_bf16", "--dataset", "digits", "--n", "4", "--eps", "0.5",
+               "--preset", "legacy", "--steps", "3", "--restarts", "1", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    lines = (user_pkg / "ab" / "attack-test" / "attack.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert all(float(r.split(",")[header.index("delta_norm")]) <= 0.5 for r in lines[1:])
+
+
+def test_certify_with_model_runs_in_this_process_when_auto_would_start_workers(user_pkg, capsys, monkeypatch):
+    """Found by the dtype audit: past 5M decoder rows --executor auto chose local workers, which
+    --model cannot use ("--executor local / ray need a RUN folder")."""
+    import robvae.threads
+
+    monkeypatch.setattr(robvae.threads, "AUTO_WORKERS_MIN_ROWS", 10)
+    monkeypatch.setattr(robvae.threads, "cores", lambda: 2)
+    rc = main(["certify", "big", "--model", "my_models:vae", "--dataset", "digits", "--n", "4", "--r", "0.5",
+               "--n-samples", "100", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert len((user_pkg / "big" / "certify-test.csv").read_text().splitlines()) == 5

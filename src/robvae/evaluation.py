@@ -81,6 +81,7 @@ from .robustness import certify, empirical_margin, r_min
 from .robustness.lipschitz import VAELipschitz, vae_lipschitz
 from .stats import BoundStats, bound_stats, describe, median, quartiles
 from .training import Run, load
+from .validation import host_numpy, model_dtype
 
 PER_INPUT_FILE = "per_input.csv"
 SUMMARY_FILE = "summary.json"
@@ -228,12 +229,13 @@ def _resolve_run(run: Any, device: str) -> Any:
 
 def _inputs(run: Any, config: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
     given = getattr(run, "inputs", None)  # images handed over with the model (robvae margin --model --inputs)
+    dtype = model_dtype(run.model) or torch.float32  # a float64 / half --model gets its own dtype
     if given is not None:
-        x = given[: config.n].to(config.device)
+        x = given[: config.n].to(config.device, dtype)
         return x, torch.full((x.shape[0],), -1, dtype=torch.long)
     data_dir = config.data_dir if config.data_dir is not None else run.config.data_dir
     data = load_dataset(run.config.dataset, config.split, data_dir).subset(config.n)
-    return data.images.to(config.device), data.labels
+    return data.images.to(config.device, dtype), data.labels
 
 
 def _gen(seed: int, salt: int) -> torch.Generator:
@@ -679,7 +681,7 @@ def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2"
     if preset not in ("legacy", "cheap", "strong"):
         raise InputError(f"preset must be 'cheap', 'strong' or 'legacy', got {preset!r}")
     pgd = {k: LEGACY_ATTACK[k] if v is None else v for k, v in pgd.items()}
-    g = torch.Generator(device=x.device).manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
     attack = None if preset == "legacy" else EnsembleAttack(preset, norm=norm, mode="full", generator=g)
     parts, expected, objective = [], [], []
     for i in tqdm(range(0, len(x), batch_size), desc="attack", unit="batch", disable=not progress):
@@ -695,7 +697,7 @@ def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2"
         parts.append(d)
     delta = torch.cat(parts)
     if attack is None:  # after the attack, on its own stream: the attack's draws are max_damage_attack's
-        ge = torch.Generator(device=x.device).manual_seed(seed + 1)
+        ge = torch.Generator().manual_seed(seed + 1)
         expected = [expected_damage(model, x[i:i + batch_size], delta[i:i + batch_size], ATTACK_EVAL_DRAWS,
                                     generator=ge) for i in range(0, len(x), batch_size)]
     exp_damage = torch.cat(expected)
@@ -713,10 +715,10 @@ def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2"
     counts = {o: objective.count(o) for o in sorted(set(objective))}
     summary = {"inputs": len(x), "eps": eps, "norm": norm, "preset": preset,
                "objective": ", ".join(f"{o} {c}" for o, c in counts.items())}
-    damages = {"damage": quartiles(damage.cpu().numpy()), "expected damage": quartiles(exp_damage.cpu().numpy())}
+    damages = {"damage": quartiles(host_numpy(damage)), "expected damage": quartiles(host_numpy(exp_damage))}
     for i, stat in ((1, "median"), (0, "q25"), (2, "q75")):  # "damage median", "expected damage median", ...
         summary.update({f"{name} {stat}": q[i] for name, q in damages.items()})
-    summary.update({"median degradation": median(degr.cpu().numpy()), "median ssim": median(percept.ssim.numpy()),
+    summary.update({"median degradation": median(host_numpy(degr)), "median ssim": median(percept.ssim.numpy()),
                     "median ms_ssim": median(percept.ms_ssim.numpy())})
     rep = AttackReport(rows, summary, delta, percept)
     if out_dir is not None:

@@ -37,6 +37,7 @@ import torch
 from torch.func import vjp
 
 from .config import ConfigMixin
+from .rng import randn
 from .validation import check_count
 
 OBJECTIVES = ("elbo", "beta-vae", "beta-tcvae")
@@ -141,7 +142,7 @@ def gaussian_kl_pair(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
 
 def _sphere(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Draws uniform on the unit sphere of the last axis."""
-    v = torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+    v = randn(shape, like, generator)
     return v / v.norm(dim=-1, keepdim=True)
 
 
@@ -181,7 +182,7 @@ def smooth_penalty(
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
     if eps is None:
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        eps = randn(x.shape, x, generator)
     mu, sigma = encoded if encoded is not None else model.encode(x)
     mu_n, sigma_n = model.encode(x + noise * eps)
     kl = gaussian_kl_pair(mu_n, sigma_n, mu, sigma)
@@ -203,7 +204,7 @@ def compute_objective(
     """
     target = x if target is None else target
     mu, sigma = model.encode(x)
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    eps = randn(mu.shape, mu, generator)
     z = mu + sigma * eps
     log_px = model.log_likelihood(target, z)
     kl = gaussian_kl(mu, sigma)

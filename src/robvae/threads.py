@@ -108,12 +108,16 @@ def auto_workers(rows: int, workers: int | None = None) -> int:
     return cores() if rows >= AUTO_WORKERS_MIN_ROWS else 1
 
 
-def auto_executor(rows: int, executor: str = "auto", workers: int | None = None) -> tuple[str, int]:
+def auto_executor(rows: int, executor: str = "auto", workers: int | None = None,
+                  device: str | None = None) -> tuple[str, int]:
     """(executor, workers) for ``executor="auto"``: "local" with one process per core for large
-    work (:func:`auto_workers`), "serial" otherwise; any other executor is kept as given (with
-    ``workers`` or one per core)."""
+    work (:func:`auto_workers`), "serial" otherwise and on a GPU (``device`` other than the CPU:
+    one process drives it; processes per core would each open a context on it); any other
+    executor is kept as given (with ``workers`` or one per core)."""
     if executor != "auto":
         return executor, auto_workers(AUTO_WORKERS_MIN_ROWS if workers is None else 0, workers)
+    if device is not None and not str(device).startswith("cpu"):
+        return "serial", 1
     w = auto_workers(rows, workers)
     return ("local", w) if w > 1 else ("serial", 1)
 

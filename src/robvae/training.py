@@ -116,8 +116,9 @@ class Run:
     metrics: list[dict[str, str]]
 
 
-def _epoch_generator(seed: int, epoch: int, salt: int, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
+def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
+    """A CPU generator (robvae.rng moves its draws), so a seed trains on the same noise on any device."""
+    g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + epoch * 7919 + salt) % (2**63))
     return g
 
@@ -125,7 +126,7 @@ def _epoch_generator(seed: int, epoch: int, salt: int, device: torch.device) -> 
 def evaluate_elbo(model: VAE, data: ImageDataset, batch_size: int = 512, seed: int = 0) -> float:
     """Mean ELBO (analytic KL, one reparameterised draw, fixed seed) in nats per image."""
     device = next(model.parameters()).device
-    g = _epoch_generator(seed, 0, 99, device)
+    g = _epoch_generator(seed, 0, 99)
     total = 0.0
     was_training = model.training
     model.eval()
@@ -259,8 +260,8 @@ def train(
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
-        g_shuffle = _epoch_generator(config.seed, epoch, 1, torch.device("cpu"))
-        g_noise = _epoch_generator(config.seed, epoch, 2, device)
+        g_shuffle = _epoch_generator(config.seed, epoch, 1)
+        g_noise = _epoch_generator(config.seed, epoch, 2)
         perm = torch.randperm(n, generator=g_shuffle)
         tot_loss = tot_elbo = 0.0
         for i in range(0, n, config.batch_size):

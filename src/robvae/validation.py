@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -102,6 +104,12 @@ def _model_dtypes(model: torch.nn.Module) -> set[torch.dtype]:
     if isinstance(model, torch.nn.Module):
         tensors = [*model.parameters(), *model.buffers()]
     return {t.dtype for t in tensors if t.is_floating_point()}
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The model's floating dtype when its parameters and buffers have exactly one, else None."""
+    dtypes = _model_dtypes(model)
+    return next(iter(dtypes)) if len(dtypes) == 1 else None
 
 
 def check_dtype(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> None:
@@ -254,6 +262,8 @@ def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
             rep.decode_shape = tuple(dec.shape)
             rep.decode_finite = bool(torch.isfinite(dec).all()) if dec.is_floating_point() else None
         rep.problems += _tensor_problems(dec, "model.decode returned g(mu)", x.shape[0], x.dtype, tuple(x.shape))
+        if not rep.problems:
+            warn_if_out_of_range(model, dec)
     return rep
 
 
@@ -294,6 +304,47 @@ def check_model_outputs(model: torch.nn.Module, x: torch.Tensor) -> None:
             out = checked_decode(model, mu, tuple(x.shape[1:]))
             if start == 0:
                 check_deterministic(model, part, (mu, sigma), out)
+                warn_if_out_of_range(model, out)
+
+
+class DecoderRangeWarning(UserWarning):
+    """``model.decode`` returns values far outside [0, 1] (logits? [-1, 1] images?) while the
+    images are in [0, 1]: the distances robvae measures are then between those values."""
+
+
+#: share of decoded pixels allowed beyond [-RANGE_SLACK, 1 + RANGE_SLACK] before
+#: :func:`warn_if_out_of_range` warns (a Gaussian decoder's linear output overshoots a little)
+RANGE_TOLERANCE = 0.01
+RANGE_SLACK = 0.5
+
+_RANGE_WARNED: weakref.WeakSet = weakref.WeakSet()
+
+
+def warn_if_out_of_range(model: torch.nn.Module, decoded: torch.Tensor) -> bool:
+    """Warn (a :class:`DecoderRangeWarning`, once per model) when more than
+    :data:`RANGE_TOLERANCE` of the decoded values g(mu(x)) lie beyond [-0.5, 1.5]. The protocol
+    asks for reconstructions on the images' scale, [0, 1]: a decoder returning logits (without
+    its sigmoid) or [-1, 1] pixels still runs, but every r, distance and radius is then measured
+    on that other scale. A model whose outputs are not images on purpose (robvae's linear VAE of
+    the theory) sets ``decodes_images = False``. Returns whether the values are out of range."""
+    if not getattr(model, "decodes_images", True):
+        return False
+    far = ((decoded < -RANGE_SLACK) | (decoded > 1 + RANGE_SLACK)).float().mean()
+    if float(far) <= RANGE_TOLERANCE:
+        return False
+    try:
+        first = model not in _RANGE_WARNED
+        _RANGE_WARNED.add(model)
+    except TypeError:  # not weak-referenceable: warn every time
+        first = True
+    if first:
+        lo, hi = float(decoded.min()), float(decoded.max())
+        warnings.warn(
+            f"model.decode returns values in [{lo:.3g}, {hi:.3g}] for images in [0, 1] "
+            f"({100 * float(far):.0f}% of them beyond [-0.5, 1.5]): logits or [-1, 1] pixels? robvae measures "
+            "distances between decoded images and the images' scale is assumed; apply the sigmoid / "
+            "rescale inside decode", DecoderRangeWarning, stacklevel=3)
+    return True
 
 
 #: inputs encoded and latents decoded a second time by :func:`check_deterministic`
@@ -346,9 +397,30 @@ def check_delta(x: torch.Tensor, delta: torch.Tensor | None, *, tol: float = 1e-
     return xd.clamp(0.0, 1.0) - x
 
 
+def host_numpy(t: torch.Tensor):
+    """``t`` as a numpy array on the host (numpy has no bfloat16: those become float32, exactly)."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def rounded(v: torch.Tensor, dtype: torch.dtype, down: bool) -> torch.Tensor:
+    """``v`` (float64) in ``dtype``, rounded down (a lower bound stays below) or up: a plain cast
+    rounds to nearest, which put 186 of 401 float32 Clopper-Pearson lower bounds above the float64
+    one (by at most 3e-8), and a bfloat16 budget of 0.3 at 0.30078."""
+    out = v.to(dtype)
+    if out.dtype == v.dtype:
+        return out
+    wrong = out.to(v.dtype) > v if down else out.to(v.dtype) < v
+    step = torch.full_like(out, -math.inf if down else math.inf)
+    return torch.where(wrong, torch.nextafter(out, step), out)
+
+
 def as_radius(r: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """A radius r (a number or a [B] tensor) as a [B] tensor of ``like``'s device/dtype; r > 0."""
-    rt = torch.as_tensor(r, device=like.device, dtype=like.dtype)
+    """A radius r (a number or a [B] tensor) as a [B] tensor of ``like``'s device/dtype; r > 0.
+    A number that ``like``'s dtype cannot hold is rounded down (bfloat16: 0.3 -> 0.2988), so no
+    draw beyond the requested r counts as within it."""
+    rt = rounded(torch.as_tensor(r, device=like.device, dtype=torch.float64), like.dtype, down=True) \
+        if not isinstance(r, torch.Tensor) or r.dtype != like.dtype else r.to(like.device)
     if rt.dim() == 0:
         rt = rt.expand(batch)
     if rt.shape != (batch,):

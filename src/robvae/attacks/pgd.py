@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..rng import rand, randn
+from ..validation import rounded
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -141,13 +142,14 @@ def feasible(x: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor, norm: Norm
     """box(ball(delta)), then shrink the rows that rounding pushed past eps (a few ulps)."""
     d = box(x, norm.project(delta, eps))
     tiny = 8 * torch.finfo(d.dtype).eps
-    for _ in range(4):
-        n = norm.norm(d)
-        over = n > eps
+    wide = torch.float32 if d.dtype in (torch.float16, torch.bfloat16) else d.dtype  # half norms round
+    for _ in range(8):
+        n = norm.norm(d.to(wide))
+        over = n > eps.to(wide)
         if not bool(over.any()):
             break
-        factor = torch.where(over, eps / n.clamp_min(torch.finfo(d.dtype).tiny) * (1 - tiny), torch.ones_like(n))
-        d = box(x, d * _rows(factor, d))
+        factor = torch.where(over, eps.to(wide) / n.clamp_min(torch.finfo(wide).tiny) * (1 - tiny), torch.ones_like(n))
+        d = box(x, d * _rows(factor.to(d.dtype), d))
     return d
 
 
@@ -155,7 +157,9 @@ def as_eps(eps: float | torch.Tensor | None, batch: int, like: torch.Tensor) -> 
     """A budget (a number, a [B] tensor or None = unbounded) as a [B] tensor; eps >= 0."""
     if eps is None:
         return torch.full((batch,), math.inf, dtype=like.dtype, device=like.device)
-    e = torch.as_tensor(eps, dtype=like.dtype, device=like.device)
+    e = torch.as_tensor(eps, device=like.device)
+    if e.dtype != like.dtype:  # rounded down: a bfloat16 budget of 0.3 is 0.2988, never 0.30078
+        e = rounded(e.to(torch.float64), like.dtype, down=True)
     if e.dim() == 0:
         e = e.expand(batch)
     if e.shape != (batch,):

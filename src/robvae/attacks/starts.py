@@ -29,7 +29,7 @@ def top_singular_direction(
     deterministic). ``counter`` (a RowCounter) counts decoder rows (two per input per iteration).
     """
     if generator is None:
-        generator = torch.Generator(device=x.device).manual_seed(0)
+        generator = torch.Generator().manual_seed(0)
     with torch.inference_mode(False), torch.enable_grad():
         x0 = x.detach().clone()
 

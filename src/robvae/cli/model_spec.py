@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..models.protocol import import_spec
 from ..sweep.shard import certify_blocks  # re-exported: the CLI certifies --model inputs with it
 from ..training import Run, TrainConfig
-from ..validation import check_images, check_model, model_input_shape
+from ..validation import check_images, check_model, model_dtype, model_input_shape
 from .options import DATASETS
 
 #: Keys of ``click.Context.meta`` where the model options are kept (they are not command arguments).
@@ -154,9 +154,7 @@ def model_run(run_dir: str | None, split: str, n: int, device: str,
         x = load_dataset(dataset, split, data_dir).subset(n).images
     # images are read as float32; a model whose floating tensors all have another dtype (float64,
     # half) gets its inputs in that dtype (a CLI user cannot convert them)
-    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()} \
-        if isinstance(model, torch.nn.Module) else set()
-    dtype = dtypes.pop() if len(dtypes) == 1 else x.dtype
+    dtype = model_dtype(model) or x.dtype
     x = x.to(device=device, dtype=dtype)
     if pre is not None:
         pre = pre.to(dtype=dtype)

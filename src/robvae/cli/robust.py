@@ -62,7 +62,7 @@ def resolve_radius(model, x, r: float | None, r_relative: float | None, n_sample
     CALIBRATION_SAMPLES) draws each); exactly one is set (certify checks before any work)."""
     if r is not None:
         return float(r)
-    g = torch.Generator(device=x.device).manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
     return float(r_relative) * float(r_min(model, x, min(n_samples, CALIBRATION_SAMPLES), generator=g).median())
 
 
@@ -120,7 +120,9 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     # seeded by (seed, the block's first index), whatever the executor (see robvae.sweep.shard);
     # the serial path uses every core (workers use one thread each): Monte Carlo counts agree
     # exactly across executors, radii to float rounding
-    executor, workers = auto_executor(len(x) * n_samples, executor, workers)
+    if isinstance(vae, ModelRun) and executor == "auto":
+        executor = "serial"  # --model runs in this process (workers load a RUN folder)
+    executor, workers = auto_executor(len(x) * n_samples, executor, workers, device)
     # finished shards are kept here until the CSV is written: an interrupted run resumes from them;
     # held under a lock, so that two commands into one --out never save into each other's folder
     partial = partial_folder(out_path)

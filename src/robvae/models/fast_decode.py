@@ -563,7 +563,11 @@ def rows_independent(model: torch.nn.Module, z: torch.Tensor) -> bool:
     batch, bit for bit: a check, not a proof (a kernel may change path at a batch size not tried).
     The bfloat16 route's float32 redo and early abstention's decodes of the inputs still drawing
     rely on it; where it fails (float64 convolutions, some kernels at some thread counts) they keep
-    every call's rows as without them (same counts, less speed)."""
+    every call's rows as without them (same counts, less speed). False on every device but the
+    CPU: GPU libraries choose kernels by batch size up to the 65,536-row calls made there, far
+    beyond any size a quick check could try."""
+    if z.device.type != "cpu":
+        return False
     key = (*_plan_key(model, z), torch.get_num_threads())
     got = _cached(_INDEPENDENT, model, key, lambda: _check_independence(model, z),
                   lambda: (*model.parameters(), *model.buffers()))

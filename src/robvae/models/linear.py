@@ -34,20 +34,25 @@ class LinearVAE(nn.Module):
         self.input_shape = tuple(input_shape)
         self.latent_dim = d
 
+    #: its outputs are points of R^D, not images in [0, 1] (no DecoderRangeWarning)
+    decodes_images = False
+
     @classmethod
     def random(
         cls, d: int = 4, input_shape: Sequence[int] = (1, 4, 4), s: float = 0.1, *,
         singular_values: Sequence[float] | None = None, seed: int = 0, dtype: torch.dtype = torch.float64,
     ) -> "LinearVAE":
-        """A random instance: A = U diag(sv) V^T with given singular values; W orthonormal."""
+        """A random instance: A = U diag(sv) V^T with given singular values; W orthonormal. A float16 /
+        bfloat16 instance is built in float64 (QR has no half-precision kernel), then cast."""
         g = torch.Generator().manual_seed(seed)
         D = math.prod(input_shape)
-        sv = torch.tensor(singular_values if singular_values is not None else np.linspace(3.0, 1.0, d), dtype=dtype)
-        U, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=dtype))
-        V, _ = torch.linalg.qr(torch.randn(D, d, generator=g, dtype=dtype))
+        f64 = dtype if dtype in (torch.float32, torch.float64) else torch.float64
+        sv = torch.tensor(singular_values if singular_values is not None else np.linspace(3.0, 1.0, d), dtype=f64)
+        U, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=f64))
+        V, _ = torch.linalg.qr(torch.randn(D, d, generator=g, dtype=f64))
         A = U @ torch.diag(sv) @ V.T
-        W, _ = torch.linalg.qr(torch.randn(D, d, generator=g, dtype=dtype))
-        return cls(A, W, s, input_shape)
+        W, _ = torch.linalg.qr(torch.randn(D, d, generator=g, dtype=f64))
+        return cls(A.to(dtype), W.to(dtype), s, input_shape)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu = x.flatten(1).to(self.A.dtype) @ self.A.T

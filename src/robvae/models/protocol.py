@@ -5,10 +5,12 @@ Any ``torch.nn.Module`` with
 - ``encode(x) -> (mu, sigma)``: ``x`` of shape ``[B, *input_shape]``; ``mu`` and ``sigma`` of
   shape ``[B, d]`` with ``sigma > 0`` (the diagonal-Gaussian encoder q(z|x) = N(mu, diag(sigma^2)));
 - ``decode(z) -> mean``: ``z`` of shape ``[N, d]``; the deterministic decoder mean g(z) of shape
-  ``[N, *input_shape]``,
+  ``[N, *input_shape]``, on the images' scale [0, 1] (a decoder returning logits or [-1, 1]
+  pixels gets a ``robvae.validation.DecoderRangeWarning``: distances would be between those),
 
 is a robvae model. Optionally it may expose ``input_shape`` (a tuple) so inputs can be checked,
-and ``log_likelihood(x, z) -> [B]`` (log p(x|z)) for the likelihood-degradation metric. Bring
+and ``log_likelihood(x, z) -> [B]`` (log p(x|z)) for the likelihood-degradation metric, and
+``decodes_images = False`` when its outputs are not images on purpose (no range warning). Bring
 your own VAE: nothing else is required.
 """
 

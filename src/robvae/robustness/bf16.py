@@ -451,8 +451,10 @@ def r_robustness_bf16(
 ) -> RobustnessEstimate:
     """:func:`robvae.robustness.r_robustness` with the decoder's heavy layers in bfloat16: the
     same draws and exactly the same counts (module docstring), faster where bfloat16 matrix
-    products are (avx512_bf16 / AMX CPUs, CUDA). Models whose decoder is not understood, or
-    float64 inputs, run :func:`r_robustness` itself. ``stats``: a list that receives a
+    products are (avx512_bf16 / AMX CPUs). Models whose decoder is not understood, float64
+    inputs, and inputs on any device but the CPU (whose kernels' row independence cannot be
+    checked, :func:`robvae.models.fast_decode.rows_independent`, and whose bfloat16 products may
+    accumulate in reduced precision) run :func:`r_robustness` itself. ``stats``: a list that receives a
     :class:`Bf16Stats` (when the bfloat16 route ran). ``precision``: "bfloat16" (this route
     wherever the decoder is understood), "auto" (only where it is measured faster,
     :func:`bf16_pays`) or "float32" (:func:`r_robustness`): the answer is the same.

@@ -25,11 +25,12 @@ from tqdm import tqdm
 from ..config import ALPHA, ConfigMixin
 from ..models.fast_decode import batches
 from ..stats import median
-from ..validation import as_radius, check_x
+from ..validation import as_radius, check_x, host_numpy
 from .bf16 import check_precision, r_robustness_bf16
 from .jacobian import KINDS, jacobian_norms
 from .lipschitz import VAELipschitz
 from .rigorous import rigorous_columns
+from .sampling import stat_dtype
 
 #: the per-input radii and flags derived from the stored fields (properties of Certificate)
 DERIVED = ("radius", "radius_sound", "radius_spectral", "radius_whitened", "abstain", "abstain_sound")
@@ -127,7 +128,7 @@ class Certificate:
         """Every per-input column (derived radii, stored fields, extras) as numpy arrays [B]."""
         cols = {k: getattr(self, k) for k in (*DERIVED, *_STORED)}
         cols.update(self.extras)
-        return {k: v.detach().cpu().numpy() for k, v in cols.items()}
+        return {k: host_numpy(v) for k, v in cols.items()}
 
     def to_rows(self) -> list[dict]:
         """One dict of plain Python numbers per input (CSV-ready), plus mode / alpha / n_samples."""
@@ -193,7 +194,7 @@ def robust_reconstruction(model: torch.nn.Module, x: torch.Tensor) -> torch.Tens
 
 def theorem1_radius(p: torch.Tensor, scale: torch.Tensor, jac_norm: torch.Tensor) -> torch.Tensor:
     """scale * Phi^{-1}(p) / jac_norm where p > 1/2, else 0 (all [B])."""
-    val = scale * torch.special.ndtri(p) / jac_norm
+    val = scale * torch.special.ndtri(p.to(stat_dtype(p.dtype))) / jac_norm  # no half-precision ndtri
     return torch.where(p > 0.5, val, torch.zeros_like(val))
 
 

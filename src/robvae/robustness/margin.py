@@ -165,7 +165,7 @@ def empirical_margin(
     streams = iter(range(1, 1 << 30))
 
     def fresh() -> torch.Generator:  # an independent stream per use: decisions never reuse draws
-        return torch.Generator(device=x.device).manual_seed(seed + 7919 * next(streams))
+        return torch.Generator().manual_seed(seed + 7919 * next(streams))
 
     rows_used = 0
     n_attacks = 0

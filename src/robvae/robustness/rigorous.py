@@ -223,8 +223,9 @@ def rigorous_radii(p_lower, lip_shift, lip_log_sigma, m: int | float = math.inf)
     :data:`P_MARGIN`. InputError for a negative or non-finite constant.
     The returned radius is the lower end of the final bracket, so the bound there is > 1/2.
     """
-    p, ld = torch.broadcast_tensors(_t(p_lower), _t(lip_shift))
-    lls = _t(lip_log_sigma).expand_as(p)
+    p = _t(p_lower)
+    p, ld = torch.broadcast_tensors(p, _t(lip_shift).to(p.device))  # constants: CPU numbers
+    lls = _t(lip_log_sigma).to(p.device).expand_as(p)
     for name, v in (("the shift constant L_D", ld), ("the log-sigma constant", lls)):
         if bool(((v < 0) | ~torch.isfinite(v)).any()):
             raise InputError(f"rigorous radii: {name} must be finite and >= 0 (an upper bound), got {v.flatten()[:4].tolist()}")

@@ -28,7 +28,7 @@ from ..config import ALPHA
 from ..models.fast_decode import batches, default_chunk, draw_chunks, flat_decode, row_cap, rows_independent
 from ..rng import randn
 from ..errors import InputError
-from ..validation import as_radius, check_delta, check_level, check_x, checked_encode
+from ..validation import as_radius, check_delta, check_level, check_x, checked_encode, rounded
 
 MODES = ("mean", "full")
 
@@ -176,7 +176,9 @@ class RobustnessEstimate:
 
     p: the estimate n_within / n_samples.  p_lower / p_upper: one-sided Clopper-Pearson bounds at
     level 1 - alpha each.  n_within: draws with ||Delta|| <= r.  n_samples: draws used.  r: the
-    radius.  robust: p > 1/2 (the point estimate).  alpha, mode: as requested.
+    radius.  robust: p > 1/2 (the point estimate, decided on the counts).  alpha, mode: as
+    requested. p, p_lower and p_upper are in the model's dtype, float32 for a float16 / bfloat16
+    model (:func:`stat_dtype`: 501 / 1,000 would round to 0.5 there, 999 / 1,000 to 1).
     """
 
     p: torch.Tensor
@@ -190,7 +192,7 @@ class RobustnessEstimate:
 
     @property
     def robust(self) -> torch.Tensor:
-        return self.p > 0.5
+        return 2 * self.n_within > self.n_samples
 
     @classmethod
     def from_counts(cls, k: torch.Tensor, n_samples: int | torch.Tensor, r: torch.Tensor, alpha: float, mode: str,
@@ -199,21 +201,22 @@ class RobustnessEstimate:
         when inputs drew different numbers; Clopper-Pearson bounds)."""
         n = torch.full_like(k, n_samples) if not isinstance(n_samples, torch.Tensor) else n_samples.to(k)
         lo, hi = clopper_pearson(k, n, alpha)
-        return cls(p=k.to(dtype) / n.to(dtype), p_lower=_rounded(lo, dtype, down=True),
-                   p_upper=_rounded(hi, dtype, down=False), n_within=k, n_samples=n,
+        dtype = stat_dtype(dtype)
+        return cls(p=proportion(k, n, dtype), p_lower=rounded(lo, dtype, down=True),
+                   p_upper=rounded(hi, dtype, down=False), n_within=k, n_samples=n,
                    r=r, alpha=float(alpha), mode=mode)
 
 
-def _rounded(v: torch.Tensor, dtype: torch.dtype, down: bool) -> torch.Tensor:
-    """``v`` (float64) in ``dtype``, rounded down (a lower bound stays below) or up: a plain cast
-    rounds to nearest, which put 186 of 401 float32 Clopper-Pearson lower bounds above the float64
-    one (by at most 3e-8)."""
-    out = v.to(dtype)
-    if out.dtype == v.dtype:
-        return out
-    wrong = out.to(v.dtype) > v if down else out.to(v.dtype) < v
-    step = torch.full_like(out, -math.inf if down else math.inf)
-    return torch.where(wrong, torch.nextafter(out, step), out)
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of probabilities and their bounds for a model of ``dtype``: the same for float32
+    and float64, float32 for float16 / bfloat16 (whose 8-11 bits cannot hold a count's ratio:
+    bfloat16 rounds 0.501 to 0.5 and 0.999 to 1, float16 overflows past 65,504 draws)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def proportion(k: torch.Tensor, n: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """k / n computed in float64 from the integer counts, then given ``dtype`` (no cast of the counts)."""
+    return (k.to(torch.float64) / n.clamp_min(1).to(torch.float64)).to(stat_dtype(dtype))
 
 
 def r_robustness(
@@ -335,7 +338,8 @@ def r_min(
     For r <= r_min(x) the model is not r-robust even on the clean input (docs/THEORY.md section 2).
     """
     norms = delta_norms(model, x, None, n_samples, chunk_size=chunk_size, generator=generator)
-    return torch.quantile(norms, 0.5, dim=1)
+    # torch.quantile has no float16 / bfloat16 kernel: the median of their exact float32 values
+    return torch.quantile(norms.to(stat_dtype(norms.dtype)), 0.5, dim=1).to(norms.dtype)
 
 
 #: Futility rule of the sequential test (:func:`settles_by`): an input stops drawing, unsettled, once
@@ -469,5 +473,5 @@ def sequential_robustness(
         live &= dec == 0
         if futility is not None and total < n_max:
             live[rows.cpu()] &= settles_by(k[rows], n[rows], n_max, alpha, futility)
-    p = k.to(x.dtype) / n.clamp_min(1).to(x.dtype)
+    p = proportion(k, n, x.dtype)
     return SequentialDecision(decision=dec.to(x.device), p=p, n_within=k, n_samples=n, alpha=float(alpha))

@@ -132,7 +132,7 @@ class MarginVerification:
 def verify_margin(model: torch.nn.Module, x: torch.Tensor, eps: float, r: float, *, n_samples: int = 2000,
                   attack_steps: int = 40, attack_restarts: int = 2, alpha: float = 0.001, seed: int = 0) -> MarginVerification:
     """Verify Barrett's margin eps at r on inputs x of a lipschitz-mlp VAE (see the module docstring)."""
-    g = torch.Generator(device=x.device).manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
     L = vae_lipschitz(model)
     enc = model.encoder
     m = model.latent_dim

@@ -46,7 +46,7 @@ from ..fileio import atomic_write_text, dumps_json, hash_arrays, load_tensors, r
 from ..models.fast_decode import structure_key
 from ..robustness import Certificate, CertifyConfig, certify
 from ..training import load
-from ..validation import as_radius
+from ..validation import as_radius, host_numpy
 from .executors import check_options, map_tasks, using_torch_threads
 
 SHARD_EXECUTORS = ("serial", "local", "ray")
@@ -244,7 +244,7 @@ def certify_blocks(model: torch.nn.Module, x: torch.Tensor, r: float | torch.Ten
             raise ValueError("partial= needs start to be a multiple of block_size")
         store = ShardStore(partial, _settings(model_digest(model), seed, block_size, str(x.device),
                                               torch.get_num_threads(), {**certify_kwargs, "start": int(start)}))
-        x_np, r_np = x.detach().cpu().numpy(), rt.detach().cpu().numpy()
+        x_np, r_np = host_numpy(x), host_numpy(rt)
         pieces = [q for p in store.plan(x_np, r_np, block_size)
                   for q in ([p] if p.cols is not None else _split(p, block_size))]
     parts = []
@@ -319,8 +319,8 @@ def certify_sharded(
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     n = int(x.shape[0])
-    x_np = x.detach().cpu().numpy()
-    r_np = as_radius(r, n, x.detach().cpu()).detach().numpy()  # InputError (a ValueError) for a bad r
+    x_np = host_numpy(x)
+    r_np = host_numpy(as_radius(r, n, x.detach().cpu()))  # InputError (a ValueError) for a bad r
 
     if shard_size is None:
         shard_size = min(max(1, math.ceil(n / (4 * int(workers)))), MAX_SHARD_BLOCKS * int(block_size))
