@@ -53,7 +53,7 @@ def test_study_certified_small(tmp_path, capsys):
                         "--latent-dim", "4", "--hidden", "32", "--n", "4", "--n-samples", "300", "--lipschitz", "4",
                         "--quiet", "--out", str(tmp_path / "study"))
     assert rc == 0, err
-    assert "lipschitz-vae (L=4)" in out and "rigorous radius above the empirical margin: 0" in out
+    assert "lipschitz-vae (L=4)" in out and "refuted (above a budget settled not robust; must be 0): 0;" in out
     rows = json.loads((tmp_path / "study" / "certified.json").read_text())["rows"]
     assert len(rows) == 3 and all(r["n_violations"] == 0 for r in rows)
     # a study folder like the others: study.json with the command that reproduces it, and a report

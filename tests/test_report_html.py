@@ -145,3 +145,31 @@ def test_run_folder_report_shows_rigorous_radius_and_preset(tmp_path, capsys):
     assert "<dt>attack preset</dt><dd>cheap</dd>" in page
     assert "attack damage (expected, eq. 5), median" in page
     assert "margin search attack preset" not in page  # no margin run: nothing invented
+
+
+def test_damaged_study_folders_are_reported_not_hidden(tmp_path):
+    """Found by the studies audit: a study.json holding a list crashed with an AttributeError, a
+    missing table was left out silently, a truncated PNG was embedded broken, a seed of 1234567
+    showed as 1.235e+06 and an undefined (NaN) headline vanished."""
+    from robvae.errors import RobvaeError
+
+    cfg = Theorem2Config(column_norms=(1.0, 2.0), data_dim=4, n_data=50, steps=10)
+    a = tmp_path / "a"
+    theorem2_study([1, 4], a, cfg)
+    meta = json.loads((a / "study.json").read_text())
+    meta["tables"].append("gone.csv")
+    (a / "study.json").write_text(json.dumps(meta))
+    png = (a / "theorem2.png").read_bytes()
+    (a / "theorem2.png").write_bytes(png[: len(png) // 2])  # starts like a PNG, cut short
+    (a / "theorem2.csv").write_text("beta,seed\n1,1234567\n")
+    summary = json.loads((a / "summary.json").read_text())
+    summary["max_rel_error_sigma"] = None  # NaN, as strict JSON stores it
+    (a / "summary.json").write_text(json.dumps(summary))
+    text = render_report([a], tmp_path / "r.html").read_text()
+    assert "missing table gone.csv" in text
+    assert "theorem2.png is not a whole PNG file" in text and "data:image/png" not in text
+    assert "1234567" in text and "1.235e+06" not in text
+    assert "undefined" in text
+    (a / "study.json").write_text("[1, 2]")
+    with pytest.raises(RobvaeError, match="not a study description"):
+        render_report([a], tmp_path / "r2.html")

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from robvae.evaluation import EvalConfig
+from robvae.evaluation import EvalConfig, load_result, measured_margins
 from robvae.studies import Executor, TrainOptions, beta_study, bound_vs_margin, quartiles, tau_study
+from robvae.studies.experiments import _pooled_table
 
 OPTS = TrainOptions(epochs=2, n_train=300, latent_dim=3, hidden=(32,), batch_size=64)
 EV = EvalConfig(n=6, n_samples=150, margin_tol=0.3)
@@ -34,7 +35,7 @@ def test_beta_study_tables_and_files(beta_out):
         sel = [r for r in res["rows"] if r["beta"] == beta]
         assert len(sel) == 6 and row["n_inputs"] == 6
         for m in ("margin", "damage", "sigma_mean", "jac_frobenius", "radius"):
-            q1, med, q3 = quartiles([r[m] for r in sel])
+            q1, med, q3 = quartiles(measured_margins(sel) if m == "margin" else [r[m] for r in sel])
             assert (row[f"{m}_q1"], row[f"{m}_median"], row[f"{m}_q3"]) == pytest.approx((q1, med, q3))
     # one r for every model: r_relative x the largest median r_min over the models
     cal = json.loads((out / "calibration.json").read_text())
@@ -106,3 +107,49 @@ def test_cli_bound_vs_margin_and_report(tmp_path, capsys):
     assert meta["command"].startswith("robvae study bound-vs-margin --dataset digits")
     assert meta["config"]["evaluation"]["n"] == 4 and meta["config"]["train"]["epochs"] == 1
     assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+
+
+class _Res:
+    def __init__(self, rows, elbo=-1.0):
+        self.rows = rows
+        self.summary = type("S", (), {"test_elbo": elbo})()
+
+
+def _row(margin, robust_clean=True, capped=False, **kw):
+    from robvae.studies.experiments import SWEEP_METRICS
+
+    base = {**{m: 1.0 for m in SWEEP_METRICS}, "margin": margin, "margin_robust_clean": robust_clean,
+            "margin_capped": capped, "p": 0.9, "abstain": False}
+    return {**base, **kw}
+
+
+def test_pooled_table_leaves_unknown_margins_out_and_marks_medians_at_the_cap():
+    """Found by the studies audit: an input settled robust whose search settled no budget robust
+    has margin 0 in the rows, an unknown; the tables averaged it as a measured 0 (a tau study's
+    median margin 0.1485 against 0.2474 over the measured ones), and a median at the search's cap
+    was plotted as a margin."""
+    rows_a = [_row(0.0), _row(0.0), _row(0.3), _row(0.5), _row(0.7), _row(0.0, robust_clean=False)]
+    rows_b = [_row(8.0, capped=True), _row(8.0, capped=True), _row(0.2)]
+    results = {"a": _Res(rows_a), "b": _Res(rows_b)}
+    settings = {"a": {"tau": 0.0, "seed": 0}, "b": {"tau": 1.0, "seed": 0}}
+    _, table, per_seed = _pooled_table(results, settings, "tau")
+    a, b = table
+    # unknowns (robust, margin 0, not capped) left out; a 0 of an input not robust unperturbed kept
+    assert (a["margin_q1"], a["margin_median"], a["margin_q3"]) == pytest.approx(quartiles([0.3, 0.5, 0.7, 0.0]))
+    assert a["n_margin_unknown"] == 2 and not a["margin_median_at_cap"]
+    assert per_seed[0]["margin_median"] == pytest.approx(0.4)
+    assert b["margin_median"] == 8.0 and b["margin_median_at_cap"] and b["n_margin_unknown"] == 0
+    assert measured_margins(rows_a)[:2].tolist() == [pytest.approx(np.nan, nan_ok=True)] * 2
+
+
+def test_duplicate_seeds_count_once_and_a_damaged_evaluation_is_recomputed(tmp_path):
+    """Found by the studies audit: --seeds 0,0 counted every input twice; and a damaged evaluation
+    file failed every rerun ("rerun the command to compute it again"), its trial being "done"."""
+    res = bound_vs_margin("digits", tmp_path, seeds=(0, 0), train=OPTS, evaluation=EV, executor=SERIAL)
+    assert len(res["rows"]) == 6 and res["summary"]["seeds"] == [0]
+    table = next((tmp_path / "eval").rglob("per_input.csv"))
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:-2]) + "\n")  # two rows lost
+    again = bound_vs_margin("digits", tmp_path, seeds=(0,), train=OPTS, evaluation=EV, executor=SERIAL)
+    assert len(again["rows"]) == 6 and len(load_result(table.parent).rows) == 6
+    assert [r["margin"] for r in again["rows"]] == [r["margin"] for r in res["rows"]]

@@ -58,3 +58,11 @@ def test_cli_theorem2_and_bad_betas(tmp_path, capsys):
     assert "largest relative error" in out and (tmp_path / "theorem2.png").is_file()
     assert main(["study", "theorem2", "--out", str(tmp_path), "--betas", "1,x"]) == 2
     assert main(["study", "beta", "--out", str(tmp_path), "--betas", "0,1"]) == 2
+
+
+def test_the_monotonicity_flags_follow_beta_not_the_order_given():
+    """Found by the studies audit: --betas 4,1,2 reported the Jacobian as not decreasing in beta."""
+    cfg = Theorem2Config(column_norms=(1.0, 2.0), data_dim=6, n_data=200, steps=60)
+    s = theorem2_study([16, 1, 4, 4], None, cfg)["summary"]
+    assert s["betas"] == [16.0, 1.0, 4.0]
+    assert s["sigma_increasing_in_beta"] and s["jacobian_decreasing_in_beta"]

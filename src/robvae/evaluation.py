@@ -428,6 +428,21 @@ def jsonable(o: Any) -> Any:
     return o
 
 
+def measured_margins(rows: list[dict[str, Any]]) -> np.ndarray:
+    """The ``margin`` column of per-input rows [B] with the unknowns as NaN: an input settled robust
+    unperturbed whose search settled no budget above 0 robust (p_r(x) so near 1/2 that every
+    attacked estimate stayed undecided) has margin 0 in the rows, but its margin lies anywhere in
+    [0, margin_upper]. Capped margins (lower bounds at the search's largest budget) are kept as
+    values. Every statistic of margins (tables, trends, correlations, comparisons with bounds)
+    uses these (rows may be CSV rows read back: flags may be the strings "True" / "False")."""
+    margin = np.array([float(r["margin"]) if r.get("margin", "") not in ("", None) else math.nan for r in rows],
+                      dtype=float)
+    if not rows or "margin_robust_clean" not in rows[0]:
+        return margin
+    flag = lambda k: np.array([r.get(k) in (True, "True", 1) for r in rows], dtype=bool)  # noqa: E731
+    return np.where(flag("margin_robust_clean") & (margin == 0) & ~flag("margin_capped"), math.nan, margin)
+
+
 def rows_bound_stats(rows: list[dict[str, Any]], column: str = "radius") -> BoundStats:
     """:func:`robvae.stats.bound_stats` of one bound column against the margin, from per-input
     rows (evaluation rows, or CSV rows read back: flags may be the strings "True" / "False")."""
@@ -439,13 +454,8 @@ def rows_bound_stats(rows: list[dict[str, Any]], column: str = "radius") -> Boun
     if p_clean is not None and "margin_robust_clean" in rows[0]:
         # the search could not settle "robust" even unperturbed (margin 0 = unknown, not measured):
         # not a margin to compare a bound with, counted with the inputs whose estimates disagree
-        robust_clean = flag("margin_robust_clean")
-        p_clean = np.where(robust_clean, p_clean, 0.0)
-        # robust unperturbed, but no budget above 0 settled robust (p_r(x) so near 1/2 that the
-        # attacked estimate is undecided at every budget tried): margin 0 is again an unknown, in
-        # [0, margin_upper]; counted with the inputs without a margin (a budget settled NOT robust
-        # below the bound still counts in n_refuted)
-        margin = np.where(robust_clean & (margin == 0) & ~flag("margin_capped"), math.nan, margin)
+        p_clean = np.where(flag("margin_robust_clean"), p_clean, 0.0)
+        margin = measured_margins(rows)  # (a budget settled NOT robust below the bound still counts in n_refuted)
     refuted_at = col("margin_refuted_at") if rows and "margin_refuted_at" in rows[0] else None
     return bound_stats(col(column), margin, p_clean=p_clean, capped=flag("margin_capped"),
                        abstain=flag(ABSTAIN.get(column, "abstain")), refuted_at=refuted_at)
@@ -461,7 +471,8 @@ class EvalSummary:
     """The summary of an evaluation, computed once from its per-input rows by :func:`summarize`.
 
     columns: per numeric column, :func:`robvae.stats.describe` (n, median, q1, q3, mean, min, max,
-    n_infinite). bounds: per :data:`BOUNDS` name present in the rows, its :class:`BoundStats`
+    n_infinite); the margin's over :func:`measured_margins` (``n_margin_unknown`` inputs whose
+    margin is an unknown left out). bounds: per :data:`BOUNDS` name present in the rows, its :class:`BoundStats`
     against the margin (the same function ``robvae margin`` and the studies use). The counts are
     of inputs. The context fields (``dataset`` ... ``seconds``) say what was evaluated; they are
     None when the summary was made from bare rows. ``to_dict()`` is the ``summary.json`` layout;
@@ -492,6 +503,7 @@ class EvalSummary:
     seed: int | None = None
     test_elbo: float | None = None
     seconds: float | None = None
+    n_margin_unknown: int = 0
 
     def median(self, column: str) -> float:
         """The median of one numeric column (NaN values left out)."""
@@ -535,12 +547,15 @@ def summarize(rows: list[dict[str, Any]], config: EvalConfig | None = None, **co
     col = lambda k: np.array([float(r[k]) for r in rows], dtype=float)  # noqa: E731
     objs = [str(r["attack_objective"]) for r in rows if r.get("attack_objective") not in ("", None)]
     return EvalSummary(
-        n=len(rows), columns={k: describe(col(k)) for k in _NUMERIC_SUMMARY if rows and k in rows[0]},
+        n=len(rows), columns={k: describe(measured_margins(rows) if k == "margin" else col(k))
+                              for k in _NUMERIC_SUMMARY if rows and k in rows[0]},
         bounds={name: rows_bound_stats(rows, c) for name, c in BOUNDS.items() if not rows or c in rows[0]},
         n_abstain=int(sum(bool(r["abstain"]) for r in rows)),
         n_abstain_sound=int(sum(bool(r["abstain_sound"]) for r in rows)),
         n_infinite_radius=int(np.isinf(col("radius")).sum()) if rows else 0,
         n_margin_capped=int(sum(bool(r["margin_capped"]) for r in rows)),
+        n_margin_unknown=int(np.isnan(measured_margins(rows)).sum() - np.isnan(col("margin")).sum())
+        if rows and "margin" in rows[0] else 0,
         n_not_robust_clean=int((col("p") <= 0.5).sum()) if rows else 0,
         margin_mode=(config.margin_mode if config.margin else None) if config is not None else None,
         attack_objective={o: objs.count(o) for o in sorted(set(objs))}

@@ -200,5 +200,7 @@ def certified_cmd(dataset, data_dir, out, lipschitz, sigma_cap, beta, epochs, n_
                           seed=seed, progress=not quiet)
     click.echo(f"certified-robustness study on {dataset}, r={res.r:.4g}, {n_eval} test inputs")
     click.echo(res.markdown())
-    click.echo(f"inputs with a rigorous radius above the empirical margin: {sum(w.n_violations for w in res.rows)}")
+    click.echo(f"inputs whose rigorous radius an attack refuted (above a budget settled not robust; must be 0): "
+               f"{sum(w.n_violations for w in res.rows)}; inside the margin search's last bracket (unresolved): "
+               f"{sum(w.n_unresolved for w in res.rows)}")
     click.echo(f"study folder: {Path(out)} (certified.md, certified.csv, certified.json, study.json, model*/)")

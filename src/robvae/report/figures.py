@@ -190,7 +190,8 @@ def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, t
     """Panels of a metric against a swept setting: median over inputs (line), quartile band over
     inputs (shaded), and, with several seeds, each seed's median (faint markers).
 
-    table: rows {x, metric_median, metric_q1, metric_q3} (pooled over seeds); per_seed: rows
+    table: rows {x, metric_median, metric_q1, metric_q3} (pooled over seeds; a true
+    ``metric_median_at_cap`` marks a median that is only a lower bound); per_seed: rows
     {x, seed, metric_median}; panels: [(metric, label)]. ``p_threshold_panel`` names the panel of
     p_r(x), drawn with the 1/2 line and the settings whose median p_r(x) <= 1/2 shaded.
     """
@@ -203,6 +204,10 @@ def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, t
         med, q1, q3 = (np.array([float(r[f"{metric}_{q}"]) for r in rows]) for q in ("median", "q1", "q3"))
         ax.fill_between(xs, q1, q3, color="C0", alpha=0.25, label="quartiles over inputs")
         ax.plot(xs, med, "o-", color="C0", label="median over inputs")
+        at_cap = np.array([str(r.get(f"{metric}_median_at_cap")) == "True" for r in rows], dtype=bool)
+        if at_cap.any():  # half or more of the margins at the search's largest budget
+            ax.plot(xs[at_cap], med[at_cap], "^", color="C3", ms=9,
+                    label="median at the search's cap (a lower bound)")
         if len(seeds) > 1:
             for j, s in enumerate(seeds):
                 ps = sorted((r for r in per_seed if r["seed"] == s), key=lambda r: r[x])
@@ -218,7 +223,7 @@ def sweep_panels_figure(table, per_seed, path, *, x: str, xlabel: str, panels, t
             ax.set_xscale("symlog" if (xs <= 0).any() else "log", base=2, **({"linthresh": _linthresh(xs)} if (xs <= 0).any() else {}))
         ax.set(xlabel=xlabel, ylabel=label)
         ax.set_title(label, fontsize=9)
-        if k == 0:
+        if k == 0 or at_cap.any():
             ax.legend(fontsize=7)
     fig.suptitle(title + ("\n(red shading: median p_r(x) <= 1/2, not r-robust even unperturbed)" if bad else ""))
     fig.tight_layout()

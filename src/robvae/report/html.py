@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..errors import RobvaeError
 from ..fileio import atomic_write_text, read_csv, read_json, write_json
 from .figures import pyplot, save_figure
 
@@ -77,15 +78,19 @@ def write_study_meta(out: Path, study: str, command: str, config: dict[str, Any]
 
 def _png_data_uri(path: Path) -> str | None:
     data = path.read_bytes()
-    if not data.startswith(_PNG_MAGIC):
+    if not data.startswith(_PNG_MAGIC) or not data.endswith(b"IEND\xaeB`\x82"):  # not a PNG, or cut short
         return None
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _get(d: Any, dotted: str) -> Any:
+_MISSING = object()
+
+
+def _get(d: Any, dotted: str, missing: Any = None) -> Any:
+    """``d["a"]["b"]`` for "a.b"; ``missing`` where a key is absent (a JSON null is None)."""
     for part in dotted.split("."):
         if not isinstance(d, dict) or part not in d:
-            return None
+            return missing
         d = d[part]
     return d
 
@@ -98,6 +103,8 @@ def _fmt(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return ", ".join(_fmt(x) for x in v) or "none"
     if isinstance(v, str):
+        if v.strip().lstrip("+-").isdigit():
+            return v.strip()  # an integer (a seed, a count) as written, never 1.235e+06
         try:
             return _fmt(float(v)) if v not in ("", "True", "False") else ("yes" if v == "True" else "no" if v == "False" else v)
         except ValueError:
@@ -181,6 +188,9 @@ def _run_meta(folder: Path) -> dict[str, Any]:
 def _section(folder: Path, k: int) -> tuple[str, str]:
     meta = read_json(folder / "study.json", "study description") if (folder / "study.json").is_file() \
         else _run_meta(folder)
+    if not isinstance(meta, dict):
+        raise RobvaeError(f"{folder / 'study.json'} is not a study description (a JSON object); "
+                          "rerun the study to write it again")
     name = str(meta.get("study", "study"))
     anchor = f"s{k}"
     title = f"{name}" + (f" — {meta['config'].get('dataset')}" if isinstance(meta.get("config"), dict)
@@ -190,10 +200,14 @@ def _section(folder: Path, k: int) -> tuple[str, str]:
              f" · robvae {html.escape(str(meta.get('robvae', '')))}</p>",
              "<h3>Command</h3>", f"<pre>{html.escape(str(meta.get('command', '')))}</pre>"]
     summary = read_json(folder / "summary.json", "summary") if (folder / "summary.json").is_file() else {}
-    heads = [(lbl, _get(summary, key)) for key, lbl in _HEADLINES.get(name, [])]
+    if not isinstance(summary, dict):
+        raise RobvaeError(f"{folder / 'summary.json'} is not a study summary (a JSON object); "
+                          "rerun the study to write it again")
+    heads = [(lbl, _get(summary, key, _MISSING)) for key, lbl in _HEADLINES.get(name, [])]
     results = meta.get("results") if isinstance(meta.get("results"), dict) else {}
-    heads += [(lbl, _get(results.get(f) or {}, "summary." + key)) for f, key, lbl in _RUN_HEADLINES]
-    heads = [(lbl, v) for lbl, v in heads if v is not None]
+    heads += [(lbl, _get(results.get(f) or {}, "summary." + key, _MISSING)) for f, key, lbl in _RUN_HEADLINES]
+    # a number that is undefined (NaN, stored as null: e.g. a correlation of constant values) is shown as such
+    heads = [(lbl, "undefined" if v is None else v) for lbl, v in heads if v is not _MISSING]
     if heads:
         parts.append('<h3>Headline numbers</h3><dl class="kv">')
         parts += [f"<dt>{html.escape(lbl)}</dt><dd>{html.escape(_fmt(v))}</dd>" for lbl, v in heads]
@@ -205,13 +219,15 @@ def _section(folder: Path, k: int) -> tuple[str, str]:
             continue
         uri = _png_data_uri(p)
         if uri is None:
-            parts.append(f"<p><strong>{html.escape(fig)} is not a PNG file</strong></p>")
+            parts.append(f"<p><strong>{html.escape(fig)} is not a whole PNG file (damaged?)</strong></p>")
             continue
         parts.append(f'<figure><img src="{uri}" alt="{html.escape(fig)}"><figcaption>{html.escape(fig)}'
                      "</figcaption></figure>")
     for tab in meta.get("tables", []):
         p = folder / tab
-        if p.is_file():
+        if not p.is_file():
+            parts.append(f"<p><strong>missing table {html.escape(tab)}</strong></p>")
+        else:
             parts.append(f"<details{' open' if tab != 'per_input.csv' else ''}><summary>Table "
                          f"<code>{html.escape(tab)}</code></summary>{_table(p)}</details>")
     parts.append("<details><summary>Full config (study.json)</summary><pre>"

@@ -17,7 +17,6 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..attacks import EnsembleAttack, max_damage_attack
@@ -32,6 +31,7 @@ from ..robustness import certify, empirical_margin, r_min
 from ..robustness.lipschitz import vae_lipschitz
 from ..robustness.rigorous import barrett_margin, rigorous_certify
 from ..rng import randn
+from ..stats import median
 from ..report.html import write_study_meta
 from ..training import TrainConfig, train
 from .experiments import fmt_list
@@ -221,7 +221,8 @@ class CertifiedStudy:
 
 
 def _median(t: torch.Tensor) -> float:
-    return float(np.median(t.detach().double().cpu().numpy()))
+    """The median with NaNs (unknowns) left out (robvae.stats.median)."""
+    return median(t.detach().double().cpu().numpy())
 
 
 def certified_study(
@@ -273,10 +274,12 @@ def certified_study(
         not_robust_at = lo + (res.tolerance.double() if res.tolerance is not None else torch.zeros_like(lo))
         refuted = known & ~res.capped.bool() & (radius > not_robust_at)
         viol = int(refuted.sum())
+        # robust unperturbed but no budget settled robust: margin 0 is an unknown, not a measurement
+        measured = torch.where(known & (lo == 0) & ~res.capped.bool(), torch.full_like(lo, float("nan")), lo)
         unresolved = int(((radius > lo) & ~refuted).sum())
         L = cert.constants
         row = StudyRow(model=spec.name, test_elbo=float(run.metrics[-1]["test_elbo"]), radius_mean=_median(cert.radius_mean),
-                       radius_full=_median(cert.radius_full), theorem1=_median(t1.radius), margin=_median(res.margin),
+                       radius_full=_median(cert.radius_full), theorem1=_median(t1.radius), margin=_median(measured),
                        damage=_median(dmg), certified_fraction=float((cert.radius_full >= cert_eps).double().mean()),
                        n_violations=viol, n=len(x), n_unresolved=unresolved, lip_mean=L.mean, lip_log_sigma=L.log_sigma, lip_decoder=L.decoder)
         study.rows.append(row)

@@ -39,7 +39,7 @@ import torch
 
 from ..data import dataset_shape, load_dataset
 from ..errors import StudyError
-from ..evaluation import RIGOROUS_FOR_MODE, EvalConfig, jsonable, load_result, rows_bound_stats
+from ..evaluation import RIGOROUS_FOR_MODE, EvalConfig, jsonable, load_result, measured_margins, rows_bound_stats
 from ..fileio import read_json, write_csv, write_json
 from ..models import ModelConfig
 from ..objectives import ObjectiveConfig
@@ -190,8 +190,13 @@ def _pooled_table(results: dict[str, Any], settings: dict[str, dict[str, Any]], 
         sel = [r for r in per_input if r[x] == v]
         row: dict[str, Any] = {x: v, "n_inputs": len(sel), "n_seeds": len({r["seed"] for r in sel})}
         for m in SWEEP_METRICS:
-            q1, med, q3 = quartiles([r[m] for r in sel])
+            q1, med, q3 = quartiles(_metric(sel, m))
             row.update({f"{m}_median": med, f"{m}_q1": q1, f"{m}_q3": q3})
+        measured = measured_margins(sel)
+        capped = np.array([bool(r["margin_capped"]) for r in sel])
+        row["n_margin_unknown"] = int(np.isnan(measured).sum())  # left out of the margin's quartiles
+        # at least half the measured margins at the search's cap: the median is only a lower bound
+        row["margin_median_at_cap"] = bool(capped.sum() * 2 >= max(1, np.isfinite(measured).sum()))
         row["frac_not_robust_clean"] = float(np.mean([float(r["p"]) <= 0.5 for r in sel]))
         row["frac_abstain"] = float(np.mean([bool(r["abstain"]) for r in sel]))
         row["frac_infinite_radius"] = float(np.mean([np.isinf(float(r["radius"])) for r in sel]))
@@ -199,7 +204,7 @@ def _pooled_table(results: dict[str, Any], settings: dict[str, dict[str, Any]], 
         for s in sorted({r["seed"] for r in sel}):
             ss = [r for r in sel if r["seed"] == s]
             srow: dict[str, Any] = {x: v, "seed": s,
-                                    **{f"{m}_median": median([r[m] for r in ss]) for m in SWEEP_METRICS}}
+                                    **{f"{m}_median": median(_metric(ss, m)) for m in SWEEP_METRICS}}
             srow["test_elbo"] = results[next(n for n, st in settings.items() if st[x] == v and st["seed"] == s)].summary.test_elbo
             per_seed.append(srow)
         seed_meds = {m: [sr[f"{m}_median"] for sr in per_seed if sr[x] == v] for m in SWEEP_METRICS}
@@ -209,6 +214,16 @@ def _pooled_table(results: dict[str, Any], settings: dict[str, dict[str, Any]], 
         row["test_elbo_mean"] = float(np.mean([sr["test_elbo"] for sr in per_seed if sr[x] == v]))
         table.append(row)
     return per_input, table, per_seed
+
+
+def _distinct(values: Any) -> list:
+    """The values in their order, each once."""
+    return list(dict.fromkeys(values))
+
+
+def _metric(rows: list[dict[str, Any]], m: str) -> Any:
+    """One metric's per-input values; the margin's without its unknowns (:func:`measured_margins`)."""
+    return measured_margins(rows) if m == "margin" else [r[m] for r in rows]
 
 
 def _trend(table: list[dict[str, Any]], x: str, metric: str) -> dict[str, Any]:
@@ -262,6 +277,7 @@ def bound_vs_margin(
     ex = executor or Executor()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    seeds = _distinct(seeds)  # a seed given twice would count its inputs twice
     cfgs = [(f"seed={s}", make_train_config(dataset, data_dir, o, s)) for s in seeds]
     runs = _train_all(cfgs, out, ex)
     results = _evaluate_all([(n, c, runs[n]) for n, c in cfgs], ev, out, ex)
@@ -275,9 +291,10 @@ def bound_vs_margin(
     bound_vs_margin_figure(rows, out / "bound_vs_margin.png", stats["radius"], title=title, margin_label=mlabel)
     bound_variants_figure(rows, out / "bound_variants.png", stats, title=f"{dataset}: bound variants",
                           margin_label=mlabel)
-    degr = correlation([r["margin"] for r in rows], [r["likelihood_degradation"] for r in rows])
-    degradation_figure(rows, out / "likelihood_vs_margin.png", degr, title=f"{dataset}: likelihood degradation",
-                       margin_label=mlabel)
+    measured = measured_margins(rows)  # unknown margins (0 in the rows) left out
+    degr = correlation(measured, [r["likelihood_degradation"] for r in rows])
+    degradation_figure([{**r, "margin": m} for r, m in zip(rows, measured)], out / "likelihood_vs_margin.png", degr,
+                       title=f"{dataset}: likelihood degradation", margin_label=mlabel)
     figures = ["bound_vs_margin.png", "bound_variants.png", "likelihood_vs_margin.png"]
     rig_col = RIGOROUS_FOR_MODE[ev.margin_mode]
     rig = rows_bound_stats(rows, rig_col) if rows and rig_col in rows[0] else None
@@ -293,7 +310,8 @@ def bound_vs_margin(
         **{k: {n: s[k] for n, s in per_model.items()} for k in ("r", "attack_eps", "test_elbo")},  # per model
         "theorem1": stats["radius"].to_dict(), "variants": {c: st.to_dict() for c, st in stats.items()},
         "likelihood_degradation_vs_margin": degr.to_dict(),
-        **{k: sum(s[k] for s in per_model.values()) for k in ("n_abstain", "n_infinite_radius", "n_margin_capped")},
+        **{k: sum(s[k] for s in per_model.values()) for k in ("n_abstain", "n_infinite_radius", "n_margin_capped",
+                                                                    "n_margin_unknown")},
         "median_margin": stats["radius"].median_margin,
         "median_radius": stats["radius"].median_bound,
         "per_model": per_model,
@@ -321,8 +339,9 @@ def _sweep_study(
     ev = evaluation or EvalConfig()
     ex = executor or Executor()
     out = Path(out)
+    seeds = _distinct(seeds)
     cmd = command or _command(study, dataset, data_dir, out, o, ev, seeds, cli)
-    values = [float(v) for v in values]
+    values = _distinct(float(v) for v in values)
     if not values:
         raise ValueError(f"give at least one {x} value")
     out.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,7 @@ def theorem2_study(
     summary.json and study.json (seconds of work; always recomputed).
     """
     config = config or Theorem2Config()
-    betas = [float(b) for b in betas]
+    betas = list(dict.fromkeys(float(b) for b in betas))  # each once
     if not betas or any(b <= 0 for b in betas):
         raise ValueError("betas must be a non-empty list of positive numbers")
     W = make_decoder(config)
@@ -137,12 +137,13 @@ def theorem2_study(
                       "mean_max_abs_error": float((fit["A"] - ex["jacobian"]).abs().max())})
     sig_err = [abs(r["sigma_trained"] - r["sigma_exact"]) / r["sigma_exact"] for r in rows]
     jac_err = [abs(r["jac_frobenius_trained"] - r["jac_frobenius_exact"]) / r["jac_frobenius_exact"] for r in jrows]
+    by_beta = sorted(jrows, key=lambda r: r["beta"])  # the flag is about beta's order, not the order given
     summary = {
         "betas": betas, "config": asdict(config),
         "max_rel_error_sigma": float(max(sig_err)), "max_rel_error_jacobian": float(max(jac_err)),
         "sigma_increasing_in_beta": _increasing(rows, "sigma_trained"),
         "jacobian_decreasing_in_beta": bool(all(a["jac_frobenius_trained"] > b["jac_frobenius_trained"]
-                                                 for a, b in zip(jrows, jrows[1:]))),
+                                                 for a, b in zip(by_beta, by_beta[1:]))),
     }
     result = {"rows": rows, "jacobian_rows": jrows, "summary": summary}
     if out is not None:

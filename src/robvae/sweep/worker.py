@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from threadpoolctl import threadpool_limits
 
-from ..evaluation import evaluate
+from ..errors import RobvaeError
+from ..evaluation import evaluate, load_result
 from ..fileio import dumps_json, read_json_dict, write_json
 from ..report.figures import save_reconstructions
 from ..training import RECON_FILE, train
@@ -51,11 +52,20 @@ def update_status(trial_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]
 
 
 def outputs_complete(trial_dir: str | os.PathLike, with_eval: bool) -> bool:
-    """True when the trial's final outputs exist (weights, and the evaluation summary if any)."""
+    """True when the trial's final outputs exist (weights, and an evaluation that reads back whole
+    if it has one: a damaged evaluation file makes the trial run again, which recomputes it)."""
     trial_dir = Path(trial_dir)
     if not (trial_dir / RUN_DIR / "model.safetensors").is_file():
         return False
-    return not with_eval or (trial_dir / EVAL_DIR / EVAL_SUMMARY_FILE).is_file()
+    if not with_eval:
+        return True
+    if not (trial_dir / EVAL_DIR / EVAL_SUMMARY_FILE).is_file():
+        return False
+    try:
+        load_result(trial_dir / EVAL_DIR)
+    except (RobvaeError, OSError):
+        return False
+    return True
 
 
 def _resolve_data_dir(data_dir: str | None, cwd: str | None) -> str | None:
