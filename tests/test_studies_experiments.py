@@ -102,7 +102,10 @@ def test_cli_bound_vs_margin_and_report(tmp_path, capsys):
             "--latent-dim", "2", "--hidden", "16", "--n", "4", "--n-samples", "100",
             "--margin-tol", "0.5", "--executor", "serial", "--quiet"]
     assert main(args) == 0
-    assert "Pearson rho" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    n_used = json.loads((out / "summary.json").read_text())["theorem1"]["n_used"]
+    assert f"{n_used} of 4 inputs compared" in printed
+    assert ("too few to correlate" in printed) == (n_used < 3) and ("Pearson rho" in printed) == (n_used >= 3)
     meta = json.loads((out / "study.json").read_text())
     assert meta["command"].startswith("robvae study bound-vs-margin --dataset digits")
     assert meta["config"]["evaluation"]["n"] == 4 and meta["config"]["train"]["epochs"] == 1
