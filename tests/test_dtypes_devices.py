@@ -165,3 +165,13 @@ def test_decoders_returning_logits_are_warned_about_once():
         vae = robvae.VAE(robvae.ModelConfig(input_shape=(1, 8, 8), latent_dim=3, hidden=(16,))).eval()
         check_x(vae, x)
         check_x(LinearVAE.random(d=3, input_shape=(1, 8, 8), dtype=torch.float32), x)
+
+
+def test_ray_certify_tasks_ask_for_a_gpu_share_on_a_gpu():
+    """Found by the device audit: Ray hides the GPUs from a task that asks for none, so
+    `robvae certify --executor ray --device cuda` could not load the run in its tasks."""
+    from robvae.sweep.shard import shard_ray_options
+
+    assert shard_ray_options("cpu", 4, 1) == {"num_cpus": 1}
+    assert shard_ray_options("cuda", 4, 1) == {"num_cpus": 1, "num_gpus": 0.25}
+    assert shard_ray_options("cuda:1", 1, 2) == {"num_cpus": 2, "num_gpus": 1.0}

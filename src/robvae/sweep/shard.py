@@ -277,6 +277,15 @@ def certify_shard(run_dir: str, x: np.ndarray, r: np.ndarray, start: int, *, see
                               **(certify_kwargs or {})).as_numpy()
 
 
+def shard_ray_options(device: str, workers: int, torch_threads: int | None) -> dict[str, float]:
+    """Ray resources of one certify task: its threads' CPUs and, on a GPU, a 1 / ``workers`` share
+    of one (Ray hides the GPUs from a task that asks for none, so ``load(device="cuda")`` failed)."""
+    opts: dict[str, float] = {"num_cpus": max(1, torch_threads or 1)}
+    if not str(device).startswith("cpu"):
+        opts["num_gpus"] = 1.0 / max(1, int(workers))
+    return opts
+
+
 def certify_sharded(
     run_dir: str | os.PathLike,
     x: torch.Tensor,
@@ -343,7 +352,7 @@ def certify_sharded(
     with tqdm(total=n, initial=n - sum(len(a[1]) for a in args), desc=f"certify ({executor})", unit="input",
               disable=not progress) as bar:
         for j, res, err in map_tasks(certify_shard, args, executor=executor, workers=int(workers), address=address,
-                                     kwargs=kw, ray_options={"num_cpus": max(1, torch_threads or 1)}):
+                                     kwargs=kw, ray_options=shard_ray_options(device, workers, torch_threads)):
             if isinstance(err, BrokenProcessPool):  # a worker was killed (out of memory, a signal)
                 kept = "; the finished shards are kept: rerun to resume" if store is not None else ""
                 raise RobvaeError(f"a certify worker process died ({err}){kept}") from None
