@@ -499,3 +499,44 @@ def test_model_digest_sees_buffers_settings_and_code(tmp_path, monkeypatch):
     with torch.no_grad():
         m.temperature.fill_(2.0)
     assert model_digest(m) != base
+
+
+def test_ray_errors_become_the_tasks_own_exception_or_one_line():
+    """Found by the Ray audit: a Ray task's failure reached the user as Ray's wrapper (ANSI colours,
+    no message) or a 66-line WorkerCrashedError traceback. Checked here without Ray, on stand-ins
+    of its two kinds of error (a task's own exception as `.cause`; a dead worker without one)."""
+    from robvae.errors import CheckpointError, RobvaeError
+    from robvae.sweep.executors import ray_error
+
+    class RayTaskError(Exception):
+        def __init__(self, cause):
+            super().__init__("\x1b[36mray::certify_shard()\x1b[39m (pid=1, ip=1.2.3.4)")
+            self.cause = cause
+
+    class WorkerCrashedError(Exception):
+        pass
+
+    own = CheckpointError("config runs/x/config.json is missing")
+    assert ray_error(RayTaskError(own)) is own
+    dead = ray_error(WorkerCrashedError("\x1b[31mThe worker died unexpectedly\x1b[0m while executing\nmore"))
+    assert isinstance(dead, RobvaeError) and "\n" not in str(dead) and "\x1b" not in str(dead)
+    assert str(dead).startswith("a Ray worker died (WorkerCrashedError: The worker died unexpectedly while executing)")
+
+
+def test_an_address_nobody_answers_is_refused_before_ray(tmp_path):
+    """Found by the Ray audit: ray.init retried an unreachable --address HOST:PORT forever."""
+    import socket
+
+    from robvae.errors import InputError
+    from robvae.sweep.executors import _probe
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(InputError, match="no Ray cluster answers"):
+        _probe(f"127.0.0.1:{port}")
+    with socket.socket() as s:  # something listening: no error
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        _probe(f"127.0.0.1:{s.getsockname()[1]}")
+    _probe("ray://somewhere")  # not HOST:PORT: left to Ray

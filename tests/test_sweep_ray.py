@@ -72,3 +72,47 @@ def test_sharded_certify_on_ray_equals_serial(ray_instance, tmp_path):
     assert serial.keys() == sharded.keys()
     for k in serial:
         np.testing.assert_array_equal(serial[k], sharded[k], err_msg=k)
+
+
+# --- found by the Ray audit (session 8); these start their own instances, so they come last ---
+
+def test_a_task_error_reaches_the_caller_as_its_own_exception(ray_instance, tmp_path):
+    """A task's error came back as Ray's wrapper, printed as `ray::certify_shard() (pid=...)` with
+    ANSI colours and without the real message."""
+    from robvae.errors import CheckpointError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config"):
+        certify_sharded(tmp_path / "empty", torch.rand(4, 1, 8, 8), 0.5, executor="ray", workers=1, n_samples=50)
+
+
+def test_private_instances_ignore_ray_address_and_fit_the_tasks(monkeypatch):
+    """Without --address, RAY_ADDRESS (or a `ray start` on the machine) made ray.init join that
+    cluster and fail ("num_cpus ... must not be provided"); tasks asking for more CPUs than the
+    private instance had waited forever."""
+    from robvae.stats import median  # importable by Ray's workers
+    from robvae.sweep import map_tasks
+
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    got = list(map_tasks(median, [([1, 2, 3],), ([4, 5, 9],)], executor="ray", workers=1, ray_options={"num_cpus": 3}))
+    assert [e for _, _, e in got] == [None, None], got
+    assert sorted((i, r) for i, r, _ in got) == [(0, 2.0), (1, 5.0)] and not ray.is_initialized()
+
+
+def test_an_address_nobody_answers_is_a_one_line_error():
+    """ray.init retried an unreachable HOST:PORT forever (killed by a 300 s timeout in the audit)."""
+    import socket
+
+    from robvae.errors import InputError
+    from robvae.sweep.executors import ensure_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(InputError, match=f"no Ray cluster answers at --address 127.0.0.1:{port}"):
+        ensure_ray(f"127.0.0.1:{port}", 1)
+    assert not ray.is_initialized()

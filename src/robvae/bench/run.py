@@ -192,11 +192,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_bench(
-    zoo: ZooSpec, out: str | os.PathLike, *, executor: str = "local", workers: int = 1, progress: bool = True,
-    command: str | None = None, echo: Callable[[str], None] = lambda s: None,
+    zoo: ZooSpec, out: str | os.PathLike, *, executor: str = "local", workers: int = 1, address: str | None = None,
+    progress: bool = True, command: str | None = None, echo: Callable[[str], None] = lambda s: None,
 ) -> Leaderboard:
-    """Train the zoo's settings (robvae.sweep.run_trials, resumable), evaluate each model and each
-    user model under the protocol (cached per model), and write the leaderboard (module docstring)."""
+    """Train the zoo's settings (robvae.sweep.run_trials, resumable; ``address`` joins a Ray
+    cluster with executor "ray"), evaluate each model and each user model under the protocol
+    (cached per model), and write the leaderboard (module docstring)."""
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "protocol.json", zoo.protocol.to_dict())
@@ -205,7 +206,7 @@ def run_bench(
     evaluated: list[tuple[str, str, BenchResult]] = []
     trials = zoo.trials
     if trials:
-        results = run_trials(trials, out, executor=executor, workers=workers, progress=progress)
+        results = run_trials(trials, out, executor=executor, workers=workers, address=address, progress=progress)
         by_id = {r.id: r for r in results}
     data = load_subset_data(zoo.protocol, zoo.subset, zoo.data_dir)
     data_id = data_digest(data)

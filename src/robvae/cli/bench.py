@@ -29,9 +29,10 @@ from ..bench import load_zoo, parse_zoo, run_bench
               help="How the zoo is trained (robvae sweep): worker processes, Ray tasks, or this process.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Training processes (local) or CPUs of the local Ray instance.")
+@click.option("--address", default=None, help="Ray cluster address (auto or HOST:PORT) for --executor ray.")
 @click.option("--dry-run", is_flag=True, help="Validate the zoo, list the models and the protocol, and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench_cmd(zoo_file, out, models, subset, data_dir, seeds, executor, workers, dry_run, quiet) -> None:
+def bench_cmd(zoo_file, out, models, subset, data_dir, seeds, executor, workers, address, dry_run, quiet) -> None:
     """Train a model zoo, evaluate every model under the fixed protocol (v1), write a leaderboard.
 
     \b
@@ -46,6 +47,8 @@ def bench_cmd(zoo_file, out, models, subset, data_dir, seeds, executor, workers,
     """
     if zoo_file is None and not models:
         raise click.UsageError("give a zoo file, or at least one --model MODULE:CALLABLE")
+    if address is not None and executor != "ray":  # as robvae sweep and certify: it would be ignored
+        raise click.UsageError("--address joins a Ray cluster: it goes with --executor ray")
     if zoo_file is not None:
         zoo = load_zoo(zoo_file, extra_models=list(models), seeds=seeds)
     else:
@@ -72,9 +75,10 @@ def bench_cmd(zoo_file, out, models, subset, data_dir, seeds, executor, workers,
         ([f"--subset {subset}"] if subset and not zoo_file else []) + \
         ([f"--data-dir {shlex.quote(data_dir)}"] if data_dir else []) + \
         ([f"--seeds {','.join(map(str, seeds))}"] if seeds else []) + \
-        ["--executor", executor, "--workers", str(workers), "--out", shlex.quote(str(out_dir))]
+        ["--executor", executor, "--workers", str(workers)] + \
+        ([f"--address {shlex.quote(address)}"] if address else []) + ["--out", shlex.quote(str(out_dir))]
     with folder_lock(out_dir, "robvae bench"):
-        board = run_bench(zoo, out_dir, executor=executor, workers=workers, progress=not quiet,
+        board = run_bench(zoo, out_dir, executor=executor, workers=workers, address=address, progress=not quiet,
                           command=" ".join(parts), echo=lambda s: None)
     click.echo("")
     click.echo(board.markdown)

@@ -119,8 +119,8 @@ class Certificate:
     @classmethod
     def from_numpy(cls, arrays: dict[str, np.ndarray], *, mode: str, alpha: float, n_samples: int) -> "Certificate":
         """Rebuild from :meth:`as_numpy` (derived columns in ``arrays`` are ignored, extras kept)."""
-        stored = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in _STORED}
-        extras = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()
+        stored = {k: torch.from_numpy(np.require(arrays[k], requirements=("C", "W"))) for k in _STORED}
+        extras = {k: torch.from_numpy(np.require(v, requirements=("C", "W"))) for k, v in arrays.items()
                   if k not in _STORED and k not in DERIVED}
         return cls(**stored, mode=mode, alpha=float(alpha), n_samples=int(n_samples), extras=extras)
 

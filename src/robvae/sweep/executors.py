@@ -28,9 +28,12 @@ same sweep skips the trials that are done and whose outputs exist and reruns eve
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
+import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,7 +47,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import InputError
+from ..errors import InputError, RobvaeError
 from ..fileio import read_json_dict, write_json
 from .results import collect
 from .spec import Trial
@@ -370,7 +373,7 @@ def map_tasks(
                 exitcodes.update({proc.pid: proc.exitcode for proc in procs})
     else:
         ray = _import_ray()
-        started = ensure_ray(address, int(workers))
+        started = ensure_ray(address, int(workers), float((ray_options or {}).get("num_cpus") or 1))
         refs: dict[Any, int] = {}
         try:
             task = ray.remote(fn).options(**(ray_options or {}))
@@ -379,7 +382,8 @@ def map_tasks(
                 poll(sorted(refs.values()))
                 ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=_POLL_S)
                 for ref in ready:
-                    yield refs.pop(ref), *_outcome(lambda: ray.get(ref), ray.exceptions.RayError)
+                    result, err = _outcome(lambda: ray.get(ref), ray.exceptions.RayError)
+                    yield refs.pop(ref), result, None if err is None else ray_error(err)
         finally:
             for ref in refs:
                 ray.cancel(ref, force=True)
@@ -427,17 +431,57 @@ def _import_ray():
     return ray
 
 
-def ensure_ray(address: str | None, workers: int) -> bool:
+#: seconds to wait for a TCP answer from ``--address HOST:PORT`` before calling it unreachable
+#: (ray.init itself retries an unreachable address forever)
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def ensure_ray(address: str | None, workers: int, task_cpus: float = 1.0) -> bool:
     """Connect to Ray unless already connected; returns True when this call connected (or started) it.
 
-    address "auto" or HOST:PORT joins a running cluster; None starts a local instance with
-    ``workers`` CPUs.
+    address "auto" or HOST:PORT joins a running cluster (a HOST:PORT that does not answer is an
+    InputError, not an endless retry); None starts a private local instance with ``workers``
+    CPUs (at least ``task_cpus``, the CPUs one task asks for), even where ``RAY_ADDRESS`` or a
+    ``ray start`` on this machine names a cluster. InputError when the cluster has fewer CPUs than
+    one task asks for (its tasks would wait forever).
     """
     ray = _import_ray()
     if ray.is_initialized():
         return False
     if address:
+        if address != "auto":
+            _probe(address)
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=max(int(workers), math.ceil(task_cpus)), include_dashboard=False,
+                 log_to_driver=False)
+    have = float(ray.cluster_resources().get("CPU", 0))
+    if have < task_cpus:
+        ray.shutdown()
+        raise InputError(f"each task asks for {task_cpus:g} CPUs but the Ray cluster has {have:g}: its tasks would "
+                         "wait forever (lower --cpus-per-trial / --threads, or add CPUs)")
     return True
+
+
+def _probe(address: str) -> None:
+    """InputError unless something answers at HOST:PORT (one TCP connection)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # not HOST:PORT (a ray:// or another form): left to ray.init
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise InputError(f"no Ray cluster answers at --address {address} ({e.strerror or e}): start one there "
+                         "with `ray start --head --port PORT`, or check the address") from None
+
+
+def ray_error(err: BaseException) -> BaseException:
+    """The error a Ray task's failure stands for: the task's own exception (a RayTaskError wraps
+    it, with ANSI colours in its message), or a one-line RobvaeError for a worker or node that
+    died (out of memory, killed) after Ray's retries."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(cause, (KeyboardInterrupt, SystemExit)):
+        return cause
+    first = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
+    return RobvaeError(f"a Ray worker died ({type(err).__name__}: {first[0] if first else 'no detail'}); "
+                       "rerun to resume")

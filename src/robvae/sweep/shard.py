@@ -165,7 +165,7 @@ class ShardStore:
             self._keyed = True
         stop = start + len(x)
         save_tensors(self.folder / f"shard-{start}-{stop}.safetensors",
-                     {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in cols.items()},
+                     {k: torch.from_numpy(np.require(v, requirements=("C", "W"))) for k, v in cols.items()},
                      metadata={"inputs": _digest(x, r), "key": self.key_digest})
 
     def plan(self, x: np.ndarray, r: np.ndarray, block_size: int) -> list[_Piece]:
@@ -271,8 +271,8 @@ def certify_shard(run_dir: str, x: np.ndarray, r: np.ndarray, start: int, *, see
     (:meth:`Certificate.as_numpy`, cheap to send back from a worker)."""
     with using_torch_threads(torch_threads):
         model = _load_run(run_dir, device).model
-        xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-        rt = torch.from_numpy(np.ascontiguousarray(r)).to(device)
+        xt = torch.from_numpy(np.require(x, requirements=("C", "W"))).to(device)
+        rt = torch.from_numpy(np.require(r, requirements=("C", "W"))).to(device)
         return certify_blocks(model, xt, rt, seed=seed, start=start, block_size=block_size,
                               **(certify_kwargs or {})).as_numpy()
 
