@@ -36,6 +36,10 @@ def vae_bf16():
     return _vae().to(torch.bfloat16)
 
 
+def named():
+    return _vae(), "my vae"  # robvae bench's contract
+
+
 class NotAModel:
     pass
 
@@ -322,3 +326,12 @@ def test_certify_with_model_runs_in_this_process_when_auto_would_start_workers(u
                "--n-samples", "100", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     assert len((user_pkg / "big" / "certify-test.csv").read_text().splitlines()) == 5
+
+
+def test_a_bench_callable_returning_model_and_name_works_for_certify(user_pkg, capsys):
+    """Found by the docs walk-through: bench's --model callables return (model, name), which
+    certify / attack / margin refused ("a tuple, which has no encode / decode")."""
+    rc = main(["certify", "nm", "--model", "my_models:named", "--dataset", "digits", "--n", "3", "--r", "0.5",
+               "--n-samples", "100", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert len((user_pkg / "nm" / "certify-test.csv").read_text().splitlines()) == 4

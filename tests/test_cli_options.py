@@ -156,3 +156,27 @@ def test_distinct_flags_for_distinct_things_and_old_names_still_work():
                 assert isinstance(p, ConfigOption) and "--norm" in p.aliases
                 rec = p.get_help_record(click.Context(COMMANDS[cname]))
                 assert "--norm" not in rec[0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["margin", "RUN", "--seed", "-1"],
+    ["report", "F", "--seed", "-1"],
+    ["study", "bound-vs-margin", "--dataset", "digits", "--out", "o", "--eval-seed", "-2"],
+])
+def test_every_seed_option_refuses_negative_seeds(argv, capsys):
+    """Found by the docs walk-through: the README promised exit 2 for a negative seed, but seeds
+    generated from EvalConfig (margin, report, the studies' --eval-seed) took any integer."""
+    from robvae.cli import main
+
+    assert main(argv) == 2
+    assert "is not in the range 0<=x" in capsys.readouterr().err
+
+
+def test_unbounded_float_options_read_finite_in_help():
+    """`robvae train --help` showed `x<=None` for --beta and --tau."""
+    from click.testing import CliRunner
+
+    from robvae.cli import app
+
+    out = CliRunner().invoke(app, ["train", "--help"]).output
+    assert "None]" not in out and "x<=None" not in out

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from robvae.errors import InputError, RobvaeError
+from robvae.errors import InputError
 from robvae.metrics import likelihood_degradation, reconstruction_damage, reconstruction_error
 from robvae.models import VAE, LinearVAE, ModelConfig
 
@@ -42,7 +42,7 @@ def test_reconstruction_error_and_damage():
 def test_metric_errors():
     m = LinearVAE.random(d=4, s=0.1)
     x = torch.full((2, 1, 4, 4), 0.5, dtype=torch.float64)
-    with pytest.raises(RobvaeError, match="log_likelihood"):
+    with pytest.raises(InputError, match="log_likelihood"):
         likelihood_degradation(m, x, torch.zeros_like(x))
     with pytest.raises(InputError):
         reconstruction_error(m, x * 3)

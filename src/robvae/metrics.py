@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import RobvaeError
+from .errors import InputError
 from .models.fast_decode import flat_decode
 from .rng import randn
 from .validation import check_delta, check_x
@@ -59,7 +59,7 @@ def likelihood_degradation(model: torch.nn.Module, x: torch.Tensor, delta: torch
     is always of the clean x.
     """
     if not callable(getattr(model, "log_likelihood", None)):
-        raise RobvaeError(
+        raise InputError(
             f"likelihood_degradation needs a model with log_likelihood(x, z) -> [B] (log p(x|z)); "
             f"{type(model).__name__} has none"
         )
@@ -113,7 +113,7 @@ def image_similarity(a: torch.Tensor, b: torch.Tensor) -> PerceptualDamage:
     ``note`` says why. Non-image shapes give NaN for both.
     """
     if a.shape != b.shape:
-        raise RobvaeError(f"image_similarity: shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InputError(f"image_similarity: shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
     nan = torch.full((a.shape[0],), float("nan"), dtype=torch.float64)
     if a.dim() != 4:
         return PerceptualDamage(nan, nan.clone(), 0, 0.0, 0, f"SSIM needs images [B, C, H, W], got shape {tuple(a.shape)}")

@@ -34,7 +34,8 @@ META = "robvae.model_spec"
 
 def load_model_spec(spec: str, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The model named by ``"pkg.module:attr"`` (``attr`` called with no arguments unless it is
-    already a ``torch.nn.Module``), on ``device`` and in eval mode.
+    already a ``torch.nn.Module``; it may return ``(model, name)`` as for ``robvae bench``), on
+    ``device`` and in eval mode.
 
     Raises :class:`robvae.errors.InputError` with one line naming the problem: a malformed spec, a
     module that does not import, a missing attribute, a callable that raises or that returns
@@ -50,6 +51,8 @@ def load_model_spec(spec: str, device: str | torch.device = "cpu") -> torch.nn.M
         except Exception as e:  # noqa: BLE001
             msg = str(e).splitlines()[0] if str(e) else ""
             raise InputError(f"--model {spec!r}: {attr}() raised {type(e).__name__}: {msg}") from e
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], str):
+        obj = obj[0]  # a robvae bench callable's (model, name): one contract for every --model
     missing = [m for m in ("encode", "decode") if not callable(getattr(obj, m, None))]
     if not isinstance(obj, torch.nn.Module) or missing:
         what = f"has no {' / '.join(missing)}" if missing else "is not a torch.nn.Module"

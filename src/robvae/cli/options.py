@@ -27,6 +27,9 @@ class FiniteFloat(click.FloatRange):
 
     name = "float"
 
+    def _describe_range(self) -> str:
+        return "finite" if self.min is None and self.max is None else super()._describe_range()
+
     def convert(self, value, param, ctx):
         v = super().convert(value, param, ctx)
         if not math.isfinite(v):
@@ -195,6 +198,8 @@ def config_option(cls, name: str, *, flag: str | None = None, aliases: tuple[str
     hints = typing.get_type_hints(cls)
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     ctype, is_flag = _click_type(hints[name])
+    if type is None and (name == "seed" or name.endswith("_seed")):
+        type = click.IntRange(0, 2**63 - 1)  # as --seed everywhere: a negative seed is refused
     opt = flag or "--" + name.replace("_", "-")
     decls = [f"{opt}/--no-{opt[2:]}" if is_flag else opt, *aliases, name]
     return click.option(*decls, cls=ConfigOption, aliases=aliases, config_field=(cls, name), default=default,

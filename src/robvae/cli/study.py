@@ -10,6 +10,7 @@ import click
 from ..evaluation import EvalConfig
 from ..studies import Executor, Theorem2Config, TrainOptions, beta_study, bound_vs_margin, tau_study, theorem2_study
 from ..studies.certified import certified_study, default_models
+from ..studies.experiments import fmt_list
 from ..sweep import EXECUTORS
 from . import app
 from .options import (
@@ -167,6 +168,7 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
 @study.command("certified")
 @dataset_option
 @data_dir_option
+@download_option
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Study folder (finished models are reused).")
 @click.option("--lipschitz", callback=float_list, default="2,8,32", show_default=True,
@@ -191,11 +193,15 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @threads_option
-def certified_cmd(dataset, data_dir, out, lipschitz, sigma_cap, beta, epochs, n_train, latent_dim, hidden, n_eval,
-                  n_samples, r, r_relative, attack_eps, cert_eps, seed, quiet) -> None:
+def certified_cmd(dataset, data_dir, download, out, lipschitz, sigma_cap, beta, epochs, n_train, latent_dim, hidden,
+                  n_eval, n_samples, r, r_relative, attack_eps, cert_eps, seed, quiet) -> None:
     """Standard VAE, beta-VAE and Lipschitz VAEs: rigorous radii (docs/THEORY.md), Theorem 1, margins, damage."""
     if not lipschitz or any(v <= 0 for v in lipschitz):
         raise click.BadParameter("give positive numbers", param_hint="--lipschitz")
+    if any(h % 2 for h in hidden):  # before the first models train, not when the Lipschitz VAEs do
+        raise click.BadParameter(f"the Lipschitz VAEs need even widths, got {fmt_list(hidden)}", param_hint="--hidden")
+    if download and dataset != "digits":
+        data_dir = fetch_data(dataset, data_dir)
     res = certified_study(out, dataset=dataset, data_dir=data_dir, models=default_models(tuple(lipschitz), beta, sigma_cap),
                           epochs=epochs, latent_dim=latent_dim, hidden=hidden, n_train=n_train, n=n_eval,
                           n_samples=n_samples, r=r, r_relative=r_relative, attack_eps=attack_eps, cert_eps=cert_eps,

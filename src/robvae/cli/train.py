@@ -39,9 +39,9 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
 @click.option("--hidden", callback=int_tuple, default="256,128", show_default=True,
               help="MLP hidden widths, comma-separated.")
 @objective_option
-@click.option("--beta", type=FiniteFloat(), default=1.0, show_default=True, callback=_positive,
+@click.option("--beta", type=FiniteFloat(min=0), default=1.0, show_default=True, callback=_positive,
               help="KL weight (beta-vae) or total-correlation weight (beta-tcvae).")
-@click.option("--tau", type=FiniteFloat(), default=0.0, show_default=True, callback=_positive,
+@click.option("--tau", type=FiniteFloat(min=0), default=0.0, show_default=True, callback=_positive,
               help="Floor on the encoder standard deviation: sigma = softplus(s) + tau.")
 @config_option(ObjectiveConfig, "jacobian", type=FiniteFloat(min=0),
                help="Weight of the encoder-Jacobian penalty ||J_mu(x)||_F^2 (random projections; 0 = off).")
