@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from robvae.cli import main
 
 
@@ -58,7 +60,25 @@ def test_study_certified_small(tmp_path, capsys):
     assert len(rows) == 3 and all(r["n_violations"] == 0 for r in rows)
     # a study folder like the others: study.json with the command that reproduces it, and a report
     meta = json.loads((tmp_path / "study" / "study.json").read_text())
-    assert meta["study"] == "certified" and meta["tables"] == ["certified.csv"]
+    assert meta["study"] == "certified" and meta["tables"] == ["certified.csv", *(f"model{i}/per_input.csv"
+                                                                                  for i in range(3))]
+    # every median and count of the table from the per-input files (the studies audit: no per-input output)
+    import csv
+
+    import numpy as np
+
+    for i, row in enumerate(rows):
+        per = list(csv.DictReader(open(tmp_path / "study" / f"model{i}" / "per_input.csv")))
+        assert len(per) == 4
+        col = lambda k: np.array([float(r[k]) for r in per])  # noqa: E731
+        assert row["radius_full"] == pytest.approx(float(np.median(col("radius_rigorous_full"))))
+        m = col("margin")
+        if np.isnan(m).all():
+            assert row["margin"] is None  # NaN, stored as null
+        else:
+            assert row["margin"] == pytest.approx(float(np.median(m[~np.isnan(m)])))
+        assert row["n_violations"] == sum(r["refuted"] == "True" for r in per)
+        assert row["n_unresolved"] == sum(r["unresolved"] == "True" for r in per)
     assert meta["command"] == (f"robvae study certified --dataset digits --out {tmp_path / 'study'} --lipschitz 4 "
                                "--sigma-cap 0.5 --beta 4 --epochs 2 --latent-dim 4 --hidden 32 --n-train 300 --n 4 "
                                "--n-samples 300 --r-relative 1.5 --attack-eps 1 --cert-eps 0.05 --seed 0")

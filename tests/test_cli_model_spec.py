@@ -40,6 +40,12 @@ def named():
     return _vae(), "my vae"  # robvae bench's contract
 
 
+def flat_linear():
+    from robvae.models import LinearVAE  # tiny singular values: huge first-order radii
+
+    return LinearVAE.random(d=2, input_shape=(1, 8, 8), s=0.1, singular_values=[0.002, 0.001], dtype=torch.float32)
+
+
 class NotAModel:
     pass
 
@@ -335,3 +341,17 @@ def test_a_bench_callable_returning_model_and_name_works_for_certify(user_pkg, c
                "--n-samples", "100", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     assert len((user_pkg / "nm" / "certify-test.csv").read_text().splitlines()) == 4
+
+
+def test_certify_notes_theorem1_radii_beyond_the_pixel_box(user_pkg, capsys):
+    """Found by the robust-training audit: on Jacobian-penalised models certify printed median
+    Theorem 1 radii of 15-42 (the 8x8 box's diameter is 8) without a word; a sigma-moving attack
+    broke them at a quarter of that."""
+    rc = main(["certify", "lin", "--model", "my_models:flat_linear", "--dataset", "digits", "--n", "4", "--r", "0.2",
+               "--n-samples", "200", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "Theorem 1 radii exceed the diameter of the pixel box (sqrt(D) = 8)" in err
+    rc = main(["certify", "v", "--model", "my_models:vae", "--dataset", "digits", "--n", "4", "--r", "0.5",
+               "--n-samples", "100", "--quiet"])
+    assert rc == 0 and "pixel box" not in capsys.readouterr().err

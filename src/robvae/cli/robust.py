@@ -4,6 +4,7 @@ robvae.evaluation (``attack_report``, ``margin_report``)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import time
 from pathlib import Path
@@ -160,6 +161,12 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
         shutil.rmtree(partial, ignore_errors=True)
         click.echo(format_summary({k: v for k, v in summary.items() if not isinstance(v, dict)}))
         click.echo(f"per-input results: {out_path}")
+        beyond = int((cert.radius > math.sqrt(x[0].numel())).sum())
+        if beyond:  # a first-order, mean-only radius past the whole pixel box says nothing useful
+            click.echo(f"robvae: note: {beyond} of {len(cert)} Theorem 1 radii exceed the diameter of the pixel box "
+                       f"(sqrt(D) = {math.sqrt(x[0].numel()):.3g}): they are first-order and hold with sigma(x) held "
+                       "fixed (docs/THEORY.md section 3); an attack that also moves sigma(x) can break robustness "
+                       "far inside them. The rigorous radii hold for every perturbation.", err=True)
 
 
 #: where attack and margin run and where a run's data is read from

@@ -276,7 +276,14 @@ def certified_study(
         viol = int(refuted.sum())
         # robust unperturbed but no budget settled robust: margin 0 is an unknown, not a measurement
         measured = torch.where(known & (lo == 0) & ~res.capped.bool(), torch.full_like(lo, float("nan")), lo)
-        unresolved = int(((radius > lo) & ~refuted).sum())
+        inside = (radius > lo) & ~refuted
+        unresolved = int(inside.sum())
+        write_csv(out / f"model{i}" / "per_input.csv", [  # every number the row's medians and counts come from
+            {"index": j, "radius_rigorous_mean": float(cert.radius_mean[j]), "radius_rigorous_full": float(radius[j]),
+             "p_lower": float(cert.p_lower[j]), "theorem1": float(t1.radius[j]), "margin": float(measured[j]),
+             "margin_lower": float(lo[j]), "not_robust_at": float(not_robust_at[j]),
+             "robust_clean": bool(known[j]), "capped": bool(res.capped[j]), "refuted": bool(refuted[j]),
+             "unresolved": bool(inside[j]), "damage": float(dmg[j])} for j in range(len(x))])
         L = cert.constants
         row = StudyRow(model=spec.name, test_elbo=float(run.metrics[-1]["test_elbo"]), radius_mean=_median(cert.radius_mean),
                        radius_full=_median(cert.radius_full), theorem1=_median(t1.radius), margin=_median(measured),
@@ -293,7 +300,8 @@ def certified_study(
                   latent_dim=latent_dim, hidden=list(hidden), n_train=n_train, n=n, n_samples=n_samples, r=study.r,
                   r_relative=None if r is not None else r_relative, attack_eps=attack_eps, cert_eps=cert_eps,
                   margin_tol=margin_tol, likelihood=likelihood, seed=seed)
-    write_study_meta(out, "certified", _command(out, models, config), config, tables=["certified.csv"])
+    write_study_meta(out, "certified", _command(out, models, config), config,
+                     tables=["certified.csv", *(f"model{i}/per_input.csv" for i in range(len(models)))])
     return study
 
 
