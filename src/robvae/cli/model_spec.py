@@ -122,12 +122,14 @@ optional_run_argument = click.argument("run", required=False, default=None, type
 #: so the commands' signatures and configs stay as they are).
 model_options = [
     click.option("--model", "model_spec", default=None, expose_value=False, callback=_remember,
-                 help="Use MODULE:CALLABLE (a function returning a protocol model, or the model) instead of "
-                      "a RUN folder; RUN is then the output folder (default: here)."),
+                 help="Use MODULE:CALLABLE (a function returning a protocol model or (model, name), or the "
+                      "model) instead of a RUN folder; the folder argument is then the output folder (default: "
+                      "here)."),
     click.option("--dataset", "model_dataset", type=click.Choice(DATASETS), default=None, expose_value=False,
                  callback=_remember, help="With --model: the data set of the inputs (default digits)."),
     click.option("--inputs", "model_inputs", type=click.Path(dir_okay=False), default=None, expose_value=False,
-                 callback=_remember, help="With --model: a .npy / .pt tensor of images [N, C, H, W] in [0, 1]."),
+                 callback=_remember, help="With --model: a .npy / .pt tensor of images [N, C, H, W], float in [0, 1] "
+                                         "or uint8 in [0, 255] (outputs keep the --split name, e.g. certify-test.csv)."),
 ]
 
 
