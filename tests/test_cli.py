@@ -63,6 +63,13 @@ def test_train_end_to_end(tmp_path, capsys):
 
     run = load(tmp_path / "run")
     assert run.config.model.tau == 0.1 and run.config.model.latent_dim == 3 and run.config.n_train == 200
+    # active units, from the held-out means (two epochs on 200 images: the posterior has not left the prior yet)
+    from robvae import load_dataset
+    from robvae.metrics import active_units
+
+    want = active_units(run.model.encode(load_dataset("digits", "test").images[:1000])[0])
+    assert f"active latent units: {want} of 3" in out
+    assert ("posterior collapsed" in err) == (want == 0)
 
 
 def test_console_script_entry_point():

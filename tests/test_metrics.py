@@ -75,3 +75,16 @@ def test_expected_damage_matches_a_direct_computation():
     assert (got > 0).all()
     with pytest.raises(ValueError):
         expected_damage(model, x, delta, 5, mode="median")
+
+
+def test_active_units_known_answer():
+    """Var_x(mu_j) > 0.01 (Burda et al.): a unit whose mean is constant, one that varies with
+    variance 0.25, one just below the threshold."""
+    from robvae.metrics import active_units
+
+    t = torch.linspace(-1, 1, 101, dtype=torch.float64)
+    mu = torch.stack([torch.full_like(t, 3.0), t * (0.25 / t.var()).sqrt(), t * (0.009 / t.var()).sqrt()], dim=1)
+    assert active_units(mu) == 1
+    assert active_units(mu, threshold=0.005) == 2
+    with pytest.raises(InputError, match="at least 2 inputs"):
+        active_units(mu[:1])

@@ -18,6 +18,21 @@ from .rng import randn
 from .validation import check_delta, check_x
 
 
+#: Var_x(mu_j(x)) above which a latent unit counts as active (Burda et al. 2016, "Importance
+#: Weighted Autoencoders", section 5.2)
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+def active_units(mu: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
+    """How many latent units carry information: those whose encoder mean varies across the inputs,
+    Var_x(mu_j(x)) > ``threshold``, from the means ``mu`` [B, d] of B inputs (B >= 2). 0 means a
+    collapsed posterior: the decoder ignores x, and every robustness number of the model is
+    trivially large."""
+    if mu.dim() != 2 or mu.shape[0] < 2:
+        raise InputError(f"active_units needs encoder means [B, d] of at least 2 inputs, got shape {tuple(mu.shape)}")
+    return int((mu.detach().double().var(dim=0) > threshold).sum())
+
+
 def reconstruction_error(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """||g(mu(x)) - x|| per input: x [B, *shape] -> [B]."""
     check_x(model, x)
@@ -158,5 +173,5 @@ def perceptual_damage(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tens
     return image_similarity(g_adv.clamp(0, 1), g.clamp(0, 1))
 
 
-__all__ = ["reconstruction_error", "reconstruction_damage", "likelihood_degradation", "perceptual_damage",
+__all__ = ["ACTIVE_UNIT_THRESHOLD", "active_units", "reconstruction_error", "reconstruction_damage", "likelihood_degradation", "perceptual_damage",
            "image_similarity", "PerceptualDamage", "ssim_kernel", "MS_SSIM_BETAS"]

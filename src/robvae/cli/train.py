@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 
 from ..data import dataset_shape, load_dataset
 from ..demo import run_demo
 from ..fileio import folder_lock
+from ..metrics import ACTIVE_UNIT_THRESHOLD, active_units
 from ..models import ModelConfig
 from ..objectives import ObjectiveConfig
 from ..report.figures import save_reconstructions
@@ -129,6 +131,15 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
     last = run.metrics[-1]
     click.echo(f"trained {arch} VAE on {dataset} ({objective}, beta={beta:g}, tau={tau:g}) for {epochs} epochs")
     click.echo(f"held-out negative ELBO: {-float(last['test_elbo']):.3f} nats per image")
+    with torch.inference_mode():  # the first (at most) 1,000 held-out images
+        mu = run.model.encode(load_dataset(dataset, "test", run.config.data_dir).subset(1000).images.to(
+            next(run.model.parameters()).device))[0]
+    active = active_units(mu)
+    click.echo(f"active latent units: {active} of {mu.shape[1]} (Var_x(mu_j) > {ACTIVE_UNIT_THRESHOLD:g})")
+    if active == 0:
+        click.echo("robvae: note: no latent unit is active: the posterior collapsed (mu(x) barely depends on x), so "
+                   "certificates and margins of this model are trivially large; train with a smaller beta, penalty "
+                   "weight or attack budget, or longer", err=True)
     click.echo(f"run folder: {Path(out)} (config.json, model.safetensors, metrics.csv, reconstructions.png)")
     if plan is not None:
         click.echo(f"certified by construction: L={plan.lipschitz:.4g}, std cap {plan.sigma_cap:g}, Barrett margin "
