@@ -351,7 +351,7 @@ def test_certify_notes_theorem1_radii_beyond_the_pixel_box(user_pkg, capsys):
                "--n-samples", "200", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "Theorem 1 radii exceed the diameter of the pixel box (sqrt(D) = 8)" in err
+    assert "Theorem 1 radii (radius) exceed the diameter of the pixel box (sqrt(D) = 8)" in err
     rc = main(["certify", "v", "--model", "my_models:vae", "--dataset", "digits", "--n", "4", "--r", "0.5",
                "--n-samples", "100", "--quiet"])
     assert rc == 0 and "pixel box" not in capsys.readouterr().err

@@ -84,7 +84,7 @@ def test_safe_norm_of_float16_is_the_norm():
     np.testing.assert_allclose(got.float().numpy(), [0.05, 0.0, 5.0], rtol=2e-3, atol=1e-6)  # was 0.0132 for 0.05
 
 
-@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("dtype", (*HALF, torch.float32, torch.float64))
 def test_half_budgets_and_radii_round_down_and_projections_stay_inside(dtype):
     like = torch.zeros(3, dtype=dtype)
     for value in (0.3, 0.7, 1.1):
@@ -95,7 +95,7 @@ def test_half_budgets_and_radii_round_down_and_projections_stay_inside(dtype):
     for value in (0.3, 0.7):
         eps = as_eps(value, 64, x)
         d = feasible(x, delta, eps, L2())
-        assert float(d.float().flatten(1).norm(dim=1).max()) <= value  # was up to 0.3016 for 0.3 in bfloat16
+        assert float(d.double().flatten(1).norm(dim=1).max()) <= value  # was up to 0.3016 for 0.3 in bfloat16
         assert float((x + d).min()) >= 0 and float((x + d).max()) <= 1
 
 
@@ -175,3 +175,16 @@ def test_ray_certify_tasks_ask_for_a_gpu_share_on_a_gpu():
     assert shard_ray_options("cpu", 4, 1) == {"num_cpus": 1}
     assert shard_ray_options("cuda", 4, 1) == {"num_cpus": 1, "num_gpus": 0.25}
     assert shard_ray_options("cuda:1", 1, 2) == {"num_cpus": 2, "num_gpus": 1.0}
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16))
+def test_ensemble_attack_never_exceeds_the_budget_asked_for(dtype):
+    """Found by the session's review: as_eps built a float32 tensor from the number first, so a
+    float64 model's budget 0.3 became 0.30000001192 and all 16 deltas exceeded 0.3."""
+    from robvae.attacks import EnsembleAttack
+
+    vae = LinearVAE.random(d=3, input_shape=(1, 4, 4), s=0.1, dtype=dtype)
+    x = (torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25).to(dtype)
+    res = EnsembleAttack("cheap", generator=torch.Generator().manual_seed(1))(vae, x, 0.3, r=0.2)
+    norms = res.delta.double().flatten(1).norm(dim=1)
+    assert float(norms.max()) <= 0.3 and float(norms.max()) > 0.25  # on the budget's sphere, never past it

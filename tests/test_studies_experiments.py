@@ -156,3 +156,27 @@ def test_duplicate_seeds_count_once_and_a_damaged_evaluation_is_recomputed(tmp_p
     again = bound_vs_margin("digits", tmp_path, seeds=(0,), train=OPTS, evaluation=EV, executor=SERIAL)
     assert len(again["rows"]) == 6 and len(load_result(table.parent).rows) == 6
     assert [r["margin"] for r in again["rows"]] == [r["margin"] for r in res["rows"]]
+
+
+def test_measured_margins_read_robvae_margins_csv_too():
+    """Found by the session's review: `robvae margin`'s CSV names the flags robust_clean / capped,
+    and measured_margins kept its unknown zeros."""
+    rows = [{"margin": "0.0", "robust_clean": "True", "capped": "False"},
+            {"margin": "0.0", "robust_clean": "False", "capped": "False"},
+            {"margin": "8.0", "robust_clean": "True", "capped": "True"},
+            {"margin": "0.4", "robust_clean": "True", "capped": "False"}]
+    got = measured_margins(rows)
+    assert np.isnan(got[0]) and got[1:].tolist() == [0.0, 8.0, 0.4]
+
+
+def test_an_input_undecided_unperturbed_has_an_unknown_margin():
+    """Found by the session's review: an input whose clean estimate was undecided (neither settled
+    robust nor settled NOT robust) kept margin 0 as a measurement; one settled NOT robust is a
+    measured 0."""
+    rows = [{"margin": 0.0, "margin_robust_clean": False, "margin_not_robust_clean": False, "margin_capped": False},
+            {"margin": 0.0, "margin_robust_clean": False, "margin_not_robust_clean": True, "margin_capped": False},
+            {"margin": 0.5, "margin_robust_clean": True, "margin_not_robust_clean": False, "margin_capped": False}]
+    got = measured_margins(rows)
+    assert np.isnan(got[0]) and got[1:].tolist() == [0.0, 0.5]
+    old = [{k: v for k, v in r.items() if k != "margin_not_robust_clean"} for r in rows]  # rows of earlier versions
+    assert measured_margins(old).tolist() == [0.0, 0.0, 0.5]

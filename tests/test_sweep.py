@@ -520,7 +520,7 @@ def test_ray_errors_become_the_tasks_own_exception_or_one_line():
     assert ray_error(RayTaskError(own)) is own
     dead = ray_error(WorkerCrashedError("\x1b[31mThe worker died unexpectedly\x1b[0m while executing\nmore"))
     assert isinstance(dead, RobvaeError) and "\n" not in str(dead) and "\x1b" not in str(dead)
-    assert str(dead).startswith("a Ray worker died (WorkerCrashedError: The worker died unexpectedly while executing)")
+    assert str(dead).startswith("a Ray task failed (WorkerCrashedError: The worker died unexpectedly while executing)")
 
 
 def test_an_address_nobody_answers_is_refused_before_ray(tmp_path):
@@ -540,3 +540,21 @@ def test_an_address_nobody_answers_is_refused_before_ray(tmp_path):
         s.listen()
         _probe(f"127.0.0.1:{s.getsockname()[1]}")
     _probe("ray://somewhere")  # not HOST:PORT: left to Ray
+    _probe(f"ray://127.0.0.1:{port}")  # Ray Client addresses too (their host part is not a host name)
+
+
+@pytest.mark.parametrize("config_text", ["[1, 2]", '{"no_evaluation": 1}', '{"evaluation": {"bogus_field": 1}}'])
+def test_a_trial_whose_evaluation_does_not_read_back_runs_again(tmp_path, config_text):
+    """Found by the session's review: outputs_complete caught only RobvaeError / OSError, so an
+    evaluation file of another shape (a JSON list, a missing key, a field of another version)
+    crashed the rerun instead of making the trial run again."""
+    from robvae.sweep.worker import EVAL_DIR, EVAL_SUMMARY_FILE, RUN_DIR, outputs_complete
+
+    (tmp_path / RUN_DIR).mkdir()
+    (tmp_path / RUN_DIR / "model.safetensors").write_bytes(b"")
+    (tmp_path / EVAL_DIR).mkdir()
+    (tmp_path / EVAL_DIR / EVAL_SUMMARY_FILE).write_text('{"n": 0}')
+    (tmp_path / EVAL_DIR / "per_input.csv").write_text("index\n")
+    (tmp_path / EVAL_DIR / "eval_config.json").write_text(config_text)
+    assert outputs_complete(tmp_path, with_eval=True) is False
+    assert outputs_complete(tmp_path, with_eval=False) is True

@@ -93,15 +93,17 @@ COLUMNS = (
     "jac_frobenius", "jac_spectral", "jac_whitened",
     "radius", "radius_sound", "radius_spectral", "radius_whitened", "abstain", "abstain_sound",
     "radius_rigorous_mean", "radius_rigorous_full",
-    "margin", "margin_upper", "margin_refuted_at", "margin_capped", "margin_robust_clean", "p_clean", "attack_eps", "attack_preset",
+    "margin", "margin_upper", "margin_refuted_at", "margin_capped", "margin_robust_clean", "margin_not_robust_clean",
+    "p_clean", "attack_eps", "attack_preset",
     "attack_objective",
     "damage", "expected_damage", "likelihood_degradation", "ssim", "ms_ssim", "reconstruction_error",
 )
 #: the per-input flags (bool columns)
-FLAGS = ("abstain", "abstain_sound", "margin_capped", "margin_robust_clean")
+FLAGS = ("abstain", "abstain_sound", "margin_capped", "margin_robust_clean", "margin_not_robust_clean")
 #: the value of a column whose stage did not run (attack=False, margin=False, a model without Lipschitz
 #: bounds or log p(x|z)); every other column not computed is NaN
-NOT_COMPUTED = {"margin_capped": False, "margin_robust_clean": True, "attack_preset": "", "attack_objective": ""}
+NOT_COMPUTED = {"margin_capped": False, "margin_robust_clean": True, "margin_not_robust_clean": False,
+                "attack_preset": "", "attack_objective": ""}
 #: Bounds compared with the margin in the summary (name -> column).
 BOUNDS = {"theorem1": "radius", "sound": "radius_sound", "spectral": "radius_spectral", "whitened": "radius_whitened",
           "rigorous_mean": "radius_rigorous_mean", "rigorous_full": "radius_rigorous_full"}
@@ -373,9 +375,11 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
                                  tol=config.margin_tol, n_samples=config.n_samples, generator=_gen(config.seed, 300 + i),
                                  progress=lambda k, a: bar.set_postfix_str(f"margin: attack {k}, {a} inputs", refresh=True))
             add(margin=m.margin, margin_upper=m.upper, margin_capped=m.capped, margin_robust_clean=m.robust_clean,
-                p_clean=m.p_clean)
-            # the smallest budget settled NOT robust (margin + tolerance); NaN where none was settled
+                margin_not_robust_clean=m.not_robust_clean, p_clean=m.p_clean)
+            # the smallest budget settled NOT robust (margin + tolerance; 0 where the clean input was);
+            # NaN where none was settled (neither above the margin nor unperturbed)
             settled = m.margin + m.tolerance if m.tolerance is not None else torch.full_like(m.margin, math.nan)
+            settled = torch.where(m.robust_clean | m.not_robust_clean, settled, torch.full_like(settled, math.nan))
             add(margin_refuted_at=torch.where(settled < m.eps_max, settled, torch.full_like(settled, math.nan)))
         bar.update(1)
     bar.close()
@@ -430,17 +434,25 @@ def jsonable(o: Any) -> Any:
 
 def measured_margins(rows: list[dict[str, Any]]) -> np.ndarray:
     """The ``margin`` column of per-input rows [B] with the unknowns as NaN: an input settled robust
-    unperturbed whose search settled no budget above 0 robust (p_r(x) so near 1/2 that every
-    attacked estimate stayed undecided) has margin 0 in the rows, but its margin lies anywhere in
-    [0, margin_upper]. Capped margins (lower bounds at the search's largest budget) are kept as
+    unperturbed whose search settled no budget above 0 robust (the attacked estimates stayed
+    undecided) has margin 0 in the rows, but its margin lies anywhere in [0, margin_upper]; so
+    does one whose clean estimate was undecided (rows with ``margin_not_robust_clean``: neither
+    flag set). A margin of 0 of an input settled NOT robust unperturbed is a measurement. Capped margins (lower bounds at the search's largest budget) are kept as
     values. Every statistic of margins (tables, trends, correlations, comparisons with bounds)
     uses these (rows may be CSV rows read back: flags may be the strings "True" / "False")."""
     margin = np.array([float(r["margin"]) if r.get("margin", "") not in ("", None) else math.nan for r in rows],
                       dtype=float)
-    if not rows or "margin_robust_clean" not in rows[0]:
+    # evaluation rows name the flags margin_robust_clean / margin_capped, robvae margin's CSV
+    # robust_clean / capped
+    names = next((n for n in (("margin_robust_clean", "margin_capped", "margin_not_robust_clean"),
+                              ("robust_clean", "capped", "not_robust_clean")) if rows and n[0] in rows[0]), None)
+    if names is None:
         return margin
     flag = lambda k: np.array([r.get(k) in (True, "True", 1) for r in rows], dtype=bool)  # noqa: E731
-    return np.where(flag("margin_robust_clean") & (margin == 0) & ~flag("margin_capped"), math.nan, margin)
+    unknown = flag(names[0]) & (margin == 0) & ~flag(names[1])
+    if names[2] in rows[0]:  # undecided unperturbed (neither settled robust nor settled not robust)
+        unknown |= ~flag(names[0]) & ~flag(names[2])
+    return np.where(unknown, math.nan, margin)
 
 
 def rows_bound_stats(rows: list[dict[str, Any]], column: str = "radius") -> BoundStats:
@@ -569,12 +581,14 @@ def summarize(rows: list[dict[str, Any]], config: EvalConfig | None = None, **co
 # --- the bound against the margin, as one command reports it -----------------------------------
 
 #: the per-input columns of ``robvae margin``'s CSV
-MARGIN_COLUMNS = ("index", "bound", "margin", "margin_upper", "p", "p_clean", "robust_clean", "capped", "abstain",
+MARGIN_COLUMNS = ("index", "bound", "margin", "margin_upper", "p", "p_clean", "robust_clean", "not_robust_clean",
+                  "capped", "abstain",
                   "abstain_sound",
                   "radius_sound", "used", "violation", "radius_rigorous_mean", "radius_rigorous_full",
                   "rigorous_used", "rigorous_violation")
 #: the evaluation column of each margin CSV column named differently (the rest have the same name)
-MARGIN_SOURCE = {"bound": "radius", "robust_clean": "margin_robust_clean", "capped": "margin_capped"}
+MARGIN_SOURCE = {"bound": "radius", "robust_clean": "margin_robust_clean", "capped": "margin_capped",
+                 "not_robust_clean": "margin_not_robust_clean"}
 
 
 @dataclass
@@ -596,7 +610,8 @@ class MarginReport:
         out = []
         for j, r in enumerate(self.result.rows):
             # (an evaluation without a column: robust_clean taken as True, the others NaN)
-            row = {k: r.get(MARGIN_SOURCE.get(k, k), True if k == "robust_clean" else math.nan) for k in MARGIN_COLUMNS}
+            row = {k: r.get(MARGIN_SOURCE.get(k, k), {"robust_clean": True, "not_robust_clean": False}.get(k, math.nan))
+                   for k in MARGIN_COLUMNS}
             used = bool(self.stats.mask[j])
             rig_used = self.rigorous is not None and bool(self.rigorous.mask[j])
             row.update(used=used, violation=used and r["radius"] > r["margin"], rigorous_used=rig_used,

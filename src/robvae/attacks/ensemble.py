@@ -27,7 +27,7 @@ import torch
 
 from ..models.fast_decode import flat_decode
 from ..rng import randn
-from ..validation import check_x
+from ..validation import as_radius, check_x
 from .objectives import OBJECTIVES, RowCounter, ensemble_objective
 from .pgd import _rows, apgd, as_eps, feasible, get_norm
 from .starts import top_singular_direction
@@ -176,7 +176,7 @@ class EnsembleAttack:
         eps_b = as_eps(eps, B, x)
         if not torch.isfinite(eps_b).all():
             raise ValueError("the ensemble attack needs a finite budget eps")
-        rt = None if r is None else torch.as_tensor(r, dtype=x.dtype, device=x.device).expand(B).clone()
+        rt = None if r is None else as_radius(r, B, x)  # rounded down to x's dtype, as every estimator
         target = target or self.target or ("p" if rt is not None else "damage")
         if target == "p" and rt is None:
             raise ValueError("target 'p' needs the radius r")

@@ -16,6 +16,7 @@ import torch
 
 from ..models.fast_decode import flat_decode
 from ..rng import randn
+from ..validation import as_radius
 from .pgd import Norm, Objective
 
 DISTANCES = ("kl", "mean")
@@ -181,7 +182,7 @@ def ensemble_objective(
 
     if r is None:
         raise ValueError("the probability objective 'p' needs the radius r")
-    rr = torch.as_tensor(r, dtype=x.dtype, device=x.device).expand(B).view(1, B, 1)
+    rr = as_radius(r, B, x).view(1, B, 1)  # rounded down to x's dtype, as every estimator
     with torch.no_grad():
         n0 = norms(x.unsqueeze(0))[0]  # [B, K]
     temp = (n0.std(dim=-1) / 4 if K > 1 else 0.05 * rr.view(B)).clamp_min(1e-3 * rr.view(B)).view(1, B, 1)

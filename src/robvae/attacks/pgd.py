@@ -139,10 +139,11 @@ def box(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 def feasible(x: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """box(ball(delta)), then shrink the rows that rounding pushed past eps (a few ulps)."""
+    """box(ball(delta)), then shrink the rows that rounding pushed past eps (a few ulps), judged by
+    their norm in float64: no returned row is longer than eps."""
     d = box(x, norm.project(delta, eps))
     tiny = 8 * torch.finfo(d.dtype).eps
-    wide = torch.float32 if d.dtype in (torch.float16, torch.bfloat16) else d.dtype  # half norms round
+    wide = torch.float64  # the norm of the delta as stored, not its rounding in d's dtype
     for _ in range(8):
         n = norm.norm(d.to(wide))
         over = n > eps.to(wide)
@@ -157,9 +158,10 @@ def as_eps(eps: float | torch.Tensor | None, batch: int, like: torch.Tensor) -> 
     """A budget (a number, a [B] tensor or None = unbounded) as a [B] tensor; eps >= 0."""
     if eps is None:
         return torch.full((batch,), math.inf, dtype=like.dtype, device=like.device)
-    e = torch.as_tensor(eps, device=like.device)
-    if e.dtype != like.dtype:  # rounded down: a bfloat16 budget of 0.3 is 0.2988, never 0.30078
-        e = rounded(e.to(torch.float64), like.dtype, down=True)
+    # a number is rounded down to like's dtype, so no perturbation exceeds the budget asked for
+    # (float32: 0.3 -> 0.29999998; bfloat16: 0.2988, never 0.30078); a tensor is taken as given
+    e = torch.as_tensor(eps, device=like.device, dtype=torch.float64) if not isinstance(eps, torch.Tensor) else eps
+    e = e.to(like.device) if e.dtype == like.dtype else rounded(e.to(like.device, torch.float64), like.dtype, down=True)
     if e.dim() == 0:
         e = e.expand(batch)
     if e.shape != (batch,):

@@ -161,12 +161,15 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
         shutil.rmtree(partial, ignore_errors=True)
         click.echo(format_summary({k: v for k, v in summary.items() if not isinstance(v, dict)}))
         click.echo(f"per-input results: {out_path}")
-        beyond = int((cert.radius > math.sqrt(x[0].numel())).sum())
+        lead_radius = getattr(cert, lead)
+        beyond = int((lead_radius > math.sqrt(x[0].numel())).sum())
         if beyond:  # a first-order, mean-only radius past the whole pixel box says nothing useful
-            click.echo(f"robvae: note: {beyond} of {len(cert)} Theorem 1 radii exceed the diameter of the pixel box "
-                       f"(sqrt(D) = {math.sqrt(x[0].numel()):.3g}): they are first-order and hold with sigma(x) held "
-                       "fixed (docs/THEORY.md section 3); an attack that also moves sigma(x) can break robustness "
-                       "far inside them. The rigorous radii hold for every perturbation.", err=True)
+            rig = (" The rigorous radii (radius_rigorous_*) hold for every perturbation." if rigorous_note.startswith(
+                "Lipschitz") else "")
+            click.echo(f"robvae: note: {beyond} of {len(cert)} Theorem 1 radii ({lead}) exceed the diameter of the "
+                       f"pixel box (sqrt(D) = {math.sqrt(x[0].numel()):.3g}) or are infinite: they are first-order and "
+                       "hold with sigma(x) held fixed (docs/THEORY.md section 3); an attack that also moves sigma(x) "
+                       f"can break robustness far inside them.{rig}", err=True)
 
 
 #: where attack and margin run and where a run's data is read from

@@ -68,7 +68,9 @@ class MarginResult:
     preset: the attack's preset.  decoder_rows: latent vectors decoded by the whole search (attacks
     and draws).  alpha: error level per decision.  sequential: whether decisions used the sequential
     test (False: fixed n_samples draws, p > 1/2).  delta [B, *shape]: the perturbation found at
-    ``upper`` (zeros where none)."""
+    ``upper`` (zeros where none).  not_robust_clean [B]: p_clean <= 1/2 settled (its margin 0 is a
+    measurement); an input neither robust_clean nor not_robust_clean was undecided unperturbed, and
+    its margin 0 is an unknown."""
 
     margin: torch.Tensor
     upper: torch.Tensor
@@ -86,6 +88,7 @@ class MarginResult:
     alpha: float = ALPHA
     sequential: bool = True
     delta: torch.Tensor | None = None
+    not_robust_clean: torch.Tensor | None = None
 
 
 def legacy_attack(*, norm: str = "l2", mode: str = "full", steps: int | None = None, restarts: int | None = None,
@@ -288,9 +291,12 @@ def empirical_margin(
             # a gap narrower than half the unsettled band cannot shrink the tolerance much: stop there
             band = torch.where(has_band, u_hi - u_lo, zeros)
             need = torch.maximum(tol * scale, 0.5 * band)
-            go_low = g_low > need
+            # nothing settled robust yet (lo = 0): the band rule would leave the input without a
+            # margin at all, so bisect below the band until a budget settles or the gap is tol-narrow
+            go_low = g_low > torch.where(lo > 0, need, tol * scale)
             go_up = g_up > need
-            active = search & (go_low | go_up) & (unsettled < max_unsettled)
+            # (and two more unsettled decisions allowed for that: p_r(x) nears p_clean as the budget shrinks)
+            active = search & (go_low | go_up) & (unsettled < torch.where(lo > 0, max_unsettled, max_unsettled + 2))
             if not active.any():
                 return
             low_side = go_low & (~go_up | (g_low >= g_up))
@@ -335,6 +341,7 @@ def empirical_margin(
     tolerance = torch.where(search, tolerance.clamp_min(0), zeros)
     preset = getattr(attack, "preset", type(attack).__name__)
     return MarginResult(margin=margin, upper=upper, p_clean=p_clean.to(x.dtype), robust_clean=robust_clean,
+                        not_robust_clean=dec0 == -1,
                         capped=capped, mode=mode, r=rt, eps_max=cap, n_attacks=n_attacks, tolerance=tolerance,
                         upper_confirmed=confirmed, preset=str(preset), decoder_rows=rows_used, alpha=float(alpha),
                         sequential=bool(sequential), delta=torch.where(search.view(col), d_hi, torch.zeros_like(d_hi)))

@@ -275,7 +275,9 @@ def certified_study(
         refuted = known & ~res.capped.bool() & (radius > not_robust_at)
         viol = int(refuted.sum())
         # robust unperturbed but no budget settled robust: margin 0 is an unknown, not a measurement
-        measured = torch.where(known & (lo == 0) & ~res.capped.bool(), torch.full_like(lo, float("nan")), lo)
+        # (and an input undecided unperturbed: neither settled robust nor settled not robust)
+        unknown = (known & (lo == 0) & ~res.capped.bool()) | (~known & ~res.not_robust_clean.bool())
+        measured = torch.where(unknown, torch.full_like(lo, float("nan")), lo)
         inside = (radius > lo) & ~refuted
         unresolved = int(inside.sum())
         write_csv(out / f"model{i}" / "per_input.csv", [  # every number the row's medians and counts come from

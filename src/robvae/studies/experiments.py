@@ -391,6 +391,7 @@ def beta_study(
     the seed medians), beta_by_seed.csv, per_input.csv, beta.png, summary.json, study.json."""
     if objective not in ("beta-vae", "beta-tcvae"):
         raise ValueError(f"objective must be 'beta-vae' or 'beta-tcvae', got {objective!r}")
+    betas = _distinct(float(b) for b in betas)  # each once, in every file the study writes
     panels = [("margin", "empirical margin R_hat_r(x)"), ("damage", "attack damage (fixed budget)"),
               ("sigma_mean", "encoder sigma (mean over axes)"), ("jac_frobenius", "encoder Jacobian ||J||_F"),
               ("radius_sound", "certified radius (Theorem 1, sound p)"),
@@ -416,6 +417,7 @@ def tau_study(
     Writes tau_table.csv, tau_by_seed.csv, per_input.csv, tau.png, summary.json, study.json."""
     if any(t < 0 for t in taus):
         raise ValueError("taus must be >= 0")
+    taus = _distinct(float(t) for t in taus)
     panels = [("margin", "empirical margin R_hat_r(x)"), ("radius_sound", "certified radius (Theorem 1, sound p)"),
               ("damage", "attack damage (fixed budget)"), ("p", "p_r(x) (unperturbed)"),
               ("reconstruction_error", "reconstruction error ||g(mu(x)) - x||"),

@@ -36,6 +36,7 @@ import signal
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -452,22 +453,24 @@ def ensure_ray(address: str | None, workers: int, task_cpus: float = 1.0) -> boo
         if address != "auto":
             _probe(address)
         ray.init(address=address, log_to_driver=False)
-    else:
+        have = float(ray.cluster_resources().get("CPU", 0))
+        if have < task_cpus:  # an autoscaling cluster (head with --num-cpus=0) may still grow: warn only
+            warnings.warn(f"each task asks for {task_cpus:g} CPUs and the Ray cluster at {address} has {have:g} now: "
+                          "its tasks wait until it has more (lower --cpus-per-trial / --threads, or add nodes)",
+                          RuntimeWarning, stacklevel=2)
+    else:  # sized for one task at least: a private instance cannot grow
         ray.init(address="local", num_cpus=max(int(workers), math.ceil(task_cpus)), include_dashboard=False,
                  log_to_driver=False)
-    have = float(ray.cluster_resources().get("CPU", 0))
-    if have < task_cpus:
-        ray.shutdown()
-        raise InputError(f"each task asks for {task_cpus:g} CPUs but the Ray cluster has {have:g}: its tasks would "
-                         "wait forever (lower --cpus-per-trial / --threads, or add CPUs)")
     return True
 
 
 def _probe(address: str) -> None:
     """InputError unless something answers at HOST:PORT (one TCP connection)."""
+    if "://" in address:
+        return  # ray://HOST:PORT (Ray Client) or another scheme: left to ray.init
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        return  # not HOST:PORT (a ray:// or another form): left to ray.init
+        return  # not HOST:PORT: left to ray.init
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
     except OSError as e:
@@ -477,11 +480,12 @@ def _probe(address: str) -> None:
 
 def ray_error(err: BaseException) -> BaseException:
     """The error a Ray task's failure stands for: the task's own exception (a RayTaskError wraps
-    it, with ANSI colours in its message), or a one-line RobvaeError for a worker or node that
-    died (out of memory, killed) after Ray's retries."""
+    it, with ANSI colours in its message), or a one-line RobvaeError for Ray's own failures (a
+    worker or node that died after Ray's retries, out of memory, a cancelled task, a runtime
+    environment that could not be set up)."""
     cause = getattr(err, "cause", None)
     if isinstance(cause, BaseException) and not isinstance(cause, (KeyboardInterrupt, SystemExit)):
         return cause
     first = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
-    return RobvaeError(f"a Ray worker died ({type(err).__name__}: {first[0] if first else 'no detail'}); "
+    return RobvaeError(f"a Ray task failed ({type(err).__name__}: {first[0] if first else 'no detail'}); "
                        "rerun to resume")

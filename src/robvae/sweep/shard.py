@@ -343,7 +343,9 @@ def certify_sharded(
         pieces = store.plan(x_np, r_np, block_size)
     pieces = [q for p in pieces for q in ([p] if p.cols is not None else _split(p, shard_size))]
     todo = [i for i, p in enumerate(pieces) if p.cols is None]
-    kw = dict(seed=int(seed), block_size=int(block_size), device=device, torch_threads=torch_threads,
+    # a Ray task sees only the GPU Ray gave it, as cuda:0: "cuda:1" would name a device it lacks
+    task_device = "cuda" if executor == "ray" and str(device).startswith("cuda") else device
+    kw = dict(seed=int(seed), block_size=int(block_size), device=task_device, torch_threads=torch_threads,
               certify_kwargs=certify_kwargs)
     args = [(run_dir, x_np[pieces[i].start : pieces[i].stop], r_np[pieces[i].start : pieces[i].stop], pieces[i].start)
             for i in todo]

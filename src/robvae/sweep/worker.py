@@ -63,8 +63,8 @@ def outputs_complete(trial_dir: str | os.PathLike, with_eval: bool) -> bool:
         return False
     try:
         load_result(trial_dir / EVAL_DIR)
-    except (RobvaeError, OSError):
-        return False
+    except (RobvaeError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return False  # damaged in any way (a cell cut short, a file of another version, JSON of another shape)
     return True
 
 
