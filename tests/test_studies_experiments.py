@@ -180,3 +180,6 @@ def test_an_input_undecided_unperturbed_has_an_unknown_margin():
     assert np.isnan(got[0]) and got[1:].tolist() == [0.0, 0.5]
     old = [{k: v for k, v in r.items() if k != "margin_not_robust_clean"} for r in rows]  # rows of earlier versions
     assert measured_margins(old).tolist() == [0.0, 0.0, 0.5]
+    # pooled, in either order (a resumed study mixes both): each row by its own rule
+    assert np.isnan(measured_margins([rows[0], old[1]])[0]) and measured_margins([rows[0], old[1]])[1] == 0.0
+    assert measured_margins([old[0], rows[0]])[0] == 0.0 and np.isnan(measured_margins([old[0], rows[0]])[1])

@@ -450,8 +450,10 @@ def measured_margins(rows: list[dict[str, Any]]) -> np.ndarray:
         return margin
     flag = lambda k: np.array([r.get(k) in (True, "True", 1) for r in rows], dtype=bool)  # noqa: E731
     unknown = flag(names[0]) & (margin == 0) & ~flag(names[1])
-    if names[2] in rows[0]:  # undecided unperturbed (neither settled robust nor settled not robust)
-        unknown |= ~flag(names[0]) & ~flag(names[2])
+    # undecided unperturbed (neither settled robust nor settled not robust), per row: rows of
+    # earlier versions (pooled with new ones by a resumed study) have no such flag
+    has = np.array([r.get(names[2]) in (True, False, "True", "False", 1, 0) for r in rows], dtype=bool)
+    unknown |= has & ~flag(names[0]) & ~flag(names[2])
     return np.where(unknown, math.nan, margin)
 
 
@@ -610,7 +612,7 @@ class MarginReport:
         out = []
         for j, r in enumerate(self.result.rows):
             # (an evaluation without a column: robust_clean taken as True, the others NaN)
-            row = {k: r.get(MARGIN_SOURCE.get(k, k), {"robust_clean": True, "not_robust_clean": False}.get(k, math.nan))
+            row = {k: r.get(MARGIN_SOURCE.get(k, k), {"robust_clean": True, "not_robust_clean": ""}.get(k, math.nan))
                    for k in MARGIN_COLUMNS}
             used = bool(self.stats.mask[j])
             rig_used = self.rigorous is not None and bool(self.rigorous.mask[j])

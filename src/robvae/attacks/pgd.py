@@ -134,13 +134,26 @@ def get_norm(norm: str | Norm) -> Norm:
 
 
 def box(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """clip(x + delta, 0, 1) - x: keeps x + delta in the pixel box, shrinking every |delta_j|."""
-    return (x + delta).clamp(0.0, 1.0) - x
+    """clip(x + delta, 0, 1) - x: keeps x + delta in the pixel box, shrinking every |delta_j|.
+
+    Rounded towards x in every coordinate: x + delta rounded to nearest in x's dtype can land
+    farther from x than delta reaches (by half an ulp of x: in bfloat16 a step of 1e-3 from 0.5
+    became 0.004), which made short perturbations exceed their budget. The sum is formed in
+    float64, stepped back towards x where rounding overshot, and the difference rounded towards 0,
+    so |box(x, delta)_j| <= |delta_j| for every j."""
+    w = torch.float64
+    xw, dw = x.to(w), delta.to(w)
+    y = (xw + dw).clamp(0.0, 1.0)
+    yt = y.to(x.dtype)
+    yt = torch.where((yt.to(w) - xw).abs() > dw.abs(), torch.nextafter(yt, x.expand_as(yt)), yt)
+    exact = yt.to(w) - xw
+    out = exact.to(x.dtype)
+    return torch.where(out.to(w).abs() > exact.abs(), torch.nextafter(out, torch.zeros_like(out)), out)
 
 
 def feasible(x: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """box(ball(delta)), then shrink the rows that rounding pushed past eps (a few ulps), judged by
-    their norm in float64: no returned row is longer than eps."""
+    """box(ball(delta)), then shrink the rows that the projection's rounding pushed past eps,
+    judged by their norm in float64 (:func:`box` itself never lengthens a coordinate)."""
     d = box(x, norm.project(delta, eps))
     tiny = 8 * torch.finfo(d.dtype).eps
     wide = torch.float64  # the norm of the delta as stored, not its rounding in d's dtype
@@ -158,8 +171,8 @@ def as_eps(eps: float | torch.Tensor | None, batch: int, like: torch.Tensor) -> 
     """A budget (a number, a [B] tensor or None = unbounded) as a [B] tensor; eps >= 0."""
     if eps is None:
         return torch.full((batch,), math.inf, dtype=like.dtype, device=like.device)
-    # a number is rounded down to like's dtype, so no perturbation exceeds the budget asked for
-    # (float32: 0.3 -> 0.29999998; bfloat16: 0.2988, never 0.30078); a tensor is taken as given
+    # a number (or a tensor of another dtype) is rounded down to like's dtype, so no perturbation
+    # exceeds the budget asked for (float32: 0.3 -> 0.29999998; bfloat16: 0.2988, never 0.30078)
     e = torch.as_tensor(eps, device=like.device, dtype=torch.float64) if not isinstance(eps, torch.Tensor) else eps
     e = e.to(like.device) if e.dtype == like.dtype else rounded(e.to(like.device, torch.float64), like.dtype, down=True)
     if e.dim() == 0:

@@ -295,11 +295,15 @@ def empirical_margin(
             # margin at all, so bisect below the band until a budget settles or the gap is tol-narrow
             go_low = g_low > torch.where(lo > 0, need, tol * scale)
             go_up = g_up > need
-            # (and two more unsettled decisions allowed for that: p_r(x) nears p_clean as the budget shrinks)
-            active = search & (go_low | go_up) & (unsettled < torch.where(lo > 0, max_unsettled, max_unsettled + 2))
+            # (and two more unsettled decisions allowed for that, below the band only: p_r(x) nears
+            # p_clean as the budget shrinks; above it they could never give a margin)
+            room = unsettled < max_unsettled
+            go_low = go_low & (room | ((lo == 0) & (unsettled < max_unsettled + 2)))
+            go_up = go_up & room
+            active = search & (go_low | go_up)
             if not active.any():
                 return
-            low_side = go_low & (~go_up | (g_low >= g_up))
+            low_side = go_low & (~go_up | (g_low >= g_up) | ~room)
             mid_low = 0.5 * (lo + torch.where(has_band, u_lo, top))
             mid_up = torch.where(up_open, torch.minimum(2 * u_hi, top), 0.5 * (u_hi + top))
             mid = torch.where(low_side, mid_low, mid_up)
