@@ -291,3 +291,20 @@ def test_a_refused_connection_does_not_claim_a_partial_file(tmp_path):
 def test_only_http_urls_are_fetched(tmp_path, url):
     with pytest.raises(DataError, match="is not an http\\(s\\) URL"):
         dl.download_file(url, tmp_path / "f.bin", SHA)
+
+
+def test_download_fetches_a_damaged_file_again(server, tmp_path, monkeypatch):
+    """Left from session 7: with --download, an existing official file that was cut short was
+    read (DataError) and never fetched again; now it is, and replaces the damaged one."""
+    labels, sums = serve_idx(server)
+    monkeypatch.setenv("ROBVAE_MNIST_URL", server.url + "/good")
+    monkeypatch.setitem(dl.CHECKSUMS, "mnist", sums)
+    load_mnist("test", tmp_path / "m", download=True)
+    images = tmp_path / "m" / "t10k-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:40])  # cut short
+    with pytest.raises(DataError):
+        load_mnist("test", tmp_path / "m")  # without --download: the error, nothing fetched
+    before = len(server.log)
+    ds = load_mnist("test", tmp_path / "m", download=True)
+    assert ds.labels.tolist() == labels.tolist()
+    assert [e[0] for e in server.log[before:]] == ["/good/t10k-images-idx3-ubyte.gz"]  # only the damaged one

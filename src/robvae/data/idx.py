@@ -234,6 +234,14 @@ def _load(name: str, split: str, data_dir: Path, download: bool) -> ImageDataset
     # an unknown split is refused by find_idx_files, before any download
     if download and find_idx_files(data_dir, split, name) is None:
         _download.download_dataset(name, data_dir, (split,))
+    try:
+        return load_idx_dataset(data_dir, split, name)
+    except DataError:
+        if not download:
+            raise
+    # download=True and the files present are damaged (cut short, corrupt): the official files that
+    # fail their checksums are fetched again and replace them (download_file keeps the good ones)
+    _download.download_dataset(name, data_dir, (split,))
     return load_idx_dataset(data_dir, split, name)
 
 
