@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import struct
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -19,7 +20,7 @@ MD5 = "md5:" + hashlib.md5(PAYLOAD).hexdigest()
 
 
 class Server:
-    """Serves ``files`` under /good/ (Range-aware), /norange/, /corrupt/, /truncated/, /flaky/."""
+    """Serves ``files`` under /good/ (Range-aware), /norange/, /corrupt/, /truncated/, /flaky/, /slow/."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {"f.bin": PAYLOAD}
@@ -62,7 +63,16 @@ class Server:
                 self.send_header("Content-Length", str(len(part)))
                 self.end_headers()
                 sent = part[: len(part) // 2] if truncate else part
-                self.wfile.write(sent)
+                if mode == "slow":  # a trickle: 64 bytes every 0.05 s, never a long pause
+                    for i in range(0, len(sent), 64):
+                        try:
+                            self.wfile.write(sent[i:i + 64])
+                            self.wfile.flush()
+                        except OSError:
+                            break
+                        time.sleep(0.05)
+                else:
+                    self.wfile.write(sent)
                 self.wfile.flush()
                 outer.log.append((self.path, rng, len(sent)))
                 self.close_connection = True
@@ -308,3 +318,17 @@ def test_download_fetches_a_damaged_file_again(server, tmp_path, monkeypatch):
     ds = load_mnist("test", tmp_path / "m", download=True)
     assert ds.labels.tolist() == labels.tolist()
     assert [e[0] for e in server.log[before:]] == ["/good/t10k-images-idx3-ubyte.gz"]  # only the damaged one
+
+
+def test_a_server_that_trickles_hits_the_deadline_and_the_rerun_resumes(server, tmp_path):
+    """Left from session 7: a server sending a little at a time never hit the per-read timeout, so a
+    download could last forever; the whole download now has a deadline, and the .part is kept."""
+    server.files["big.bin"] = bytes(range(256)) * 64  # 16 KiB: about 13 s at the trickle's pace
+    dest = tmp_path / "big.bin"
+    with pytest.raises(DataError, match=r"took longer than 0.5 s .*the partial file .* is kept"):
+        dl.download_file(f"{server.url}/slow/big.bin", dest, None, retries=0, timeout=10, backoff=0, deadline=0.5)
+    part = tmp_path / "big.bin.part"
+    assert not dest.exists() and 0 < part.stat().st_size < 16384
+    sha = "sha256:" + hashlib.sha256(server.files["big.bin"]).hexdigest()
+    dl.download_file(f"{server.url}/good/big.bin", dest, sha, retries=0, timeout=10, backoff=0)  # resumes
+    assert dest.read_bytes() == server.files["big.bin"] and server.log[-1][1] is not None  # a Range request

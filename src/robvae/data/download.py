@@ -21,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import math
 import os
 import re
-import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -141,8 +141,13 @@ class _Restart(Exception):
     """The .part must be discarded and the download started again from byte 0."""
 
 
-def _fetch_once(url: str, part: Path, timeout: float) -> None:
-    """One HTTP attempt appending to ``part`` (resuming from its size). Raises on short bodies."""
+class _Deadline(Exception):
+    """The whole download took longer than its deadline (a server that trickles never times out)."""
+
+
+def _fetch_once(url: str, part: Path, timeout: float, stop: float = math.inf) -> None:
+    """One HTTP attempt appending to ``part`` (resuming from its size). Raises on short bodies, and
+    _Deadline once ``time.monotonic()`` passes ``stop`` (what was received stays in ``part``)."""
     offset = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "robvae"})
     if offset:
@@ -170,12 +175,21 @@ def _fetch_once(url: str, part: Path, timeout: float) -> None:
         expected = int(length) if length is not None and length.isdigit() else None
         with open(part, mode) as out:
             start = out.tell()
-            shutil.copyfileobj(response, out, _CHUNK)
+            while chunk := response.read1(_CHUNK):  # what has arrived: a trickle cannot hide the deadline
+                out.write(chunk)
+                if time.monotonic() > stop:
+                    out.flush()
+                    raise _Deadline()
             received = out.tell() - start
             out.flush()
             os.fsync(out.fileno())
         if expected is not None and received != expected:
             raise http.client.IncompleteRead(b"", expected - received)
+
+
+#: seconds a whole file may take to download (``download_file(deadline=)``): 30 minutes, about 15
+#: KB/s for the largest official file (26 MB)
+DOWNLOAD_DEADLINE_S = 1800.0
 
 
 def download_file(
@@ -186,6 +200,7 @@ def download_file(
     retries: int = 3,
     timeout: float = 60.0,
     backoff: float = 1.0,
+    deadline: float = DOWNLOAD_DEADLINE_S,
 ) -> Path:
     """Download ``url`` to ``dest`` atomically, verified against ``checksum``.
 
@@ -193,8 +208,11 @@ def download_file(
     skips verification (only the transfer length is checked); pass one whenever you know it.
     Network errors and short bodies are retried up to ``retries`` more times (sleeping
     ``backoff * attempt`` seconds), resuming the ``.part``. Raises DataError naming the file on a
-    checksum mismatch (the bad file is deleted), an HTTP error, or when the retries run out.
+    checksum mismatch (the bad file is deleted), an HTTP error, when the retries run out, or when
+    the whole download takes longer than ``deadline`` seconds (``timeout`` bounds each wait for
+    data, which a server sending a byte at a time never exceeds; the ``.part`` is kept).
     """
+    stop = time.monotonic() + float(deadline)
     dest = Path(dest)
     name = dest.name
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
@@ -213,7 +231,10 @@ def download_file(
     while attempt <= retries:
         resumed = part.exists() and part.stat().st_size > 0
         try:
-            _fetch_once(url, part, timeout)
+            _fetch_once(url, part, timeout, stop)
+        except _Deadline:
+            raise DataError(f"{name}: download from {url} took longer than {deadline:g} s (the server sends too "
+                            f"slowly); the partial file {part} is kept and the next download resumes it") from None
         except _Restart:
             if checksum is not None and part.exists():  # e.g. 416: the .part may already be whole
                 with contextlib.suppress(DataError):  # (an earlier run stopped before the move)
