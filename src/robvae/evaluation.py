@@ -560,16 +560,17 @@ def summarize(rows: list[dict[str, Any]], config: EvalConfig | None = None, **co
     and for each bound :func:`rows_bound_stats`. context: its :data:`CONTEXT` fields."""
     col = lambda k: np.array([float(r[k]) for r in rows], dtype=float)  # noqa: E731
     objs = [str(r["attack_objective"]) for r in rows if r.get("attack_objective") not in ("", None)]
+    has_margin = bool(rows) and "margin" in rows[0]
+    measured = measured_margins(rows) if has_margin else None
     return EvalSummary(
-        n=len(rows), columns={k: describe(measured_margins(rows) if k == "margin" else col(k))
+        n=len(rows), columns={k: describe(measured if k == "margin" else col(k))
                               for k in _NUMERIC_SUMMARY if rows and k in rows[0]},
         bounds={name: rows_bound_stats(rows, c) for name, c in BOUNDS.items() if not rows or c in rows[0]},
         n_abstain=int(sum(bool(r["abstain"]) for r in rows)),
         n_abstain_sound=int(sum(bool(r["abstain_sound"]) for r in rows)),
         n_infinite_radius=int(np.isinf(col("radius")).sum()) if rows else 0,
         n_margin_capped=int(sum(bool(r["margin_capped"]) for r in rows)),
-        n_margin_unknown=int(np.isnan(measured_margins(rows)).sum() - np.isnan(col("margin")).sum())
-        if rows and "margin" in rows[0] else 0,
+        n_margin_unknown=int(np.isnan(measured).sum() - np.isnan(col("margin")).sum()) if has_margin else 0,
         n_not_robust_clean=int((col("p") <= 0.5).sum()) if rows else 0,
         margin_mode=(config.margin_mode if config.margin else None) if config is not None else None,
         attack_objective={o: objs.count(o) for o in sorted(set(objs))}

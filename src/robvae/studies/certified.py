@@ -22,6 +22,7 @@ import torch
 from ..attacks import EnsembleAttack, max_damage_attack
 from ..attacks.pgd import pgd
 from ..data import load_dataset
+from ..evaluation import measured_margins
 from ..fileio import atomic_write_text, write_csv, write_json
 from ..metrics import reconstruction_damage
 from ..models import ModelConfig
@@ -274,21 +275,23 @@ def certified_study(
         not_robust_at = lo + (res.tolerance.double() if res.tolerance is not None else torch.zeros_like(lo))
         refuted = known & ~res.capped.bool() & (radius > not_robust_at)
         viol = int(refuted.sum())
-        # robust unperturbed but no budget settled robust: margin 0 is an unknown, not a measurement
-        # (and an input undecided unperturbed: neither settled robust nor settled not robust)
-        unknown = (known & (lo == 0) & ~res.capped.bool()) | (~known & ~res.not_robust_clean.bool())
-        measured = torch.where(unknown, torch.full_like(lo, float("nan")), lo)
         inside = (radius > lo) & ~refuted
         unresolved = int(inside.sum())
-        write_csv(out / f"model{i}" / "per_input.csv", [  # every number the row's medians and counts come from
-            {"index": j, "radius_rigorous_mean": float(cert.radius_mean[j]), "radius_rigorous_full": float(radius[j]),
-             "p_lower": float(cert.p_lower[j]), "theorem1": float(t1.radius[j]), "margin": float(measured[j]),
-             "margin_lower": float(lo[j]), "not_robust_at": float(not_robust_at[j]),
-             "robust_clean": bool(known[j]), "capped": bool(res.capped[j]), "refuted": bool(refuted[j]),
-             "unresolved": bool(inside[j]), "damage": float(dmg[j])} for j in range(len(x))])
+        rows = [{"index": j, "radius_rigorous_mean": float(cert.radius_mean[j]), "radius_rigorous_full": float(radius[j]),
+                 "p_lower": float(cert.p_lower[j]), "theorem1": float(t1.radius[j]), "margin": float(lo[j]),
+                 "margin_lower": float(lo[j]), "not_robust_at": float(not_robust_at[j]), "robust_clean": bool(known[j]),
+                 "not_robust_clean": bool(res.not_robust_clean[j]), "capped": bool(res.capped[j]),
+                 "refuted": bool(refuted[j]), "unresolved": bool(inside[j]), "damage": float(dmg[j])}
+                for j in range(len(x))]
+        # unknown margins (robust unperturbed with no budget settled robust, or undecided unperturbed)
+        # by the rule every margin statistic uses
+        measured = measured_margins(rows)
+        for row_j, m_j in zip(rows, measured):
+            row_j["margin"] = float(m_j)
+        write_csv(out / f"model{i}" / "per_input.csv", rows)  # every number the row's medians and counts come from
         L = cert.constants
         row = StudyRow(model=spec.name, test_elbo=float(run.metrics[-1]["test_elbo"]), radius_mean=_median(cert.radius_mean),
-                       radius_full=_median(cert.radius_full), theorem1=_median(t1.radius), margin=_median(measured),
+                       radius_full=_median(cert.radius_full), theorem1=_median(t1.radius), margin=median(measured),
                        damage=_median(dmg), certified_fraction=float((cert.radius_full >= cert_eps).double().mean()),
                        n_violations=viol, n=len(x), n_unresolved=unresolved, lip_mean=L.mean, lip_log_sigma=L.log_sigma, lip_decoder=L.decoder)
         study.rows.append(row)

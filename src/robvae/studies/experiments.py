@@ -189,10 +189,10 @@ def _pooled_table(results: dict[str, Any], settings: dict[str, dict[str, Any]], 
     for v in values:
         sel = [r for r in per_input if r[x] == v]
         row: dict[str, Any] = {x: v, "n_inputs": len(sel), "n_seeds": len({r["seed"] for r in sel})}
+        measured = measured_margins(sel)  # the margin's values: its unknowns left out
         for m in SWEEP_METRICS:
-            q1, med, q3 = quartiles(_metric(sel, m))
+            q1, med, q3 = quartiles(measured if m == "margin" else [r[m] for r in sel])
             row.update({f"{m}_median": med, f"{m}_q1": q1, f"{m}_q3": q3})
-        measured = measured_margins(sel)
         capped = np.array([bool(r["margin_capped"]) for r in sel])
         row["n_margin_unknown"] = int(np.isnan(measured).sum())  # left out of the margin's quartiles
         # at least half the measured margins at the search's cap: the median is only a lower bound
@@ -216,7 +216,7 @@ def _pooled_table(results: dict[str, Any], settings: dict[str, dict[str, Any]], 
     return per_input, table, per_seed
 
 
-def _distinct(values: Any) -> list:
+def distinct(values: Any) -> list:
     """The values in their order, each once."""
     return list(dict.fromkeys(values))
 
@@ -277,7 +277,7 @@ def bound_vs_margin(
     ex = executor or Executor()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = _distinct(seeds)  # a seed given twice would count its inputs twice
+    seeds = distinct(seeds)  # a seed given twice would count its inputs twice
     cfgs = [(f"seed={s}", make_train_config(dataset, data_dir, o, s)) for s in seeds]
     runs = _train_all(cfgs, out, ex)
     results = _evaluate_all([(n, c, runs[n]) for n, c in cfgs], ev, out, ex)
@@ -339,9 +339,9 @@ def _sweep_study(
     ev = evaluation or EvalConfig()
     ex = executor or Executor()
     out = Path(out)
-    seeds = _distinct(seeds)
+    seeds = distinct(seeds)
     cmd = command or _command(study, dataset, data_dir, out, o, ev, seeds, cli)
-    values = _distinct(float(v) for v in values)
+    values = distinct(float(v) for v in values)
     if not values:
         raise ValueError(f"give at least one {x} value")
     out.mkdir(parents=True, exist_ok=True)
@@ -391,7 +391,7 @@ def beta_study(
     the seed medians), beta_by_seed.csv, per_input.csv, beta.png, summary.json, study.json."""
     if objective not in ("beta-vae", "beta-tcvae"):
         raise ValueError(f"objective must be 'beta-vae' or 'beta-tcvae', got {objective!r}")
-    betas = _distinct(float(b) for b in betas)  # each once, in every file the study writes
+    betas = distinct(float(b) for b in betas)  # each once, in every file the study writes
     panels = [("margin", "empirical margin R_hat_r(x)"), ("damage", "attack damage (fixed budget)"),
               ("sigma_mean", "encoder sigma (mean over axes)"), ("jac_frobenius", "encoder Jacobian ||J||_F"),
               ("radius_sound", "certified radius (Theorem 1, sound p)"),
@@ -417,7 +417,7 @@ def tau_study(
     Writes tau_table.csv, tau_by_seed.csv, per_input.csv, tau.png, summary.json, study.json."""
     if any(t < 0 for t in taus):
         raise ValueError("taus must be >= 0")
-    taus = _distinct(float(t) for t in taus)
+    taus = distinct(float(t) for t in taus)
     panels = [("margin", "empirical margin R_hat_r(x)"), ("radius_sound", "certified radius (Theorem 1, sound p)"),
               ("damage", "attack damage (fixed budget)"), ("p", "p_r(x) (unperturbed)"),
               ("reconstruction_error", "reconstruction error ||g(mu(x)) - x||"),

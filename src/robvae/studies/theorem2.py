@@ -32,7 +32,7 @@ from ..fileio import write_csv, write_json
 from ..objectives import gaussian_kl
 from ..report.figures import theorem2_figure
 from ..report.html import write_study_meta
-from .experiments import fmt_list
+from .experiments import distinct, fmt_list
 
 
 @dataclass
@@ -120,7 +120,7 @@ def theorem2_study(
     summary.json and study.json (seconds of work; always recomputed).
     """
     config = config or Theorem2Config()
-    betas = list(dict.fromkeys(float(b) for b in betas))  # each once
+    betas = distinct(float(b) for b in betas)  # each once
     if not betas or any(b <= 0 for b in betas):
         raise ValueError("betas must be a non-empty list of positive numbers")
     W = make_decoder(config)
