@@ -87,8 +87,8 @@ def ensemble(s: Settings) -> list[dict]:
 
 def linear_margin_rows() -> list[dict]:
     """Issue 11 item 3 on the linear VAE, whose margin is known exactly (docs/THEORY.md section 6):
-    decoder rows of the fixed-sample search over the sequential one, at the default n_samples
-    (10,000; seeds 1-3, the smallest ratio is the row's) and at 20,000 (seed 1), and both
+    decoder rows of the fixed-sample search over the sequential one, at n_samples = 10,000 and a
+    1e-3 bracket (the defaults before session 9; seeds 1-3, the smallest ratio is the row's) and at 20,000 (seed 1), and both
     searches' margins against the exact one."""
     rows = []
     model = LinearVAE.random(d=4, input_shape=(1, 4, 4), s=0.1, seed=0)
@@ -96,7 +96,7 @@ def linear_margin_rows() -> list[dict]:
     r = 0.25
     exact = model.exact_margin(r)
     for n, seeds in ((10_000, (1, 2, 3)), (20_000, (1,))):
-        runs = [{seq: empirical_margin(model, x, r, mode="mean", n_samples=n, sequential=seq,
+        runs = [{seq: empirical_margin(model, x, r, mode="mean", n_samples=n, tol=1e-3, sequential=seq,
                                        generator=torch.Generator().manual_seed(seed)) for seq in (True, False)}
                 for seed in seeds]
         ratios = [res[False].decoder_rows / res[True].decoder_rows for res in runs]

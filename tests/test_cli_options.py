@@ -4,6 +4,7 @@ one default per setting (alpha); distinct flags for distinct things."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import typing
 
@@ -143,6 +144,49 @@ def test_one_alpha_default_everywhere():
         for p in cmd.params:
             if p.name == "alpha":
                 assert p.default == ALPHA, cname
+
+
+def test_one_default_for_draws_margin_tolerance_and_relative_radius():
+    """N_SAMPLES, MARGIN_TOL and R_RELATIVE are declared once (robvae.config): every public function
+    and every command option of that meaning defaults to them, so a Python call and the command line
+    answer the same question. The one exception is the certified study's --n-samples (2,000 for its
+    Barrett verification), listed here so that a new one cannot slip in."""
+    import inspect
+
+    import robvae
+    import robvae.robustness as rb
+    from robvae.config import MARGIN_TOL, N_SAMPLES, R_RELATIVE
+
+    assert (N_SAMPLES, MARGIN_TOL, R_RELATIVE) == (1000, 0.05, 1.5)
+    assert CertifyConfig().n_samples == EvalConfig().n_samples == N_SAMPLES
+    assert EvalConfig().margin_tol == MARGIN_TOL and EvalConfig().r_relative == R_RELATIVE
+    seen = set()
+    for mod in (robvae, rb):
+        for name in mod.__all__:
+            f = getattr(mod, name)
+            if not inspect.isfunction(f):
+                continue
+            ps = inspect.signature(f).parameters
+            if "n_samples" in ps and ps["n_samples"].default is not inspect.Parameter.empty:
+                assert ps["n_samples"].default == N_SAMPLES, name
+                seen.add(name)
+            if "alpha" in ps:
+                assert ps["alpha"].default == ALPHA, name
+    assert {"certify", "r_robustness", "empirical_margin", "r_min"} <= seen
+    assert inspect.signature(robvae.empirical_margin).parameters["tol"].default == MARGIN_TOL
+    checked = collections.Counter()
+    for cname, cmd in COMMANDS.items():
+        for p in cmd.params:
+            if p.name == "n_samples" and cname != "study certified":
+                assert p.default == N_SAMPLES, cname
+                checked[p.name] += 1
+            elif p.name == "margin_tol":
+                assert p.default == MARGIN_TOL, cname
+                checked[p.name] += 1
+            elif p.name == "r_relative":
+                assert p.default == R_RELATIVE, cname
+                checked[p.name] += 1
+    assert checked["n_samples"] >= 5 and checked["margin_tol"] >= 4 and checked["r_relative"] >= 6, checked
 
 
 def test_distinct_flags_for_distinct_things_and_old_names_still_work():

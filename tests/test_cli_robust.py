@@ -185,8 +185,8 @@ def test_margin_reports_bound_and_margin(run_dir, capsys, tmp_path):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["certify", "RUN", "--r", "1", "--r-relative", "2"], "exactly one of --r and --r-relative"),
-        (["certify", "RUN"], "exactly one of --r and --r-relative"),
+        (["certify", "RUN", "--r", "1", "--r-relative", "2"], "give one of --r and --r-relative"),
+        (["margin", "RUN", "--r", "1", "--r-relative", "1.5"], "give one of --r and --r-relative"),
         (["certify", "RUN", "--r", "-1"], "'--r'"),
         (["certify", "RUN", "--r", "1", "--alpha", "2"], "'--alpha'"),
         (["attack", "RUN"], "'--eps'"),
@@ -200,6 +200,32 @@ def test_error_paths_are_one_line(run_dir, capsys, args, needle):
     assert rc == 2, (out, err)
     assert needle in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_certify_defaults_to_r_relative_as_margin_does(run_dir, capsys, tmp_path):
+    """One default for the radius: without --r, certify (as margin) uses --r-relative 1.5; --r replaces it."""
+    from robvae.config import R_RELATIVE
+    from robvae.evaluation import EvalConfig
+
+    assert R_RELATIVE == 1.5 and EvalConfig().r_relative == R_RELATIVE
+    got = {}
+    for name, extra in [("default", []), ("k1", ["--r-relative", "1"]), ("r", ["--r", "0.7"])]:
+        out = tmp_path / f"{name}.csv"
+        rc, _, err = _run(capsys, "certify", str(run_dir), "--n", "3", "--n-samples", "200", "--no-rigorous",
+                          "--executor", "serial", "--quiet", "--out", str(out), *extra)
+        assert rc == 0, err
+        got[name] = json.loads(out.with_suffix(".json").read_text())
+    assert got["default"]["r_relative"] == 1.5 and got["r"]["r_relative"] is None
+    assert got["default"]["r"] == pytest.approx(1.5 * got["k1"]["r"], rel=1e-6)
+    assert got["r"]["r"] == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("study", ["bound-vs-margin", "beta", "tau", "certified"])
+def test_studies_refuse_both_radius_options_before_any_work(capsys, tmp_path, study):
+    rc, out, err = _run(capsys, "study", study, "--dataset", "digits", "--out", tmp_path / "s", "--r", "1",
+                        "--r-relative", "2")
+    assert rc == 2 and "give one of --r and --r-relative" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
 
 
 def test_the_ray_executor_without_ray_is_a_one_line_error(run_dir, capsys, monkeypatch):

@@ -353,12 +353,30 @@ def test_ctrl_c_prints_the_resumable_message(capsys, tmp_path, monkeypatch):
 
 
 def test_sweep_with_failed_trials_exits_1(capsys, tmp_path):
+    data = tmp_path / "baddata"  # files by the right names, but not IDX: found before the run, fail in the trial
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (data / name).write_bytes(b"not an IDX file")
     spec = tmp_path / "s.yaml"
     spec.write_text(
-        f"out: {tmp_path / 'out'}\nbase: {{dataset: mnist, data_dir: {tmp_path / 'nodata'}, epochs: 1, n_train: 50,"
+        f"out: {tmp_path / 'out'}\nbase: {{dataset: mnist, data_dir: {data}, epochs: 1, n_train: 50,"
         " model: {latent_dim: 2, hidden: [8]}}\ngrid: {seed: [0]}\nevaluation: null\n")
     cap = _one_line(capsys, 1, "sweep", str(spec), "--executor", "serial", "--quiet")
     assert "1 failed" in cap.out
+
+
+def test_sweep_with_missing_data_is_refused_before_any_trial(capsys, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        f"out: {tmp_path / 'out'}\nbase: {{dataset: mnist, data_dir: {tmp_path / 'nodata'}, epochs: 1}}\n"
+        "grid: {seed: [0]}\nevaluation: null\n")
+    cap = _one_line(capsys, 2, "sweep", str(spec), "--executor", "serial", "--quiet")
+    assert f"folder {tmp_path / 'nodata'} does not exist" in cap.err and "current folder" not in cap.err
+    assert not (tmp_path / "out").exists()
+    spec.write_text(f"out: {tmp_path / 'out'}\nbase: {{dataset: mnist, epochs: 1}}\ngrid: {{seed: [0]}}\n")
+    cap = _one_line(capsys, 2, "sweep", str(spec), "--executor", "serial", "--quiet")
+    assert "mnist: no data folder given" in cap.err and "set data_dir" in cap.err
 
 
 # ---- 5. runs usable from anywhere ------------------------------------------------------------

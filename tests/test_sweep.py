@@ -84,6 +84,34 @@ def test_cli_reports_a_bad_sweep_file_in_one_line(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
 
 
+def test_cli_sweep_checks_the_data_before_any_trial_runs(tmp_path, capsys, monkeypatch):
+    """A relative data_dir is read from the current folder: from the wrong folder, --dry-run and the
+    run itself say so in one line before any worker starts (nothing is written)."""
+    data = tmp_path / "data" / "mnist"
+    data.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (data / name).write_bytes(b"")  # found by name; their contents are checked on load
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"out: {tmp_path / 'out'}\nbase: {{dataset: mnist, data_dir: data/mnist, epochs: 1}}\n"
+                    "grid: {seed: [0, 1]}\nevaluation: null\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["sweep", str(spec), "--dry-run"]) == 1
+    o = capsys.readouterr()
+    assert "2 trials" in o.out
+    err = o.err.strip()
+    assert err.count("\n") == 0 and "folder data/mnist does not exist" in err and "and 1 more" in err
+    assert "current folder" in err and str(elsewhere) in err
+    assert main(["sweep", str(spec), "--executor", "serial", "--quiet"]) == 2
+    assert "folder data/mnist does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    monkeypatch.chdir(tmp_path)  # the folder the path is relative to: found
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    assert "robvae: error" not in capsys.readouterr().err
+
+
 def test_cli_sweep_runs_the_grid_and_writes_the_table(tmp_path, capsys):
     spec = tmp_path / "s.yaml"
     spec.write_text(
@@ -558,3 +586,18 @@ def test_a_trial_whose_evaluation_does_not_read_back_runs_again(tmp_path, config
     (tmp_path / EVAL_DIR / "eval_config.json").write_text(config_text)
     assert outputs_complete(tmp_path, with_eval=True) is False
     assert outputs_complete(tmp_path, with_eval=False) is True
+
+
+def test_a_worker_dead_before_its_trial_started_is_reported_as_such(tmp_path):
+    """Ray audit: a worker killed before run_trial recorded a start used to read 'attempts: 0'."""
+    from robvae.sweep.executors import _mark_dead
+    from robvae.sweep.worker import update_status
+
+    early, late = tmp_path / "early", tmp_path / "late"
+    for d, n in ((early, 0), (late, 2)):
+        d.mkdir()
+        update_status(d, status="queued" if n == 0 else "running", attempts=n)
+        _mark_dead(d, "(exit code -9)")
+    assert read_status(early)["error"] == "worker died (exit code -9) before the trial started (no attempt recorded)"
+    assert read_status(late)["error"] == "worker died (exit code -9) (attempts: 2)"
+    assert read_status(early)["status"] == read_status(late)["status"] == "failed"

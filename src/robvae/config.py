@@ -95,3 +95,17 @@ def _describe(tp: Any) -> str:
 #: command). 0.001 as in randomized smoothing (Cohen et al. 2019): a certificate is wrong for at
 #: most one input in a thousand because of Monte Carlo error.
 ALPHA = 0.001
+
+#: The one default of ``--r-relative`` (``EvalConfig.r_relative``, ``robvae certify`` / ``margin``
+#: / ``study``): with no radius given, r = R_RELATIVE x the median r_min(x) over the inputs.
+R_RELATIVE = 1.5
+
+#: The one default number of Monte Carlo draws of eta per estimate of p (``certify``,
+#: ``r_robustness``, ``empirical_margin``'s most draws per decision, ``EvalConfig``,
+#: ``CertifyConfig``, every CLI command's ``--n-samples``).
+N_SAMPLES = 1000
+
+#: The one default relative width of the margin search's bisection bracket (``empirical_margin``'s
+#: ``tol``, ``EvalConfig.margin_tol``, ``robvae margin --margin-tol``): the margin reported is the
+#: bracket's lower end, so a wider bracket can only understate it.
+MARGIN_TOL = 0.05

@@ -68,7 +68,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attacks import EnsembleAttack, max_damage_attack
-from .config import ALPHA, ConfigMixin
+from .config import ALPHA, MARGIN_TOL, N_SAMPLES, R_RELATIVE, ConfigMixin
 from .data import load_dataset
 from .errors import CheckpointError, InputError
 from .fileio import read_csv, read_json, result_paths, write_csv, write_json
@@ -142,8 +142,8 @@ class EvalConfig(ConfigMixin):
     split: Literal["train", "test"] = "test"
     n: int = 100
     r: float | None = None
-    r_relative: float = 1.5
-    n_samples: int = 1000
+    r_relative: float = R_RELATIVE
+    n_samples: int = N_SAMPLES
     alpha: float = ALPHA
     attack: bool = True
     attack_eps: float | None = None
@@ -152,7 +152,7 @@ class EvalConfig(ConfigMixin):
     rigorous: bool = True
     margin: bool = True
     margin_mode: Literal["full", "mean"] = "full"
-    margin_tol: float = 0.05
+    margin_tol: float = MARGIN_TOL
     margin_eps_max: float | None = None
     batch_size: int = 100
     seed: int = 0

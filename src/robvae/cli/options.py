@@ -11,7 +11,9 @@ import typing
 
 import click
 import torch
+from click.core import ParameterSource
 
+from ..config import R_RELATIVE
 from ..data import load_dataset
 from ..data.download import default_data_dir
 from ..data.idx import FASHION_MNIST_SYSTEM_DIR, find_idx_files
@@ -130,11 +132,27 @@ n_option = click.option("--n", "n", type=click.IntRange(min=1), default=500, sho
                         help="Number of inputs (the first N of the split).")
 radius_options = [
     click.option("--r", "r", type=FiniteFloat(min=0, min_open=True), default=None,
-                  help="Radius r of r-robustness (L2 distance between reconstructions)."),
-    click.option("--r-relative", "r_relative", type=FiniteFloat(min=0, min_open=True), default=None,
-                  help="r = K times the median r_min(x) over the inputs (when no natural scale is known; certify estimates "
-                       "each r_min from min(--n-samples, 1000) draws)."),
+                  help="Radius r of r-robustness (L2 distance between reconstructions); replaces --r-relative."),
+    click.option("--r-relative", "r_relative", type=FiniteFloat(min=0, min_open=True), default=R_RELATIVE,
+                  show_default=True,
+                  help="Without --r: r = K times the median r_min(x) over the inputs (certify estimates each r_min "
+                       "from min(--n-samples, 1000) draws)."),
 ]
+
+
+def one_radius(f):
+    """Decorate a command taking ``r`` and ``r_relative``: giving both --r and --r-relative is a
+    usage error (--r alone replaces --r-relative's default), checked before any work."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        given = ctx.get_parameter_source("r_relative") not in (None, ParameterSource.DEFAULT,
+                                                                ParameterSource.DEFAULT_MAP)
+        if kwargs.get("r") is not None and given:
+            raise click.UsageError("give one of --r and --r-relative: --r is the radius, --r-relative K computes "
+                                   "it as K x the median r_min")
+        return f(*args, **kwargs)
+    return wrapper
 
 
 #: ``--threads N``: torch threads in this process (default: robvae.threads.resolve_threads; see

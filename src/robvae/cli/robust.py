@@ -28,8 +28,8 @@ from .model_spec import ModelRun, certify_blocks, model_options, model_run, opti
 from .options import (
     FiniteFloat,
     ConfigOption, add_options, auto_workers_option, config_option, device_option, download_option,
-    eval_option as _eval, format_summary, n_option, radius_options, run_data_dir_option, seed_option, split_option,
-    threads_option,
+    eval_option as _eval, format_summary, n_option, one_radius, radius_options, run_data_dir_option, seed_option,
+    split_option, threads_option,
 )
 
 
@@ -106,12 +106,13 @@ def resolve_radius(model, x, r: float | None, r_relative: float | None, n_sample
 @run_data_dir_option
 @download_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@one_radius
 def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, mode, precision, early_abstain, rigorous,
                 executor, workers, address, out, seed, device, quiet, data_dir, download) -> None:
     """Theorem 1 certificates (and the sound, spectral and whitened variants) for N inputs."""
     t0 = time.perf_counter()
-    if (r is None) == (r_relative is None):  # checked before any work (loading the run, the data)
-        raise click.UsageError("give exactly one of --r and --r-relative")
+    if r is not None:
+        r_relative = None  # --r replaces --r-relative (both given: a usage error, robvae.cli.options.one_radius)
     if address is not None and executor != "ray":  # as robvae sweep: it would be ignored
         raise click.UsageError("--address joins a Ray cluster: it goes with --executor ray")
     vae, x = _inputs(run, split, n, device, data_dir, download)
@@ -225,9 +226,9 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
 @_eval("split", help="Data split.")
 @_eval("n", type=click.IntRange(min=1), help="Number of inputs (the first N of the split).")
 @_eval("r", type=FiniteFloat(min=0, min_open=True),
-       help="Radius r of r-robustness (L2 distance between reconstructions); overrides --r-relative.")
+       help="Radius r of r-robustness (L2 distance between reconstructions); replaces --r-relative.")
 @_eval("r_relative", type=FiniteFloat(min=0, min_open=True),
-       help="r = K times the median r_min(x) over the inputs (when no natural scale is known).")
+       help="Without --r: r = K times the median r_min(x) over the inputs.")
 @_eval("n_samples", aliases=("--samples",), type=click.IntRange(min=1),
        help="Monte Carlo draws of eta per estimate of p.")
 @_eval("alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True),
@@ -246,6 +247,7 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
 @_eval("seed", help="Random seed.")
 @add_options(_RUN_OPTIONS)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@one_radius
 def margin_cmd(run, out, quiet, download, **kw) -> None:
     """Empirical (sampled) margins beside the Theorem 1 bounds, and their correlation.
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..config import R_RELATIVE
 from ..evaluation import EvalConfig
 from ..studies import Executor, Theorem2Config, TrainOptions, beta_study, bound_vs_margin, tau_study, theorem2_study
 from ..studies.certified import certified_study, default_models
@@ -16,7 +17,7 @@ from . import app
 from .options import (
     FiniteFloat,
     add_options, config_option, config_values, data_dir_option, dataset_option, device_option, download_option,
-    eval_option as _eval, fetch_data, float_list, int_list, int_tuple, threads_option,
+    eval_option as _eval, fetch_data, float_list, int_list, int_tuple, one_radius, threads_option,
 )
 
 #: an option generated from :class:`robvae.studies.TrainOptions`
@@ -45,9 +46,9 @@ def _common(f):
         _eval("alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True),
               help="Level of the Clopper-Pearson bound (sound certificate)."),
         _eval("r", type=FiniteFloat(min=0, min_open=True),
-              help="Absolute radius r (default: calibrated, see --r-relative)."),
+              help="Absolute radius r; replaces --r-relative."),
         _eval("r_relative", type=FiniteFloat(min=0, min_open=True),
-              help="r = this x median r_min (of the reference model in the beta / tau studies)."),
+              help="Without --r: r = this x median r_min (of the reference model in the beta / tau studies)."),
         _eval("attack_eps", type=FiniteFloat(min=0, min_open=True),
               help="Absolute L2 budget of the maximum-damage attack."),
         _eval("attack_eps_relative", type=FiniteFloat(min=0, min_open=True),
@@ -65,7 +66,7 @@ def _common(f):
         device_option, threads_option,
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
-    return add_options(opts)(f)
+    return add_options(opts)(one_radius(f))
 
 
 def _build(kw: dict) -> dict:
@@ -184,8 +185,9 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
 @click.option("--n", "n_eval", type=click.IntRange(min=1), default=20, show_default=True, help="Test inputs evaluated.")
 @click.option("--n-samples", type=click.IntRange(min=1), default=2000, show_default=True, help="Draws per estimate of p.")
 @click.option("--r", type=FiniteFloat(min=0, min_open=True), default=None,
-              help="Radius r (default: --r-relative x median r_min of the standard VAE).")
-@click.option("--r-relative", type=FiniteFloat(min=0, min_open=True), default=1.5, show_default=True)
+              help="Radius r; replaces --r-relative.")
+@click.option("--r-relative", type=FiniteFloat(min=0, min_open=True), default=R_RELATIVE, show_default=True,
+              help="Without --r: r = this x median r_min of the standard VAE.")
 @click.option("--attack-eps", type=FiniteFloat(min=0, min_open=True), default=1.0, show_default=True,
               help="L2 budget of the maximum-damage attack.")
 @click.option("--cert-eps", type=FiniteFloat(min=0, min_open=True), default=0.05, show_default=True,
@@ -193,6 +195,7 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @threads_option
+@one_radius
 def certified_cmd(dataset, data_dir, download, out, lipschitz, sigma_cap, beta, epochs, n_train, latent_dim, hidden,
                   n_eval, n_samples, r, r_relative, attack_eps, cert_eps, seed, quiet) -> None:
     """Standard VAE, beta-VAE and Lipschitz VAEs: rigorous radii (docs/THEORY.md), Theorem 1, margins, damage."""

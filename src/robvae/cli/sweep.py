@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 
 import click
 
+from ..data.registry import missing_data
 from ..fileio import folder_lock
 from . import app
 from .options import FiniteFloat
@@ -47,13 +49,21 @@ def sweep_cmd(sweep_file, executor, address, workers, out, max_retries, cpus_per
     out_dir = out or spec.out
     if not out_dir:
         raise click.UsageError("no output folder: give --out or set out: in the sweep file")
+    missing = _missing_data(spec.trials)
     if dry_run:
         for t in spec.trials:
             click.echo(f"{t.id}  {t.name}")
         click.echo(f"{len(spec.trials)} trials -> {out_dir}/trials/")
+        if missing:
+            click.echo(f"robvae: error: {missing}", err=True)
+            raise click.exceptions.Exit(1)
         return
     if executor != "ray" and address:
         raise click.UsageError("--address needs --executor ray")
+    if missing and address is None:  # on a cluster the nodes may hold data this machine lacks
+        raise click.UsageError(missing)
+    if missing:
+        click.echo(f"robvae: note: {missing}; the trials will fail unless the cluster's nodes have it", err=True)
     with folder_lock(out_dir, "robvae sweep"):
         results = run_trials(spec.trials, out_dir, executor=executor, workers=workers, address=address,
                              progress=not quiet, max_retries=max_retries, cpus_per_trial=cpus_per_trial,
@@ -72,3 +82,31 @@ def sweep_cmd(sweep_file, executor, address, workers, out, max_retries, cpus_per
                f"robvae report {out_dir} renders them")
     if failed:
         raise click.exceptions.Exit(1)
+
+
+def _missing_data(trials) -> str | None:
+    """One line naming the data the trials would not find (before any worker starts), or None.
+    Relative data_dir paths are read from the current folder, as the workers read them."""
+    found: dict[str, list[str]] = {}
+    relative = False
+    for t in trials:
+        wanted = [(t.train.dataset, split, t.train.data_dir) for split in ("train", "test")]
+        ev = t.evaluation
+        if ev is not None and ev.data_dir is not None:
+            wanted.append((t.train.dataset, ev.split, ev.data_dir))
+        for dataset, split, data_dir in wanted:
+            folder = None if data_dir is None else os.path.expanduser(data_dir)
+            why = missing_data(dataset, split, folder)
+            if why:
+                if not found:
+                    relative = folder is not None and not os.path.isabs(folder)
+                found.setdefault(why, []).append(t.id)
+                break
+    if not found:
+        return None
+    why, ids = next(iter(found.items()))
+    more = sum(len(v) for v in found.values()) - 1
+    hint = (f"; relative data_dir paths are read from the current folder ({os.getcwd()}): run robvae sweep from "
+            "the folder they are relative to (the repository root for its examples/), or give absolute paths"
+            if relative else "; set data_dir in the sweep file's base (or grid)")
+    return f"{why} (trial {ids[0]}{f' and {more} more' if more else ''}){hint}"

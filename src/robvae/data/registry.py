@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
+from ..errors import DataError
 from .base import ImageDataset
-from .cifar import load_cifar10
+from .cifar import CIFAR_FOLDER, find_cifar_dir, load_cifar10
 from .digits import load_digits
-from .idx import load_fashion_mnist, load_mnist
+from .idx import FASHION_MNIST_SYSTEM_DIR, find_idx_files, load_fashion_mnist, load_mnist
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -57,3 +59,29 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     return _LOADERS[key](split, data_dir, download)
+
+
+def missing_data(name: str, split: str = "train", data_dir: str | os.PathLike | None = None) -> str | None:
+    """Why ``load_dataset(name, split, data_dir)`` (without download) would find no files, in one
+    line, or None when they are there; nothing is read (the files' contents are checked on load).
+    A relative ``data_dir`` is taken from the current folder, as ``load_dataset`` takes it."""
+    key = canonical_name(name)
+    if key == "digits":
+        return None
+    if key == "cifar10":
+        if data_dir is None:
+            return "cifar10: no data folder given"
+        return None if find_cifar_dir(data_dir) is not None else f"cifar10: no {CIFAR_FOLDER} batch files in {data_dir}"
+    if data_dir is None:
+        if key == "mnist":
+            return "mnist: no data folder given"
+        data_dir = FASHION_MNIST_SYSTEM_DIR
+    folder = Path(data_dir)
+    try:
+        found = find_idx_files(folder, split, key)
+    except DataError as e:  # one of the pair without the other
+        return f"{key}: {e}"
+    if found is not None:
+        return None
+    return f"{key} {split} files not found: " + (f"no IDX files in {folder}" if folder.is_dir() else
+                                                  f"folder {folder} does not exist")

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ALPHA
+from ..config import ALPHA, N_SAMPLES
 from ..errors import InputError
 from ..models.fast_decode import (
     _ACTIVATIONS, _cached, _grid_for, _hwc_linear, _is_thin_deconv, _next_spatial, _thin_deconv, decoder_plan,
@@ -439,7 +439,7 @@ def r_robustness_bf16(
     x: torch.Tensor,
     r: float | torch.Tensor,
     delta: torch.Tensor | None = None,
-    n_samples: int = 1000,
+    n_samples: int = N_SAMPLES,
     *,
     alpha: float = ALPHA,
     mode: str = "mean",

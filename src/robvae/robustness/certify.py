@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import ALPHA, ConfigMixin
+from ..config import ALPHA, N_SAMPLES, ConfigMixin
 from ..models.fast_decode import batches
 from ..stats import median
 from ..validation import as_radius, check_x, host_numpy
@@ -66,7 +66,7 @@ class Certificate:
     n_drawn: torch.Tensor
     mode: str = "mean"
     alpha: float = ALPHA
-    n_samples: int = 1000
+    n_samples: int = N_SAMPLES
     #: optional per-input extras [B] (None = not computed), e.g. a rigorous radius; kept by
     #: as_numpy / to_rows / cat when present
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -174,7 +174,7 @@ class CertifyConfig(ConfigMixin):
     sound radius keeps its guarantee (abstaining never claims anything).
     """
 
-    n_samples: int = 1000
+    n_samples: int = N_SAMPLES
     alpha: float = ALPHA
     mode: Literal["mean", "full"] = "mean"
     batch_size: int = 256

@@ -48,7 +48,7 @@ import torch
 
 from ..attacks.ensemble import PRESETS, EnsembleAttack, Stage
 from ..attacks.pgd import get_norm
-from ..config import ALPHA
+from ..config import ALPHA, MARGIN_TOL, N_SAMPLES
 from ..rng import child_seed
 from ..validation import as_radius, check_x
 from .sampling import r_robustness, sequential_robustness
@@ -114,9 +114,9 @@ def empirical_margin(
     mode: str = "full",
     eps_max: float | None = None,
     eps_init: float | torch.Tensor | None = None,
-    tol: float = 1e-3,
+    tol: float = MARGIN_TOL,
     max_iter: int = 40,
-    n_samples: int = 10000,
+    n_samples: int = N_SAMPLES,
     alpha: float = ALPHA,
     sequential: bool = True,
     max_unsettled: int = 2,
@@ -134,7 +134,10 @@ def empirical_margin(
     ``attack(model, x, eps, r=r, warm_start=delta, mode=mode, generator=g)`` returning an object with
     ``.delta`` (default ``EnsembleAttack("cheap", norm=norm)``).  eps_init: the first budget tried (a
     number or [B]; default r; a Theorem 1 bound is a good choice).  eps_max: the cap (default: the
-    box diameter).  tol: relative bracket width.  n_samples: the most draws of eta per decision.
+    box diameter).  tol: relative bracket width (default MARGIN_TOL = 0.05, as ``robvae margin``; the
+    margin is the bracket's lower end, so a wider bracket only understates it).  n_samples: the most
+    draws of eta per decision (default N_SAMPLES = 1,000, as ``robvae margin``).  generator: the
+    random stream (None: torch's global one, so two calls differ; the CLI seeds with ``--seed``).
     alpha: error level of each decision.  sequential=False: the old fixed-sample decisions
     (n_samples draws, p > 1/2), kept for comparison.  max_unsettled: unsettled decisions after which
     an input stops refining (more: a narrower tolerance for more draws).

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import ALPHA, N_SAMPLES
 from ..errors import InputError
 from ..validation import check_count, check_positive, check_x
 from .lipschitz import VAELipschitz, vae_lipschitz
@@ -273,8 +274,8 @@ def rigorous_certify(
     x: torch.Tensor,
     r: float | torch.Tensor,
     *,
-    n_samples: int = 1000,
-    alpha: float = 0.001,
+    n_samples: int = N_SAMPLES,
+    alpha: float = ALPHA,
     constants: VAELipschitz | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,

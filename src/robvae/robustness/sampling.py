@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy import special, stats
 
-from ..config import ALPHA
+from ..config import ALPHA, N_SAMPLES
 from ..models.fast_decode import batches, default_chunk, draw_chunks, flat_decode, row_cap, rows_independent
 from ..rng import randn
 from ..errors import InputError
@@ -123,7 +123,7 @@ def delta_norms(
     model: torch.nn.Module,
     x: torch.Tensor,
     delta: torch.Tensor | None = None,
-    n_samples: int = 1000,
+    n_samples: int = N_SAMPLES,
     *,
     mode: str = "mean",
     chunk_size: int | None = None,
@@ -224,7 +224,7 @@ def r_robustness(
     x: torch.Tensor,
     r: float | torch.Tensor,
     delta: torch.Tensor | None = None,
-    n_samples: int = 1000,
+    n_samples: int = N_SAMPLES,
     *,
     alpha: float = ALPHA,
     mode: str = "mean",
@@ -328,7 +328,7 @@ def count_within(
 def r_min(
     model: torch.nn.Module,
     x: torch.Tensor,
-    n_samples: int = 1000,
+    n_samples: int = N_SAMPLES,
     *,
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,

@@ -21,6 +21,7 @@ import torch
 
 from ..attacks import EnsembleAttack, max_damage_attack
 from ..attacks.pgd import pgd
+from ..config import ALPHA, MARGIN_TOL, N_SAMPLES, R_RELATIVE
 from ..data import load_dataset
 from ..evaluation import measured_margins
 from ..fileio import atomic_write_text, write_csv, write_json
@@ -38,7 +39,7 @@ from ..training import TrainConfig, train
 from .experiments import fmt_list
 
 
-def barrett_probability(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor, r: float, n_samples: int = 1000,
+def barrett_probability(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor, r: float, n_samples: int = N_SAMPLES,
                         generator: torch.Generator | None = None) -> torch.Tensor:
     """P(||g(z') - g(z)|| <= r), z ~ q(.|x), z' ~ q(.|x + delta) independent, by ``n_samples`` draws: -> [B]."""
     with torch.inference_mode():
@@ -131,7 +132,7 @@ class MarginVerification:
 
 
 def verify_margin(model: torch.nn.Module, x: torch.Tensor, eps: float, r: float, *, n_samples: int = 2000,
-                  attack_steps: int = 40, attack_restarts: int = 2, alpha: float = 0.001, seed: int = 0) -> MarginVerification:
+                  attack_steps: int = 40, attack_restarts: int = 2, alpha: float = ALPHA, seed: int = 0) -> MarginVerification:
     """Verify Barrett's margin eps at r on inputs x of a lipschitz-mlp VAE (see the module docstring)."""
     g = torch.Generator().manual_seed(seed)
     L = vae_lipschitz(model)
@@ -229,8 +230,8 @@ def _median(t: torch.Tensor) -> float:
 def certified_study(
     out: str | Path, *, dataset: str = "digits", data_dir: str | None = None, models: list[StudyModel] | None = None,
     epochs: int = 20, latent_dim: int = 8, hidden: tuple[int, ...] = (256, 128), n_train: int | None = None,
-    n: int = 20, n_samples: int = 2000, r: float | None = None, r_relative: float = 1.5, attack_eps: float = 1.0,
-    cert_eps: float = 0.05, margin_tol: float = 0.05, likelihood: str = "bernoulli", seed: int = 0,
+    n: int = 20, n_samples: int = 2000, r: float | None = None, r_relative: float = R_RELATIVE, attack_eps: float = 1.0,
+    cert_eps: float = 0.05, margin_tol: float = MARGIN_TOL, likelihood: str = "bernoulli", seed: int = 0,
     progress: bool = False, echo=None,
 ) -> CertifiedStudy:
     """Train (or resume) each model into ``out/<i>``, evaluate on the first n test inputs, write
@@ -316,7 +317,7 @@ def _command(out: Path, models: list[StudyModel], c: dict) -> str:
     lips = [m.lipschitz for m in models if m.lipschitz is not None]
     betas = [m.beta for m in models if m.objective == "beta-vae"]
     cap = next((m.sigma_cap for m in models if m.lipschitz is not None), 0.5)
-    if not lips or len(betas) != 1 or models != default_models(tuple(lips), betas[0], cap) or c["margin_tol"] != 0.05 \
+    if not lips or len(betas) != 1 or models != default_models(tuple(lips), betas[0], cap) or c["margin_tol"] != MARGIN_TOL \
             or c["likelihood"] != "bernoulli":
         return "robvae.studies.certified_study(...) (Python: models or settings the command does not offer)"
     parts = [f"robvae study certified --dataset {c['dataset']}"]

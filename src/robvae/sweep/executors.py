@@ -210,9 +210,9 @@ def run_trials(
 
 
 def _mark_dead(tdir: Path, detail: str) -> None:
-    st = read_status(tdir)
-    update_status(tdir, status="failed", error=f"worker died {detail} (attempts: {st.get('attempts', 0)})",
-                  traceback=None)
+    n = int(read_status(tdir).get("attempts", 0))
+    when = "before the trial started (no attempt recorded)" if n == 0 else f"(attempts: {n})"
+    update_status(tdir, status="failed", error=f"worker died {detail} {when}", traceback=None)
 
 
 def _map_trials(batch: list[Trial], out: Path, bar: _Progress, executor: str, threads: int | None,

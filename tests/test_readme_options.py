@@ -1,0 +1,230 @@
+"""README.md's options tables say what the command line does.
+
+Every ``robvae`` command has its options in README tables, each table introduced by a marker
+line ``<!-- options: robvae CMD[, robvae CMD2, ...] -->`` (a table of options common to several
+commands names them all) and made of rows
+
+    | `--n-samples` | `1000` | meaning |
+    | `--rigorous/--no-rigorous` | on | meaning |
+    | `--out` | required | meaning |
+    | `--data-dir` | - | meaning |
+
+The first cell is the option's primary long name (a hidden old alias never appears), with the
+``/--no-x`` half for a boolean flag; the second its default: a code span compared with the value
+click holds (numbers numerically, text exactly), ``on`` / ``off`` for a flag, ``required``, or
+``-`` (also ``none``) when there is none. Nothing is hard-coded here: the expected names and
+defaults are read from the click command objects when the test runs, so a changed or added
+option fails the test until the README's table is updated. The parser and the comparison are
+first tested on a small synthetic page, so each check is shown to be able to fail.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from robvae.cli import _register, app
+
+_register()
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+_MARKER = re.compile(r"^<!--\s*options:\s*(.+?)\s*-->\s*$")
+_NAME_CELL = re.compile(r"`(--[\w-]+)(?:/(--[\w-]+))?`")
+
+
+def _commands(group: click.Group = app, prefix: tuple[str, ...] = ("robvae",)):
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*prefix, name))
+        else:
+            yield " ".join((*prefix, name)), cmd
+
+
+COMMANDS: dict[str, click.Command] = dict(_commands())
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of a Markdown table row; ``\\|`` inside a cell is not a separator."""
+    body = line.strip()
+    body = body[1:] if body.startswith("|") else body
+    body = body[:-1] if body.endswith("|") and not body.endswith("\\|") else body
+    return [c.strip() for c in re.split(r"(?<!\\)\|", body)]
+
+
+def parse_tables(text: str) -> list[tuple[list[str], list[tuple[str, str | None, str]]]]:
+    """Every marked options table of a page: ([command names], [(option, negative form, default cell)])."""
+    lines = text.splitlines()
+    tables = []
+    for i, line in enumerate(lines):
+        m = _MARKER.match(line.strip())
+        if not m:
+            continue
+        names = [n.strip() for n in m.group(1).split(",") if n.strip()]
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        rows, header_seen = [], False
+        while j < len(lines) and lines[j].lstrip().startswith("|"):
+            cells = _cells(lines[j])
+            j += 1
+            if not header_seen:  # header row, then the --- separator row
+                header_seen = True
+                assert [c.lower() for c in cells[:2]] == ["option", "default"], f"table for {names}: header {cells}"
+                continue
+            if set("".join(cells)) <= set("-: "):
+                continue
+            found = _NAME_CELL.fullmatch(cells[0])
+            assert found, f"table for {names}: first cell {cells[0]!r} is not `--option` or `--flag/--no-flag`"
+            assert len(cells) >= 3, f"table for {names}: row {cells} lacks a default or meaning cell"
+            rows.append((found.group(1), found.group(2), cells[1]))
+        assert rows, f"options marker for {names} is not followed by a table"
+        tables.append((names, rows))
+    return tables
+
+
+def _primary(p: click.Option) -> str:
+    aliases = set(getattr(p, "aliases", ()))
+    return next(o for o in p.opts if o.startswith("--") and o not in aliases)
+
+
+def visible_options(cmd: click.Command) -> dict[str, click.Option]:
+    """The options ``--help`` shows, by primary long name."""
+    return {_primary(p): p for p in cmd.params if isinstance(p, click.Option) and not p.hidden}
+
+
+def _no_default(value) -> bool:
+    return value is None or type(value).__name__ == "Sentinel" or (isinstance(value, tuple) and not value)
+
+
+def default_problem(cmd: click.Command, p: click.Option, negative: str | None, cell: str) -> str | None:
+    """Why a row's name and default cell disagree with option ``p`` (None when they agree)."""
+    name = _primary(p)
+    expected_negative = p.secondary_opts[0] if p.secondary_opts else None
+    if negative != expected_negative:
+        return f"{name}: the table writes {negative or 'no'} negative form, click has {expected_negative or 'none'}"
+    if p.required:
+        return None if cell == "required" else f"{name}: required, the table says {cell!r}"
+    value = p.get_default(click.Context(cmd), call=False)
+    if p.is_flag and not p.count:
+        want = "on" if value is True else "off"
+        return None if cell == want else f"{name}: a flag {want} by default, the table says {cell!r}"
+    if _no_default(value):
+        return None if cell in ("-", "none") else f"{name}: no default in click, the table says {cell!r}"
+    m = re.fullmatch(r"`([^`]*)`", cell)
+    if not m:
+        return f"{name}: default cell {cell!r} should be a code span holding {value!r}"
+    text = m.group(1)
+    try:
+        if isinstance(value, bool):
+            same = text.lower() in (("true", "on") if value else ("false", "off"))
+        elif isinstance(value, (int, float)):
+            same = float(text) == float(value)
+        else:
+            same = text == str(value)
+    except ValueError:
+        same = False
+    return None if same else f"{name}: click's default is {value!r}, the table says {text!r}"
+
+
+def table_problems(command: str, cmd: click.Command, tables) -> list[str]:
+    """Every disagreement between ``command``'s rows in ``tables`` and its click object."""
+    rows = [row for names, rs in tables if command in names for row in rs]
+    if not rows:
+        return [f"{command}: no options table in README.md (add one after '<!-- options: {command} -->')"]
+    options = visible_options(cmd)
+    problems = []
+    listed = [r[0] for r in rows]
+    dupes = sorted({n for n in listed if listed.count(n) > 1})
+    if dupes:
+        problems.append(f"{command}: listed twice: {dupes}")
+    missing = sorted(set(options) - set(listed))
+    extra = sorted(set(listed) - set(options))
+    if missing:
+        problems.append(f"{command}: options missing from the README table: {missing}")
+    if extra:
+        problems.append(f"{command}: the README table lists options the command does not show: {extra}")
+    for name, negative, cell in rows:
+        if name in options:
+            problem = default_problem(cmd, options[name], negative, cell)
+            if problem:
+                problems.append(f"{command}: {problem}")
+    return problems
+
+
+# --- the parser and the checks on a synthetic command and page (each check can fail) -----------
+
+@click.command()
+@click.option("--n-samples", "--samples", "n_samples", default=1000, type=int)
+@click.option("--rigorous/--no-rigorous", default=True)
+@click.option("--quiet", is_flag=True)
+@click.option("--out", required=True)
+@click.option("--data-dir", default=None)
+@click.option("--preset", default="cheap")
+@click.option("--alpha", default=0.001, type=float)
+@click.option("--secret", hidden=True, default=3)
+def _toy(**kw):  # pragma: no cover - never invoked
+    pass
+
+
+_TOY_PAGE = """\
+<!-- options: toy -->
+| option | default | meaning |
+| --- | --- | --- |
+| `--n-samples` | `1000` | draws (a \\| in a cell) |
+| `--rigorous/--no-rigorous` | on | also the rigorous radii |
+| `--quiet` | off | no progress bar |
+| `--out` | required | where |
+| `--data-dir` | - | data |
+| `--preset` | `cheap` | attack |
+| `--alpha` | `1e-3` | level |
+"""
+
+
+def test_checker_accepts_a_correct_table_and_ignores_hidden_options():
+    tables = parse_tables(_TOY_PAGE)
+    assert tables[0][0] == ["toy"] and len(tables[0][1]) == 7
+    assert table_problems("toy", _toy, tables) == []
+
+
+@pytest.mark.parametrize("old, new, expect", [
+    ("`1000`", "`500`", "click's default is 1000"),
+    ("| on |", "| off |", "a flag on by default"),
+    ("`--rigorous/--no-rigorous`", "`--rigorous`", "negative form"),
+    ("| off |", "| on |", "a flag off by default"),
+    ("| required |", "| - |", "required"),
+    ("| - |", "| `x` |", "no default in click"),
+    ("`cheap`", "`strong`", "click's default is 'cheap'"),
+    ("`cheap`", "cheap", "should be a code span"),
+    ("| `--preset` | `cheap` | attack |\n", "", "missing from the README table: ['--preset']"),
+    ("`--data-dir`", "`--samples`", "does not show: ['--samples']"),
+    ("| `--alpha` |", "| `--secret` |", "does not show: ['--secret']"),
+    ("| `--alpha` | `1e-3` | level |", "| `--alpha` | `1e-3` | level |\n| `--alpha` | `1e-3` | again |", "listed twice"),
+])
+def test_checker_flags_each_kind_of_mismatch(old, new, expect):
+    page = _TOY_PAGE.replace(old, new, 1)
+    assert page != _TOY_PAGE
+    joined = "\n".join(table_problems("toy", _toy, parse_tables(page)))
+    assert expect in joined, joined
+
+
+def test_checker_flags_a_command_without_a_table():
+    assert "no options table" in "\n".join(table_problems("other", _toy, parse_tables(_TOY_PAGE)))
+
+
+# --- the repository's README --------------------------------------------------------------------
+
+def test_every_command_has_a_table_and_every_table_a_command():
+    tables = parse_tables(README.read_text(encoding="utf-8"))
+    named = {n for names, _ in tables for n in names}
+    assert not named - set(COMMANDS), f"README options tables for unknown commands: {sorted(named - set(COMMANDS))}"
+    assert not set(COMMANDS) - named, f"commands without a README options table: {sorted(set(COMMANDS) - named)}"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_readme_table_matches_the_command(command):
+    problems = table_problems(command, COMMANDS[command], parse_tables(README.read_text(encoding="utf-8")))
+    assert not problems, "README.md is out of date with the command line:\n" + "\n".join(problems)
