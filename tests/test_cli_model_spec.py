@@ -130,18 +130,23 @@ def test_attack_and_margin_with_model_and_inputs_file(user_pkg, capsys):
     rc = main(["attack", "--model", "my_models:vae", "--inputs", "x.npy", "--n", "6", "--eps", "0.5", "--preset", "legacy",
                "--steps", "3", "--restarts", "1", "--quiet"])
     assert rc == 0, capsys.readouterr().err
-    lines = (user_pkg / "attack-test" / "attack.csv").read_text().splitlines()
+    assert not (user_pkg / "attack-test").exists()  # the outputs are named after the inputs file
+    lines = (user_pkg / "attack-x" / "attack.csv").read_text().splitlines()
     assert len(lines) == 7
     header = lines[0].split(",")
     assert "ssim" in header and "ms_ssim" in header  # perceptual damage beside the L2 damage
     ssim = [float(r.split(",")[header.index("ssim")]) for r in lines[1:]]
     assert all(-1 <= v < 1 for v in ssim)
-    meta = json.loads((user_pkg / "attack-test" / "attack.json").read_text())
+    meta = json.loads((user_pkg / "attack-x" / "attack.json").read_text())
     assert meta["perceptual"]["ms_ssim_scales"] == 2 and meta["perceptual"]["kernel_size"] == 7
     rc = main(["margin", "m", "--model", "my_models:vae", "--inputs", "x.pt", "--n", "4", "--r", "0.5",
                "--n-samples", "100", "--attack-preset", "cheap", "--quiet"])
     assert rc == 0, capsys.readouterr().err
-    assert len((user_pkg / "m" / "margin-test.csv").read_text().splitlines()) == 5
+    assert len((user_pkg / "m" / "margin-x.csv").read_text().splitlines()) == 5
+    rc = main(["certify", "m", "--model", "my_models:vae", "--inputs", "x.npy", "--n", "4", "--r", "0.5",
+               "--n-samples", "50", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert (user_pkg / "m" / "certify-x.csv").is_file() and not (user_pkg / "m" / "certify-test.csv").exists()
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -104,10 +104,18 @@ def load_inputs_file(path: str | Path, shape: tuple[int, ...] | None = None) -> 
 class ModelRun(Run):
     """A model from ``--model`` in the place of a trained run folder (``path``: the output folder).
 
-    ``inputs``: images from ``--inputs`` (else ``config.dataset`` is read as for a run)."""
+    ``inputs``: images from ``--inputs`` (else ``config.dataset`` is read as for a run);
+    ``inputs_name``: that file's name without its suffix, which names the default outputs."""
 
     inputs: torch.Tensor | None = field(default=None)
     spec: str = ""
+    inputs_name: str = ""
+
+
+def output_label(run: Run, split: str) -> str:
+    """What a command's default output file is named after: the --inputs file's name (without its
+    suffix) when the inputs came from one, else the split (certify-test.csv, attack-imgs/, ...)."""
+    return run.inputs_name if isinstance(run, ModelRun) and run.inputs_name else split
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -129,7 +137,8 @@ model_options = [
                  callback=_remember, help="With --model: the data set of the inputs (default digits)."),
     click.option("--inputs", "model_inputs", type=click.Path(dir_okay=False), default=None, expose_value=False,
                  callback=_remember, help="With --model: a .npy / .pt tensor of images [N, C, H, W], float in [0, 1] "
-                                         "or uint8 in [0, 255] (outputs keep the --split name, e.g. certify-test.csv)."),
+                                         "or uint8 in [0, 255]; the default outputs are named after the file "
+                                         "(certify-FILE.csv)."),
 ]
 
 
@@ -166,8 +175,10 @@ def model_run(run_dir: str | None, split: str, n: int, device: str,
     check_model(model, x[: min(len(x), 8)]).raise_if_failed()  # the protocol, before any work
     out = Path(run_dir) if run_dir is not None else Path(".")
     run = ModelRun(path=out, config=TrainConfig(dataset=dataset, data_dir=data_dir), model=model, metrics=[],
-                   inputs=None if pre is None else pre.to(device), spec=str(spec))
+                   inputs=None if pre is None else pre.to(device), spec=str(spec),
+                   inputs_name="" if pre is None else Path(opts["model_inputs"]).stem)
     return run, x
 
 
-__all__ = ["load_model_spec", "load_inputs_file", "ModelRun", "model_options", "optional_run_argument", "model_run", "certify_blocks"]
+__all__ = ["load_model_spec", "load_inputs_file", "ModelRun", "model_options", "optional_run_argument", "model_run",
+           "certify_blocks", "output_label"]

@@ -24,7 +24,7 @@ from ..sweep import SHARD_EXECUTORS, certify_sharded, partial_folder
 from ..threads import auto_executor
 from ..training import load
 from . import app
-from .model_spec import ModelRun, certify_blocks, model_options, model_run, optional_run_argument
+from .model_spec import ModelRun, certify_blocks, model_options, model_run, optional_run_argument, output_label
 from .options import (
     FiniteFloat,
     ConfigOption, add_options, auto_workers_option, config_option, device_option, download_option,
@@ -100,7 +100,8 @@ def resolve_radius(model, x, r: float | None, r_relative: float | None, n_sample
 @auto_workers_option
 @threads_option
 @click.option("--address", default=None, help="Ray cluster address (auto or HOST:PORT) for --executor ray.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="CSV path (default RUN/certify-SPLIT.csv).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="CSV path (default RUN/certify-SPLIT.csv; with --inputs FILE, certify-FILE.csv).")
 @seed_option
 @device_option
 @run_data_dir_option
@@ -116,7 +117,8 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     if address is not None and executor != "ray":  # as robvae sweep: it would be ignored
         raise click.UsageError("--address joins a Ray cluster: it goes with --executor ray")
     vae, x = _inputs(run, split, n, device, data_dir, download)
-    out_path, json_path = result_paths(Path(out) if out else Path(vae.path) / f"certify-{split}.csv", "certify")
+    default = Path(vae.path) / f"certify-{output_label(vae, split)}.csv"
+    out_path, json_path = result_paths(Path(out) if out else default, "certify")
     radius = resolve_radius(vae.model, x, r, r_relative, n_samples, seed)
     # one code path for every executor: each block of inputs draws its noise from a generator
     # seeded by (seed, the block's first index), whatever the executor (see robvae.sweep.shard);
@@ -199,7 +201,8 @@ _RUN_OPTIONS = [threads_option, device_option, run_data_dir_option, download_opt
 @click.option("--eta-samples", type=click.IntRange(min=0), default=None,
               help=f"--preset legacy: draws of eta averaged in the objective (0: eta = 0) [default: "
                    f"{LEGACY_ATTACK['eta_samples']}].")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default RUN/attack-SPLIT).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default RUN/attack-SPLIT; with --inputs FILE, attack-FILE).")
 @seed_option
 @add_options(_RUN_OPTIONS)
 @click.option("--batch-size", type=click.IntRange(min=1), default=25, show_default=True,
@@ -213,7 +216,7 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
         given = ", ".join("--" + k.replace("_", "-") for k, v in pgd.items() if v is not None)
         raise click.UsageError(f"{given} only apply to --preset legacy (the ensemble presets have no step settings)")
     vae, x = _inputs(run, split, n, device, data_dir, download)
-    out_dir = Path(out) if out else Path(vae.path) / f"attack-{split}"
+    out_dir = Path(out) if out else Path(vae.path) / f"attack-{output_label(vae, split)}"
     rep = attack_report(vae.model, x, eps, norm=norm, preset=preset, batch_size=batch_size, seed=seed,
                         out_dir=out_dir, progress=not quiet, meta={"run": str(run), "split": split, "n": n}, **pgd)
     click.echo(format_summary(rep.summary))
@@ -243,7 +246,8 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
 @_eval("margin_eps_max", type=FiniteFloat(min=0, min_open=True),
        help="Largest budget searched (default: the pixel box diameter).")
 @_eval("batch_size", type=click.IntRange(min=1), help="Inputs per batch.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="CSV path (default RUN/margin-SPLIT.csv).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="CSV path (default RUN/margin-SPLIT.csv; with --inputs FILE, margin-FILE.csv).")
 @_eval("seed", help="Random seed.")
 @add_options(_RUN_OPTIONS)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -259,7 +263,7 @@ def margin_cmd(run, out, quiet, download, **kw) -> None:
     loaded, _ = _inputs(run, config.split, config.n, config.device, config.data_dir, download)
     if download and config.data_dir is None and loaded.config.data_dir is None and loaded.config.dataset != "digits":
         config = dataclasses.replace(config, data_dir=str(default_data_dir(loaded.config.dataset)))  # fetched there
-    out_path = Path(out) if out else Path(loaded.path) / f"margin-{config.split}.csv"
+    out_path = Path(out) if out else Path(loaded.path) / f"margin-{output_label(loaded, config.split)}.csv"
     rep = margin_report(loaded, config, out_path, progress=not quiet, meta={"run": str(run)})
     click.echo(format_summary(rep.summary()))
     click.echo(f"per-input results: {out_path}")
