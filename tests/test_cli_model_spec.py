@@ -262,6 +262,20 @@ def test_report_with_model_evaluates_then_renders_the_numbers_it_wrote(tiny_pkg,
     assert "data:image/png;base64," in page  # attack.png embedded
 
 
+def test_report_with_model_and_inputs_file_names_and_renders_the_outputs_by_the_file(tiny_pkg, capsys):
+    np.save(tiny_pkg / "imgs.npy", robvae.load_dataset("digits", "test").images[:5].numpy())
+    rc = main(["report", "--model", "tiny_model:build", "--inputs", "imgs.npy", "--n", "5", "--quiet", "OUT"])
+    assert rc == 0, capsys.readouterr().err
+    out = tiny_pkg / "OUT"
+    assert (out / "margin-imgs.csv").is_file() and (out / "attack-imgs" / "attack.png").is_file()
+    assert not (out / "margin-test.csv").exists() and not (out / "attack-test").exists()
+    page = (out / "report.html").read_text()
+    assert "margin-imgs.csv" in page and "attack-imgs/attack.csv" in page
+    assert page.count("data:image/png;base64,") >= 1  # the attack figure, found under its new name
+    margin = json.loads((out / "margin-imgs.json").read_text())
+    assert f"<dd>{robvae.report.html._fmt(margin['summary']['median_margin'])}</dd>" in page
+
+
 @pytest.mark.parametrize("spec, message", [
     ("nowhere_module:build", "does not import"),
     ("tiny_model:wrong", "has no encode / decode"),

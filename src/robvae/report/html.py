@@ -129,9 +129,10 @@ def _table(path: Path, max_rows: int = MAX_TABLE_ROWS) -> str:
 
 #: what a plain run folder (``robvae train``, then certify / attack / margin) may hold, shown by
 #: ``robvae report RUN`` when the folder has no study.json
-RUN_FIGURES = ("training_curves.png", "reconstructions.png", "attack-test/attack.png", "attack-train/attack.png")
-RUN_TABLES = ("metrics.csv", "certify-test.csv", "certify-train.csv", "margin-test.csv", "margin-train.csv",
-              "attack-test/attack.csv", "attack-train/attack.csv")
+#: (glob patterns, in this order; the commands name their outputs after the split, certify-test.csv,
+#: or after an --inputs file, certify-FILE.csv)
+RUN_FIGURES = ("training_curves.png", "reconstructions.png", "attack-*/attack.png")
+RUN_TABLES = ("metrics.csv", "certify-*.csv", "margin-*.csv", "attack-*/attack.csv")
 
 
 def _training_curves(folder: Path) -> None:
@@ -150,25 +151,37 @@ def _training_curves(folder: Path) -> None:
     save_figure(fig, folder / "training_curves.png", dpi=110, bbox_inches=None)
 
 
-#: headline numbers of a plain run folder: (results file, summary key, label), shown where present
+#: headline numbers of a plain run folder: (command, summary key, label), shown for each results
+#: file of that command present (its label gets the file's split or inputs name unless it is "test")
 _RUN_HEADLINES = [
-    ("certify-test.json", "median_radius", "median Theorem 1 radius"),
-    ("certify-test.json", "median_radius_rigorous_mean", "median rigorous radius (mean-only)"),
-    ("certify-test.json", "median_radius_rigorous_full", "median rigorous radius (full)"),
-    ("margin-test.json", "median_bound", "median Theorem 1 radius (inputs compared with the margin)"),
-    ("margin-test.json", "median_margin", "median empirical margin"),
-    ("margin-test.json", "attack_preset", "margin search attack preset"),
-    ("margin-test.json", "n_violations", "Theorem 1 bounds above the margin"),
-    ("margin-test.json", "rigorous_above_margin", "rigorous radii above the margin"),
-    ("attack-test/attack.json", "preset", "attack preset"),
-    ("attack-test/attack.json", "damage median", "attack damage (deterministic), median"),
-    ("attack-test/attack.json", "expected damage median", "attack damage (expected, eq. 5), median"),
+    ("certify", "median_radius", "median Theorem 1 radius"),
+    ("certify", "median_radius_rigorous_mean", "median rigorous radius (mean-only)"),
+    ("certify", "median_radius_rigorous_full", "median rigorous radius (full)"),
+    ("margin", "median_bound", "median Theorem 1 radius (inputs compared with the margin)"),
+    ("margin", "median_margin", "median empirical margin"),
+    ("margin", "attack_preset", "margin search attack preset"),
+    ("margin", "n_violations", "Theorem 1 bounds above the margin"),
+    ("margin", "rigorous_above_margin", "rigorous radii above the margin"),
+    ("attack", "preset", "attack preset"),
+    ("attack", "damage median", "attack damage (deterministic), median"),
+    ("attack", "expected damage median", "attack damage (expected, eq. 5), median"),
 ]
 
 
+def _results_name(name: str) -> tuple[str, str]:
+    """'certify-test.json' -> ('certify', 'test'); 'attack-imgs/attack.json' -> ('attack', 'imgs')."""
+    command, _, rest = name.partition("-")
+    return command, rest.split("/")[0].removesuffix(".json")
+
+
 #: results files of certify / margin / attack (a folder holding one renders, with or without config.json)
-RUN_RESULTS = ("certify-test.json", "certify-train.json", "margin-test.json", "margin-train.json",
-               "attack-test/attack.json", "attack-train/attack.json")
+RUN_RESULTS = ("certify-*.json", "margin-*.json", "attack-*/attack.json")
+
+
+def run_files(folder: Path, patterns: Sequence[str]) -> list[str]:
+    """The files of ``folder`` matching ``patterns`` (relative paths; pattern by pattern, each
+    sorted by name)."""
+    return [p.relative_to(folder).as_posix() for pat in patterns for p in sorted(folder.glob(pat)) if p.is_file()]
 
 
 def _run_meta(folder: Path) -> dict[str, Any]:
@@ -177,12 +190,11 @@ def _run_meta(folder: Path) -> dict[str, Any]:
     config = read_json(folder / "config.json", "config") if (folder / "config.json").is_file() else {}
     if (folder / "metrics.csv").is_file():
         _training_curves(folder)
-    results = {name: read_json(folder / name, "results") for name in RUN_RESULTS if (folder / name).is_file()}
+    results = {name: read_json(folder / name, "results") for name in run_files(folder, RUN_RESULTS)}
     return {"study": "run" if config else "model",
             "command": " / ".join(str(r.get("command", "")) for r in results.values()) or
             "robvae train (see config.json)", "config": config,
-            "figures": [f for f in RUN_FIGURES if (folder / f).is_file()],
-            "tables": [t for t in RUN_TABLES if (folder / t).is_file()], "results": results}
+            "figures": run_files(folder, RUN_FIGURES), "tables": run_files(folder, RUN_TABLES), "results": results}
 
 
 def _section(folder: Path, k: int) -> tuple[str, str]:
@@ -205,7 +217,9 @@ def _section(folder: Path, k: int) -> tuple[str, str]:
                           "rerun the study to write it again")
     heads = [(lbl, _get(summary, key, _MISSING)) for key, lbl in _HEADLINES.get(name, [])]
     results = meta.get("results") if isinstance(meta.get("results"), dict) else {}
-    heads += [(lbl, _get(results.get(f) or {}, "summary." + key, _MISSING)) for f, key, lbl in _RUN_HEADLINES]
+    named = [(_results_name(f), res) for f, res in results.items()]
+    heads += [(lbl if label == "test" else f"{lbl} ({label})", _get(res or {}, "summary." + key, _MISSING))
+              for command, key, lbl in _RUN_HEADLINES for (c, label), res in named if c == command]
     # a number that is undefined (NaN, stored as null: e.g. a correlation of constant values) is shown as such
     heads = [(lbl, "undefined" if v is None else v) for lbl, v in heads if v is not _MISSING]
     if heads:
@@ -252,7 +266,7 @@ def render_report(folders: Sequence[str | Path], out_file: str | Path | None = N
     if not folders:
         raise ValueError("give at least one study folder")
     for f in folders:
-        if not any((f / name).is_file() for name in ("study.json", "config.json", *RUN_RESULTS)):
+        if not any((f / name).is_file() for name in ("study.json", "config.json")) and not run_files(f, RUN_RESULTS):
             raise FileNotFoundError(f"{f} is not a study folder (no study.json) nor a run folder (no config.json) "
                                     "nor a results folder (no certify / margin / attack results)")
     links, sections = zip(*(_section(f, k) for k, f in enumerate(folders)))
