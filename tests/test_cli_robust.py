@@ -216,6 +216,7 @@ def test_certify_defaults_to_r_relative_as_margin_does(run_dir, capsys, tmp_path
         assert rc == 0, err
         got[name] = json.loads(out.with_suffix(".json").read_text())
     assert got["default"]["r_relative"] == 1.5 and got["r"]["r_relative"] is None
+    assert got["default"]["summary"]["r_from"] == "1.5 x median r_min" and got["r"]["summary"]["r_from"] == "absolute"
     assert got["default"]["r"] == pytest.approx(1.5 * got["k1"]["r"], rel=1e-6)
     assert got["r"]["r"] == pytest.approx(0.7)
 

@@ -154,7 +154,10 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
                 click.echo(f"robvae: note: no rigorous radii: {e}", err=True)
         summary = cert.summary()
         lead = {"frobenius": "radius", "spectral": "radius_spectral", "whitened": "radius_whitened"}[jacobian_norm]
-        summary = {"lead": lead, **summary, "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
+        r_from = "absolute" if r_relative is None else f"{r_relative:g} x median r_min"  # as evaluation's r_from
+        summary = {"lead": lead, **{k: v for item in summary.items()
+                                    for k, v in ([item, ("r_from", r_from)] if item[0] == "r" else [item])},
+                   "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
         write_csv(out_path, cert.to_rows())
         write_json(json_path, {
             "command": "certify", "run": str(run), "split": split, "n": n, "r": radius, "r_relative": r_relative,
