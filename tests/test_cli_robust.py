@@ -129,8 +129,12 @@ def test_certify_r_relative_scales_the_median_r_min(run_dir, capsys, tmp_path):
     assert rc == 0, err
     r = json.loads((tmp_path / "c.json").read_text())["r"]
     x = load_dataset("digits", "test").images[:10]
-    expect = 2.0 * float(r_min(load(run_dir).model, x, 200, generator=torch.Generator().manual_seed(0)).median())
+    # drawn as the evaluation draws: one batch (10 <= 100 inputs) from the generator seeded
+    # seed * 1,000,003 + 1 = 1, and numpy's median (the mean of the two middle values of 10)
+    rmin = r_min(load(run_dir).model, x, 200, generator=torch.Generator().manual_seed(1)).double().numpy()
+    expect = 2.0 * float(np.median(rmin))
     assert r == pytest.approx(expect, rel=1e-6)
+    assert expect != pytest.approx(2.0 * float(np.sort(rmin)[4]), rel=1e-6)  # not torch's lower median
 
 
 def test_certify_r_relative_calibrates_on_at_most_1000_draws(run_dir, capsys, tmp_path):
@@ -146,7 +150,7 @@ def test_certify_r_relative_calibrates_on_at_most_1000_draws(run_dir, capsys, tm
     assert rc == 0, err
     r = json.loads((tmp_path / "c.json").read_text())["r"]
     model, x = load(run_dir).model, load_dataset("digits", "test").images[:3]
-    med = lambda s: float(r_min(model, x, s, generator=torch.Generator().manual_seed(0)).median())  # noqa: E731
+    med = lambda s: float(r_min(model, x, s, generator=torch.Generator().manual_seed(1)).median())  # noqa: E731
     assert r == pytest.approx(med(1000), rel=1e-6) and r != pytest.approx(med(1500), rel=1e-6)
 
 
@@ -167,6 +171,12 @@ def test_margin_reports_bound_and_margin(run_dir, capsys, tmp_path):
     assert rc == 0, err
     rows = read_csv(tmp_path / "m.csv")
     meta = json.loads((tmp_path / "m.json").read_text())
+    # one calibration: certify on the same inputs, seed and draws finds the same r (drawn as the evaluation draws)
+    rc, _, err = _run(capsys, "certify", run_dir, "--n", 5, "--n-samples", 200, "--no-rigorous", "--executor",
+                      "serial", "--out", tmp_path / "c.csv", "--quiet")
+    assert rc == 0, err
+    r_certify = json.loads((tmp_path / "c.json").read_text())["r"]
+    assert r_certify == meta["summary"]["r"]
     # old flag names still work (hidden aliases); a violation needs both estimates above 1/2 and an uncapped margin
     real = [r for r in rows if r["abstain"] == "False" and float(r["p_clean"]) > 0.5 and r["capped"] == "False"
             and r["robust_clean"] == "True" and np.isfinite(float(r["bound"]))]

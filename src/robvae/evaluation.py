@@ -244,6 +244,24 @@ def _gen(seed: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + salt) % (2**63))
 
 
+def calibration_r_min(model: torch.nn.Module, x: torch.Tensor, n_samples: int, seed: int,
+                      batch_size: int) -> torch.Tensor:
+    """r_min(x) [N] of every input, batch by batch, batch i drawing from ``_gen(seed, 1 + i)``: the
+    draws behind every relative radius (:func:`evaluate`, ``robvae margin``, ``robvae certify``),
+    so that the same inputs, seed, draws and batch size give the same r in all of them."""
+    return torch.cat([r_min(model, x[i:i + batch_size], n_samples, generator=_gen(seed, 1 + k))
+                      for k, i in enumerate(range(0, x.shape[0], batch_size))])
+
+
+def relative_radius(r_relative: float, rmin: torch.Tensor) -> float:
+    """r = r_relative x the median of r_min over the inputs (numpy's median: the mean of the two
+    middle values for an even count); ValueError when that median is 0."""
+    r = float(r_relative * np.median(rmin.double().cpu().numpy()))
+    if not r > 0:
+        raise ValueError("the median r_min is 0 (the encoder has no noise); set an absolute r")
+    return r
+
+
 def load_result(out_dir: str | Path) -> EvalResult:
     """Read an evaluation folder written by :func:`evaluate`; CheckpointError naming the file when
     its per-input table is damaged (a row cut short, rows missing against the summary's n)."""
@@ -322,8 +340,7 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
     bar = tqdm(total=stages * len(batches), desc=f"evaluate {run.config.dataset}", disable=not progress, unit="step")
 
     # 1. r_min and the radius r
-    rmin = torch.cat([r_min(model, x_all[s], config.n_samples, generator=_gen(config.seed, 1 + i))
-                      for i, s in enumerate(batches)])
+    rmin = calibration_r_min(model, x_all, config.n_samples, config.seed, config.batch_size)
     bar.update(len(batches))
     x_norm = x_all.flatten(1).norm(dim=1)
     cols: dict[str, list[Any]] = {"index": list(range(n)), "label": labels.tolist()}
@@ -337,9 +354,7 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
             cols.setdefault(name, []).extend(values)
 
     add(r_min=rmin, x_norm=x_norm)
-    r = float(config.r) if config.r is not None else float(config.r_relative * np.median(rmin.double().cpu().numpy()))
-    if not r > 0:
-        raise ValueError("the median r_min is 0 (the encoder has no noise); set an absolute r")
+    r = float(config.r) if config.r is not None else relative_radius(config.r_relative, rmin)
     eps = config.attack_budget(x_all)
 
     cols.update(r=[r] * n, attack_eps=[eps] * n)

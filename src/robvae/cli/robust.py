@@ -10,15 +10,14 @@ import time
 from pathlib import Path
 
 import click
-import torch
 
 from ..attacks import PRESETS
 from ..data import load_dataset
 from ..data.download import default_data_dir
 from ..errors import InputError
-from ..evaluation import LEGACY_ATTACK, EvalConfig, attack_report, margin_report
+from ..evaluation import LEGACY_ATTACK, EvalConfig, attack_report, calibration_r_min, margin_report, relative_radius
 from ..fileio import folder_lock, result_paths, write_csv, write_json
-from ..robustness import CertifyConfig, r_min
+from ..robustness import CertifyConfig
 from ..robustness.rigorous import rigorous_columns
 from ..sweep import SHARD_EXECUTORS, certify_sharded, partial_folder
 from ..threads import auto_executor
@@ -59,12 +58,13 @@ CALIBRATION_SAMPLES = 1000
 
 
 def resolve_radius(model, x, r: float | None, r_relative: float | None, n_samples: int, seed: int) -> float:
-    """r as given, or K times the median r_min(x) over the inputs (min(n_samples,
-    CALIBRATION_SAMPLES) draws each); exactly one is set (certify checks before any work)."""
+    """r as given, or K times the median r_min(x) over the inputs, drawn as the evaluation (and so
+    ``robvae margin``) draws them, with min(n_samples, CALIBRATION_SAMPLES) draws each: at the
+    default n_samples, certify and margin give the same r for the same inputs and seed."""
     if r is not None:
         return float(r)
-    g = torch.Generator().manual_seed(seed)
-    return float(r_relative) * float(r_min(model, x, min(n_samples, CALIBRATION_SAMPLES), generator=g).median())
+    rmin = calibration_r_min(model, x, min(n_samples, CALIBRATION_SAMPLES), seed, EvalConfig().batch_size)
+    return relative_radius(float(r_relative), rmin)
 
 
 @app.command("certify")
