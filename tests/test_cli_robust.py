@@ -379,3 +379,28 @@ def test_out_paths_that_would_replace_a_runs_files_are_refused(run_dir, capsys, 
         rc, _, err = _run(capsys, "certify", run_dir, "--n", 2, "--r", 1.0, "--samples", 50, "--out",
                           tmp_path / "c.csv", "--quiet")
         assert rc == 0, err
+
+
+def test_a_given_r_relative_wins_over_an_r_from_a_default_map(run_dir, capsys, tmp_path):
+    """Only radius options the user gave conflict: an r from a default map (a config file) yields to a
+    --r-relative typed on the command line; an r typed there wins over the map's default."""
+    from robvae.cli import app
+
+    def run(*args):
+        app.main([str(a) for a in args], standalone_mode=False, default_map={"certify": {"r": 0.7}})
+        return json.loads((tmp_path / "c.json").read_text())
+
+    common = ("certify", run_dir, "--n", 3, "--n-samples", 100, "--no-rigorous", "--executor", "serial", "--quiet",
+              "--out", tmp_path / "c.csv")
+    assert run(*common)["r"] == pytest.approx(0.7)  # the map's r replaces --r-relative's default
+    got = run(*common, "--r-relative", 1.0)
+    assert got["r_relative"] == 1.0 and got["r"] != pytest.approx(0.7)
+    assert run(*common, "--r", 0.9)["r"] == pytest.approx(0.9)
+
+
+def test_a_zero_median_r_min_names_the_cause_and_the_way_out():
+    from robvae.evaluation import relative_radius
+
+    with pytest.raises(ValueError, match=r"median r_min is 0: .*decoder that ignores z.*give an absolute r \(--r\)"):
+        relative_radius(1.5, torch.zeros(4))
+    assert relative_radius(1.5, torch.tensor([1.0, 2.0, 3.0, 10.0])) == pytest.approx(3.75)  # numpy's median 2.5

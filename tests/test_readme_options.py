@@ -228,3 +228,26 @@ def test_every_command_has_a_table_and_every_table_a_command():
 def test_readme_table_matches_the_command(command):
     problems = table_problems(command, COMMANDS[command], parse_tables(README.read_text(encoding="utf-8")))
     assert not problems, "README.md is out of date with the command line:\n" + "\n".join(problems)
+
+
+def unmarked_option_tables(text: str) -> list[int]:
+    """Line numbers of tables headed `| option | default | ...` that no options marker precedes
+    (such a table would never be checked against the command line)."""
+    lines, bad = text.splitlines(), []
+    for i, line in enumerate(lines):
+        cells = [c.lower() for c in _cells(line)] if line.lstrip().startswith("|") else []
+        if cells[:2] != ["option", "default"] or (i and lines[i - 1].lstrip().startswith("|")):
+            continue
+        k = i - 1
+        while k >= 0 and not lines[k].strip():
+            k -= 1
+        if k < 0 or not _MARKER.match(lines[k].strip()):
+            bad.append(i + 1)
+    return bad
+
+
+def test_every_options_table_is_marked_and_so_checked():
+    assert unmarked_option_tables(_TOY_PAGE) == []
+    assert unmarked_option_tables("text\n\n| option | default | meaning |\n| --- | --- | --- |\n| `--n` | `3` | x |\n") == [3]
+    bad = unmarked_option_tables(README.read_text(encoding="utf-8"))
+    assert not bad, f"README.md options tables without a '<!-- options: robvae CMD -->' marker at lines {bad}"

@@ -601,3 +601,31 @@ def test_a_worker_dead_before_its_trial_started_is_reported_as_such(tmp_path):
     assert read_status(early)["error"] == "worker died (exit code -9) before the trial started (no attempt recorded)"
     assert read_status(late)["error"] == "worker died (exit code -9) (attempts: 2)"
     assert read_status(early)["status"] == read_status(late)["status"] == "failed"
+
+
+def test_cli_sweep_evaluation_data_dir_is_read_as_checked_and_done_trials_need_no_data(tmp_path, capsys,
+                                                                                       monkeypatch):
+    """Review of the data check: a '~' (or relative) evaluation.data_dir is resolved by the worker as
+    the driver checked it (it used to fail after training), and a rerun of a finished sweep does
+    not need the data (every trial is skipped)."""
+    from test_data_idx import make_split
+
+    home = tmp_path / "home"
+    for split in ("train", "test"):
+        make_split(tmp_path / "train-data", split, 40, gz=False)
+        make_split(home / "eval-data", split, 40, gz=False, seed=1)
+    monkeypatch.setenv("HOME", str(home))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"out: {tmp_path / 'out'}\nbase: {{dataset: mnist, data_dir: {tmp_path / 'train-data'}, "
+                    "epochs: 1, batch_size: 20, model: {latent_dim: 2, hidden: [8]}}\ngrid: {seed: [0]}\n"
+                    "evaluation: {n: 3, n_samples: 20, attack: false, margin: false, rigorous: false, "
+                    "data_dir: ~/eval-data}\n")
+    assert main(["sweep", str(spec), "--executor", "serial", "--quiet"]) == 0, capsys.readouterr().err
+    assert "1 trials: 1 done" in capsys.readouterr().out
+    (tmp_path / "train-data").rename(tmp_path / "moved")
+    assert main(["sweep", str(spec), "--executor", "serial", "--quiet"]) == 0, capsys.readouterr().err
+    assert "1 done (1 already done before)" in capsys.readouterr().out
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    spec.write_text(spec.read_text().replace("seed: [0]", "seed: [0, 1]"))  # a new trial needs the data again
+    assert main(["sweep", str(spec), "--executor", "serial", "--quiet"]) == 2
+    assert "train-data does not exist" in capsys.readouterr().err

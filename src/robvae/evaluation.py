@@ -258,7 +258,8 @@ def relative_radius(r_relative: float, rmin: torch.Tensor) -> float:
     middle values for an even count); ValueError when that median is 0."""
     r = float(r_relative * np.median(rmin.double().cpu().numpy()))
     if not r > 0:
-        raise ValueError("the median r_min is 0 (the encoder has no noise); set an absolute r")
+        raise ValueError("the median r_min is 0: the reconstruction does not move with the latent noise (an "
+                         "encoder without noise, or a decoder that ignores z); give an absolute r (--r)")
     return r
 
 

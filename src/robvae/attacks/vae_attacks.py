@@ -201,7 +201,8 @@ class _TargetedAttack(_PGDAttack):
                x_target: torch.Tensor | None = None, warm_start: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> PGDResult:
         """Foolbox style: attack ``model`` at x [B, *shape] towards ``x_target`` [B, *shape] (required)
-        with budget eps (a number or [B]; default the object's eps, None: the box alone)
+        with budget eps (a number or [B]; None or left out: the object's eps, and when that is None
+        too, the pixel box alone)
         -> PGDResult(delta, value = minus the attack's loss [B]). warm_start [B, *shape]: one more
         restart started there; generator: overrides the object's. The object's stored model and eps
         are left as they are."""

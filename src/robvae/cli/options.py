@@ -140,17 +140,24 @@ radius_options = [
 ]
 
 
+#: where an option's value counts as the user's choice (not a default, nor a default_map entry)
+_GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.PROMPT)
+
+
 def one_radius(f):
     """Decorate a command taking ``r`` and ``r_relative``: giving both --r and --r-relative is a
-    usage error (--r alone replaces --r-relative's default), checked before any work."""
+    usage error, checked before any work; --r alone replaces --r-relative's default, and a given
+    --r-relative replaces an r that only came from a default map."""
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
-        given = ctx.get_parameter_source("r_relative") not in (None, ParameterSource.DEFAULT,
-                                                                ParameterSource.DEFAULT_MAP)
-        if kwargs.get("r") is not None and given:
+        r_given = ctx.get_parameter_source("r") in _GIVEN
+        k_given = ctx.get_parameter_source("r_relative") in _GIVEN
+        if r_given and k_given:
             raise click.UsageError("give one of --r and --r-relative: --r is the radius, --r-relative K computes "
                                    "it as K x the median r_min")
+        if k_given:
+            kwargs["r"] = None
         return f(*args, **kwargs)
     return wrapper
 

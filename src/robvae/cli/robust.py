@@ -53,7 +53,7 @@ def _inputs(run_dir: str, split: str, n: int, device: str, data_dir: str | None 
 
 #: Draws per input of the --r-relative calibration (at most; fewer when --samples is smaller): r is
 #: one number, the median over the inputs of per-input medians, so 1,000 draws each pin it down to
-#: well under 1% on a test set, at a tenth of the decoder work of certify's own 10,000 draws.
+#: well under 1% on a test set, at a tenth of the decoder work of a certify run at --n-samples 10000.
 CALIBRATION_SAMPLES = 1000
 
 

@@ -11,7 +11,7 @@ from ..data.registry import missing_data
 from ..fileio import folder_lock
 from . import app
 from .options import FiniteFloat
-from ..sweep import collect, load_sweep, run_trials
+from ..sweep import collect, is_done, load_sweep, run_trials
 from ..sweep.results import write_study
 
 
@@ -49,7 +49,7 @@ def sweep_cmd(sweep_file, executor, address, workers, out, max_retries, cpus_per
     out_dir = out or spec.out
     if not out_dir:
         raise click.UsageError("no output folder: give --out or set out: in the sweep file")
-    missing = _missing_data(spec.trials)
+    missing = _missing_data([t for t in spec.trials if not is_done(out_dir, t)])  # done trials are skipped
     if dry_run:
         for t in spec.trials:
             click.echo(f"{t.id}  {t.name}")
@@ -88,25 +88,25 @@ def _missing_data(trials) -> str | None:
     """One line naming the data the trials would not find (before any worker starts), or None.
     Relative data_dir paths are read from the current folder, as the workers read them."""
     found: dict[str, list[str]] = {}
-    relative = False
+    relative, key = False, "data_dir"
     for t in trials:
-        wanted = [(t.train.dataset, split, t.train.data_dir) for split in ("train", "test")]
+        wanted = [(t.train.dataset, split, t.train.data_dir, "data_dir") for split in ("train", "test")]
         ev = t.evaluation
         if ev is not None and ev.data_dir is not None:
-            wanted.append((t.train.dataset, ev.split, ev.data_dir))
-        for dataset, split, data_dir in wanted:
+            wanted.append((t.train.dataset, ev.split, ev.data_dir, "evaluation.data_dir"))
+        for dataset, split, data_dir, field in wanted:
             folder = None if data_dir is None else os.path.expanduser(data_dir)
             why = missing_data(dataset, split, folder)
             if why:
                 if not found:
-                    relative = folder is not None and not os.path.isabs(folder)
+                    relative, key = folder is not None and not os.path.isabs(folder), field
                 found.setdefault(why, []).append(t.id)
                 break
     if not found:
         return None
     why, ids = next(iter(found.items()))
     more = sum(len(v) for v in found.values()) - 1
-    hint = (f"; relative data_dir paths are read from the current folder ({os.getcwd()}): run robvae sweep from "
+    hint = (f"; relative {key} paths are read from the current folder ({os.getcwd()}): run robvae sweep from "
             "the folder they are relative to (the repository root for its examples/), or give absolute paths"
-            if relative else "; set data_dir in the sweep file's base (or grid)")
+            if relative else f"; set {key} in the sweep file")
     return f"{why} (trial {ids[0]}{f' and {more} more' if more else ''}){hint}"

@@ -102,6 +102,12 @@ def trial_dir(out_dir: str | os.PathLike, trial_id: str) -> Path:
     return Path(out_dir) / "trials" / trial_id
 
 
+def is_done(out_dir: str | os.PathLike, trial: Trial) -> bool:
+    """Whether a sweep run would skip ``trial``: status done and its outputs whole."""
+    tdir = trial_dir(out_dir, trial.id)
+    return read_status(tdir).get("status") == "done" and outputs_complete(tdir, trial.evaluation is not None)
+
+
 def _result(trial: Trial, tdir: Path, skipped: bool = False) -> TrialResult:
     st = read_status(tdir)
     return TrialResult(id=trial.id, name=trial.name, status=st.get("status", "failed"), error=st.get("error"),
@@ -177,8 +183,7 @@ def run_trials(
         tdir = trial_dir(out, tid)
         if read_json_dict(tdir / TRIAL_FILE).get("id") != tid:  # missing or damaged: the table reads it
             write_json(tdir / TRIAL_FILE, t.to_dict())
-        st = read_status(tdir)
-        if st.get("status") == "done" and outputs_complete(tdir, t.evaluation is not None):
+        if is_done(out, t):
             skipped.add(tid)
         else:
             update_status(tdir, id=tid, name=t.name, status="queued", error=None)

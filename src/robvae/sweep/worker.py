@@ -11,6 +11,7 @@ Every file is written atomically (robvae.io), so a killed worker never leaves a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -124,6 +125,9 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
             os.kill(os.getpid(), signal.SIGKILL)
         config = trial.train
         config.data_dir = _resolve_data_dir(config.data_dir, cwd)
+        if trial.evaluation is not None and trial.evaluation.data_dir is not None:  # as the driver checked it
+            trial.evaluation = dataclasses.replace(trial.evaluation,
+                                                   data_dir=_resolve_data_dir(trial.evaluation.data_dir, cwd))
         t_train = time.time()
         run = train(config, trial_dir_p / RUN_DIR, progress=False,
                     callback=_fault_callback(trial._fault, trial_dir_p))
