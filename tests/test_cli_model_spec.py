@@ -147,6 +147,11 @@ def test_attack_and_margin_with_model_and_inputs_file(user_pkg, capsys):
                "--n-samples", "50", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     assert (user_pkg / "m" / "certify-x.csv").is_file() and not (user_pkg / "m" / "certify-test.csv").exists()
+    np.save(user_pkg / "train.npy", x.numpy())  # a file named after a split never takes the split's name
+    rc = main(["certify", "m", "--model", "my_models:vae", "--inputs", "train.npy", "--n", "4", "--r", "0.5",
+               "--n-samples", "50", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert (user_pkg / "m" / "certify-train-inputs.csv").is_file() and not (user_pkg / "m" / "certify-train.csv").exists()
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -274,6 +279,13 @@ def test_report_with_model_and_inputs_file_names_and_renders_the_outputs_by_the_
     assert page.count("data:image/png;base64,") >= 1  # the attack figure, found under its new name
     margin = json.loads((out / "margin-imgs.json").read_text())
     assert f"<dd>{robvae.report.html._fmt(margin['summary']['median_margin'])}</dd>" in page
+    # JSON files that only match the results' names are not results (review: a list crashed the report)
+    (out / "margin-notes.json").write_text("[1, 2]")
+    (out / "certify-thresholds.json").write_text('{"low": 0.1}')
+    rc = main(["report", str(out), "--html", str(out / "again.html")])
+    assert rc == 0, capsys.readouterr().err
+    again = (out / "again.html").read_text()
+    assert "margin-notes" not in again and "certify-thresholds" not in again and "margin-imgs.csv" in again
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -401,6 +401,24 @@ def test_a_given_r_relative_wins_over_an_r_from_a_default_map(run_dir, capsys, t
 def test_a_zero_median_r_min_names_the_cause_and_the_way_out():
     from robvae.evaluation import relative_radius
 
-    with pytest.raises(ValueError, match=r"median r_min is 0: .*decoder that ignores z.*give an absolute r \(--r\)"):
+    with pytest.raises(ValueError, match=r"median r_min is 0: .*decoder that ignores z.*give an absolute r \(--r, EvalConfig.r\)"):
         relative_radius(1.5, torch.zeros(4))
     assert relative_radius(1.5, torch.tensor([1.0, 2.0, 3.0, 10.0])) == pytest.approx(3.75)  # numpy's median 2.5
+    with pytest.raises(ValueError, match="median r_min is NaN"):
+        relative_radius(1.5, torch.full((3,), float("nan")))
+
+
+def test_certify_and_margin_find_the_same_r_whatever_the_batch_size(run_dir, capsys, tmp_path):
+    """The calibration draws in fixed blocks (CALIBRATION_BLOCK), not per --batch-size (review)."""
+    from robvae.evaluation import CALIBRATION_BLOCK
+
+    assert CALIBRATION_BLOCK == 100
+    rc, _, err = _run(capsys, "margin", run_dir, "--n", 4, "--n-samples", 100, "--batch-size", 1, "--margin-tol", 0.5,
+                      "--no-rigorous", "--out", tmp_path / "m.csv", "--quiet")
+    assert rc == 0, err
+    rc, _, err = _run(capsys, "certify", run_dir, "--n", 4, "--n-samples", 100, "--no-rigorous",
+                      "--executor", "serial", "--out", tmp_path / "c.csv", "--quiet")
+    assert rc == 0, err
+    cert = json.loads((tmp_path / "c.json").read_text())
+    assert cert["r"] == json.loads((tmp_path / "m.json").read_text())["summary"]["r"]
+    assert cert["calibration_samples"] == 100

@@ -244,22 +244,32 @@ def _gen(seed: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + salt) % (2**63))
 
 
-def calibration_r_min(model: torch.nn.Module, x: torch.Tensor, n_samples: int, seed: int,
-                      batch_size: int) -> torch.Tensor:
-    """r_min(x) [N] of every input, batch by batch, batch i drawing from ``_gen(seed, 1 + i)``: the
-    draws behind every relative radius (:func:`evaluate`, ``robvae margin``, ``robvae certify``),
-    so that the same inputs, seed, draws and batch size give the same r in all of them."""
-    return torch.cat([r_min(model, x[i:i + batch_size], n_samples, generator=_gen(seed, 1 + k))
-                      for k, i in enumerate(range(0, x.shape[0], batch_size))])
+#: inputs per block of the r_min calibration (block k draws from ``_gen(seed, 1 + k)``): fixed, so
+#: that r does not depend on a batch size chosen for speed
+CALIBRATION_BLOCK = 100
+
+
+def calibration_r_min(model: torch.nn.Module, x: torch.Tensor, n_samples: int, seed: int) -> torch.Tensor:
+    """r_min(x) [N] of every input, in blocks of CALIBRATION_BLOCK inputs, block k drawing from
+    ``_gen(seed, 1 + k)``: the draws behind every relative radius (:func:`evaluate`, ``robvae
+    margin``, ``robvae certify``), so that the same inputs, seed and draws give the same r in all
+    of them, whatever their batch sizes."""
+    b = CALIBRATION_BLOCK
+    return torch.cat([r_min(model, x[i:i + b], n_samples, generator=_gen(seed, 1 + k))
+                      for k, i in enumerate(range(0, x.shape[0], b))])
 
 
 def relative_radius(r_relative: float, rmin: torch.Tensor) -> float:
     """r = r_relative x the median of r_min over the inputs (numpy's median: the mean of the two
     middle values for an even count); ValueError when that median is 0."""
-    r = float(r_relative * np.median(rmin.double().cpu().numpy()))
+    med = float(np.median(rmin.double().cpu().numpy()))
+    if math.isnan(med):
+        raise ValueError("the median r_min is NaN: the model's reconstructions are not finite; give an absolute r "
+                         "(--r, EvalConfig.r) only once the model decodes finite images")
+    r = float(r_relative * med)
     if not r > 0:
         raise ValueError("the median r_min is 0: the reconstruction does not move with the latent noise (an "
-                         "encoder without noise, or a decoder that ignores z); give an absolute r (--r)")
+                         "encoder without noise, or a decoder that ignores z); give an absolute r (--r, EvalConfig.r)")
     return r
 
 
@@ -341,7 +351,7 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
     bar = tqdm(total=stages * len(batches), desc=f"evaluate {run.config.dataset}", disable=not progress, unit="step")
 
     # 1. r_min and the radius r
-    rmin = calibration_r_min(model, x_all, config.n_samples, config.seed, config.batch_size)
+    rmin = calibration_r_min(model, x_all, config.n_samples, config.seed)
     bar.update(len(batches))
     x_norm = x_all.flatten(1).norm(dim=1)
     cols: dict[str, list[Any]] = {"index": list(range(n)), "label": labels.tolist()}

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..data import load_dataset
+from ..data.registry import SPLITS
 from ..errors import InputError
 from ..models.protocol import import_spec
 from ..sweep.shard import certify_blocks  # re-exported: the CLI certifies --model inputs with it
@@ -114,8 +115,12 @@ class ModelRun(Run):
 
 def output_label(run: Run, split: str) -> str:
     """What a command's default output file is named after: the --inputs file's name (without its
-    suffix) when the inputs came from one, else the split (certify-test.csv, attack-imgs/, ...)."""
-    return run.inputs_name if isinstance(run, ModelRun) and run.inputs_name else split
+    suffix) when the inputs came from one, else the split (certify-test.csv, attack-imgs/, ...); a
+    file named after a split gets "-inputs" (train.npy: certify-train-inputs.csv), so that the two
+    never share a name."""
+    if not (isinstance(run, ModelRun) and run.inputs_name):
+        return split
+    return run.inputs_name + ("-inputs" if run.inputs_name in SPLITS else "")
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

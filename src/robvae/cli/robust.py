@@ -59,11 +59,11 @@ CALIBRATION_SAMPLES = 1000
 
 def resolve_radius(model, x, r: float | None, r_relative: float | None, n_samples: int, seed: int) -> float:
     """r as given, or K times the median r_min(x) over the inputs, drawn as the evaluation (and so
-    ``robvae margin``) draws them, with min(n_samples, CALIBRATION_SAMPLES) draws each: at the
-    default n_samples, certify and margin give the same r for the same inputs and seed."""
+    ``robvae margin``) draws them, with min(n_samples, CALIBRATION_SAMPLES) draws each: for
+    n_samples <= CALIBRATION_SAMPLES, certify and margin give the same r for the same inputs and seed."""
     if r is not None:
         return float(r)
-    rmin = calibration_r_min(model, x, min(n_samples, CALIBRATION_SAMPLES), seed, EvalConfig().batch_size)
+    rmin = calibration_r_min(model, x, min(n_samples, CALIBRATION_SAMPLES), seed)
     return relative_radius(float(r_relative), rmin)
 
 
@@ -161,6 +161,7 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
         write_csv(out_path, cert.to_rows())
         write_json(json_path, {
             "command": "certify", "run": str(run), "split": split, "n": n, "r": radius, "r_relative": r_relative,
+            "calibration_samples": None if r_relative is None else min(n_samples, CALIBRATION_SAMPLES),
             "n_samples": n_samples, "alpha": alpha, "mode": mode, "precision": precision,
             "early_abstain": early_abstain, "rigorous": rigorous, "executor": executor, "seed": seed,
             "summary": summary})

@@ -168,6 +168,12 @@ _RUN_HEADLINES = [
 ]
 
 
+def _is_results(name: str, res: Any) -> bool:
+    """Whether a JSON file matching RUN_RESULTS is a command's results (a JSON object whose
+    "command" is the file's prefix), not some other file that happens to match (margin-notes.json)."""
+    return isinstance(res, dict) and res.get("command") == _results_name(name)[0]
+
+
 def _results_name(name: str) -> tuple[str, str]:
     """'certify-test.json' -> ('certify', 'test'); 'attack-imgs/attack.json' -> ('attack', 'imgs')."""
     command, _, rest = name.partition("-")
@@ -190,7 +196,8 @@ def _run_meta(folder: Path) -> dict[str, Any]:
     config = read_json(folder / "config.json", "config") if (folder / "config.json").is_file() else {}
     if (folder / "metrics.csv").is_file():
         _training_curves(folder)
-    results = {name: read_json(folder / name, "results") for name in run_files(folder, RUN_RESULTS)}
+    results = {name: res for name in run_files(folder, RUN_RESULTS)
+               if _is_results(name, res := read_json(folder / name, "results"))}
     return {"study": "run" if config else "model",
             "command": " / ".join(str(r.get("command", "")) for r in results.values()) or
             "robvae train (see config.json)", "config": config,
