@@ -147,6 +147,12 @@ def test_attack_and_margin_with_model_and_inputs_file(user_pkg, capsys):
                "--n-samples", "50", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     assert (user_pkg / "m" / "certify-x.csv").is_file() and not (user_pkg / "m" / "certify-test.csv").exists()
+    # the JSON files say where the inputs came from (no split)
+    cert = json.loads((user_pkg / "m" / "certify-x.json").read_text())
+    assert cert["split"] is None and cert["inputs"] == "x.npy"
+    assert json.loads((user_pkg / "m" / "margin-x.json").read_text())["inputs"] == "x.pt"
+    att = json.loads((user_pkg / "attack-x" / "attack.json").read_text())
+    assert att["split"] is None and att["inputs"] == "x.npy"
     np.save(user_pkg / "train.npy", x.numpy())  # a file named after a split never takes the split's name
     rc = main(["certify", "m", "--model", "my_models:vae", "--inputs", "train.npy", "--n", "4", "--r", "0.5",
                "--n-samples", "50", "--quiet"])

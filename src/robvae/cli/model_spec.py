@@ -111,6 +111,7 @@ class ModelRun(Run):
     inputs: torch.Tensor | None = field(default=None)
     spec: str = ""
     inputs_name: str = ""
+    inputs_file: str = ""
 
 
 def output_label(run: Run, split: str) -> str:
@@ -121,6 +122,14 @@ def output_label(run: Run, split: str) -> str:
     if not (isinstance(run, ModelRun) and run.inputs_name):
         return split
     return run.inputs_name + ("-inputs" if run.inputs_name in SPLITS else "")
+
+
+def source_meta(run: Run, split: str) -> dict[str, str | None]:
+    """Where a command's inputs came from, for its JSON: ``{"split": split}``, or with --inputs
+    ``{"split": None, "inputs": FILE}`` (those inputs are no split)."""
+    if isinstance(run, ModelRun) and run.inputs_file:
+        return {"split": None, "inputs": run.inputs_file}
+    return {"split": split}
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -181,9 +190,10 @@ def model_run(run_dir: str | None, split: str, n: int, device: str,
     out = Path(run_dir) if run_dir is not None else Path(".")
     run = ModelRun(path=out, config=TrainConfig(dataset=dataset, data_dir=data_dir), model=model, metrics=[],
                    inputs=None if pre is None else pre.to(device), spec=str(spec),
-                   inputs_name="" if pre is None else Path(opts["model_inputs"]).stem)
+                   inputs_name="" if pre is None else Path(opts["model_inputs"]).stem,
+                   inputs_file="" if pre is None else str(opts["model_inputs"]))
     return run, x
 
 
 __all__ = ["load_model_spec", "load_inputs_file", "ModelRun", "model_options", "optional_run_argument", "model_run",
-           "certify_blocks", "output_label"]
+           "certify_blocks", "output_label", "source_meta"]

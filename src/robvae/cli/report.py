@@ -15,7 +15,7 @@ import click
 from . import app
 from ..evaluation import EvalConfig, attack_report, margin_report
 from ..report.html import render_report
-from .model_spec import META, model_options, model_run, output_label
+from .model_spec import META, model_options, model_run, output_label, source_meta
 from .options import add_options, config_option, device_option, run_data_dir_option
 
 #: options that mean something only with --model (a usage error without it)
@@ -62,9 +62,10 @@ def _evaluate(out: str, config: EvalConfig, quiet: bool) -> None:
     """The --model branch: the model's margins and certificates, then the attack, into ``out``."""
     loaded, x = model_run(out, config.split, config.n, config.device, config.data_dir)  # checks the model first
     Path(out).mkdir(parents=True, exist_ok=True)
-    meta = {"run": str(out), "model": loaded.spec}
+    meta = {"run": str(out), "model": loaded.spec,
+            **{k: v for k, v in source_meta(loaded, config.split).items() if k == "inputs"}}
     label = output_label(loaded, config.split)  # the split, or the --inputs file's name
     margin_report(loaded, config, Path(out) / f"margin-{label}.csv", progress=not quiet, meta=meta)
     attack_report(loaded.model, x, config.attack_budget(x), preset=config.attack_preset, batch_size=config.batch_size,
                   seed=config.seed, out_dir=Path(out) / f"attack-{label}", progress=not quiet,
-                  meta={**meta, "split": config.split, "n": config.n})
+                  meta={**meta, **source_meta(loaded, config.split), "n": config.n})

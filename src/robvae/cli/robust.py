@@ -23,7 +23,9 @@ from ..sweep import SHARD_EXECUTORS, certify_sharded, partial_folder
 from ..threads import auto_executor
 from ..training import load
 from . import app
-from .model_spec import ModelRun, certify_blocks, model_options, model_run, optional_run_argument, output_label
+from .model_spec import (
+    ModelRun, certify_blocks, model_options, model_run, optional_run_argument, output_label, source_meta,
+)
 from .options import (
     FiniteFloat,
     ConfigOption, add_options, auto_workers_option, config_option, device_option, download_option,
@@ -160,7 +162,8 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
                    "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
         write_csv(out_path, cert.to_rows())
         write_json(json_path, {
-            "command": "certify", "run": str(run), "split": split, "n": n, "r": radius, "r_relative": r_relative,
+            "command": "certify", "run": str(run), **source_meta(vae, split), "n": n, "r": radius,
+            "r_relative": r_relative,
             "calibration_samples": None if r_relative is None else min(n_samples, CALIBRATION_SAMPLES),
             "n_samples": n_samples, "alpha": alpha, "mode": mode, "precision": precision,
             "early_abstain": early_abstain, "rigorous": rigorous, "executor": executor, "seed": seed,
@@ -222,7 +225,8 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
     vae, x = _inputs(run, split, n, device, data_dir, download)
     out_dir = Path(out) if out else Path(vae.path) / f"attack-{output_label(vae, split)}"
     rep = attack_report(vae.model, x, eps, norm=norm, preset=preset, batch_size=batch_size, seed=seed,
-                        out_dir=out_dir, progress=not quiet, meta={"run": str(run), "split": split, "n": n}, **pgd)
+                        out_dir=out_dir, progress=not quiet, meta={"run": str(run), **source_meta(vae, split), "n": n},
+                        **pgd)
     click.echo(format_summary(rep.summary))
     click.echo(f"per-input results: {rep.paths['csv']}; images: {rep.paths['png']}")
 
@@ -268,6 +272,7 @@ def margin_cmd(run, out, quiet, download, **kw) -> None:
     if download and config.data_dir is None and loaded.config.data_dir is None and loaded.config.dataset != "digits":
         config = dataclasses.replace(config, data_dir=str(default_data_dir(loaded.config.dataset)))  # fetched there
     out_path = Path(out) if out else Path(loaded.path) / f"margin-{output_label(loaded, config.split)}.csv"
-    rep = margin_report(loaded, config, out_path, progress=not quiet, meta={"run": str(run)})
+    inputs = {k: v for k, v in source_meta(loaded, config.split).items() if k == "inputs"}  # beside the evaluation
+    rep = margin_report(loaded, config, out_path, progress=not quiet, meta={"run": str(run), **inputs})
     click.echo(format_summary(rep.summary()))
     click.echo(f"per-input results: {out_path}")

@@ -199,7 +199,7 @@ def _run_meta(folder: Path) -> dict[str, Any]:
     results = {name: res for name in run_files(folder, RUN_RESULTS)
                if _is_results(name, res := read_json(folder / name, "results"))}
     return {"study": "run" if config else "model",
-            "command": " / ".join(str(r.get("command", "")) for r in results.values()) or
+            "command": " / ".join(dict.fromkeys(str(r.get("command", "")) for r in results.values())) or
             "robvae train (see config.json)", "config": config,
             "figures": run_files(folder, RUN_FIGURES), "tables": run_files(folder, RUN_TABLES), "results": results}
 
