@@ -230,13 +230,26 @@ def test_readme_table_matches_the_command(command):
     assert not problems, "README.md is out of date with the command line:\n" + "\n".join(problems)
 
 
+def _option_like(rows: list[str]) -> bool:
+    """A table whose body rows mostly start with an option (`--name`): an options table, whatever
+    its header says."""
+    firsts = [_cells(r)[0] for r in rows if not set("".join(_cells(r))) <= set("-: ")]
+    return bool(firsts) and sum(bool(re.fullmatch(r"`--[a-z][\w-]*(/--[\w-]+)?`", c)) for c in firsts) * 2 > len(firsts)
+
+
 def unmarked_option_tables(text: str) -> list[int]:
-    """Line numbers of tables headed `| option | default | ...` that no options marker precedes
-    (such a table would never be checked against the command line)."""
+    """Line numbers of options tables (headed `| option | default | ...`, or whose rows mostly
+    start with `--name`) that no options marker precedes: such a table would never be checked
+    against the command line."""
     lines, bad = text.splitlines(), []
     for i, line in enumerate(lines):
-        cells = [c.lower() for c in _cells(line)] if line.lstrip().startswith("|") else []
-        if cells[:2] != ["option", "default"] or (i and lines[i - 1].lstrip().startswith("|")):
+        if not line.lstrip().startswith("|") or (i and lines[i - 1].lstrip().startswith("|")):
+            continue  # only the first row of each table
+        j = i
+        while j < len(lines) and lines[j].lstrip().startswith("|"):
+            j += 1
+        cells = [c.lower() for c in _cells(line)]
+        if cells[:2] != ["option", "default"] and not _option_like(lines[i + 1:j]):
             continue
         k = i - 1
         while k >= 0 and not lines[k].strip():
@@ -249,5 +262,7 @@ def unmarked_option_tables(text: str) -> list[int]:
 def test_every_options_table_is_marked_and_so_checked():
     assert unmarked_option_tables(_TOY_PAGE) == []
     assert unmarked_option_tables("text\n\n| option | default | meaning |\n| --- | --- | --- |\n| `--n` | `3` | x |\n") == [3]
+    assert unmarked_option_tables("| flag | value |\n|---|---|\n| `--n-samples` | `10000` |\n| `--r` | 1 |\n") == [1]
+    assert unmarked_option_tables("| field | meaning |\n|---|---|\n| `n_used` | x |\n| `--r` | y |\n") == []
     bad = unmarked_option_tables(README.read_text(encoding="utf-8"))
     assert not bad, f"README.md options tables without a '<!-- options: robvae CMD -->' marker at lines {bad}"
