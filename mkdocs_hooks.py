@@ -4,8 +4,11 @@ is in the navigation.
 - README.md links the pages under docs/ as ``docs/NAME.md``; on the site those pages sit beside
   the home page, so the prefix is dropped. Everything else in README.md is used as it is (a link
   that does not resolve on the site fails ``mkdocs build --strict``).
-- A Markdown page under docs/ that mkdocs.yml's ``nav`` does not list (e.g. a new
-  docs/BENCHMARK.md) is added before the API reference, titled from its file name.
+- A page under docs/ links the README as ``../README.md`` (anchors allowed, e.g.
+  ``../README.md#python-api``, as GitHub reads it); on the site the README is the home page,
+  ``index.md``, so the link is rewritten to it (``../../README.md`` from docs/sub/, and so on).
+- A Markdown page under docs/ that mkdocs.yml's ``nav`` does not list (e.g. a page added
+  without touching mkdocs.yml) is added before the API reference, titled from its file name.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 from pathlib import Path
 
 _DOCS_LINK = re.compile(r"\]\(docs/")
+_README_LINK = re.compile(r"\]\(((?:\.\./)+)README\.md(?=[#)])")
 
 
 def _listed(nav) -> set[str]:
@@ -42,8 +46,21 @@ def on_config(config):
     return config
 
 
+def _to_home(markdown: str, src_uri: str) -> str:
+    """``](../README.md...)`` in the page ``src_uri`` (relative to docs/) -> the home page ``index.md``."""
+    depth = src_uri.count("/")  # folders below docs/
+
+    def home(m: re.Match) -> str:
+        ups = len(m.group(1)) // 3
+        if ups != depth + 1:  # not the repository root's README.md: leave it to mkdocs' checks
+            return m.group(0)
+        return "](" + "../" * depth + "index.md"
+
+    return _README_LINK.sub(home, markdown)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 - the mkdocs hook signature
     if page.file.src_uri != "index.md":
-        return markdown
+        return _to_home(markdown, page.file.src_uri)
     readme = Path(config.config_file_path).parent / "README.md"
     return _DOCS_LINK.sub("](", readme.read_text(encoding="utf-8"))

@@ -34,8 +34,8 @@ _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 _OUTSIDE_SPEC = re.compile(r"shared/SPEC|\bSPEC\.md\b|\bSPEC\s+(?:sections?\s+)?\d")
 
 
-def _prose_lines(text: str) -> list[str]:
-    """The lines outside fenced code blocks, with inline code spans blanked out."""
+def _unfenced_lines(text: str) -> list[str]:
+    """The lines of a page with those of fenced code blocks (fences included) blanked out."""
     out, fenced = [], False
     for line in text.splitlines():
         if _FENCE.match(line):
@@ -43,7 +43,12 @@ def _prose_lines(text: str) -> list[str]:
             out.append("")
             continue
         out.append("" if fenced else line)
-    prose = "\n".join(out)
+    return out
+
+
+def _prose_lines(text: str) -> list[str]:
+    """The lines outside fenced code blocks, with inline code spans blanked out."""
+    prose = "\n".join(_unfenced_lines(text))
     return _INLINE_CODE.sub(lambda m: " " * len(m.group(0)), prose).splitlines()
 
 
@@ -66,10 +71,11 @@ def slug(heading: str) -> str:
 
 
 def anchors(text: str) -> set[str]:
-    """The anchors a Markdown page defines: heading slugs (with GitHub's -1, -2 for repeats) and ids."""
+    """The anchors a Markdown page defines: heading slugs (with GitHub's -1, -2 for repeats) and ids.
+    A heading's inline code counts, as on GitHub: "## `robvae certify`" is #robvae-certify."""
     seen: dict[str, int] = {}
     out: set[str] = set()
-    for line in _prose_lines(text):
+    for line in _unfenced_lines(text):
         m = _HEADING.match(line)
         if m:
             base = slug(_EXPLICIT_ID.sub("", m.group(2)))
@@ -137,10 +143,12 @@ def test_link_checker_flags_each_kind_of_bad_link(tmp_path):
     (repo / "docs").mkdir(parents=True)
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "SPEC.md").write_text("# spec\n")
-    (repo / "docs" / "THEORY.md").write_text("# Theory\n\n## 3. Theorem 1 and its variants\n\n## Refs\n\n## Refs\n")
+    (repo / "docs" / "THEORY.md").write_text("# Theory\n\n## 3. Theorem 1 and its variants\n\n## Refs\n\n## Refs\n\n"
+                                             "## `robvae bench`: the benchmark\n\n```\n## not a heading\n```\n")
     (repo / "README.md").write_text(
         "# Title\n"
         "[ok](docs/THEORY.md) [ok anchor](docs/THEORY.md#3-theorem-1-and-its-variants) [dup](docs/THEORY.md#refs-1)\n"
+        "[code heading](docs/THEORY.md#robvae-bench-the-benchmark) [fenced](docs/THEORY.md#not-a-heading)\n"
         "[web](https://example.org/x) [self](#title) ![img](docs/THEORY.md)\n"
         "`[in code](../shared/SPEC.md)`\n"
         "```\n[in a fence](/etc/passwd)\n```\n"
@@ -152,10 +160,11 @@ def test_link_checker_flags_each_kind_of_bad_link(tmp_path):
     problems = link_problems(repo / "README.md", repo)
     joined = "\n".join(problems)
     for bad in ("../elsewhere/NOTES.md", "/abs-root/file.md", "docs/NOPE.md", "#4-nothing", "#nowhere",
-                "C:\\\\x\\\\y.md", "../outside.md", "/tmp/x.html"):
+                "C:\\\\x\\\\y.md", "../outside.md", "/tmp/x.html", "#not-a-heading"):
         assert bad in joined, (bad, joined)
-    assert len(problems) == 8, joined
-    for good in ("'docs/THEORY.md'", "#3-theorem-1-and-its-variants", "#refs-1", "example.org", "/etc/passwd"):
+    assert len(problems) == 9, joined
+    for good in ("'docs/THEORY.md'", "#3-theorem-1-and-its-variants", "#refs-1", "example.org", "/etc/passwd",
+                 "#robvae-bench-the-benchmark"):
         assert good not in joined
 
 

@@ -1,8 +1,9 @@
-"""README.md's options tables say what the command line does.
+"""The documentation's options tables say what the command line does.
 
-Every ``robvae`` command has its options in README tables, each table introduced by a marker
-line ``<!-- options: robvae CMD[, robvae CMD2, ...] -->`` (a table of options common to several
-commands names them all) and made of rows
+Every ``robvae`` command has its options in tables of the documentation (README.md and every
+docs/*.md page; the command-line reference docs/CLI.md holds them today), each table introduced by
+a marker line ``<!-- options: robvae CMD[, robvae CMD2, ...] -->`` (a table of options common to
+several commands names them all) and made of rows
 
     | `--n-samples` | `1000` | meaning |
     | `--rigorous/--no-rigorous` | on | meaning |
@@ -14,8 +15,10 @@ The first cell is the option's primary long name (a hidden old alias never appea
 click holds (numbers numerically, text exactly), ``on`` / ``off`` for a flag, ``required``, or
 ``-`` (also ``none``) when there is none. Nothing is hard-coded here: the expected names and
 defaults are read from the click command objects when the test runs, so a changed or added
-option fails the test until the README's table is updated. The parser and the comparison are
-first tested on a small synthetic page, so each check is shown to be able to fail.
+option fails the test until the table is updated. Every command must have its table on some page,
+no option may be listed twice (on one page or across pages), and an options table without a
+marker, on any page, fails. The parser and the comparison are first tested on a small synthetic
+page, so each check is shown to be able to fail.
 """
 
 from __future__ import annotations
@@ -30,7 +33,18 @@ from robvae.cli import _register, app
 
 _register()
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def pages() -> list[Path]:
+    """The pages scanned for options tables: README.md and every Markdown page under docs/ (and below)."""
+    return [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
 
 _MARKER = re.compile(r"^<!--\s*options:\s*(.+?)\s*-->\s*$")
 _NAME_CELL = re.compile(r"`(--[\w-]+)(?:/(--[\w-]+))?`")
@@ -134,7 +148,8 @@ def table_problems(command: str, cmd: click.Command, tables) -> list[str]:
     """Every disagreement between ``command``'s rows in ``tables`` and its click object."""
     rows = [row for names, rs in tables if command in names for row in rs]
     if not rows:
-        return [f"{command}: no options table in README.md (add one after '<!-- options: {command} -->')"]
+        return [f"{command}: no options table in the documentation (add one to docs/CLI.md after "
+                f"'<!-- options: {command} -->')"]
     options = visible_options(cmd)
     problems = []
     listed = [r[0] for r in rows]
@@ -144,9 +159,9 @@ def table_problems(command: str, cmd: click.Command, tables) -> list[str]:
     missing = sorted(set(options) - set(listed))
     extra = sorted(set(listed) - set(options))
     if missing:
-        problems.append(f"{command}: options missing from the README table: {missing}")
+        problems.append(f"{command}: options missing from the table: {missing}")
     if extra:
-        problems.append(f"{command}: the README table lists options the command does not show: {extra}")
+        problems.append(f"{command}: the table lists options the command does not show: {extra}")
     for name, negative, cell in rows:
         if name in options:
             problem = default_problem(cmd, options[name], negative, cell)
@@ -199,7 +214,7 @@ def test_checker_accepts_a_correct_table_and_ignores_hidden_options():
     ("| - |", "| `x` |", "no default in click"),
     ("`cheap`", "`strong`", "click's default is 'cheap'"),
     ("`cheap`", "cheap", "should be a code span"),
-    ("| `--preset` | `cheap` | attack |\n", "", "missing from the README table: ['--preset']"),
+    ("| `--preset` | `cheap` | attack |\n", "", "missing from the table: ['--preset']"),
     ("`--data-dir`", "`--samples`", "does not show: ['--samples']"),
     ("| `--alpha` |", "| `--secret` |", "does not show: ['--secret']"),
     ("| `--alpha` | `1e-3` | level |", "| `--alpha` | `1e-3` | level |\n| `--alpha` | `1e-3` | again |", "listed twice"),
@@ -215,19 +230,41 @@ def test_checker_flags_a_command_without_a_table():
     assert "no options table" in "\n".join(table_problems("other", _toy, parse_tables(_TOY_PAGE)))
 
 
-# --- the repository's README --------------------------------------------------------------------
+def test_tables_on_several_pages_are_checked_together():
+    """A command's rows may sit on any page; split or doubled across pages, they are still checked."""
+    lines = _TOY_PAGE.splitlines()
+    first, second = "\n".join(lines[:6]) + "\n", "\n".join(lines[:3] + lines[6:]) + "\n"
+    assert table_problems("toy", _toy, all_tables({"a.md": first, "b.md": second})) == []
+    assert "missing" in "\n".join(table_problems("toy", _toy, all_tables({"a.md": first})))
+    joined = "\n".join(table_problems("toy", _toy, all_tables({"a.md": _TOY_PAGE, "b.md": _TOY_PAGE})))
+    assert "listed twice" in joined, joined
+
+
+# --- the repository's documentation -------------------------------------------------------------
+
+def all_tables(texts: dict[str, str] | None = None):
+    """The marked options tables of every page (README.md and docs/*.md), pooled."""
+    if texts is None:
+        texts = {_name(p): p.read_text(encoding="utf-8") for p in pages()}
+    return [table for text in texts.values() for table in parse_tables(text)]
+
+
+def test_pages_include_the_readme_and_the_command_line_reference():
+    names = [_name(p) for p in pages()]
+    assert names[0] == "README.md" and "docs/CLI.md" in names, names
+
 
 def test_every_command_has_a_table_and_every_table_a_command():
-    tables = parse_tables(README.read_text(encoding="utf-8"))
+    tables = all_tables()
     named = {n for names, _ in tables for n in names}
-    assert not named - set(COMMANDS), f"README options tables for unknown commands: {sorted(named - set(COMMANDS))}"
-    assert not set(COMMANDS) - named, f"commands without a README options table: {sorted(set(COMMANDS) - named)}"
+    assert not named - set(COMMANDS), f"options tables for unknown commands: {sorted(named - set(COMMANDS))}"
+    assert not set(COMMANDS) - named, f"commands without an options table: {sorted(set(COMMANDS) - named)}"
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_readme_table_matches_the_command(command):
-    problems = table_problems(command, COMMANDS[command], parse_tables(README.read_text(encoding="utf-8")))
-    assert not problems, "README.md is out of date with the command line:\n" + "\n".join(problems)
+    problems = table_problems(command, COMMANDS[command], all_tables())
+    assert not problems, "the documentation is out of date with the command line:\n" + "\n".join(problems)
 
 
 def _option_like(rows: list[str]) -> bool:
@@ -264,5 +301,5 @@ def test_every_options_table_is_marked_and_so_checked():
     assert unmarked_option_tables("text\n\n| option | default | meaning |\n| --- | --- | --- |\n| `--n` | `3` | x |\n") == [3]
     assert unmarked_option_tables("| flag | value |\n|---|---|\n| `--n-samples` | `10000` |\n| `--r` | 1 |\n") == [1]
     assert unmarked_option_tables("| field | meaning |\n|---|---|\n| `n_used` | x |\n| `--r` | y |\n") == []
-    bad = unmarked_option_tables(README.read_text(encoding="utf-8"))
-    assert not bad, f"README.md options tables without a '<!-- options: robvae CMD -->' marker at lines {bad}"
+    bad = {_name(p): lines for p in pages() if (lines := unmarked_option_tables(p.read_text(encoding="utf-8")))}
+    assert not bad, f"options tables without a '<!-- options: robvae CMD -->' marker (page: lines): {bad}"
