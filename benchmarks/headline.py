@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale-to", type=int, default=10_000)
     ap.add_argument("--split", default="test", help="the split to take the N inputs from (mnist-10k: 2,000 test, "
                                                    "8,000 train)")
-    ap.add_argument("--r", default=None, help="an absolute r (default: --r-relative 1, which adds the calibration)")
+    radius = ap.add_mutually_exclusive_group()
+    radius.add_argument("--r", default=None, help="an absolute r")
+    radius.add_argument("--r-relative", default=None,
+                        help="r as a multiple of the median r_min (default: neither, i.e. certify's own default "
+                             "radius, --r-relative 1.5, whose calibration is timed with the rest)")
     ap.add_argument("--extra", default="", help="extra robvae certify flags (default: none, i.e. default flags)")
     ap.add_argument("--fit-from", type=int, default=None, metavar="M",
                     help="also run the first M < N inputs and extrapolate with the line through both runs")
@@ -65,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.fit_from is not None and not 0 < a.fit_from < a.n:
         ap.error("--fit-from M needs 0 < M < --n")
     robvae = str(Path(sys.executable).with_name("robvae"))
-    radius = ["--r", a.r] if a.r is not None else ["--r-relative", "1"]
+    radius = (["--r", a.r] if a.r is not None else ["--r-relative", a.r_relative] if a.r_relative is not None
+              else [])
     res = _run(robvae, a, a.n, radius)
     res.update({"extrapolated_seconds": res["seconds"] / a.n * a.scale_to, "extrapolated_to": a.scale_to})
     if a.fit_from:
