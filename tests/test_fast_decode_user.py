@@ -431,3 +431,82 @@ def test_state_the_key_cannot_see_is_caught_by_the_per_call_check():
         near = _OffsetVAE(d, bump_radius=2.2).eval()  # differs on most of z's rows, not on the fixed ones
         assert not has_fast_route(near, z)
         torch.testing.assert_close(flat_decode(near, z), near.decode(z).flatten(1), rtol=1e-5, atol=1e-6)
+
+
+class _Residual(nn.Sequential):
+    """A residual block written as an nn.Sequential subclass with its own forward."""
+
+    def forward(self, h):
+        return h + super().forward(h)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_robvaes_own_vae_with_a_sequential_subclass_decodes_as_model_decode(arch):
+    """robvae's own VAE whose decoder a user edited to hold an nn.Sequential subclass with its own
+    forward: the unchecked own-VAE route flattened it into its layers and skipped the residual
+    add (up to 0.13 off model.decode, p 0.98 where decode gives 0.45); now such a decoder takes
+    the checked route (here: model.decode)."""
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(input_shape=(1, 8, 8), arch=arch, latent_dim=4)).eval()
+    seq = model.decoder.net if arch == "mlp" else model.decoder.deconv
+    layers = list(seq)
+    if arch == "mlp":
+        w = layers[0].out_features
+        layers.insert(2, _Residual(nn.Linear(w, w), nn.Tanh()))
+    else:
+        c = layers[0].out_channels
+        layers.insert(2, _Residual(nn.Conv2d(c, c, 3, padding=1), nn.Tanh()))
+    new = nn.Sequential(*layers)
+    if arch == "mlp":
+        model.decoder.net = new
+    else:
+        model.decoder.deconv = new
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(3)
+    z = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = model.decode(z).flatten(1)
+        assert float((ref - torch.sigmoid(_plain_chain(model, z))).abs().max()) > 1e-3  # the residual matters
+        torch.testing.assert_close(flat_decode(model, z), ref, rtol=1e-5, atol=1e-6)
+
+
+def _plain_chain(model, z):
+    """What the old route computed: every Sequential flattened into its layers."""
+    def leaves(m):
+        return [x for c in m for x in leaves(c)] if isinstance(m, nn.Sequential) else [m]
+    dec = model.decoder
+    if hasattr(dec, "net"):
+        h = z
+        for layer in leaves(dec.net):
+            h = layer(h)
+        return h.flatten(1)
+    h = dec.head(z).view(z.shape[0], *dec.grid)
+    for layer in leaves(dec.deconv):
+        h = layer(h)
+    return h.flatten(1)
+
+
+class _SnapDecode(UserVAE):
+    """decode snaps z[:, 0] to 1 within +-0.15 of 1, editing its argument in place."""
+
+    def decode(self, z):
+        z[:, 0].masked_fill_((z[:, 0] - 1.0).abs() < 0.15, 1.0)
+        return super().decode(z)
+
+
+def test_a_decode_that_edits_its_latent_in_place_is_not_rewritten():
+    """The first check ran model.decode on its check rows and then the rewrite on the same,
+    already edited rows, so a rewrite without the edit passed it (10 of 16 counts off, no
+    warning); a decode that changes its argument now keeps model.decode."""
+    d = 4
+    torch.manual_seed(0)
+    model = _SnapDecode(nn.Sequential(nn.Linear(d, 64), nn.ReLU(), nn.Linear(64, 64)), d, (1, 8, 8)).eval()
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(3)
+    z = torch.randn(512, d, generator=torch.Generator().manual_seed(0)) * 0.5 + torch.tensor([1.0, 0, 0, 0])
+    assert not has_fast_route(model, z)
+    with torch.inference_mode():
+        got = flat_decode(model, z.clone())
+        torch.testing.assert_close(got, model.decode(z.clone()).flatten(1), rtol=1e-5, atol=1e-6)

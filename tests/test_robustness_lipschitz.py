@@ -188,6 +188,31 @@ def test_vae_lipschitz_rejects_unknown_models():
         vae_lipschitz(nn.Linear(2, 2))
 
 
+class _SkipNet(nn.Sequential):
+    """An encoder body with a residual forward: not the chain of its layers."""
+
+    def forward(self, h):
+        out = super().forward(h)
+        return out + h[:, : out.shape[1]]
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_vae_lipschitz_refuses_an_encoder_sequential_with_its_own_forward(arch):
+    """An encoder whose net / head is an nn.Sequential subclass with its own forward: the bound was
+    taken of its layers rebuilt as a plain chain, 0.66 where the encoder's Jacobian reached 0.91
+    (a "rigorous" radius from a bound that does not hold); now refused, so certify reports no
+    rigorous radii for it. A plain nn.Sequential with the same layers still gets a bound."""
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(input_shape=(1, 8, 8), arch=arch, latent_dim=4)).eval()
+    name = "net" if arch == "mlp" else "head"
+    layers = list(getattr(model.encoder, name))
+    setattr(model.encoder, name, nn.Sequential(*layers))
+    vae_lipschitz(model)  # a plain chain: bounded
+    setattr(model.encoder, name, _SkipNet(*layers))
+    with pytest.raises(InputError, match="own forward"):
+        vae_lipschitz(model)
+
+
 @pytest.mark.parametrize("shape", [(40, 17), (17, 40), (30, 30)])
 def test_dense_norm_is_the_spectral_norm_rounded_up(shape):
     """dense_norm (sparse Gram product, top eigenvalue) against a matrix built with known singular

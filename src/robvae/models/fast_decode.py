@@ -54,15 +54,33 @@ ROW_ALIGN = 16
 INDEPENDENCE_SIZES = (1, 2, 3, 5, 8, 13, 16, 17, 31, 33, 64, 100, 257)
 
 
+def runs_own_forward(m: torch.nn.Module, cls: type | tuple[type, ...]) -> bool:
+    """``m`` is a ``cls`` that runs that class's own forward (not a subclass's or an instance's):
+    an ``nn.Sequential`` subclass with a forward of its own (a residual block) is not the chain
+    of its layers."""
+    classes = cls if isinstance(cls, tuple) else (cls,)
+    return any(isinstance(m, c) and type(m).forward is c.forward for c in classes) and "forward" not in vars(m)
+
+
+#: The layer types robvae's own decoders are built from (exact types: a subclass may compute
+#: something else); a decoder holding any other module takes the checked route of users' models.
+_OWN_LAYERS = (torch.nn.Sequential, torch.nn.Linear, torch.nn.ConvTranspose2d, torch.nn.ReLU, torch.nn.ELU,
+               torch.nn.Tanh, torch.nn.Softplus)
+
+
 def _sigmoid_vae_decoder(model: torch.nn.Module):
     """The decoder when ``model`` is robvae's own VAE with an unmodified decode (g = sigmoid of an
-    MLPDecoder or ConvDecoder), else None: only then may :func:`flat_decode` run it its own way."""
+    MLPDecoder or ConvDecoder made of robvae's own layer types, :data:`_OWN_LAYERS`), else None:
+    only then may :func:`flat_decode` run it its own way, unchecked."""
     if type(model).decode is not VAE.decode or not isinstance(model, VAE) or _has_hooks_or_overrides(model):
         return None
     lik = getattr(model, "likelihood", None)
     if type(lik) not in (BernoulliLikelihood, GaussianLikelihood):  # (their mean is sigmoid)
         return None
-    return model.decoder if type(model.decoder) in (MLPDecoder, ConvDecoder) else None
+    dec = model.decoder
+    if type(dec) not in (MLPDecoder, ConvDecoder):
+        return None
+    return dec if all(type(m) in _OWN_LAYERS for m in dec.modules() if m is not dec) else None
 
 
 def _has_hooks_or_overrides(model: torch.nn.Module) -> bool:
@@ -201,9 +219,10 @@ def _thin_deconv(layer: torch.nn.ConvTranspose2d, h: torch.Tensor, sigmoid: bool
 
 
 def _layers(seq: torch.nn.Module) -> list[torch.nn.Module]:
-    """The layers of ``seq`` with nested Sequentials flattened; a module placed twice (one shared
+    """The layers of ``seq`` with nested plain Sequentials flattened (:func:`runs_own_forward`: a
+    subclass with its own forward stays one layer); a module placed twice (one shared
     activation) runs twice, as in ``seq(h)`` (``children()`` would list it once)."""
-    if not isinstance(seq, torch.nn.Sequential):
+    if not runs_own_forward(seq, torch.nn.Sequential):
         return [seq]
     return [leaf for layer in seq for leaf in _layers(layer)]
 
@@ -489,7 +508,10 @@ def _build_plan(model: torch.nn.Module, z: torch.Tensor):
         return None
     zc = _check_rows(z)
     try:
-        ref = model.decode(zc).flatten(1)
+        arg = zc.clone()
+        ref = model.decode(arg).flatten(1)
+        if not torch.equal(arg, zc):  # decode edits its argument: the rewrite would not
+            return None
         raw = run(zc)
     except Exception:  # a layer chain that does not fit (shapes): not understood
         return None
@@ -528,7 +550,7 @@ class DecoderPlan:
         if float(far[i]) <= self.reach:
             i = (self.calls * 2654435761) % n  # a fixed, well-spread sequence of rows
         self.calls += 1
-        if not _matches(out[i : i + 1], model.decode(z[i : i + 1]).flatten(1)):
+        if not _matches(out[i : i + 1], model.decode(z[i : i + 1].clone()).flatten(1)):
             return False
         self.reach = max(self.reach, float(far[i]))
         return True

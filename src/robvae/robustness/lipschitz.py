@@ -48,7 +48,7 @@ from torch.nn.modules import module as _torch_module
 
 from ..errors import InputError
 from ..fileio import hash_arrays
-from ..models.fast_decode import structure_key
+from ..models.fast_decode import runs_own_forward, structure_key
 from ..models.likelihoods import _SigmoidMean
 from ..models.linear import LinearVAE
 from ..models.lipschitz import GroupSort, LipschitzDecoder, LipschitzEncoder, OrthoLinear
@@ -256,10 +256,7 @@ def _out_shape(layer: nn.Module, shape: Sequence[int] | None) -> tuple[int, ...]
         return tuple(layer(x).shape[1:])
 
 
-def _is(m: nn.Module, cls: type | tuple[type, ...]) -> bool:
-    """``m`` is a ``cls`` that runs that class's own forward (not a subclass's or an instance's)."""
-    classes = cls if isinstance(cls, tuple) else (cls,)
-    return any(isinstance(m, c) and type(m).forward is c.forward for c in classes) and "forward" not in vars(m)
+_is = runs_own_forward
 
 
 def _check_unhooked(module: nn.Module, what: str) -> None:
@@ -349,9 +346,14 @@ class VAELipschitz:
 
 
 def _split_last(seq: nn.Sequential) -> tuple[float, nn.Linear]:
-    """(bound of everything before the last Linear, the last Linear)."""
+    """(bound of everything before the last Linear, the last Linear). ``seq`` must run
+    ``nn.Sequential``'s own forward: a subclass with its own (a residual block) is not the chain of
+    its layers, and rebuilding it as one would bound another function."""
+    if not _is(seq, nn.Sequential):
+        raise InputError(f"vae_lipschitz: the encoder's {type(seq).__name__} has its own forward (not a plain "
+                         "chain of its layers); no Lipschitz bounds for it: pass the constants yourself")
     *head, last = list(seq)
-    if not isinstance(last, nn.Linear):
+    if not _is(last, nn.Linear):
         raise InputError(f"vae_lipschitz: expected the encoder to end in a Linear layer, got {type(last).__name__}")
     return lipschitz_bound(nn.Sequential(*head)), last
 
