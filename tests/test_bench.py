@@ -80,11 +80,32 @@ def test_evaluate_protocol_matches_the_linear_vae_closed_forms():
     mean_only = 0.1 * stats.norm.ppf(float(model.exact_p(0.3))) / smax  # the rigorous radius with p exact
     assert 0.8 * mean_only <= res.rigorous_radius <= mean_only * 1.01
     assert res.certified_fraction == 1.0  # every sound radius is above eps = 0.01
-    assert res.median_margin == pytest.approx(exact_margin, rel=0.15)
+    assert res.median_margin == pytest.approx(exact_margin, rel=0.15) and res.margin_unknown_fraction == 0.0
     # the maximum damage of g(mu(x + delta)) = W A (x + delta) at budget eps is sigma_max(A) eps
     assert res.damage["0.1"] == pytest.approx(smax * 0.1, rel=1e-3)
     assert res.damage["0.2"] == pytest.approx(smax * 0.2, rel=1e-3)
     assert res.wall_s > 0
+
+
+def test_median_margin_leaves_unknown_margins_out_and_medians_are_the_usual_ones():
+    """Unknown margins (settled robust with no budget settled robust; clean estimate undecided)
+    were counted as measured zeros, and medians were torch's lower median: 0.0 here where the
+    measured margins 0, 0.5, 0.7, 8 have median 0.6."""
+    from robvae.bench.protocol import _median, known_margins
+    from robvae.robustness.margin import MarginResult
+
+    t = lambda *v: torch.tensor(v)  # noqa: E731
+    res = MarginResult(
+        margin=t(0.0, 0.0, 0.5, 0.7, 8.0, 0.0), upper=t(0.1, 0.0, 0.6, 0.8, 8.0, 8.0), p_clean=t(.9, .2, .9, .9, 1., .5),
+        robust_clean=t(True, False, True, True, True, False), capped=t(False, False, False, False, True, False),
+        mode="full", r=torch.full((6,), 0.3), eps_max=8.0, n_attacks=1,
+        not_robust_clean=t(False, True, False, False, False, False))
+    known = known_margins(res)
+    assert known.isnan().tolist() == [True, False, False, False, False, True]
+    assert _median(known) == pytest.approx(0.6)
+    assert _median(res.margin) == pytest.approx(0.25)  # unknowns as zeros (and torch.median gave 0.0)
+    assert _median(t(0.0, 0.0, 0.0, 0.5, 0.6, 0.7)) == pytest.approx(0.25)  # torch's lower median: 0.0
+    assert math.isnan(_median(t(float("nan"), float("nan"))))
 
 
 # --- zoo files ----------------------------------------------------------------------------

@@ -42,8 +42,10 @@ from ..errors import InputError, RobvaeError
 from ..metrics import likelihood_degradation, reconstruction_error
 from ..objectives import ObjectiveConfig, compute_objective
 from ..robustness import certify, empirical_margin
+from ..robustness.margin import MarginResult
 from ..robustness.jacobian import first_order_check
 from ..robustness.rigorous import rigorous_certify
+from ..stats import median
 from ..validation import check_count, check_level, check_positive
 
 
@@ -213,7 +215,10 @@ def get_protocol(version: str) -> Protocol:
 class BenchResult:
     """One model's numbers under a protocol (see the module docstring). ``damage`` and
     ``degradation`` map each attack budget to the mean damage / median degradation (None when the
-    model has no log_likelihood); ``elbo`` and ``rigorous_radius`` are None where not available."""
+    model has no log_likelihood); ``elbo`` and ``rigorous_radius`` are None where not available.
+    Medians are :func:`robvae.stats.median`'s; ``median_margin`` is over the inputs whose margin was
+    measured (:func:`known_margins`; NaN when none was), ``margin_unknown_fraction`` the others'
+    share (None in results written before it was recorded)."""
 
     name: str
     protocol: str
@@ -236,6 +241,7 @@ class BenchResult:
     mean_image_error: float | None = None
     first_order_inconsistent: float | None = None
     first_order_ratio: float | None = None
+    margin_unknown_fraction: float | None = None
 
     @property
     def flags(self) -> list[str]:
@@ -296,7 +302,22 @@ def heldout_elbo(model: torch.nn.Module, data: ImageDataset, seed: int = 0, batc
 
 
 def _median(t: torch.Tensor) -> float:
-    return float(t.detach().double().cpu().median())
+    """The median of robvae's statistics (:func:`robvae.stats.median`: the mean of the two middle
+    values of an even count, NaNs dropped); torch's ``median`` is the lower of the two."""
+    return median(t.detach().double().cpu().numpy())
+
+
+def known_margins(margin: MarginResult) -> torch.Tensor:
+    """The margins [B] with the unknowns as NaN (as :func:`robvae.evaluation.measured_margins`):
+    an input settled robust unperturbed whose search settled no budget robust (margin 0, not
+    capped), and one whose clean estimate was undecided (neither settled robust nor settled not
+    robust); its margin lies anywhere in [0, upper], so a median must leave it out."""
+    m = margin.margin.detach().double().cpu()
+    robust, capped = margin.robust_clean.cpu().bool(), margin.capped.cpu().bool()
+    unknown = robust & (m == 0) & ~capped
+    if margin.not_robust_clean is not None:
+        unknown |= ~robust & ~margin.not_robust_clean.cpu().bool()
+    return torch.where(unknown, torch.full_like(m, float("nan")), m)
 
 
 def evaluate_protocol(
@@ -339,6 +360,7 @@ def evaluate_protocol(
                               mode=protocol.margin_mode, tol=protocol.margin_tol, max_iter=protocol.margin_max_iter,
                               n_samples=protocol.n_samples, alpha=protocol.alpha, norm=protocol.attack_norm,
                               generator=_generator(seed, 4))
+    margins = known_margins(margin)
     damage: dict[str, float] = {}
     degradation: dict[str, float] | None = {} if callable(getattr(model, "log_likelihood", None)) else None
     for k, eps in enumerate(s.attack_eps):
@@ -353,7 +375,8 @@ def evaluate_protocol(
         name=name, protocol=protocol.label, subset=s.name, n=int(x.shape[0]), r=float(s.r), cert_eps=float(s.cert_eps),
         elbo=elbo, reconstruction_error=rec, median_radius=_median(cert.radius),
         median_radius_sound=_median(cert.radius_sound), certified_fraction=certified, rigorous_radius=rigorous,
-        median_margin=_median(margin.margin), margin_capped_fraction=float(margin.capped.double().mean()),
+        median_margin=_median(margins), margin_capped_fraction=float(margin.capped.double().mean()),
+        margin_unknown_fraction=float(margins.isnan().double().mean()),
         damage=damage, degradation=degradation, wall_s=time.perf_counter() - t0, mean_image_error=mean_err,
         first_order_inconsistent=first_order.fraction_inconsistent, first_order_ratio=first_order.typical_ratio,
     )
