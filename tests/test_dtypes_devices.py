@@ -69,6 +69,31 @@ def test_half_linear_vae_r_min_and_certify_run_and_agree_with_the_closed_form(dt
     assert cert.summary()["n"] == 6
 
 
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_models_never_count_a_draw_beyond_r_as_within(dtype):
+    """Distances of a half model were rounded to its 8-11 bits, so one just above an r the dtype
+    holds exactly (0.25, 0.5: the benchmark's radii) read as r and counted (bfloat16: 651 of
+    164,000 counted draws lay beyond r). They are float32 now: each count equals the count of the
+    same decoded outputs' float64 distances."""
+    from robvae.robustness.sampling import count_within, draw_distances, draw_setup
+
+    vae = LinearVAE.random(d=4, input_shape=(1, 4, 4), s=0.1, dtype=dtype)
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0)).to(dtype)
+    with torch.inference_mode():
+        mu, sigma, ref, _ = draw_setup(vae, x, None, 4000, "mean", None)
+        z = (mu[:, None, :] + sigma[:, None, :] * torch.randn(8, 4000, 4, generator=torch.Generator().manual_seed(3))
+             .to(dtype)).reshape(-1, 4)
+        out = vae.decode(z).flatten(1).view(8, 4000, -1)
+        exact = (out.double() - ref.double()[:, None, :]).norm(dim=-1)
+        r = float(torch.tensor(float(exact.median())).to(dtype))  # a value the dtype holds exactly
+        norms = draw_distances(vae, z, ref)
+        assert norms.dtype == torch.float32
+        assert torch.equal((norms <= r).sum(1), (exact <= r).sum(1))
+        rt = as_radius(r, 8, x)
+        k, n = count_within(vae, mu, sigma, ref, rt, 4000, 4000, torch.Generator().manual_seed(3))
+        assert torch.equal(k, (exact <= r).sum(1)) and bool((n == 4000).all())
+
+
 def test_half_theorem1_radius_is_finite_where_p_rounds_to_one_in_half():
     from robvae.robustness.certify import theorem1_radius
 
