@@ -28,7 +28,8 @@ The search, for all inputs of a batch together (each input keeps its own state):
    margin can only move down), and a robust decision above an unsettled budget is not believed.
 5. Verification: the final lo is attacked again (fresh random stream, warm-started from the
    perturbation at the smallest larger bad budget) and re-decided on fresh draws; if it fails, the
-   search resumes from the previous robust budget (at most 3 rounds). The settled non-robust
+   search resumes from the previous robust budget (at most 3 rounds); after a fourth search, a
+   failed lo falls back to its previous robust budget, verified in turn (else the margin is 0). The settled non-robust
    perturbation at hi_conf is re-tested on fresh draws (``upper_confirmed``).
 
 The result is monotone in the budget (every budget tested above ``margin`` counts as not robust;
@@ -313,15 +314,21 @@ def empirical_margin(
             dec, delta = attack_at(mid, active, warm_at(mid, scaled(d_lo, lo, mid)))
             record(active, mid, dec, delta)
 
-    for round_ in range(4):
-        refine()
-        if round_ == 3:
-            break
-        check = search & (lo > 0)
+    # up to 4 rounds of refine + verify; after the last, an input whose lo failed falls back to
+    # its previous robust budget, which is verified in turn (no more refining), so the margin
+    # returned was always re-decided robust (or is 0: none survived, an unknown margin)
+    verified = torch.full_like(lo, math.nan)  # the budget each input's last verification passed at
+    for round_ in range(6):
+        if round_ < 4:
+            refine()
+        # rounds 1-3 verify every input; later ones only a lo not verified yet (after the 4th
+        # refine: one that moved; then each fallen-back budget)
+        check = search & (lo > 0) & ((lo != verified) if round_ >= 3 else True)
         if not check.any():
             break
         dec, delta = attack_at(lo, check, warm_at(lo, d_lo))
         failed = check & (dec != 1)
+        verified = torch.where(check & ~failed, lo, verified)
         if not failed.any():
             break
         failed_lo = lo.clone()
