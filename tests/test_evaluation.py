@@ -285,3 +285,24 @@ def test_a_margin_with_no_budget_settled_robust_is_not_compared():
     assert (st.n_used, st.n_violations, st.n_no_margin, st.n_refuted) == (1, 0, 1, 1)
     capped = {**unknown, "margin_capped": True}  # at the cap: robust at every budget, not an unknown
     assert rows_bound_stats([capped, settled], "radius").n_capped == 1
+
+
+def test_a_model_without_parameters_evaluates_and_the_margin_search_uses_the_configs_alpha(tiny_run, monkeypatch):
+    """evaluate() crashed with a bare StopIteration on a model with buffers only (LinearVAE, the
+    exact-answer model), and ran the margin search at the library's alpha whatever
+    EvalConfig.alpha said (certify got it)."""
+    import dataclasses
+
+    import robvae.evaluation as ev
+    from robvae.models import LinearVAE
+
+    model = LinearVAE.random(d=3, input_shape=(1, 8, 8), s=0.1, seed=0, dtype=torch.float32)
+    assert not list(model.parameters())
+    run = dataclasses.replace(tiny_run, model=model)
+    seen = []
+    real = ev.empirical_margin
+    monkeypatch.setattr(ev, "empirical_margin", lambda *a, **k: seen.append(k.get("alpha")) or real(*a, **k))
+    res = ev.evaluate(run, EvalConfig(**{**FAST, "n": 3, "alpha": 0.05, "attack": False, "rigorous": False}),
+                      progress=False)
+    assert seen == [0.05]
+    assert np.isfinite(res.column("p")).all()

@@ -76,6 +76,7 @@ from .metrics import (
     PerceptualDamage, expected_damage, image_similarity, likelihood_degradation, perceptual_damage,
     reconstruction_damage, reconstruction_error,
 )
+from .models.protocol import model_device
 from .report.figures import image_grid
 from .robustness import certify, empirical_margin, r_min
 from .robustness.lipschitz import VAELipschitz, vae_lipschitz
@@ -126,7 +127,8 @@ class EvalConfig(ConfigMixin):
     split: data split to evaluate ("test"). n: the first n inputs of that split. data_dir: where
     the data files are (None: the run's own data_dir).
     r: absolute radius, or None to use ``r_relative`` x median r_min over the inputs.
-    n_samples: Monte Carlo draws of eta per p estimate (and for r_min). alpha: Clopper-Pearson level.
+    n_samples: Monte Carlo draws of eta per p estimate (and for r_min). alpha: the level of the sound radii (Clopper-Pearson)
+    and of each margin-search decision.
     attack_eps: absolute L2 budget of the fixed-budget attack, or None to use
     ``attack_eps_relative`` x median ||x|| over the inputs. attack_preset: the
     :class:`robvae.attacks.EnsembleAttack` preset of that attack and of the margin search ("cheap"
@@ -223,7 +225,7 @@ class EvalResult:
 
 def _resolve_run(run: Any, device: str) -> Any:
     if isinstance(run, Run):
-        if str(next(run.model.parameters()).device) != str(torch.device(device)):
+        if model_device(run.model) != torch.device(device):
             run.model.to(device)
         return run
     return load(run, device=device)
@@ -398,7 +400,8 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
             init = torch.where(torch.isfinite(radius) & (radius > 0), radius, torch.full_like(radius, r))
             m = empirical_margin(model, x, r, EnsembleAttack(config.attack_preset, mode=config.margin_mode),
                                  mode=config.margin_mode, eps_max=config.margin_eps_max, eps_init=init,
-                                 tol=config.margin_tol, n_samples=config.n_samples, generator=_gen(config.seed, 300 + i),
+                                 tol=config.margin_tol, n_samples=config.n_samples, alpha=config.alpha,
+                                 generator=_gen(config.seed, 300 + i),
                                  progress=lambda k, a: bar.set_postfix_str(f"margin: attack {k}, {a} inputs", refresh=True))
             add(margin=m.margin, margin_upper=m.upper, margin_capped=m.capped, margin_robust_clean=m.robust_clean,
                 margin_not_robust_clean=m.not_robust_clean, p_clean=m.p_clean)

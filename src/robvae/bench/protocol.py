@@ -39,6 +39,7 @@ import torch
 from ..attacks import PRESETS, EnsembleAttack
 from ..data import ImageDataset, load_dataset
 from ..errors import InputError, RobvaeError
+from ..models.protocol import model_device
 from ..metrics import likelihood_degradation, reconstruction_error
 from ..objectives import ObjectiveConfig, compute_objective
 from ..robustness import certify, empirical_margin
@@ -280,18 +281,12 @@ def _generator(seed: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + salt) % (2**63))
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def heldout_elbo(model: torch.nn.Module, data: ImageDataset, seed: int = 0, batch_size: int = 500) -> float | None:
     """Mean ELBO (analytic KL, one reparameterised draw, fixed seed) over ``data``, nats per image;
     None when the model has no ``log_likelihood``."""
     if not callable(getattr(model, "log_likelihood", None)):
         return None
-    device = _device(model)
+    device = model_device(model)
     g = _generator(seed, 99)
     total = 0.0
     with torch.inference_mode():
@@ -334,7 +329,7 @@ def evaluate_protocol(
         raise InputError("the test split is empty")
     was_training = model.training
     model.eval()
-    device = _device(model)
+    device = model_device(model)
     x = data.images[s.indices(len(data))].to(device)
     seed = protocol.seed
     elbo = heldout_elbo(model, data, protocol.elbo_seed)

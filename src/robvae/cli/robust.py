@@ -243,7 +243,8 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
 @_eval("n_samples", aliases=("--samples",), type=click.IntRange(min=1),
        help="Monte Carlo draws of eta per estimate of p.")
 @_eval("alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True),
-       help="Confidence level 1 - alpha of the sound (Clopper-Pearson) radius.")
+       help="Level alpha: the sound (Clopper-Pearson) radius holds with confidence 1 - alpha, and each "
+            "decision of the margin search errs with probability at most alpha.")
 @_eval("margin_mode", aliases=("--mode",),
        help="full: the attack moves mu and sigma (the default); mean: sigma held at sigma(x).")
 @_eval("attack_preset", aliases=("--preset",),

@@ -57,3 +57,10 @@ def import_spec(spec: str, label: str, error: type[Exception] = InputError) -> A
             raise error(f"{label}: {obj.__name__ if obj is module else attr!r} has no attribute {part!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model with neither)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")

@@ -67,7 +67,8 @@ class MarginResult:
     - margin (0 where capped or not robust clean).  upper_confirmed [B]: the settled non-robust
     perturbation re-tested on fresh draws (n_samples / 4 at most) is still settled non-robust.
     preset: the attack's preset.  decoder_rows: latent vectors decoded by the whole search (attacks
-    and draws).  alpha: error level per decision.  sequential: whether decisions used the sequential
+    and draws).  alpha: error level per decision of the sequential test (per decision, not per input:
+    a search makes many; with sequential=False no level holds, p > 1/2 is read off the point estimate).  sequential: whether decisions used the sequential
     test (False: fixed n_samples draws, p > 1/2).  delta [B, *shape]: the perturbation found at
     ``upper`` (zeros where none).  not_robust_clean [B]: p_clean <= 1/2 settled (its margin 0 is a
     measurement); an input neither robust_clean nor not_robust_clean was undecided unperturbed, and
