@@ -174,3 +174,21 @@ def test_abstain_alpha_outside_zero_one_is_refused(bad):
     x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with pytest.raises(InputError, match="abstain_alpha must be a level in"):
         r_robustness(m, x, 0.1, n_samples=50, abstain_alpha=bad)
+
+
+def test_p_upper_of_inputs_stopped_early_still_covers_p():
+    """r_robustness(abstain_alpha=): an input stops because its count is low, so the Clopper-Pearson
+    upper bound of the draws made fell below p in 12% of inputs at p = 0.47, alpha = 0.05 (fixed S:
+    4.6%). A stopped input's p_upper is now 1/2, the bound the test settled."""
+    from robvae.robustness import r_robustness
+
+    m = _linear()
+    q = 0.47
+    r = m.s * math.sqrt(stats.chi2.ppf(q, m.latent_dim))
+    x = torch.full((2000, 1, 4, 4), 0.5, dtype=torch.float64)  # p does not depend on x: 2,000 repeats
+    est = r_robustness(m, x, r, n_samples=1000, alpha=0.05, abstain_alpha=0.05,
+                       generator=torch.Generator().manual_seed(4))
+    stopped = est.n_samples < 1000
+    assert 0.05 < float(stopped.double().mean()) < 0.95  # both kinds present
+    assert bool((est.p_upper[stopped] == 0.5).all())
+    assert float((est.p_upper < q).double().mean()) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 2000)
