@@ -87,6 +87,11 @@ def test_clopper_pearson_known_values_and_scipy():
         assert math.isclose(float(lo), ci.low, rel_tol=1e-9) and math.isclose(float(hi), ci.high, rel_tol=1e-9)
     with pytest.raises(ValueError):
         clopper_pearson(5, 4, 0.05)
+    # scipy's inverse returns NaN at alpha <= ~1e-200 for some (k, n); NaN p_lower made a
+    # certificate's radius_sound 0 with abstain_sound False: now the trivial bounds
+    lo, hi = clopper_pearson(torch.tensor([9, 3, 4]), torch.tensor([10, 5, 5]), 1e-300)
+    assert torch.isfinite(lo).all() and torch.isfinite(hi).all()
+    assert bool((lo >= 0).all() and (lo <= 0.5).all() and (hi <= 1).all())
 
 
 def test_input_validation():
