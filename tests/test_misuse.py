@@ -4,8 +4,10 @@ concurrent runs, strict JSON. Each test failed on the code before the fix."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -550,6 +552,46 @@ def test_folder_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_path
     with pytest.raises(LockError, match="some-other-host"):
         with folder_lock(tmp_path, "robvae train"):
             pass
+
+
+def test_two_takers_of_a_dead_processs_lock_never_both_hold_it(tmp_path, monkeypatch):
+    """Two processes that both found a dead process's lock could both take it over: the second
+    renamed away the lock the first had just written (4 of 40 rounds of a race had two holders).
+    Here two threads are held together right after the staleness check (a barrier that times out
+    when only one can get there): with the look-and-take serialised, one holds, one is refused."""
+    import threading
+
+    from robvae import fileio
+    from robvae.errors import LockError
+
+    _write_lock(tmp_path, _dead_pid())
+    barrier = threading.Barrier(2, timeout=1.0)
+    real = fileio._stale
+
+    def stale_then_wait(path, owner):
+        out = real(path, owner)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait()
+        return out
+
+    monkeypatch.setattr(fileio, "_stale", stale_then_wait)
+    held, refused = [], []
+
+    def take():
+        try:
+            with fileio.folder_lock(tmp_path, "robvae train"):
+                held.append(1)
+                time.sleep(0.3)
+        except LockError:
+            refused.append(1)
+
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (len(held), len(refused)) == (1, 1)
+    assert not (tmp_path / ".robvae.lock").exists() and not (tmp_path / ".robvae.lock.guard").exists()
 
 
 @pytest.mark.parametrize("cmd", ["train", "sweep"])

@@ -26,6 +26,11 @@ from safetensors.torch import save as st_save
 
 from .errors import CheckpointError, InputError, LockError
 
+try:  # POSIX; elsewhere the lock's check-and-take is not serialised (see _guard)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -269,6 +274,40 @@ def _stale(path: Path, owner: dict[str, Any] | None) -> bool:
 
 
 @contextlib.contextmanager
+def _guard(folder: Path) -> Iterator[None]:
+    """Serialise robvae processes' look-and-take of a folder's lock: an exclusive ``flock`` on
+    ``FOLDER/.robvae.lock.guard`` (released by the kernel if the holder dies), removed again when
+    the block ends. Without it two processes that both found a dead process's lock could both
+    take it over: the second renamed away the lock the first had just written (4 of 40 rounds
+    of a race had two holders). A guard file replaced while we waited for it is opened again."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    path = folder / f"{LOCK_FILE}.guard"
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            mine = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        os.close(fd)  # its holder removed it while we waited: take the current one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     """Hold ``FOLDER/.robvae.lock`` while the block runs: a second robvae process (``command``,
     e.g. "robvae train") into the same folder is refused with a LockError naming the holder. A
@@ -283,28 +322,25 @@ def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     path = folder / LOCK_FILE
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
           "argv": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _lock_owner(path)
-            if _stale(path, owner):
-                # take over atomically: only one of several racing processes renames it away
-                try:
-                    os.replace(path, path.with_name(f"{LOCK_FILE}.stale.{os.getpid()}"))
-                    os.unlink(path.with_name(f"{LOCK_FILE}.stale.{os.getpid()}"))
-                except FileNotFoundError:
-                    pass
-                continue
-            who = (f"{owner.get('command', 'robvae')} (pid {owner.get('pid')} on {owner.get('host')}, "
-                   f"started {owner.get('started')})") if owner else "another robvae process"
-            raise LockError(f"folder {folder} is in use by {who}; wait for it to finish or use another "
-                            f"folder (if that process is gone, delete {path})") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(me))
-        break
-    else:
-        raise LockError(f"could not take the lock {path} (other processes keep taking it)")
+    with _guard(folder):  # one process at a time looks at the lock and takes it
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _lock_owner(path)
+                if _stale(path, owner):  # its process is gone: remove it and take the folder
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                    continue
+                who = (f"{owner.get('command', 'robvae')} (pid {owner.get('pid')} on {owner.get('host')}, "
+                       f"started {owner.get('started')})") if owner else "another robvae process"
+                raise LockError(f"folder {folder} is in use by {who}; wait for it to finish or use another "
+                                f"folder (if that process is gone, delete {path})") from None
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(me))
+            break
+        else:
+            raise LockError(f"could not take the lock {path} (other processes keep taking it)")
     try:
         yield path
     finally:
