@@ -422,3 +422,21 @@ def test_certify_and_margin_find_the_same_r_whatever_the_batch_size(run_dir, cap
     cert = json.loads((tmp_path / "c.json").read_text())
     assert cert["r"] == json.loads((tmp_path / "m.json").read_text())["summary"]["r"]
     assert cert["calibration_samples"] == 100
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_status_2(run_dir, tmp_path, monkeypatch, capsys):
+    """A read-only or full disk (OSError EROFS / ENOSPC) gave a traceback and status 1; the
+    guide promises one line and status 2, as for every other environment problem."""
+    import errno
+
+    from robvae.cli import robust
+
+    def full(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(robust, "write_csv", full)
+    rc = main(["certify", str(run_dir), "--n", "3", "--r", "1", "--samples", "50", "--executor", "serial",
+               "--no-rigorous", "--out", str(tmp_path / "c.csv"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("robvae: error: ") and "No space left on device" in err
+    assert len(err.strip().splitlines()) == 1

@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-            FloatingPointError, FileExistsError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:  # OSError: also a read-only or full disk
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         click.echo(f"robvae: error: {msg}", err=True)
         return 2
