@@ -39,6 +39,12 @@ def test_auto_executor(monkeypatch):
     assert threads.auto_executor(big, "auto", 3) == ("local", 3)
     assert threads.auto_executor(small, "serial") == ("serial", 4)  # explicit executors are kept
     assert threads.auto_executor(small, "local", 2) == ("local", 2)
+    # no more workers than pieces of work, and none for one piece (a 64-input certify at a large
+    # S started one worker at one thread: 25-45% slower than this process)
+    assert threads.auto_executor(big, units=1) == ("serial", 1)
+    assert threads.auto_executor(big, units=3) == ("local", 3)
+    assert threads.auto_executor(big, units=9) == ("local", 4)
+    assert threads.auto_executor(big, "auto", 2, units=1) == ("local", 2)  # asked for: kept
     monkeypatch.setattr(threads, "cores", lambda: 1)
     assert threads.auto_executor(big) == ("serial", 1)  # one core: no workers
 

@@ -109,16 +109,20 @@ def auto_workers(rows: int, workers: int | None = None) -> int:
 
 
 def auto_executor(rows: int, executor: str = "auto", workers: int | None = None,
-                  device: str | None = None) -> tuple[str, int]:
+                  device: str | None = None, units: int | None = None) -> tuple[str, int]:
     """(executor, workers) for ``executor="auto"``: "local" with one process per core for large
     work (:func:`auto_workers`), "serial" otherwise and on a GPU (``device`` other than the CPU:
     one process drives it; processes per core would each open a context on it); any other
-    executor is kept as given (with ``workers`` or one per core)."""
+    executor is kept as given (with ``workers`` or one per core). ``units``: how many pieces the
+    work is split into (certify's blocks of inputs): "auto" starts no more workers than pieces,
+    and none for one piece (a single worker at one thread was 25-45% slower than this process)."""
     if executor != "auto":
         return executor, auto_workers(AUTO_WORKERS_MIN_ROWS if workers is None else 0, workers)
     if device is not None and not str(device).startswith("cpu"):
         return "serial", 1
     w = auto_workers(rows, workers)
+    if workers is None and units is not None:
+        w = min(w, max(int(units), 1))
     return ("local", w) if w > 1 else ("serial", 1)
 
 

@@ -19,7 +19,7 @@ from ..evaluation import LEGACY_ATTACK, EvalConfig, attack_report, calibration_r
 from ..fileio import folder_lock, result_paths, write_csv, write_json
 from ..robustness import CertifyConfig
 from ..robustness.rigorous import rigorous_columns
-from ..sweep import SHARD_EXECUTORS, certify_sharded, partial_folder
+from ..sweep import BLOCK_SIZE, SHARD_EXECUTORS, certify_sharded, partial_folder
 from ..threads import auto_executor
 from ..training import load
 from . import app
@@ -128,7 +128,8 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     # exactly across executors, radii to float rounding
     if isinstance(vae, ModelRun) and executor == "auto":
         executor = "serial"  # --model runs in this process (workers load a RUN folder)
-    executor, workers = auto_executor(len(x) * n_samples, executor, workers, device)
+    executor, workers = auto_executor(len(x) * n_samples, executor, workers, device,
+                                      units=math.ceil(len(x) / BLOCK_SIZE))
     # finished shards are kept here until the CSV is written: an interrupted run resumes from them;
     # held under a lock, so that two commands into one --out never save into each other's folder
     partial = partial_folder(out_path)

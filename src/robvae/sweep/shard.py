@@ -51,6 +51,8 @@ from .executors import check_options, map_tasks, using_torch_threads
 
 SHARD_EXECUTORS = ("serial", "local", "ray")
 
+#: Inputs per block (each block draws from its own seeded generator; the unit of work of a worker).
+BLOCK_SIZE = 64
 #: the default shard's largest size, in blocks: small enough that an interrupted run loses little
 #: (a shard is saved when it finishes) and that the workers stay balanced
 MAX_SHARD_BLOCKS = 4
@@ -229,7 +231,7 @@ def _settings(model: str, seed: int, block_size: int, device: str, torch_threads
 
 
 def certify_blocks(model: torch.nn.Module, x: torch.Tensor, r: float | torch.Tensor, *, seed: int = 0, start: int = 0,
-                   block_size: int = 64, progress: bool = False, partial: str | os.PathLike | None = None,
+                   block_size: int = BLOCK_SIZE, progress: bool = False, partial: str | os.PathLike | None = None,
                    **certify_kwargs: Any) -> Certificate:
     """Certify ``x`` (global input indices ``start, start+1, ...``) in this process, block by block,
     each block with its own generator seeded by :func:`block_seed` (see the module docstring).
@@ -296,7 +298,7 @@ def certify_sharded(
     address: str | None = None,
     shard_size: int | None = None,
     seed: int = 0,
-    block_size: int = 64,
+    block_size: int = BLOCK_SIZE,
     device: str = "cpu",
     torch_threads: int | None = 1,
     progress: bool = False,
