@@ -306,3 +306,18 @@ def test_a_model_without_parameters_evaluates_and_the_margin_search_uses_the_con
                       progress=False)
     assert seen == [0.05]
     assert np.isfinite(res.column("p")).all()
+
+
+def test_attack_report_on_data_that_are_not_images_writes_no_picture(tmp_path):
+    """1-D data (input_shape (20,)): the attack ran, then drawing attack.png crashed, and the
+    command exited with a traceback; the picture is now left out (images only)."""
+    from robvae.evaluation import attack_report
+    from robvae.models import LinearVAE
+
+    model = LinearVAE.random(d=3, input_shape=(20,), s=0.1, seed=0, dtype=torch.float32)
+    x = torch.rand(4, 20, generator=torch.Generator().manual_seed(0))
+    rep = attack_report(model, x, 0.3, out_dir=tmp_path, progress=False)
+    assert set(rep.paths) == {"csv", "json"} and rep.paths["csv"].is_file() and not (tmp_path / "attack.png").exists()
+    # the linear VAE's maximum damage at budget eps is sigma_max(W A) eps (deterministic mode)
+    smax = float(torch.linalg.matrix_norm(model.W @ model.A, ord=2))
+    assert all(0 < float(r["damage"]) <= smax * 0.3 * (1 + 1e-4) for r in rep.rows)

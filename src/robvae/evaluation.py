@@ -77,7 +77,7 @@ from .metrics import (
     reconstruction_damage, reconstruction_error,
 )
 from .models.protocol import model_device
-from .report.figures import image_grid
+from .report.figures import image_grid, is_image_batch
 from .robustness import certify, empirical_margin, r_min
 from .robustness.lipschitz import VAELipschitz, vae_lipschitz
 from .stats import BoundStats, bound_stats, describe, median, quartiles
@@ -717,7 +717,10 @@ class AttackReport:
         """The files written: csv, json, png (empty when nothing was written)."""
         if self.out_dir is None:
             return {}
-        return {"csv": self.out_dir / ATTACK_CSV, "json": self.out_dir / ATTACK_JSON, "png": self.out_dir / ATTACK_PNG}
+        paths = {"csv": self.out_dir / ATTACK_CSV, "json": self.out_dir / ATTACK_JSON}
+        if (self.out_dir / ATTACK_PNG).is_file():  # written for images only
+            paths["png"] = self.out_dir / ATTACK_PNG
+        return paths
 
 
 def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2", "linf"] = "l2",
@@ -735,7 +738,7 @@ def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2"
     perturbation's size, the deterministic and expected damage (eq. 5), the likelihood degradation
     (NaN for a model without ``log_likelihood``) and the SSIM / MS-SSIM of the attacked against the
     clean reconstruction. With ``out_dir``: ``attack.csv`` (:data:`ATTACK_COLUMNS`), ``attack.json``
-    (``meta``, the settings and the summary) and ``attack.png`` (the first 10 inputs)."""
+    (``meta``, the settings and the summary) and ``attack.png`` (the first 10 inputs; images only)."""
     pgd = {"steps": steps, "restarts": restarts, "eta_samples": eta_samples}
     if preset != "legacy" and any(v is not None for v in pgd.values()):
         raise InputError(f"{', '.join(k for k, v in pgd.items() if v is not None)} only apply to preset "
@@ -792,7 +795,10 @@ def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2"
                                                       "ms_ssim_scales": percept.ms_ssim_scales,
                                                       "note": percept.note}})
         k = min(10, len(x))
-        image_grid([x[:k], (x + delta)[:k], recon[:k], recon_adv[:k]], out / ATTACK_PNG,
-                   row_titles=["x", "x + delta", "g(mu(x))", "g(mu(x+delta))"])
+        if is_image_batch(x):  # 1-D or other non-image data: no picture (it crashed after the attack)
+            image_grid([x[:k], (x + delta)[:k], recon[:k], recon_adv[:k]], out / ATTACK_PNG,
+                       row_titles=["x", "x + delta", "g(mu(x))", "g(mu(x+delta))"])
+        else:
+            (out / ATTACK_PNG).unlink(missing_ok=True)
         rep.out_dir = out
     return rep

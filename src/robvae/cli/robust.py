@@ -229,7 +229,8 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
                         out_dir=out_dir, progress=not quiet, meta={"run": str(run), **source_meta(vae, split), "n": n},
                         **pgd)
     click.echo(format_summary(rep.summary))
-    click.echo(f"per-input results: {rep.paths['csv']}; images: {rep.paths['png']}")
+    images = f"; images: {rep.paths['png']}" if "png" in rep.paths else ""
+    click.echo(f"per-input results: {rep.paths['csv']}{images}")
 
 
 @app.command("margin")

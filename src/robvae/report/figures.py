@@ -34,6 +34,12 @@ def save_figure(fig: "matplotlib.figure.Figure", path: str | Path, dpi: int = 12
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def is_image_batch(x: torch.Tensor) -> bool:
+    """Whether ``x`` [N, ...] is a batch of grey or RGB images [N, 1 or 3, H, W] that
+    :func:`image_grid` can draw."""
+    return x.dim() == 4 and x.shape[1] in (1, 3)
+
+
 def image_grid(rows: Sequence[torch.Tensor], path: str | Path, row_titles: Sequence[str] | None = None) -> Path:
     """A grid with one row per tensor of images [n, C, H, W] in [0, 1] (grey or RGB)."""
     n = max(r.shape[0] for r in rows)
