@@ -899,3 +899,50 @@ def test_a_model_built_under_inference_mode_is_a_clear_error():
     for call in (lambda: r_robustness(model, x, 0.5, n_samples=10), lambda: certify(model, x, 0.5, n_samples=10)):
         with pytest.raises(InputError, match="made under torch.inference_mode"):
             call()
+
+
+class _OldStyleClamp(torch.autograd.Function):
+    """A straight-through clamp in the old style (forward with ctx, no setup_context)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(0.05, 0.95)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class _EncoderQuirkVAE(torch.nn.Module):
+    def __init__(self, quirk: str):
+        super().__init__()
+        self.quirk, self.input_shape = quirk, (1, 4, 4)
+        self.enc, self.dec = torch.nn.Linear(16, 4), torch.nn.Linear(2, 16)
+
+    def encode(self, x):
+        if self.quirk == "function":
+            x = _OldStyleClamp.apply(x)
+        else:
+            x = x.clamp_(0.05, 0.95)
+        h = self.enc(x.flatten(1))
+        return h[:, :2], torch.nn.functional.softplus(h[:, 2:]) + 0.05
+
+    def decode(self, z):
+        return torch.sigmoid(self.dec(z)).view(-1, 1, 4, 4)
+
+
+@pytest.mark.parametrize("quirk, msg", [("function", "torch.autograd.Function without torch.func support"),
+                                        ("inplace", "modifies its input in place")])
+def test_encoders_torch_func_cannot_differentiate_are_one_line_errors(quirk, msg):
+    """An old-style autograd.Function or an in-place clamp of x in encode: certify and the attacks
+    raised torch's raw RuntimeError (a 60-line traceback, status 1 on the command line)."""
+    from robvae.attacks import EnsembleAttack
+    from robvae.robustness import certify
+
+    torch.manual_seed(0)
+    model = _EncoderQuirkVAE(quirk).eval()
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    with pytest.raises(InputError, match=msg):
+        certify(model, x, 0.5, n_samples=50)
+    with pytest.raises(InputError, match=msg):
+        EnsembleAttack("cheap")(model, x, 0.3)

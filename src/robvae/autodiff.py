@@ -3,10 +3,37 @@ else the transpose of a reverse-mode product (a second reverse pass)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.func import jvp, vjp
+
+from .errors import InputError
+
+#: torch's messages for the two ways a model's own code defeats robvae's derivatives
+_NO_FUNCTORCH = "autograd.Function with functorch transforms"
+_IN_PLACE_LEAF = "leaf Variable that requires grad is being used in an in-place operation"
+
+
+@contextlib.contextmanager
+def model_derivatives(what: str) -> Iterator[None]:
+    """Turn torch's errors for model code robvae cannot differentiate into one-line InputErrors
+    naming ``what`` (e.g. "model.encode") and the fix: a ``torch.autograd.Function`` without
+    torch.func support, and an in-place edit of the input being differentiated."""
+    try:
+        yield
+    except RuntimeError as e:
+        msg = str(e)
+        if _NO_FUNCTORCH in msg:
+            raise InputError(f"{what} uses a torch.autograd.Function without torch.func support (it needs a "
+                             "setup_context staticmethod; see torch.func's 'Extending torch.func with "
+                             "autograd.Function'): robvae's Jacobians and attacks differentiate the model with "
+                             "torch.func") from None
+        if _IN_PLACE_LEAF in msg:
+            raise InputError(f"{what} modifies its input in place (e.g. x.clamp_()): robvae differentiates with "
+                             "respect to that input; use the out-of-place form (x = x.clamp(...))") from None
+        raise
 
 
 def jv_function(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,

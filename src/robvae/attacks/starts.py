@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.func import vjp
 
-from ..autodiff import jv_function
+from ..autodiff import jv_function, model_derivatives
 from ..models.fast_decode import flat_decode
 from ..rng import randn
 from .pgd import unit_rows
@@ -34,7 +34,8 @@ def top_singular_direction(
         x0 = x.detach().clone()
 
         def f(xx: torch.Tensor) -> torch.Tensor:
-            return flat_decode(model, model.encode(xx)[0])
+            with model_derivatives("model.encode / model.decode"):
+                return flat_decode(model, model.encode(xx)[0])
 
         v = unit_rows(randn(x0.shape, x0, generator))
         out, pullback = vjp(f, x0)

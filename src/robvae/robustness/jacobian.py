@@ -23,7 +23,7 @@ import torch
 from torch.func import vjp, vmap
 
 from ..attacks.pgd import unit_rows
-from ..autodiff import jv_function, reverse_jv
+from ..autodiff import jv_function, model_derivatives, reverse_jv
 from ..models.fast_decode import CHUNK_ELEMENTS, batches
 from ..rng import randn
 from ..validation import check_x
@@ -62,9 +62,12 @@ def resolve_method(method: str, d: int, D: int, max_elements: int | None = None)
 
 def _mean_fn(model: torch.nn.Module, scale: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """x [b, *shape] -> mu(x) [b, d], divided by the fixed ``scale`` [b, d] when given (whitening)."""
-    if scale is None:
-        return lambda xx: model.encode(xx)[0]
-    return lambda xx: model.encode(xx)[0] / scale
+    def f(xx: torch.Tensor) -> torch.Tensor:
+        with model_derivatives("model.encode"):
+            mu = model.encode(xx)[0]
+        return mu if scale is None else mu / scale
+
+    return f
 
 
 def _jacobian_chunk(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
