@@ -73,6 +73,11 @@ def boom():
     raise RuntimeError("no weights here")
 
 
+def on_meta():
+    with torch.device("meta"):
+        return _vae()
+
+
 def bad_kl():
     from diffusers import AutoencoderKL
     from robvae.adapters import from_diffusers
@@ -167,6 +172,7 @@ def test_attack_and_margin_with_model_and_inputs_file(user_pkg, capsys):
     ("my_models:boom", "boom() raised RuntimeError: no weights here"),
     ("my_models", "expected MODULE:CALLABLE"),
     ("my_models:bad_sigma", "sigma"),
+    ("my_models:on_meta", "on the 'meta' device"),  # was a traceback, status 1
 ])
 def test_bad_model_specs_are_one_line_exit_2(user_pkg, capsys, spec, message):
     rc = main(["certify", "--model", spec, "--n", "4", "--r", "0.5", "--n-samples", "10", "--quiet"])

@@ -59,7 +59,14 @@ def load_model_spec(spec: str, device: str | torch.device = "cpu") -> torch.nn.M
         what = f"has no {' / '.join(missing)}" if missing else "is not a torch.nn.Module"
         raise InputError(f"--model {spec!r}: {attr} returned a {type(obj).__name__}, which {what} "
                          f"(robvae needs encode(x) -> (mu, sigma) and decode(z) -> mean; see robvae.models.protocol)")
-    return obj.to(device).eval()
+    if any(t.is_meta for t in (*obj.parameters(), *obj.buffers())):
+        raise InputError(f"--model {spec!r}: {attr} returned a model on the 'meta' device (shapes without "
+                         "weights); load its weights first (e.g. to_empty() and load_state_dict())")
+    try:
+        return obj.to(device).eval()
+    except (RuntimeError, NotImplementedError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"--model {spec!r}: the model cannot be moved to {device}: {msg}") from e
 
 
 def load_inputs_file(path: str | Path, shape: tuple[int, ...] | None = None) -> torch.Tensor:
