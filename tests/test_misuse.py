@@ -946,3 +946,47 @@ def test_encoders_torch_func_cannot_differentiate_are_one_line_errors(quirk, msg
         certify(model, x, 0.5, n_samples=50)
     with pytest.raises(InputError, match=msg):
         EnsembleAttack("cheap")(model, x, 0.3)
+
+
+class _QuirkDecodeVAE(torch.nn.Module):
+    """A small protocol VAE whose decode has a quirk: "clamp_" edits z in place, "noise" adds noise,
+    "dropout" has a Dropout layer (left in training mode by the test)."""
+
+    def __init__(self, quirk: str):
+        super().__init__()
+        self.quirk, self.input_shape = quirk, (1, 4, 4)
+        self.enc, self.dec = torch.nn.Linear(16, 4), torch.nn.Linear(2, 16)
+        self.drop = torch.nn.Dropout(0.3)
+        with torch.no_grad():
+            self.enc.bias[:2] = 2.0  # |mu| > 0.5: the clamp changes every mu
+
+    def encode(self, x):
+        h = self.enc(x.flatten(1))
+        return h[:, :2], torch.nn.functional.softplus(h[:, 2:]) + 0.05
+
+    def decode(self, z):
+        if self.quirk == "clamp_":
+            z = z.clamp_(-0.5, 0.5)
+        h = self.dec(z)
+        if self.quirk == "noise":
+            h = h + 0.1 * torch.randn_like(h)
+        return torch.sigmoid(self.drop(h)).view(-1, 1, 4, 4)
+
+
+@pytest.mark.parametrize("quirk, train, msg", [("clamp_", False, "model.decode modifies its input z in place"),
+                                               ("noise", False, "model.decode is not deterministic"),
+                                               (None, True, "training mode with Dropout")])
+def test_check_model_reports_what_the_estimators_refuse(quirk, train, msg):
+    """check_model said ok for a model in training mode with dropout or a random decode, which every
+    estimator refuses; and a decode that clamps its z in place (so mu, the centre of every draw)
+    was blamed on randomness in encode."""
+    from robvae.robustness import r_robustness
+
+    torch.manual_seed(0)
+    model = _QuirkDecodeVAE(quirk).train(train)
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    rep = check_model(model, x)
+    assert not rep.ok and any(msg in p for p in rep.problems), rep.problems
+    with pytest.raises(InputError, match=msg):
+        r_robustness(model, x, 0.5, n_samples=20)
+    assert check_model(_QuirkDecodeVAE(None).eval(), x).ok  # the same model without the quirk

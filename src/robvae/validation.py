@@ -223,7 +223,9 @@ class ModelCheck:
 def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
     """Run the model on the images ``x`` and report (a :class:`ModelCheck`) whether its outputs
     follow the protocol: encode(x) -> (mu, sigma) of shape [B, d] each, x's dtype, finite,
-    sigma > 0; decode(mu) of x's shape and dtype, finite; x's dtype one of the model's.
+    sigma > 0; decode(mu) of x's shape and dtype, finite; x's dtype one of the model's; no batch
+    norm or dropout in training mode; neither method edits its argument in place; both give the
+    same outputs when called again (what every estimator checks before it runs).
 
     Bad images (not a float tensor, NaN, outside [0, 1]) raise InputError; problems of the model
     are collected in the report (``report.raise_if_failed()`` turns them into an InputError).
@@ -236,9 +238,14 @@ def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
     except InputError as e:
         rep.problems.append(str(e))
         return rep
+    try:
+        check_mode(model)
+    except InputError as e:  # reported, and the outputs still looked at
+        rep.problems.append(str(e))
+    x_arg = x.clone()
     with torch.no_grad():
         try:
-            out = model.encode(x)
+            out = model.encode(x_arg)
         except Exception as e:  # noqa: BLE001 - reported, with the model method named
             rep.problems.append(f"model.encode raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             return rep
@@ -253,8 +260,9 @@ def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
         rep.problems += _encode_problems(model, x, out)
         if rep.problems:
             return rep
+        z_arg = out[0].clone()
         try:
-            dec = model.decode(out[0])
+            dec = model.decode(z_arg)
         except Exception as e:  # noqa: BLE001
             rep.problems.append(f"model.decode raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             return rep
@@ -262,6 +270,12 @@ def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
             rep.decode_shape = tuple(dec.shape)
             rep.decode_finite = bool(torch.isfinite(dec).all()) if dec.is_floating_point() else None
         rep.problems += _tensor_problems(dec, "model.decode returned g(mu)", x.shape[0], x.dtype, tuple(x.shape))
+        if not rep.problems:
+            try:  # an argument edited in place, then randomness (sampling, dropout in training mode)
+                check_not_in_place(x_arg, x, z_arg, out[0])
+                check_deterministic(model, x, out, dec)
+            except InputError as e:
+                rep.problems.append(str(e))
         if not rep.problems:
             warn_if_out_of_range(model, dec)
     return rep
@@ -300,11 +314,28 @@ def check_model_outputs(model: torch.nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         for start in range(0, max(1, x.shape[0]), CHECK_BATCH):
             part = x[start:start + CHECK_BATCH]
-            mu, sigma = checked_encode(model, part)
-            out = checked_decode(model, mu, tuple(x.shape[1:]))
-            if start == 0:
+            if start == 0:  # on copies: an encode / decode that edits its argument is named as such
+                arg = part.clone()
+                mu, sigma = checked_encode(model, arg)
+                z = mu.clone()
+                out = checked_decode(model, z, tuple(x.shape[1:]))
+                check_not_in_place(arg, part, z, mu)
                 check_deterministic(model, part, (mu, sigma), out)
                 warn_if_out_of_range(model, out)
+            else:
+                mu, sigma = checked_encode(model, part)
+                checked_decode(model, mu, tuple(x.shape[1:]))
+
+
+def check_not_in_place(x_arg: torch.Tensor, x: torch.Tensor, z_arg: torch.Tensor, z: torch.Tensor) -> None:
+    """InputError when encode changed its argument ``x_arg`` (a copy of ``x``) or decode changed
+    ``z_arg`` (a copy of ``z``): robvae differentiates with respect to x and reuses the latents
+    it decodes (mu(x) is the centre of every draw), so an in-place edit would corrupt both; it
+    was reported as an encoder that is "not deterministic"."""
+    for what, arg, orig, name in (("model.encode", x_arg, x, "x"), ("model.decode", z_arg, z, "z")):
+        if not torch.equal(arg, orig):
+            raise InputError(f"{what} modifies its input {name} in place (e.g. {name}.clamp_()): use the out-of-place "
+                             f"form ({name} = {name}.clamp(...))")
 
 
 class DecoderRangeWarning(UserWarning):

@@ -56,7 +56,7 @@ def draw_setup(
     [B, d] (sigma(x) in mode "mean", sigma(x + delta) in "full"), g(mu(x)) flattened [B, D], and
     the draws per chunk. Assumes validated inputs and runs under inference mode."""
     mu0, sigma0 = model.encode(x)
-    ref = flat_decode(model, mu0)  # [B, D]
+    ref = flat_decode(model, mu0.clone())  # [B, D] (a copy: the centres stay mu(x) whatever decode does)
     if delta is None:
         mu, sigma = mu0, sigma0
     else:
