@@ -629,3 +629,27 @@ def test_cli_sweep_evaluation_data_dir_is_read_as_checked_and_done_trials_need_n
     spec.write_text(spec.read_text().replace("seed: [0]", "seed: [0, 1]"))  # a new trial needs the data again
     assert main(["sweep", str(spec), "--executor", "serial", "--quiet"]) == 2
     assert "train-data does not exist" in capsys.readouterr().err
+
+
+def test_serial_trials_run_with_this_processs_threads(tmp_path, monkeypatch):
+    """robvae study --executor serial --threads 2 trained and evaluated every trial at one thread
+    (cpus_per_trial, which sizes workers and Ray tasks); serial trials now keep this process's
+    threads, and torch_threads= still chooses."""
+    from robvae.sweep import worker
+
+    seen = []
+
+    def fake_train(config, out, **kw):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop after recording the threads")
+
+    monkeypatch.setattr(worker, "train", fake_train)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_trials([tiny(0)], tmp_path / "a", executor="serial", progress=False)
+        run_trials([tiny(1)], tmp_path / "b", executor="serial", progress=False, torch_threads=1)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2, 1]

@@ -163,7 +163,8 @@ def run_trials(
     HOST:PORT joins a running cluster, else a local instance with ``workers`` CPUs is started, or
     the already initialised one is used), or "serial" (in this process). max_retries: reruns of a
     trial whose worker process died. cpus_per_trial / gpus_per_trial: Ray resources per task.
-    torch_threads: torch threads in each worker (default: cpus_per_trial rounded, at least 1).
+    torch_threads: torch threads in each worker (default: cpus_per_trial rounded, at least 1) or,
+    with "serial", in this process (default: its current number, e.g. ``--threads``).
     Trials already done (status done, outputs present) are skipped. A failing trial is recorded
     (status.json: error and traceback) and does not stop the others. Writes ``sweep.json`` (the
     trial ids in order) and ``results.csv`` / ``results.json`` (see :func:`collect`).
@@ -195,7 +196,9 @@ def run_trials(
     try:
         if todo:
             if executor == "serial":
-                with using_torch_threads(threads):  # torch only: BLAS pools and environment left alone
+                # this process's threads (robvae's default or --threads) unless torch_threads says;
+                # cpus_per_trial sizes Ray tasks and workers, not this process
+                with using_torch_threads(torch_threads):  # torch only: BLAS pools and environment left alone
                     _run_once(todo, out, bar, "serial", None)
             elif executor == "local":
                 _run_local(todo, out, bar, int(workers), int(max_retries), threads)
