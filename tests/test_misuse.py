@@ -354,6 +354,55 @@ def test_ctrl_c_prints_the_resumable_message(capsys, tmp_path, monkeypatch):
     assert "interrupted (finished work is saved; rerun the same command to resume)" in cap.err
 
 
+def test_sigterm_is_handled_as_ctrl_c_and_commands_that_save_nothing_say_so(capsys, tmp_path, monkeypatch):
+    """SIGTERM (a scheduler ending a job) killed robvae without a message, left trials recorded as
+    running and a stale lock; it now unwinds as Ctrl-C does (exit 143). And Ctrl-C of a command
+    that writes its files at the end (attack, margin) said "finished work is saved"."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from robvae.cli import robust
+
+    # in a child process: unhandled, the SIGTERM would end the test run itself
+    code = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from robvae.cli import main
+        import robvae.cli.train as cli_train
+        def killed(*a, **k):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+            sys.exit(99)
+        main(["--help"])
+        cli_train.train = killed
+        before = signal.getsignal(signal.SIGTERM)
+        rc = main(["train", "--epochs", "1", "--quiet", "--out", {str(tmp_path / "r")!r}])
+        assert signal.getsignal(signal.SIGTERM) == before  # main() restores the handler
+        sys.exit(rc)
+    """)
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 143, (child.returncode, child.stderr[-500:])
+    assert "interrupted (finished work is saved; rerun the same command to resume)" in child.stderr
+    assert "Traceback" not in child.stderr
+    assert not (tmp_path / "r" / ".robvae.lock").exists()  # the lock was released on the way out
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    (tmp_path / "quick_models.py").write_text(
+        "import robvae\n\ndef vae():\n"
+        "    return robvae.VAE(robvae.ModelConfig(input_shape=(1, 8, 8), latent_dim=2, hidden=(8,))).eval()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(robust, "attack_report", interrupted)
+    try:
+        cap = _one_line(capsys, 130, "attack", "out", "--model", "quick_models:vae", "--n", "2", "--eps", "0.1",
+                        "--quiet")
+    finally:
+        sys.modules.pop("quick_models", None)
+    assert "interrupted (nothing was written; rerun the command to start again)" in cap.err
+
+
 def test_sweep_with_failed_trials_exits_1(capsys, tmp_path):
     data = tmp_path / "baddata"  # files by the right names, but not IDX: found before the run, fail in the trial
     data.mkdir()

@@ -5,13 +5,16 @@ robvae raises on bad input (:class:`robvae.errors.RobvaeError`, plus ``ValueErro
 ``FileNotFoundError`` and a diverging training's ``FloatingPointError``) are printed as one line
 ``robvae: error: ...`` with exit status 2, never as a traceback; click's own usage errors also
 exit with 2. A command that ends with failures (``robvae sweep`` with failed trials) exits 1;
-Ctrl-C prints :data:`INTERRUPTED` and exits 130.
+Ctrl-C prints :data:`INTERRUPTED` (or :data:`INTERRUPTED_NOTHING_SAVED`) and exits 130; SIGTERM
+is handled the same way and exits 143.
 """
 
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 
 import click
 
@@ -35,15 +38,28 @@ def _register() -> None:
         importlib.import_module(f"robvae.cli.{name}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a cluster's scheduler ending a job), handled as Ctrl-C is: every
+    block that cleans up on Ctrl-C (locks, trial records, worker pools) does so."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     _register()
     set_threads(None)  # robvae.threads' default unless --threads says otherwise
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in args if not a.startswith("-")), "")
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         rc = app.main(args=argv, prog_name="robvae", standalone_mode=False)
-    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C (click turns it into Abort where it catches it)
-        click.echo(INTERRUPTED, err=True)
-        return 130
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:  # Ctrl-C (click turns it into Abort where it catches it)
+        click.echo(INTERRUPTED if command in RESUMABLE else INTERRUPTED_NOTHING_SAVED, err=True)
+        return 143 if isinstance(e, Terminated) or isinstance(e.__cause__, Terminated) else 130
     except click.ClickException as e:
         click.echo(f"robvae: error: {e.format_message()}", err=True)
         return e.exit_code
@@ -53,14 +69,21 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         click.echo(f"robvae: error: {msg}", err=True)
         return 2
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     # with standalone_mode=False click returns the code of ``ctx.exit(code)`` / ``Exit(code)``
     # (e.g. ``robvae sweep`` with failed trials) instead of raising it
     return rc if isinstance(rc, int) else 0
 
 
-#: What Ctrl-C prints (exit status 130): every finished epoch, trial and result file is saved
-#: atomically, and the same command resumes from there.
+#: What Ctrl-C prints (exit status 130; SIGTERM: 143) for the commands that resume
+#: (:data:`RESUMABLE`): every finished epoch, trial, shard and result file is saved atomically,
+#: and the same command resumes from there.
 INTERRUPTED = "robvae: interrupted (finished work is saved; rerun the same command to resume)"
+#: ... and for the others (attack, margin, report, demo), which write their files at the end.
+INTERRUPTED_NOTHING_SAVED = "robvae: interrupted (nothing was written; rerun the command to start again)"
+RESUMABLE = frozenset({"train", "certify", "sweep", "study", "bench"})
 
 
 if __name__ == "__main__":  # pragma: no cover
