@@ -440,3 +440,13 @@ def test_an_output_that_cannot_be_written_is_one_line_and_status_2(run_dir, tmp_
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("robvae: error: ") and "No space left on device" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_json_n_is_the_number_of_inputs_certified_not_the_number_asked(run_dir, tmp_path, capsys):
+    """--n 5000 on digits' test split (fewer images) certified them all but wrote "n": 5000."""
+    rc = main(["certify", str(run_dir), "--n", "5000", "--r", "1", "--samples", "20", "--executor", "serial",
+               "--no-rigorous", "--out", str(tmp_path / "c.csv"), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    rows = read_csv(tmp_path / "c.csv")
+    meta = json.loads((tmp_path / "c.json").read_text())
+    assert 0 < len(rows) < 5000 and meta["n"] == len(rows)

@@ -163,7 +163,7 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
                    "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
         write_csv(out_path, cert.to_rows())
         write_json(json_path, {
-            "command": "certify", "run": str(run), **source_meta(vae, split), "n": n, "r": radius,
+            "command": "certify", "run": str(run), **source_meta(vae, split), "n": len(x), "r": radius,
             "r_relative": r_relative,
             "calibration_samples": None if r_relative is None else min(n_samples, CALIBRATION_SAMPLES),
             "n_samples": n_samples, "alpha": alpha, "mode": mode, "precision": precision,
@@ -226,7 +226,7 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
     vae, x = _inputs(run, split, n, device, data_dir, download)
     out_dir = Path(out) if out else Path(vae.path) / f"attack-{output_label(vae, split)}"
     rep = attack_report(vae.model, x, eps, norm=norm, preset=preset, batch_size=batch_size, seed=seed,
-                        out_dir=out_dir, progress=not quiet, meta={"run": str(run), **source_meta(vae, split), "n": n},
+                        out_dir=out_dir, progress=not quiet, meta={"run": str(run), **source_meta(vae, split), "n": len(x)},
                         **pgd)
     click.echo(format_summary(rep.summary))
     images = f"; images: {rep.paths['png']}" if "png" in rep.paths else ""
