@@ -214,7 +214,8 @@ _RUN_OPTIONS = [threads_option, device_option, run_data_dir_option, download_opt
 @seed_option
 @add_options(_RUN_OPTIONS)
 @click.option("--batch-size", type=click.IntRange(min=1), default=25, show_default=True,
-              help="Inputs attacked together (the progress bar moves per batch).")
+              help="Inputs attacked together (the progress bar moves per batch). The random starts come from one "
+                   "stream across the batches, so another batch size gives other, equally valid, perturbations.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, out, seed, device, data_dir,
                download, batch_size, quiet) -> None:
