@@ -653,3 +653,17 @@ def test_serial_trials_run_with_this_processs_threads(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert seen == [2, 1]
+
+
+def test_a_serial_sharded_certify_keys_its_shards_by_the_threads_it_ran_with(certify_case, tmp_path):
+    """key.json said "torch_threads": null on the serial path whatever --threads was, so a rerun at
+    another thread count reused shards whose radii differ in their last bits."""
+    run_dir, x, r = certify_case
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        certify_sharded(run_dir, x, r, executor="serial", torch_threads=None, n_samples=30, partial=tmp_path / "p")
+        key = json.loads((tmp_path / "p" / "key.json").read_text())
+    finally:
+        torch.set_num_threads(before)
+    assert key["torch_threads"] == 2

@@ -340,7 +340,10 @@ def certify_sharded(
     store = None
     pieces = [_Piece(0, n)]
     if partial is not None:
-        store = ShardStore(partial, _settings(run_digest(run_dir), seed, block_size, device, torch_threads,
+        # the threads the shards are computed with (radii differ in their last bits across thread
+        # counts): serial with None runs at this process's count
+        threads = torch.get_num_threads() if torch_threads is None and executor == "serial" else torch_threads
+        store = ShardStore(partial, _settings(run_digest(run_dir), seed, block_size, device, threads,
                                               certify_kwargs))
         pieces = store.plan(x_np, r_np, block_size)
     pieces = [q for p in pieces for q in ([p] if p.cols is not None else _split(p, shard_size))]
