@@ -667,3 +667,16 @@ def test_a_serial_sharded_certify_keys_its_shards_by_the_threads_it_ran_with(cer
     finally:
         torch.set_num_threads(before)
     assert key["torch_threads"] == 2
+
+
+def test_a_finished_trial_renamed_by_the_sweep_file_shows_its_new_name(tmp_path):
+    """Reordering a sweep's grid keys keeps the trial ids (the same configs) but changes the names;
+    results.csv and status.json kept the old names while sweep.json had the new ones."""
+    from robvae.sweep.worker import read_status
+
+    run_trials([tiny(0, name="objective.beta=1,seed=0")], tmp_path, executor="serial", progress=False)
+    res = run_trials([tiny(0, name="seed=0,objective.beta=1")], tmp_path, executor="serial", progress=False)
+    assert res[0].skipped
+    rows = collect(tmp_path, write=False)
+    assert [r["name"] for r in rows] == ["seed=0,objective.beta=1"]
+    assert read_status(tmp_path / "trials" / res[0].id)["name"] == "seed=0,objective.beta=1"

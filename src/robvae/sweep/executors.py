@@ -182,10 +182,14 @@ def run_trials(
     skipped: set[str] = set()
     for tid, t in unique.items():
         tdir = trial_dir(out, tid)
-        if read_json_dict(tdir / TRIAL_FILE).get("id") != tid:  # missing or damaged: the table reads it
+        recorded = read_json_dict(tdir / TRIAL_FILE)
+        # missing or damaged (the table reads it), or the same trial under a new name (grid keys reordered)
+        if recorded.get("id") != tid or recorded.get("name") != t.name:
             write_json(tdir / TRIAL_FILE, t.to_dict())
         if is_done(out, t):
             skipped.add(tid)
+            if read_status(tdir).get("name") != t.name:
+                update_status(tdir, name=t.name)
         else:
             update_status(tdir, id=tid, name=t.name, status="queued", error=None)
             todo.append(t)
