@@ -277,7 +277,8 @@ class BenchResult:
 
 
 def _generator(seed: int, salt: int) -> torch.Generator:
-    """A CPU generator (robvae.rng moves its draws): the same numbers on every device."""
+    """A CPU generator (robvae.rng moves its draws to the device): the same stream on every device
+    (the counts depend on the chunks it is drawn in too, and a GPU's default chunk is larger)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + salt) % (2**63))
 
 

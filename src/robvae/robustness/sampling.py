@@ -139,7 +139,9 @@ def delta_norms(
 
     ``delta=None`` means delta = 0 (encoder noise alone). ``mode`` "mean" keeps sigma(x) (docs/THEORY.md section 2),
     "full" uses sigma(x + delta) (docs/THEORY.md section 5). ``chunk_size`` draws per decoder call (default: sized
-    so a chunk of decoder outputs holds about 4M numbers). float32 for a float16 / bfloat16 model
+    so a chunk of decoder outputs holds about 4M numbers; it depends on the batch and the device). The
+    draws are taken chunk by chunk for every input at once, so a seed's numbers go to other inputs at
+    another chunk size: a result is reproduced by the same generator seed and chunk size. float32 for a float16 / bfloat16 model
     (:func:`draw_distances`).
     """
     delta = checked_inputs(model, x, delta, mode)
