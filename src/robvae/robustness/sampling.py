@@ -464,9 +464,10 @@ def sequential_robustness(
 
     futility: stop an input early, unsettled, once it cannot settle by n_max even if its remaining
     draws came at the optimistic rate p_hat +- futility * (standard error) (see
-    :func:`settles_by`); None draws on to n_max. It only ends draws that would almost surely end
-    unsettled anyway: a decision that is made is made by the same test, so the error <= alpha per
-    decision is unchanged."""
+    :func:`settles_by`); None draws on to n_max. It ends draws that would mostly end unsettled
+    anyway (simulated at p = 0.49, n_max = 20,000: 7.7% of the decisions that drawing on would have
+    made are lost, left unsettled); a decision that is made is made by the same test, so the error
+    <= alpha per decision is unchanged."""
     if futility is not None and not futility >= 0:
         raise InputError(f"futility must be >= 0 or None, got {futility}")
     delta = checked_inputs(model, x, delta, mode)
