@@ -73,10 +73,9 @@ def test_sequential_search_uses_fewer_decoder_rows_than_fixed_samples(seed):
     assert fixed.decoder_rows >= 5 * seq.decoder_rows, (fixed.decoder_rows, seq.decoder_rows)
     # both find the margin: the fixed search to its bracket (with MC error), the sequential one conservatively.
     # The fixed search's decisions near the margin are coin flips (p ~ 1/2 on S draws): a final budget
-    # that fails its re-decision falls back, and may leave no verified budget (margin 0, an unknown:
-    # seed 1's second input, which returned an unverified 1.0045 x exact before)
-    known = fixed.margin > 0
-    assert int(known.sum()) >= 2 and torch.all((fixed.margin[known] - exact).abs() <= 0.03 * exact)
+    # that fails its re-decision steps down to one decided robust twice (seed 1's second input: 0.904 x
+    # exact, where an unverified 1.0045 x exact was returned before)
+    assert torch.all(fixed.margin <= 1.03 * exact) and torch.all(fixed.margin >= 0.85 * exact)
     assert torch.all(seq.margin <= exact) and torch.all(seq.margin >= 0.85 * exact)
 
 
@@ -136,7 +135,8 @@ class _WeakFirstTime:
 def test_the_margin_returned_after_the_last_search_round_was_re_decided():
     """After three failed verifications the search refined a fourth time and returned that lo
     unverified: 1.82 x the exact margin with this attack. Now a failed last lo falls back to
-    budgets that are verified in turn (here none survives: margin 0, an unknown)."""
+    budgets decided robust twice (a fresh budget fools this attack once: here none survives within
+    the extra attack runs, margin 0, an unknown)."""
     m = _linear()
     x = torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64)
     r = 0.25

@@ -29,7 +29,9 @@ The search, for all inputs of a batch together (each input keeps its own state):
 5. Verification: the final lo is attacked again (fresh random stream, warm-started from the
    perturbation at the smallest larger bad budget) and re-decided on fresh draws; if it fails, the
    search resumes from the previous robust budget (at most 3 rounds); after a fourth search, a
-   failed lo falls back to its previous robust budget, verified in turn (else the margin is 0). The settled non-robust
+   failed lo falls back to the last budget that passed a verification, else to its previous
+   robust budget (verified once more), else to 0.9 lo (decided twice), within 5 more attack runs;
+   else the margin is 0 (an unknown). The settled non-robust
    perturbation at hi_conf is re-tested on fresh draws (``upper_confirmed``).
 
 The result is monotone in the budget (every budget tested above ``margin`` counts as not robust;
@@ -53,6 +55,12 @@ from ..config import ALPHA, MARGIN_TOL, N_SAMPLES
 from ..rng import child_seed
 from ..validation import as_radius, check_x
 from .sampling import r_robustness, sequential_robustness
+
+
+#: After the search's last round: attack runs left to re-decide the margin, and the step down from a
+#: budget that failed with no verified one below it (see empirical_margin, step 5).
+VERIFY_EXTRA = 5
+VERIFY_BACKOFF = 0.9
 
 
 @dataclass
@@ -315,28 +323,49 @@ def empirical_margin(
             dec, delta = attack_at(mid, active, warm_at(mid, scaled(d_lo, lo, mid)))
             record(active, mid, dec, delta)
 
-    # up to 4 rounds of refine + verify; after the last, an input whose lo failed falls back to
-    # its previous robust budget, which is verified in turn (no more refining), so the margin
-    # returned was always re-decided robust (or is 0: none survived, an unknown margin)
+    # up to 4 rounds of refine + verify (a failed lo falls back to the previous robust budget and
+    # the search resumes). After the 4th refine the margin must be a budget decided robust and
+    # re-decided so: an input whose lo was not verified yet is verified; one that fails falls back
+    # to the last budget it passed a verification at (below lo), else to its previous robust
+    # budget (decided once: one more pass needed), else to VERIFY_BACKOFF x lo (new: two passes),
+    # for at most VERIFY_EXTRA more attack runs; an input left without one gets 0 (an unknown).
     verified = torch.full_like(lo, math.nan)  # the budget each input's last verification passed at
-    for round_ in range(6):
+    need = torch.zeros_like(lo)  # passes still needed at lo (after the 4th refine)
+    for round_ in range(4 + VERIFY_EXTRA):
         if round_ < 4:
             refine()
-        # rounds 1-3 verify every input; later ones only a lo not verified yet (after the 4th
-        # refine: one that moved; then each fallen-back budget)
-        check = search & (lo > 0) & ((lo != verified) if round_ >= 3 else True)
+        if round_ == 3:  # a lo the 4th refine moved (or a fallen-back one) has not been re-decided
+            need = torch.where(search & (lo > 0) & (lo != verified), torch.ones_like(need), zeros)
+        check = search & (lo > 0) & ((need > 0) if round_ >= 3 else True)
         if not check.any():
             break
         dec, delta = attack_at(lo, check, warm_at(lo, d_lo))
         failed = check & (dec != 1)
-        verified = torch.where(check & ~failed, lo, verified)
+        passed = check & ~failed
+        if round_ >= 3:
+            need = torch.where(passed, need - 1, need)
+            verified = torch.where(passed & (need == 0), lo, verified)
+        else:
+            verified = torch.where(passed, lo, verified)
         if not failed.any():
-            break
+            if round_ < 3:
+                break
+            continue
         failed_lo = lo.clone()
-        lo = torch.where(failed, lo_prev, lo)
+        if round_ < 3:  # the search resumes from the previous robust budget
+            lo = torch.where(failed, lo_prev, lo)
+        else:
+            back = torch.isfinite(verified) & (verified < lo)
+            prev = ~back & (lo_prev > 0)
+            lo = torch.where(failed, torch.where(back, verified, torch.where(prev, lo_prev, VERIFY_BACKOFF * lo)), lo)
+            need = torch.where(failed, torch.where(back, zeros, torch.where(prev, torch.ones_like(need),
+                                                                            torch.full_like(need, 2.0))), need)
         lo_prev = torch.where(failed, zeros, lo_prev)
         record(failed, failed_lo, dec, delta)
         unsettled = torch.where(failed, torch.zeros_like(unsettled), unsettled)
+
+    left = search & (need > 0)  # ran out of verifications
+    lo = torch.where(left, torch.where(torch.isfinite(verified) & (verified < lo), verified, zeros), lo)
 
     # the settled non-robust perturbation at hi_conf, re-tested on fresh draws
     confirmed = torch.zeros_like(robust_clean)
