@@ -643,6 +643,34 @@ def test_two_takers_of_a_dead_processs_lock_never_both_hold_it(tmp_path, monkeyp
     assert not (tmp_path / ".robvae.lock").exists() and not (tmp_path / ".robvae.lock.guard").exists()
 
 
+def test_folder_lock_works_where_flock_is_refused(tmp_path, monkeypatch):
+    """On a file system without flock (ENOLCK on some NFS mounts) the lock is still taken and
+    a second holder refused; the guard file is not left behind, nor a folder the call created."""
+    import errno
+
+    from robvae import fileio
+    from robvae.errors import LockError
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fileio.fcntl, "flock", no_flock)
+    out = tmp_path / "new"
+    with fileio.folder_lock(out, "robvae train") as path:
+        assert path.exists() and not (out / ".robvae.lock.guard").exists()
+        with pytest.raises(LockError, match="in use by robvae train"):
+            with fileio.folder_lock(out, "robvae certify"):
+                pass
+        assert path.exists()
+    assert not out.exists()  # created, left empty, removed
+    refused = tmp_path / "refused"
+    _write_lock(refused, os.getpid())
+    with pytest.raises(LockError):
+        with fileio.folder_lock(refused, "robvae train"):
+            pass
+    assert sorted(p.name for p in refused.iterdir()) == [".robvae.lock"]
+
+
 @pytest.mark.parametrize("cmd", ["train", "sweep"])
 def test_a_second_train_or_sweep_into_one_folder_is_refused(tmp_path, capsys, cmd):
     import subprocess

@@ -71,6 +71,27 @@ def test_counts_equal_float32(name):
     assert stats and 0 < stats[0].recomputed <= stats[0].draws  # draws near r were recomputed in float32
 
 
+def test_early_abstention_gives_float32s_estimate_field_by_field():
+    """With ``abstain_alpha`` the bfloat16 route stops the same inputs after the same draws as
+    float32, and a stopped input's p_upper is 1/2 (the bound the sequential test settled), not
+    the Clopper-Pearson bound of the few draws made (which can fall below the true p)."""
+    model = MODELS["robvae mlp"]()
+    x = _x(model, n=6)
+    with torch.inference_mode():
+        norms = delta_norms(model, x, n_samples=400, generator=torch.Generator().manual_seed(9))
+    r = norms.quantile(0.02, dim=1)
+    r[3:] = norms[3:].quantile(0.9, dim=1)  # three inputs stop early, three draw on
+    stats = []
+    got = r_robustness_bf16(model, x, r, n_samples=400, generator=torch.Generator().manual_seed(9),
+                            abstain_alpha=0.05, stats=stats)
+    want = r_robustness(model, x, r, n_samples=400, generator=torch.Generator().manual_seed(9), abstain_alpha=0.05)
+    assert stats  # the bfloat16 route ran
+    assert (got.n_samples[:3] < 400).all() and (got.n_samples[3:] == 400).all()
+    assert bool((got.p_upper[:3] == 0.5).all())
+    for field in ("n_within", "n_samples", "p", "p_lower", "p_upper"):
+        assert torch.equal(getattr(got, field), getattr(want, field)), field
+
+
 @pytest.mark.parametrize("edit", ["replace twice", "through .data"])
 def test_edited_heavy_weights_never_hit_a_stale_analysis(edit):
     """The bfloat16 analysis (bf16 copies of the heavy layer's weights, their norms) is cached per

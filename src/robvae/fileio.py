@@ -279,7 +279,10 @@ def _guard(folder: Path) -> Iterator[None]:
     ``FOLDER/.robvae.lock.guard`` (released by the kernel if the holder dies), removed again when
     the block ends. Without it two processes that both found a dead process's lock could both
     take it over: the second renamed away the lock the first had just written (4 of 40 rounds
-    of a race had two holders). A guard file replaced while we waited for it is opened again."""
+    of a race had two holders). A guard file replaced while we waited for it is opened again.
+    Where the file system refuses ``flock`` (ENOLCK on some NFS mounts) the look-and-take runs
+    unguarded (a lock is still taken, only that rare race is open again) and the guard file is
+    removed."""
     if fcntl is None:  # pragma: no cover
         yield
         return
@@ -288,6 +291,16 @@ def _guard(folder: Path) -> Iterator[None]:
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock (ENOLCK on some NFS): unguarded, as before
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            fd = None
+            break
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
             mine = os.fstat(fd)
             try:
                 now = os.stat(path)
@@ -299,6 +312,9 @@ def _guard(folder: Path) -> Iterator[None]:
         if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
             break
         os.close(fd)  # its holder removed it while we waited: take the current one
+    if fd is None:
+        yield
+        return
     try:
         yield
     finally:
@@ -322,6 +338,27 @@ def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     path = folder / LOCK_FILE
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
           "argv": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        _take(folder, path, me)
+    except BaseException:
+        if created:  # refused (or failed) before anything was written: leave no empty folder
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    try:
+        yield path
+    finally:
+        if (_lock_owner(path) or {}).get("pid") == me["pid"]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        if created:
+            with contextlib.suppress(OSError):  # not empty (or gone): kept
+                folder.rmdir()
+
+
+def _take(folder: Path, path: Path, me: dict) -> None:
+    """Write ``me`` into the lock file ``path`` of ``folder`` (taking over a dead process's lock),
+    or raise LockError naming the live holder."""
     with _guard(folder):  # one process at a time looks at the lock and takes it
         for _ in range(3):
             try:
@@ -341,15 +378,6 @@ def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
             break
         else:
             raise LockError(f"could not take the lock {path} (other processes keep taking it)")
-    try:
-        yield path
-    finally:
-        if (_lock_owner(path) or {}).get("pid") == me["pid"]:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        if created:
-            with contextlib.suppress(OSError):  # not empty (or gone): kept
-                folder.rmdir()
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

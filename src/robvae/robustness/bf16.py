@@ -62,7 +62,7 @@ from ..models.fast_decode import (
 )
 from ..validation import as_radius
 from .lipschitz import _out_shape, conv_operator_norm, conv_periodic_bound, kernel_bound
-from .sampling import RobustnessEstimate, checked_inputs, count_within, draw_distances, draw_setup
+from .sampling import RobustnessEstimate, checked_inputs, count_within, draw_distances, draw_setup, estimate_from_counts
 
 #: bfloat16's unit roundoff (8 significand bits, round to nearest), and the rounding relative
 #: to the rounded value.
@@ -475,7 +475,7 @@ def r_robustness_bf16(
                             within=within)
     if stats is not None and plan is not None:
         stats.append(counted)
-    return RobustnessEstimate.from_counts(k, n, rt, alpha, mode, x.dtype)
+    return estimate_from_counts(k, n, n_samples, rt, alpha, mode, x.dtype)
 
 
 def _within_bf16(plan, model: torch.nn.Module, z: torch.Tensor, ref: torch.Tensor, rt: torch.Tensor,

@@ -258,7 +258,15 @@ def r_robustness(
     with torch.inference_mode():
         mu, sigma, ref, chunk = draw_setup(model, x, delta, n_samples, mode, chunk_size)
         k, n = count_within(model, mu, sigma, ref, rt, n_samples, chunk, generator, abstain_alpha=abstain_alpha)
-    est = RobustnessEstimate.from_counts(k, n, rt, alpha, mode, x.dtype)
+    return estimate_from_counts(k, n, n_samples, rt, alpha, mode, x.dtype)
+
+
+def estimate_from_counts(k: torch.Tensor, n: torch.Tensor, n_samples: int, rt: torch.Tensor, alpha: float,
+                         mode: str, dtype: torch.dtype) -> RobustnessEstimate:
+    """The estimate of :func:`count_within`'s counts ``k`` of ``n`` draws: Clopper-Pearson bounds,
+    except that an input stopped early (``n < n_samples``, settled p < 1/2 by the sequential
+    test) has ``p_upper`` = 1/2, the bound that test gives at any stopping time."""
+    est = RobustnessEstimate.from_counts(k, n, rt, alpha, mode, dtype)
     stopped = n < int(n_samples)
     if bool(stopped.any()):
         est.p_upper = torch.where(stopped.to(est.p_upper.device), torch.full_like(est.p_upper, 0.5), est.p_upper)
