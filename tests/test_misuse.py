@@ -671,7 +671,7 @@ def test_folder_lock_works_where_flock_is_refused(tmp_path, monkeypatch):
     assert sorted(p.name for p in refused.iterdir()) == [".robvae.lock"]
 
 
-@pytest.mark.parametrize("cmd", ["train", "sweep"])
+@pytest.mark.parametrize("cmd", ["train", "sweep", "study"])
 def test_a_second_train_or_sweep_into_one_folder_is_refused(tmp_path, capsys, cmd):
     import subprocess
     import sys
@@ -687,10 +687,13 @@ def test_a_second_train_or_sweep_into_one_folder_is_refused(tmp_path, capsys, cm
             spec.write_text(f"out: {out}\nbase: {{dataset: digits, epochs: 1, n_train: 50, model: {{hidden: [8]}}}}\n"
                             "evaluation: null\n")
             args = ["sweep", str(spec), "--executor", "serial", "--quiet"]
+        if cmd == "study":
+            args = ["study", "theorem2", "--betas", "1", "--column-norms", "1,2", "--data-dim", "4", "--steps", "20",
+                    "--out", str(out)]
         rc = main(args)
         err = capsys.readouterr().err
         assert rc == 2 and f"is in use by robvae train (pid {holder.pid}" in err and len(err.strip().splitlines()) == 1
-        assert not (out / "config.json").exists() and not (out / "trials").exists()
+        assert sorted(p.name for p in out.iterdir()) == [".robvae.lock"]  # nothing written
     finally:
         holder.kill()
         holder.wait()

@@ -9,6 +9,7 @@ import click
 
 from ..config import R_RELATIVE
 from ..evaluation import EvalConfig
+from ..fileio import folder_lock
 from ..studies import Executor, Theorem2Config, TrainOptions, beta_study, bound_vs_margin, tau_study, theorem2_study
 from ..studies.certified import certified_study, default_models
 from ..studies.experiments import fmt_list
@@ -90,7 +91,9 @@ def study() -> None:
 def bound_vs_margin_cmd(**kw) -> None:
     """Theorem 1 bound (and variants) against the empirical margin over test inputs."""
     dataset, out = kw["dataset"], kw["out"]
-    res = bound_vs_margin(dataset, out, **_build(kw))
+    built = _build(kw)
+    with folder_lock(out, "robvae study bound-vs-margin"):
+        res = bound_vs_margin(dataset, out, **built)
     s = res["summary"]["theorem1"]
     corr = (f"Pearson rho {s['pearson']:.3f}, Spearman rho {s['spearman']:.3f}" if s["n_used"] >= 3
             else "too few to correlate")
@@ -112,7 +115,9 @@ def beta_cmd(**kw) -> None:
     dataset, out, betas = kw["dataset"], kw["out"], kw["betas"]
     if not betas or any(b <= 0 for b in betas):
         raise click.BadParameter("give positive numbers", param_hint="--betas")
-    res = beta_study(dataset, out, betas=betas, objective=kw["objective"], **_build(kw))
+    built = _build(kw)
+    with folder_lock(out, "robvae study beta"):
+        res = beta_study(dataset, out, betas=betas, objective=kw["objective"], **built)
     _echo_table(res["table"], "beta")
     click.echo(f"study folder: {Path(out)} (beta.png, beta_table.csv, beta_by_seed.csv, per_input.csv, summary.json, study.json)")
 
@@ -125,7 +130,9 @@ def tau_cmd(**kw) -> None:
     dataset, out, taus = kw["dataset"], kw["out"], kw["taus"]
     if not taus or any(t < 0 for t in taus):
         raise click.BadParameter("give numbers >= 0", param_hint="--taus")
-    res = tau_study(dataset, out, taus=taus, **_build(kw))
+    built = _build(kw)
+    with folder_lock(out, "robvae study tau"):
+        res = tau_study(dataset, out, taus=taus, **built)
     _echo_table(res["table"], "tau")
     below = res["summary"]["taus_with_median_p_at_most_half"]
     if below:
@@ -157,7 +164,8 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
         raise click.BadParameter("give positive numbers", param_hint="--betas")
     cfg = Theorem2Config(column_norms=tuple(column_norms), data_dim=data_dim, noise_scale=noise_scale, steps=steps,
                          seed=seed)
-    res = theorem2_study(betas, out, cfg)
+    with folder_lock(out, "robvae study theorem2"):
+        res = theorem2_study(betas, out, cfg)
     s = res["summary"]
     click.echo(f"{'beta':>6} {'||J||_F trained':>16} {'||J||_F exact':>14}")
     for r in res["jacobian_rows"]:
@@ -205,10 +213,12 @@ def certified_cmd(dataset, data_dir, download, out, lipschitz, sigma_cap, beta, 
         raise click.BadParameter(f"the Lipschitz VAEs need even widths, got {fmt_list(hidden)}", param_hint="--hidden")
     if download and dataset != "digits":
         data_dir = fetch_data(dataset, data_dir)
-    res = certified_study(out, dataset=dataset, data_dir=data_dir, models=default_models(tuple(lipschitz), beta, sigma_cap),
-                          epochs=epochs, latent_dim=latent_dim, hidden=hidden, n_train=n_train, n=n_eval,
-                          n_samples=n_samples, r=r, r_relative=r_relative, attack_eps=attack_eps, cert_eps=cert_eps,
-                          seed=seed, progress=not quiet)
+    with folder_lock(out, "robvae study certified"):
+        res = certified_study(out, dataset=dataset, data_dir=data_dir,
+                              models=default_models(tuple(lipschitz), beta, sigma_cap), epochs=epochs,
+                              latent_dim=latent_dim, hidden=hidden, n_train=n_train, n=n_eval, n_samples=n_samples,
+                              r=r, r_relative=r_relative, attack_eps=attack_eps, cert_eps=cert_eps, seed=seed,
+                              progress=not quiet)
     click.echo(f"certified-robustness study on {dataset}, r={res.r:.4g}, {n_eval} test inputs")
     click.echo(res.markdown())
     click.echo(f"inputs whose rigorous radius an attack refuted (above a budget settled not robust; must be 0): "
