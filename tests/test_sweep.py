@@ -295,6 +295,7 @@ def test_ctrl_c_marks_unfinished_trials_and_a_rerun_resumes_them(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, as in a terminal
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
+    assert "leaked semaphore" not in err, err  # the terminated worker's tqdm lock (a semaphore) was left
     statuses = {p.parent.name: json.loads(p.read_text()) for p in out.glob("trials/*/status.json")}
     finished = {k for k, s in statuses.items() if s["status"] == "done"}
     assert 1 <= len(finished) < 4

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.std import tqdm as tqdm_base
 from tqdm.auto import tqdm
 
 from ..errors import InputError, RobvaeError
@@ -417,6 +418,10 @@ def _start_worker(parent: int, initializer: Callable[..., Any] | None, initargs:
     # Ctrl-C reaches the whole process group: the parent handles it (marks what is unfinished and
     # terminates the pool); a worker would only print a traceback of its own
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing semaphore, which a worker terminated on Ctrl-C never
+    # releases ("resource_tracker: There appear to be N leaked semaphore objects" after the
+    # command's own message); workers draw no bars of their own, so a thread lock is enough
+    tqdm_base.set_lock(threading.RLock())
     if initializer is not None:
         initializer(*initargs)
 
