@@ -122,7 +122,7 @@ def test_median_margin_leaves_unknown_margins_out_and_medians_are_the_usual_ones
     ({"methods": ["vae"], "subset": "cifar"}, "unknown test subset 'cifar'"),
     ({"methods": ["vae"], "seeds": [0, 0]}, "duplicate seeds"),
     ({"methods": ["vae"], "frobnicate": 1}, "frobnicate: unknown key"),
-    ({"methods": ["vae"], "base": {"epochs": 0}}, "epochs must be >= 1"),
+    ({"methods": ["vae"], "base": {"epochs": 0}}, "epochs must be an integer >= 1"),
     ({"methods": ["vae"], "base": {"dataset": "mnist"}}, "base.dataset: set by the zoo"),
     ({"methods": ["vae"], "subset_overrides": {"q": 1}}, "subset_overrides.q: unknown field"),
     ({"methods": ["vae", "vae"]}, "appears twice"),

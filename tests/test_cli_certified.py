@@ -39,15 +39,50 @@ def test_certify_margin_options_that_would_be_changed_or_ignored_are_refused(tmp
     --sigma-cap / --verify-n without it were ignored; odd widths are rounded up with a note."""
     for args, needle in ((["--sigma-cap", "0.2"], "--sigma-cap and --verify-n go with --certify-margin"),
                          (["--verify-n", "3"], "--sigma-cap and --verify-n go with --certify-margin"),
-                         (["--certify-margin", "0.5", "--r", "2", "--arch", "conv"], "not --arch conv"),
+                         (["--certify-margin", "0.5", "--r", "2", "--arch", "conv"],
+                          "Lipschitz MLP VAE (arch lipschitz-mlp) itself; drop --arch conv"),
                          (["--certify-margin", "0.5", "--r", "2", "--tau", "0.1"], "drop --tau")):
         rc, _, err = _run(capsys, "train", "--dataset", "digits", *args, "--out", str(tmp_path / "run"))
         assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "run").exists()
+    # --arch mlp (the default, given) is accepted: the Lipschitz VAE is an MLP (the old message
+    # advised --arch lipschitz-mlp, which --arch does not accept)
     rc, out, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "1", "--latent-dim", "4", "--hidden", "31",
                         "--n-train", "100", "--certify-margin", "0.5", "--r", "2", "--verify-n", "2", "--quiet",
-                        "--out", str(tmp_path / "run"))
+                        "--arch", "mlp", "--out", str(tmp_path / "run"))
     assert rc == 0 and "hidden widths rounded up to even numbers for GroupSort: 32" in err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--adversarial-steps", "5"], "--adversarial-steps goes with --adversarial-eps > 0"),
+    (["--adversarial-norm", "linf"], "--adversarial-norm goes with --adversarial-eps > 0"),
+    (["--jacobian-whitened"], "--jacobian-whitened goes with --jacobian > 0"),
+    (["--jacobian-projections", "4"], "--jacobian-projections goes with --jacobian > 0"),
+    (["--smooth-noise", "0.3"], "--smooth-noise goes with --smooth > 0"),
+    (["--smooth-divergence", "symmetric-kl"], "--smooth-divergence goes with --smooth > 0"),
+    (["--beta", "4"], "--objective elbo has no weight"),
+])
+def test_training_options_of_a_method_that_is_off_are_refused(tmp_path, capsys, args, needle):
+    """Found by an audit: these were ignored (eight runs, one loss) and stored in config.json, so
+    extending the run without them was refused; --beta 4 with the ELBO printed "beta=4"."""
+    rc, _, err = _run(capsys, "train", "--dataset", "digits", *args, "--out", str(tmp_path / "run"))
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_options_given_at_their_default_or_with_their_method_are_accepted(tmp_path, capsys):
+    rc, out, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "1", "--n-train", "40", "--hidden", "8",
+                        "--latent-dim", "2", "--beta", "1", "--no-jacobian-whitened", "--adversarial-norm", "l2",
+                        "--quiet", "--out", str(tmp_path / "a"))
+    assert rc == 0, err
+    assert "(elbo, tau=0)" in out  # no beta printed for the ELBO
+    rc, out, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "1", "--n-train", "40", "--hidden", "8",
+                        "--latent-dim", "2", "--objective", "beta-vae", "--beta", "4", "--jacobian", "0.1",
+                        "--jacobian-projections", "2", "--quiet", "--out", str(tmp_path / "b"))
+    assert rc == 0, err
+    assert "(beta-vae, beta=4, tau=0)" in out
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert cfg["objective"]["jacobian_projections"] == 2 and cfg["objective"]["beta"] == 4
 
 
 def test_study_certified_small(tmp_path, capsys):

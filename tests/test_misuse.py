@@ -541,6 +541,24 @@ def test_negative_gaussian_scale_is_a_clear_error(capsys, tmp_path, value):
         ModelConfig(likelihood="gaussian", gaussian_scale=float(value))
 
 
+@pytest.mark.parametrize("kw,needle", [
+    ({"epochs": 2.5}, "epochs must be an integer >= 1, got 2.5"),
+    ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),
+    ({"epochs": True}, "epochs must be an integer >= 1, got True"),
+    ({"n_train": 0}, "n_train must be an integer >= 1"),
+    ({"lr": float("inf")}, "lr must be a finite number > 0, got inf"),
+    ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ({"model": {"tau": float("inf")}}, "tau must be a finite number >= 0, got inf"),
+])
+def test_train_config_refuses_what_the_cli_refuses(kw, needle):
+    """Found by an audit: TrainConfig(epochs=2.5) was accepted and train() then raised a
+    TypeError; lr = inf and tau = inf stopped as "training diverged ... lower the learning rate"."""
+    from robvae.training import TrainConfig
+
+    with pytest.raises(ValueError, match=needle):
+        TrainConfig(**kw)
+
+
 @pytest.mark.parametrize("call,needle", [
     (lambda m, x: __import__("robvae").r_robustness(m, x, 0.5, n_samples=10, generator=0),
      "generator must be a torch.Generator"),

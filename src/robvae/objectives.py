@@ -41,6 +41,8 @@ from .rng import randn
 from .validation import check_count
 
 OBJECTIVES = ("elbo", "beta-vae", "beta-tcvae")
+#: the objectives that use ObjectiveConfig.beta (the ELBO has no weight)
+WEIGHTED_OBJECTIVES = ("beta-vae", "beta-tcvae")
 Divergence = Literal["kl", "symmetric-kl"]
 DIVERGENCES: tuple[str, ...] = get_args(Divergence)
 _LOG_2PI = math.log(2 * math.pi)

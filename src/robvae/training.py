@@ -35,6 +35,7 @@ from .fileio import load_tensors, read_csv, read_json, remove_stale_temporaries,
 from .attacks import MaxDamageAttack
 from .models import VAE, ModelConfig
 from .objectives import ObjectiveConfig, compute_objective
+from .validation import check_count, check_positive
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -85,10 +86,11 @@ class TrainConfig(ConfigMixin):
         except ValueError as e:
             raise ValueError(f"dataset: {e}") from None
         for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            check_count(getattr(self, name), 1, name)
+        if self.n_train is not None:
+            check_count(self.n_train, 1, "n_train")
+        check_count(self.seed, 0, "seed")
+        check_positive(self.lr, "lr")
         if isinstance(self.adversarial_eps, bool) or not isinstance(self.adversarial_eps, (int, float)) \
                 or not (self.adversarial_eps >= 0 and math.isfinite(self.adversarial_eps)):
             raise ValueError(f"adversarial_eps must be a finite number >= 0, got {self.adversarial_eps!r}")

@@ -12,7 +12,7 @@ from ..demo import run_demo
 from ..fileio import folder_lock
 from ..metrics import ACTIVE_UNIT_THRESHOLD, active_units
 from ..models import ModelConfig
-from ..objectives import ObjectiveConfig
+from ..objectives import WEIGHTED_OBJECTIVES, ObjectiveConfig
 from ..report.figures import save_reconstructions
 from ..robustness.rigorous import plan_certified_margin
 from ..studies.certified import verify_margin
@@ -29,6 +29,28 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
     if value is not None and value < 0:
         raise click.BadParameter(f"must be >= 0, got {value}")
     return value
+
+
+#: options that set up a training method, and the option that switches it on: given while the
+#: method is off they would be ignored (and stored in config.json, so that extending the run
+#: without them is refused as a different config)
+_METHOD_OPTIONS = {
+    "adversarial_steps": "adversarial_eps", "adversarial_norm": "adversarial_eps",
+    "jacobian_whitened": "jacobian", "jacobian_projections": "jacobian",
+    "smooth_noise": "smooth", "smooth_divergence": "smooth",
+}
+
+
+def _refuse_ignored(given: set[str], objective: str, robust: dict) -> None:
+    """A usage error for options given on the command line that the training would ignore:
+    a method's settings without the method (its weight or budget 0), --beta with --objective elbo."""
+    if "beta" in given and objective not in WEIGHTED_OBJECTIVES:
+        raise click.UsageError(f"--beta weighs the KL (beta-vae) or total correlation (beta-tcvae); --objective "
+                               f"{objective} has no weight (it would be ignored)")
+    for name, switch in _METHOD_OPTIONS.items():
+        if name in given and not robust[switch]:
+            flag, on = "--" + name.replace("_", "-"), "--" + switch.replace("_", "-")
+            raise click.UsageError(f"{flag} goes with {on} > 0 (without it, it would be ignored)")
 
 
 @app.command("train")
@@ -99,15 +121,18 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
         likelihood = "bernoulli" if shape[0] == 1 else "gaussian"
     plan = None
     ctx = click.get_current_context()
-    given = {name for name in ("arch", "tau", "sigma_cap", "verify_n")
-             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    given = {p.name for p in ctx.command.params  # given on the command line, and not as their default
+             if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
+             and (p.name in ("arch", "tau", "sigma_cap", "verify_n") or ctx.params[p.name] != p.default)}
     if certify_margin is None and certify_r is None and given & {"sigma_cap", "verify_n"}:
         raise click.UsageError("--sigma-cap and --verify-n go with --certify-margin (they would be ignored)")
+    _refuse_ignored(given, objective, {**robust[ObjectiveConfig], **robust[TrainConfig]})
     if certify_margin is not None or certify_r is not None:  # robustness specified upfront (docs/THEORY.md section 9)
         if certify_margin is None or certify_r is None:
             raise click.UsageError("--certify-margin and --r go together")
-        if "arch" in given and arch != "lipschitz-mlp":
-            raise click.UsageError(f"--certify-margin trains a Lipschitz VAE (--arch lipschitz-mlp), not --arch {arch}")
+        if "arch" in given and arch != "mlp":
+            raise click.UsageError(f"--certify-margin trains a Lipschitz MLP VAE (arch lipschitz-mlp) itself; drop "
+                                   f"--arch {arch}")
         if "tau" in given and tau != 0:
             raise click.UsageError("--certify-margin caps the encoder std itself (--sigma-cap); drop --tau")
         plan = plan_certified_margin(certify_margin, certify_r, latent_dim, sigma_cap)
@@ -129,7 +154,8 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
         run = train(config, out, progress=not quiet)
         save_reconstructions(run)  # training draws no figures: the CLI does
     last = run.metrics[-1]
-    click.echo(f"trained {arch} VAE on {dataset} ({objective}, beta={beta:g}, tau={tau:g}) for {epochs} epochs")
+    weight = f", beta={beta:g}" if objective in WEIGHTED_OBJECTIVES else ""
+    click.echo(f"trained {arch} VAE on {dataset} ({objective}{weight}, tau={tau:g}) for {epochs} epochs")
     click.echo(f"held-out negative ELBO: {-float(last['test_elbo']):.3f} nats per image")
     with torch.inference_mode():  # the first (at most) 1,000 held-out images
         mu = run.model.encode(load_dataset(dataset, "test", run.config.data_dir).subset(1000).images.to(

@@ -71,8 +71,8 @@ class ModelConfig(ConfigMixin):
                 raise ValueError("arch 'lipschitz-mlp' has no tau floor; use sigma_fixed or sigma_cap")
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
-        if not (self.tau >= 0.0):
-            raise ValueError(f"tau must be >= 0, got {self.tau}")
+        if not (self.tau >= 0.0 and math.isfinite(self.tau)):
+            raise ValueError(f"tau must be a finite number >= 0, got {self.tau}")
         if self.gaussian_scale is not None and not (self.gaussian_scale > 0 and math.isfinite(self.gaussian_scale)):
             raise ValueError(f"gaussian_scale must be a finite number > 0 (or null: learned), got {self.gaussian_scale}")
         if self.likelihood not in ("bernoulli", "gaussian", "cbernoulli"):
