@@ -147,6 +147,23 @@ def test_run_folder_report_shows_rigorous_radius_and_preset(tmp_path, capsys):
     assert "margin search attack preset" not in page  # no margin run: nothing invented
 
 
+def test_an_infinite_median_radius_is_inf_in_the_json_and_the_report(tmp_path):
+    """Found by an audit: certify printed inf, stored null (strict JSON) and the report showed
+    "undefined", as for a NaN. Result files now store +-inf as "inf" / "-inf"."""
+    from robvae.cli import main
+    from robvae.models import ModelConfig
+    from robvae.training import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(model=ModelConfig(latent_dim=3, hidden=(32,)), epochs=1, batch_size=64, n_train=200), run,
+          progress=False)
+    assert main(["certify", str(run), "--n", "4", "--r", "100", "--samples", "100", "--quiet"]) == 0  # p = 1
+    cert = json.loads((run / "certify-test.json").read_text())["summary"]
+    assert cert["median_radius"] == "inf" and cert["n_infinite_radius"] == 4
+    page = render_report([run], tmp_path / "r.html").read_text()
+    assert "<dt>median Theorem 1 radius</dt><dd>inf</dd>" in page and "undefined" not in page
+
+
 def test_damaged_study_folders_are_reported_not_hidden(tmp_path):
     """Found by the studies audit: a study.json holding a list crashed with an AttributeError, a
     missing table was left out silently, a truncated PNG was embedded broken, a seed of 1234567

@@ -315,6 +315,54 @@ class _Stop(Exception):
     pass
 
 
+def test_sharded_certify_refuses_a_run_whose_weights_change_under_it(certify_case, tmp_path, monkeypatch, capsys):
+    """Found by an audit: a robvae train extending the run while certify ran gave r from the old
+    weights and certificates from the new ones (356 of 360 rows off), exit 0. Every shard now
+    checks the run's digest; and certify refuses a run a live process holds."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    from robvae.errors import RobvaeError
+    from robvae.fileio import load_tensors, save_tensors
+    from robvae.sweep import shard as shard_mod
+
+    src, x, r = certify_case
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    real = shard_mod.certify_blocks
+    calls: list[int] = []
+
+    def then_retrain(model, xs, rs, **k):  # the first shard finishes, then the weights are rewritten
+        out = real(model, xs, rs, **k)
+        calls.append(1)
+        if len(calls) == 1:
+            w, meta = load_tensors(run_dir / "model.safetensors")
+            save_tensors(run_dir / "model.safetensors", {n: t * 1.01 for n, t in w.items()}, metadata=meta)
+        return out
+
+    monkeypatch.setattr(shard_mod, "certify_blocks", then_retrain)
+    with pytest.raises(RobvaeError, match="changed while certify ran"):
+        certify_sharded(run_dir, x, r, executor="serial", shard_size=2, block_size=2, seed=0, n_samples=50)
+    assert len(calls) == 1
+    with pytest.raises(RobvaeError, match="changed while certify ran"):  # changed since r was calibrated
+        certify_sharded(run_dir, x, r, executor="serial", seed=0, n_samples=50, weights_digest="0" * 64)
+    monkeypatch.undo()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / ".robvae.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                          "command": "robvae train"}))
+        rc = main(["certify", str(run_dir), "--n", "4", "--samples", "50", "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"is in use by robvae train (pid {holder.pid})" in err, err
+        assert not list(run_dir.glob("certify-*"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["certify", str(run_dir), "--n", "4", "--samples", "50", "--quiet"]) == 0  # its holder is gone
+
+
 def test_sharded_certify_resumes_from_finished_shards(certify_case, tmp_path, monkeypatch):
     """An interrupted certification keeps its finished shards (partial=); the rerun certifies the
     rest only and gives the uninterrupted certificate, bit for bit. A changed setting, weights or

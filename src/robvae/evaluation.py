@@ -789,11 +789,11 @@ def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2"
     if out_dir is not None:
         out = Path(out_dir)
         write_csv(out / ATTACK_CSV, rows, fieldnames=list(ATTACK_COLUMNS))
-        write_json(out / ATTACK_JSON, {"command": "attack", **(meta or {}), "eps": eps, "norm": norm, "preset": preset,
-                                       **(pgd if preset == "legacy" else {}), "seed": seed, "summary": summary,
-                                       "perceptual": {"kernel_size": percept.kernel_size, "sigma": percept.sigma,
-                                                      "ms_ssim_scales": percept.ms_ssim_scales,
-                                                      "note": percept.note}})
+        write_json(out / ATTACK_JSON, jsonable({
+            "command": "attack", **(meta or {}), "eps": eps, "norm": norm, "preset": preset,
+            **(pgd if preset == "legacy" else {}), "seed": seed, "summary": summary,
+            "perceptual": {"kernel_size": percept.kernel_size, "sigma": percept.sigma,
+                           "ms_ssim_scales": percept.ms_ssim_scales, "note": percept.note}}))
         k = min(10, len(x))
         if is_image_batch(x):  # 1-D or other non-image data: no picture (it crashed after the attack)
             image_grid([x[:k], (x + delta)[:k], recon[:k], recon_adv[:k]], out / ATTACK_PNG,

@@ -323,6 +323,16 @@ def _guard(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def folder_owner(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """Who holds ``FOLDER/.robvae.lock`` (its pid, host, command, ...), or None when nobody
+    does (no lock, or one left by a process that died)."""
+    path = Path(folder) / LOCK_FILE
+    if not path.exists():
+        return None
+    owner = _lock_owner(path)
+    return None if _stale(path, owner) else (owner or {})
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     """Hold ``FOLDER/.robvae.lock`` while the block runs: a second robvae process (``command``,

@@ -14,12 +14,14 @@ import click
 from ..attacks import PRESETS
 from ..data import load_dataset
 from ..data.download import default_data_dir
-from ..errors import InputError
-from ..evaluation import LEGACY_ATTACK, EvalConfig, attack_report, calibration_r_min, margin_report, relative_radius
-from ..fileio import folder_lock, result_paths, write_csv, write_json
+from ..errors import InputError, LockError
+from ..evaluation import (
+    LEGACY_ATTACK, EvalConfig, attack_report, calibration_r_min, jsonable, margin_report, relative_radius,
+)
+from ..fileio import folder_lock, folder_owner, result_paths, write_csv, write_json
 from ..robustness import CertifyConfig
 from ..robustness.rigorous import rigorous_columns
-from ..sweep import BLOCK_SIZE, SHARD_EXECUTORS, certify_sharded, partial_folder
+from ..sweep import BLOCK_SIZE, SHARD_EXECUTORS, certify_sharded, partial_folder, run_digest
 from ..threads import auto_executor
 from ..training import load
 from . import app
@@ -119,6 +121,13 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     if address is not None and executor != "ray":  # as robvae sweep: it would be ignored
         raise click.UsageError("--address joins a Ray cluster: it goes with --executor ray")
     vae, x = _inputs(run, split, n, device, data_dir, download)
+    digest = None
+    if not isinstance(vae, ModelRun):  # a RUN folder: its workers load it again, so it must not change
+        owner = folder_owner(run)
+        if owner is not None:  # e.g. a robvae train extending the run
+            raise LockError(f"run {run} is in use by {owner.get('command', 'robvae')} (pid {owner.get('pid')}); "
+                            "certify it once that has finished")
+        digest = run_digest(run)  # checked by every shard
     default = Path(vae.path) / f"certify-{output_label(vae, split)}.csv"
     out_path, json_path = result_paths(Path(out) if out else default, "certify")
     radius = resolve_radius(vae.model, x, r, r_relative, n_samples, seed)
@@ -146,7 +155,7 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
                                    device=device, progress=not quiet, n_samples=n_samples, alpha=alpha, mode=mode,
                                    precision=precision, early_abstain=early_abstain,
                                    torch_threads=None if executor == "serial" else 1,  # serial: --threads
-                                   partial=partial)
+                                   partial=partial, weights_digest=digest)
         rigorous_note = "off (--no-rigorous)"
         if rigorous:  # from the certificate's p_lower and sigma_min: the same for every executor
             try:
@@ -162,13 +171,13 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
                                     for k, v in ([item, ("r_from", r_from)] if item[0] == "r" else [item])},
                    "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
         write_csv(out_path, cert.to_rows())
-        write_json(json_path, {
+        write_json(json_path, jsonable({  # an infinite median radius as "inf", not null ("undefined")
             "command": "certify", "run": str(run), **source_meta(vae, split), "n": len(x), "r": radius,
             "r_relative": r_relative,
             "calibration_samples": None if r_relative is None else min(n_samples, CALIBRATION_SAMPLES),
             "n_samples": n_samples, "alpha": alpha, "mode": mode, "precision": precision,
             "early_abstain": early_abstain, "rigorous": rigorous, "executor": executor, "seed": seed,
-            "summary": summary})
+            "summary": summary}))
         shutil.rmtree(partial, ignore_errors=True)
         click.echo(format_summary({k: v for k, v in summary.items() if not isinstance(v, dict)}))
         click.echo(f"per-input results: {out_path}")

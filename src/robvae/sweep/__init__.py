@@ -11,11 +11,14 @@
 
 from .executors import EXECUTORS, TrialResult, ensure_ray, is_done, map_tasks, run_trials, trial_dir
 from .results import collect
-from .shard import BLOCK_SIZE, SHARD_EXECUTORS, ShardStore, block_seed, certify_shard, certify_sharded, partial_folder
+from .shard import (
+    BLOCK_SIZE, SHARD_EXECUTORS, ShardStore, block_seed, certify_shard, certify_sharded, partial_folder, run_digest,
+)
 from .spec import SweepSpec, SweepSpecError, Trial, load_sweep, parse_sweep
 
 __all__ = [
     "Trial", "TrialResult", "run_trials", "collect", "certify_sharded", "certify_shard", "block_seed",
     "SweepSpec", "SweepSpecError", "load_sweep", "parse_sweep", "EXECUTORS", "ensure_ray", "trial_dir",
     "map_tasks", "BLOCK_SIZE", "SHARD_EXECUTORS", "ShardStore", "partial_folder", "is_done",
+    "run_digest",
 ]

@@ -66,14 +66,31 @@ def block_seed(seed: int, start: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _load_run(run_dir: str, device: str):
+def _stat_key(run_dir: str) -> tuple | None:
     weights = Path(run_dir) / "model.safetensors"
     st = weights.stat() if weights.exists() else None  # an atomic rewrite is a new inode
-    key = (str(Path(run_dir).resolve()), str(device), None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
+    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _load_run(run_dir: str, device: str):
+    """The run in ``run_dir`` and :func:`run_digest` of the files it was built from (cached per
+    process while the weights file is the same file)."""
+    key = (str(Path(run_dir).resolve()), str(device), _stat_key(run_dir))
     if key not in _RUN_CACHE:
         _RUN_CACHE.clear()  # one run per worker process at a time
-        _RUN_CACHE[key] = load(run_dir, device=device)
+        while True:  # the digest of the very files loaded: none replaced in between
+            before = run_digest(run_dir)
+            run = load(run_dir, device=device)
+            if run_digest(run_dir) == before:
+                break
+        _RUN_CACHE[key] = (run, before)
     return _RUN_CACHE[key]
+
+
+def weights_changed(run_dir: str | os.PathLike) -> RobvaeError:
+    """The error of a certification whose run changed under it (shards would mix two models)."""
+    return RobvaeError(f"the weights of {run_dir} changed while certify ran (a robvae train extending it?): the "
+                       "certificates would mix two models; rerun certify once the run is finished")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,11 +285,16 @@ def certify_blocks(model: torch.nn.Module, x: torch.Tensor, r: float | torch.Ten
 
 def certify_shard(run_dir: str, x: np.ndarray, r: np.ndarray, start: int, *, seed: int, block_size: int,
                   device: str = "cpu", torch_threads: int | None = 1,
-                  certify_kwargs: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+                  certify_kwargs: dict[str, Any] | None = None,
+                  expect_digest: str | None = None) -> dict[str, np.ndarray]:
     """Certify inputs ``x`` (global indices ``start, start+1, ...``) block by block; numpy out
-    (:meth:`Certificate.as_numpy`, cheap to send back from a worker)."""
+    (:meth:`Certificate.as_numpy`, cheap to send back from a worker). ``expect_digest``: the
+    :func:`run_digest` the run must have (a RobvaeError when its files changed since)."""
     with using_torch_threads(torch_threads):
-        model = _load_run(run_dir, device).model
+        run, digest = _load_run(run_dir, device)
+        if expect_digest is not None and digest != expect_digest:
+            raise weights_changed(run_dir)
+        model = run.model
         xt = torch.from_numpy(np.require(x, requirements=("C", "W"))).to(device)
         rt = torch.from_numpy(np.require(r, requirements=("C", "W"))).to(device)
         return certify_blocks(model, xt, rt, seed=seed, start=start, block_size=block_size,
@@ -303,6 +325,7 @@ def certify_sharded(
     torch_threads: int | None = 1,
     progress: bool = False,
     partial: str | os.PathLike | None = None,
+    weights_digest: str | None = None,
     **certify_kwargs: Any,
 ) -> Certificate:
     """Certify every input of ``x`` [N, *shape] with the run in ``run_dir``, sharded over workers.
@@ -319,7 +342,10 @@ def certify_sharded(
     (``robvae certify`` does once its CSV is written). certify_kwargs go to
     :func:`robvae.certify` (n_samples, alpha, mode, norms, chunk_size, ...).
     Returns one :class:`robvae.Certificate` for all N inputs, in input order, whatever the
-    executor (the executors are :func:`robvae.sweep.executors.map_tasks`).
+    executor (the executors are :func:`robvae.sweep.executors.map_tasks`). Every shard checks
+    that the run's files are still those of the start (``weights_digest``: a :func:`run_digest`
+    taken earlier, e.g. when ``r`` was calibrated on the run): a run extended by ``robvae train``
+    meanwhile is a RobvaeError, not certificates of two models.
     """
     check_options(executor, SHARD_EXECUTORS, workers=(workers, 1), block_size=(block_size, 1))
     if "generator" in certify_kwargs:
@@ -332,6 +358,9 @@ def certify_sharded(
     n = int(x.shape[0])
     x_np = host_numpy(x)
     r_np = host_numpy(as_radius(r, n, x.detach().cpu()))  # InputError (a ValueError) for a bad r
+    digest = run_digest(run_dir)
+    if weights_digest is not None and digest != weights_digest:
+        raise weights_changed(run_dir)
 
     if shard_size is None:
         shard_size = min(max(1, math.ceil(n / (4 * int(workers)))), MAX_SHARD_BLOCKS * int(block_size))
@@ -343,15 +372,14 @@ def certify_sharded(
         # the threads the shards are computed with (radii differ in their last bits across thread
         # counts): serial with None runs at this process's count
         threads = torch.get_num_threads() if torch_threads is None and executor == "serial" else torch_threads
-        store = ShardStore(partial, _settings(run_digest(run_dir), seed, block_size, device, threads,
-                                              certify_kwargs))
+        store = ShardStore(partial, _settings(digest, seed, block_size, device, threads, certify_kwargs))
         pieces = store.plan(x_np, r_np, block_size)
     pieces = [q for p in pieces for q in ([p] if p.cols is not None else _split(p, shard_size))]
     todo = [i for i, p in enumerate(pieces) if p.cols is None]
     # a Ray task sees only the GPU Ray gave it, as cuda:0: "cuda:1" would name a device it lacks
     task_device = "cuda" if executor == "ray" and str(device).startswith("cuda") else device
     kw = dict(seed=int(seed), block_size=int(block_size), device=task_device, torch_threads=torch_threads,
-              certify_kwargs=certify_kwargs)
+              certify_kwargs=certify_kwargs, expect_digest=digest)
     args = [(run_dir, x_np[pieces[i].start : pieces[i].stop], r_np[pieces[i].start : pieces[i].stop], pieces[i].start)
             for i in todo]
 
