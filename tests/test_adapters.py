@@ -124,6 +124,38 @@ def test_pythae_models_without_gaussian_encoder_are_refused():
         from_pythae(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("kind", ["HVAE", "RHVAE", "VAE_IAF", "VAE_LinNF", "Adversarial_AE", "MSSSIM_VAE", "PoincareVAE"])
+def test_pythae_models_robvae_would_misread_are_refused(kind):
+    """Found by an audit: from_pythae took HVAE's std as exp(log_var / 2) (pythae: softplus(log_var),
+    1.4-1.6x off, radii 1.5-1.8x too small) and ignored the flows / Hamiltonian steps that move z
+    after the encoder, the deterministic posterior of Adversarial_AE and the MS-SSIM loss."""
+    config = getattr(pythae_models, f"{kind}Config", None) or getattr(pythae_models, f"{kind}_Config")
+    cfg = config(input_dim=(1, 8, 8), latent_dim=4)
+    with pytest.raises(InputError, match=f"cannot wrap a pythae {kind}: .*; supported: VAE, BetaVAE"):
+        from_pythae(getattr(pythae_models, kind)(cfg))
+
+
+def test_pythae_vamp_is_wrapped_but_gets_no_standard_normal_elbo():
+    """Found by an audit: the bench's ELBO of a pythae VAMP used N(0, I) instead of its VampPrior
+    (-33.07 nats against the model's own -24.88). Its posterior and likelihood are read as for a
+    VAE; the ELBO is not reported."""
+    from robvae.bench.protocol import heldout_elbo
+    from robvae.data import ImageDataset
+
+    vamp = pythae_models.VAMP(pythae_models.VAMPConfig(input_dim=(1, 8, 8), latent_dim=4, number_components=5))
+    model = from_pythae(vamp)
+    assert model.prior_is_standard_normal is False
+    x = _digits(6)
+    data = ImageDataset(x, torch.zeros(6, dtype=torch.long), "digits", "test")
+    assert heldout_elbo(model, data) is None
+    vae = from_pythae(pythae_models.VAE(pythae_models.VAEConfig(input_dim=(1, 8, 8), latent_dim=4)))
+    assert vae.prior_is_standard_normal is True and heldout_elbo(vae, data) is not None
+    with torch.no_grad():  # the posterior as pythae samples it: exp(log_var / 2)
+        out = vamp.encoder(x)
+        mu, sigma = model.encode(x)
+    assert torch.equal(mu, out.embedding) and torch.equal(sigma, torch.exp(0.5 * out.log_covariance))
+
+
 # ---------------------------------------------------------------- diffusers
 
 def _tiny_kl(channels: int = 1, size: int = 8, latent: int = 2):

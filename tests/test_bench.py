@@ -87,6 +87,21 @@ def test_evaluate_protocol_matches_the_linear_vae_closed_forms():
     assert res.wall_s > 0
 
 
+def test_evaluate_protocol_scores_a_float64_model_on_float32_data():
+    """Found by an audit: the bench fed a float64 user model float32 images (a raw torch dtype
+    error) where `robvae certify --model` converts them to the model's dtype."""
+    model, data, protocol = _linear_case()
+    m64 = LinearVAE.random(d=4, input_shape=(1, 4, 4), s=0.1, singular_values=[2.0, 1.5, 1.0, 0.5], seed=0,
+                           dtype=torch.float64)
+    assert data.images.dtype == torch.float32
+    res = evaluate_protocol(m64, data, protocol, "digits", name="linear64")
+    smax = float(torch.linalg.matrix_norm(m64.A, ord=2))
+    assert res.damage["0.1"] == pytest.approx(smax * 0.1, rel=1e-3)
+    assert res.rigorous_radius is not None and res.rigorous_radius <= m64.exact_margin(0.3)
+    ref = evaluate_protocol(model, data, protocol, "digits", name="linear")
+    assert res.median_radius == pytest.approx(ref.median_radius, rel=0.05)
+
+
 def test_median_margin_leaves_unknown_margins_out_and_medians_are_the_usual_ones():
     """Unknown margins (settled robust with no budget settled robust; clean estimate undecided)
     were counted as measured zeros, and medians were torch's lower median: 0.0 here where the

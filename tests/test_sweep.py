@@ -578,6 +578,47 @@ def test_model_digest_sees_buffers_settings_and_code(tmp_path, monkeypatch):
     assert model_digest(m) != base
 
 
+def test_model_digest_sees_the_code_of_submodules_defined_elsewhere(tmp_path, monkeypatch):
+    """Found by an audit: the digest hashed only the file of the top-level class, so an edited
+    forward of a pythae decoder behind robvae's adapter (or any submodule of another file) kept
+    the old digest, and bench / certify --model reused results of the model before the edit."""
+    from robvae.sweep.shard import model_digest
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "dig_parts.py").write_text(
+        "import torch\n"
+        "class Base(torch.nn.Module):\n"
+        "    pass\n")
+    (tmp_path / "dig_sub.py").write_text(
+        "import torch\n"
+        "from dig_parts import Base\n"
+        "class Dec(Base):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = torch.nn.Linear(2, 2)\n"
+        "    def forward(self, z):\n"
+        "        return torch.sigmoid(1.0 * self.lin(z))\n")
+    (tmp_path / "dig_top.py").write_text(
+        "import torch\n"
+        "from dig_sub import Dec\n"
+        "class Wrapper(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.dec = Dec()\n")
+    import dig_top
+
+    torch.manual_seed(0)
+    m = dig_top.Wrapper()
+    base = model_digest(m)
+    sub = (tmp_path / "dig_sub.py").read_text()
+    (tmp_path / "dig_sub.py").write_text(sub.replace("1.0 *", "8.0 *"))  # the submodule's forward edited
+    assert model_digest(m) != base
+    (tmp_path / "dig_sub.py").write_text(sub)
+    assert model_digest(m) == base
+    (tmp_path / "dig_parts.py").write_text("import torch\nclass Base(torch.nn.Module):\n    scale = 2\n")
+    assert model_digest(m) != base  # a base class's file too
+
+
 def test_ray_errors_become_the_tasks_own_exception_or_one_line():
     """Found by the Ray audit: a Ray task's failure reached the user as Ray's wrapper (ANSI colours,
     no message) or a 66-line WorkerCrashedError traceback. Checked here without Ray, on stand-ins

@@ -17,6 +17,33 @@ from torch import nn
 
 from ..errors import InputError
 
+#: pythae models whose q(z|x) is N(embedding, diag exp(log_covariance)), whose reconstruction is
+#: decoder(z) and whose likelihood is the 'bce' / 'mse' robvae reads: the ones wrapped (users'
+#: subclasses of them too). VAMP's prior is its VampPrior, not N(0, I): robvae reads its
+#: posterior and likelihood but reports no ELBO for it (``prior_is_standard_normal`` False).
+SUPPORTED = ("VAE", "BetaVAE", "DisentangledBetaVAE", "FactorVAE", "BetaTCVAE", "IWAE", "MIWAE", "PIWAE", "CIWAE",
+             "INFOVAE_MMD", "VAMP")
+
+#: pythae models robvae would misread, and why (refused with that reason)
+_MISREAD = {
+    "HVAE": "its posterior std is softplus(log_covariance) and Hamiltonian steps move z after the encoder",
+    "RHVAE": "Riemannian Hamiltonian steps move z after the encoder (q(z|x) is not the encoder's Gaussian)",
+    "VAE_IAF": "an inverse autoregressive flow transforms z after the encoder (q(z|x) is not Gaussian)",
+    "VAE_LinNF": "linear normalising flows transform z after the encoder (q(z|x) is not Gaussian)",
+    "PoincareVAE": "its latent space is hyperbolic (a wrapped normal on the Poincare ball, not a Euclidean Gaussian)",
+    "Adversarial_AE": "its posterior may be deterministic (model_config.deterministic_posterior)",
+    "VAEGAN": "it is trained with a discriminator-feature reconstruction loss, not 'bce' or 'mse'",
+    "MSSSIM_VAE": "it is trained with an MS-SSIM reconstruction loss, not 'bce' or 'mse'",
+}
+
+
+def _pythae_base(model: nn.Module) -> str | None:
+    """The name of the first pythae model class in ``type(model)``'s MRO (None if there is none)."""
+    for c in type(model).__mro__:
+        if c.__module__.startswith("pythae.models.") and c.__name__ in (*SUPPORTED, *_MISREAD):
+            return c.__name__
+    return None
+
 
 class PythaeAdapter(nn.Module):
     """A pythae VAE-family model seen through robvae's protocol.
@@ -30,6 +57,12 @@ class PythaeAdapter(nn.Module):
         config = getattr(model, "model_config", None)
         if not (callable(getattr(model, "encoder", None)) and callable(getattr(model, "decoder", None))):
             raise InputError(f"{type(model).__name__} is not a pythae model (no encoder / decoder networks)")
+        base = _pythae_base(model)
+        if base in _MISREAD:
+            raise InputError(f"{type(model).__name__}: robvae cannot wrap a pythae {base}: {_MISREAD[base]}; "
+                             f"supported: {', '.join(SUPPORTED)}")
+        #: False for VAMP (a VampPrior): the benchmark's ELBO, which uses a N(0, I) prior, is not reported
+        self.prior_is_standard_normal = base != "VAMP"
         shape = input_shape if input_shape is not None else getattr(config, "input_dim", None)
         if shape is None:
             raise InputError(f"{type(model).__name__}: model_config.input_dim is not set; pass input_shape=(C, H, W)")
@@ -50,6 +83,9 @@ class PythaeAdapter(nn.Module):
                 f"{type(model).__name__} is not a Gaussian VAE-family pythae model: its encoder returns "
                 f"{sorted(keys) or type(out).__name__}, robvae needs 'embedding' and 'log_covariance'"
             )
+        if base is None and any(c.__module__.startswith("pythae.") for c in type(model).__mro__):
+            raise InputError(f"{type(model).__name__}: a pythae model robvae has not checked (its q(z|x) may not "
+                             f"be the encoder's Gaussian); supported: {', '.join(SUPPORTED)}")
         self.latent_dim = int(out["embedding"].reshape(1, -1).shape[1])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,11 +114,13 @@ class PythaeAdapter(nn.Module):
 
 
 def from_pythae(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> PythaeAdapter:
-    """Wrap a pythae VAE-family model (VAE, BetaVAE, BetaTCVAE, IWAE, VAMP, ...) into the protocol.
+    """Wrap a pythae VAE-family model (:data:`SUPPORTED`: VAE, BetaVAE, BetaTCVAE, IWAE, VAMP, ...)
+    into the protocol.
 
     ``input_shape`` defaults to the model's ``model_config.input_dim``. Raises
     :class:`~robvae.errors.InputError` for models without a Gaussian encoder (AE, RAE, WAE, VQ-VAE,
-    SVAE, ...).
+    SVAE, ...) and for those robvae would misread (HVAE, RHVAE, VAE_IAF, VAE_LinNF, PoincareVAE,
+    Adversarial_AE, VAEGAN, MSSSIM_VAE: the reason is in the message).
     """
     return PythaeAdapter(model, input_shape)
 

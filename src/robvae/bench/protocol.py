@@ -47,7 +47,7 @@ from ..robustness.margin import MarginResult
 from ..robustness.jacobian import first_order_check
 from ..robustness.rigorous import rigorous_certify
 from ..stats import median
-from ..validation import check_count, check_level, check_positive
+from ..validation import check_count, check_level, check_positive, model_dtype
 
 
 @dataclass(frozen=True)
@@ -283,16 +283,17 @@ def _generator(seed: int, salt: int) -> torch.Generator:
 
 
 def heldout_elbo(model: torch.nn.Module, data: ImageDataset, seed: int = 0, batch_size: int = 500) -> float | None:
-    """Mean ELBO (analytic KL, one reparameterised draw, fixed seed) over ``data``, nats per image;
-    None when the model has no ``log_likelihood``."""
-    if not callable(getattr(model, "log_likelihood", None)):
+    """Mean ELBO (analytic KL to N(0, I), one reparameterised draw, fixed seed) over ``data``,
+    nats per image; None when the model has no ``log_likelihood`` or says its prior is another
+    (``prior_is_standard_normal = False``, e.g. a pythae VAMP: that KL would misstate its ELBO)."""
+    if not callable(getattr(model, "log_likelihood", None)) or not getattr(model, "prior_is_standard_normal", True):
         return None
-    device = model_device(model)
+    device, dtype = model_device(model), model_dtype(model)
     g = _generator(seed, 99)
     total = 0.0
     with torch.inference_mode():
         for i in range(0, len(data), batch_size):
-            x = data.images[i: i + batch_size].to(device)
+            x = data.images[i: i + batch_size].to(device=device, dtype=dtype or data.images.dtype)
             total += float(compute_objective(model, x, ObjectiveConfig(), len(data), generator=g)["elbo"]) * x.shape[0]
     return total / len(data)
 
@@ -331,7 +332,7 @@ def evaluate_protocol(
     was_training = model.training
     model.eval()
     device = model_device(model)
-    x = data.images[s.indices(len(data))].to(device)
+    x = data.images[s.indices(len(data))].to(device=device, dtype=model_dtype(model) or data.images.dtype)
     seed = protocol.seed
     elbo = heldout_elbo(model, data, protocol.elbo_seed)
     rec = float(reconstruction_error(model, x).double().mean())

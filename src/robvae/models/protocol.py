@@ -10,8 +10,9 @@ Any ``torch.nn.Module`` with
 
 is a robvae model. Optionally it may expose ``input_shape`` (a tuple) so inputs can be checked,
 and ``log_likelihood(x, z) -> [B]`` (log p(x|z)) for the likelihood-degradation metric, and
-``decodes_images = False`` when its outputs are not images on purpose (no range warning). Bring
-your own VAE: nothing else is required.
+``decodes_images = False`` when its outputs are not images on purpose (no range warning), and
+``prior_is_standard_normal = False`` when its prior p(z) is not N(0, I) (the benchmark's ELBO,
+which uses N(0, I), is then not reported). Bring your own VAE: nothing else is required.
 """
 
 from __future__ import annotations

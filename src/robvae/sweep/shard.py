@@ -105,17 +105,37 @@ def _digest(*arrays: np.ndarray) -> str:
 
 
 def model_digest(model: torch.nn.Module) -> str:
-    """A digest of a model in memory: its class and the source of its class's module (an edited
-    ``encode`` / ``decode``), its printed structure, every module's plain settings and attributes
+    """A digest of a model in memory: its class, the source files of every class its modules are
+    instances of and of their base classes (an edited ``encode`` / ``decode``, or ``forward`` of a
+    submodule defined elsewhere, e.g. a pythae model's own decoder behind robvae's adapter; torch's
+    own modules aside), its printed structure, every module's plain settings and attributes
     (:func:`robvae.models.fast_decode.structure_key`), and every parameter and buffer, persistent
-    or not (name, dtype, shape, values). What it cannot see: state outside the model (globals)."""
+    or not (name, dtype, shape, values). What it cannot see: state outside the model (globals, or
+    functions of other files that a ``forward`` calls)."""
     cls = type(model)
     h = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}\n{model!r}\n{structure_key(model)!r}".encode())
-    try:
-        h.update(inspect.getsource(inspect.getmodule(cls)).encode())
-    except (OSError, TypeError):  # built-in, interactive or without source: the rest still counts
-        pass
+    for f in _source_files(model):  # contents only: the same model's digest on any machine
+        try:
+            h.update(Path(f).read_bytes())
+        except OSError:  # gone or unreadable: the rest still counts
+            pass
     return hash_arrays(h, (*model.named_parameters(), *model.named_buffers())).hexdigest()
+
+
+def _source_files(model: torch.nn.Module) -> list[str]:
+    """The source files defining the classes of ``model``'s modules and their bases, torch's and
+    builtins' aside, sorted."""
+    files: set[str] = set()
+    for c in {k for m in model.modules() for k in type(m).__mro__}:
+        if c.__module__ == "builtins" or c.__module__.split(".")[0] == "torch":
+            continue
+        try:
+            f = inspect.getsourcefile(c)
+        except (OSError, TypeError):  # built-in, interactive or without source
+            continue
+        if f:
+            files.add(f)
+    return sorted(files)
 
 
 def run_digest(run_dir: str | os.PathLike) -> str:
