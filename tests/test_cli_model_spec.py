@@ -153,11 +153,14 @@ def test_attack_and_margin_with_model_and_inputs_file(user_pkg, capsys):
     assert rc == 0, capsys.readouterr().err
     assert (user_pkg / "m" / "certify-x.csv").is_file() and not (user_pkg / "m" / "certify-test.csv").exists()
     # the JSON files say where the inputs came from (no split)
+    # and which model (an audit found none of the three recorded --model, and margin's JSON said
+    # split "test" and no count of the inputs it used)
     cert = json.loads((user_pkg / "m" / "certify-x.json").read_text())
-    assert cert["split"] is None and cert["inputs"] == "x.npy"
-    assert json.loads((user_pkg / "m" / "margin-x.json").read_text())["inputs"] == "x.pt"
+    assert cert["split"] is None and cert["inputs"] == "x.npy" and cert["model"] == "my_models:vae"
+    mar = json.loads((user_pkg / "m" / "margin-x.json").read_text())
+    assert mar["split"] is None and mar["inputs"] == "x.pt" and mar["model"] == "my_models:vae" and mar["n"] == 4
     att = json.loads((user_pkg / "attack-x" / "attack.json").read_text())
-    assert att["split"] is None and att["inputs"] == "x.npy"
+    assert att["split"] is None and att["inputs"] == "x.npy" and att["model"] == "my_models:vae" and att["n"] == 6
     np.save(user_pkg / "train.npy", x.numpy())  # a file named after a split never takes the split's name
     rc = main(["certify", "m", "--model", "my_models:vae", "--inputs", "train.npy", "--n", "4", "--r", "0.5",
                "--n-samples", "50", "--quiet"])

@@ -403,6 +403,22 @@ def test_sigterm_is_handled_as_ctrl_c_and_commands_that_save_nothing_say_so(caps
     assert "interrupted (nothing was written; rerun the command to start again)" in cap.err
 
 
+@pytest.mark.parametrize("command, target, needle", [
+    ("demo", "robvae.cli.train.run_demo", "finished work is saved; rerun the same command to resume"),
+    ("report", "robvae.cli.report.render_report", "the results finished before it are written"),
+])
+def test_ctrl_c_message_says_what_was_kept(tmp_path, capsys, monkeypatch, run_dir, command, target, needle):
+    """Found by an audit: demo (whose run resumes) and report (which writes each result when it is
+    done) said "nothing was written" on Ctrl-C."""
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupted)
+    args = ["demo", "--out", str(tmp_path / "d"), "--quiet"] if command == "demo" else ["report", str(run_dir)]
+    cap = _one_line(capsys, 130, *args)
+    assert needle in cap.err and "nothing was written" not in cap.err
+
+
 def test_sweep_with_failed_trials_exits_1(capsys, tmp_path):
     data = tmp_path / "baddata"  # files by the right names, but not IDX: found before the run, fail in the trial
     data.mkdir()

@@ -679,8 +679,8 @@ def margin_report(run: Any, config: EvalConfig, out: str | Path | None = None, *
     rep = MarginReport(result, result.bound_stats("theorem1"), rigorous=rig)
     if paths is not None:
         write_csv(paths[0], rep.rows(), fieldnames=list(MARGIN_COLUMNS))
-        write_json(paths[1], jsonable({"command": "margin", **(meta or {}), "evaluation": config.to_dict(),
-                                       "summary": rep.summary()}))
+        write_json(paths[1], jsonable({"command": "margin", **(meta or {}), "n": len(result.rows),
+                                       "evaluation": config.to_dict(), "summary": rep.summary()}))
         rep.path = paths[0]
     return rep
 

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = app.main(args=argv, prog_name="robvae", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt) as e:  # Ctrl-C (click turns it into Abort where it catches it)
-        click.echo(INTERRUPTED if command in RESUMABLE else INTERRUPTED_NOTHING_SAVED, err=True)
+        click.echo(INTERRUPTED if command in RESUMABLE else INTERRUPTED_PARTLY if command in WRITES_AS_IT_GOES
+                   else INTERRUPTED_NOTHING_SAVED, err=True)
         return 143 if isinstance(e, Terminated) or isinstance(e.__cause__, Terminated) else 130
     except click.ClickException as e:
         click.echo(f"robvae: error: {e.format_message()}", err=True)
@@ -81,9 +82,14 @@ def main(argv: list[str] | None = None) -> int:
 #: (:data:`RESUMABLE`): every finished epoch, trial, shard and result file is saved atomically,
 #: and the same command resumes from there.
 INTERRUPTED = "robvae: interrupted (finished work is saved; rerun the same command to resume)"
-#: ... and for the others (attack, margin, report, demo), which write their files at the end.
+#: ... for ``report`` (with ``--model`` it certifies, attacks and measures margins, writing each
+#: result when it is done) ...
+INTERRUPTED_PARTLY = ("robvae: interrupted (the results finished before it are written; rerun the command to "
+                      "make them all)")
+#: ... and for the others (attack, margin), which write their files at the end.
 INTERRUPTED_NOTHING_SAVED = "robvae: interrupted (nothing was written; rerun the command to start again)"
-RESUMABLE = frozenset({"train", "certify", "sweep", "study", "bench"})
+RESUMABLE = frozenset({"train", "certify", "sweep", "study", "bench", "demo"})  # demo: its run resumes
+WRITES_AS_IT_GOES = frozenset({"report"})
 
 
 if __name__ == "__main__":  # pragma: no cover

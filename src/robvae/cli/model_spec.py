@@ -132,11 +132,13 @@ def output_label(run: Run, split: str) -> str:
 
 
 def source_meta(run: Run, split: str) -> dict[str, str | None]:
-    """Where a command's inputs came from, for its JSON: ``{"split": split}``, or with --inputs
-    ``{"split": None, "inputs": FILE}`` (those inputs are no split)."""
+    """Where a command's model and inputs came from, for its JSON: ``{"split": split}``, or with
+    --inputs ``{"split": None, "inputs": FILE}`` (those inputs are no split); with --model also
+    ``"model": MODULE:CALLABLE``."""
+    model = {"model": run.spec} if isinstance(run, ModelRun) and run.spec else {}
     if isinstance(run, ModelRun) and run.inputs_file:
-        return {"split": None, "inputs": run.inputs_file}
-    return {"split": split}
+        return {"split": None, "inputs": run.inputs_file, **model}
+    return {"split": split, **model}
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

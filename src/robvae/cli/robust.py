@@ -285,7 +285,7 @@ def margin_cmd(run, out, quiet, download, **kw) -> None:
     if download and config.data_dir is None and loaded.config.data_dir is None and loaded.config.dataset != "digits":
         config = dataclasses.replace(config, data_dir=str(default_data_dir(loaded.config.dataset)))  # fetched there
     out_path = Path(out) if out else Path(loaded.path) / f"margin-{output_label(loaded, config.split)}.csv"
-    inputs = {k: v for k, v in source_meta(loaded, config.split).items() if k == "inputs"}  # beside the evaluation
-    rep = margin_report(loaded, config, out_path, progress=not quiet, meta={"run": str(run), **inputs})
+    source = source_meta(loaded, config.split)  # the split, or split null and the --inputs file
+    rep = margin_report(loaded, config, out_path, progress=not quiet, meta={"run": str(run), **source})
     click.echo(format_summary(rep.summary()))
     click.echo(f"per-input results: {out_path}")
