@@ -301,3 +301,20 @@ def test_diffusers_five_line_example(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "'n': 4" in out or '"n": 4' in out
     _in_readme(DIFFUSERS_EXAMPLE)
+
+
+def test_diffusers_variants_robvae_cannot_read_are_refused_in_one_line():
+    """Found by an audit: AutoencoderTiny first got "pass input_shape" (then, with it, the real
+    refusal); AutoencoderKLTemporalDecoder was accepted and every decode raised a raw TypeError."""
+    diffusers = pytest.importorskip("diffusers", reason="diffusers extra not installed (pip install -e '.[diffusers]')")
+    tiny = diffusers.AutoencoderTiny(in_channels=1, out_channels=1, encoder_block_out_channels=(8, 8),
+                                     decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1),
+                                     num_decoder_blocks=(1, 1), latent_channels=2)
+    with pytest.raises(InputError, match="AutoencoderTiny is not supported: its encode"):
+        from_diffusers(tiny)
+    temporal = diffusers.AutoencoderKLTemporalDecoder(in_channels=1, out_channels=1, block_out_channels=(32, 32),
+                                                      down_block_types=("DownEncoderBlock2D",) * 2,
+                                                      layers_per_block=1, latent_channels=2, sample_size=8)
+    with pytest.raises(InputError, match=r"decode\(latent batch\) failed \(TypeError: .*num_frames"):
+        from_diffusers(temporal)
+

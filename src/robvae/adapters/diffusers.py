@@ -29,6 +29,10 @@ def _config_shape(vae: nn.Module) -> tuple[int, ...] | None:
     return (int(chans), *hw)
 
 
+#: diffusers autoencoders whose encode gives no Gaussian latent distribution
+_NOT_GAUSSIAN = ("AutoencoderTiny", "VQModel")
+
+
 class DiffusersAdapter(nn.Module):
     """A diffusers ``AutoencoderKL`` seen through robvae's protocol (pixels in [0, 1], flat latents).
 
@@ -43,6 +47,9 @@ class DiffusersAdapter(nn.Module):
         name = type(vae).__name__
         if not (callable(getattr(vae, "encode", None)) and callable(getattr(vae, "decode", None))):
             raise InputError(f"{name} is not a diffusers autoencoder (no encode / decode)")
+        if name in _NOT_GAUSSIAN:  # said before anything else (its config may not give the image shape either)
+            raise InputError(f"{name} is not supported: its encode() gives no Gaussian latent_dist "
+                             f"(robvae needs AutoencoderKL's latent_dist.mean / .std)")
         shape = tuple(int(s) for s in input_shape) if input_shape is not None else _config_shape(vae)
         if shape is None or len(shape) != 3:
             raise InputError(f"{name}: cannot tell the image shape from its config; pass input_shape=(C, H, W)")
@@ -82,6 +89,14 @@ class DiffusersAdapter(nn.Module):
             raise InputError(f"{name}: the latent distribution is deterministic (std = 0); robvae needs sigma > 0")
         self.latent_shape = tuple(int(s) for s in mean.shape[1:])
         self.latent_dim = int(math.prod(self.latent_shape))
+        try:  # decode too: a variant whose decode needs more than a latent batch fails here, in one line
+            with torch.no_grad():
+                g = self.decode(mean.flatten(1))
+        except Exception as e:
+            raise InputError(f"{name}: unsupported autoencoder: decode(latent batch) failed "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        if tuple(g.shape[1:]) != shape:
+            raise InputError(f"{name}: decode gives images of shape {tuple(g.shape[1:])}, not {shape}")
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, sigma) of the latent distribution of 2 x - 1, flattened: [B, C * h * w]."""
