@@ -521,6 +521,9 @@ def test_n_larger_than_the_split_says_so(run_dir, tmp_path, capsys):
     ({"base": {"model": {"latent_dim": 2.5}}}, "field latent_dim: expected an integer, got 2.5"),
     ({"base": {"objective": {"beta": "big"}}}, "field beta: expected a number, got 'big'"),
     ({"base": {"model": {"hidden": [8, "x"]}}}, "field hidden: expected a list of integers"),
+    ({"evaluation": {"r": 0.5, "r_relative": 2}}, "evaluation: give r or r_relative, not both"),
+    ({"evaluation": {"r_relative": 2}, "grid": {"evaluation.r": [0.5]}},
+     "grid point evaluation.r=0.5: give r or r_relative, not both"),
 ])
 def test_sweep_fields_are_type_checked_up_front(tmp_path, capsys, doc, needle):
     import yaml

@@ -263,6 +263,9 @@ def parse_sweep(doc: Any, source: str = "sweep") -> SweepSpec:
         for (key, target, path, _), value in zip(axes, combo):
             set_dotted(train_d if target == "train" else eval_d, path, value)
         name = ",".join(f"{key}={_fmt(v)}" for (key, *_), v in zip(axes, combo)) or "base"
+        if eval_d is not None and eval_d.get("r") is not None and eval_d.get("r_relative") is not None:
+            where = "evaluation" if name == "base" else f"grid point {name}"  # as on the command line
+            raise SweepSpecError(f"{where}: give r or r_relative, not both (r replaces r_relative)")
         try:
             trial = Trial(train=train_d, evaluation=eval_d, name=name)
         except (TypeError, ValueError) as e:
