@@ -130,7 +130,6 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
         digest = run_digest(run)  # checked by every shard
     default = Path(vae.path) / f"certify-{output_label(vae, split)}.csv"
     out_path, json_path = result_paths(Path(out) if out else default, "certify")
-    radius = resolve_radius(vae.model, x, r, r_relative, n_samples, seed)
     # one code path for every executor: each block of inputs draws its noise from a generator
     # seeded by (seed, the block's first index), whatever the executor (see robvae.sweep.shard);
     # the serial path uses every core (workers use one thread each): Monte Carlo counts agree
@@ -139,14 +138,16 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
         executor = "serial"  # --model runs in this process (workers load a RUN folder)
     executor, workers = auto_executor(len(x) * n_samples, executor, workers, device,
                                       units=math.ceil(len(x) / BLOCK_SIZE))
+    if isinstance(vae, ModelRun) and executor != "serial":
+        raise click.UsageError("--executor local / ray need a RUN folder (the workers load it); --model runs in "
+                               "this process")
     # finished shards are kept here until the CSV is written: an interrupted run resumes from them;
     # held under a lock, so that two commands into one --out never save into each other's folder
     partial = partial_folder(out_path)
     with folder_lock(partial, "robvae certify"):
+        # r under the lock: a second certify into this --out is refused before its calibration
+        radius = resolve_radius(vae.model, x, r, r_relative, n_samples, seed)
         if isinstance(vae, ModelRun):  # --model: this process, blocks seeded as certify_sharded's
-            if executor != "serial":
-                raise click.UsageError("--executor local / ray need a RUN folder (the workers load it); --model runs "
-                                       "in this process")
             cert = certify_blocks(vae.model, x, radius, seed=seed, progress=not quiet, n_samples=n_samples,
                                   alpha=alpha, mode=mode, precision=precision, early_abstain=early_abstain,
                                   partial=partial)

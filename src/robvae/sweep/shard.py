@@ -66,10 +66,15 @@ def block_seed(seed: int, start: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _stat_key(run_dir: str) -> tuple | None:
-    weights = Path(run_dir) / "model.safetensors"
-    st = weights.stat() if weights.exists() else None  # an atomic rewrite is a new inode
-    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+def _stat_key(run_dir: str) -> tuple:
+    """What tells the run's files apart cheaply: config.json's and the weights' inode, size and
+    modification time (an atomic rewrite is a new inode)."""
+    key = []
+    for name in ("config.json", "model.safetensors"):
+        f = Path(run_dir) / name
+        st = f.stat() if f.exists() else None
+        key.append(None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(key)
 
 
 def _load_run(run_dir: str, device: str):
