@@ -536,6 +536,19 @@ def test_sweep_fields_are_type_checked_up_front(tmp_path, capsys, doc, needle):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("extra, needle", [
+    (["--executor", "serial", "--workers", "2"], "--workers goes with --executor auto, local or ray"),
+    (["--address", "auto"], "--address joins a Ray cluster: it goes with --executor ray"),
+])
+def test_certify_executor_options_that_would_be_ignored_are_refused(run_dir, tmp_path, capsys, extra, needle):
+    """Found by an audit: --executor serial --workers 2 ran serially without a word."""
+    rc = main(["certify", str(run_dir), "--n", "2", "--samples", "20", "--r", "1", "--quiet",
+               "--out", str(tmp_path / "c.csv"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
 def test_config_json_with_a_wrong_type_names_the_field(run_dir, tmp_path):
     from robvae.training import load
 

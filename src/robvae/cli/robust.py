@@ -120,6 +120,9 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
         r_relative = None  # --r replaces --r-relative (both given: a usage error, robvae.cli.options.one_radius)
     if address is not None and executor != "ray":  # as robvae sweep: it would be ignored
         raise click.UsageError("--address joins a Ray cluster: it goes with --executor ray")
+    if executor == "serial" and workers is not None and workers > 1:  # it would be ignored
+        raise click.UsageError("--workers goes with --executor auto, local or ray (serial runs in this process; "
+                               "its threads are --threads)")
     vae, x = _inputs(run, split, n, device, data_dir, download)
     digest = None
     if not isinstance(vae, ModelRun):  # a RUN folder: its workers load it again, so it must not change
