@@ -73,7 +73,7 @@ def test_training_options_of_a_method_that_is_off_are_refused(tmp_path, capsys, 
 def test_training_options_given_at_their_default_or_with_their_method_are_accepted(tmp_path, capsys):
     rc, out, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "1", "--n-train", "40", "--hidden", "8",
                         "--latent-dim", "2", "--beta", "1", "--no-jacobian-whitened", "--adversarial-norm", "l2",
-                        "--quiet", "--out", str(tmp_path / "a"))
+                        "--threads", "1", "--quiet", "--out", str(tmp_path / "a"))  # --threads: no KeyError
     assert rc == 0, err
     assert "(elbo, tau=0)" in out  # no beta printed for the ELBO
     rc, out, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "1", "--n-train", "40", "--hidden", "8",
@@ -177,3 +177,19 @@ def test_study_certified_refuses_odd_widths_before_training(tmp_path, capsys):
     rc, out, err = _run(capsys, "study", "certified", "--dataset", "digits", "--hidden", "33", "--out",
                         str(tmp_path / "s"))
     assert rc == 2 and "even widths" in err and not (tmp_path / "s" / "vae").exists()
+
+
+def test_a_run_trained_with_a_since_refused_setting_can_still_be_extended(tmp_path, capsys):
+    """Review: a run trained before the refusals with, e.g., --adversarial-steps 5 under no
+    adversarial training could be extended neither with it (refused) nor without (another config)."""
+    from robvae.models import ModelConfig
+    from robvae.training import TrainConfig, train
+
+    out = tmp_path / "old"
+    cfg = TrainConfig(model=ModelConfig(latent_dim=2, hidden=(8,)), epochs=1, n_train=40, adversarial_steps=5)
+    train(cfg, out, progress=False)
+    rc, stdout, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "2", "--n-train", "40", "--hidden", "8",
+                           "--latent-dim", "2", "--adversarial-steps", "5", "--quiet", "--out", str(out))
+    assert rc == 0, err
+    assert "for 2 epochs" in stdout
+

@@ -349,13 +349,29 @@ def test_sharded_certify_refuses_a_run_whose_weights_change_under_it(certify_cas
     with pytest.raises(RobvaeError, match="changed while certify ran"):  # changed since r was calibrated
         certify_sharded(run_dir, x, r, executor="serial", seed=0, n_samples=50, weights_digest="0" * 64)
     monkeypatch.undo()
+    # the weights rewritten while the command loads the run and its data (before r is calibrated)
+    from robvae.cli import robust as robust_cli
+
+    real_inputs = robust_cli._inputs
+
+    def inputs_then_retrain(*a, **k):
+        out = real_inputs(*a, **k)
+        w, meta = load_tensors(run_dir / "model.safetensors")
+        save_tensors(run_dir / "model.safetensors", {n: t * 1.01 for n, t in w.items()}, metadata=meta)
+        return out
+
+    monkeypatch.setattr(robust_cli, "_inputs", inputs_then_retrain)
+    assert main(["certify", str(run_dir), "--n", "4", "--samples", "50", "--quiet"]) == 2
+    assert "changed while certify ran" in capsys.readouterr().err
+    monkeypatch.undo()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (run_dir / ".robvae.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
                                                           "command": "robvae train"}))
         rc = main(["certify", str(run_dir), "--n", "4", "--samples", "50", "--quiet"])
         err = capsys.readouterr().err
-        assert rc == 2 and f"is in use by robvae train (pid {holder.pid})" in err, err
+        assert rc == 2 and f"is in use by robvae train (pid {holder.pid} on {socket.gethostname()})" in err, err
+        assert "if that process is gone, delete" in err
         assert not list(run_dir.glob("certify-*"))
     finally:
         holder.kill()
@@ -617,6 +633,49 @@ def test_model_digest_sees_the_code_of_submodules_defined_elsewhere(tmp_path, mo
     assert model_digest(m) == base
     (tmp_path / "dig_parts.py").write_text("import torch\nclass Base(torch.nn.Module):\n    scale = 2\n")
     assert model_digest(m) != base  # a base class's file too
+
+
+def test_model_digest_is_the_same_wherever_the_code_lives_and_sees_zip_edits(tmp_path, monkeypatch):
+    """Review: the sources were hashed in the order of their absolute paths (byte-identical code
+    in two folders: two digests, so bench caches and --model resumes were lost on another
+    machine), Python's own abc.py counted, and a module imported from a zip was not read."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from robvae.sweep.shard import model_digest
+
+    base = "import abc\nimport torch\nclass Base(torch.nn.Module, abc.ABC):\n    pass\n"
+    enc = ("import torch\nfrom dig_base import Base\nclass Enc(Base):\n    def __init__(self):\n"
+           "        super().__init__()\n        self.l = torch.nn.Linear(4, 2)\n"
+           "    def forward(self, x):\n        return self.l(x)\n")
+    digests = []
+    # the two files' paths sort one way in the first layout and the other way in the second
+    for base_dir, enc_dir in (("a/base", "b/enc"), ("y/base", "x/enc")):
+        (tmp_path / base_dir).mkdir(parents=True)
+        (tmp_path / enc_dir).mkdir(parents=True)
+        (tmp_path / base_dir / "dig_base.py").write_text(base)
+        (tmp_path / enc_dir / "dig_enc.py").write_text(enc)
+        prog = (f"import sys, torch; sys.path[:0] = [{str(tmp_path / base_dir)!r}, {str(tmp_path / enc_dir)!r}]; "
+                "from dig_enc import Enc; from robvae.sweep.shard import model_digest; torch.manual_seed(0); "
+                "print(model_digest(Enc()))")
+        digests.append(subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True,
+                                      check=True).stdout.strip())
+    assert digests[0] == digests[1] and len(digests[0]) == 64
+    out = []
+    for k in (1, 2):  # the same module from a zip, its forward edited
+        z = tmp_path / f"m{k}.zip"
+        with zipfile.ZipFile(z, "w") as f:
+            f.writestr("dig_zipped.py", (base + enc.replace("from dig_base import Base\n", "")).replace(
+                "self.l(x)", f"self.l(x) * {k}"))
+        monkeypatch.syspath_prepend(str(z))
+        sys.modules.pop("dig_zipped", None)
+        import dig_zipped
+
+        torch.manual_seed(0)
+        out.append(model_digest(dig_zipped.Enc()))
+    sys.modules.pop("dig_zipped", None)
+    assert out[0] != out[1]
 
 
 def test_ray_errors_become_the_tasks_own_exception_or_one_line():

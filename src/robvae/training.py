@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,7 +90,8 @@ class TrainConfig(ConfigMixin):
             check_count(getattr(self, name), 1, name)
         if self.n_train is not None:
             check_count(self.n_train, 1, "n_train")
-        check_count(self.seed, 0, "seed")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):  # any sign: torch takes it
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
         check_positive(self.lr, "lr")
         if isinstance(self.adversarial_eps, bool) or not isinstance(self.adversarial_eps, (int, float)) \
                 or not (self.adversarial_eps >= 0 and math.isfinite(self.adversarial_eps)):

@@ -123,10 +123,13 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
     ctx = click.get_current_context()
     given = {p.name for p in ctx.command.params  # given on the command line, and not as their default
              if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
-             and (p.name in ("arch", "tau", "sigma_cap", "verify_n") or ctx.params[p.name] != p.default)}
+             and (p.name in ("arch", "tau", "sigma_cap", "verify_n")
+                  or p.name not in ctx.params or ctx.params[p.name] != p.default)}
     if certify_margin is None and certify_r is None and given & {"sigma_cap", "verify_n"}:
         raise click.UsageError("--sigma-cap and --verify-n go with --certify-margin (they would be ignored)")
-    _refuse_ignored(given, objective, {**robust[ObjectiveConfig], **robust[TrainConfig]})
+    if not (Path(out) / "config.json").is_file():  # a new run (extending one: its stored config decides, and
+        # a run trained before these refusals with such a setting can still be extended by giving it again)
+        _refuse_ignored(given, objective, {**robust[ObjectiveConfig], **robust[TrainConfig]})
     if certify_margin is not None or certify_r is not None:  # robustness specified upfront (docs/THEORY.md section 9)
         if certify_margin is None or certify_r is None:
             raise click.UsageError("--certify-margin and --r go together")

@@ -31,6 +31,8 @@ import inspect
 import math
 import os
 import re
+import sys
+import sysconfig
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,28 +121,36 @@ def model_digest(model: torch.nn.Module) -> str:
     functions of other files that a ``forward`` calls)."""
     cls = type(model)
     h = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}\n{model!r}\n{structure_key(model)!r}".encode())
-    for f in _source_files(model):  # contents only: the same model's digest on any machine
-        try:
-            h.update(Path(f).read_bytes())
-        except OSError:  # gone or unreadable: the rest still counts
-            pass
+    # the sources' contents only, in the order of their own digests: the same model and code give
+    # the same digest wherever they are installed
+    for d in sorted(hashlib.sha256(src).hexdigest() for src in _sources(model)):
+        h.update(d.encode())
     return hash_arrays(h, (*model.named_parameters(), *model.named_buffers())).hexdigest()
 
 
-def _source_files(model: torch.nn.Module) -> list[str]:
-    """The source files defining the classes of ``model``'s modules and their bases, torch's and
-    builtins' aside, sorted."""
-    files: set[str] = set()
+_STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def _sources(model: torch.nn.Module) -> list[bytes]:
+    """The source of every module (file) defining the classes of ``model``'s modules and their
+    bases, torch's and Python's own aside (a file read from disk, else through its loader: a zip)."""
+    out: dict[str, bytes] = {}
     for c in {k for m in model.modules() for k in type(m).__mro__}:
-        if c.__module__ == "builtins" or c.__module__.split(".")[0] == "torch":
+        name = c.__module__
+        if name in out or name == "builtins" or name.split(".")[0] == "torch":
             continue
+        module = sys.modules.get(name)
         try:
             f = inspect.getsourcefile(c)
         except (OSError, TypeError):  # built-in, interactive or without source
+            f = None
+        if f and Path(f).resolve().is_relative_to(_STDLIB) and not {"site-packages", "dist-packages"} & set(Path(f).parts):
+            continue  # Python's own library (abc, typing, ...): not the model's code
+        try:
+            out[name] = Path(f).read_bytes() if f and Path(f).is_file() else inspect.getsource(module).encode()
+        except (OSError, TypeError):  # no source anywhere: the rest still counts
             continue
-        if f:
-            files.add(f)
-    return sorted(files)
+    return list(out.values())
 
 
 def run_digest(run_dir: str | os.PathLike) -> str:

@@ -269,7 +269,7 @@ def parse_sweep(doc: Any, source: str = "sweep") -> SweepSpec:
         try:
             trial = Trial(train=train_d, evaluation=eval_d, name=name)
         except (TypeError, ValueError) as e:
-            raise SweepSpecError(f"grid point {name}: {one_line(e)}") from None
+            raise SweepSpecError(f"{'base' if name == 'base' else f'grid point {name}'}: {one_line(e)}") from None
         if trial.id in seen:
             raise SweepSpecError(f"grid points {seen[trial.id]} and {name} give the same trial (a duplicate value?)")
         seen[trial.id] = name
