@@ -323,14 +323,23 @@ def _guard(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def folder_owner(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """Who holds ``FOLDER/.robvae.lock`` (its pid, host, command, ...), or None when nobody
-    does (no lock, or one left by a process that died)."""
+def _in_use(folder: Path, owner: dict[str, Any] | None, advice: str) -> LockError:
+    """The refusal of ``folder`` while ``owner`` (its lock file's content) holds it."""
+    started = f", started {owner['started']}" if owner and owner.get("started") else ""
+    who = (f"{owner.get('command', 'robvae')} (pid {owner.get('pid')} on {owner.get('host')}{started})"
+           if owner else "another robvae process")
+    return LockError(f"folder {folder} is in use by {who}; {advice} (if that process is gone, delete "
+                     f"{folder / LOCK_FILE})")
+
+
+def check_not_held(folder: str | os.PathLike, advice: str) -> None:
+    """A LockError (naming the holder, ending with ``advice``) when a live robvae process holds
+    ``FOLDER/.robvae.lock``, for a command that reads the folder without taking it."""
     path = Path(folder) / LOCK_FILE
-    if not path.exists():
-        return None
-    owner = _lock_owner(path)
-    return None if _stale(path, owner) else (owner or {})
+    if path.exists():
+        owner = _lock_owner(path)
+        if not _stale(path, owner):
+            raise _in_use(Path(folder), owner, advice)
 
 
 @contextlib.contextmanager
@@ -379,10 +388,7 @@ def _take(folder: Path, path: Path, me: dict) -> None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
                     continue
-                who = (f"{owner.get('command', 'robvae')} (pid {owner.get('pid')} on {owner.get('host')}, "
-                       f"started {owner.get('started')})") if owner else "another robvae process"
-                raise LockError(f"folder {folder} is in use by {who}; wait for it to finish or use another "
-                                f"folder (if that process is gone, delete {path})") from None
+                raise _in_use(folder, owner, "wait for it to finish or use another folder") from None
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(json.dumps(me))
             break

@@ -62,9 +62,9 @@ def _evaluate(out: str, config: EvalConfig, quiet: bool) -> None:
     """The --model branch: the model's margins and certificates, then the attack, into ``out``."""
     loaded, x = model_run(out, config.split, config.n, config.device, config.data_dir)  # checks the model first
     Path(out).mkdir(parents=True, exist_ok=True)
-    meta = {"run": str(out), "model": loaded.spec, **source_meta(loaded, config.split)}
+    meta = {"run": str(out), **source_meta(loaded, config.split)}  # split or --inputs, and the --model spec
     label = output_label(loaded, config.split)  # the split, or the --inputs file's name
     margin_report(loaded, config, Path(out) / f"margin-{label}.csv", progress=not quiet, meta=meta)
     attack_report(loaded.model, x, config.attack_budget(x), preset=config.attack_preset, batch_size=config.batch_size,
                   seed=config.seed, out_dir=Path(out) / f"attack-{label}", progress=not quiet,
-                  meta={**meta, **source_meta(loaded, config.split), "n": len(x)})
+                  meta={**meta, "n": len(x)})

@@ -14,15 +14,14 @@ import click
 from ..attacks import PRESETS
 from ..data import load_dataset
 from ..data.download import default_data_dir
-from ..errors import InputError, LockError
+from ..errors import InputError
 from ..evaluation import (
     LEGACY_ATTACK, EvalConfig, attack_report, calibration_r_min, jsonable, margin_report, relative_radius,
 )
-from ..fileio import LOCK_FILE, folder_lock, folder_owner, result_paths, write_csv, write_json
+from ..fileio import check_not_held, folder_lock, result_paths, write_csv, write_json
 from ..robustness import CertifyConfig
 from ..robustness.rigorous import rigorous_columns
 from ..sweep import BLOCK_SIZE, SHARD_EXECUTORS, certify_sharded, partial_folder, run_digest
-from ..sweep.shard import weights_changed
 from ..threads import auto_executor
 from ..training import load
 from . import app
@@ -124,19 +123,12 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     if executor == "serial" and workers is not None and workers > 1:  # it would be ignored
         raise click.UsageError("--workers goes with --executor auto, local or ray (serial runs in this process; "
                                "its threads are --threads)")
-    # a RUN folder: its workers load it again, so it must not change while certify runs
-    before = run_digest(run) if run is not None and Path(run).is_dir() else None
+    # a RUN folder: its workers load it again, so it must not change while certify runs; its digest
+    # from before it is loaded here is checked by certify_sharded and by every shard
+    digest = run_digest(run) if run is not None and Path(run).is_dir() else None
     vae, x = _inputs(run, split, n, device, data_dir, download)
-    digest = None
-    if not isinstance(vae, ModelRun):
-        owner = folder_owner(run)
-        if owner is not None:  # e.g. a robvae train extending the run
-            raise LockError(f"run {run} is in use by {owner.get('command', 'robvae')} (pid {owner.get('pid')} on "
-                            f"{owner.get('host')}); certify it once that has finished (if that process is gone, "
-                            f"delete {Path(run) / LOCK_FILE})")
-        digest = run_digest(run)  # checked by every shard
-        if digest != before:  # changed while it was loaded: r would be calibrated on other weights
-            raise weights_changed(run)
+    if not isinstance(vae, ModelRun):  # e.g. a robvae train extending the run
+        check_not_held(run, "certify it once that has finished")
     default = Path(vae.path) / f"certify-{output_label(vae, split)}.csv"
     out_path, json_path = result_paths(Path(out) if out else default, "certify")
     # one code path for every executor: each block of inputs draws its noise from a generator

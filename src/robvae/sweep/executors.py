@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.std import tqdm as tqdm_base
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as tqdm_base
 
 from ..errors import InputError, RobvaeError
 from ..fileio import read_json_dict, write_json
