@@ -185,11 +185,21 @@ def test_margin_reports_bound_and_margin(run_dir, capsys, tmp_path):
     assert {"p_clean", "capped", "abstain_sound"} <= set(rows[0])
     assert all(float(r["margin"]) >= 0 for r in rows)
     assert meta["evaluation"]["attack_preset"] == "cheap" and meta["evaluation"]["margin_tol"] == 0.1
+    assert meta["evaluation"]["r_relative"] == 1.5 and meta["evaluation"]["r"] is None
     # the rigorous radius of the margin's setting (full) beside the Theorem 1 violations: never above the margin
     rig = [r for r in rows if r["rigorous_used"] == "True"]
     assert len(rig) >= 1 and all(float(r["radius_rigorous_full"]) <= float(r["margin"]) for r in rig)
     assert meta["summary"]["rigorous_above_margin"] == 0 and meta["summary"]["rigorous_compared"] == len(rig)
     assert "rigorous_above_margin" in out
+
+
+def test_margin_json_records_an_absolute_r_without_the_unused_relative_default(run_dir, capsys, tmp_path):
+    rc, _, err = _run(capsys, "margin", run_dir, "--n", 2, "--r", 2.5, "--samples", 100, "--preset", "cheap",
+                      "--tol", 0.2, "--no-rigorous", "--out", tmp_path / "m.csv", "--quiet")
+    assert rc == 0, err
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert meta["evaluation"]["r"] == 2.5 and meta["evaluation"]["r_relative"] is None
+    assert meta["summary"]["r"] == 2.5
 
 
 @pytest.mark.parametrize(

@@ -351,7 +351,7 @@ def test_ctrl_c_prints_the_resumable_message(capsys, tmp_path, monkeypatch):
     if hasattr(cli_train, "train"):  # imported at the top of the command module
         monkeypatch.setattr(cli_train, "train", interrupted)
     cap = _one_line(capsys, 130, "train", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r"))
-    assert "interrupted (finished work is saved; rerun the same command to resume)" in cap.err
+    assert "interrupted (whatever had finished is saved; rerun the same command to resume)" in cap.err
 
 
 def test_sigterm_is_handled_as_ctrl_c_and_commands_that_save_nothing_say_so(capsys, tmp_path, monkeypatch):
@@ -382,7 +382,7 @@ def test_sigterm_is_handled_as_ctrl_c_and_commands_that_save_nothing_say_so(caps
     """)
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert child.returncode == 143, (child.returncode, child.stderr[-500:])
-    assert "interrupted (finished work is saved; rerun the same command to resume)" in child.stderr
+    assert "interrupted (whatever had finished is saved; rerun the same command to resume)" in child.stderr
     assert "Traceback" not in child.stderr
     assert not (tmp_path / "r" / ".robvae.lock").exists()  # the lock was released on the way out
 
@@ -404,7 +404,7 @@ def test_sigterm_is_handled_as_ctrl_c_and_commands_that_save_nothing_say_so(caps
 
 
 @pytest.mark.parametrize("command, target, needle", [
-    ("demo", "robvae.cli.train.run_demo", "finished work is saved; rerun the same command to resume"),
+    ("demo", "robvae.cli.train.run_demo", "whatever had finished is saved; rerun the same command to resume"),
     ("report", "robvae.cli.report.render_report", "the results finished before it are written"),
 ])
 def test_ctrl_c_message_says_what_was_kept(tmp_path, capsys, monkeypatch, run_dir, command, target, needle):

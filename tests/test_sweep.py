@@ -554,7 +554,8 @@ def test_two_questions_in_one_partial_folder_never_mix(certify_case, tmp_path, m
     with folder_lock(folder, "robvae certify"):
         rc = main(["certify", str(run_dir), "--n", "4", "--r", "1", "--samples", "50", "--executor", "serial",
                    "--out", str(tmp_path / "c.csv"), "--quiet"])
-    assert rc == 2 and "is in use by robvae certify" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the refusal names the user's output, not the hidden work folder
+    assert rc == 2 and f"output {tmp_path / 'c.csv'} is in use by robvae certify" in err, err
     # a worker that dies is one line that says the finished shards are kept
     monkeypatch.setattr(shard_mod, "map_tasks", lambda *a, **k: iter([(0, None, BrokenProcessPool("killed"))]))
     with pytest.raises(RobvaeError, match="a certify worker process died .*rerun to resume"):

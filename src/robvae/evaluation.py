@@ -666,6 +666,11 @@ class MarginReport:
         return out
 
 
+def _used(config: EvalConfig) -> dict[str, Any]:
+    """``config`` as a record of what ran: r_relative null where an absolute r replaced it."""
+    return {**config.to_dict(), **({"r_relative": None} if config.r is not None else {})}
+
+
 def margin_report(run: Any, config: EvalConfig, out: str | Path | None = None, *, progress: bool = True,
                   meta: dict[str, Any] | None = None) -> MarginReport:
     """Certify and search the empirical margin of ``config.n`` inputs (:func:`evaluate` without the
@@ -680,7 +685,7 @@ def margin_report(run: Any, config: EvalConfig, out: str | Path | None = None, *
     if paths is not None:
         write_csv(paths[0], rep.rows(), fieldnames=list(MARGIN_COLUMNS))
         write_json(paths[1], jsonable({"command": "margin", **(meta or {}), "n": len(result.rows),
-                                       "evaluation": config.to_dict(), "summary": rep.summary()}))
+                                       "evaluation": _used(config), "summary": rep.summary()}))
         rep.path = paths[0]
     return rep
 

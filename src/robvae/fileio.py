@@ -323,12 +323,13 @@ def _guard(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _in_use(folder: Path, owner: dict[str, Any] | None, advice: str) -> LockError:
-    """The refusal of ``folder`` while ``owner`` (its lock file's content) holds it."""
+def _in_use(folder: Path, owner: dict[str, Any] | None, advice: str, what: str | None = None) -> LockError:
+    """The refusal of ``folder`` (named ``what``, default "folder FOLDER") while ``owner`` (its lock
+    file's content) holds it."""
     started = f", started {owner['started']}" if owner and owner.get("started") else ""
     who = (f"{owner.get('command', 'robvae')} (pid {owner.get('pid')} on {owner.get('host')}{started})"
            if owner else "another robvae process")
-    return LockError(f"folder {folder} is in use by {who}; {advice} (if that process is gone, delete "
+    return LockError(f"{what or f'folder {folder}'} is in use by {who}; {advice} (if that process is gone, delete "
                      f"{folder / LOCK_FILE})")
 
 
@@ -343,12 +344,13 @@ def check_not_held(folder: str | os.PathLike, advice: str) -> None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, command: str, what: str | None = None) -> Iterator[Path]:
     """Hold ``FOLDER/.robvae.lock`` while the block runs: a second robvae process (``command``,
     e.g. "robvae train") into the same folder is refused with a LockError naming the holder. A
     lock left by a process that died (same host, pid not running) is taken over; the lock file
     is removed when the block ends (also on an error or Ctrl-C); a folder this call created and
-    the block left empty (a command refused before it wrote anything) is removed too."""
+    the block left empty (a command refused before it wrote anything) is removed too. ``what`` names
+    the folder in the refusal (default "folder FOLDER"; e.g. the output a hidden work folder is for)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"output folder {folder} is a file; choose another --out (or out:)")
@@ -358,7 +360,7 @@ def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
           "argv": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
-        _take(folder, path, me)
+        _take(folder, path, me, what)
     except BaseException:
         if created:  # refused (or failed) before anything was written: leave no empty folder
             with contextlib.suppress(OSError):
@@ -375,7 +377,7 @@ def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
                 folder.rmdir()
 
 
-def _take(folder: Path, path: Path, me: dict) -> None:
+def _take(folder: Path, path: Path, me: dict, what: str | None = None) -> None:
     """Write ``me`` into the lock file ``path`` of ``folder`` (taking over a dead process's lock),
     or raise LockError naming the live holder."""
     with _guard(folder):  # one process at a time looks at the lock and takes it
@@ -388,7 +390,7 @@ def _take(folder: Path, path: Path, me: dict) -> None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
                     continue
-                raise _in_use(folder, owner, "wait for it to finish or use another folder") from None
+                raise _in_use(folder, owner, "wait for it to finish or use another folder", what) from None
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(json.dumps(me))
             break

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 #: What Ctrl-C prints (exit status 130; SIGTERM: 143) for the commands that resume
 #: (:data:`RESUMABLE`): every finished epoch, trial, shard and result file is saved atomically,
 #: and the same command resumes from there.
-INTERRUPTED = "robvae: interrupted (finished work is saved; rerun the same command to resume)"
+INTERRUPTED = "robvae: interrupted (whatever had finished is saved; rerun the same command to resume)"
 #: ... for ``report`` (with ``--model`` it certifies, attacks and measures margins, writing each
 #: result when it is done) ...
 INTERRUPTED_PARTLY = ("robvae: interrupted (the results finished before it are written; rerun the command to "

@@ -145,7 +145,7 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     # finished shards are kept here until the CSV is written: an interrupted run resumes from them;
     # held under a lock, so that two commands into one --out never save into each other's folder
     partial = partial_folder(out_path)
-    with folder_lock(partial, "robvae certify"):
+    with folder_lock(partial, "robvae certify", what=f"output {out_path}"):
         # r under the lock: a second certify into this --out is refused before its calibration
         radius = resolve_radius(vae.model, x, r, r_relative, n_samples, seed)
         if isinstance(vae, ModelRun):  # --model: this process, blocks seeded as certify_sharded's
