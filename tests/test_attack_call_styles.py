@@ -208,3 +208,41 @@ def test_error_messages_name_the_call_styles_and_the_missing_budget():
         MaxDamageAttack(0.1)
     with pytest.raises(ValueError, match="warm_start has shape"):
         MaxDamageAttack(steps=2)(m, x, 0.1, warm_start=x[:2])
+
+
+def test_ensemble_and_margin_arguments_are_checked_with_errors_that_name_them():
+    """An audit (h56) found: a call-time target the constructor would refuse ran as "p" and was
+    reported as given (or crashed without r); warm starts of another batch size, eval_draws <= 0
+    (candidates judged on 1 draw), PGD's negative step size named "eps"; empirical_margin's eps_max
+    0 / NaN / negative, negative max_iter / max_unsettled (margins of 0 for robust inputs) and a
+    wrongly shaped eps_init gave raw errors or wrong answers."""
+    from robvae.attacks import EnsembleAttack
+    from robvae.errors import InputError
+    from robvae.robustness import empirical_margin
+
+    m, x = _mlp(), _x(B=3)
+    with pytest.raises(ValueError, match="unknown target 'pp'"):
+        EnsembleAttack("cheap")(m, x, 0.1, r=0.25, target="pp")
+    with pytest.raises(ValueError, match="unknown target 'pp'"):
+        EnsembleAttack("cheap")(m, x, 0.1, target="pp")
+    with pytest.raises(ValueError, match=r"warm_start has shape \(2, 1, 6, 6\), x has \(3, 1, 6, 6\)"):
+        EnsembleAttack("cheap")(m, x, 0.1, warm_start=x[:2])
+    for bad in (0, -5):
+        with pytest.raises(InputError, match=f"eval_draws must be an integer >= 1, got {bad}"):
+            EnsembleAttack("cheap", eval_draws=bad)
+    with pytest.raises(ValueError, match="step_size must be >= 0"):
+        MaxDamageAttack(steps=2, step_size=-1.0)(m, x, 0.1)
+    for kw, needle in [(dict(eps_max=0.0), "eps_max must be a finite number > 0"),
+                       (dict(eps_max=float("nan")), "eps_max must be a finite number > 0"),
+                       (dict(eps_max=-1.0), "eps_max must be a finite number > 0"),
+                       (dict(max_iter=-1), "max_iter must be an integer >= 1"),
+                       (dict(max_unsettled=-5), "max_unsettled must be an integer >= 0"),
+                       (dict(tol=0.0), "tol must be a finite number > 0"),
+                       (dict(alpha=1.5), "alpha must be a level in"),
+                       (dict(eps_init=torch.ones(2)), r"eps_init must be a number or a tensor of shape \[3\]")]:
+        with pytest.raises(InputError, match=needle):
+            empirical_margin(m, x, 0.5, n_samples=10, **kw)
+    # a per-input eps_init of the right shape (0 and inf replaced by r) still runs
+    res = empirical_margin(m, x, 0.5, n_samples=50, max_iter=2, eps_init=torch.tensor([0.0, float("inf"), 0.2]),
+                           generator=_gen(0))
+    assert res.margin.shape == (3,) and bool(torch.isfinite(res.margin).all())

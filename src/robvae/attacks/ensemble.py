@@ -27,7 +27,7 @@ import torch
 
 from ..models.fast_decode import flat_decode
 from ..rng import randn
-from ..validation import as_radius, check_x
+from ..validation import as_radius, check_count, check_x
 from .objectives import OBJECTIVES, RowCounter, ensemble_objective
 from .pgd import _rows, apgd, as_eps, feasible, get_norm
 from .starts import top_singular_direction
@@ -121,8 +121,10 @@ class EnsembleAttack:
         self.norm = get_norm(norm)
         self.mode = mode
         self.target = target
-        self.eval_draws = int(eval_draws if eval_draws is not None else EVAL_DRAWS.get(preset, 128))
-        self.power_iters = int(power_iters if power_iters is not None else POWER_ITERS.get(preset, 10))
+        self.eval_draws = check_count(eval_draws if eval_draws is not None else EVAL_DRAWS.get(preset, 128), 1,
+                                      "eval_draws")
+        self.power_iters = check_count(power_iters if power_iters is not None else POWER_ITERS.get(preset, 10), 1,
+                                       "power_iters")
         self.generator = generator
         self.decoder_rows = 0  # cumulative over calls
 
@@ -177,6 +179,10 @@ class EnsembleAttack:
         if not torch.isfinite(eps_b).all():
             raise ValueError("the ensemble attack needs a finite budget eps")
         rt = None if r is None else as_radius(r, B, x)  # rounded down to x's dtype, as every estimator
+        if target is not None and target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+        if warm_start is not None and tuple(warm_start.shape) != tuple(x.shape):
+            raise ValueError(f"warm_start has shape {tuple(warm_start.shape)}, x has {tuple(x.shape)}")
         target = target or self.target or ("p" if rt is not None else "damage")
         if target == "p" and rt is None:
             raise ValueError("target 'p' needs the radius r")
@@ -187,7 +193,7 @@ class EnsembleAttack:
         singular = [feasible(x, v * e, eps_b, self.norm), feasible(x, -v * e, eps_b, self.norm)]
         warm = [] if warm_start is None else [feasible(x, warm_start.detach().to(x.dtype), eps_b, self.norm)]
         with torch.inference_mode():
-            eta = randn((1, B, max(self.eval_draws, 1), model.encode(x[:1])[0].shape[1]), x, g)
+            eta = randn((1, B, self.eval_draws, model.encode(x[:1])[0].shape[1]), x, g)
         # the incumbent: the best of the singular (and warm) starts
         cands = torch.stack(singular + warm)
         score, *_ = self._judge(model, x, cands, eta, rt, target, mode, counter)

@@ -167,8 +167,9 @@ def feasible(x: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor, norm: Norm
     return d
 
 
-def as_eps(eps: float | torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """A budget (a number, a [B] tensor or None = unbounded) as a [B] tensor; eps >= 0."""
+def as_eps(eps: float | torch.Tensor | None, batch: int, like: torch.Tensor, name: str = "eps") -> torch.Tensor:
+    """A budget (a number, a [B] tensor or None = unbounded) as a [B] tensor; eps >= 0 (``name``:
+    the argument the errors name)."""
     if eps is None:
         return torch.full((batch,), math.inf, dtype=like.dtype, device=like.device)
     # a number (or a tensor of another dtype) is rounded down to like's dtype, so no perturbation
@@ -178,9 +179,9 @@ def as_eps(eps: float | torch.Tensor | None, batch: int, like: torch.Tensor) -> 
     if e.dim() == 0:
         e = e.expand(batch)
     if e.shape != (batch,):
-        raise ValueError(f"eps must be a number or a tensor of shape [{batch}], got shape {tuple(e.shape)}")
+        raise ValueError(f"{name} must be a number or a tensor of shape [{batch}], got shape {tuple(e.shape)}")
     if torch.isnan(e).any() or (e < 0).any():
-        raise ValueError("eps must be >= 0")
+        raise ValueError(f"{name} must be >= 0")
     return e.clone()
 
 
@@ -248,7 +249,7 @@ def pgd(
         unbounded = torch.full_like(eps_b, 0.25 * nrm.diameter(x[0].numel()) / max(steps, 1))
         alpha_b = torch.where(finite, nrm.default_step(torch.where(finite, eps_b, 0 * eps_b), steps), unbounded)
     else:
-        alpha_b = as_eps(step_size, B, x)
+        alpha_b = as_eps(step_size, B, x, "step_size")
     with torch.inference_mode(False), torch.enable_grad():
         xr = x.detach().repeat(R, *[1] * len(shape))  # R copies, restart-major
         eps_r, alpha_r = eps_b.repeat(R), alpha_b.repeat(R)

@@ -52,8 +52,9 @@ import torch
 from ..attacks.ensemble import PRESETS, EnsembleAttack, Stage
 from ..attacks.pgd import get_norm
 from ..config import ALPHA, MARGIN_TOL, N_SAMPLES
+from ..errors import InputError
 from ..rng import child_seed
-from ..validation import as_radius, check_x
+from ..validation import as_radius, check_count, check_level, check_positive, check_x
 from .sampling import r_robustness, sequential_robustness
 
 
@@ -143,7 +144,8 @@ def empirical_margin(
     r: a number or a [B] tensor.  attack: an attack object called as
     ``attack(model, x, eps, r=r, warm_start=delta, mode=mode, generator=g)`` returning an object with
     ``.delta`` (default ``EnsembleAttack("cheap", norm=norm)``).  eps_init: the first budget tried (a
-    number or [B]; default r; a Theorem 1 bound is a good choice).  eps_max: the cap (default: the
+    number or [B]; default r; a Theorem 1 bound is a good choice; r where it is not finite and > 0).
+    eps_max: the cap (default: the
     box diameter).  tol: relative bracket width (default MARGIN_TOL = 0.05, as ``robvae margin``; the
     margin is the bracket's lower end, so a wider bracket only understates it).  n_samples: the most
     draws of eta per decision (default N_SAMPLES = 1,000, as ``robvae margin``).  generator: the
@@ -158,10 +160,13 @@ def empirical_margin(
     """
     if mode not in ("full", "mean"):
         raise ValueError(f"unknown mode {mode!r}; choose 'full' or 'mean'")
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
-    if int(n_samples) < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    check_positive(tol, "tol")
+    check_count(n_samples, 1, "n_samples")
+    check_count(max_iter, 1, "max_iter")
+    check_count(max_unsettled, 0, "max_unsettled")
+    check_level(alpha, "alpha")
+    if eps_max is not None:
+        check_positive(eps_max, "eps_max")
     check_x(model, x)
     legacy = {k: v for k, v in dict(steps=steps, restarts=restarts, eta_samples=eta_samples,
                                     step_size=step_size).items() if v is not None}
@@ -237,7 +242,10 @@ def empirical_margin(
     hi_conf, u_lo, u_hi = inf.clone(), inf.clone(), inf.clone()
     d_lo, d_conf, d_u = torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x)
     unsettled = torch.zeros(B, dtype=torch.long, device=x.device)
-    init = rt if eps_init is None else torch.as_tensor(eps_init, dtype=x.dtype, device=x.device).expand(B)
+    init = rt if eps_init is None else torch.as_tensor(eps_init, dtype=x.dtype, device=x.device)
+    if init.dim() > 1 or init.numel() not in (1, B):
+        raise InputError(f"eps_init must be a number or a tensor of shape [{B}], got shape {tuple(init.shape)}")
+    init = init.expand(B)  # a budget that is not finite and > 0 (a Theorem 1 bound of 0 or inf): r instead
     init = torch.where(torch.isfinite(init) & (init > 0), init, rt).clamp(max=cap)
 
     def warm_at(eps: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
