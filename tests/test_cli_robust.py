@@ -186,6 +186,10 @@ def test_margin_reports_bound_and_margin(run_dir, capsys, tmp_path):
     assert all(float(r["margin"]) >= 0 for r in rows)
     assert meta["evaluation"]["attack_preset"] == "cheap" and meta["evaluation"]["margin_tol"] == 0.1
     assert meta["evaluation"]["r_relative"] == 1.5 and meta["evaluation"]["r"] is None
+    # the bracket's upper end beside the margin (how coarse the margins are), over the compared inputs
+    uppers = sorted(float(r["margin_upper"]) for r in rows if r["used"] == "True")
+    assert meta["summary"]["median_margin_upper"] == pytest.approx(float(np.median(uppers)))
+    assert meta["summary"]["median_margin_upper"] >= meta["summary"]["median_margin"] > 0
     # the rigorous radius of the margin's setting (full) beside the Theorem 1 violations: never above the margin
     rig = [r for r in rows if r["rigorous_used"] == "True"]
     assert len(rig) >= 1 and all(float(r["radius_rigorous_full"]) <= float(r["margin"]) for r in rig)

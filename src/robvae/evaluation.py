@@ -657,6 +657,9 @@ class MarginReport:
                "attack_preset": c.attack_preset}
         for k, v in self.stats.to_dict().items():
             out[k] = v
+            if k == "median_margin":  # the bracket's upper end: how coarse the margins are (tol, n_samples)
+                out["median_margin_upper"] = median([row["margin_upper"] for row, used
+                                                     in zip(self.result.rows, self.stats.mask) if used])
             if k == "n_violations" and self.rigorous is not None:  # beside Theorem 1's: must always be 0
                 out["rigorous_above_margin"] = self.rigorous.n_violations
                 out["rigorous_refuted"] = self.rigorous.n_refuted  # above a budget settled not robust
