@@ -268,7 +268,9 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
        help="Relative width of the bisection bracket.")
 @_eval("margin_eps_max", type=FiniteFloat(min=0, min_open=True),
        help="Largest budget searched (default: the pixel box diameter).")
-@_eval("batch_size", type=click.IntRange(min=1), help="Inputs per batch.")
+@_eval("batch_size", type=click.IntRange(min=1),
+       help="Inputs per batch. A batch's margin searches share one random stream, so another batch size gives "
+            "other, equally valid, margins (within their brackets); r does not change.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="CSV path (default RUN/margin-SPLIT.csv; with --inputs FILE, margin-FILE.csv).")
 @_eval("seed", help="Random seed.")
