@@ -122,3 +122,26 @@ def test_lipschitz_vae_trains_and_round_trips(tmp_path, digits_small):
     with torch.no_grad():
         assert torch.allclose(again.model.reconstruct(x), run.model.reconstruct(x))
     assert vae_lipschitz(again.model).mean <= 4.0 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_saturated_sigma_never_exceeds_its_cap_after_rounding(dtype):
+    """||sigma(x)|| <= cap is what Barrett's bounds assume: with the scale cap / sqrt(d) rounded
+    to float32, a saturated sigma (sigmoid = 1) lay 1 ulp above the cap for half the (cap, d)
+    pairs (227 of 448 below, before the fix)."""
+    from robvae.models.lipschitz import LipschitzEncoder
+
+    over = 0
+    for d in (1, 2, 3, 5, 7, 10, 16, 33, 64):
+        for cap in (0.01, 0.05, 0.1, 0.2, 0.3, 0.7, 1.0):
+            enc = LipschitzEncoder((1, 2, 2), d, (4,), 1.0, sigma_cap=cap).to(dtype)
+            with torch.no_grad():
+                for p in enc.std.parameters():
+                    p.zero_()
+                enc.std[-1].bias.fill_(1e4)  # sigmoid(1e4) = 1 exactly
+                _, sigma = enc(torch.rand(3, 1, 2, 2, dtype=dtype))
+            assert bool((sigma > 0).all())
+            n = torch.linalg.vector_norm(sigma.double(), dim=1).max().item()
+            over += n > cap
+            assert n >= cap * (1 - 1e-5)  # shrunk by rounding only
+    assert over == 0

@@ -134,7 +134,10 @@ class LipschitzEncoder(nn.Module):
         mu = self.mean(flat)
         if self.std is None:
             return mu, torch.full_like(mu, self.sigma_fixed)
-        return mu, self.std_scale() * torch.sigmoid(self.std(flat))
+        # the scale shrunk by 2^-20 so that the rounded product (up to half an ulp above the exact
+        # one) keeps ||sigma|| <= cap in the model's dtype too: float32's nearest cap / sqrt(d)
+        # put a saturated sigma 1 ulp above the cap in half the (cap, d) pairs; the bounds use cap
+        return mu, (self.std_scale() * (1 - 2.0 ** -20)) * torch.sigmoid(self.std(flat))
 
 
 class LipschitzDecoder(MLPDecoder):
