@@ -401,3 +401,36 @@ def test_certify_notes_theorem1_radii_beyond_the_pixel_box(user_pkg, capsys):
     rc = main(["certify", "v", "--model", "my_models:vae", "--dataset", "digits", "--n", "4", "--r", "0.5",
                "--n-samples", "100", "--quiet"])
     assert rc == 0 and "pixel box" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("top", [1, 16])
+def test_uint8_inputs_that_are_not_0_255_images_are_refused(tmp_path, top):
+    """Found by an audit: binarized (0/1) or 8x8-digit (0..16) uint8 inputs were divided by 255
+    into near-black images without a word."""
+    x = np.random.default_rng(0).integers(0, top + 1, size=(3, 1, 8, 8)).astype(np.uint8)
+    x[0, 0, 0, 0] = top
+    np.save(tmp_path / "u.npy", x)
+    with pytest.raises(InputError, match=rf"u.npy: uint8 images are read as 0..255, but these values only reach {top} "
+                                         r".*save them as float images in \[0, 1\]"):
+        load_inputs_file(tmp_path / "u.npy", (1, 8, 8))
+
+
+def test_inputs_that_are_not_dense_tensors_are_one_line_errors(tmp_path):
+    """Found by an audit: a sparse, meta or nested tensor in a .pt crashed with a traceback."""
+    x = torch.rand(2, 1, 8, 8)
+    tensors = {"sparse_coo": x.to_sparse(), "meta": x.to("meta"),
+               "nested": torch.nested.nested_tensor([torch.rand(1, 8, 8), torch.rand(1, 4, 4)])}
+    for kind, t in tensors.items():
+        torch.save(t, tmp_path / f"{kind}.pt")
+        with pytest.raises(InputError, match=rf"{kind}.pt: holds a {kind} tensor; expected a plain dense tensor"):
+            load_inputs_file(tmp_path / f"{kind}.pt", (1, 8, 8))
+
+
+def test_npy_inputs_keep_their_shape_and_may_be_big_endian(tmp_path):
+    """Found by an audit: a 0-d .npy was reported as "has shape (1,)", and a big-endian .npy refused."""
+    np.save(tmp_path / "scalar.npy", np.array(0.5, np.float32))
+    with pytest.raises(InputError, match=r"scalar.npy has shape \(\),"):
+        load_inputs_file(tmp_path / "scalar.npy", (1, 8, 8))
+    x = np.random.default_rng(0).random((3, 1, 8, 8))
+    np.save(tmp_path / "be.npy", x.astype(">f4"))
+    torch.testing.assert_close(load_inputs_file(tmp_path / "be.npy", (1, 8, 8)), torch.from_numpy(x.astype(np.float32)))

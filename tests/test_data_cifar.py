@@ -117,8 +117,8 @@ def test_restricted_unpickler_resolves_only_numpy():
     import io
 
     u = RestrictedUnpickler(io.BytesIO(b""), "x")
-    assert u.find_class("numpy", "ndarray") is np.ndarray
-    assert u.find_class("numpy", "dtype") is np.dtype
+    assert u.find_class("numpy", "dtype")("u1", False, True) == np.dtype("u1")  # numeric dtypes only
+    assert not callable(u.find_class("numpy", "ndarray"))  # a name for _reconstruct, never called
     assert u.find_class("numpy.core.multiarray", "_reconstruct") is u.find_class("numpy._core.multiarray", "_reconstruct")
 
 
@@ -164,3 +164,50 @@ def test_missing_batch_and_missing_folder(tmp_path):
         load_cifar10("train", tmp_path / "elsewhere")
     with pytest.raises(DataError, match=r"cifar10: no data folder given \(download is not supported"):
         load_cifar10("train", None, download=True)
+
+
+def _bomb(body: bytes) -> bytes:
+    """A protocol-2 pickle of ``body`` (memo 0: dtype('O8'), built first when ``body`` uses it)."""
+    dtype = b"cnumpy\ndtype\nX\x02\x00\x00\x00O8\x89\x88\x87Rq\x00" if b"h\x00" in body else b""
+    return b"\x80\x02" + dtype + body + b"."
+
+
+@pytest.mark.parametrize("body,message", [
+    # numpy._reconstruct(ndarray, (N,), dtype('O8')): numpy zero-fills N x 8 bytes before any check
+    (b"cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\x00\x10\x00\x85h\x00\x87R",
+     r"refusing the dtype dtype\('O'\)"),
+    # the same with a numeric dtype: any shape but numpy's (0,) is refused
+    (b"cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\x00\x10\x00\x85U\x01b\x87R",
+     r"refusing numpy _reconstruct\(numpy.ndarray, \(1048576,\), b'b'\)"),
+    # ndarray((N,)) called directly
+    (b"cnumpy\nndarray\nJ\x00\x00\x10\x00\x85\x85R", r"corrupt pickle \(TypeError"),
+])
+def test_a_tiny_batch_cannot_make_numpy_allocate(tmp_path, body, message):
+    """Found by an audit: a 91-byte batch made numpy allocate and zero-fill N x 8 bytes (24 GB for
+    N = 3e9) through the allowed _reconstruct before any check."""
+    p = tmp_path / "test_batch"
+    p.write_bytes(_bomb(body))
+    with pytest.raises(DataError, match=r"test_batch: " + message):
+        read_cifar_batch(p)
+
+
+def test_an_array_state_must_match_its_bytes(tmp_path):
+    arr = np.zeros(4, np.uint8)
+    raw = pickle.dumps({b"data": arr, b"labels": [0]}, protocol=2)
+    good = pickle.loads(raw)[b"data"]
+    assert good.tolist() == [0, 0, 0, 0]
+    # the state claims 10**6 items for 4 bytes of data
+    bad = raw.replace(b"K\x04\x85", b"J@B\x0f\x00\x85", 1)
+    assert bad != raw
+    p = tmp_path / "test_batch"
+    p.write_bytes(bad)
+    with pytest.raises(DataError, match=r"test_batch: refusing an array of shape \(1000000,\) uint8 with 4 bytes"):
+        read_cifar_batch(p)
+
+
+def test_labels_that_are_not_1d_are_refused(tmp_path):
+    """Found by an audit: b"labels" as a 0-d array escaped as a TypeError (a traceback in the CLI)."""
+    good = batch(1, 1)
+    for labels, shape in ((np.array(3), r"\(\)"), (np.zeros((1, 1), np.int64), r"\(1, 1\)")):
+        with pytest.raises(DataError, match=r"data_batch_1: b'labels' must be 1-D .* shape " + shape):
+            read_cifar_batch(_write(tmp_path, {**good, b"labels": labels}))

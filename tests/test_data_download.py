@@ -1,10 +1,12 @@
 """robvae.data.download against a local HTTP server: checksums, atomic writes, resume, retries."""
 
+import contextlib
 import gzip
 import hashlib
 import struct
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -17,6 +19,45 @@ from robvae.errors import DataError
 PAYLOAD = np.random.default_rng(0).integers(0, 256, size=5000, dtype=np.uint8).tobytes()
 SHA = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
 MD5 = "md5:" + hashlib.md5(PAYLOAD).hexdigest()
+
+
+def _endless(handler, name):  # 200 without Content-Length, then data without end (64 MiB at most)
+    handler.send_response(200)
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    chunk = bytes(1 << 16)
+    with contextlib.suppress(OSError):
+        for _ in range(1024):
+            handler.wfile.write(chunk)
+
+
+def _huge(handler, name):  # announces a terabyte
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(10**12))
+    handler.end_headers()
+
+
+def _slow_headers(handler, name):  # the status line, then a header byte every 0.05 s (for 4 s at most)
+    with contextlib.suppress(OSError):
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(80):
+            handler.wfile.write(b"X")
+            handler.wfile.flush()
+            time.sleep(0.05)
+
+
+def _redirect(target):
+    def send(handler, name):
+        handler.send_response(302)
+        handler.send_header("Location", target.format(name=name))
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+    return send
+
+
+SPECIAL = {"endless": _endless, "huge": _huge, "slowhdr": _slow_headers,
+           "redir-ftp": _redirect("ftp://127.0.0.1:1/{name}"), "redir-file": _redirect("file:///etc/passwd"),
+           "redir-good": _redirect("/good/{name}")}
 
 
 class Server:
@@ -34,6 +75,11 @@ class Server:
 
             def do_GET(self):
                 _, mode, name = self.path.split("/", 2)
+                if mode in SPECIAL:
+                    outer.log.append((self.path, self.headers.get("Range"), 0))
+                    SPECIAL[mode](self, name)
+                    self.close_connection = True
+                    return
                 body = outer.files.get(name)
                 rng = self.headers.get("Range")
                 if body is None:
@@ -331,4 +377,98 @@ def test_a_server_that_trickles_hits_the_deadline_and_the_rerun_resumes(server, 
     assert not dest.exists() and 0 < part.stat().st_size < 16384
     sha = "sha256:" + hashlib.sha256(server.files["big.bin"]).hexdigest()
     dl.download_file(f"{server.url}/good/big.bin", dest, sha, retries=0, timeout=10, backoff=0)  # resumes
-    assert dest.read_bytes() == server.files["big.bin"] and server.log[-1][1] is not None  # a Range request
+    assert dest.read_bytes() == server.files["big.bin"]
+    # a Range request (the slow request may log after it: it ends when the server notices the close)
+    assert [e[1] is not None for e in server.log if e[0] == "/good/big.bin"] == [True]
+
+
+def test_an_interrupted_download_of_a_pair_is_finished_by_the_same_command(server, tmp_path, monkeypatch):
+    """Found by an audit: after Ctrl-C (or a network failure) during the second file of a pair, the
+    same --download command failed "found, but its partner ... is missing" before downloading."""
+    labels, sums = serve_idx(server)
+    monkeypatch.setenv("ROBVAE_MNIST_URL", server.url + "/good")
+    monkeypatch.setitem(dl.CHECKSUMS, "mnist", sums)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(server.files["t10k-images-idx3-ubyte.gz"])
+    whole = server.files["t10k-labels-idx1-ubyte.gz"]
+    (folder / "t10k-labels-idx1-ubyte.gz.part").write_bytes(whole[:10])
+    with pytest.raises(DataError, match="found, but its partner t10k-labels-idx1-ubyte"):
+        load_mnist("test", folder)  # without --download: the error, as before
+    ds = load_mnist("test", folder, download=True)
+    assert ds.labels.tolist() == labels.tolist()
+    assert server.log == [("/good/t10k-labels-idx1-ubyte.gz", "bytes=10-", len(whole) - 10)]  # resumed
+
+
+@pytest.mark.parametrize("partner", ["damaged", "missing"])
+def test_download_never_replaces_the_users_own_readable_file(server, tmp_path, monkeypatch, partner):
+    """Found by an audit: with one file of a split damaged, --download replaced both with the
+    official ones, the user's own intact (non-official) images file included, without a word."""
+    _, sums = serve_idx(server)
+    monkeypatch.setenv("ROBVAE_MNIST_URL", server.url + "/good")
+    monkeypatch.setitem(dl.CHECKSUMS, "mnist", sums)
+    own = gzip.compress(struct.pack(">IIII", 0x803, 3, 28, 28) + bytes(3 * 784))  # readable, not official
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(own)
+    if partner == "damaged":
+        (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(struct.pack(">II", 0x801, 3))[:-5])
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: not the official mnist file, so --download "
+                                        r"keeps it .*, but (its partner is damaged|t10k-labels-idx1-ubyte.gz is "
+                                        r"missing).*move t10k-images-idx3-ubyte.gz away"):
+        load_mnist("test", tmp_path, download=True)
+    assert (tmp_path / "t10k-images-idx3-ubyte.gz").read_bytes() == own and server.log == []
+    # moved away: the official files are fetched (the damaged one replaced)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").rename(tmp_path / "mine.gz")
+    assert len(load_mnist("test", tmp_path, download=True)) == 6
+
+
+def test_an_endless_body_is_stopped_at_the_official_size(server, tmp_path):
+    """Found by an audit: a server streaming without end filled the disk (2.45 GB in 3 s) until the
+    deadline, and the error blamed a slow server; the official sizes now bound each file."""
+    dest = tmp_path / "train-labels-idx1-ubyte.gz"
+    official = dl.CHECKSUMS["mnist"]["train-labels-idx1-ubyte.gz"]
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz: the server at .*/endless/.* sent more than "
+                                        r"28881 bytes, but the official file has 28881 bytes; stopped"):
+        dl.download_file(f"{server.url}/endless/{dest.name}", dest, official, retries=2, timeout=5, backoff=0,
+                         deadline=3)
+    assert time.monotonic() - start < 2 and list(tmp_path.iterdir()) == [] and len(server.log) == 1
+    with pytest.raises(DataError, match=r"announces 1000000000000 bytes, but the official file has 4542 bytes"):
+        dl.download_file(f"{server.url}/huge/t10k-labels-idx1-ubyte.gz", tmp_path / "t10k-labels-idx1-ubyte.gz",
+                         dl.MD5_CHECKSUMS["mnist"]["t10k-labels-idx1-ubyte.gz"], retries=2, timeout=5, backoff=0)
+    with pytest.raises(DataError, match=r"announces 1000000000000 bytes, but the limit is 5000 bytes"):
+        dl.download_file(f"{server.url}/huge/f.bin", tmp_path / "f.bin", None, retries=0, max_bytes=5000)
+    fetch(server, "good", tmp_path / "f.bin")  # a file within the limit is fine
+    assert dl.size_limit(official) == 28881 and dl.size_limit(SHA) == dl.MAX_DOWNLOAD_BYTES
+
+
+def test_official_sizes_cover_the_pinned_files():
+    for name in dl.CHECKSUMS:
+        assert sorted(dl.SIZES[name]) == sorted(dl.CHECKSUMS[name])
+
+
+def test_the_deadline_covers_response_headers_sent_slowly(server, tmp_path):
+    """Found by an audit: the deadline was checked between body chunks only, so a server sending
+    its headers a byte at a time kept urlopen (and the download) waiting for ever."""
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"f.bin: download from .* took longer than 0.5 s .*nothing was received"):
+        dl.download_file(f"{server.url}/slowhdr/f.bin", tmp_path / "f.bin", SHA, retries=2, timeout=5, backoff=0,
+                         deadline=0.5)
+    assert time.monotonic() - start < 2.5
+
+
+@pytest.mark.parametrize("mode,target", [("redir-ftp", "ftp://127.0.0.1:1/f.bin"), ("redir-file", "file:///etc/passwd")])
+def test_redirects_leave_http_never(server, tmp_path, mode, target):
+    """Found by an audit: urllib followed a 302 to ftp:// (sending credentials), and a 302 to
+    file:// was retried as a temporary failure."""
+    with pytest.raises(DataError, match=rf"f.bin: .*/{mode}/f.bin redirects to {target}, which robvae does not follow"):
+        fetch(server, mode, tmp_path / "f.bin", retries=3)
+    assert len(server.log) == 1  # refused, not retried
+    fetch(server, "redir-good", tmp_path / "f.bin")  # http -> http is followed
+    assert (tmp_path / "f.bin").read_bytes() == PAYLOAD
+
+
+def test_a_redirect_from_https_to_http_is_refused():
+    handler = dl._SafeRedirectHandler()
+    request = urllib.request.Request("https://mirror.example/f.bin")
+    with pytest.raises(dl._BadRedirect):
+        handler.http_error_302(request, None, 302, "Found", {"location": "http://mirror.example/f.bin"})

@@ -234,8 +234,39 @@ def test_mnist_and_fashion_subfolders_are_told_apart(tmp_path):
     with pytest.raises(DataError, match=r"several folders.*two/a.*two/b"):
         load_mnist("test", two)
     assert find_idx_files(two, "test") is not None  # no data set named: the first, as before
-    # the folder given holds the files: taken whatever its name
-    assert len(load_mnist("test", tmp_path / "fashion-mnist")) == 5
+    # the folder given is read by its name too (see the test below)
+    with pytest.raises(DataError, match=r"fashion-mnist: its name says it holds fashion-mnist, not mnist"):
+        load_mnist("test", tmp_path / "fashion-mnist")
+    assert len(load_fashion_mnist("test", tmp_path / "fashion-mnist")) == 5
+
+
+@pytest.mark.parametrize("layout", ["tv/FashionMNIST/raw", "fm/fmnist", "kmnist", "x/EMNIST", "fashion_mnist_data"])
+@pytest.mark.parametrize("given", ["root", "folder"])
+def test_another_data_sets_folder_is_never_read_as_mnist(tmp_path, monkeypatch, layout, given):
+    """Found by an audit: the folder names were matched as whole words below --data-dir only, so
+    torchvision's root/FashionMNIST/raw, fmnist/, kmnist/ and a --data-dir named fashion-mnist were
+    all loaded as MNIST without a word."""
+    monkeypatch.setenv("ROBVAE_MNIST_URL", "http://127.0.0.1:9/")  # were a download tried: never the network
+    folder = tmp_path / "d" / layout
+    make_split(folder, "test", 3, gz=True)
+    data_dir = tmp_path / "d" if given == "root" else folder
+    with pytest.raises(DataError, match=r"(another data set's|says it holds (fashion-mnist|kmnist|emnist), not mnist)"):
+        load_mnist("test", data_dir)
+    with pytest.raises(DataError, match=r"says it holds fashion-mnist, not mnist"):
+        load_mnist("test", tmp_path / "d" / "fashion-mnist", download=True)  # refused before any download
+    assert not (tmp_path / "d" / "fashion-mnist").exists()
+
+
+@pytest.mark.parametrize("layout", ["shared/data/mnist-10k", "data", "tv/MNIST/raw", "usr/share/datasets/fashion-mnist"])
+def test_legitimate_folder_names_are_read(tmp_path, layout):
+    folder = tmp_path / layout
+    make_split(folder, "test", 3, gz=True)
+    load = load_fashion_mnist if "fashion" in layout else load_mnist
+    assert len(load("test", folder)) == 3 and len(load("test", folder.parent)) == 3
+    other = load_mnist if load is load_fashion_mnist else load_fashion_mnist
+    if layout != "data":
+        with pytest.raises(DataError, match="says it holds"):
+            other("test", folder)
 
 
 def test_a_gzip_bomb_and_a_wrapping_header_are_refused_without_reading_them(tmp_path):
@@ -271,3 +302,31 @@ def test_cli_download_of_fashion_mnist_uses_the_installed_package_folder(tmp_pat
     monkeypatch.setattr(options, "FASHION_MNIST_SYSTEM_DIR", system)
     monkeypatch.setattr(options, "load_dataset", lambda *a, **k: pytest.fail("nothing to download"))
     assert options.fetch_data("fashion-mnist", None) == str(system)
+
+
+def test_a_header_declaring_too_many_items_is_refused_before_reading(tmp_path):
+    """Found by an audit: a small gzip declaring 500,000 x 28 x 28 (under the byte cap) was inflated
+    and converted to float32, costing GBs; the header's item count is now capped too."""
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(struct.pack(">IIII", 0x803, 1_000_001, 28, 28)))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: header \(1000001, 28, 28\) declares 1,000,001 "
+                                        r"items, more than robvae reads \(1,000,000\)"):
+        read_idx(path, 0x803)
+
+
+def test_a_raw_file_is_not_read_whole_before_its_header(tmp_path):
+    """Found by an audit: a raw (not gzip) file was read into memory whole before its 4-byte header
+    was looked at: 1 GiB of RAM to be told "bad magic"."""
+    import tracemalloc
+
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    with open(path, "wb") as f:
+        f.truncate(64 << 20)  # 64 MiB of zeros (sparse: costs no disk)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="bad IDX magic number 0x00000000"):
+            read_idx(path, 0x803)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20

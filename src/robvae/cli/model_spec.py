@@ -69,11 +69,18 @@ def load_model_spec(spec: str, device: str | torch.device = "cpu") -> torch.nn.M
         raise InputError(f"--model {spec!r}: the model cannot be moved to {device}: {msg}") from e
 
 
+#: uint8 inputs whose largest value is at most this are refused: they are not 0..255 images (binarized
+#: 0/1, or scikit-learn's 8x8 digits in 0..16) and divided by 255 would be near-black
+_UINT8_LOW = 16
+
+
 def load_inputs_file(path: str | Path, shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """Images from a ``.npy`` (no pickles) or ``.pt`` (``weights_only``) file: float32 [N, *shape].
 
-    uint8 images are divided by 255; a batch [N, H, W] gets a channel axis when ``shape`` has one
-    channel; the result is checked (:func:`robvae.validation.check_images`).
+    uint8 images are divided by 255 (refused when no value passes 16: not 0..255 images); a batch
+    [N, H, W] gets a channel axis when ``shape`` has one channel; big-endian ``.npy`` files are
+    converted to the machine's byte order; sparse, meta, nested and quantized tensors are refused;
+    the result is checked (:func:`robvae.validation.check_images`).
     """
     p = Path(path)
     if not p.is_file():
@@ -83,7 +90,9 @@ def load_inputs_file(path: str | Path, shape: tuple[int, ...] | None = None) -> 
     try:
         if p.suffix == ".npy":
             arr = np.load(p, allow_pickle=False)
-            t = torch.from_numpy(np.ascontiguousarray(arr))
+            if not arr.dtype.isnative:  # a big-endian file: torch takes the machine's byte order only
+                arr = arr.astype(arr.dtype.newbyteorder("="))
+            t = torch.from_numpy(np.require(arr, requirements="C"))  # (ascontiguousarray makes 0-d 1-d)
         else:
             t = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt or pickled file, in one line
@@ -97,7 +106,16 @@ def load_inputs_file(path: str | Path, shape: tuple[int, ...] | None = None) -> 
         raise InputError(f"--inputs {p}: cannot read ({type(e).__name__}: {msg})") from e
     if not isinstance(t, torch.Tensor):
         raise InputError(f"--inputs {p}: holds a {type(t).__name__}, expected one tensor of images")
+    if t.layout != torch.strided or t.is_nested or t.is_meta or t.is_quantized:
+        kind = ("nested" if t.is_nested else "meta" if t.is_meta else "quantized" if t.is_quantized
+                else str(t.layout).removeprefix("torch."))
+        hint = " (save x.to_dense())" if kind.startswith("sparse") else ""
+        raise InputError(f"--inputs {p}: holds a {kind} tensor; expected a plain dense tensor of images{hint}")
     if t.dtype == torch.uint8:
+        top = int(t.max()) if t.numel() else 255
+        if top <= _UINT8_LOW:
+            raise InputError(f"--inputs {p}: uint8 images are read as 0..255, but these values only reach {top} "
+                             "(binarized 0/1, or 0..16 digits?); save them as float images in [0, 1]")
         t = t.float() / 255.0
     elif t.is_floating_point():
         t = t.float()

@@ -7,7 +7,10 @@ then blue values per image, rows in order) and ``b"labels"``: a list of N ints i
 Pickles can run arbitrary code, so they are read ONLY through ``RestrictedUnpickler``, whose
 ``find_class`` admits the handful of numpy globals needed to rebuild an array (and
 ``_codecs.encode`` for latin-1 text only, which Python 3 writes for bytes in protocol 2) and refuses every
-other global (``DataError`` naming the file and the global) before anything is called. CIFAR-10
+other global (``DataError`` naming the file and the global) before anything is called. The numpy
+globals are wrapped too, so that no pickle makes numpy allocate more than the pickle itself
+holds: ``_reconstruct`` only as numpy calls it (an empty array), dtypes only numeric ones (no
+object arrays), and an array's state only with raw bytes exactly as long as its shape. CIFAR-10
 is not bundled and cannot be downloaded by robvae: point ``data_dir`` at a folder holding the
 extracted ``cifar-10-batches-py``.
 """
@@ -15,6 +18,7 @@ extracted ``cifar-10-batches-py``.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 from pathlib import Path
@@ -44,23 +48,90 @@ def _reconstruct() -> Any:
     return fn
 
 
+class _Refused(Exception):
+    """A pickle asks for something a CIFAR batch never holds (the message, without the file)."""
+
+
 def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
     """What ``_codecs.encode`` does for a protocol-2 pickle written by Python 3 (bytes are stored
     as ``_codecs.encode(str, "latin1")``), and nothing else: a str, the latin-1 codec only."""
     if not isinstance(text, str) or str(encoding).lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
-        raise DataError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r}) in the pickle "
-                        "(only latin-1 strings are allowed)")
+        raise _Refused(f"refusing _codecs.encode({type(text).__name__}, {encoding!r}) in the pickle "
+                       "(only latin-1 strings are allowed)")
     return text.encode("latin-1")
+
+
+#: the kinds of dtype a CIFAR batch's arrays may have: bool, signed and unsigned integers, floats
+_NUMERIC_KINDS = "biuf"
+
+
+def _numeric_dtype(obj: Any, what: str) -> np.dtype:
+    """``obj`` as a plain numeric dtype (no objects, fields or subarrays); else _Refused."""
+    dtype = obj if isinstance(obj, np.dtype) else None
+    if dtype is None or dtype.kind not in _NUMERIC_KINDS or dtype.hasobject or dtype.fields or dtype.subdtype:
+        raise _Refused(f"refusing {what} {obj!r} in the pickle (a CIFAR batch holds numeric arrays only)")
+    return dtype
+
+
+def _dtype(spec: Any, *flags: Any) -> np.dtype:
+    """``numpy.dtype(spec, align, copy)`` as pickles call it, for numeric type codes only."""
+    if not isinstance(spec, (str, bytes)) or len(spec) > 8 or len(flags) > 2 or not all(
+            isinstance(f, (bool, int)) for f in flags):
+        raise _Refused(f"refusing numpy.dtype{(spec, *flags)!r} in the pickle")
+    try:
+        dtype = np.dtype(spec.decode("latin-1") if isinstance(spec, bytes) else spec, *map(bool, flags))
+    except (TypeError, ValueError) as err:
+        raise _Refused(f"refusing numpy.dtype({spec!r}) in the pickle ({err})") from None
+    return _numeric_dtype(dtype, "the dtype")
+
+
+class _CheckedArray(np.ndarray):
+    """The array type the pickle's arrays are rebuilt as: its ``__setstate__`` (the pickle's
+    BUILD) checks the state, numeric dtype and raw bytes exactly as long as the shape needs, before
+    numpy allocates anything. ``read_cifar_batch`` turns them back into plain arrays."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _Refused("refusing an array state that is not numpy's (version, shape, dtype, fortran, data)")
+        shape, dtype, _, data = state[-4:]
+        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise _Refused(f"refusing an array of shape {shape!r} in the pickle")
+        dtype = _numeric_dtype(dtype, "an array of dtype")
+        if not isinstance(data, bytes) or len(data) != math.prod(shape) * dtype.itemsize:
+            size = len(data) if isinstance(data, (bytes, list)) else type(data).__name__
+            raise _Refused(f"refusing an array of shape {shape} {dtype} with {size} bytes of data in the pickle")
+        super().__setstate__(state)
+
+
+class _NdarrayName:
+    """What the pickle's ``numpy.ndarray`` resolves to: only a name for ``_reconstruct``'s first
+    argument, never called (``ndarray((N,))`` would allocate N items)."""
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+
+_NDARRAY = _NdarrayName()
+
+
+def _reconstruct_empty(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """``numpy._reconstruct(ndarray, (0,), b"b")``, the empty array every pickled array starts
+    as (its ``__setstate__`` then fills it), and nothing else: numpy would allocate any shape."""
+    if subtype is not _NDARRAY or shape != (0,) or not (dtype in (b"b", "b") or isinstance(dtype, np.dtype)):
+        raise _Refused(f"refusing numpy _reconstruct({subtype!r}, {shape!r}, "
+                       f"{dtype!r}) in the pickle (numpy writes (ndarray, (0,), b'b'))")
+    if isinstance(dtype, np.dtype):
+        _numeric_dtype(dtype, "an array of dtype")
+    return _reconstruct()(_CheckedArray, (0,), dtype)
 
 
 #: (module, name) -> the object; the complete list of globals a CIFAR batch may name.
 def _allowed() -> dict[tuple[str, str], Any]:
-    rec = _reconstruct()
     return {
-        ("numpy.core.multiarray", "_reconstruct"): rec,
-        ("numpy._core.multiarray", "_reconstruct"): rec,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct_empty,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct_empty,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _dtype,
         # protocol 2 written by Python 3 stores bytes as _codecs.encode(text, "latin1")
         ("_codecs", "encode"): _latin1_encode,
     }
@@ -95,6 +166,8 @@ def restricted_load(path: str | os.PathLike) -> Any:
             return RestrictedUnpickler(f, str(path)).load()
     except DataError:
         raise
+    except _Refused as err:
+        raise DataError(f"{path}: {err}") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
     except (pickle.UnpicklingError, EOFError) as err:
@@ -119,6 +192,9 @@ def read_cifar_batch(path: str | os.PathLike, num_classes: int = 10) -> tuple[np
         raise DataError(f"{path}: b'data' must be uint8 [N, {_PIXELS}], found {desc}")
     if not isinstance(labels, (list, np.ndarray)):
         raise DataError(f"{path}: b'labels' must be a list of ints, found {type(labels).__name__}")
+    if isinstance(labels, np.ndarray) and labels.ndim != 1:
+        raise DataError(f"{path}: b'labels' must be 1-D (one label per image), found an array of shape {labels.shape}")
+    data = data.view(np.ndarray)  # the checked arrays of the unpickler, as plain ones
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
         raise DataError(f"{path}: b'labels' holds values that are not integers")
     huge = [int(v) for v in labels if not -2**62 < int(v) < 2**62]  # numpy's int64 would overflow

@@ -5,7 +5,10 @@ HTTP Range request; restarting when the server ignores Range), checks the whole 
 checksum and only then moves it to its final name with ``os.replace``. A file that fails its
 checksum is deleted and reported by name (``DataError``); it is never left under the final name.
 Network failures are retried a bounded number of times, keeping the ``.part`` so the next attempt
-(or the next call) resumes it.
+(or the next call) resumes it. Each download has an overall deadline, response headers included (a
+watchdog shuts the connection), a size limit (``SIZES``: the official files' sizes; a server that
+announces or sends more is stopped at once), and follows redirects to http(s) URLs only, never
+from https to http.
 
 Checksums are strings ``"<algorithm>:<hex digest>"`` (``sha256`` or ``md5``; a bare 64-hex string
 is read as SHA-256, a bare 32-hex one as MD5). ``CHECKSUMS`` holds the SHA-256 digests of the
@@ -21,15 +24,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import math
 import os
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 
@@ -83,6 +88,27 @@ MD5_CHECKSUMS: dict[str, dict[str, str]] = {
     },
 }
 
+#: Sizes in bytes of the official .gz files (those of ``CHECKSUMS``): a download checked against
+#: an official checksum stops as soon as the server announces or sends more than this.
+SIZES: dict[str, dict[str, int]] = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": 9912422,
+        "train-labels-idx1-ubyte.gz": 28881,
+        "t10k-images-idx3-ubyte.gz": 1648877,
+        "t10k-labels-idx1-ubyte.gz": 4542,
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": 26421880,
+        "train-labels-idx1-ubyte.gz": 29515,
+        "t10k-images-idx3-ubyte.gz": 4422102,
+        "t10k-labels-idx1-ubyte.gz": 5148,
+    },
+}
+
+#: the most bytes any other download may bring (``download_file(max_bytes=)``): 40x the largest
+#: official file
+MAX_DOWNLOAD_BYTES = 1 << 30
+
 _ALGORITHMS = {"sha256": 64, "md5": 32}
 _CHUNK = 1 << 20
 
@@ -117,6 +143,18 @@ def parse_checksum(checksum: str) -> tuple[str, str]:
     return algorithm, digest
 
 
+#: (algorithm, digest) of each official file, SHA-256 and MD5 -> its size (fixed at import)
+_OFFICIAL_SIZES: dict[tuple[str, str], int] = {
+    parse_checksum(table[name][file]): size
+    for table in (CHECKSUMS, MD5_CHECKSUMS) for name, files in SIZES.items() for file, size in files.items()}
+
+
+def size_limit(checksum: str | None) -> int:
+    """The most bytes a download checked against ``checksum`` may bring: the official file's size
+    when ``checksum`` is an official one (``SIZES``), else :data:`MAX_DOWNLOAD_BYTES`."""
+    return MAX_DOWNLOAD_BYTES if checksum is None else _OFFICIAL_SIZES.get(parse_checksum(checksum), MAX_DOWNLOAD_BYTES)
+
+
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes, read in 1 MiB blocks (``hashlib.file_digest`` needs Python 3.11)."""
     h = hashlib.new(algorithm)
@@ -137,6 +175,15 @@ def verify_checksum(path: str | os.PathLike, checksum: str, label: str | None = 
         )
 
 
+def matches_checksum(path: str | os.PathLike, checksum: str) -> bool:
+    """Whether the file's digest is ``checksum`` (False when it cannot be read)."""
+    algorithm, expected = parse_checksum(checksum)
+    try:
+        return file_digest(path, algorithm) == expected
+    except OSError:
+        return False
+
+
 class _Restart(Exception):
     """The .part must be discarded and the download started again from byte 0."""
 
@@ -145,15 +192,150 @@ class _Deadline(Exception):
     """The whole download took longer than its deadline (a server that trickles never times out)."""
 
 
-def _fetch_once(url: str, part: Path, timeout: float, stop: float = math.inf) -> None:
-    """One HTTP attempt appending to ``part`` (resuming from its size). Raises on short bodies, and
-    _Deadline once ``time.monotonic()`` passes ``stop`` (what was received stays in ``part``)."""
+class _TooLarge(Exception):
+    """The server announced (``args[0]``: the size) or sent (``args[0]`` None) more bytes than allowed."""
+
+
+class _BadRedirect(Exception):
+    """A redirect to a URL that is not http(s), or from https to http (``args[0]``: the target)."""
+
+
+class _Watchdog:
+    """Shuts down the connections of one download once its deadline passes: ``timeout`` bounds each
+    wait for data, which a server sending its headers or body a byte at a time never exceeds."""
+
+    def __init__(self, stop: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, stop - time.monotonic()), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                self._shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the plain socket's shutdown, under TLS too: the blocked read returns
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+class _WatchedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watchdog = watchdog
+
+    def connect(self) -> None:  # noqa: D102
+        super().connect()
+        self._watchdog.watch(self.sock)
+
+
+class _WatchedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watchdog = watchdog
+
+    def connect(self) -> None:  # noqa: D102
+        super().connect()
+        self._watchdog.watch(self.sock)
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self._watchdog = watchdog
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:  # noqa: D102
+        return self.do_open(_WatchedHTTPConnection, req, watchdog=self._watchdog)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self._watchdog = watchdog
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:  # noqa: D102
+        return self.do_open(_WatchedHTTPSConnection, req, context=self._context, watchdog=self._watchdog)
+
+
+class _SafeRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http(s) URLs only, and never from https to http (urllib alone follows
+    one to ftp://, and refuses one to file:// with an error that looks temporary)."""
+
+    def http_error_302(self, req, fp, code, msg, headers):  # noqa: ANN001, D102
+        target = headers.get("location") or headers.get("uri")
+        if target:
+            new = urllib.parse.urljoin(req.full_url, target)
+            scheme = urllib.parse.urlsplit(new).scheme.lower()
+            if scheme not in ("http", "https") or (scheme == "http" and req.type == "https"):
+                raise _BadRedirect(new)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
+    """urllib's opener with http(s) only (proxies from the environment as usual), watched connections
+    and safe redirects."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), _WatchedHTTPHandler(watchdog),
+                    _WatchedHTTPSHandler(watchdog), urllib.request.HTTPDefaultErrorHandler(), _SafeRedirectHandler(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+def _announced_size(response: http.client.HTTPResponse, offset: int) -> int | None:
+    """The whole file's size as the response announces it (Content-Range's total, else offset +
+    Content-Length), or None."""
+    total = re.fullmatch(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range", "").strip())
+    if total:
+        return int(total.group(1))
+    length = response.headers.get("Content-Length")
+    return offset + int(length) if length is not None and length.strip().isdigit() else None
+
+
+def _fetch_once(url: str, part: Path, timeout: float, stop: float, limit: int, watchdog: _Watchdog) -> None:
+    """One HTTP attempt appending to ``part`` (resuming from its size). Raises on short bodies,
+    _TooLarge once the file would pass ``limit`` bytes, and _Deadline once ``time.monotonic()``
+    passes ``stop`` (what was received stays in ``part``)."""
+    try:
+        _fetch(url, part, timeout, stop, limit, watchdog)
+    except (_Restart, _Deadline, _TooLarge, _BadRedirect):
+        raise
+    except Exception:
+        if watchdog.expired:  # the watchdog shut the connection: whatever broke, it was the deadline
+            raise _Deadline() from None
+        raise
+    if watchdog.expired:  # a shut connection can also look like a body without Content-Length that ended
+        raise _Deadline()
+
+
+def _fetch(url: str, part: Path, timeout: float, stop: float, limit: int, watchdog: _Watchdog) -> None:
     offset = part.stat().st_size if part.exists() else 0
+    if offset > limit:  # an old .part longer than the file: start again
+        raise _Restart()
     request = urllib.request.Request(url, headers={"User-Agent": "robvae"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
+    left = stop - time.monotonic()
+    if left <= 0:
+        raise _Deadline()
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) only
+        response = _opener(watchdog).open(request, timeout=min(timeout, left))
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # our .part is at least as long as the file: start again
             err.close()
@@ -171,12 +353,17 @@ def _fetch_once(url: str, part: Path, timeout: float, stop: float = math.inf) ->
             offset = 0
         else:
             raise urllib.error.HTTPError(url, status, f"unexpected HTTP status {status}", response.headers, None)
+        announced = _announced_size(response, offset)
+        if announced is not None and announced > limit:
+            raise _TooLarge(announced)
         length = response.headers.get("Content-Length")
         expected = int(length) if length is not None and length.isdigit() else None
         with open(part, mode) as out:
             start = out.tell()
             while chunk := response.read1(_CHUNK):  # what has arrived: a trickle cannot hide the deadline
                 out.write(chunk)
+                if out.tell() > limit:
+                    raise _TooLarge(None)
                 if time.monotonic() > stop:
                     out.flush()
                     raise _Deadline()
@@ -201,6 +388,7 @@ def download_file(
     timeout: float = 60.0,
     backoff: float = 1.0,
     deadline: float = DOWNLOAD_DEADLINE_S,
+    max_bytes: int | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` atomically, verified against ``checksum``.
 
@@ -209,8 +397,12 @@ def download_file(
     Network errors and short bodies are retried up to ``retries`` more times (sleeping
     ``backoff * attempt`` seconds), resuming the ``.part``. Raises DataError naming the file on a
     checksum mismatch (the bad file is deleted), an HTTP error, when the retries run out, or when
-    the whole download takes longer than ``deadline`` seconds (``timeout`` bounds each wait for
-    data, which a server sending a byte at a time never exceeds; the ``.part`` is kept).
+    the whole download takes longer than ``deadline`` seconds, response headers included
+    (``timeout`` bounds each wait for data, which a server sending a byte at a time never exceeds;
+    the ``.part`` is kept). A server that announces or sends more than ``max_bytes`` (default
+    :func:`size_limit`: the official file's size for an official checksum, else
+    :data:`MAX_DOWNLOAD_BYTES`) is stopped at once and the ``.part`` deleted. Redirects are followed
+    to http(s) URLs only, and never from https to http; any other is refused, not retried.
     """
     stop = time.monotonic() + float(deadline)
     dest = Path(dest)
@@ -223,18 +415,41 @@ def download_file(
             if dest.exists():
                 verify_checksum(dest, checksum)
                 return dest
+    limit = size_limit(checksum) if max_bytes is None else int(max_bytes)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(name + ".part")
+    watchdog = _Watchdog(stop)
+    try:
+        return _download(url, dest, part, checksum, retries, timeout, backoff, deadline, stop, limit, watchdog)
+    finally:
+        watchdog.cancel()
+
+
+def _download(url: str, dest: Path, part: Path, checksum: str | None, retries: int, timeout: float, backoff: float,
+              deadline: float, stop: float, limit: int, watchdog: _Watchdog) -> Path:
+    name = dest.name
     last_error: BaseException | None = None
     restarted = False
     attempt = 0
     while attempt <= retries:
         resumed = part.exists() and part.stat().st_size > 0
         try:
-            _fetch_once(url, part, timeout, stop)
+            _fetch_once(url, part, timeout, stop, limit, watchdog)
         except _Deadline:
+            kept = (f"the partial file {part} is kept and the next download resumes it"
+                    if part.exists() and part.stat().st_size > 0 else "nothing was received")
             raise DataError(f"{name}: download from {url} took longer than {deadline:g} s (the server sends too "
-                            f"slowly); the partial file {part} is kept and the next download resumes it") from None
+                            f"slowly); {kept}") from None
+        except _TooLarge as err:
+            part.unlink(missing_ok=True)
+            what = f"announces {err.args[0]} bytes" if err.args[0] is not None else f"sent more than {limit} bytes"
+            official = checksum is not None and _OFFICIAL_SIZES.get(parse_checksum(checksum)) == limit
+            expected = f"the official file has {limit} bytes" if official else f"the limit is {limit} bytes"
+            raise DataError(f"{name}: the server at {url} {what}, but {expected}; stopped (not the official file, "
+                            "or a server that sends without end) and the partial file deleted") from None
+        except _BadRedirect as err:
+            raise DataError(f"{name}: {url} redirects to {err.args[0]}, which robvae does not follow (only http(s) "
+                            "URLs, and never from https to http); check the mirror setting") from None
         except _Restart:
             if checksum is not None and part.exists():  # e.g. 416: the .part may already be whole
                 with contextlib.suppress(DataError):  # (an earlier run stopped before the move)
@@ -247,7 +462,8 @@ def download_file(
             restarted = True
             continue  # a restart is not a failed attempt
         except urllib.error.HTTPError as err:
-            if 400 <= err.code < 500 and err.code not in (408, 429):
+            # 3xx here: a redirect urllib would not follow (a loop, no Location); 4xx: the server's no
+            if 300 <= err.code < 500 and err.code not in (408, 429):
                 raise DataError(f"{name}: download from {url} failed with HTTP {err.code} {err.reason}") from err
             last_error = err
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
@@ -266,7 +482,7 @@ def download_file(
             return dest
         attempt += 1
         if attempt <= retries and backoff > 0:
-            time.sleep(backoff * attempt)
+            time.sleep(min(backoff * attempt, max(0.0, stop - time.monotonic())))
     kept = (f"the partial file {part} is kept and the next download resumes it"
             if part.exists() and part.stat().st_size > 0 else "nothing was received")
     reason = str(last_error).replace("\n", " ")

@@ -42,19 +42,28 @@ SPLITS = tuple(IDX_NAMES)
 _SEARCH_DEPTH = 3  # how many levels of subfolders are searched for the files
 
 
-#: the largest IDX payload read (bytes): 64x the 47 MB of MNIST's training images; a header that
+#: the largest IDX payload read (bytes): 20x the 47 MB of MNIST's training images; a header that
 #: declares more is refused before anything is decompressed or allocated
-MAX_IDX_BYTES = 1 << 32
+MAX_IDX_BYTES = 1 << 30
+
+#: the most items (images or labels: the header's first dimension) read: 16x MNIST's 60,000 training
+#: images; a header that declares more is refused before anything is decompressed or allocated
+MAX_IDX_ITEMS = 1_000_000
 
 
 def _open(path: Path) -> io.BufferedIOBase:
+    """The file as a stream: gzip (detected from its first bytes) decompressed on the fly. Nothing
+    is read beyond what is asked for, so a header is checked before the payload costs anything."""
     try:
-        raw = path.read_bytes()
+        raw = open(path, "rb")  # noqa: SIM115 - returned, closed by the caller
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
-    # gzip is read as a stream, no further than the header says: a small file that inflates to
-    # gigabytes costs nothing
-    return gzip.GzipFile(fileobj=io.BytesIO(raw)) if raw[:2] == GZIP_MAGIC else io.BytesIO(raw)
+    try:
+        gz = raw.peek(2)[:2] == GZIP_MAGIC
+    except OSError as err:
+        raw.close()
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
+    return gzip.GzipFile(fileobj=raw) if gz else raw
 
 
 def _read(stream: io.BufferedIOBase, n: int, path: Path) -> bytes:
@@ -71,10 +80,20 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
 
     ``expected_magic`` (e.g. ``IDX_IMAGES_MAGIC``) is checked when given. The payload must be
     exactly as long as the header says: truncated files and trailing bytes are both refused, and
-    so is a header declaring more than :data:`MAX_IDX_BYTES` (before anything is read).
+    so is a header declaring more than :data:`MAX_IDX_ITEMS` items or :data:`MAX_IDX_BYTES` bytes
+    (checked before the payload is read).
     """
     path = Path(path)
     stream = _open(path)
+    try:
+        return _read_idx(stream, path, expected_magic)
+    finally:
+        if isinstance(stream, gzip.GzipFile):
+            stream.fileobj.close()  # GzipFile does not close a file object it was given
+        stream.close()
+
+
+def _read_idx(stream: io.BufferedIOBase, path: Path, expected_magic: int | None) -> np.ndarray:
     head = _read(stream, 4, path)
     if len(head) < 4:
         raise DataError(f"{path}: {len(head)} bytes, too short for an IDX header (4-byte magic number)")
@@ -94,6 +113,9 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
     if expected > MAX_IDX_BYTES:
         raise DataError(f"{path}: header {dims} declares {expected} bytes of data, more than robvae reads "
                         f"({MAX_IDX_BYTES}); not an image data set file?")
+    if dims[0] > MAX_IDX_ITEMS:
+        raise DataError(f"{path}: header {dims} declares {dims[0]:,} items, more than robvae reads "
+                        f"({MAX_IDX_ITEMS:,}); not an image data set file?")
     payload = _read(stream, expected, path)
     if len(payload) < expected:
         raise DataError(f"{path}: truncated payload: {len(payload)} bytes, header {dims} needs {expected}")
@@ -147,19 +169,30 @@ def _search_dirs(root: Path) -> list[Path]:
     return dirs
 
 
-def find_idx_files(data_dir: str | os.PathLike, split: str, name: str | None = None) -> tuple[Path, Path] | None:
+def find_idx_files(data_dir: str | os.PathLike, split: str, name: str | None = None, *,
+                   partial_ok: bool = False) -> tuple[Path, Path] | None:
     """(images, labels) paths of ``split`` in ``data_dir`` or its subfolders; None when absent.
 
-    Both files must sit in the same folder. ``data_dir`` itself wins when it holds both. Below it,
-    MNIST and Fashion-MNIST use the same file names, so with the data set's ``name`` a subfolder
-    whose path names another data set (``fashion-mnist/`` when MNIST is asked for, ``mnist/``
-    for Fashion-MNIST) is never taken; one that names this data set is preferred over one that
-    names none; among the rest the shallowest wins, and a tie is refused naming the folders.
-    Raises DataError when a folder holds one of the two files but no folder holds both.
+    Both files must sit in the same folder. ``data_dir`` itself wins when it holds both. MNIST and
+    Fashion-MNIST use the same file names, so with the data set's ``name`` the folders' names are
+    read (:func:`folder_names_dataset`): a ``data_dir`` whose name (or, for torchvision's
+    ``<root>/FashionMNIST/raw``, its parent's) says it holds another data set is refused
+    (DataError), even when it holds no files yet; below it, a subfolder whose path names another
+    data set (``fashion-mnist/``, ``FashionMNIST/``, ``kmnist/`` when MNIST is asked for,
+    ``mnist/`` for Fashion-MNIST) is never taken; one that names this data set is preferred over
+    one that names none; among the rest the shallowest wins, and a tie is refused naming the
+    folders. Raises DataError when a folder holds one of the two files but no folder holds both,
+    unless ``partial_ok`` (then None: ``--download`` fetches the missing one).
     """
     if split not in IDX_NAMES:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     root = Path(data_dir)
+    if name is not None:
+        verdict, where, says = _verdict(root, root, name)
+        if verdict is False:
+            inside = "its name" if where == root else f"its parent {where}'s name"
+            raise DataError(f"{root}: {inside} says it holds {says}, not {name} (the IDX files of the two have the same "
+                            f"names); pass the folder of {name}'s files as --data-dir")
     if not root.is_dir():
         return None
     image_base, label_base = IDX_NAMES[split]
@@ -176,22 +209,62 @@ def find_idx_files(data_dir: str | os.PathLike, split: str, name: str | None = N
             half = (images, label_base) if images else (labels, image_base)  # type: ignore[assignment]
     if found:
         return _pick(found, root, split, name)
-    if half is not None:
+    if half is not None and not partial_ok:
         raise DataError(f"{half[0]}: found, but its partner {half[1]}(.gz) is missing from {half[0].parent}")
     return None
 
 
+#: folder names of other data sets stored as IDX files: (prefix before "mnist", the data set)
+_OTHER_MNISTS = {"k": "kmnist", "e": "emnist", "q": "qmnist", "not": "notmnist"}
+
+#: a folder with this name is read with its parent's name (torchvision keeps the IDX files in
+#: ``<root>/MNIST/raw`` and ``<root>/FashionMNIST/raw``)
+_PARENT_NAMED = ("raw",)
+
+
+def folder_names_dataset(folder_name: str) -> str | None:
+    """The IDX data set a folder's name names: "mnist", "fashion-mnist", another one ("kmnist",
+    "emnist", "qmnist", "notmnist") or None. Names are matched inside words: ``FashionMNIST``,
+    ``fashion_mnist`` and ``fmnist`` are Fashion-MNIST, ``mnist-10k`` and ``MNIST`` are MNIST; a
+    name that names two (``mnist-and-fashion``) names none."""
+    low = re.sub(r"(fashion|kuzushiji)[-_ .]*(?=mnist)", r"\1", folder_name.lower())  # fashion-mnist: one word
+    kinds = set()
+    for word in re.findall(r"[a-z]*mnist|fashion|kuzushiji", low):
+        prefix = word.removesuffix("mnist")
+        if prefix.endswith("fashion") or prefix == "f":
+            kinds.add("fashion-mnist")
+        elif prefix.endswith("kuzushiji"):
+            kinds.add("kmnist")
+        elif prefix in _OTHER_MNISTS:
+            kinds.add(_OTHER_MNISTS[prefix])
+        else:
+            kinds.add("mnist")
+    return kinds.pop() if len(kinds) == 1 else None  # a name naming two data sets says nothing
+
+
+def _verdict(folder: Path, root: Path, name: str) -> tuple[bool | None, Path | None, str | None]:
+    """Whether ``folder`` (``root`` or below it) holds data set ``name`` by the nearest folder name
+    that names an IDX data set, looking up to ``root`` (and ``root``'s parent when ``root`` is
+    called ``raw``): (True / False / None when none names one, that folder, what it names)."""
+    chain = []
+    while folder != root and folder != folder.parent:  # folder .. the child of root
+        chain.append(folder)
+        folder = folder.parent
+    chain.append(root)
+    top = Path(os.path.abspath(root))  # "." and ".." have names too
+    if top.name.lower() in _PARENT_NAMED and top.parent != top:
+        chain.append(top.parent)
+    for where in chain:
+        says = folder_names_dataset(Path(os.path.abspath(where)).name)
+        if says is not None:
+            return says == name, where, says
+    return None, None, None
+
+
 def _names(folder: Path, root: Path, name: str | None) -> bool | None:
-    """Whether ``folder``'s path below ``root`` names data set ``name`` (True), another IDX data
-    set (False) or none (None)."""
-    tokens = {t for part in folder.relative_to(root).parts for t in re.split(r"[^a-z0-9]+", part.lower()) if t}
-    fashion = "fashion" in tokens
-    mnist = any(t.startswith("mnist") for t in tokens)  # mnist, mnist10k
-    if name == "fashion-mnist":
-        return True if fashion else (False if mnist else None)
-    if name == "mnist":
-        return False if fashion else (True if mnist else None)
-    return None
+    """Whether ``folder``'s path (below and up to ``root``) names data set ``name`` (True), another
+    IDX data set (False) or none (None)."""
+    return None if name is None else _verdict(folder, root, name)[0]
 
 
 def _pick(found: list[tuple[Path, Path, Path]], root: Path, split: str, name: str | None) -> tuple[Path, Path]:
@@ -231,18 +304,49 @@ def _missing_message(name: str, folder: Path, split: str) -> str:
 
 
 def _load(name: str, split: str, data_dir: Path, download: bool) -> ImageDataset:
-    # an unknown split is refused by find_idx_files, before any download
-    if download and find_idx_files(data_dir, split, name) is None:
-        _download.download_dataset(name, data_dir, (split,))
-    try:
+    if not download:
         return load_idx_dataset(data_dir, split, name)
-    except DataError:
-        if not download:
-            raise
-    # download=True and the files present are damaged (cut short, corrupt): the official files that
-    # fail their checksums are fetched again and replace them (download_file keeps the good ones)
-    _download.download_dataset(name, data_dir, (split,))
+    # an unknown split, or a folder named after another data set, is refused here, before any download;
+    # one file of the pair without the other (a download stopped half way) is fetched below
+    damage: DataError | None = None
+    if find_idx_files(data_dir, split, name, partial_ok=True) is not None:
+        try:
+            return load_idx_dataset(data_dir, split, name)
+        except DataError as err:  # damaged (cut short, corrupt): the official files are fetched again
+            damage = err
+    _refuse_replacing_own_files(name, split, data_dir, damage)
+    _download.download_dataset(name, data_dir, (split,))  # keeps the files that pass their checksums
     return load_idx_dataset(data_dir, split, name)
+
+
+def _refuse_replacing_own_files(name: str, split: str, data_dir: Path, damage: DataError | None) -> None:
+    """Before ``--download`` fetches the files of ``split`` into ``data_dir``: it replaces only
+    missing files, official ones that fail their checksums and files that cannot be read as IDX. A
+    readable IDX file that is not the official one is the user's own: it is kept and nothing is
+    fetched to pair with it (DataError naming it)."""
+    table = _download.CHECKSUMS[name]
+    own: list[Path] = []
+    fetch: list[str] = []  # why each file is fetched
+    for base, magic, file_name in zip(IDX_NAMES[split], (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC),
+                                      _download.IDX_FILES[split]):
+        present = next((p for p in _candidates(data_dir, base) if p.is_file()), None)
+        if present is None:
+            fetch.append(f"{file_name} is missing")
+            continue
+        if present.name == file_name and file_name in table and _download.matches_checksum(present, table[file_name]):
+            continue  # the official file
+        try:
+            read_idx(present, magic)
+        except DataError as err:
+            fetch.append(f"its partner is damaged ({err})")
+            continue
+        own.append(present)
+    if own and fetch:
+        raise DataError(f"{own[0]}: not the official {name} file, so --download keeps it (it replaces only missing or "
+                        f"damaged files), but {fetch[0]}; repair that yourself, or move {own[0].name} away to "
+                        f"download the official {split} files")
+    if not fetch and damage is not None:  # nothing a download would change (e.g. two own files that disagree)
+        raise damage
 
 
 def load_mnist(split: str = "train", data_dir: str | os.PathLike | None = None,
