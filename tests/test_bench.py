@@ -215,6 +215,30 @@ def test_aggregate_means_over_seeds_and_sorts_by_certified_fraction():
     assert "| 2 | c | 1 | 50.0% | — |" in table
 
 
+def test_a_near_constant_model_is_flagged_and_the_ranking_is_a_total_order():
+    """Audit h60: a model decoding 0.9 x the mean image + 0.1 x a VAE (error 97% of the mean
+    image's) ranked first with 100% certified and no flag; NaN radii made the order follow the
+    input order; a flag with different numbers per seed was told once per seed."""
+    def res(name, cf, rad, err, mean_err=2.0):
+        return dataclasses.replace(_result(name, cf, -30.0, rad), reconstruction_error=err, mean_image_error=mean_err)
+
+    assert res("x", 1.0, 0.5, 1.94).flags and "97% of the mean image's 2" in res("x", 1.0, 0.5, 1.94).flags[0]
+    assert res("x", 1.0, 0.5, 1.80).flags and not res("x", 1.0, 0.5, 1.78).flags  # 90%: the line
+    assert not res("x", 1.0, 0.5, 1.2).flags  # a trained VAE's 60%
+    rows = aggregate([("shrunk", "user", res("shrunk", 1.0, 2.0, 1.94)), ("honest", "user", res("honest", 0.5, 0.3, 1.2))])
+    assert [r["name"] for r in rows] == ["honest", "shrunk"] and "barely better than the mean image" in rows[1]["flags"]
+    # NaN and None radii rank below every number, whatever the input order; the name breaks ties
+    for order in ([0.1, math.nan, 0.9], [math.nan, 0.9, 0.1], [0.9, 0.1, math.nan]):
+        names = {0.1: "low", 0.9: "high"}
+        items = [(names.get(v, "nan"), "user", res(names.get(v, "nan"), 0.0, v, 1.0)) for v in order]
+        assert [r["name"] for r in aggregate(items)] == ["high", "low", "nan"]
+    tied = aggregate([("b", "user", res("b", 0.5, 0.3, 1.0)), ("a", "user", res("a", 0.5, 0.3, 1.0))])
+    assert [r["name"] for r in tied] == ["a", "b"]
+    # one kind of flag, two seeds with different numbers: told once, with how many seeds have it
+    two = aggregate([("s", "vae", res("s0", 1.0, 0.5, 1.9)), ("s", "vae", res("s1", 1.0, 0.5, 1.95))])
+    assert two[0]["flags"].count("barely better") == 1 and two[0]["flags"].endswith("[2 of 2 seeds]")
+
+
 USER_MODULE = textwrap.dedent("""
     import torch
     from robvae.models import LinearVAE
@@ -464,5 +488,17 @@ def test_the_mnist_subset_is_found_from_any_working_folder(tmp_path, monkeypatch
 
     if not (REPO / PROTOCOL_V1.subset("mnist-10k").data_dir).is_dir():
         pytest.skip("mnist-10k is not beside this checkout")
+    monkeypatch.chdir(REPO)
+    ids_here = {t.id for t in load_zoo(REPO / "examples" / "zoo-mnist.yaml").trials}
     monkeypatch.chdir(tmp_path)
     assert len(load_subset_data(PROTOCOL_V1, "mnist-10k")) == 2000
+    # a zoo (and its user models' evaluation: zoo.data_dir) too, from any folder (audit h60: the zoo
+    # passed the protocol's relative folder on, and the loader looked for it here); from the
+    # repository root the trials keep their ids (the folder as the protocol writes it)
+    zoo = load_zoo(REPO / "examples" / "zoo-mnist.yaml")
+    assert Path(zoo.data_dir).is_absolute() and Path(zoo.data_dir).is_dir()
+    assert all(Path(t.train.data_dir) == Path(zoo.data_dir) for t in zoo.trials)
+    assert len(load_subset_data(zoo.protocol, zoo.subset, zoo.data_dir)) == 2000
+    monkeypatch.chdir(REPO)
+    zoo_root = load_zoo(REPO / "examples" / "zoo-mnist.yaml")
+    assert zoo_root.data_dir == PROTOCOL_V1.subset("mnist-10k").data_dir and {t.id for t in zoo_root.trials} == ids_here

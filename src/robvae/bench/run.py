@@ -155,11 +155,24 @@ def aggregate(results: list[tuple[str, str, BenchResult]]) -> list[dict[str, Any
         if len(items) > 1:
             cf = [f["certified_fraction"] for f in flat]
             row["certified_fraction_spread"] = max(cf) - min(cf)
-        row["flags"] = "; ".join(dict.fromkeys(fl for _, res in items for fl in res.flags))
+        kinds: dict[str, list[str]] = {}  # each kind of flag once: the first seed's words, and how many seeds
+        for _, res in items:
+            for kind, text in res.flag_items.items():
+                kinds.setdefault(kind, []).append(text)
+        row["flags"] = "; ".join(texts[0] + (f" [{len(texts)} of {len(items)} seeds]" if len(items) > 1 else "")
+                                 for texts in kinds.values())
         rows.append(row)
-    # flagged rows (gradient masking, no better than the mean image) rank after every other row
-    rows.sort(key=lambda r: (bool(r["flags"]), -r["certified_fraction"], -(r["median_radius_sound"] or 0.0)))
+    # flagged rows (gradient masking, no better than the mean image) rank after every other row; a
+    # missing or NaN number ranks below every number (a total order), the name breaks ties
+    rows.sort(key=lambda r: (bool(r["flags"]), _descending(r["certified_fraction"]),
+                             _descending(r["median_radius_sound"]), r["name"]))
     return rows
+
+
+def _descending(v: Any) -> float:
+    """A sort key ranking larger numbers first and None / NaN last."""
+    v = _num(v)
+    return math.inf if v is None or math.isnan(v) else -v
 
 
 def _cell(v: Any, fmt: str) -> str:

@@ -40,7 +40,7 @@ from ..fileio import read_yaml
 from ..sweep import Trial
 from ..sweep.spec import check_document, folder_key, one_line, set_dotted
 from .loader import ModelSpecError, resolve_spec
-from .protocol import PROTOCOL_FIELD_CHECKS, SUBSET_FIELD_CHECKS, Protocol, get_protocol
+from .protocol import PROTOCOL_FIELD_CHECKS, SUBSET_FIELD_CHECKS, Protocol, get_protocol, subset_data_dir
 
 
 class ZooError(RobvaeError):
@@ -206,7 +206,9 @@ def parse_zoo(doc: Any, source: str = "zoo", *, extra_models: list[str] | None =
             raise ZooError(f"base.{k}: set by the zoo itself (use 'subset', 'seeds', 'data_dir')")
     data_dir = folder_key(doc, "data_dir", ZooError)
     sub = protocol.subset(subset)
-    data_dir = data_dir if data_dir is not None else sub.data_dir
+    # the protocol's folder, from any working folder (:func:`subset_data_dir`; as the protocol writes
+    # it when it is found from here, so the trials' ids do not change)
+    data_dir = data_dir if data_dir is not None else subset_data_dir(protocol, subset)
     out = folder_key(doc, "out", ZooError)
     methods = doc.get("methods") or []
     if not isinstance(methods, list):
