@@ -105,6 +105,19 @@ def test_cli_report(two_studies, tmp_path):
     assert main(["report", str(tmp_path)]) == 2  # not a study folder: one-line error
 
 
+def test_cli_report_says_when_a_folder_is_still_being_written(two_studies, tmp_path, capsys):
+    """Audit h60: the report rendered a folder another command was still writing, without a word."""
+    from robvae.cli import main
+    from robvae.fileio import folder_lock
+
+    with folder_lock(two_studies[0], "robvae study beta"):
+        assert main(["report", str(two_studies[0]), "--html", str(tmp_path / "c.html")]) == 0
+    err = capsys.readouterr().err
+    assert f"{two_studies[0]} is still being written by robvae study beta (pid {os.getpid()})" in err
+    assert main(["report", str(two_studies[0]), "--html", str(tmp_path / "d.html")]) == 0  # released: no note
+    assert "still being written" not in capsys.readouterr().err
+
+
 _CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -333,14 +333,23 @@ def _in_use(folder: Path, owner: dict[str, Any] | None, advice: str, what: str |
                      f"{folder / LOCK_FILE})")
 
 
-def check_not_held(folder: str | os.PathLike, advice: str) -> None:
-    """A LockError (naming the holder, ending with ``advice``) when a live robvae process holds
-    ``FOLDER/.robvae.lock``, for a command that reads the folder without taking it."""
+def live_holder(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The lock file's content (command, pid, host, started; {} when unreadable) when a live robvae
+    process holds ``FOLDER/.robvae.lock``, else None."""
     path = Path(folder) / LOCK_FILE
     if path.exists():
         owner = _lock_owner(path)
         if not _stale(path, owner):
-            raise _in_use(Path(folder), owner, advice)
+            return owner or {}
+    return None
+
+
+def check_not_held(folder: str | os.PathLike, advice: str) -> None:
+    """A LockError (naming the holder, ending with ``advice``) when a live robvae process holds
+    ``FOLDER/.robvae.lock``, for a command that reads the folder without taking it."""
+    owner = live_holder(folder)
+    if owner is not None:
+        raise _in_use(Path(folder), owner or None, advice)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import click
 
 from . import app
 from ..evaluation import EvalConfig, attack_report, margin_report
+from ..fileio import live_holder
 from ..report.html import render_report
 from .model_spec import META, model_options, model_run, output_label, source_meta
 from .options import add_options, config_option, device_option, run_data_dir_option
@@ -54,6 +55,12 @@ def report_cmd(ctx, folders, html_file, title, split, n, seed, device, data_dir,
         if not folders:  # as before --model: at least one folder, each existing
             raise click.MissingParameter(ctx=ctx, param=param)
         folders = tuple(click.Path(exists=True, file_okay=False).convert(f, param, ctx) for f in folders)
+        for f in folders:  # rendered all the same (a look at a long study's progress), with a word
+            owner = live_holder(f)
+            if owner is not None:
+                who = f"{owner.get('command', 'robvae')} (pid {owner.get('pid')})" if owner else "another robvae process"
+                click.echo(f"robvae: note: {f} is still being written by {who}; the report shows what has "
+                           "finished so far", err=True)
     path = render_report(folders, html_file, title=title)
     click.echo(f"report: {path} ({len(folders)} stud{'y' if len(folders) == 1 else 'ies'}; opens with no server)")
 
