@@ -47,6 +47,14 @@ def test_the_thin_last_layer_really_takes_the_subpixel_route():
     assert not torch.allclose(before, after)
 
 
+def test_the_subpixel_route_is_cpu_only():
+    """On CUDA cuDNN's transposed convolution (TF32 by default, as model.decode runs it) and a
+    float32 GEMM differ by ~5e-4 per pixel (audit h62): off the CPU the layer runs itself."""
+    last = _conv(torch.float32).decoder.deconv[-1]
+    assert _is_thin_deconv(last)
+    assert not _is_thin_deconv(last.to("meta"))  # any device but the CPU
+
+
 def test_colour_conv_and_user_overrides():
     model = _conv(torch.float64, c=3, hw=32, channels=(16, 16))
     z = torch.randn(6, 5, dtype=torch.float64)

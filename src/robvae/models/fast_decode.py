@@ -170,8 +170,12 @@ def _derived(layer: torch.nn.Module, make) -> tuple:
 def _is_thin_deconv(layer: torch.nn.Module) -> bool:
     """A ConvTranspose2d (k=4, s=2, p=1) with few output channels, where oneDNN's transposed
     convolution is slow (measured: 10x below the GEMM rate at 1 output channel): it runs as one
-    GEMM to the 16 kernel taps and an overlap-add of shifted planes instead (:func:`_thin_deconv`)."""
-    return (type(layer) is torch.nn.ConvTranspose2d and layer.kernel_size == (4, 4) and layer.stride == (2, 2)
+    GEMM to the 16 kernel taps and an overlap-add of shifted planes instead (:func:`_thin_deconv`).
+    On the CPU only: on CUDA the layer runs itself, as in ``model.decode`` (cuDNN's convolutions
+    use TF32 by default and a float32 GEMM does not, so the two would differ by ~5e-4 per pixel,
+    and a user decoder's rewrite would fail its check against ``model.decode``)."""
+    return (type(layer) is torch.nn.ConvTranspose2d and layer.weight.device.type == "cpu"
+            and layer.kernel_size == (4, 4) and layer.stride == (2, 2)
             and layer.padding == (1, 1) and layer.output_padding == (0, 0) and layer.dilation == (1, 1)
             and layer.groups == 1 and layer.padding_mode == "zeros" and 4 * layer.out_channels <= layer.in_channels)
 
