@@ -141,6 +141,8 @@ def test_median_margin_leaves_unknown_margins_out_and_medians_are_the_usual_ones
     ({"methods": ["vae"], "base": {"dataset": "mnist"}}, "base.dataset: set by the zoo"),
     ({"methods": ["vae"], "subset_overrides": {"q": 1}}, "subset_overrides.q: unknown field"),
     ({"methods": ["vae", "vae"]}, "appears twice"),
+    # numbers by value (audit h60: [1, 1.0] trained one model twice under two ids)
+    ({"methods": ["vae", {"method": "vae", "config": {"model.tau": 0}}]}, "train the same model"),
     ({}, "nothing to benchmark"),
 ])
 def test_bad_zoos_are_one_line_errors(doc, msg):

@@ -183,3 +183,53 @@ def test_an_input_undecided_unperturbed_has_an_unknown_margin():
     # pooled, in either order (a resumed study mixes both): each row by its own rule
     assert np.isnan(measured_margins([rows[0], old[1]])[0]) and measured_margins([rows[0], old[1]])[1] == 0.0
     assert measured_margins([old[0], rows[0]])[0] == 0.0 and np.isnan(measured_margins([old[0], rows[0]])[1])
+
+
+def test_calibrated_r_recomputes_from_the_studys_own_per_input_table(beta_out, tmp_path):
+    """Found by audit h60: the beta / tau studies drew r_min for r with one generator over all
+    inputs, the evaluation (per_input.csv's r_min) in seeded blocks (calibration_r_min), so r was
+    not r_relative x the largest median r_min of the study's own table. A calibration.json of the
+    old draws (its key without the version) is computed again, not trusted."""
+    res, out = beta_out
+    rows = res["rows"]
+    meds = {(b, s): float(np.median([r["r_min"] for r in rows if r["beta"] == b and r["seed"] == s]))
+            for b, s in {(r["beta"], r["seed"]) for r in rows}}
+    assert res["summary"]["r"] == 1.5 * max(meds.values())
+    assert all(r["r"] == res["summary"]["r"] for r in rows)
+    cal_path = out / "calibration.json"
+    cal = json.loads(cal_path.read_text())
+    assert sorted(cal["median_r_min"].values()) == sorted(meds.values())
+    old = {**cal, "key": {k: v for k, v in cal["key"].items() if k != "version"}, "r": 123.0,
+           "median_r_min": {n: 82.0 for n in cal["median_r_min"]}}
+    cal_path.write_text(json.dumps(old))
+    again = beta_study("digits", out, betas=[1, 8], train=OPTS, evaluation=EV, executor=SERIAL)
+    new = json.loads(cal_path.read_text())
+    assert new["key"] == cal["key"] and new["r"] == again["summary"]["r"]
+    # (to the last bit: r, and with it every evaluation, is recomputed where this process's thread
+    # count rounds r_min otherwise than the first run's)
+    assert again["summary"]["r"] == 1.5 * max(np.median([r["r_min"] for r in again["rows"] if r["beta"] == b])
+                                              for b in (1.0, 8.0))
+
+
+def test_missing_data_is_one_line_before_any_trial_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """Found by audit h60: ``robvae study beta --dataset mnist --data-dir /nonexistent`` started
+    its training trials (each failing on the data) and left a study folder behind."""
+    from robvae.cli import main
+    from robvae.errors import DataError
+    import robvae.studies.experiments as ex
+
+    def boom(*a, **k):
+        raise AssertionError("a trial started")
+
+    monkeypatch.setattr(ex, "run_trials", boom)
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(DataError, match="mnist train files not found"):
+        tau_study("mnist", tmp_path / "t", data_dir=str(missing), taus=[0], train=OPTS, evaluation=EV, executor=SERIAL)
+    assert not (tmp_path / "t").exists()
+    for study, extra in (("beta", ["--betas", "1"]), ("tau", ["--taus", "0"]), ("bound-vs-margin", [])):
+        out = tmp_path / study
+        assert main(["study", study, "--dataset", "mnist", "--data-dir", str(missing), "--out", str(out),
+                     "--executor", "serial", "--quiet", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("robvae: error: mnist train files not found") and "\n" not in err, err
+        assert not out.exists()

@@ -75,6 +75,66 @@ def test_sweep_file_errors_name_the_bad_key(doc, message):
         parse_sweep(doc)
 
 
+def test_grid_values_equal_as_numbers_are_one_trial():
+    """Found by audit h60: objective.beta: [1, 1.0] made two trials of one config (the ids hash
+    the JSON, where 1 and 1.0 differ; they are kept so that sweep folders resume)."""
+    with pytest.raises(SweepSpecError, match=r"^grid points objective\.beta=1 and objective\.beta=1\.0 give the same "
+                                             r"trial \(a duplicate value\?\)$"):
+        parse_sweep({"base": BASE, "grid": {"objective.beta": [1, 1.0]}})
+    with pytest.raises(SweepSpecError, match=r"grid points seed=0,evaluation\.alpha=0\.5 and "
+                                             r"seed=0,evaluation\.alpha=0\.5000"):
+        parse_sweep({"base": BASE, "evaluation": {"n": 2}, "grid": {"seed": [0], "evaluation.alpha": [0.5, "0.5000"]}})
+    # ids as before: 1 and 1.0 alone are still the trials they were
+    assert parse_sweep({"base": BASE, "grid": {"objective.beta": [1, 2.0]}}).trials[0].id == \
+        Trial({**BASE, "objective": {"beta": 1}}).id
+
+
+def test_float_fields_accept_numeric_strings_as_yaml_reads_1e_3():
+    """Found by audit h60: PyYAML reads lr: 1e-3 (no dot) as the string '1e-3'; float fields of
+    sweep and zoo files (both build Trials) take it as the number, with the id of 0.001."""
+    spec = parse_sweep({"base": {**BASE, "lr": "1e-3", "objective": {"name": "beta-vae", "beta": "4"}},
+                        "evaluation": {"r": "2.5E-1"}})
+    t = spec.trials[0]
+    assert t.train.lr == 0.001 and t.train.objective.beta == 4.0 and t.evaluation.r == 0.25
+    assert t.id == Trial({**BASE, "lr": 0.001, "objective": {"name": "beta-vae", "beta": 4.0}}, {"r": 0.25}).id
+    with pytest.raises(SweepSpecError, match="grid points lr=0.001 and lr=1e-3 give the same trial"):
+        parse_sweep({"base": BASE, "grid": {"lr": [0.001, "1e-3"]}})
+    for bad in ("fast", "nan", "1e"):  # not a decimal number: the config's own message
+        with pytest.raises(SweepSpecError, match=f"base: config field lr: expected a number, got '{bad}'"):
+            parse_sweep({"base": {**BASE, "lr": bad}})
+    with pytest.raises(SweepSpecError, match="config field epochs: expected an integer"):
+        parse_sweep({"base": {**BASE, "epochs": "2"}})  # integers are not converted
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"base": BASE, "evaluation": {"n": -3}}, "evaluation.n must be >= 1, got -3"),
+    ({"base": BASE, "evaluation": {"alpha": 2}}, "evaluation.alpha must be in (0, 1), got 2"),
+    ({"base": BASE, "evaluation": {"n": "many"}}, "evaluation field n: expected an integer, got 'many'"),
+    ({"base": BASE, "evaluation": {"n": 5}, "grid": {"evaluation.n": [1, -2]}},
+     "grid point evaluation.n=-2: evaluation.n must be >= 1, got -2"),
+    ({"base": BASE, "evaluation": {"device": "tpu"}},
+     "evaluation.device: 'tpu' is not a torch device robvae runs on"),
+    ({"base": {**BASE, "device": "tpu"}}, "base: device: 'tpu' is not a torch device robvae runs on"),
+    ({"base": {**BASE, "model": {"hidden": [-5]}}}, "base: model.hidden: layer widths must be >= 1, got [-5]"),
+    ({"base": BASE, "grid": {"model.conv_hidden": [0]}},
+     "grid point model.conv_hidden=0: model.conv_hidden: layer widths must be >= 1, got 0"),
+])
+def test_evaluation_devices_and_widths_are_checked_up_front_and_named(doc, message):
+    """Found by audit h60: evaluation errors were prefixed "base:", and a device torch does not
+    know or a negative width passed --dry-run to fail inside every trial with a traceback."""
+    with pytest.raises(SweepSpecError, match="^" + message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        parse_sweep(doc)
+
+
+def test_cli_dry_run_refuses_a_bad_device_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out: x\nbase: {dataset: digits, epochs: 1, device: tpu}\n")
+    assert main(["sweep", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "robvae: error: base: device: 'tpu' is not a torch device robvae runs on (cpu, cuda, cuda:1, mps)"
+
+
 def test_cli_reports_a_bad_sweep_file_in_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: {dataset: digits}\ngrid: {objective.beta: 2}\nout: x\n")

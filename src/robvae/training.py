@@ -191,7 +191,7 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
             out.append(f"{prefix}{k}")
     return out
 
-def _check_same_config(run_dir: Path, config: TrainConfig) -> bool:
+def check_same_config(run_dir: Path, config: TrainConfig) -> bool:
     """Refuse a run folder trained under another config; True when ``config`` only asks for more
     epochs than the folder's (the run is then continued: epoch e's shuffling and noise depend only
     on the seed and e, so the weights equal those of a run trained that long from the start)."""
@@ -235,7 +235,7 @@ def train(
     if tuple(config.model.input_shape) != tuple(train_set.shape):
         config.model = ModelConfig.from_dict({**config.model.to_dict(), "input_shape": tuple(train_set.shape)})
 
-    extend = (run_dir / CONFIG_FILE).exists() and _check_same_config(run_dir, config)
+    extend = (run_dir / CONFIG_FILE).exists() and check_same_config(run_dir, config)
     remove_stale_temporaries(run_dir, (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, WEIGHTS_FILE))  # a killed run's
 
     torch.manual_seed(config.seed)

@@ -221,9 +221,10 @@ def parse_zoo(doc: Any, source: str = "zoo", *, extra_models: list[str] | None =
         if e.name in seen.values():
             raise ZooError(f"methods: the setting {e.name} appears twice")
         for t in e.trials:
-            if t.id in seen:
-                raise ZooError(f"methods: {seen[t.id]} and {e.name} train the same model")
-            seen[t.id] = e.name
+            key = t.value_key()  # numbers by value: beta 1 and 1.0 are one model
+            if key in seen:
+                raise ZooError(f"methods: {seen[key]} and {e.name} train the same model")
+            seen[key] = e.name
     models = doc.get("models") or []
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ZooError(f"models: expected a list of 'package.module:callable' strings, got {models!r}")

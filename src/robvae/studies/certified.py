@@ -35,7 +35,7 @@ from ..robustness.rigorous import barrett_margin, rigorous_certify
 from ..rng import randn
 from ..stats import median
 from ..report.html import write_study_meta
-from ..training import TrainConfig, train
+from ..training import CONFIG_FILE, TrainConfig, check_same_config, train
 from .experiments import fmt_list
 
 
@@ -238,7 +238,16 @@ def certified_study(
     ``out/certified.csv`` / ``certified.json`` / ``certified.md``. r: absolute radius, or
     r_relative x median r_min of the first model on the evaluated inputs (one r for every model).
     likelihood: the same for every model, so held-out ELBOs compare ("cbernoulli" ELBOs are densities
-    on [0, 1] and do not compare with Bernoulli ones)."""
+    on [0, 1] and do not compare with Bernoulli ones).
+
+    Every model folder that holds a config is compared with the model's config before any model
+    trains or is evaluated (CheckpointError naming the folder and the fields that differ).
+
+    The relative r's r_min draws come from the study's own generator (seeded by ``seed``, the one
+    the first model's certificates then draw from), not from
+    :func:`robvae.evaluation.calibration_r_min` as in the evaluation and the beta / tau studies:
+    this study writes no r_min column that r must recompute from, and other draws would change
+    every number it has published (docs/RESULTS.md section 5); r is recorded in certified.json."""
     out = Path(out)
     models = models or default_models()
     train_set = load_dataset(dataset, "train", data_dir)
@@ -248,13 +257,20 @@ def certified_study(
     x = test_set.images[:n]
     study = CertifiedStudy(dataset=dataset, r=float("nan"), attack_eps=float(attack_eps), cert_eps=float(cert_eps),
                            epochs=int(epochs))
-    for i, spec in enumerate(models):
+    # data_dir as training stores it (absolute), so a folder's config compares as training compares it
+    stored_dir = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
+    cfgs = []
+    for spec in models:
         lip = {} if spec.lipschitz is None else {"arch": "lipschitz-mlp", "lipschitz": spec.lipschitz,
                                                  "sigma_cap": spec.sigma_cap}
         mc = ModelConfig(input_shape=tuple(train_set.shape), latent_dim=latent_dim, hidden=hidden, likelihood=likelihood,
                          **lip)
-        cfg = TrainConfig(dataset=dataset, data_dir=data_dir, n_train=n_train, model=mc,
-                          objective=ObjectiveConfig(spec.objective, spec.beta), epochs=epochs, seed=seed)
+        cfgs.append(TrainConfig(dataset=dataset, data_dir=stored_dir, n_train=n_train, model=mc,
+                                objective=ObjectiveConfig(spec.objective, spec.beta), epochs=epochs, seed=seed))
+    for i, cfg in enumerate(cfgs):  # a changed setting is refused before any work, not at the model it changes
+        if (out / f"model{i}" / CONFIG_FILE).exists():
+            check_same_config(out / f"model{i}", cfg)
+    for i, (spec, cfg) in enumerate(zip(models, cfgs)):
         run = train(cfg, out / f"model{i}", progress=progress, data=(train_set, test_set))
         model = run.model.eval()
         g = torch.Generator().manual_seed(seed)

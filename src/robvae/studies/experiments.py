@@ -14,7 +14,9 @@ tables and figures are redrawn from them.
 
 One radius r for models that are compared. The beta and tau studies compare margins of different
 models, which is only meaningful at one absolute r. Unless ``evaluation.r`` is given, r is
-calibrated once from the trained models (written to ``calibration.json``):
+calibrated once from the trained models (written to ``calibration.json``), r_min drawn as the
+evaluation draws it (:func:`robvae.evaluation.calibration_r_min`), so that r recomputes exactly from
+the r_min column of the study's per_input.csv:
 - beta study: r = r_relative x the largest, over the models, of the median r_min over the
   evaluated inputs, so that every model is r-robust on (most) clean inputs;
 - tau study: r = r_relative x the median r_min of the smallest-tau model (the plain VAE), so that
@@ -38,17 +40,21 @@ import numpy as np
 import torch
 
 from ..data import dataset_shape, load_dataset
-from ..errors import StudyError
-from ..evaluation import RIGOROUS_FOR_MODE, EvalConfig, jsonable, load_result, measured_margins, rows_bound_stats
+from ..data.registry import missing_data
+from ..errors import DataError, StudyError
+from ..evaluation import (
+    RIGOROUS_FOR_MODE, EvalConfig, calibration_r_min, jsonable, load_result, measured_margins, rows_bound_stats,
+)
 from ..fileio import read_json, write_csv, write_json
 from ..models import ModelConfig
 from ..objectives import ObjectiveConfig
 from ..report.figures import VARIANTS, bound_variants_figure, bound_vs_margin_figure, degradation_figure, sweep_panels_figure
 from ..report.html import write_study_meta
-from ..robustness import r_min
 from ..stats import correlation, median, quartiles, spearman
 from ..sweep import Trial, run_trials, trial_dir
+from ..sweep.executors import using_torch_threads
 from ..training import TrainConfig, load
+from ..validation import model_dtype
 
 
 def fmt_list(values: Sequence[float | int]) -> str:
@@ -124,10 +130,17 @@ def make_train_config(dataset: str, data_dir: str | None, opts: TrainOptions, se
 
 # --- running trials ------------------------------------------------------------------------
 
+def _trial_threads(ex: Executor) -> int | None:
+    """torch threads of the study's trials: 1 in each worker (local, ray), this process's own
+    (serial). The calibration runs with the same, so that its r_min equals the evaluation's to
+    the last bit (a matrix product's rounding may depend on the thread count)."""
+    return None if ex.executor == "serial" else 1
+
+
 def _train_all(train_configs: list[tuple[str, Any]], out: Path, ex: Executor) -> dict[str, Path]:
     """Train every (name, TrainConfig) under out/train; returns name -> run folder. Failures raise."""
     trials = [Trial(train=c, evaluation=None, name=name) for name, c in train_configs]
-    results = run_trials(trials, out / "train", **asdict(ex))
+    results = run_trials(trials, out / "train", **asdict(ex), torch_threads=_trial_threads(ex))
     _raise_failed(results, "training")
     return {t.name: r.dir / "run" for t, r in zip(trials, results)}
 
@@ -145,7 +158,7 @@ def _evaluate_all(items: list[tuple[str, Any, Path]], ev: EvalConfig, out: Path,
             if dest.exists():
                 shutil.rmtree(dest)
             shutil.copytree(run_dir, dest)
-    results = run_trials(trials, out / "eval", **asdict(ex))
+    results = run_trials(trials, out / "eval", **asdict(ex), torch_threads=_trial_threads(ex))
     _raise_failed(results, "evaluation")
     return {t.name: load_result(r.dir / "eval") for t, r in zip(trials, results)}
 
@@ -158,10 +171,20 @@ def _raise_failed(results: Sequence[Any], what: str) -> None:
                          f"{first[-1] if first else 'unknown error'}; rerun the study to retry them")
 
 
+#: Version of calibration.json's key: a file written under another version (2: the draws of
+#: :func:`robvae.evaluation.calibration_r_min`; before, one generator over all inputs) is recomputed.
+CALIBRATION_VERSION = 2
+
+
 def _calibrate(out: Path, runs: dict[str, Path], names: Sequence[str], ev: EvalConfig, rule: str) -> dict[str, Any]:
-    """r = ev.r_relative x (max over ``names``' median r_min) -- cached in calibration.json."""
-    key = {"names": list(names), "rule": rule, "r_relative": ev.r_relative, "n": ev.n, "split": ev.split,
-           "n_samples": ev.n_samples, "seed": ev.seed, "runs": {n: str(runs[n]) for n in names}}
+    """r = ev.r_relative x (max over ``names``' median r_min) -- cached in calibration.json.
+
+    r_min is drawn as the evaluation draws it (:func:`robvae.evaluation.calibration_r_min`, the same
+    inputs, seed and draws), so each model's median r_min equals that of the r_min column of its
+    evaluation (per_input.csv) and r recomputes from the study's own tables."""
+    key = {"version": CALIBRATION_VERSION, "names": list(names), "rule": rule, "r_relative": ev.r_relative,
+           "n": ev.n, "split": ev.split, "n_samples": ev.n_samples, "seed": ev.seed,
+           "runs": {n: str(runs[n]) for n in names}}
     path = out / "calibration.json"
     if path.is_file():
         cal = read_json(path, "calibration")
@@ -170,13 +193,28 @@ def _calibrate(out: Path, runs: dict[str, Path], names: Sequence[str], ev: EvalC
     med: dict[str, float] = {}
     for name in names:
         run = load(runs[name], device=ev.device)
-        data = load_dataset(run.config.dataset, ev.split, run.config.data_dir).subset(ev.n)
-        g = torch.Generator().manual_seed(ev.seed)
-        med[name] = float(np.median(r_min(run.model, data.images.to(ev.device), ev.n_samples, generator=g).double().cpu().numpy()))
+        model = run.model.eval()
+        data_dir = ev.data_dir if ev.data_dir is not None else run.config.data_dir  # as the evaluation reads them
+        x = load_dataset(run.config.dataset, ev.split, data_dir).subset(ev.n).images
+        x = x.to(ev.device, model_dtype(model) or torch.float32)
+        med[name] = float(np.median(calibration_r_min(model, x, ev.n_samples, ev.seed).double().cpu().numpy()))
     ref = max(med, key=med.get)
     cal = {"key": key, "rule": rule, "median_r_min": med, "reference": ref, "r": ev.r_relative * med[ref]}
     write_json(path, cal)
     return cal
+
+
+def check_data(dataset: str, data_dir: str | None, ev: EvalConfig | None = None) -> None:
+    """DataError (one line) when the data set's train or test files (or, where the evaluation has
+    its own data_dir, its split's) are not there: before any trial starts, the check ``robvae
+    sweep`` makes (:func:`robvae.data.registry.missing_data`)."""
+    wanted = [("train", data_dir), ("test", data_dir)]
+    if ev is not None and ev.data_dir is not None:
+        wanted.append((ev.split, ev.data_dir))
+    for split, folder in wanted:
+        why = missing_data(dataset, split, None if folder is None else Path(folder).expanduser())
+        if why:
+            raise DataError(f"{why}; give --data-dir DIR (the folder of the data set's files) or --download")
 
 
 # --- tables ---------------------------------------------------------------------------------
@@ -276,6 +314,7 @@ def bound_vs_margin(
     ev = evaluation or EvalConfig()
     ex = executor or Executor()
     out = Path(out)
+    check_data(dataset, data_dir, ev)  # before any trial (and folder)
     out.mkdir(parents=True, exist_ok=True)
     seeds = distinct(seeds)  # a seed given twice would count its inputs twice
     cfgs = [(f"seed={s}", make_train_config(dataset, data_dir, o, s)) for s in seeds]
@@ -344,6 +383,7 @@ def _sweep_study(
     values = distinct(float(v) for v in values)
     if not values:
         raise ValueError(f"give at least one {x} value")
+    check_data(dataset, data_dir, ev)  # before any trial (and folder)
     out.mkdir(parents=True, exist_ok=True)
     grid = [(f"{x}={v:g},seed={s}", v, s) for v in values for s in seeds]  # (trial name, value, seed)
     settings_of = {name: {x: v, "seed": s} for name, v, s in grid}
@@ -351,7 +391,8 @@ def _sweep_study(
     runs = _train_all(cfgs, out, ex)
     if ev.r is None:
         ref_names = [n for n in settings_of if rule == "max" or settings_of[n][x] == min(values)]
-        cal = _calibrate(out, runs, ref_names, ev, rule)
+        with using_torch_threads(_trial_threads(ex)):
+            cal = _calibrate(out, runs, ref_names, ev, rule)
         ev_abs = replace(ev, r=float(cal["r"]))
     else:
         cal = {"rule": "absolute", "r": ev.r}

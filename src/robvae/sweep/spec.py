@@ -15,7 +15,10 @@ A sweep file (YAML) has four keys::
       n: 50
 
 Grid keys may also name evaluation fields (``evaluation.n_samples: [100, 1000]``).
-Every error names the bad key in one line.
+Every error names the bad key in one line. Float fields take numeric strings (PyYAML reads
+``1e-3``, without a dot, as one); grid points whose configs are equal with numbers compared by
+value (``objective.beta: [1, 1.0]``) are refused as duplicates, though their ids (hashes of the
+JSON) would differ. Devices and layer widths are checked here too, not inside each trial.
 """
 
 from __future__ import annotations
@@ -26,8 +29,12 @@ import hashlib
 import itertools
 import json
 import os
+import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from ..fileio import read_yaml
 from ..data import dataset_shape
@@ -90,9 +97,62 @@ def _eval_to_dict(ev: Any) -> dict[str, Any] | None:
     raise TypeError(f"evaluation must be an EvalConfig, a dict or None, got {type(ev).__name__}")
 
 
+#: A decimal number written as a string: YAML 1.1 (PyYAML) reads ``1e-3`` (no dot) as one
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _takes_float(tp: Any) -> bool:
+    """The annotation accepts a float (float, float | None, ...)."""
+    return tp is float or any(_takes_float(a) for a in typing.get_args(tp))
+
+
+def _numbers(d: dict[str, Any], cls: type) -> dict[str, Any]:
+    """``d`` with the numeric strings of ``cls``'s float fields made floats (nested configs too):
+    YAML files (sweep, zoo) read ``lr: 1e-3`` as the string '1e-3'. Other values are left for
+    the config to check. A copy; ``d`` is not changed."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is not converted
+        return d
+    out = dict(d)
+    for k, v in d.items():
+        sub = _nested_class(cls, k)
+        if sub is not None and isinstance(v, dict):
+            out[k] = _numbers(v, sub)
+        elif isinstance(v, str) and _takes_float(hints.get(k)) and _NUMBER.fullmatch(v.strip()):
+            out[k] = float(v)
+    return out
+
+
 def make_eval_config(d: dict[str, Any] | Any | None) -> Any:
-    """An EvalConfig from a dict (anything else is returned as it is)."""
-    return EvalConfig.from_dict(dict(d)) if isinstance(d, dict) else d
+    """An EvalConfig from a dict (numeric strings of its float fields read as numbers; anything
+    else is returned as it is)."""
+    return EvalConfig.from_dict(_numbers(dict(d), EvalConfig)) if isinstance(d, dict) else d
+
+
+def _check_device(device: Any, where: str) -> None:
+    """A device string torch reads and robvae runs on; whether this machine has it is left to the
+    trial (a Ray node may have a GPU this machine lacks)."""
+    try:
+        ok = torch.device(device).type in ("cpu", "cuda", "mps")
+    except (RuntimeError, ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{where}: {device!r} is not a torch device robvae runs on (cpu, cuda, cuda:1, mps)")
+
+
+def _check_runnable(config: TrainConfig, evaluation: Any) -> None:
+    """What the configs leave to the trial, checked up front: the devices, and layer widths >= 1."""
+    _check_device(config.device, "device")
+    if isinstance(evaluation, EvalConfig):
+        _check_device(evaluation.device, "evaluation.device")
+    m = config.model
+    for name in ("hidden", "conv_channels", "conv_hidden"):
+        value = getattr(m, name)
+        widths = value if isinstance(value, (tuple, list)) else (value,)
+        if any(w < 1 for w in widths):
+            shown = list(value) if isinstance(value, (tuple, list)) else value
+            raise ValueError(f"model.{name}: layer widths must be >= 1, got {shown}")
 
 
 def _resolve_input_shape(config: TrainConfig) -> None:
@@ -128,9 +188,10 @@ class Trial:
 
     def __post_init__(self) -> None:
         train = self.train if isinstance(self.train, dict) else self.train.to_dict()
-        self.train = TrainConfig.from_dict(copy.deepcopy(train))  # a private copy
+        self.train = TrainConfig.from_dict(_numbers(copy.deepcopy(train), TrainConfig))  # a private copy
         _resolve_input_shape(self.train)
         self.evaluation = make_eval_config(self.evaluation)
+        _check_runnable(self.train, self.evaluation)
         if self._fault is not None and self._fault not in FAULTS:
             raise ValueError(f"unknown _fault {self._fault!r}; choose one of {FAULTS}")
 
@@ -142,6 +203,12 @@ class Trial:
         if self._fault is not None:
             d["_fault"] = self._fault
         return d
+
+    def value_key(self) -> str:
+        """The config as training and evaluation see it, numbers by value (1 and 1.0 are one beta,
+        though their ids, hashes of the JSON kept so that folders resume, differ): two trials with
+        the same key train the same model."""
+        return _by_value_key(self.config_dict())
 
     @property
     def id(self) -> str:
@@ -232,6 +299,35 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _exact(v: Any) -> str:
+    """A grid value as written (1.0 stays 1.0), for messages that must tell two values apart."""
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _by_value(v: Any) -> Any:
+    """A JSON tree with its numbers compared by value: an integral float as the int (1.0 -> 1)."""
+    if isinstance(v, dict):
+        return {k: _by_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_by_value(x) for x in v]
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _by_value_key(d: dict[str, Any]) -> str:
+    return json.dumps(_by_value(d), sort_keys=True, separators=(",", ":"))
+
+
+def _eval_error(message: str) -> str:
+    """An EvalConfig error named by its key in the sweep file: "n must be >= 1, got -3" ->
+    "evaluation.n must be >= 1, got -3" ("evaluation field n: ..." already names it)."""
+    if message.startswith("evaluation"):
+        return message
+    first = message.split(" ", 1)[0]
+    return f"evaluation.{message}" if first in _dataclass_fields(EvalConfig) else f"evaluation: {message}"
+
+
 def parse_sweep(doc: Any, source: str = "sweep") -> SweepSpec:
     """Validate a sweep document (the parsed YAML) and expand its grid into trials."""
     check_document(doc, SWEEP_KEYS, source, SweepSpecError)
@@ -256,7 +352,7 @@ def parse_sweep(doc: Any, source: str = "sweep") -> SweepSpec:
         axes.append((key, target, path, values))
 
     trials: list[Trial] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {}  # config (numbers by value) -> the grid point that gave it
     for combo in itertools.product(*(a[3] for a in axes)):
         train_d = copy.deepcopy(base)
         eval_d = copy.deepcopy(evaluation)
@@ -266,13 +362,24 @@ def parse_sweep(doc: Any, source: str = "sweep") -> SweepSpec:
         if eval_d is not None and eval_d.get("r") is not None and eval_d.get("r_relative") is not None:
             where = "evaluation" if name == "base" else f"grid point {name}"  # as on the command line
             raise SweepSpecError(f"{where}: give r or r_relative, not both (r replaces r_relative)")
-        try:
-            trial = Trial(train=train_d, evaluation=eval_d, name=name)
+        point = "" if name == "base" else f"grid point {name}: "
+        try:  # the evaluation first on its own, so that its errors name it
+            ev = make_eval_config(eval_d)
+            if isinstance(ev, EvalConfig):
+                _check_device(ev.device, "evaluation.device")
         except (TypeError, ValueError) as e:
-            raise SweepSpecError(f"{'base' if name == 'base' else f'grid point {name}'}: {one_line(e)}") from None
-        if trial.id in seen:
-            raise SweepSpecError(f"grid points {seen[trial.id]} and {name} give the same trial (a duplicate value?)")
-        seen[trial.id] = name
+            raise SweepSpecError(point + _eval_error(one_line(e))) from None
+        try:
+            trial = Trial(train=train_d, evaluation=ev, name=name)
+        except (TypeError, ValueError) as e:
+            raise SweepSpecError(f"{point or 'base: '}{one_line(e)}") from None
+        # the same config as training and evaluation see it: numbers by value (1 and 1.0 are one
+        # beta), though the ids (hashes of the JSON, kept so that sweep folders resume) differ
+        same = trial.value_key()
+        exact = ",".join(f"{key}={_exact(v)}" for (key, *_), v in zip(axes, combo)) or "base"
+        if same in seen:
+            raise SweepSpecError(f"grid points {seen[same]} and {exact} give the same trial (a duplicate value?)")
+        seen[same] = exact
         trials.append(trial)
     return SweepSpec(trials=trials, out=out, grid={a[0]: a[3] for a in axes}, source=source,
                      doc=json.loads(json.dumps(doc, default=str)))
