@@ -24,6 +24,7 @@ from robvae.bench import run as bench_run
 from robvae.cli import main
 from robvae.data import ImageDataset
 from robvae.models import LinearVAE
+from robvae.sweep import Trial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -499,8 +500,14 @@ def test_the_mnist_subset_is_found_from_any_working_folder(tmp_path, monkeypatch
     # repository root the trials keep their ids (the folder as the protocol writes it)
     zoo = load_zoo(REPO / "examples" / "zoo-mnist.yaml")
     assert Path(zoo.data_dir).is_absolute() and Path(zoo.data_dir).is_dir()
-    assert all(Path(t.train.data_dir) == Path(zoo.data_dir) for t in zoo.trials)
     assert len(load_subset_data(zoo.protocol, zoo.subset, zoo.data_dir)) == 2000
+    # the trials keep the protocol's folder, taken against the repository root: the same ids from
+    # any working folder (a review: an absolute path made them depend on it), and the worker finds it
+    assert {t.id for t in zoo.trials} == ids_here and all(t.data_root == str(REPO.resolve()) for t in zoo.trials)
+    t = zoo.trials[0]
+    assert Trial.from_dict(t.to_dict()).data_root == t.data_root and Trial.from_dict(t.to_dict()).id == t.id
+    assert (Path(t.data_root) / t.train.data_dir).resolve() == Path(zoo.data_dir).resolve()
     monkeypatch.chdir(REPO)
     zoo_root = load_zoo(REPO / "examples" / "zoo-mnist.yaml")
     assert zoo_root.data_dir == PROTOCOL_V1.subset("mnist-10k").data_dir and {t.id for t in zoo_root.trials} == ids_here
+    assert all(t.data_root is None for t in zoo_root.trials)

@@ -403,16 +403,24 @@ def test_certify_notes_theorem1_radii_beyond_the_pixel_box(user_pkg, capsys):
     assert rc == 0 and "pixel box" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("top", [1, 16])
-def test_uint8_inputs_that_are_not_0_255_images_are_refused(tmp_path, top):
+def test_uint8_inputs_that_are_not_0_255_images_are_refused_or_noted(tmp_path, capsys):
     """Found by an audit: binarized (0/1) or 8x8-digit (0..16) uint8 inputs were divided by 255
-    into near-black images without a word."""
-    x = np.random.default_rng(0).integers(0, top + 1, size=(3, 1, 8, 8)).astype(np.uint8)
-    x[0, 0, 0, 0] = top
+    into near-black images without a word. Binarized ones are refused; others reaching only 16 get
+    a note (a review: dark images and all-black batches are legitimate)."""
+    x = np.random.default_rng(0).integers(0, 2, size=(3, 1, 8, 8)).astype(np.uint8)
+    x[0, 0, 0, 0] = 1
     np.save(tmp_path / "u.npy", x)
-    with pytest.raises(InputError, match=rf"u.npy: uint8 images are read as 0..255, but these values only reach {top} "
+    with pytest.raises(InputError, match=r"u.npy: uint8 images are read as 0..255, but these hold only 0 and 1 "
                                          r".*save them as float images in \[0, 1\]"):
         load_inputs_file(tmp_path / "u.npy", (1, 8, 8))
+    for top, noted in ((16, True), (0, False), (17, False)):
+        x = np.random.default_rng(0).integers(0, top + 1, size=(3, 1, 8, 8)).astype(np.uint8)
+        x[0, 0, 0, 0] = top
+        np.save(tmp_path / "u.npy", x)
+        got = load_inputs_file(tmp_path / "u.npy", (1, 8, 8))
+        assert float(got.max()) == pytest.approx(top / 255)
+        err = capsys.readouterr().err
+        assert ("uint8 images are read as 0..255 and these only reach 16" in err) == noted, err
 
 
 def test_inputs_that_are_not_dense_tensors_are_one_line_errors(tmp_path):

@@ -211,3 +211,36 @@ def test_labels_that_are_not_1d_are_refused(tmp_path):
     for labels, shape in ((np.array(3), r"\(\)"), (np.zeros((1, 1), np.int64), r"\(1, 1\)")):
         with pytest.raises(DataError, match=r"data_batch_1: b'labels' must be 1-D .* shape " + shape):
             read_cifar_batch(_write(tmp_path, {**good, b"labels": labels}))
+
+
+def test_a_dtype_changed_after_its_array_was_checked_does_not_reach_the_array(tmp_path):
+    """Review h64: a pickle that BUILDs its memoized uint8 dtype again after the array passed its
+    check turned the array's dtype into one that "holds objects" (numpy then crashed on freeing
+    it). The array now gets numpy's own dtype of the checked type code."""
+    P = pickle
+
+    def text(s):
+        return P.SHORT_BINUNICODE + bytes([len(s)]) + s.encode()
+
+    def short(b):
+        return (P.SHORT_BINBYTES + bytes([len(b)]) + b) if len(b) < 256 else (P.BINBYTES + struct.pack("<I", len(b)) + b)
+
+    def state(flags):  # numpy's dtype state (3, '|', None, None, None, -1, -1, flags)
+        return (P.MARK + P.BININT1 + b"\x03" + text("|") + P.NONE * 3 + (P.BININT + struct.pack("<i", -1)) * 2
+                + P.BININT + struct.pack("<i", flags) + P.TUPLE)
+
+    out = P.PROTO + b"\x04" + P.EMPTY_DICT + P.MARK + short(b"data")
+    out += P.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n" + P.GLOBAL + b"numpy\nndarray\n"
+    out += P.BININT1 + b"\x00" + P.TUPLE1 + short(b"b") + P.TUPLE3 + P.REDUCE
+    out += P.MARK + P.BININT1 + b"\x01" + P.BININT1 + b"\x01" + P.BININT2 + struct.pack("<H", 3072) + P.TUPLE2
+    out += P.GLOBAL + b"numpy\ndtype\n" + text("u1") + P.NEWFALSE + P.NEWTRUE + P.TUPLE3 + P.REDUCE
+    out += P.BINPUT + b"\x07" + state(0) + P.BUILD
+    out += P.NEWFALSE + short(bytes(range(256)) * 12) + P.TUPLE + P.BUILD
+    out += short(b"labels") + P.EMPTY_LIST + P.BININT1 + b"\x03" + P.APPEND
+    out += short(b"x") + P.BINGET + b"\x07" + state(63) + P.BUILD  # the dtype's flags changed afterwards
+    out += P.SETITEMS + P.STOP
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(out)
+    x, y = read_cifar_batch(path)
+    assert x.dtype == np.uint8 and not x.dtype.hasobject and x.shape == (1, 3072) and list(y) == [3]
+    assert float(x.astype(np.float64).mean()) == 127.5

@@ -1,5 +1,6 @@
 """robvae.data.download against a local HTTP server: checksums, atomic writes, resume, retries."""
 
+import io
 import contextlib
 import gzip
 import hashlib
@@ -472,3 +473,31 @@ def test_a_redirect_from_https_to_http_is_refused():
     request = urllib.request.Request("https://mirror.example/f.bin")
     with pytest.raises(dl._BadRedirect):
         handler.http_error_302(request, None, 302, "Found", {"location": "http://mirror.example/f.bin"})
+    # an http download behind an https:// proxy: urllib sets req.type to the proxy's scheme, and an
+    # ordinary http -> http redirect was taken for https -> http (review h64); the URL's scheme decides
+    behind = urllib.request.Request("http://mirror.example/a/f.bin")
+    behind.set_proxy("proxy.example:3128", "https")
+    assert behind.type == "https"
+    try:
+        handler.http_error_302(behind, io.BytesIO(), 302, "Found", {"location": "http://mirror.example/b/f.bin"})
+    except dl._BadRedirect:
+        pytest.fail("an http -> http redirect behind an https proxy was refused")
+    except AttributeError:  # accepted: urllib's handler then opens the target through its opener (none here)
+        pass
+
+
+def test_no_deadline_starts_no_watchdog_thread(server, tmp_path):
+    """download_file(deadline=math.inf): threading.Timer(inf) failed in its thread, printing a
+    traceback, and the download ran unwatched (review h64)."""
+    import math
+    import threading
+
+    seen = []
+    hook, threading.excepthook = threading.excepthook, lambda args: seen.append(args.exc_value)
+    try:
+        path = dl.download_file(f"{server.url}/good/f.bin", tmp_path / "f.bin", SHA, timeout=10, backoff=0,
+                                deadline=math.inf)
+        watchdogs = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+    finally:
+        threading.excepthook = hook
+    assert path.is_file() and seen == [] and watchdogs == []

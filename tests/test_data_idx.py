@@ -240,7 +240,8 @@ def test_mnist_and_fashion_subfolders_are_told_apart(tmp_path):
     assert len(load_fashion_mnist("test", tmp_path / "fashion-mnist")) == 5
 
 
-@pytest.mark.parametrize("layout", ["tv/FashionMNIST/raw", "fm/fmnist", "kmnist", "x/EMNIST", "fashion_mnist_data"])
+@pytest.mark.parametrize("layout", ["tv/FashionMNIST/raw", "fm/fmnist", "kmnist", "x/EMNIST", "fashion_mnist_data",
+                                    "MNIST-Fashion", "mnist_fashion"])
 @pytest.mark.parametrize("given", ["root", "folder"])
 def test_another_data_sets_folder_is_never_read_as_mnist(tmp_path, monkeypatch, layout, given):
     """Found by an audit: the folder names were matched as whole words below --data-dir only, so
@@ -267,6 +268,20 @@ def test_legitimate_folder_names_are_read(tmp_path, layout):
     if layout != "data":
         with pytest.raises(DataError, match="says it holds"):
             other("test", folder)
+
+
+@pytest.mark.parametrize("name,given,layout,expect", [
+    # review h64: refused since the given folder's own name was checked first; the nearest name wins
+    ("mnist", "fashion-mnist", ["fashion-mnist/data/fashion", "fashion-mnist/data/mnist"], "fashion-mnist/data/mnist"),
+    ("fashion-mnist", "datasets/mnist", ["datasets/mnist/fashion", "datasets/mnist/digits"], "datasets/mnist/fashion"),
+    ("mnist", "qmnist-compat", ["qmnist-compat/mnist"], "qmnist-compat/mnist"),
+    ("mnist", "emnist-and-mnist", ["emnist-and-mnist"], "emnist-and-mnist"),  # names two: none
+])
+def test_a_subfolder_naming_the_data_set_wins_over_the_given_folders_name(tmp_path, name, given, layout, expect):
+    for k, folder in enumerate(layout):
+        make_split(tmp_path / folder, "test", 3 + k, gz=True)
+    load = load_mnist if name == "mnist" else load_fashion_mnist
+    assert len(load("test", tmp_path / given)) == 3 + layout.index(expect)
 
 
 def test_a_gzip_bomb_and_a_wrapping_header_are_refused_without_reading_them(tmp_path):
@@ -305,13 +320,16 @@ def test_cli_download_of_fashion_mnist_uses_the_installed_package_folder(tmp_pat
 
 
 def test_a_header_declaring_too_many_items_is_refused_before_reading(tmp_path):
-    """Found by an audit: a small gzip declaring 500,000 x 28 x 28 (under the byte cap) was inflated
-    and converted to float32, costing GBs; the header's item count is now capped too."""
-    path = tmp_path / "t10k-images-idx3-ubyte.gz"
-    path.write_bytes(gzip.compress(struct.pack(">IIII", 0x803, 1_000_001, 28, 28)))
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: header \(1000001, 28, 28\) declares 1,000,001 "
-                                        r"items, more than robvae reads \(1,000,000\)"):
-        read_idx(path, 0x803)
+    """Found by an audit: a small gzip declaring a huge header was inflated before anything was
+    refused; the header's item count is capped beside its bytes (at 10,000,000: a review found a
+    cap of 1,000,000 refused a legitimate 1.2M-item labels file)."""
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(struct.pack(">II", 0x801, 10_000_001)))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: header \(10000001,\) declares 10,000,001 "
+                                        r"items, more than robvae reads \(10,000,000\)"):
+        read_idx(path, 0x801)
+    path.write_bytes(gzip.compress(struct.pack(">II", 0x801, 1_200_000) + bytes(1_200_000)))
+    assert read_idx(path, 0x801).shape == (1_200_000,)
 
 
 def test_a_raw_file_is_not_read_whole_before_its_header(tmp_path):

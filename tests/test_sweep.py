@@ -890,3 +890,23 @@ def test_a_finished_trial_renamed_by_the_sweep_file_shows_its_new_name(tmp_path)
     rows = collect(tmp_path, write=False)
     assert [r["name"] for r in rows] == ["seed=0,objective.beta=1"]
     assert read_status(tmp_path / "trials" / res[0].id)["name"] == "seed=0,objective.beta=1"
+
+
+def test_a_trials_data_root_is_where_its_relative_data_dir_is_read(tmp_path, monkeypatch):
+    """A benchmark protocol's folder is relative to the repository root: its trials carry that root
+    (Trial.data_root, not in the id), and the worker reads the folder there, not in its own
+    working folder (a review: from another folder the zoo's ids changed, or training failed)."""
+    from robvae.sweep import worker
+
+    seen = []
+
+    def fake_train(config, *a, **k):
+        seen.append(config.data_dir)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(worker, "train", fake_train)
+    t = Trial(train=TrainConfig(dataset="mnist", data_dir="rel/mnist"), data_root=str(tmp_path / "repo"))
+    assert t.id == Trial(train=TrainConfig(dataset="mnist", data_dir="rel/mnist")).id
+    worker.run_trial(Trial.from_dict(t.to_dict()).to_dict(), str(tmp_path / "t1"), cwd=str(tmp_path / "elsewhere"))
+    worker.run_trial(Trial(train=t.train).to_dict(), str(tmp_path / "t2"), cwd=str(tmp_path / "elsewhere"))
+    assert seen == [str(tmp_path / "repo" / "rel/mnist"), str(tmp_path / "elsewhere" / "rel/mnist")]

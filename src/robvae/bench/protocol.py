@@ -395,15 +395,19 @@ def evaluate_protocol(
     )
 
 
+#: The folder the protocols' relative data folders are written against: the repository root (of a
+#: source checkout; where robvae is installed from a wheel, its folders are taken as they are).
+PROTOCOL_ROOT = Path(__file__).resolve().parents[3]
+
+
 def subset_data_dir(protocol: Protocol, subset: str) -> str | None:
     """The folder of the subset's files as the protocol names it. Its folders are relative to the
-    repository root (a source checkout): from another working folder, where the folder is not found
-    relative to it, the one under the repository root (an absolute path) is returned."""
+    repository root (:data:`PROTOCOL_ROOT`): from another working folder, where the folder is not
+    found relative to it, the one under the repository root (an absolute path) is returned."""
     data_dir = protocol.subset(subset).data_dir
-    root = Path(__file__).resolve().parents[3]
     if (data_dir is not None and not Path(data_dir).is_absolute() and not Path(data_dir).exists()
-            and (root / "pyproject.toml").is_file()):
-        data_dir = str((root / data_dir).resolve())
+            and (PROTOCOL_ROOT / "pyproject.toml").is_file()):
+        data_dir = str((PROTOCOL_ROOT / data_dir).resolve())
     return data_dir
 
 

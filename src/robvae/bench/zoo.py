@@ -40,7 +40,7 @@ from ..fileio import read_yaml
 from ..sweep import Trial
 from ..sweep.spec import check_document, folder_key, one_line, set_dotted
 from .loader import ModelSpecError, resolve_spec
-from .protocol import PROTOCOL_FIELD_CHECKS, SUBSET_FIELD_CHECKS, Protocol, get_protocol, subset_data_dir
+from .protocol import PROTOCOL_FIELD_CHECKS, PROTOCOL_ROOT, SUBSET_FIELD_CHECKS, Protocol, get_protocol, subset_data_dir
 
 
 class ZooError(RobvaeError):
@@ -136,7 +136,7 @@ def _overrides(protocol: Protocol, subset: str, doc: dict[str, Any]) -> Protocol
 
 
 def _entries_for(item: Any, k: int, base: dict[str, Any], subset_dataset: str, data_dir: str | None,
-                 seeds: list[int]) -> list[ZooEntry]:
+                 seeds: list[int], data_root: str | None = None) -> list[ZooEntry]:
     where = f"methods[{k}]"
     if isinstance(item, str):
         item = {"method": item}
@@ -178,7 +178,7 @@ def _entries_for(item: Any, k: int, base: dict[str, Any], subset_dataset: str, d
             for p, v in setting.items():
                 set_dotted(d, m.params[p], v)
             try:
-                trials.append(Trial(train=d, evaluation=None, name=f"{label} seed={seed}"))
+                trials.append(Trial(train=d, evaluation=None, name=f"{label} seed={seed}", data_root=data_root))
             except (TypeError, ValueError) as e:
                 raise ZooError(f"{where} ({label}): {one_line(e)}") from None
         entries.append(ZooEntry(label, name, setting, trials))
@@ -206,16 +206,22 @@ def parse_zoo(doc: Any, source: str = "zoo", *, extra_models: list[str] | None =
             raise ZooError(f"base.{k}: set by the zoo itself (use 'subset', 'seeds', 'data_dir')")
     data_dir = folder_key(doc, "data_dir", ZooError)
     sub = protocol.subset(subset)
-    # the protocol's folder, from any working folder (:func:`subset_data_dir`; as the protocol writes
-    # it when it is found from here, so the trials' ids do not change)
-    data_dir = data_dir if data_dir is not None else subset_data_dir(protocol, subset)
+    # the protocol's folder, found from any working folder: the trials keep it as the protocol writes
+    # it (their ids do not depend on where robvae runs), taken against the repository root where it
+    # is not found from here (Trial.data_root); the evaluation reads the folder found
+    # (:func:`subset_data_dir`)
+    trial_data_dir, data_root = data_dir, None
+    if data_dir is None:
+        data_dir, trial_data_dir = subset_data_dir(protocol, subset), sub.data_dir
+        if data_dir != trial_data_dir:
+            data_root = str(PROTOCOL_ROOT)
     out = folder_key(doc, "out", ZooError)
     methods = doc.get("methods") or []
     if not isinstance(methods, list):
         raise ZooError(f"methods: expected a list, got {type(methods).__name__}")
     entries: list[ZooEntry] = []
     for k, item in enumerate(methods):
-        entries += _entries_for(item, k, base, sub.dataset, data_dir, seeds)
+        entries += _entries_for(item, k, base, sub.dataset, trial_data_dir, seeds, data_root)
     seen: dict[str, str] = {}
     for e in entries:
         if e.name in seen.values():

@@ -58,7 +58,7 @@ def bench_cmd(zoo_file, out, models, subset, data_dir, seeds, executor, workers,
     if data_dir is not None:
         zoo.data_dir = data_dir
         for t in zoo.trials:
-            t.train.data_dir = data_dir
+            t.train.data_dir, t.data_root = data_dir, None  # the user's folder, from the working folder
     out_dir = out or zoo.out
     if not out_dir:
         raise click.UsageError("no output folder: give --out or set out: in the zoo file")

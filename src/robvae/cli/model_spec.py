@@ -69,15 +69,16 @@ def load_model_spec(spec: str, device: str | torch.device = "cpu") -> torch.nn.M
         raise InputError(f"--model {spec!r}: the model cannot be moved to {device}: {msg}") from e
 
 
-#: uint8 inputs whose largest value is at most this are refused: they are not 0..255 images (binarized
-#: 0/1, or scikit-learn's 8x8 digits in 0..16) and divided by 255 would be near-black
+#: uint8 inputs whose largest value is at most this get a note: likely not 0..255 images (scikit-learn's
+#: 8x8 digits in 0..16), near-black divided by 255; only 0 and 1 (binarized) is refused
 _UINT8_LOW = 16
 
 
 def load_inputs_file(path: str | Path, shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """Images from a ``.npy`` (no pickles) or ``.pt`` (``weights_only``) file: float32 [N, *shape].
 
-    uint8 images are divided by 255 (refused when no value passes 16: not 0..255 images); a batch
+    uint8 images are divided by 255 (refused when they hold only 0 and 1, binarized; a note on
+    stderr when no value passes 16, near-black as 0..255); a batch
     [N, H, W] gets a channel axis when ``shape`` has one channel; big-endian ``.npy`` files are
     converted to the machine's byte order; sparse, meta, nested and quantized tensors are refused;
     the result is checked (:func:`robvae.validation.check_images`).
@@ -113,9 +114,12 @@ def load_inputs_file(path: str | Path, shape: tuple[int, ...] | None = None) -> 
         raise InputError(f"--inputs {p}: holds a {kind} tensor; expected a plain dense tensor of images{hint}")
     if t.dtype == torch.uint8:
         top = int(t.max()) if t.numel() else 255
-        if top <= _UINT8_LOW:
-            raise InputError(f"--inputs {p}: uint8 images are read as 0..255, but these values only reach {top} "
-                             "(binarized 0/1, or 0..16 digits?); save them as float images in [0, 1]")
+        if top == 1:  # 0 and 1 only: binarized images, near-black as 0..255
+            raise InputError(f"--inputs {p}: uint8 images are read as 0..255, but these hold only 0 and 1 "
+                             "(binarized?); save them as float images in [0, 1]")
+        if 1 < top <= _UINT8_LOW:  # dark images, or 0..16 digits: said, not refused (review h64)
+            click.echo(f"robvae: note: --inputs {p}: uint8 images are read as 0..255 and these only reach {top}, "
+                       "so they are near-black (0..16 digits? then save them as float images in [0, 1])", err=True)
         t = t.float() / 255.0
     elif t.is_floating_point():
         t = t.float()

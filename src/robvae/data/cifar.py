@@ -100,7 +100,9 @@ class _CheckedArray(np.ndarray):
         if not isinstance(data, bytes) or len(data) != math.prod(shape) * dtype.itemsize:
             size = len(data) if isinstance(data, (bytes, list)) else type(data).__name__
             raise _Refused(f"refusing an array of shape {shape} {dtype} with {size} bytes of data in the pickle")
-        super().__setstate__(state)
+        # numpy's own dtype of that type code, not the pickle's object: a later BUILD on that
+        # (memoized) object could still turn its flags to "holds objects" behind this check
+        super().__setstate__((*state[:-3], np.dtype(dtype.str), *state[-2:]))
 
 
 class _NdarrayName:

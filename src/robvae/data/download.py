@@ -208,9 +208,12 @@ class _Watchdog:
         self.expired = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(max(0.0, stop - time.monotonic()), self._expire)
-        self._timer.daemon = True
-        self._timer.start()
+        left = stop - time.monotonic()
+        # no deadline (inf): no timer (threading.Timer(inf) fails in its thread; review h64)
+        self._timer = threading.Timer(max(0.0, left), self._expire) if left < threading.TIMEOUT_MAX else None
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
 
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
@@ -230,7 +233,8 @@ class _Watchdog:
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class _Watched:
@@ -281,7 +285,8 @@ class _SafeRedirectHandler(urllib.request.HTTPRedirectHandler):
         if target:
             new = urllib.parse.urljoin(req.full_url, target)
             scheme = urllib.parse.urlsplit(new).scheme.lower()
-            if scheme not in ("http", "https") or (scheme == "http" and req.type == "https"):
+            was = urllib.parse.urlsplit(req.full_url).scheme.lower()  # req.type is the proxy's, behind one
+            if scheme not in ("http", "https") or (scheme == "http" and was == "https"):
                 raise _BadRedirect(new)
         return super().http_error_302(req, fp, code, msg, headers)
 

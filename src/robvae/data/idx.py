@@ -46,9 +46,10 @@ _SEARCH_DEPTH = 3  # how many levels of subfolders are searched for the files
 #: declares more is refused before anything is decompressed or allocated
 MAX_IDX_BYTES = 1 << 30
 
-#: the most items (images or labels: the header's first dimension) read: 16x MNIST's 60,000 training
-#: images; a header that declares more is refused before anything is decompressed or allocated
-MAX_IDX_ITEMS = 1_000_000
+#: the most items (images or labels: the header's first dimension) read, a bound on absurd headers
+#: (a labels file's bytes are its items): 10,000,000, 12x EMNIST's largest split; a header that
+#: declares more is refused before anything is decompressed or allocated
+MAX_IDX_ITEMS = 10_000_000
 
 
 def _open(path: Path) -> io.BufferedIOBase:
@@ -175,9 +176,10 @@ def find_idx_files(data_dir: str | os.PathLike, split: str, name: str | None = N
 
     Both files must sit in the same folder. ``data_dir`` itself wins when it holds both. MNIST and
     Fashion-MNIST use the same file names, so with the data set's ``name`` the folders' names are
-    read (:func:`folder_names_dataset`): a ``data_dir`` whose name (or, for torchvision's
-    ``<root>/FashionMNIST/raw``, its parent's) says it holds another data set is refused
-    (DataError), even when it holds no files yet; below it, a subfolder whose path names another
+    read (:func:`folder_names_dataset`), the nearest name deciding: a ``data_dir`` whose name (or,
+    for torchvision's ``<root>/FashionMNIST/raw``, its parent's) says it holds another data set is
+    refused (DataError), even when it holds no files yet, unless a subfolder below it names this
+    data set and holds its files (a clone holding ``mnist/`` and ``fashion/``); below it, a subfolder whose path names another
     data set (``fashion-mnist/``, ``FashionMNIST/``, ``kmnist/`` when MNIST is asked for,
     ``mnist/`` for Fashion-MNIST) is never taken; one that names this data set is preferred over
     one that names none; among the rest the shallowest wins, and a tie is refused naming the
@@ -187,26 +189,25 @@ def find_idx_files(data_dir: str | os.PathLike, split: str, name: str | None = N
     if split not in IDX_NAMES:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     root = Path(data_dir)
-    if name is not None:
-        verdict, where, says = _verdict(root, root, name)
-        if verdict is False:
-            inside = "its name" if where == root else f"its parent {where}'s name"
-            raise DataError(f"{root}: {inside} says it holds {says}, not {name} (the IDX files of the two have the same "
-                            f"names); pass the folder of {name}'s files as --data-dir")
-    if not root.is_dir():
-        return None
+    verdict, where, says = _verdict(root, root, name) if name is not None else (None, None, None)
     image_base, label_base = IDX_NAMES[split]
     half: tuple[Path, str] | None = None
     found: list[tuple[Path, Path, Path]] = []  # (folder, images, labels), shallowest first
-    for folder in _search_dirs(root):
+    for folder in _search_dirs(root) if root.is_dir() else []:
         images = next((p for p in _candidates(folder, image_base) if p.is_file()), None)
         labels = next((p for p in _candidates(folder, label_base) if p.is_file()), None)
         if images and labels:
-            if folder == root or name is None:
+            if name is None or (folder == root and verdict is not False):
                 return images, labels
             found.append((folder, images, labels))
         elif half is None and (images or labels):
             half = (images, label_base) if images else (labels, image_base)  # type: ignore[assignment]
+    if verdict is False and not any(_names(f[0], root, name) for f in found):
+        # nothing below a folder named after another data set names this one: refused (also before
+        # a download into it); a subfolder that does name it (a clone holding mnist/ and fashion/) wins
+        inside = "its name" if where == root else f"its parent {where}'s name"
+        raise DataError(f"{root}: {inside} says it holds {says}, not {name} (the IDX files of the two have the same "
+                        f"names); pass the folder of {name}'s files as --data-dir")
     if found:
         return _pick(found, root, split, name)
     if half is not None and not partial_ok:
@@ -226,7 +227,8 @@ def folder_names_dataset(folder_name: str) -> str | None:
     """The IDX data set a folder's name names: "mnist", "fashion-mnist", another one ("kmnist",
     "emnist", "qmnist", "notmnist") or None. Names are matched inside words: ``FashionMNIST``,
     ``fashion_mnist`` and ``fmnist`` are Fashion-MNIST, ``mnist-10k`` and ``MNIST`` are MNIST; a
-    name that names two (``mnist-and-fashion``) names none."""
+    plain "mnist" beside "fashion" is Fashion-MNIST (``MNIST-Fashion``); any other name naming two
+    data sets (``emnist-and-mnist``) names none."""
     low = re.sub(r"(fashion|kuzushiji)[-_ .]*(?=mnist)", r"\1", folder_name.lower())  # fashion-mnist: one word
     kinds = set()
     for word in re.findall(r"[a-z]*mnist|fashion|kuzushiji", low):
@@ -239,6 +241,8 @@ def folder_names_dataset(folder_name: str) -> str | None:
             kinds.add(_OTHER_MNISTS[prefix])
         else:
             kinds.add("mnist")
+    if kinds == {"mnist", "fashion-mnist"}:  # "MNIST-Fashion", "mnist_fashion": Fashion-MNIST
+        kinds = {"fashion-mnist"}
     return kinds.pop() if len(kinds) == 1 else None  # a name naming two data sets says nothing
 
 

@@ -171,7 +171,9 @@ class Trial:
 
     train: the training run's config. evaluation: an ``robvae.evaluation.EvalConfig`` (a plain
     dict is accepted and converted), or None for training only. name: a label (not part of the
-    identity). ``id``: the first 16 hex digits of the SHA-256 of the canonical JSON (sorted keys)
+    identity). data_root: the folder a relative ``data_dir`` is taken against (default, None: the
+    working folder of the process that runs the trials; a benchmark protocol's folders are
+    relative to the repository root); not part of the identity either. ``id``: the first 16 hex digits of the SHA-256 of the canonical JSON (sorted keys)
     of the full config, devices excluded; a trial's outputs live in ``<out>/trials/<id>/``.
 
     ``_fault`` is a TEST-ONLY failure hook, never set by sweep files: "raise" raises in the
@@ -185,6 +187,7 @@ class Trial:
     evaluation: Any = None
     name: str = ""
     _fault: str | None = None
+    data_root: str | None = None
 
     def __post_init__(self) -> None:
         train = self.train if isinstance(self.train, dict) else self.train.to_dict()
@@ -221,11 +224,14 @@ class Trial:
              "evaluation": _eval_to_dict(self.evaluation)}
         if self._fault is not None:
             d["_fault"] = self._fault
+        if self.data_root is not None:
+            d["data_root"] = self.data_root
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trial":
-        return cls(train=d["train"], evaluation=d.get("evaluation"), name=d.get("name", ""), _fault=d.get("_fault"))
+        return cls(train=d["train"], evaluation=d.get("evaluation"), name=d.get("name", ""), _fault=d.get("_fault"),
+                   data_root=d.get("data_root"))
 
 
 # ---------------------------------------------------------------------------------------------

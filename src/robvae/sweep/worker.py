@@ -124,10 +124,11 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
         if trial._fault == "kill":  # test-only: this worker dies on every attempt, before training
             os.kill(os.getpid(), signal.SIGKILL)
         config = trial.train
-        config.data_dir = _resolve_data_dir(config.data_dir, cwd)
+        root = trial.data_root or cwd  # a relative data_dir: the trial's root (a protocol's: the repository)
+        config.data_dir = _resolve_data_dir(config.data_dir, root)
         if trial.evaluation is not None and trial.evaluation.data_dir is not None:  # as the driver checked it
             trial.evaluation = dataclasses.replace(trial.evaluation,
-                                                   data_dir=_resolve_data_dir(trial.evaluation.data_dir, cwd))
+                                                   data_dir=_resolve_data_dir(trial.evaluation.data_dir, root))
         t_train = time.time()
         run = train(config, trial_dir_p / RUN_DIR, progress=False,
                     callback=_fault_callback(trial._fault, trial_dir_p))
