@@ -115,9 +115,9 @@ def test_float_fields_accept_numeric_strings_as_yaml_reads_1e_3():
     ({"base": BASE, "evaluation": {"device": "tpu"}},
      "evaluation.device: 'tpu' is not a torch device robvae runs on"),
     ({"base": {**BASE, "device": "tpu"}}, "base: device: 'tpu' is not a torch device robvae runs on"),
-    ({"base": {**BASE, "model": {"hidden": [-5]}}}, "base: model.hidden: layer widths must be >= 1, got [-5]"),
+    ({"base": {**BASE, "model": {"hidden": [-5]}}}, "base: hidden widths must be >= 1, got [-5]"),
     ({"base": BASE, "grid": {"model.conv_hidden": [0]}},
-     "grid point model.conv_hidden=0: model.conv_hidden: layer widths must be >= 1, got 0"),
+     "grid point model.conv_hidden=0: conv_hidden must be >= 1, got 0"),
 ])
 def test_evaluation_devices_and_widths_are_checked_up_front_and_named(doc, message):
     """Found by audit h60: evaluation errors were prefixed "base:", and a device torch does not

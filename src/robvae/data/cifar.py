@@ -40,12 +40,10 @@ CIFAR_SHAPE = (3, 32, 32)
 _PIXELS = 3 * 32 * 32
 
 
-def _reconstruct() -> Any:
-    try:  # numpy >= 2 keeps it in numpy._core; numpy.core is a deprecated alias there
-        from numpy._core.multiarray import _reconstruct as fn
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct as fn
-    return fn
+try:  # numpy >= 2 keeps it in numpy._core; numpy.core is a deprecated alias there
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
 
 
 class _Refused(Exception):
@@ -124,7 +122,7 @@ def _reconstruct_empty(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
                        f"{dtype!r}) in the pickle (numpy writes (ndarray, (0,), b'b'))")
     if isinstance(dtype, np.dtype):
         _numeric_dtype(dtype, "an array of dtype")
-    return _reconstruct()(_CheckedArray, (0,), dtype)
+    return _np_reconstruct(_CheckedArray, (0,), dtype)
 
 
 #: (module, name) -> the object; the complete list of globals a CIFAR batch may name.

@@ -442,10 +442,8 @@ def _download(url: str, dest: Path, part: Path, checksum: str | None, retries: i
         try:
             _fetch_once(url, part, timeout, stop, limit, watchdog)
         except _Deadline:
-            kept = (f"the partial file {part} is kept and the next download resumes it"
-                    if part.exists() and part.stat().st_size > 0 else "nothing was received")
             raise DataError(f"{name}: download from {url} took longer than {deadline:g} s (the server sends too "
-                            f"slowly); {kept}") from None
+                            f"slowly); {_what_is_kept(part)}") from None
         except _TooLarge as err:
             part.unlink(missing_ok=True)
             what = f"announces {err.args[0]} bytes" if err.args[0] is not None else f"sent more than {limit} bytes"
@@ -489,10 +487,15 @@ def _download(url: str, dest: Path, part: Path, checksum: str | None, retries: i
         attempt += 1
         if attempt <= retries and backoff > 0:
             time.sleep(min(backoff * attempt, max(0.0, stop - time.monotonic())))
-    kept = (f"the partial file {part} is kept and the next download resumes it"
-            if part.exists() and part.stat().st_size > 0 else "nothing was received")
     reason = str(last_error).replace("\n", " ")
-    raise DataError(f"{name}: download from {url} failed after {retries + 1} attempts ({reason}); {kept}")
+    raise DataError(f"{name}: download from {url} failed after {retries + 1} attempts ({reason}); "
+                    f"{_what_is_kept(part)}")
+
+
+def _what_is_kept(part: Path) -> str:
+    """The end of a failed download's message: whether a partial file is kept for the next one."""
+    return (f"the partial file {part} is kept and the next download resumes it"
+            if part.exists() and part.stat().st_size > 0 else "nothing was received")
 
 
 def download_dataset(

@@ -71,6 +71,11 @@ class ModelConfig(ConfigMixin):
                 raise ValueError("arch 'lipschitz-mlp' has no tau floor; use sigma_fixed or sigma_cap")
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        for name in ("hidden", "conv_channels"):  # widths < 1 made a trial fail inside torch (audit h60)
+            if any(w < 1 for w in getattr(self, name)):
+                raise ValueError(f"{name} widths must be >= 1, got {list(getattr(self, name))}")
+        if int(self.conv_hidden) < 1:
+            raise ValueError(f"conv_hidden must be >= 1, got {self.conv_hidden}")
         if not (self.tau >= 0.0 and math.isfinite(self.tau)):
             raise ValueError(f"tau must be a finite number >= 0, got {self.tau}")
         if self.gaussian_scale is not None and not (self.gaussian_scale > 0 and math.isfinite(self.gaussian_scale)):

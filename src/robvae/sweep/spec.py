@@ -18,7 +18,7 @@ Grid keys may also name evaluation fields (``evaluation.n_samples: [100, 1000]``
 Every error names the bad key in one line. Float fields take numeric strings (PyYAML reads
 ``1e-3``, without a dot, as one); grid points whose configs are equal with numbers compared by
 value (``objective.beta: [1, 1.0]``) are refused as duplicates, though their ids (hashes of the
-JSON) would differ. Devices and layer widths are checked here too, not inside each trial.
+JSON) would differ. Devices are checked here too, not inside each trial.
 """
 
 from __future__ import annotations
@@ -142,17 +142,11 @@ def _check_device(device: Any, where: str) -> None:
 
 
 def _check_runnable(config: TrainConfig, evaluation: Any) -> None:
-    """What the configs leave to the trial, checked up front: the devices, and layer widths >= 1."""
+    """What the configs leave to the trial, checked up front: the devices (layer widths are
+    ModelConfig's own check)."""
     _check_device(config.device, "device")
     if isinstance(evaluation, EvalConfig):
         _check_device(evaluation.device, "evaluation.device")
-    m = config.model
-    for name in ("hidden", "conv_channels", "conv_hidden"):
-        value = getattr(m, name)
-        widths = value if isinstance(value, (tuple, list)) else (value,)
-        if any(w < 1 for w in widths):
-            shown = list(value) if isinstance(value, (tuple, list)) else value
-            raise ValueError(f"model.{name}: layer widths must be >= 1, got {shown}")
 
 
 def _resolve_input_shape(config: TrainConfig) -> None:
