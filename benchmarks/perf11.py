@@ -31,7 +31,7 @@ from torch import nn
 from robvae.data import load_dataset
 from robvae.models import ModelConfig
 from robvae.objectives import ObjectiveConfig
-from robvae.robustness import certify, r_robustness
+from robvae.robustness import certify, r_min, r_robustness
 from robvae.robustness import lipschitz as lipschitz_module
 from robvae.robustness.bf16 import r_robustness_bf16
 from robvae.training import TrainConfig, load, train
@@ -45,16 +45,19 @@ ROOT = Path(__file__).resolve().parent.parent
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist-10k"
 
 
-def bench_run(arch: str = "mlp", folder: str | None = None) -> str:
-    """A small trained run folder (MNIST if present, else digits) for the subprocess benchmarks."""
-    out = Path(folder or tempfile.mkdtemp(prefix="robvae-bench-")) / arch
+def bench_run(arch: str = "mlp", folder: str | None = None, *, n_train: int = 1000, epochs: int = 1) -> str:
+    """A small trained run folder (MNIST if present, else digits) for the subprocess benchmarks;
+    ``n_train`` images, ``epochs`` epochs (one folder per setting, kept under ``folder``)."""
+    name = arch if (n_train, epochs) == (1000, 1) else f"{arch}-{n_train}x{epochs}"
+    out = Path(folder or tempfile.mkdtemp(prefix="robvae-bench-")) / name
     if (out / "model.safetensors").exists():
         return str(out)
     mnist = MNIST_DIR.is_dir()
     shape = MNIST if mnist else (1, 8, 8)
     cfg = TrainConfig(dataset="mnist" if mnist else "digits", data_dir=str(MNIST_DIR) if mnist else None,
-                      n_train=1000, model=ModelConfig(input_shape=shape, arch=arch, latent_dim=10),
-                      objective=ObjectiveConfig("elbo", 1.0), epochs=1, batch_size=128, lr=1e-3, seed=0, device="cpu")
+                      n_train=n_train, model=ModelConfig(input_shape=shape, arch=arch, latent_dim=10),
+                      objective=ObjectiveConfig("elbo", 1.0), epochs=epochs, batch_size=128, lr=1e-3, seed=0,
+                      device="cpu")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -232,6 +235,52 @@ def bf16(s, gemm: GemmRate) -> list[dict]:
                              f"{setup:.1f} s not timed; {torch.get_num_threads()} threads; load average "
                              f"{os.getloadavg()[0]:.1f}",
                         counts_equal=same, recomputed=st[-1].fraction, setup_s=setup))
+    return rows + _auto_rows(s)
+
+
+def _auto_rows(s) -> list[dict]:
+    """precision="auto" against float32 and the bfloat16 route on an MLP VAE trained as in
+    RESULTS section 2 (8,000 images, 10 epochs: the sigmoid's inputs are large, the route's bound
+    loose), at certify's default radius (1.5 x median r_min, where the route recomputes many draws
+    and auto gives it up for float32) and at 2.2 x (r in the tail: few recomputed, auto keeps the
+    route); one thread, as certify's worker processes run."""
+    rows = []
+    run = load(bench_run("mlp", folder=str(Path(tempfile.gettempdir()) / "robvae-bench-bf16"), n_train=8000,
+                         epochs=10))
+    model = run.model
+    x = load_dataset(run.config.dataset, "test", run.config.data_dir).subset(16 if s.quick else 32).images
+    S = 4000 if s.quick else 10_000
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        med = float(r_min(model, x, n_samples=1000, generator=torch.Generator().manual_seed(0)).median())
+        for mult in (1.5, 2.2):
+            r = med * mult
+            out, st = {}, {}
+
+            def run(k, precision):
+                def f():
+                    lst: list = []
+                    out[k] = r_robustness_bf16(model, x, r, n_samples=S, generator=torch.Generator().manual_seed(1),
+                                               stats=lst, precision=precision)
+                    st[k] = lst[0] if lst else None
+                return f
+            t = interleaved({"f32": run("f32", "float32"), "bf16": run("bf16", "bfloat16"), "auto": run("auto", "auto")},
+                            repeats=s.repeats)
+            same = all(torch.equal(out[k].n_within, out["f32"].n_within) for k in out)
+            a, b = st["auto"], st["bf16"]
+            gave_up = a is not None and a.gave_up
+            what = ("ran float32 (bfloat16 products not native here)" if a is None else
+                    f"gave the route up after {a.draws} draws" if gave_up else "kept the route")
+            rows.append(row("bf16", f"mlp r_robustness precision=auto, r = {mult} x median r_min, S={S}, 1 thread",
+                            t["auto"], "s", ratio=t["f32"] / t["auto"], ratio_vs="float32, same draws",
+                            note=f"counts equal: {same}; bfloat16 route {t['f32'] / t['bf16']:.2f}x float32 with "
+                                 f"{b.fraction:.1%} of draws recomputed; auto {what}; {x.shape[0]} inputs; load "
+                                 f"average {os.getloadavg()[0]:.1f}",
+                            counts_equal=same, bf16_ratio=t["f32"] / t["bf16"], recomputed=b.fraction, gave_up=gave_up,
+                            inputs=int(x.shape[0])))
+    finally:
+        torch.set_num_threads(before)
     return rows
 
 

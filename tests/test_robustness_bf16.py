@@ -341,3 +341,36 @@ def test_bad_precision_is_one_line():
         certify(model, _x(model, n=1), 1.0, n_samples=10, precision="fp16")
     with pytest.raises(InputError, match="precision must be one of"):
         r_robustness_bf16(model, _x(model, n=1), 1.0, n_samples=10, precision="half")
+
+
+def _auto_counts(monkeypatch, precision, max_redone, probe=1):
+    """r_robustness_bf16 at ``precision`` with bf16_pays forced (any CPU), 4 calls of 4 x 50 draws."""
+    monkeypatch.setattr(bf16_module, "bf16_pays", lambda plan, z: True)
+    monkeypatch.setattr(bf16_module, "AUTO_MAX_REDONE", max_redone)
+    monkeypatch.setattr(bf16_module, "AUTO_PROBE_DRAWS", probe)
+    model = MODELS["robvae mlp"]()
+    x = _x(model)
+    with torch.inference_mode():
+        norms = delta_norms(model, x, n_samples=200, generator=torch.Generator().manual_seed(9))
+    r = norms.median(dim=1).values  # many draws near r: some recomputed in every call
+    stats = []
+    got = r_robustness_bf16(model, x, r, n_samples=200, chunk_size=50, generator=torch.Generator().manual_seed(9),
+                            stats=stats, precision=precision)
+    want = r_robustness(model, x, r, n_samples=200, chunk_size=50, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(got.n_within, want.n_within) and torch.equal(got.p_lower, want.p_lower)
+    return stats[0]
+
+
+def test_auto_gives_the_route_up_once_too_many_draws_are_redone(monkeypatch):
+    """precision="auto" goes over to float32 after the first decoder call whose share of draws
+    decoded again exceeds AUTO_MAX_REDONE (the route is then slower than float32), with the same
+    counts; below the share, and at precision="bfloat16", it keeps the route to the end."""
+    st = _auto_counts(monkeypatch, "auto", max_redone=0.0)
+    assert st.recomputed > 0 and st.gave_up
+    assert (st.draws, st.float32_draws) == (4 * 50, 3 * 4 * 50)  # one call by bfloat16, three by float32
+    st = _auto_counts(monkeypatch, "auto", max_redone=0.0, probe=2 * 4 * 50)  # looks after 400 draws only
+    assert (st.draws, st.float32_draws) == (2 * 4 * 50, 2 * 4 * 50)
+    st = _auto_counts(monkeypatch, "auto", max_redone=1.0)
+    assert (st.draws, st.float32_draws, st.gave_up) == (4 * 200, 0, False)
+    st = _auto_counts(monkeypatch, "bfloat16", max_redone=0.0)
+    assert (st.draws, st.float32_draws) == (4 * 200, 0)

@@ -89,7 +89,8 @@ def resolve_radius(model, x, r: float | None, r_relative: float | None, n_sample
                help="The decoder's arithmetic for the draws: bfloat16 runs its heaviest layer in bfloat16 with "
                     "rigorous error bounds and decodes undecided draws again in float32, so every count (and "
                     "certificate) equals float32's; auto: bfloat16 where it is measured faster (MLP decoders, "
-                    "worker processes, CPUs with native bfloat16).")
+                    "worker processes, CPUs with native bfloat16), given up for float32 once more than 10% of its draws "
+                    "are decoded again.")
 @config_option(CertifyConfig, "early_abstain",
                help="Stop drawing for an input once an anytime-valid sequential test settles p < 1/2 at level "
                     "--alpha: it abstains, with p from the draws made (column n_drawn). Other inputs get the "

@@ -62,7 +62,9 @@ from ..models.fast_decode import (
 )
 from ..validation import as_radius
 from .lipschitz import _out_shape, conv_operator_norm, conv_periodic_bound, kernel_bound
-from .sampling import RobustnessEstimate, checked_inputs, count_within, draw_distances, draw_setup, estimate_from_counts
+from .sampling import (
+    RobustnessEstimate, checked_inputs, count_within, draw_distances, draw_setup, estimate_from_counts, within_float32,
+)
 
 #: bfloat16's unit roundoff (8 significand bits, round to nearest), and the rounding relative
 #: to the rounded value.
@@ -87,6 +89,13 @@ TINY = 1e-20
 #: The ``precision`` settings of :func:`robvae.certify` and ``robvae certify --precision``: every
 #: one gives the same counts, so the same p, bounds and radii (module docstring); they differ in speed.
 PRECISIONS = ("auto", "float32", "bfloat16")
+#: ``precision="auto"`` gives the bfloat16 route up, for the rest of the call, once more than this
+#: share of the draws it has decoded had to be decoded again in float32 (checked after each decoder
+#: call of at least :data:`AUTO_PROBE_DRAWS` draws in all): the route is 1.18-1.25x float32 at 4% redone
+#: and 0.95-0.98x at 15.5% (docs/PERFORMANCE.md, issue 11 sections 3 and 12), so it breaks even near
+#: 13%. The counts are the same either way.
+AUTO_MAX_REDONE = 0.10
+AUTO_PROBE_DRAWS = 2048
 
 _LIPSCHITZ = {
     torch.nn.ReLU: lambda m: 1.0, torch.nn.LeakyReLU: lambda m: max(1.0, abs(m.negative_slope)),
@@ -424,10 +433,18 @@ def check_precision(precision: str) -> str:
 
 @dataclass
 class Bf16Stats:
-    """How much float32 work the bfloat16 route still did: ``recomputed`` of ``draws`` draws."""
+    """How much float32 work the bfloat16 route still did: ``recomputed`` of the ``draws`` draws it
+    decoded; ``float32_draws`` drawn after ``precision="auto"`` gave the route up (too many
+    recomputed: :data:`AUTO_MAX_REDONE`), counted by the float32 route alone."""
 
     draws: int
     recomputed: int
+    float32_draws: int = 0
+
+    @property
+    def gave_up(self) -> bool:
+        """Whether ``precision="auto"`` went over to float32 part way (after the first draws)."""
+        return self.float32_draws > 0
 
     @property
     def fraction(self) -> float:
@@ -457,7 +474,9 @@ def r_robustness_bf16(
     accumulate in reduced precision) run :func:`r_robustness` itself. ``stats``: a list that receives a
     :class:`Bf16Stats` (when the bfloat16 route ran). ``precision``: "bfloat16" (this route
     wherever the decoder is understood), "auto" (only where it is measured faster,
-    :func:`bf16_pays`) or "float32" (:func:`r_robustness`): the answer is the same.
+    :func:`bf16_pays`, and only while it recomputes at most :data:`AUTO_MAX_REDONE` of its draws:
+    past that the rest of the call runs in float32) or "float32" (:func:`r_robustness`): the
+    answer is the same.
     ``abstain_alpha``: as in :func:`r_robustness` (early stopping of inputs settled p < 1/2)."""
     check_precision(precision)
     delta = checked_inputs(model, x, delta, mode)
@@ -470,12 +489,29 @@ def r_robustness_bf16(
         if plan is not None and not rows_independent(model, mu):  # the float32 redo of a subset needs it
             plan = None
         counted = Bf16Stats(draws=0, recomputed=0)
-        within = None if plan is None else lambda model, z, ref, rt: _within_bf16(plan, model, z, ref, rt, counted)
+        within = None if plan is None else _BfWithin(plan, counted, adaptive=precision == "auto")
         k, n = count_within(model, mu, sigma, ref, rt, n_samples, chunk, generator, abstain_alpha=abstain_alpha,
                             within=within)
     if stats is not None and plan is not None:
         stats.append(counted)
     return estimate_from_counts(k, n, n_samples, rt, alpha, mode, x.dtype)
+
+
+class _BfWithin:
+    """The per-call count of :func:`count_within` by the bfloat16 route (:func:`_within_bf16`); with
+    ``adaptive`` (``precision="auto"``) it goes over to :func:`within_float32` for the rest of the
+    call once the route has decoded :data:`AUTO_PROBE_DRAWS` draws and recomputed more than
+    :data:`AUTO_MAX_REDONE` of them (r in the bulk of the distances: the route is then slower)."""
+
+    def __init__(self, plan, counted: Bf16Stats, adaptive: bool):
+        self.plan, self.counted, self.adaptive = plan, counted, adaptive
+
+    def __call__(self, model: torch.nn.Module, z: torch.Tensor, ref: torch.Tensor, rt: torch.Tensor) -> torch.Tensor:
+        c = self.counted
+        if self.adaptive and c.draws >= AUTO_PROBE_DRAWS and c.fraction > AUTO_MAX_REDONE:
+            c.float32_draws += z.shape[0]
+            return within_float32(model, z, ref, rt)
+        return _within_bf16(self.plan, model, z, ref, rt, c)
 
 
 def _within_bf16(plan, model: torch.nn.Module, z: torch.Tensor, ref: torch.Tensor, rt: torch.Tensor,
@@ -502,5 +538,5 @@ def _within_bf16(plan, model: torch.nn.Module, z: torch.Tensor, ref: torch.Tenso
     return k
 
 
-__all__ = ["PRECISIONS", "Bf16Stats", "bf16_pays", "check_precision", "decode_bf16", "native_bf16",
+__all__ = ["AUTO_MAX_REDONE", "AUTO_PROBE_DRAWS", "PRECISIONS", "Bf16Stats", "bf16_pays", "check_precision", "decode_bf16", "native_bf16",
            "r_robustness_bf16"]

@@ -166,7 +166,8 @@ class CertifyConfig(ConfigMixin):
     batch_size: inputs per batch. precision: the decoder's arithmetic for the draws, "float32",
     "bfloat16" (the heavy layer in bfloat16 with rigorous error bounds, undecided draws decoded
     again in float32: exactly float32's counts, robvae.robustness.bf16) or "auto" (bfloat16 where
-    it is measured faster: MLP decoders, one thread, CPUs with native bfloat16). The certificates
+    it is measured faster: MLP decoders, one thread, CPUs with native bfloat16; given up for float32
+    once more than 10% of its draws are decoded again). The certificates
     are the same whichever is chosen. early_abstain: stop drawing for an input as soon as an
     anytime-valid sequential test (docs/THEORY.md section 11, level alpha) settles p_r(x) < 1/2: it
     abstains (radius and sound radius 0) and its p and p_lower come from the draws made
