@@ -752,6 +752,50 @@ def test_a_second_train_or_sweep_into_one_folder_is_refused(tmp_path, capsys, cm
     assert not (out / ".robvae.lock").exists()
 
 
+@pytest.mark.parametrize("cmd", ["attack", "margin"])
+def test_attack_and_margin_hold_their_output_and_leave_a_run_being_trained(run_dir, tmp_path, capsys, cmd):
+    """As certify: a second attack / margin into one output is refused (two runs' CSV, JSON and
+    PNG would mix, each write atomic), and so is a RUN another robvae process holds (a robvae
+    train extending it); once the holder is gone the command runs and leaves no lock."""
+    import shutil
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    if cmd == "attack":
+        out = tmp_path / "a"
+        held = out
+        args = ["attack", str(run), "--eps", "0.5", "--n", "2", "--preset", "legacy", "--steps", "1", "--quiet",
+                "--out", str(out)]
+    else:
+        out = tmp_path / "m.csv"
+        held = tmp_path / "m.csv.partial"
+        args = ["margin", str(run), "--r", "1", "--n", "2", "--samples", "30", "--tol", "0.5", "--quiet",
+                "--out", str(out)]
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _write_lock(held, holder.pid)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        name = f"folder {out}" if cmd == "attack" else f"output {out}"
+        assert f"{name} is in use by robvae train (pid {holder.pid}" in err and len(err.strip().splitlines()) == 1, err
+        assert sorted(p.name for p in held.iterdir()) == [".robvae.lock"]  # nothing written
+        assert not out.is_file()
+        os.unlink(held / ".robvae.lock")
+        _write_lock(run, holder.pid)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by robvae train (pid {holder.pid}" in err and "once that has finished" in err, err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0, capsys.readouterr().err  # the holder died: its locks are stale
+    assert not (held / ".robvae.lock").exists()  # (the run's stale lock is read, not taken: it stays)
+    if cmd == "margin":
+        assert out.is_file() and not held.exists()
+
+
 # ---- 8. usability ------------------------------------------------------------------------------
 
 

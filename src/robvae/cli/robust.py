@@ -3,6 +3,7 @@ robvae.evaluation (``attack_report``, ``margin_report``)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -237,10 +238,13 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
         given = ", ".join("--" + k.replace("_", "-") for k, v in pgd.items() if v is not None)
         raise click.UsageError(f"{given} only apply to --preset legacy (the ensemble presets have no step settings)")
     vae, x = _inputs(run, split, n, device, data_dir, download)
+    if not isinstance(vae, ModelRun):  # e.g. a robvae train extending the run
+        check_not_held(run, "attack it once that has finished")
     out_dir = Path(out) if out else Path(vae.path) / f"attack-{output_label(vae, split)}"
-    rep = attack_report(vae.model, x, eps, norm=norm, preset=preset, batch_size=batch_size, seed=seed,
-                        out_dir=out_dir, progress=not quiet, meta={"run": str(run), **source_meta(vae, split), "n": len(x)},
-                        **pgd)
+    with folder_lock(out_dir, "robvae attack"):  # a second attack into this folder would mix its files in
+        rep = attack_report(vae.model, x, eps, norm=norm, preset=preset, batch_size=batch_size, seed=seed,
+                            out_dir=out_dir, progress=not quiet,
+                            meta={"run": str(run), **source_meta(vae, split), "n": len(x)}, **pgd)
     click.echo(format_summary(rep.summary))
     images = f"; images: {rep.paths['png']}" if "png" in rep.paths else ""
     click.echo(f"per-input results: {rep.paths['csv']}{images}")
@@ -289,8 +293,16 @@ def margin_cmd(run, out, quiet, download, **kw) -> None:
     loaded, _ = _inputs(run, config.split, config.n, config.device, config.data_dir, download)
     if download and config.data_dir is None and loaded.config.data_dir is None and loaded.config.dataset != "digits":
         config = dataclasses.replace(config, data_dir=str(default_data_dir(loaded.config.dataset)))  # fetched there
+    if not isinstance(loaded, ModelRun):  # e.g. a robvae train extending the run
+        check_not_held(run, "measure its margins once that has finished")
     out_path = Path(out) if out else Path(loaded.path) / f"margin-{output_label(loaded, config.split)}.csv"
     source = source_meta(loaded, config.split)  # the split, or split null and the --inputs file
-    rep = margin_report(loaded, config, out_path, progress=not quiet, meta={"run": str(run), **source})
+    # held as certify holds its output: a second margin into this --out would write its CSV / JSON
+    # over the first's (each write atomic, the pair from two runs)
+    held = partial_folder(out_path)
+    with folder_lock(held, "robvae margin", what=f"output {out_path}"):
+        rep = margin_report(loaded, config, out_path, progress=not quiet, meta={"run": str(run), **source})
+    with contextlib.suppress(OSError):  # emptied by the lock's release; one a killed margin left is removed too
+        held.rmdir()
     click.echo(format_summary(rep.summary()))
     click.echo(f"per-input results: {out_path}")
