@@ -27,7 +27,29 @@ prefer_passive_wait()
 _COMMAND_MODULES = ("train", "robust", "study", "sweep", "report", "bench")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a cluster's scheduler ending a job), handled as Ctrl-C is: every
+    block that cleans up on Ctrl-C (locks, trial records, worker pools) does so."""
+
+
+class _Interrupted(Exception):
+    """Ctrl-C (or SIGTERM: ``terminated``) inside a command, carried past click's own handler,
+    which would print a blank line on stderr before robvae's one-line message."""
+
+    def __init__(self, terminated: bool):
+        super().__init__("interrupted")
+        self.terminated = terminated
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise _Interrupted(isinstance(e, Terminated)) from e
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="robvae")
 def app() -> None:
     """Train VAEs, certify their r-robustness, and attack them to check the certificates."""
@@ -36,11 +58,6 @@ def app() -> None:
 def _register() -> None:
     for name in _COMMAND_MODULES:
         importlib.import_module(f"robvae.cli.{name}")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill PID``, a cluster's scheduler ending a job), handled as Ctrl-C is: every
-    block that cleans up on Ctrl-C (locks, trial records, worker pools) does so."""
 
 
 def _terminate(signum, frame) -> None:
@@ -57,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         rc = app.main(args=argv, prog_name="robvae", standalone_mode=False)
-    except (click.exceptions.Abort, KeyboardInterrupt) as e:  # Ctrl-C (click turns it into Abort where it catches it)
+    except (_Interrupted, click.exceptions.Abort, KeyboardInterrupt) as e:  # Ctrl-C (click: Abort where it catches it)
         click.echo(INTERRUPTED if command in RESUMABLE else INTERRUPTED_PARTLY if command in WRITES_AS_IT_GOES
                    else INTERRUPTED_NOTHING_SAVED, err=True)
-        return 143 if isinstance(e, Terminated) or isinstance(e.__cause__, Terminated) else 130
+        terminated = getattr(e, "terminated", False) or isinstance(e, Terminated) or isinstance(e.__cause__, Terminated)
+        return 143 if terminated else 130
     except click.ClickException as e:
         click.echo(f"robvae: error: {e.format_message()}", err=True)
         return e.exit_code
