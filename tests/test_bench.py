@@ -88,6 +88,24 @@ def test_evaluate_protocol_matches_the_linear_vae_closed_forms():
     assert res.wall_s > 0
 
 
+def test_an_linf_protocol_counts_certificates_of_its_own_norm_and_says_so():
+    """Found by an audit: with attack_norm="linf" the description still called the budgets L2, and
+    the certified fraction compared the L2 radius with an L-inf eps. Now an input counts when its L2
+    radius covers the L-inf ball, radius >= eps * sqrt(D): the fraction equals the L2 protocol's
+    at eps * sqrt(D) (D = 16 here), and differs from the L2 protocol's at eps."""
+    model, data, protocol = _linear_case()
+    eps = 0.02
+    linf = protocol.with_overrides("digits", cert_eps=eps).with_overrides(attack_norm="linf")
+    text = linf.describe("digits")
+    assert "attack budgets 0.1, 0.2 (L-inf)" in text and "radii L2" in text
+    assert "(L2)" in protocol.describe("digits") and "radii L2" not in protocol.describe("digits")
+    got = evaluate_protocol(model, data, linf, "digits", name="linear")
+    same = evaluate_protocol(model, data, protocol.with_overrides("digits", cert_eps=4 * eps), "digits", name="linear")
+    naive = evaluate_protocol(model, data, protocol.with_overrides("digits", cert_eps=eps), "digits", name="linear")
+    assert got.certified_fraction == same.certified_fraction < naive.certified_fraction == 1.0
+    assert got.median_radius_sound == same.median_radius_sound
+
+
 def test_evaluate_protocol_scores_a_float64_model_on_float32_data():
     """Found by an audit: the bench fed a float64 user model float32 images (a raw torch dtype
     error) where `robvae certify --model` converts them to the model's dtype."""

@@ -403,3 +403,81 @@ def _bound1_direct(a, b, c, s, r):
     R = r * r / (2 * a * a)
     qa = b * b + c * c
     return (-2 * s * c + math.sqrt(4 * s * s * c * c - qa * (4 * s * s - R))) / qa
+
+
+# --- found by an audit (session 13): a stale latent_dim -------------------------------------------
+def _relatent(model, d_new):
+    """robvae's MLP VAE with its encoder's last Linear and decoder's first Linear replaced for a
+    latent size d_new, model.latent_dim left as it was (what a user rewiring layers does): mean
+    rows 2..d_new-1 large, rows 0..1 small, so splitting the rows at the old size hides them."""
+    from torch import nn
+
+    hidden = model.encoder.net[-1].in_features
+    with torch.no_grad():
+        last = nn.Linear(hidden, 2 * d_new)
+        last.weight.mul_(0.05)
+        last.weight[2:d_new].mul_(60)
+        last.bias.zero_()
+        last.bias[d_new:] = -3.0
+        model.encoder.net[-1] = last
+        model.decoder.net[0] = nn.Linear(d_new, model.decoder.net[0].out_features)
+    return model
+
+
+def test_a_stale_latent_dim_is_refused_not_split_at():
+    """vae_lipschitz split the encoder's last layer at model.latent_dim: with the layers replaced
+    for 6 latent dimensions and latent_dim still 2, L_mu covered 2 of the 6 mean rows (0.027
+    against 1.907) and an attack broke the rigorous radius at 0.18x it (p = 0 in 20,000 draws).
+    Now every rigorous path refuses the model in one line; with latent_dim set, the constant is the
+    independent split's."""
+    from robvae import certify
+    from robvae.models import VAE, ModelConfig
+    from robvae.robustness.lipschitz import lipschitz_bound, spectral_norm, vae_lipschitz
+    from robvae.robustness.rigorous import rigorous_columns
+
+    torch.manual_seed(0)
+    model = _relatent(VAE(ModelConfig(input_shape=(1, 8, 8), arch="mlp", latent_dim=2, hidden=(32,))).eval(), 6)
+    x = 0.5 + 0.05 * torch.rand(2, 1, 8, 8)
+    msg = r"VAE.latent_dim is 2 but its encoder gives 6 latent dimensions \(layers replaced\?\): set model.latent_dim = 6"
+    with pytest.raises(InputError, match=msg):
+        vae_lipschitz(model)
+    with pytest.raises(InputError, match=msg):
+        rigorous_certify(model, x, 0.05, n_samples=100)
+    with pytest.raises(InputError, match=msg):
+        certify(model, x, 0.05, n_samples=100, rigorous=True)
+    with pytest.raises(InputError, match=msg):  # constants given: the radius's m is still checked
+        rigorous_columns(model, torch.tensor([0.9, 0.9]), torch.tensor([0.05, 0.05]), VAELipschitz(1.0, 1.0, 1.0, 1.0))
+    model.latent_dim = 6
+    want = lipschitz_bound(model.encoder.net[:-1]) * spectral_norm(model.encoder.net[-1].weight[:6])
+    assert vae_lipschitz(model).mean == pytest.approx(want, rel=1e-6) and want > 50 * 0.0272
+
+
+def test_rigorous_columns_use_the_width_encode_gives():
+    """A protocol model without a latent_dim attribute: the full radius uses the width its encoder
+    gives (it was infinity, which is safe but loose); an attribute that disagrees is refused."""
+    from robvae.robustness.rigorous import rigorous_columns
+
+    class User(torch.nn.Module):
+        input_shape = (1, 2, 2)
+
+        def __init__(self, d):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 2 * d)
+
+        def encode(self, x):
+            mu, s = self.lin(x.flatten(1)).chunk(2, dim=1)
+            return mu, torch.nn.functional.softplus(s) + 0.1
+
+        def decode(self, z):
+            return torch.sigmoid(z.sum(dim=1, keepdim=True)).expand(-1, 4).view(-1, 1, 2, 2)
+
+    p, smin = torch.tensor([0.9, 0.99], dtype=F64), torch.tensor([0.2, 0.3], dtype=F64)
+    L = VAELipschitz(2.0, 0.5, 0.5, 1.0)
+    got = rigorous_columns(User(3), p, smin, L)
+    want = rigorous_radii(p, 2.0 / smin, 0.5, 3)
+    assert torch.equal(got["radius_rigorous_full"], want[1]) and torch.equal(got["radius_rigorous_mean"], want[0])
+    assert not torch.equal(want[1], rigorous_radii(p, 2.0 / smin, 0.5, math.inf)[1])  # m matters here
+    stale = User(3)
+    stale.latent_dim = 2
+    with pytest.raises(InputError, match="User.latent_dim is 2 but its encoder gives 3"):
+        rigorous_columns(stale, p, smin, L)

@@ -17,6 +17,9 @@ digits r_min ~ 0.72 -> r = 1.0; mnist-10k r_min ~ 0.92 -> r = 1.5; Fashion-MNIST
 analogy (not yet calibrated: the data was not installed when v1 was frozen). The certified
 fraction counts inputs whose sound Theorem 1 radius is at least ``cert_eps``; the attacks run at
 the fixed budgets ``attack_eps`` (about 0.1 and 0.25 of the median ||x|| of the subset).
+``cert_eps`` and ``attack_eps`` are budgets in the protocol's ``attack_norm`` (v1: L2). The radii
+are L2 whatever the norm: under an L-inf protocol an input counts as certified when its L2 radius
+is at least ``cert_eps * sqrt(D)`` (D pixels), the L2 radius of the L-inf ball of radius cert_eps.
 
 Per model (:class:`BenchResult`): held-out ELBO on the whole test split (None for a model without
 ``log_likelihood``), mean reconstruction error ||g(mu(x)) - x||, the Theorem 1 radius (median, and
@@ -78,7 +81,8 @@ class Protocol:
     """A versioned evaluation protocol (see the module docstring).
 
     attack: the EnsembleAttack preset (robvae.attacks) for the damages and inside the margin search.
-    attack_norm: "l2". n_samples: S, Monte Carlo draws per estimate of p (the margin's sequential
+    attack_norm: "l2" (v1) or "linf": the norm of the budgets cert_eps and attack_eps, of the
+    attacks and of the margins (the radii stay L2; the module docstring). n_samples: S, Monte Carlo draws per estimate of p (the margin's sequential
     test uses at most S per decision). alpha: Clopper-Pearson level (certificates and decisions).
     margin_tol / margin_max_iter: relative bisection tolerance and its step cap (margin mode "full").
     seed: seeds every random draw of the evaluation. elbo_seed: the ELBO's one reparameterised draw.
@@ -149,11 +153,19 @@ class Protocol:
             if subset is not None and s.name != subset:
                 continue
             lines.append(f"  subset {s.name}: {s.dataset} {s.split}, n={s.n} (seed {s.seed}), r={s.r:g}, "
-                         f"certified fraction at eps={s.cert_eps:g}, attack budgets {', '.join(f'{e:g}' for e in s.attack_eps)} (L2)")
+                         f"certified fraction at eps={s.cert_eps:g}, attack budgets "
+                         f"{', '.join(f'{e:g}' for e in s.attack_eps)} ({NORM_LABELS[self.attack_norm]})")
         lines.append(f"  attack: EnsembleAttack preset {self.attack!r} ({self.attack_norm}); S={self.n_samples}, "
                      f"alpha={self.alpha:g}; margin: mode {self.margin_mode}, tol {self.margin_tol:g}, "
                      f"max {self.margin_max_iter} bisection steps; seed {self.seed}")
+        if self.attack_norm != "l2":
+            lines.append(f"  norms: budgets, attacks and margins {NORM_LABELS[self.attack_norm]}; radii L2 (certified: "
+                         "L2 radius >= eps * sqrt(D), which covers the L-inf ball of radius eps)")
         return "\n".join(lines)
+
+
+#: How the protocol's norms are written in its description.
+NORM_LABELS = {"l2": "L2", "linf": "L-inf"}
 
 
 PROTOCOL_V1 = Protocol(
@@ -355,12 +367,14 @@ def evaluate_protocol(
     # the two sanity checks behind BenchResult.flags: a constant guess, and gradient masking
     mean_image = data.images.to(device=device, dtype=x.dtype).mean(0, keepdim=True)
     mean_err = float((x - mean_image).flatten(1).norm(dim=1).double().mean())
-    first_order = first_order_check(model, x, s.cert_eps, generator=_generator(seed, 5))
+    # the L2 radius that certifies the budget cert_eps in the protocol's norm (module docstring)
+    cert_l2 = s.cert_eps * (1.0 if protocol.attack_norm == "l2" else math.sqrt(x[0].numel()))
+    first_order = first_order_check(model, x, cert_l2, generator=_generator(seed, 5))
 
     cert = certify(model, x, s.r, n_samples=protocol.n_samples, alpha=protocol.alpha, norms=("frobenius",),
                    generator=_generator(seed, 1))
     # an input whose gradients do not describe its encoder is never counted as certified
-    certified = float(((cert.radius_sound.cpu() >= s.cert_eps) & first_order.consistent).double().mean())
+    certified = float(((cert.radius_sound.cpu() >= cert_l2) & first_order.consistent).double().mean())
     try:
         rig = rigorous_certify(model, x, s.r, n_samples=protocol.n_samples, alpha=protocol.alpha,
                                generator=_generator(seed, 2))

@@ -373,6 +373,27 @@ def _fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def latent_width(model: nn.Module, input_shape: Sequence[int] | None = None) -> int:
+    """The latent dimension d that ``model.encode`` really gives (one zero input of the model's
+    input shape, no gradient), checked against ``model.latent_dim`` where the model states one: a
+    model whose layers were replaced for another latent size but whose attribute was not updated
+    would otherwise get its bounds split at the wrong row, and a rigorous radius too large."""
+    shape = tuple(input_shape) if input_shape is not None else tuple(getattr(model, "input_shape", ()) or ())
+    if not shape:
+        raise InputError(f"{type(model).__name__} has no input_shape: the latent dimension cannot be checked")
+    p = next(model.parameters(), None)
+    x = torch.zeros((1, *shape), dtype=p.dtype if p is not None else torch.float32,
+                    device=p.device if p is not None else "cpu")
+    with torch.no_grad():
+        mu = model.encode(x)[0]
+    d = int(mu.shape[-1])
+    stated = getattr(model, "latent_dim", None)
+    if stated is not None and int(stated) != d:
+        raise InputError(f"{type(model).__name__}.latent_dim is {stated} but its encoder gives {d} latent "
+                         f"dimensions (layers replaced?): set model.latent_dim = {d}")
+    return d
+
+
 def vae_lipschitz(model: nn.Module, input_shape: Sequence[int] | None = None) -> VAELipschitz:
     """Lipschitz bounds for the encoder mean, log sigma, sigma and the decoder of a robvae model.
 
@@ -399,6 +420,7 @@ def vae_lipschitz(model: nn.Module, input_shape: Sequence[int] | None = None) ->
         raise InputError(f"vae_lipschitz: {type(model).__name__} overrides {', '.join(changed)} of robvae's "
                          f"{base.__name__}; its bounds cover robvae's own maps only (pass the constants yourself)")
     _check_unhooked(model, "vae_lipschitz")
+    latent_width(model, shape)  # the bounds split the encoder's output at model.latent_dim
     key = (_fingerprint(model), tuple(m.training for m in model.modules()), float(getattr(model, "tau", 0.0)), shape)
     hit = _VAE_LIPSCHITZ.get(model)
     if hit is not None and hit[0] == key:

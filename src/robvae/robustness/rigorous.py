@@ -36,7 +36,7 @@ import torch
 from ..config import ALPHA, N_SAMPLES
 from ..errors import InputError
 from ..validation import check_count, check_positive, check_x
-from .lipschitz import VAELipschitz, vae_lipschitz
+from .lipschitz import VAELipschitz, latent_width, vae_lipschitz
 from .sampling import r_robustness
 
 _F64 = torch.float64
@@ -472,7 +472,8 @@ def rigorous_columns(model: torch.nn.Module, p_lower: torch.Tensor, sigma_min: t
     """The rigorous radii as per-input columns for :class:`robvae.robustness.certify.Certificate` extras:
     {"radius_rigorous_mean", "radius_rigorous_full"} from a certificate's p_lower and sigma_min [B]."""
     L = constants if constants is not None else vae_lipschitz(model)
-    m = getattr(model, "latent_dim", math.inf)
+    # the full radius falls with m: the width encode really gives (a stale latent_dim is refused)
+    m = latent_width(model) if getattr(model, "input_shape", None) else getattr(model, "latent_dim", math.inf)
     rm, rf = rigorous_radii(p_lower.detach().to(_F64).cpu(), L.mean / sigma_min.detach().to(_F64).cpu(),
                             0.0 if L.sigma_constant else L.log_sigma, m)
     return {"radius_rigorous_mean": rm.to(p_lower.device), "radius_rigorous_full": rf.to(p_lower.device)}
