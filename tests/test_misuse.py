@@ -1164,3 +1164,15 @@ def test_check_model_reports_what_the_estimators_refuse(quirk, train, msg):
     with pytest.raises(InputError, match=msg):
         r_robustness(model, x, 0.5, n_samples=20)
     assert check_model(_QuirkDecodeVAE(None).eval(), x).ok  # the same model without the quirk
+
+
+def test_n_train_larger_than_the_split_says_so(tmp_path, capsys):
+    """As certify's --n: the run trains on every image and says so (it was silent)."""
+    from robvae.data import load_dataset
+
+    n = len(load_dataset("digits", "train"))
+    rc = main(["train", "--n-train", "100000000", "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--quiet",
+               "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 0 and err.splitlines()[0] == (f"robvae: warning: --n-train 100000000 is larger than the train split "
+                                               f"of digits ({n} images): using all {n}"), err

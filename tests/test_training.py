@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,111 @@ def test_a_run_killed_between_its_metrics_and_its_checkpoint_resumes(tmp_path, d
     assert (tmp_path / "run" / WEIGHTS_FILE).read_bytes() == (tmp_path / "ref" / WEIGHTS_FILE).read_bytes()
     assert [int(m["epoch"]) for m in again.metrics] == [1, 2, 3]
     assert [m["test_elbo"] for m in again.metrics] == [m["test_elbo"] for m in ref.metrics]
+
+
+# --- found by an audit of the training layer (session 13) ------------------------------------------
+def _rewrite(path: Path, tensors=None, meta=None, drop_meta=()):
+    """Rewrite a safetensors file with some tensors or metadata changed."""
+    from robvae.fileio import load_tensors, save_tensors
+
+    t, m = load_tensors(path)
+    t.update(tensors or {})
+    m = {**{k: v for k, v in m.items() if k not in drop_meta}, **(meta or {})}
+    save_tensors(path, {k: v for k, v in t.items() if v is not None}, m)
+
+
+def test_a_checkpoint_of_another_config_is_never_continued(tmp_path, digits_small):
+    """config.json edited to beta 8, then more epochs at beta 8: the beta-1 checkpoint was
+    continued without a word (and the finished weights, which would have told, deleted first);
+    config.json deleted: the beta-1 weights were relabelled as another config's. Both refused now,
+    before anything in the folder changes."""
+    from robvae.objectives import ObjectiveConfig
+
+    run = tmp_path / "run"
+    train(_config(epochs=2, objective=ObjectiveConfig("beta-vae", 1.0)), run, progress=False, data=digits_small)
+    before = (run / WEIGHTS_FILE).read_bytes()
+    cfg = json.loads((run / CONFIG_FILE).read_text())
+    cfg["objective"]["beta"] = 8.0
+    (run / CONFIG_FILE).write_text(json.dumps(cfg))
+    beta8 = _config(epochs=4, objective=ObjectiveConfig("beta-vae", 8.0))
+    with pytest.raises(CheckpointError, match=r"checkpoint .* does not match this training's config .*: it was trained "
+                                              r"with objective.beta = 1.0, this training asks for 8.0"):
+        train(beta8, run, progress=False, data=digits_small)
+    assert (run / WEIGHTS_FILE).read_bytes() == before
+    (run / CONFIG_FILE).unlink()
+    with pytest.raises(CheckpointError, match=f"run folder {run} holds a checkpoint but no {CONFIG_FILE}"):
+        train(_config(epochs=2, objective=ObjectiveConfig("beta-vae", 8.0)), run, progress=False, data=digits_small)
+    assert (run / WEIGHTS_FILE).read_bytes() == before
+
+
+@pytest.mark.parametrize("change, msg", [
+    ({"meta": {"epoch": "0"}}, "holds epoch '0', not one of 1..2"),
+    ({"meta": {"epoch": "-3"}}, "holds epoch '-3', not one of 1..2"),
+    ({"meta": {"epoch": "abc"}}, "holds epoch 'abc', not one of 1..2"),
+    ({"meta": {"epoch": "3"}}, "holds epoch '3', not one of 1..2"),
+    ({"drop_meta": ("epoch",)}, "carries no training config or epoch"),
+    ({"tensors": {"optim.0.exp_avg": torch.zeros(3)}}, r"corrupt optimizer state \(parameter 0 exp_avg"),
+    ({"tensors": {"optim.0": torch.zeros(1)}}, r"corrupt optimizer state \(entry 'optim.0'\)"),
+    ({"tensors": {"optim.0.exp_avg_sq": None}}, r"corrupt optimizer state \(parameter 0: \['exp_avg', 'step'\]\)"),
+    ({"tensors": {"model.encoder.net.0.weight": torch.zeros(32, 64, dtype=torch.int32)}},
+     "encoder.net.0.weight: torch.int32 vs torch.float32"),
+])
+def test_a_tampered_checkpoint_is_refused_naming_it(tmp_path, digits_small, change, msg):
+    """The checkpoint's epoch and optimizer state were read unchecked: epoch 0 or missing restarted
+    from the epoch-2 weights, -3 trained 7 epochs, 'abc' said only "invalid literal"; a misshapen
+    moment failed in Adam's step with a traceback, a missing one went on with a fresh Adam, int32
+    weights were truncated."""
+    run = tmp_path / "run"
+    train(_config(epochs=2), run, progress=False, data=digits_small)
+    if "tensors" in change and change["tensors"].get("optim.0.exp_avg_sq", 0) is None:
+        from robvae.fileio import load_tensors, save_tensors
+
+        t, m = load_tensors(run / CHECKPOINT_FILE)
+        del t["optim.0.exp_avg_sq"]
+        save_tensors(run / CHECKPOINT_FILE, t, m)
+    else:
+        _rewrite(run / CHECKPOINT_FILE, **change)
+    with pytest.raises(CheckpointError, match=f"{CHECKPOINT_FILE}.*{msg}" if "int32" not in msg else msg):
+        train(_config(epochs=4), run, progress=False, data=digits_small)
+
+
+def test_a_weights_file_stripped_of_its_config_is_refused(tmp_path, digits_small):
+    """Without its metadata the weights file skipped the config.json check: tau 0 -> 0.5 in
+    config.json then moved every sigma (and certificate) by 0.5."""
+    run = tmp_path / "run"
+    train(_config(epochs=1), run, progress=False, data=digits_small)
+    _rewrite(run / WEIGHTS_FILE, drop_meta=("config",))
+    with pytest.raises(CheckpointError, match=f"{WEIGHTS_FILE} carries no training config"):
+        load(run)
+
+
+def test_a_training_that_diverges_with_finite_numbers_stops(tmp_path, digits_small):
+    """lr 10 on digits reached a held-out negative ELBO of 1.5e8 nats (the trivial model: 44) and
+    exited 0; only a non-finite loss was caught."""
+    from robvae.training import _trivial_nelbo
+    from robvae.models import VAE
+
+    model = VAE(ModelConfig(input_shape=(1, 8, 8), latent_dim=4, hidden=(32,)))
+    # the Bernoulli log-likelihood of g = 1/2 is -D log 2 whatever x is
+    assert _trivial_nelbo(model, digits_small[1]) == pytest.approx(64 * math.log(2.0), rel=1e-6)  # (float32 sums)
+    with pytest.raises(FloatingPointError, match="training diverged at epoch 1: held-out negative ELBO .* over 100 "
+                                                 "times that of predicting 0.5 for every pixel"):
+        train(_config(epochs=2, lr=10.0, n_train=64), tmp_path / "run", progress=False, data=digits_small)
+    assert not (tmp_path / "run" / WEIGHTS_FILE).exists()
+    run = train(_config(epochs=2), tmp_path / "ok", progress=False, data=digits_small)  # a sane lr is untouched
+    assert len(run.metrics) == 2
+
+
+def test_model_config_refuses_non_integer_sizes():
+    """latent_dim=True trained a run that load() then refused; 2.5 and "3" failed inside torch;
+    hidden=(8.7,) was truncated to 8."""
+    for kw, msg in [({"latent_dim": True}, "latent_dim must be an integer, got True"),
+                    ({"latent_dim": 2.5}, "latent_dim must be an integer, got 2.5"),
+                    ({"latent_dim": "3"}, "latent_dim must be an integer, got '3'"),
+                    ({"hidden": (8.7,)}, r"hidden must be integers, got \[8.7\]"),
+                    ({"conv_hidden": 2.0}, "conv_hidden must be an integer, got 2.0")]:
+        with pytest.raises(ValueError, match=msg):
+            ModelConfig(**kw)
+    import numpy as np
+
+    assert ModelConfig(latent_dim=np.int64(3), hidden=(np.int32(8),)).hidden == (8,)

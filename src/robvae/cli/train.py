@@ -153,8 +153,14 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
         objective=ObjectiveConfig(objective, beta, **robust[ObjectiveConfig]),
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, **robust[TrainConfig],
     )
+    data = None
+    if n_train is not None:  # as certify's --n: a larger number than the split says so (all images are used)
+        data = tuple(load_dataset(dataset, split, data_dir) for split in ("train", "test"))
+        if n_train > len(data[0]):
+            click.echo(f"robvae: warning: --n-train {n_train} is larger than the train split of {dataset} "
+                       f"({len(data[0])} images): using all {len(data[0])}", err=True)
     with folder_lock(out, "robvae train"):
-        run = train(config, out, progress=not quiet)
+        run = train(config, out, progress=not quiet, data=data)
         save_reconstructions(run)  # training draws no figures: the CLI does
     last = run.metrics[-1]
     weight = f", beta={beta:g}" if objective in WEIGHTED_OBJECTIVES else ""

@@ -7,6 +7,7 @@ g(z) = sigmoid(decoder(z)),  p(x|z) Bernoulli(g) or N(g, s^2 I).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,8 +54,16 @@ class ModelConfig(ConfigMixin):
     _what: ClassVar[str] = "model config"
 
     def __post_init__(self) -> None:
-        for name in ("input_shape", "hidden", "conv_channels"):
-            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name in ("input_shape", "hidden", "conv_channels"):  # integers only: int(8.7) was 8, silently
+            vals = tuple(getattr(self, name))
+            if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in vals):
+                raise ValueError(f"{name} must be integers, got {list(vals)}")
+            setattr(self, name, tuple(int(v) for v in vals))
+        for name in ("latent_dim", "conv_hidden"):  # True trained a 1-d model that load() then refused
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+            setattr(self, name, int(v))
         if self.arch not in ("mlp", "conv", "lipschitz-mlp"):
             raise ValueError(f"unknown arch {self.arch!r}; choose 'mlp', 'conv' or 'lipschitz-mlp'")
         if self.arch == "lipschitz-mlp":
