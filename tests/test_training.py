@@ -342,3 +342,12 @@ def test_model_config_refuses_non_integer_sizes():
     import numpy as np
 
     assert ModelConfig(latent_dim=np.int64(3), hidden=(np.int32(8),)).hidden == (8,)
+
+
+def test_continuing_a_run_whose_data_moved_says_how(tmp_path, digits_small):
+    """Extending a run with its data at a new --data-dir is refused (the epochs to come must see the
+    run's own data, which robvae cannot compare), and the message says how to go on."""
+    train(_config(epochs=1, data_dir=str(tmp_path / "old")), tmp_path / "run", progress=False, data=digits_small)
+    with pytest.raises(CheckpointError, match=rf"differs in: data_dir\); the run was trained from {tmp_path / 'old'}; "
+                                              "to continue it, make that folder hold its data again"):
+        train(_config(epochs=2, data_dir=str(tmp_path / "new")), tmp_path / "run", progress=False, data=digits_small)

@@ -244,10 +244,11 @@ def check_same_config(run_dir: Path, config: TrainConfig) -> bool:
         diff = _differences(a, b)
         if config.epochs < saved.epochs:
             diff.append(f"epochs ({config.epochs} < the run's {saved.epochs}; more epochs continue a run)")
-        raise CheckpointError(
-            f"run folder {run_dir} holds a different config (differs in: {', '.join(diff)}); "
-            "choose a new output folder"
-        )
+        hint = "choose a new output folder"
+        if diff == ["data_dir"]:  # the data moved: the epochs to come must see the run's own data
+            hint = (f"the run was trained from {a['data_dir']}; to continue it, make that folder hold its data "
+                    "again (or a link to it), or choose a new output folder")
+        raise CheckpointError(f"run folder {run_dir} holds a different config (differs in: {', '.join(diff)}); {hint}")
     return more
 
 
