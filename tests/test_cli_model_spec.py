@@ -73,6 +73,10 @@ def boom():
     raise RuntimeError("no weights here")
 
 
+def exits():
+    raise SystemExit(3)
+
+
 def on_meta():
     with torch.device("meta"):
         return _vae()
@@ -173,6 +177,7 @@ def test_attack_and_margin_with_model_and_inputs_file(user_pkg, capsys):
     ("my_models:missing", "has no attribute 'missing'"),
     ("my_models:wrong", "NotAModel"),
     ("my_models:boom", "boom() raised RuntimeError: no weights here"),
+    ("my_models:exits", "exits() called sys.exit(3) instead of returning a model"),  # was exit 3, no message
     ("my_models", "expected MODULE:CALLABLE"),
     ("my_models:bad_sigma", "sigma"),
     ("my_models:on_meta", "on the 'meta' device"),  # was a traceback, status 1
@@ -442,3 +447,15 @@ def test_npy_inputs_keep_their_shape_and_may_be_big_endian(tmp_path):
     x = np.random.default_rng(0).random((3, 1, 8, 8))
     np.save(tmp_path / "be.npy", x.astype(">f4"))
     torch.testing.assert_close(load_inputs_file(tmp_path / "be.npy", (1, 8, 8)), torch.from_numpy(x.astype(np.float32)))
+
+
+def test_n_larger_than_the_inputs_says_so_when_given(user_pkg, capsys):
+    """--n 500 with a 6-image --inputs file used 6 without a word (a run folder's split says so);
+    said only where --n was given, not for the option's default."""
+    np.save(user_pkg / "x.npy", robvae.load_dataset("digits", "test").images[:6].numpy())
+    args = ["certify", "--model", "my_models:vae", "--inputs", "x.npy", "--r", "0.5", "--n-samples", "20", "--quiet"]
+    assert main([*args, "--n", "500"]) == 0
+    err = capsys.readouterr().err
+    assert "robvae: warning: --n 500 is larger than --inputs x.npy (6 images): using all 6" in err, err
+    assert main(args) == 0
+    assert "warning: --n" not in capsys.readouterr().err

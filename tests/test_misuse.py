@@ -1106,7 +1106,7 @@ class _EncoderQuirkVAE(torch.nn.Module):
 
 
 @pytest.mark.parametrize("quirk, msg", [("function", "torch.autograd.Function without torch.func support"),
-                                        ("inplace", "modifies its input in place")])
+                                        ("inplace", "modifies its input (x )?in place")])
 def test_encoders_torch_func_cannot_differentiate_are_one_line_errors(quirk, msg):
     """An old-style autograd.Function or an in-place clamp of x in encode: certify and the attacks
     raised torch's raw RuntimeError (a 60-line traceback, status 1 on the command line)."""
@@ -1176,3 +1176,114 @@ def test_n_train_larger_than_the_split_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 0 and err.splitlines()[0] == (f"robvae: warning: --n-train 100000000 is larger than the train split "
                                                f"of digits ({n} images): using all {n}"), err
+
+
+# --- found by an audit of users' models (session 13) ------------------------------------------------
+class _Session13VAE(torch.nn.Module):
+    """A protocol VAE with one quirk: "meta" returns mu, sigma on the meta device; "fragile" has a
+    sigma that overflows once x leaves the clean inputs; "clamp_" clamps z in place within a range
+    the latents never leave (no value changes)."""
+
+    def __init__(self, quirk: str, x0: torch.Tensor | None = None):
+        super().__init__()
+        self.quirk, self.input_shape = quirk, (1, 4, 4)
+        self.x0 = x0
+        self.enc, self.dec = torch.nn.Linear(16, 4), torch.nn.Linear(2, 16)
+
+    def encode(self, x):
+        mu, s = self.enc(x.flatten(1)).chunk(2, dim=1)
+        sigma = torch.nn.functional.softplus(s) + 0.1
+        if self.quirk == "meta":
+            return mu.to("meta"), sigma.to("meta")
+        if self.quirk == "fragile":  # finite at the clean inputs, inf a little away from them
+            far = (x.flatten(1) - self.x0.flatten(1)[: x.shape[0]].repeat(-(-x.shape[0] // self.x0.shape[0]), 1)[
+                : x.shape[0]]).abs().amax(1, keepdim=True)
+            sigma = torch.where(far > 1e-3, torch.full_like(sigma, float("inf")), sigma)
+        return mu, sigma
+
+    def decode(self, z):
+        if self.quirk == "clamp_":
+            z.clamp_(-1e6, 1e6)
+        return torch.sigmoid(self.dec(z)).view(-1, 1, 4, 4)
+
+
+def test_outputs_on_another_device_are_one_line_errors():
+    """mu and sigma on another device than x: certify and check_model raised torch's RuntimeError
+    (a 40-line traceback on the command line)."""
+    from robvae import check_model
+    from robvae.robustness import certify
+
+    torch.manual_seed(0)
+    model = _Session13VAE("meta").eval()
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    rep = check_model(model, x)
+    assert rep.problems == ["model.encode returned mu on device meta, but the input is on cpu",
+                            "model.encode returned sigma on device meta, but the input is on cpu"]
+    with pytest.raises(InputError, match="model.encode returned mu on device meta, but the input is on cpu"):
+        certify(model, x, 0.5, n_samples=20)
+
+
+def test_an_attack_on_a_model_whose_sigma_overflows_off_the_data_is_refused():
+    """sigma finite at the clean inputs and inf once they move: the attack wrote NaN expected
+    damages with exit status 0 (robvae margin refused the same model)."""
+    from robvae.attacks import EnsembleAttack
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    model = _Session13VAE("fragile", x).eval()
+    with pytest.raises(InputError, match="model.encode returned sigma with .* NaN or inf values"):
+        EnsembleAttack("cheap", target="expected")(model, x, 0.5)
+
+
+def test_a_decode_that_edits_z_in_place_without_changing_it_is_refused():
+    """z.clamp_(-1e6, 1e6) changes no value of any latent, so the equality check passed it; its
+    version counter shows the edit."""
+    from robvae.robustness import certify
+
+    torch.manual_seed(0)
+    model = _Session13VAE("clamp_").eval()
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InputError, match=r"model.decode modifies its input z in place"):
+        certify(model, x, 0.5, n_samples=20)
+
+
+def test_a_decode_that_returns_nan_far_out_is_named_not_blamed_on_the_rewrite():
+    """A decoder of standard layers (rewritten by robvae) whose decode gives NaN for some rows: the
+    spot check called it a disagreement of the rewrite (a RuntimeWarning) instead of letting the
+    finiteness check name model.decode."""
+    import warnings
+
+    from robvae.models.fast_decode import _matches
+
+    a = torch.tensor([[0.5, float("nan"), float("inf")]])
+    assert _matches(a, a.clone(), nonfinite=True) and not _matches(a, a.clone())
+    assert not _matches(a, torch.tensor([[0.5, 0.2, float("inf")]]), nonfinite=True)
+    assert not _matches(a, torch.tensor([[0.5, float("nan"), float("-inf")]]), nonfinite=True)
+    assert not _matches(torch.tensor([[0.6, float("nan"), float("inf")]]), a, nonfinite=True)
+
+    class NanFar(torch.nn.Module):
+        input_shape = (1, 2, 2)
+
+        def __init__(self):
+            super().__init__()
+            self.enc, self.decoder = torch.nn.Linear(4, 4), torch.nn.Sequential(torch.nn.Linear(2, 4))
+
+        def encode(self, x):
+            mu, s = self.enc(x.flatten(1)).chunk(2, dim=1)
+            return mu, torch.nn.functional.softplus(s) + 0.1
+
+        def decode(self, z):
+            return torch.sigmoid(self.decoder(z)).view(-1, 1, 2, 2)
+
+    from robvae.models.fast_decode import decoder_plan
+
+    model = NanFar().eval()
+    z = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    plan = decoder_plan(model, z)
+    assert plan is not None
+    zn = z.clone()
+    zn[5, 0] = float("nan")
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "the fast decode route disagreed" warning
+        out = plan(zn)
+        assert plan.spot_check(model, zn, out) and bool(torch.isnan(out[5]).all())

@@ -655,6 +655,47 @@ def test_model_digest_sees_buffers_settings_and_code(tmp_path, monkeypatch):
     assert model_digest(m) != base
 
 
+def test_model_digest_sees_data_held_in_plain_attributes(tmp_path, monkeypatch):
+    """Found by an audit (session 13): a plain tensor attribute (decode = sigmoid(gain * h)), a list,
+    a numpy array or a dict of settings changed between an interrupted certify --model and its
+    rerun left the digest as it was: the rerun kept the old model's blocks (p = 1 for half the
+    inputs, 0 for the rest), and bench reused the old model's result."""
+    import numpy as np
+
+    from robvae.sweep.shard import model_digest
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "dig_attrs.py").write_text(
+        "import numpy as np, torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = torch.nn.Linear(2, 2)\n"
+        "        self.gain = torch.tensor(1.0)\n"
+        "        self.widths = [1, 2, 3]\n"
+        "        self.table = np.zeros(3)\n"
+        "        self.opts = {'clip': 1.0, 'names': ('a', 'b'), 'nested': {'w': torch.ones(2)}}\n")
+    import dig_attrs
+
+    torch.manual_seed(0)
+    m = dig_attrs.M()
+    base = model_digest(m)
+    torch.manual_seed(0)
+    assert model_digest(dig_attrs.M()) == base  # the same model built again: the same digest
+    for change, undo in [
+        (lambda: m.gain.fill_(3.0), lambda: m.gain.fill_(1.0)),
+        (lambda: m.widths.append(4), lambda: m.widths.pop()),
+        (lambda: m.table.__setitem__(1, 0.5), lambda: m.table.__setitem__(1, 0.0)),
+        (lambda: m.opts.__setitem__("clip", 2.0), lambda: m.opts.__setitem__("clip", 1.0)),
+        (lambda: m.opts["nested"]["w"].mul_(2), lambda: m.opts["nested"]["w"].div_(2)),
+        (lambda: setattr(m, "table", np.zeros(4)), lambda: setattr(m, "table", np.zeros(3))),
+    ]:
+        change()
+        assert model_digest(m) != base
+        undo()
+        assert model_digest(m) == base
+
+
 def test_model_digest_sees_the_code_of_submodules_defined_elsewhere(tmp_path, monkeypatch):
     """Found by an audit: the digest hashed only the file of the top-level class, so an edited
     forward of a pythae decoder behind robvae's adapter (or any submodule of another file) kept

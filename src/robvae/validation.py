@@ -123,10 +123,14 @@ def check_dtype(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> Non
         )
 
 
-def _tensor_problems(t: object, what: str, rows: int, dtype: torch.dtype, shape: tuple[int, ...] | None) -> list[str]:
-    """Problems of one returned tensor: type, shape (rows, or the exact ``shape``), dtype, NaN/inf."""
+def _tensor_problems(t: object, what: str, rows: int, dtype: torch.dtype, shape: tuple[int, ...] | None,
+                     device: torch.device) -> list[str]:
+    """Problems of one returned tensor: type, device (the input's), shape (rows, or the exact
+    ``shape``), dtype, NaN/inf."""
     if not isinstance(t, torch.Tensor):
         return [f"{what} as a {type(t).__name__}, not a torch.Tensor"]
+    if t.device != device:  # before any value is read (a meta tensor has none; CUDA for CPU inputs)
+        return [f"{what} on device {t.device}, but the input is on {device}"]
     out = []
     if shape is not None and tuple(t.shape) != shape:
         out.append(f"{what} of shape {tuple(t.shape)}, expected {shape}")
@@ -146,9 +150,9 @@ def _encode_problems(model: torch.nn.Module, x: torch.Tensor, out: object) -> li
         got = f"a {type(out).__name__}" if not isinstance(out, (tuple, list)) else f"{len(out)} values"
         return [f"model.encode returned {got}; it must return the pair (mu, sigma) of shape [B, d] each"]
     mu, sigma = out
-    problems = _tensor_problems(mu, "model.encode returned mu", x.shape[0], x.dtype, None)
+    problems = _tensor_problems(mu, "model.encode returned mu", x.shape[0], x.dtype, None, x.device)
     shape = tuple(mu.shape) if isinstance(mu, torch.Tensor) else None
-    problems += _tensor_problems(sigma, "model.encode returned sigma", x.shape[0], x.dtype, shape)
+    problems += _tensor_problems(sigma, "model.encode returned sigma", x.shape[0], x.dtype, shape, x.device)
     if not problems:
         bad = int((~(sigma > 0)).sum())
         if bad:
@@ -170,7 +174,7 @@ def checked_decode(model: torch.nn.Module, z: torch.Tensor, shape: Sequence[int]
     """``model.decode(z)``, refused with an InputError unless it returns [N, *shape] of z's dtype, finite."""
     out = model.decode(z)
     problems = _tensor_problems(out, "model.decode returned g(z)", z.shape[0], z.dtype,
-                                (z.shape[0], *(int(s) for s in shape)))
+                                (z.shape[0], *(int(s) for s in shape)), z.device)
     if problems:
         raise InputError(problems[0])
     return out
@@ -253,6 +257,8 @@ def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
             mu, sigma = out
             rep.mu_shape, rep.sigma_shape = tuple(mu.shape), tuple(sigma.shape)
             rep.latent_dim = int(mu.shape[-1]) if mu.dim() else None
+        if (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
+                and mu.device == sigma.device == x.device):  # values are read on the input's device only
             rep.encode_finite = bool(torch.isfinite(mu).all() and torch.isfinite(sigma).all())
             if sigma.numel():
                 rep.sigma_min = float(sigma.min())
@@ -268,8 +274,10 @@ def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
             return rep
         if isinstance(dec, torch.Tensor):
             rep.decode_shape = tuple(dec.shape)
-            rep.decode_finite = bool(torch.isfinite(dec).all()) if dec.is_floating_point() else None
-        rep.problems += _tensor_problems(dec, "model.decode returned g(mu)", x.shape[0], x.dtype, tuple(x.shape))
+            if dec.device == x.device:
+                rep.decode_finite = bool(torch.isfinite(dec).all()) if dec.is_floating_point() else None
+        rep.problems += _tensor_problems(dec, "model.decode returned g(mu)", x.shape[0], x.dtype, tuple(x.shape),
+                                         x.device)
         if not rep.problems:
             try:  # an argument edited in place, then randomness (sampling, dropout in training mode)
                 check_not_in_place(x_arg, x, z_arg, out[0])
@@ -333,9 +341,19 @@ def check_not_in_place(x_arg: torch.Tensor, x: torch.Tensor, z_arg: torch.Tensor
     it decodes (mu(x) is the centre of every draw), so an in-place edit would corrupt both; it
     was reported as an encoder that is "not deterministic"."""
     for what, arg, orig, name in (("model.encode", x_arg, x, "x"), ("model.decode", z_arg, z, "z")):
-        if not torch.equal(arg, orig):
+        # the copies are fresh tensors (version 0): an in-place edit bumps the version even where it
+        # changes no value (z.clamp_(-1, 1) of latents within [-1, 1] passed unseen)
+        if not torch.equal(arg, orig) or _version(arg) not in (0, None):
             raise InputError(f"{what} modifies its input {name} in place (e.g. {name}.clamp_()): use the out-of-place "
                              f"form ({name} = {name}.clamp(...))")
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter (None for an inference tensor, which keeps none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 class DecoderRangeWarning(UserWarning):

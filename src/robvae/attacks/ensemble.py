@@ -27,7 +27,8 @@ import torch
 
 from ..models.fast_decode import flat_decode
 from ..rng import randn
-from ..validation import as_radius, check_count, check_x
+from ..errors import InputError
+from ..validation import as_radius, check_count, check_x, checked_encode
 from .objectives import OBJECTIVES, RowCounter, ensemble_objective
 from .pgd import _rows, apgd, as_eps, feasible, get_norm
 from .starts import top_singular_direction
@@ -138,18 +139,27 @@ class EnsembleAttack:
         (target "damage" draws no eta unless ``final``)."""
         C, B = cands.shape[0], x.shape[0]
         with torch.inference_mode():
-            mu0, sigma0 = model.encode(x)
-            ref = flat_decode(model, mu0)
-            mu, sigma = model.encode((x.unsqueeze(0) + cands).flatten(0, 1))
+            # checked: a sigma that overflows away from the clean inputs gave NaN damages, written
+            # with exit status 0 (robvae margin refused the same model); copies for decode, which
+            # may edit its argument, while mu stays the centre of the draws below
+            mu0, sigma0 = checked_encode(model, x)
+            ref = flat_decode(model, mu0.clone())
+            mu, sigma = checked_encode(model, (x.unsqueeze(0) + cands).flatten(0, 1))
             d, D, K = mu.shape[1], ref.shape[1], eta.shape[2]
-            damage = (flat_decode(model, mu).view(C, B, D) - ref).norm(dim=-1)
+            damage = (flat_decode(model, mu.clone()).view(C, B, D) - ref).norm(dim=-1)
             counter.add(B + C * B)
+            if not bool(torch.isfinite(damage).all()):
+                raise InputError("model.decode returned NaN or inf at g(mu(x)) or at an attacked input's g(mu(x + "
+                                 "delta)): robvae measures distances between finite reconstructions")
             if target == "damage" and not final:
                 return damage, damage, damage, None
             s = sigma.view(C, B, 1, d) if mode == "full" else sigma0.view(1, B, 1, d)
             z = (mu.view(C, B, 1, d) + eta * s).reshape(C * B * K, d)
             norms = (flat_decode(model, z).view(C, B, K, D) - ref[None, :, None, :]).norm(dim=-1)
             counter.add(C * B * K)
+            if not bool(torch.isfinite(norms).all()):
+                raise InputError("model.decode returned NaN or inf at an attacked input's latent draws: robvae "
+                                 "measures distances between finite reconstructions")
             expected = norms.mean(-1)
             p = None
             if r is not None:

@@ -52,6 +52,9 @@ def load_model_spec(spec: str, device: str | torch.device = "cpu") -> torch.nn.M
         except Exception as e:  # noqa: BLE001
             msg = str(e).splitlines()[0] if str(e) else ""
             raise InputError(f"--model {spec!r}: {attr}() raised {type(e).__name__}: {msg}") from e
+        except SystemExit as e:  # a script's main() behind the callable: it ended robvae without a word
+            raise InputError(f"--model {spec!r}: {attr}() called sys.exit({e.code!r}) instead of returning a "
+                             "model") from e
     if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], str):
         obj = obj[0]  # a robvae bench callable's (model, name): one contract for every --model
     missing = [m for m in ("encode", "decode") if not callable(getattr(obj, m, None))]
@@ -207,10 +210,16 @@ def model_run(run_dir: str | None, split: str, n: int, device: str,
     dataset = opts.get("model_dataset") or "digits"
     if opts.get("model_inputs") is not None:
         pre = load_inputs_file(opts["model_inputs"], shape)
-        x = pre[:n]
+        x, source = pre[:n], f"--inputs {opts['model_inputs']}"
     else:
         pre = None
-        x = load_dataset(dataset, split, data_dir).subset(n).images
+        data = load_dataset(dataset, split, data_dir)
+        x, source = data.subset(n).images, f"the {split} split of {dataset}"
+    n_given = ctx is not None and "n" in ctx.params and \
+        ctx.get_parameter_source("n") == click.core.ParameterSource.COMMANDLINE
+    if n_given and n > len(x):  # as a run folder's split: said, not silent
+        click.echo(f"robvae: warning: --n {n} is larger than {source} ({len(x)} images): using all {len(x)}",
+                   err=True)
     # images are read as float32; a model whose floating tensors all have another dtype (float64,
     # half) gets its inputs in that dtype (a CLI user cannot convert them)
     dtype = model_dtype(model) or x.dtype

@@ -491,9 +491,21 @@ def _check_rows(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([fixed.to(dtype=z.dtype, device=z.device), zz[extreme], zz[typical]])
 
 
-def _matches(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.shape != b.shape or not bool(torch.isfinite(b).all()):
+def _matches(a: torch.Tensor, b: torch.Tensor, nonfinite: bool = False) -> bool:
+    """Whether the rewrite's rows ``a`` equal ``model.decode``'s ``b`` (float32: 2e-5 relative to
+    b's largest entry). A non-finite entry of b is a mismatch, except with ``nonfinite`` (the spot
+    checks), where a has the same NaN / inf there: the caller's finiteness check then names the
+    model's output, rather than a warning blaming the rewrite."""
+    if a.shape != b.shape:
         return False
+    finite = torch.isfinite(b)
+    if not bool(finite.all()):
+        same = torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a[torch.isinf(b)], b[torch.isinf(b)])
+        if not (nonfinite and same):
+            return False
+        a, b = a[finite], b[finite]
+        if b.numel() == 0:
+            return True
     tol = {torch.float64: 1e-10, torch.float32: 2e-5}[a.dtype]  # PLAN_DTYPES only
     scale = max(1.0, float(b.abs().max()))
     return bool(((a - b).abs() <= tol * scale).all())
@@ -554,7 +566,7 @@ class DecoderPlan:
         if float(far[i]) <= self.reach:
             i = (self.calls * 2654435761) % n  # a fixed, well-spread sequence of rows
         self.calls += 1
-        if not _matches(out[i : i + 1], model.decode(z[i : i + 1].clone()).flatten(1)):
+        if not _matches(out[i : i + 1], model.decode(z[i : i + 1].clone()).flatten(1), nonfinite=True):
             return False
         self.reach = max(self.reach, float(far[i]))
         return True

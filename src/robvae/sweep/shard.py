@@ -116,16 +116,61 @@ def model_digest(model: torch.nn.Module) -> str:
     instances of and of their base classes (an edited ``encode`` / ``decode``, or ``forward`` of a
     submodule defined elsewhere, e.g. a pythae model's own decoder behind robvae's adapter; torch's
     own modules aside), its printed structure, every module's plain settings and attributes
-    (:func:`robvae.models.fast_decode.structure_key`), and every parameter and buffer, persistent
-    or not (name, dtype, shape, values). What it cannot see: state outside the model (globals, or
-    functions of other files that a ``forward`` calls)."""
+    (:func:`robvae.models.fast_decode.structure_key`), every parameter and buffer, persistent or
+    not (name, dtype, shape, values), and every other attribute of every module that holds data:
+    plain tensors, numpy arrays, numbers and strings, also inside lists, tuples, sets and dicts
+    (:func:`_attribute_data`). What it cannot see: state outside the model (globals, or functions of
+    other files that a ``forward`` calls), and objects of other classes held as attributes (named
+    by their class only)."""
     cls = type(model)
     h = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}\n{model!r}\n{structure_key(model)!r}".encode())
     # the sources' contents only, in the order of their own digests: the same model and code give
     # the same digest wherever they are installed
     for d in sorted(hashlib.sha256(src).hexdigest() for src in _sources(model)):
         h.update(d.encode())
-    return hash_arrays(h, (*model.named_parameters(), *model.named_buffers())).hexdigest()
+    arrays, text = _attribute_data(model)
+    h.update("\n".join(text).encode())
+    return hash_arrays(h, (*model.named_parameters(), *model.named_buffers(), *arrays)).hexdigest()
+
+
+#: The attributes every nn.Module has (its registries, mode and hooks): not the model's data.
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
+#: How deep :func:`_attribute_data` follows containers, and how many elements of one it reads.
+_ATTRIBUTE_DEPTH, _ATTRIBUTE_ITEMS = 4, 100_000
+
+
+def _attribute_data(model: torch.nn.Module) -> tuple[list[tuple[str, Any]], list[str]]:
+    """The data a model's modules hold outside their parameters and buffers: (name, tensor or array)
+    pairs and ``name=repr`` lines for numbers, strings and the classes of other objects. A plain
+    tensor attribute (``self.gain = torch.tensor(3.0)``), a list or a dict of settings changed after
+    a certification had started was not seen, and a resumed run mixed two models (audit h4)."""
+    arrays: list[tuple[str, Any]] = []
+    text: list[str] = []
+
+    def walk(v: Any, path: str, depth: int) -> None:
+        if isinstance(v, (torch.Tensor, np.ndarray)):
+            arrays.append((path, v))
+        elif v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
+            text.append(f"{path}={v!r}")
+        elif isinstance(v, torch.nn.Module):
+            text.append(f"{path}: module {type(v).__qualname__}")  # its own data: named_modules, if registered
+        elif isinstance(v, (list, tuple, set, frozenset, dict)) and depth < _ATTRIBUTE_DEPTH:
+            items = sorted(v.items(), key=lambda kv: repr(kv[0])) if isinstance(v, dict) else (
+                sorted(v, key=repr) if isinstance(v, (set, frozenset)) else v)
+            text.append(f"{path}: {type(v).__qualname__} of {len(v)}")
+            for i, item in enumerate(items):
+                if i >= _ATTRIBUTE_ITEMS:
+                    break
+                key, val = item if isinstance(v, dict) else (i, item)
+                walk(val, f"{path}[{key!r}]", depth + 1)
+        else:
+            text.append(f"{path}: {type(v).__module__}.{type(v).__qualname__}")
+
+    for name, m in model.named_modules():
+        for k, v in vars(m).items():
+            if k not in _MODULE_INTERNALS:
+                walk(v, f"{name}.{k}", 0)
+    return arrays, text
 
 
 _STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
