@@ -459,3 +459,17 @@ def test_n_larger_than_the_inputs_says_so_when_given(user_pkg, capsys):
     assert "robvae: warning: --n 500 is larger than --inputs x.npy (6 images): using all 6" in err, err
     assert main(args) == 0
     assert "warning: --n" not in capsys.readouterr().err
+
+
+def test_a_zip_named_npy_is_named_as_such(tmp_path):
+    """np.load reads a torch.save file (a zip) named .npy as an archive: the message was
+    "cannot read (AttributeError: 'NpzFile' object has no attribute 'dtype')"."""
+    x = torch.rand(2, 1, 8, 8)
+    torch.save(x, tmp_path / "x.npy")
+    np.savez(tmp_path / "y.npy", x=x.numpy())  # numpy appends .npz
+    for name in ("x.npy", "y.npy.npz"):
+        p = tmp_path / name
+        if name.endswith(".npz"):
+            p = p.rename(tmp_path / "y.npy")
+        with pytest.raises(InputError, match=r"a zip archive \(.npz, or a torch.save file named .npy\), not a .npy"):
+            load_inputs_file(p)

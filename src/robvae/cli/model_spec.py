@@ -94,11 +94,17 @@ def load_inputs_file(path: str | Path, shape: tuple[int, ...] | None = None) -> 
     try:
         if p.suffix == ".npy":
             arr = np.load(p, allow_pickle=False)
+            if not isinstance(arr, np.ndarray):  # np.load reads any zip (an .npz, a torch.save file) as an archive
+                arr.close()
+                raise InputError(f"--inputs {p}: a zip archive (.npz, or a torch.save file named .npy), not a .npy "
+                                 "array; save one array with numpy.save (or name a torch file .pt)")
             if not arr.dtype.isnative:  # a big-endian file: torch takes the machine's byte order only
                 arr = arr.astype(arr.dtype.newbyteorder("="))
             t = torch.from_numpy(np.require(arr, requirements="C"))  # (ascontiguousarray makes 0-d 1-d)
         else:
             t = torch.load(p, map_location="cpu", weights_only=True)
+    except InputError:
+        raise
     except Exception as e:  # noqa: BLE001 - a corrupt or pickled file, in one line
         if "allow_pickle" in str(e):  # numpy's advice to unpickle is not ours to pass on either
             raise InputError(f"--inputs {p}: not a plain .npy array (robvae never unpickles; save an array "
