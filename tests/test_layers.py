@@ -1,6 +1,6 @@
 """Imports only point down the layers (ast only: no module is imported, torch is not needed).
 
-0 base (errors, config, fileio, validation, rng, stats, threads, _version) -> 1 data ->
+0 base (errors, config, fileio, validation, rng, stats, threads, autodiff, _version) -> 1 data ->
 2 models, objectives, adapters -> 3 training, attacks -> 4 robustness, metrics ->
 5 evaluation, report -> 6 studies, bench, sweep -> 7 cli, demo, the package's public API.
 

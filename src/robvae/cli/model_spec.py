@@ -192,7 +192,7 @@ model_options = [
     click.option("--inputs", "model_inputs", type=click.Path(dir_okay=False), default=None, expose_value=False,
                  callback=_remember, help="With --model: a .npy / .pt tensor of images [N, C, H, W], float in [0, 1] "
                                          "or uint8 in [0, 255]; the default outputs are named after the file "
-                                         "(certify-FILE.csv)."),
+                                         "(certify-FILE.csv, attack-FILE/, margin-FILE.csv)."),
 ]
 
 

@@ -513,8 +513,9 @@ def _matches(a: torch.Tensor, b: torch.Tensor, nonfinite: bool = False) -> bool:
 
 def _build_plan(model: torch.nn.Module, z: torch.Tensor):
     """The rewritten decoder of a user's model, or None: the decoder's layers compiled by
-    :func:`_compile`, then checked numerically on 16 fixed latent rows against ``model.decode``
-    (as decoder(z), or sigmoid(decoder(z)))."""
+    :func:`_compile`, then checked numerically against ``model.decode`` (as decoder(z), or
+    sigmoid(decoder(z))) on the rows of :func:`_check_rows`: 32 fixed latent rows at two scales,
+    z's most extreme rows per coordinate (at most 32) and 16 of its rows at random."""
     dec = _find_decoder(model)
     if dec is None or z.dim() != 2 or z.dtype not in PLAN_DTYPES:
         return None
