@@ -1287,3 +1287,46 @@ def test_a_decode_that_returns_nan_far_out_is_named_not_blamed_on_the_rewrite():
         warnings.simplefilter("error")  # no "the fast decode route disagreed" warning
         out = plan(zn)
         assert plan.spot_check(model, zn, out) and bool(torch.isnan(out[5]).all())
+
+
+def test_robvaes_warnings_are_one_line_on_the_command_line(tmp_path, monkeypatch, capsys):
+    """robvae's own warnings reached the terminal as FILE:LINE: DecoderRangeWarning: ... plus a
+    line of robvae's source; they are one ``robvae: warning:`` line now, and other libraries'
+    warnings keep Python's form."""
+    import warnings
+
+    (tmp_path / "logit_models.py").write_text(
+        "import torch\n"
+        "class L(torch.nn.Module):\n"
+        "    input_shape = (1, 8, 8)\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.e = torch.nn.Linear(64, 4); self.d = torch.nn.Linear(2, 64)\n"
+        "    def encode(self, x):\n"
+        "        mu, s = self.e(x.flatten(1)).chunk(2, 1)\n"
+        "        return mu, torch.nn.functional.softplus(s) + 0.1\n"
+        "    def decode(self, z):\n"
+        "        return (5 * self.d(z)).view(-1, 1, 8, 8)\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return L().eval()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        rc = main(["certify", "--model", "logit_models:build", "--n", "5", "--r", "0.5", "--samples", "30", "--quiet",
+                   "--no-rigorous", "--out", str(tmp_path / "c.csv")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    lines = [ln for ln in err.splitlines() if "warning" in ln.lower()]
+    assert lines and all(ln.startswith("robvae: warning: model.decode returns values in [") for ln in lines), err
+    assert "DecoderRangeWarning" not in err and "validation.py" not in err
+    with warnings.catch_warnings():  # another library's warning: Python's own form
+        warnings.simplefilter("always")
+        from robvae.cli import _robvae_warning
+
+        shown = []
+        _robvae_warning(lambda *a: shown.append(a))("numpy says", UserWarning, "x.py", 1)
+        assert shown and shown[0][0] == "numpy says"
+    import sys
+
+    sys.modules.pop("logit_models", None)

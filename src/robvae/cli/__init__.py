@@ -15,6 +15,7 @@ import importlib
 import signal
 import sys
 import threading
+import warnings
 
 import click
 
@@ -64,6 +65,20 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+def _robvae_warning(show):
+    """``warnings.showwarning`` for the command line: robvae's own warnings (its warning classes, or
+    a message that starts with "robvae:") as one line ``robvae: warning: ...`` like its other
+    notes, instead of Python's ``FILE:LINE: Category: message`` and a line of robvae's source;
+    other libraries' warnings as Python shows them (``show``)."""
+    def _show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if category.__module__.split(".")[0] == "robvae" or text.startswith("robvae:"):
+            click.echo(f"robvae: warning: {text.removeprefix('robvae:').strip()}", err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return _show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     _register()
@@ -72,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in args if not a.startswith("-")), "")
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    show = warnings.showwarning
+    warnings.showwarning = _robvae_warning(show)
     try:
         rc = app.main(args=argv, prog_name="robvae", standalone_mode=False)
     except (_Interrupted, click.exceptions.Abort, KeyboardInterrupt) as e:  # Ctrl-C (click: Abort where it catches it)
@@ -89,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"robvae: error: {msg}", err=True)
         return 2
     finally:
+        warnings.showwarning = show
         if in_main:
             signal.signal(signal.SIGTERM, previous)
     # with standalone_mode=False click returns the code of ``ctx.exit(code)`` / ``Exit(code)``
