@@ -381,7 +381,7 @@ def latent_width(model: nn.Module, input_shape: Sequence[int] | None = None) -> 
     shape = tuple(input_shape) if input_shape is not None else tuple(getattr(model, "input_shape", ()) or ())
     if not shape:
         raise InputError(f"{type(model).__name__} has no input_shape: the latent dimension cannot be checked")
-    p = next(model.parameters(), None)
+    p = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
     x = torch.zeros((1, *shape), dtype=p.dtype if p is not None else torch.float32,
                     device=p.device if p is not None else "cpu")
     with torch.no_grad():
