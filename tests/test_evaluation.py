@@ -321,3 +321,17 @@ def test_attack_report_on_data_that_are_not_images_writes_no_picture(tmp_path):
     # the linear VAE's maximum damage at budget eps is sigma_max(W A) eps (deterministic mode)
     smax = float(torch.linalg.matrix_norm(model.W @ model.A, ord=2))
     assert all(0 < float(r["damage"]) <= smax * 0.3 * (1 + 1e-4) for r in rep.rows)
+
+
+def test_eval_config_checks_the_margin_settings_up_front():
+    """margin_tol and margin_eps_max were checked by empirical_margin only, after the first batch's
+    calibration, certificates and attack had run."""
+    from robvae.evaluation import EvalConfig
+
+    for kw, msg in [({"margin_tol": 0.0}, "margin_tol must be a finite number > 0, got 0.0"),
+                    ({"margin_tol": float("nan")}, "margin_tol must be a finite number > 0, got nan"),
+                    ({"margin_eps_max": -1.0}, "margin_eps_max must be a finite number > 0"),
+                    ({"margin_eps_max": float("inf")}, "margin_eps_max must be a finite number > 0")]:
+        with pytest.raises(ValueError, match=msg):
+            EvalConfig(**kw)
+    assert EvalConfig(margin_eps_max=2.0).margin_eps_max == 2.0

@@ -88,3 +88,37 @@ def test_active_units_known_answer():
     assert active_units(mu, threshold=0.005) == 2
     with pytest.raises(InputError, match="at least 2 inputs"):
         active_units(mu[:1])
+
+
+# --- found by an audit of the metric cores (session 13) ----------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_likelihood_degradation_of_a_half_precision_model_sums_in_float32(dtype):
+    """A float16 / bfloat16 VAE summed log p(x|z) (~45 nats on 8x8 images) in its own 8-11 bits,
+    stepping by 0.03-0.25 nats: the degradation, a relative difference of two such sums, came out 0
+    or 6-45x off. The sum is now float32: against the same half-precision decoder outputs summed in
+    float64 (an independent computation) it agrees to the float32 sum's rounding."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(input_shape=(1, 8, 8), latent_dim=4, hidden=(32,))).eval().to(dtype)
+    x = (torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.8 + 0.1).to(dtype)
+    delta = ((x.float() + 0.3 * torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+             .to(dtype) - x)
+    got = likelihood_degradation(model, x, delta)
+    with torch.inference_mode():
+        ll = [-F.binary_cross_entropy_with_logits(model.decoder(model.encode(v)[0]).double(), x.double(),
+                                                  reduction="none").flatten(1).sum(1) for v in (x, x + delta)]
+    want = (ll[1] - ll[0]).abs() / ll[0].abs()
+    assert got.dtype == torch.float32 and bool((want > 0).all())
+    assert torch.allclose(got.double(), want, rtol=0.05, atol=0), (got, want)
+
+
+def test_expected_damage_refuses_no_draws():
+    from robvae.errors import InputError
+    from robvae.metrics import expected_damage
+    from robvae.models import VAE, ModelConfig
+
+    model = VAE(ModelConfig(input_shape=(1, 4, 4), latent_dim=2, hidden=(8,))).eval()
+    x = torch.rand(2, 1, 4, 4)
+    with pytest.raises(InputError, match="n_draws must be an integer >= 1, got 0"):
+        expected_damage(model, x, torch.zeros_like(x), n_draws=0)

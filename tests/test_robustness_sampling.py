@@ -258,3 +258,16 @@ def test_float32_bounds_are_rounded_outwards():
     assert int((lo.float().double() > lo).sum()) > 50  # a plain cast would have rounded these up
     same = RobustnessEstimate.from_counts(k, 400, torch.ones(401), 0.001, "mean", torch.float64)
     assert torch.equal(same.p_lower, lo.double()) and torch.equal(same.p_upper, hi.double())
+
+
+def test_clopper_pearson_upper_bound_at_tiny_alpha():
+    """ppf(1 - alpha) gave the trivial upper bound 1 below alpha ~ 1e-16 (1 - alpha rounds to 1);
+    the k = 0 bound is 1 - alpha^(1/n) exactly."""
+    from robvae.robustness import clopper_pearson
+
+    for n, alpha in [(1000, 1e-17), (2**24, 1e-30), (50, 1e-100)]:
+        lo, hi = clopper_pearson(0, n, alpha)
+        assert float(lo) == 0.0
+        assert float(hi) == pytest.approx(-math.expm1(math.log(alpha) / n), rel=1e-9)
+    lo, hi = clopper_pearson(500, 1000, 1e-17)
+    assert 0.5 < float(hi) < 0.7 and 0.3 < float(lo) < 0.5

@@ -186,6 +186,13 @@ class EvalConfig(ConfigMixin):
             raise ValueError(f"attack_preset must be 'cheap' or 'strong', got {self.attack_preset!r}")
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        # checked by empirical_margin too, but only after the first batch's calibration, certificates
+        # and attack had run
+        if not (self.margin_tol > 0 and math.isfinite(self.margin_tol)):
+            raise ValueError(f"margin_tol must be a finite number > 0, got {self.margin_tol}")
+        if self.margin_eps_max is not None and not (self.margin_eps_max > 0 and math.isfinite(self.margin_eps_max)):
+            raise ValueError(f"margin_eps_max must be a finite number > 0 (or null: the pixel box diameter), got "
+                             f"{self.margin_eps_max}")
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the numbers (device and data_dir excluded)."""

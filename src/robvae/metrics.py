@@ -15,7 +15,7 @@ import torch
 from .errors import InputError
 from .models.fast_decode import flat_decode
 from .rng import randn
-from .validation import check_delta, check_x
+from .validation import check_count, check_delta, check_x
 
 
 #: Var_x(mu_j(x)) above which a latent unit counts as active (Burda et al. 2016, "Importance
@@ -57,6 +57,7 @@ def expected_damage(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor
     delta = check_delta(x, delta)
     if mode not in ("full", "mean"):
         raise ValueError(f"unknown mode {mode!r}; choose 'full' or 'mean'")
+    n_draws = check_count(n_draws, 1, "n_draws")  # 0 failed inside torch (a reshape error)
     with torch.inference_mode():
         mu0, s0 = model.encode(x)
         ref = flat_decode(model, mu0)

@@ -174,7 +174,8 @@ def clopper_pearson(
         raise ValueError("clopper_pearson needs 0 <= k <= n and n >= 1")
     with np.errstate(invalid="ignore"):
         lower = np.where(kn > 0, stats.beta.ppf(alpha, np.maximum(kn, 1e-300), nn_ - kn + 1), 0.0)
-        upper = np.where(kn < nn_, stats.beta.ppf(1 - alpha, kn + 1, np.maximum(nn_ - kn, 1e-300)), 1.0)
+        # isf(alpha), not ppf(1 - alpha): 1 - alpha rounds to 1 below alpha ~ 1e-16 (upper bound 1)
+        upper = np.where(kn < nn_, stats.beta.isf(alpha, kn + 1, np.maximum(nn_ - kn, 1e-300)), 1.0)
     # scipy's inverse fails (NaN) for alpha below ~1e-200 at some (k, n): the trivial bounds hold
     lower, upper = np.nan_to_num(lower, nan=0.0), np.nan_to_num(upper, nan=1.0)
     return (torch.as_tensor(lower, dtype=torch.float64, device=device),
