@@ -121,3 +121,20 @@ def test_refuted_counts_only_bounds_above_a_budget_settled_not_robust():
     t = bound_stats([0.5, 0.5, 0.5], [float("nan"), 0.4, 0.4], refuted_at=[0.45, 0.45, 0.45],
                     p_clean=[0.9, 0.4, 0.9], abstain=[False, False, True])
     assert (t.n_no_margin, t.n_disagree, t.n_abstain, t.n_used, t.n_refuted) == (1, 1, 1, 0, 1)
+
+
+def test_edge_cases_found_by_an_audit():
+    """median([-inf, inf]) was +inf (numpy: NaN); flags as an object array of "False" strings (a
+    pandas column) counted as True, and NaN flags as True."""
+    import numpy as np
+
+    from robvae.stats import bound_stats, median, quartiles
+
+    assert math.isnan(median([-math.inf, math.inf])) and median([1.0, math.inf]) == math.inf
+    assert quartiles([-math.inf, 0.0, math.inf])[1] == 0.0
+    b, m = [0.1, 0.2, 0.3], [1.0, 2.0, 3.0]
+    want = bound_stats(b, m, capped=[False, False, False])
+    got = bound_stats(b, m, capped=np.array(["False", "False", "False"], dtype=object))
+    assert got.n_capped == want.n_capped == 0
+    with pytest.raises(ValueError, match="flags must be booleans"):
+        bound_stats(b, m, capped=[math.nan, 0.0, 0.0])

@@ -81,6 +81,8 @@ def quartiles(values: ArrayLike) -> tuple[float, float, float]:
         w = h - lo
         if w == 0 or a[lo] == a[hi]:
             out.append(float(a[lo]))
+        elif math.isinf(a[lo]) and math.isinf(a[hi]):  # -inf and +inf: undefined, as numpy says
+            out.append(math.nan)
         elif math.isinf(a[lo]) or math.isinf(a[hi]):
             out.append(float(a[hi]) if math.isinf(a[hi]) else float(a[lo]))
         else:
@@ -201,6 +203,10 @@ def _flags(v: ArrayLike | None, n: int, default: bool) -> np.ndarray:
     a = np.asarray(v).ravel()
     if a.dtype.kind in "US":  # CSV strings "True" / "False"
         a = a == "True"
+    elif a.dtype.kind in "Of":  # a pandas column of strings ("False" counted as True), or floats
+        if any(not (isinstance(e, (str, bool, np.bool_)) or e in (0, 1)) for e in a):
+            raise ValueError(f"flags must be booleans (or 'True' / 'False'), got {a[:5].tolist()}")
+        a = np.array([e == "True" if isinstance(e, str) else bool(e) for e in a], dtype=bool)
     if a.shape != (n,):
         raise ValueError(f"expected {n} values, got {a.size}")
     return a.astype(bool)
