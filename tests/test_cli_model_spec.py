@@ -473,3 +473,54 @@ def test_a_zip_named_npy_is_named_as_such(tmp_path):
             p = p.rename(tmp_path / "y.npy")
         with pytest.raises(InputError, match=r"a zip archive \(.npz, or a torch.save file named .npy\), not a .npy"):
             load_inputs_file(p)
+
+
+def test_model_and_data_of_different_sizes_say_which_option(user_pkg, capsys):
+    """A digits-size model on MNIST-size data said "x has shape (8, 1, 28, 28)" (8: the check
+    batch, not --n) without naming --dataset."""
+    rc = main(["certify", "--model", "my_models:vae", "--dataset", "digits", "--n", "50", "--r", "0.5", "--quiet"])
+    assert rc == 0, capsys.readouterr().err  # the right size runs
+    (user_pkg / "big_models.py").write_text(
+        "import torch, robvae\n"
+        "def vae28():\n"
+        "    torch.manual_seed(0)\n"
+        "    return robvae.VAE(robvae.ModelConfig(input_shape=(1, 28, 28), latent_dim=3, hidden=(16,))).eval()\n")
+    sys.modules.pop("big_models", None)
+    rc = main(["certify", "--model", "big_models:vae28", "--dataset", "digits", "--n", "50", "--r", "0.5", "--quiet"])
+    err = _error_lines(capsys.readouterr().err)
+    sys.modules.pop("big_models", None)
+    assert rc == 2 and err == ["robvae: error: the images of the test split of digits are 1x8x8 but the model "
+                               "expects 1x28x28: pass --dataset with the model's data (digits 1x8x8; mnist, "
+                               "fashion-mnist 1x28x28; cifar10 3x32x32)"], err
+
+
+def test_attack_says_why_a_model_has_no_likelihood_degradation(user_pkg, capsys):
+    (user_pkg / "noll.py").write_text(textwrap.dedent("""
+        import torch
+        import robvae
+
+        class NoLL(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(0)
+                self.v = robvae.VAE(robvae.ModelConfig(input_shape=(1, 8, 8), latent_dim=3, hidden=(16,))).eval()
+                self.input_shape = (1, 8, 8)
+
+            def encode(self, x):
+                return self.v.encode(x)
+
+            def decode(self, z):
+                return self.v.decode(z)
+
+        def build():
+            return NoLL().eval()
+    """))
+    sys.modules.pop("noll", None)
+    rc = main(["attack", "out", "--model", "noll:build", "--n", "3", "--eps", "0.5", "--preset", "legacy", "--steps",
+               "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "robvae: note: no likelihood degradation: the model has no log_likelihood(x, z)" in err, err
+    sys.modules.pop("noll", None)
+    rc = main(["attack", "out2", "--model", "my_models:vae", "--n", "3", "--eps", "0.5", "--preset", "legacy",
+               "--steps", "1", "--quiet"])
+    assert rc == 0 and "no likelihood degradation" not in capsys.readouterr().err

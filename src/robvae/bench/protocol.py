@@ -282,7 +282,8 @@ class BenchResult:
         if self.mean_image_error is not None and \
                 self.reconstruction_error >= DEGENERATE_RECONSTRUCTION * self.mean_image_error:
             share = self.reconstruction_error / self.mean_image_error if self.mean_image_error > 0 else math.inf
-            out["degenerate"] = (f"reconstructs barely better than the mean image (error "
+            how = "barely better than" if share < 1 else "no better than"  # 163% read "barely better"
+            out["degenerate"] = (f"reconstructs {how} the mean image (error "
                                  f"{self.reconstruction_error:.3g}, {share:.0%} of the mean image's "
                                  f"{self.mean_image_error:.3g}): its robustness may come from ignoring the input")
         return out

@@ -221,6 +221,11 @@ def model_run(run_dir: str | None, split: str, n: int, device: str,
         pre = None
         data = load_dataset(dataset, split, data_dir)
         x, source = data.subset(n).images, f"the {split} split of {dataset}"
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):  # (check_model would name its check batch)
+        hint = ("pass --dataset with the model's data (digits 1x8x8; mnist, fashion-mnist 1x28x28; cifar10 3x32x32)"
+                if pre is None else "save images of the model's shape")
+        raise InputError(f"the images of {source} are {'x'.join(map(str, x.shape[1:]))} but the model expects "
+                         f"{'x'.join(map(str, shape))}: {hint}")
     n_given = ctx is not None and "n" in ctx.params and \
         ctx.get_parameter_source("n") == click.core.ParameterSource.COMMANDLINE
     if n_given and n > len(x):  # as a run folder's split: said, not silent

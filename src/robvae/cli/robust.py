@@ -45,6 +45,9 @@ def _inputs(run_dir: str, split: str, n: int, device: str, data_dir: str | None 
     if given is not None:
         return given
     run = load(run_dir, device=device)
+    if data_dir is not None and run.config.dataset == "digits":  # it would be ignored without a word
+        click.echo(f"robvae: note: --data-dir {data_dir} is not used: the run's data set, digits, is embedded",
+                   err=True)
     folder = data_dir or run.config.data_dir
     if download and folder is None and run.config.dataset != "digits":
         folder = str(default_data_dir(run.config.dataset))
@@ -246,6 +249,8 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
                             out_dir=out_dir, progress=not quiet,
                             meta={"run": str(run), **source_meta(vae, split), "n": len(x)}, **pgd)
     click.echo(format_summary(rep.summary))
+    if not callable(getattr(vae.model, "log_likelihood", None)):  # its column is NaN: say why
+        click.echo("robvae: note: no likelihood degradation: the model has no log_likelihood(x, z)", err=True)
     images = f"; images: {rep.paths['png']}" if "png" in rep.paths else ""
     click.echo(f"per-input results: {rep.paths['csv']}{images}")
 
@@ -270,7 +275,9 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
        help="Attack ensemble preset of the margin search (robvae.attacks.EnsembleAttack): cheap or strong.")
 @_eval("rigorous", help="Also the rigorous radii (models with Lipschitz bounds) and how many exceed the margin.")
 @_eval("margin_tol", aliases=("--tol",), type=FiniteFloat(min=0, min_open=True),
-       help="Relative width of the bisection bracket.")
+       help="Relative width of the bisection bracket, where the decisions settle: a budget whose decision "
+            "cannot be settled within --n-samples draws ends the search with a wider bracket (column "
+            "margin_upper; more draws narrow it).")
 @_eval("margin_eps_max", type=FiniteFloat(min=0, min_open=True),
        help="Largest budget searched (default: the pixel box diameter).")
 @_eval("batch_size", type=click.IntRange(min=1),

@@ -98,9 +98,9 @@ def bound_vs_margin_cmd(**kw) -> None:
     corr = (f"Pearson rho {s['pearson']:.3f}, Spearman rho {s['spearman']:.3f}" if s["n_used"] >= 3
             else "too few to correlate")
     click.echo(f"bound vs margin on {dataset}: {s['n_used']} of {s['n']} inputs compared, {corr}, bound above "
-               f"margin for {s['n_violations']} (not compared, first reason that applies: bound abstains "
-               f"{s['n_abstain']}, bound infinite {s['n_infinite']}, estimates disagree {s['n_disagree']}, margin "
-               f"capped {s['n_capped']}, no measured margin {s.get('n_no_margin', 0)})")
+               f"margin for {s['n_violations']}; not compared: {s['n'] - s['n_used']} (first reason that applies: "
+               f"bound abstains {s['n_abstain']}, bound infinite {s['n_infinite']}, estimates disagree "
+               f"{s['n_disagree']}, margin capped {s['n_capped']}, no measured margin {s.get('n_no_margin', 0)})")
     rig = ", rigorous_vs_margin.png" if (Path(out) / "rigorous_vs_margin.png").is_file() else ""
     click.echo(f"study folder: {Path(out)} (bound_vs_margin.png, bound_variants.png, likelihood_vs_margin.png{rig}, "
                "per_input.csv, summary.json, study.json)")
