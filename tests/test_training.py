@@ -351,3 +351,15 @@ def test_continuing_a_run_whose_data_moved_says_how(tmp_path, digits_small):
     with pytest.raises(CheckpointError, match=rf"differs in: data_dir\); the run was trained from {tmp_path / 'old'}; "
                                               "to continue it, make that folder hold its data again"):
         train(_config(epochs=2, data_dir=str(tmp_path / "new")), tmp_path / "run", progress=False, data=digits_small)
+
+
+def test_a_folder_holding_a_run_names_it(tmp_path, digits_small):
+    """`robvae certify demo` (the demo's output folder) said only "config demo/config.json is
+    missing"; the run folder inside is named now."""
+    train(_config(epochs=1), tmp_path / "demo" / "run", progress=False, data=digits_small)
+    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'demo'} is not a run folder \(no config.json\); the run "
+                                              rf"folder inside: {tmp_path / 'demo' / 'run'}$"):
+        load(tmp_path / "demo")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config .*config.json is missing"):
+        load(tmp_path / "empty")

@@ -464,6 +464,11 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu", *, checkpoint:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist")
+    if not (run_dir / CONFIG_FILE).exists():  # e.g. `robvae demo`'s output folder, whose run is demo/run
+        inner = sorted(p.parent for p in run_dir.glob(f"*/{CONFIG_FILE}"))
+        if inner:
+            raise CheckpointError(f"{run_dir} is not a run folder (no {CONFIG_FILE}); the run folder{'s' if len(inner) > 1 else ''} "
+                                  f"inside: {', '.join(map(str, inner[:3]))}{' ...' if len(inner) > 3 else ''}")
     try:
         config = TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE, "config"))
     except (TypeError, ValueError) as e:
