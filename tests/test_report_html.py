@@ -203,3 +203,25 @@ def test_damaged_study_folders_are_reported_not_hidden(tmp_path):
     (a / "study.json").write_text("[1, 2]")
     with pytest.raises(RobvaeError, match="not a study description"):
         render_report([a], tmp_path / "r2.html")
+
+
+def test_an_evaluation_folder_renders_with_its_own_numbers(tmp_path):
+    """`robvae report demo/eval` (the folder robvae demo prints as its per-input results) was refused
+    as neither a study, a run nor a results folder; it renders now, headline numbers read from
+    its summary.json and its per-input table shown."""
+    from robvae.evaluation import EvalConfig, evaluate
+    from robvae.models import ModelConfig
+    from robvae.report.html import _fmt
+    from robvae.training import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(model=ModelConfig(latent_dim=3, hidden=(32,)), epochs=2, batch_size=64, n_train=300), run,
+          progress=False)
+    evaluate(run, EvalConfig(n=6, n_samples=200), out_dir=tmp_path / "eval", progress=False)
+    page = render_report([tmp_path / "eval"], tmp_path / "r.html").read_text()
+    s = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    for label, value in [("inputs", s["n"]), ("radius r", s["r"]), ("Theorem 1 radius, median", s["radius"]["median"]),
+                         ("empirical margin, median", s["margin"]["median"]),
+                         ("Theorem 1 bounds above the margin", s["bounds"]["theorem1"]["n_violations"])]:
+        assert f"<dt>{label}</dt><dd>{_fmt(value)}</dd>" in page, label
+    assert "per_input.csv" in page

@@ -32,6 +32,15 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_TABLE_ROWS = 40
 #: summary keys shown as headline numbers, per study
 _HEADLINES = {
+    # a robvae.evaluate output folder (eval_config.json, summary.json, per_input.csv: the demo's eval/)
+    "evaluation": [("n", "inputs"), ("r", "radius r"), ("p.median", "p_r(x), median"),
+                   ("radius.median", "Theorem 1 radius, median"), ("radius_sound.median", "sound radius, median"),
+                   ("n_abstain", "abstentions"), ("margin.median", "empirical margin, median"),
+                   ("bounds.theorem1.spearman", "Spearman rho (bound vs margin)"),
+                   ("bounds.theorem1.n_violations", "Theorem 1 bounds above the margin"),
+                   ("rigorous_vs_margin.n_above_margin", "rigorous radii above the margin"),
+                   ("damage.median", "attack damage (deterministic), median"),
+                   ("likelihood_degradation.median", "likelihood degradation, median")],
     "bound-vs-margin": [("theorem1.pearson", "Pearson rho (bound vs margin)"),
                         ("theorem1.spearman", "Spearman rho"), ("theorem1.n_violations", "bounds above the margin"),
                         ("theorem1.n_used", "inputs used"),
@@ -207,9 +216,20 @@ def _run_meta(folder: Path) -> dict[str, Any]:
             "figures": run_files(folder, RUN_FIGURES), "tables": run_files(folder, RUN_TABLES), "results": results}
 
 
+#: what a ``robvae.evaluate`` output folder holds (robvae demo's eval/, an evaluation trial of a sweep)
+EVAL_FILES = ("eval_config.json", "summary.json", "per_input.csv")
+
+
+def _eval_meta(folder: Path) -> dict[str, Any]:
+    """A study description for a ``robvae.evaluate`` output folder: its settings and per-input table."""
+    config = read_json(folder / "eval_config.json", "evaluation settings")
+    return {"study": "evaluation", "command": "robvae.evaluate (settings: eval_config.json)",
+            "config": config if isinstance(config, dict) else {}, "figures": [], "tables": ["per_input.csv"]}
+
+
 def _section(folder: Path, k: int) -> tuple[str, str]:
     meta = read_json(folder / "study.json", "study description") if (folder / "study.json").is_file() \
-        else _run_meta(folder)
+        else _eval_meta(folder) if all((folder / f).is_file() for f in EVAL_FILES) else _run_meta(folder)
     if not isinstance(meta, dict):
         raise RobvaeError(f"{folder / 'study.json'} is not a study description (a JSON object); "
                           "rerun the study to write it again")
@@ -276,9 +296,11 @@ def render_report(folders: Sequence[str | Path], out_file: str | Path | None = N
     if not folders:
         raise ValueError("give at least one study folder")
     for f in folders:
-        if not any((f / name).is_file() for name in ("study.json", "config.json")) and not run_files(f, RUN_RESULTS):
+        if not any((f / name).is_file() for name in ("study.json", "config.json")) and not run_files(f, RUN_RESULTS) \
+                and not all((f / name).is_file() for name in EVAL_FILES):
             raise FileNotFoundError(f"{f} is not a study folder (no study.json) nor a run folder (no config.json) "
-                                    "nor a results folder (no certify / margin / attack results)")
+                                    "nor a results folder (no certify / margin / attack results) nor an evaluation "
+                                    "folder (eval_config.json, summary.json, per_input.csv)")
     links, sections = zip(*(_section(f, k) for k, f in enumerate(folders)))
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
