@@ -211,7 +211,12 @@ def _checkpoint_epoch(meta: dict[str, str], config: TrainConfig, path: Path) -> 
         stored = TrainConfig.from_dict(json.loads(meta["config"]))
     except (TypeError, ValueError):
         raise CheckpointError(f"checkpoint {path} holds a corrupt training config in its metadata") from None
-    _check_stored_config(path, "checkpoint", stored.to_dict(), config, ("epochs",))
+    diff = _stored_differences(stored.to_dict(), config, ("epochs",))
+    if diff:
+        k, was, asked = diff[0]
+        raise CheckpointError(f"checkpoint {path} does not match this training's config (config.json edited or "
+                              f"replaced?): it was trained with {k} = {was!r}, this training asks for {asked!r}"
+                              + _more_fields(diff))
     epoch = meta["epoch"]
     if not (epoch.isdigit() and 1 <= int(epoch) <= stored.epochs):
         raise CheckpointError(f"checkpoint {path} holds epoch {epoch!r}, not one of 1..{stored.epochs}; restore it "
@@ -430,12 +435,16 @@ def _check_weights_config(path: Path, meta: dict[str, str], config: TrainConfig)
         stored = json.loads(meta["config"])
     except json.JSONDecodeError:
         raise CheckpointError(f"weights file {path} holds a corrupt training config in its metadata") from None
-    _check_stored_config(path, "weights file", stored, config)
+    diff = _stored_differences(stored, config)
+    if diff:
+        k, was, says = diff[0]
+        raise CheckpointError(f"weights file {path} does not match its config.json (edited by hand?): the weights were "
+                              f"trained with {k} = {was!r}, config.json says {says!r}" + _more_fields(diff))
 
 
-def _check_stored_config(path: Path, what: str, stored: Any, config: TrainConfig, also: tuple[str, ...] = ()) -> None:
-    """Refuse a file (``what`` at ``path``) whose stored config differs from ``config`` in any field
-    but :data:`_UNCHECKED_FIELDS` and ``also``, naming the first field."""
+def _stored_differences(stored: Any, config: TrainConfig, also: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """(field, stored value, ``config``'s value) for every dotted field of the config a file stored
+    that ``config`` does not share, sorted; :data:`_UNCHECKED_FIELDS` and ``also`` aside."""
     def flat(d: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(d, dict):
             return {k: v for key, val in d.items() for k, v in flat(val, f"{prefix}{key}.").items()}
@@ -443,16 +452,12 @@ def _check_stored_config(path: Path, what: str, stored: Any, config: TrainConfig
 
     skip = (*_UNCHECKED_FIELDS, *also)
     a = {k: v for k, v in flat(stored).items() if k not in skip}
-    b = {k: v for k, v in flat(config.to_dict()).items() if k not in skip}
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k in a)
-    if diff:
-        k = diff[0]
-        head = (f"weights file {path} does not match its config.json (edited by hand?): the weights were trained "
-                f"with {k} = {a.get(k)!r}, config.json says {b.get(k)!r}" if what == "weights file" else
-                f"checkpoint {path} does not match this training's config (config.json edited or replaced?): it was "
-                f"trained with {k} = {a.get(k)!r}, this training asks for {b.get(k)!r}")
-        raise CheckpointError(
-            head + (f" (and {len(diff) - 1} more fields differ: {', '.join(diff[1:])})" if len(diff) > 1 else ""))
+    b = flat(config.to_dict())
+    return [(k, a[k], b.get(k)) for k in sorted(a) if a[k] != b.get(k)]
+
+
+def _more_fields(diff: list) -> str:
+    return f" (and {len(diff) - 1} more fields differ: {', '.join(k for k, _, _ in diff[1:])})" if len(diff) > 1 else ""
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu", *, checkpoint: bool = False) -> Run:

@@ -27,7 +27,7 @@ from ..models.protocol import import_spec
 from ..sweep.shard import certify_blocks  # re-exported: the CLI certifies --model inputs with it
 from ..training import Run, TrainConfig
 from ..validation import check_images, check_model, model_dtype, model_input_shape
-from .options import DATASETS
+from .options import DATASETS, warn_if_fewer
 
 #: Keys of ``click.Context.meta`` where the model options are kept (they are not command arguments).
 META = "robvae.model_spec"
@@ -228,9 +228,8 @@ def model_run(run_dir: str | None, split: str, n: int, device: str,
                          f"{'x'.join(map(str, shape))}: {hint}")
     n_given = ctx is not None and "n" in ctx.params and \
         ctx.get_parameter_source("n") == click.core.ParameterSource.COMMANDLINE
-    if n_given and n > len(x):  # as a run folder's split: said, not silent
-        click.echo(f"robvae: warning: --n {n} is larger than {source} ({len(x)} images): using all {len(x)}",
-                   err=True)
+    if n_given:  # as a run folder's split: said, not silent
+        warn_if_fewer("--n", n, source, len(x))
     # images are read as float32; a model whose floating tensors all have another dtype (float64,
     # half) gets its inputs in that dtype (a CLI user cannot convert them)
     dtype = model_dtype(model) or x.dtype

@@ -76,6 +76,14 @@ download_option = click.option(
          "$ROBVAE_DATA_DIR/NAME (default ~/.cache/robvae/NAME), when they are missing.")
 
 
+def warn_if_fewer(option: str, n: int, source: str, count: int) -> None:
+    """The one warning when ``--n`` / ``--n-train`` asks for more images than ``source`` holds
+    (all ``count`` of them are used)."""
+    if n > count:
+        click.echo(f"robvae: warning: {option} {n} is larger than {source} ({count} images): using all {count}",
+                   err=True)
+
+
 def fetch_data(dataset: str, data_dir: str | None) -> str:
     """``--download``: fetch both splits of ``dataset`` into ``data_dir`` (default:
     robvae.data.download.default_data_dir); returns the folder. Fashion-MNIST without a folder is

@@ -33,7 +33,7 @@ from .options import (
     FiniteFloat,
     ConfigOption, add_options, auto_workers_option, config_option, device_option, download_option,
     eval_option as _eval, format_summary, n_option, one_radius, radius_options, run_data_dir_option, seed_option,
-    split_option, threads_option,
+    split_option, threads_option, warn_if_fewer,
 )
 
 
@@ -52,9 +52,7 @@ def _inputs(run_dir: str, split: str, n: int, device: str, data_dir: str | None 
     if download and folder is None and run.config.dataset != "digits":
         folder = str(default_data_dir(run.config.dataset))
     data = load_dataset(run.config.dataset, split, folder, download=download)
-    if n > len(data):
-        click.echo(f"robvae: warning: --n {n} is larger than the {split} split of {run.config.dataset} "
-                   f"({len(data)} images): using all {len(data)}", err=True)
+    warn_if_fewer("--n", n, f"the {split} split of {run.config.dataset}", len(data))
     data = data.subset(n)
     return run, data.images.to(device)
 

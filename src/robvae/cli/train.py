@@ -21,7 +21,7 @@ from . import app
 from .options import (
     FiniteFloat,
     config_option, config_values, data_dir_option, dataset_option, device_option, download_option, fetch_data,
-    int_tuple, objective_option, seed_option, threads_option,
+    int_tuple, objective_option, seed_option, threads_option, warn_if_fewer,
 )
 
 
@@ -156,9 +156,7 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
     data = None
     if n_train is not None:  # as certify's --n: a larger number than the split says so (all images are used)
         data = tuple(load_dataset(dataset, split, data_dir) for split in ("train", "test"))
-        if n_train > len(data[0]):
-            click.echo(f"robvae: warning: --n-train {n_train} is larger than the train split of {dataset} "
-                       f"({len(data[0])} images): using all {len(data[0])}", err=True)
+        warn_if_fewer("--n-train", n_train, f"the train split of {dataset}", len(data[0]))
     with folder_lock(out, "robvae train"):
         run = train(config, out, progress=not quiet, data=data)
         save_reconstructions(run)  # training draws no figures: the CLI does
