@@ -464,3 +464,58 @@ def test_json_n_is_the_number_of_inputs_certified_not_the_number_asked(run_dir, 
     rows = read_csv(tmp_path / "c.csv")
     meta = json.loads((tmp_path / "c.json").read_text())
     assert 0 < len(rows) < 5000 and meta["n"] == len(rows)
+
+
+def test_a_run_folder_certifies_attacks_and_measures_images_from_an_inputs_file(run_dir, capsys, tmp_path):
+    """`robvae certify|attack|margin RUN --inputs FILE`: the run's model on the file's images (before,
+    --inputs went with --model only). The numbers are those of the same images taken from the split
+    (here the file holds the first 12 test images), serial and in worker processes; the outputs are
+    named after the file and the JSON names it."""
+    from robvae import load_dataset
+
+    x = load_dataset("digits", "test").images[:12]
+    np.save(tmp_path / "imgs.npy", x.numpy())
+    common = ("--r", 1.0, "--samples", 300, "--seed", 5, "--quiet")
+    rc, _, err = _run(capsys, "certify", run_dir, "--n", 12, *common, "--out", tmp_path / "split.csv")
+    assert rc == 0, err
+    for executor in ("serial", "local"):
+        out = tmp_path / f"file-{executor}.csv"
+        rc, _, err = _run(capsys, "certify", run_dir, "--inputs", tmp_path / "imgs.npy", *common, "--executor",
+                          executor, "--workers", 1 if executor == "serial" else 2, "--out", out)
+        assert rc == 0, err
+        want, got = read_csv(tmp_path / "split.csv"), read_csv(out)
+        for col in ("p", "p_lower", "n_drawn", "radius", "radius_sound", "radius_rigorous_mean"):
+            np.testing.assert_allclose([float(r[col]) for r in got], [float(r[col]) for r in want], rtol=1e-6,
+                                       err_msg=f"{executor} {col}")
+        meta = json.loads(out.with_suffix(".json").read_text())
+        assert meta["split"] is None and meta["inputs"] == str(tmp_path / "imgs.npy") and "model" not in meta
+        assert meta["n"] == 12 and meta["executor"] == executor
+    # default outputs inside the run folder, named after the file; --n takes the first n images
+    rc, _, err = _run(capsys, "certify", run_dir, "--inputs", tmp_path / "imgs.npy", "--n", 5, *common)
+    assert rc == 0, err
+    assert len(read_csv(run_dir / "certify-imgs.csv")) == 5
+    rc, _, err = _run(capsys, "margin", run_dir, "--inputs", tmp_path / "imgs.npy", "--n", 3, "--r", 1.0,
+                      "--samples", 100, "--quiet")
+    assert rc == 0, err
+    margin = read_csv(run_dir / "margin-imgs.csv")
+    assert len(margin) == 3 and all(float(r["margin"]) >= 0 for r in margin)
+    assert json.loads((run_dir / "margin-imgs.json").read_text())["inputs"] == str(tmp_path / "imgs.npy")
+    rc, _, err = _run(capsys, "attack", run_dir, "--inputs", tmp_path / "imgs.npy", "--n", 4, "--eps", 0.5,
+                      "--preset", "legacy", "--steps", 2, "--restarts", 1, "--quiet")
+    assert rc == 0, err
+    assert len(read_csv(run_dir / "attack-imgs" / "attack.csv")) == 4
+
+
+def test_a_run_folder_with_inputs_of_another_shape_or_a_dataset_is_refused(run_dir, capsys, tmp_path):
+    np.save(tmp_path / "big.npy", np.zeros((3, 1, 28, 28), np.float32))
+    rc, _, err = _run(capsys, "certify", run_dir, "--inputs", tmp_path / "big.npy", "--r", 1.0, "--quiet")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and "(3, 1, 28, 28)" in lines[0] and "[B, 1, 8, 8]" in lines[0], err
+    rc, _, err = _run(capsys, "certify", run_dir, "--dataset", "mnist", "--r", 1.0, "--quiet")
+    assert rc == 2 and "--dataset goes with --model" in err
+    np.save(tmp_path / "few.npy", np.zeros((3, 1, 8, 8), np.float32))
+    rc, _, err = _run(capsys, "certify", run_dir, "--inputs", tmp_path / "few.npy", "--n", 5, "--r", 1.0,
+                      "--samples", 20, "--data-dir", tmp_path, "--out", tmp_path / "few.csv", "--quiet")
+    assert rc == 0, err
+    assert "--n 5" in err and "--data-dir" in err and "not used" in err
+    assert len(read_csv(tmp_path / "few.csv")) == 3

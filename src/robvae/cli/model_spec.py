@@ -8,6 +8,10 @@ before any work. Inputs come from ``--dataset`` / ``--data-dir`` / ``--split`` /
 ``--inputs FILE`` (``.npy`` read with ``allow_pickle=False``, ``.pt`` with ``torch.load(weights_only=True)``:
 a float tensor [N, *input_shape] in [0, 1], or uint8 in [0, 255]). The positional RUN, when given
 with ``--model``, is the output folder (default: the current folder).
+
+A trained RUN folder takes ``--inputs FILE`` too (its own data set is the default): the run's model
+certifies, attacks or measures the margins of those images, and the outputs go into the folder,
+named after the file.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from ..data.registry import SPLITS
 from ..errors import InputError
 from ..models.protocol import import_spec
 from ..sweep.shard import certify_blocks  # re-exported: the CLI certifies --model inputs with it
-from ..training import Run, TrainConfig
+from ..training import Run, TrainConfig, load
 from ..validation import check_images, check_model, model_dtype, model_input_shape
 from .options import DATASETS, warn_if_fewer
 
@@ -151,6 +155,17 @@ class ModelRun(Run):
     inputs_name: str = ""
     inputs_file: str = ""
 
+    @property
+    def from_spec(self) -> bool:
+        """True for a ``--model`` model (runs in this process; there is no folder a worker could
+        load), False for a trained run folder given ``--inputs FILE``."""
+        return bool(self.spec)
+
+
+def from_spec(run: Run) -> bool:
+    """Whether ``run`` holds a ``--model`` model rather than a trained run folder."""
+    return isinstance(run, ModelRun) and run.from_spec
+
 
 def output_label(run: Run, split: str) -> str:
     """What a command's default output file is named after: the --inputs file's name (without its
@@ -190,9 +205,10 @@ model_options = [
     click.option("--dataset", "model_dataset", type=click.Choice(DATASETS), default=None, expose_value=False,
                  callback=_remember, help="With --model: the data set of the inputs (default digits)."),
     click.option("--inputs", "model_inputs", type=click.Path(dir_okay=False), default=None, expose_value=False,
-                 callback=_remember, help="With --model: a .npy / .pt tensor of images [N, C, H, W], float in [0, 1] "
-                                         "or uint8 in [0, 255]; the default outputs are named after the file "
-                                         "(certify-FILE.csv, attack-FILE/, margin-FILE.csv)."),
+                 callback=_remember, help="A .npy / .pt tensor of images [N, C, H, W], float in [0, 1] or uint8 in "
+                                         "[0, 255], instead of a split (with --model, or a RUN folder's model); the "
+                                         "default outputs are named after the file (certify-FILE.csv, "
+                                         "attack-FILE/, margin-FILE.csv)."),
 ]
 
 
@@ -204,11 +220,14 @@ def model_run(run_dir: str | None, split: str, n: int, device: str,
     opts = (ctx.meta.get(META, {}) if ctx is not None else {})
     spec = opts.get("model_spec")
     if spec is None:
-        if opts.get("model_dataset") is not None or opts.get("model_inputs") is not None:
-            raise click.UsageError("--dataset and --inputs go with --model (a run folder knows its data)")
+        if opts.get("model_dataset") is not None:
+            raise click.UsageError("--dataset goes with --model (a run folder knows its data set; --inputs FILE "
+                                   "gives it other images)")
         if run_dir is None:
             raise click.UsageError("give a RUN folder or --model MODULE:CALLABLE")
-        return None
+        if opts.get("model_inputs") is None:
+            return None
+        return _folder_with_inputs(ctx, run_dir, opts["model_inputs"], n, device, data_dir)
     if opts.get("model_dataset") is not None and opts.get("model_inputs") is not None:
         raise click.UsageError("give --dataset or --inputs, not both")
     model = load_model_spec(spec, device)
@@ -226,9 +245,7 @@ def model_run(run_dir: str | None, split: str, n: int, device: str,
                 if pre is None else "save images of the model's shape")
         raise InputError(f"the images of {source} are {'x'.join(map(str, x.shape[1:]))} but the model expects "
                          f"{'x'.join(map(str, shape))}: {hint}")
-    n_given = ctx is not None and "n" in ctx.params and \
-        ctx.get_parameter_source("n") == click.core.ParameterSource.COMMANDLINE
-    if n_given:  # as a run folder's split: said, not silent
+    if _n_given(ctx):  # as a run folder's split: said, not silent
         warn_if_fewer("--n", n, source, len(x))
     # images are read as float32; a model whose floating tensors all have another dtype (float64,
     # half) gets its inputs in that dtype (a CLI user cannot convert them)
@@ -245,5 +262,28 @@ def model_run(run_dir: str | None, split: str, n: int, device: str,
     return run, x
 
 
-__all__ = ["load_model_spec", "load_inputs_file", "ModelRun", "model_options", "optional_run_argument", "model_run",
+def _n_given(ctx: click.Context | None) -> bool:
+    return ctx is not None and "n" in ctx.params and \
+        ctx.get_parameter_source("n") == click.core.ParameterSource.COMMANDLINE
+
+
+def _folder_with_inputs(ctx: click.Context | None, run_dir: str, inputs: str, n: int, device: str,
+                        data_dir: str | None) -> tuple[ModelRun, torch.Tensor]:
+    """A trained run folder with ``--inputs FILE``: (the run, its model and the file's images as a
+    ModelRun without a spec, the first n images). The images must have the run's input shape;
+    ``--data-dir`` is not used (said on stderr)."""
+    run = load(run_dir, device=device)
+    if data_dir is not None:  # it would be ignored without a word
+        click.echo(f"robvae: note: --data-dir {data_dir} is not used: the inputs come from --inputs {inputs}",
+                   err=True)
+    pre = load_inputs_file(inputs, tuple(run.config.model.input_shape))  # (checks the shape)
+    if _n_given(ctx):
+        warn_if_fewer("--n", n, f"--inputs {inputs}", len(pre))
+    pre = pre.to(device=device, dtype=model_dtype(run.model) or pre.dtype)
+    folder = ModelRun(path=run.path, config=run.config, model=run.model, metrics=run.metrics, inputs=pre,
+                      inputs_name=Path(inputs).stem, inputs_file=str(inputs))
+    return folder, pre[:n]
+
+
+__all__ = ["load_model_spec", "load_inputs_file", "ModelRun", "from_spec", "model_options", "optional_run_argument", "model_run",
            "certify_blocks", "output_label", "source_meta"]

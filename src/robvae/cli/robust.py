@@ -27,7 +27,7 @@ from ..threads import auto_executor
 from ..training import load
 from . import app
 from .model_spec import (
-    ModelRun, certify_blocks, model_options, model_run, optional_run_argument, output_label, source_meta,
+    certify_blocks, from_spec, model_options, model_run, optional_run_argument, output_label, source_meta,
 )
 from .options import (
     FiniteFloat,
@@ -130,7 +130,7 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     # from before it is loaded here is checked by certify_sharded and by every shard
     digest = run_digest(run) if run is not None and Path(run).is_dir() else None
     vae, x = _inputs(run, split, n, device, data_dir, download)
-    if not isinstance(vae, ModelRun):  # e.g. a robvae train extending the run
+    if not from_spec(vae):  # e.g. a robvae train extending the run
         check_not_held(run, "certify it once that has finished")
     default = Path(vae.path) / f"certify-{output_label(vae, split)}.csv"
     out_path, json_path = result_paths(Path(out) if out else default, "certify")
@@ -138,11 +138,11 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     # seeded by (seed, the block's first index), whatever the executor (see robvae.sweep.shard);
     # the serial path uses every core (workers use one thread each): Monte Carlo counts agree
     # exactly across executors, radii to float rounding
-    if isinstance(vae, ModelRun) and executor == "auto":
+    if from_spec(vae) and executor == "auto":
         executor = "serial"  # --model runs in this process (workers load a RUN folder)
     executor, workers = auto_executor(len(x) * n_samples, executor, workers, device,
                                       units=math.ceil(len(x) / BLOCK_SIZE))
-    if isinstance(vae, ModelRun) and executor != "serial":
+    if from_spec(vae) and executor != "serial":
         raise click.UsageError("--executor local / ray need a RUN folder (the workers load it); --model runs in "
                                "this process")
     # finished shards are kept here until the CSV is written: an interrupted run resumes from them;
@@ -151,7 +151,7 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
     with folder_lock(partial, "robvae certify", what=f"output {out_path}"):
         # r under the lock: a second certify into this --out is refused before its calibration
         radius = resolve_radius(vae.model, x, r, r_relative, n_samples, seed)
-        if isinstance(vae, ModelRun):  # --model: this process, blocks seeded as certify_sharded's
+        if from_spec(vae):  # --model: this process, blocks seeded as certify_sharded's
             cert = certify_blocks(vae.model, x, radius, seed=seed, progress=not quiet, n_samples=n_samples,
                                   alpha=alpha, mode=mode, precision=precision, early_abstain=early_abstain,
                                   partial=partial)
@@ -239,7 +239,7 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
         given = ", ".join("--" + k.replace("_", "-") for k, v in pgd.items() if v is not None)
         raise click.UsageError(f"{given} only apply to --preset legacy (the ensemble presets have no step settings)")
     vae, x = _inputs(run, split, n, device, data_dir, download)
-    if not isinstance(vae, ModelRun):  # e.g. a robvae train extending the run
+    if not from_spec(vae):  # e.g. a robvae train extending the run
         check_not_held(run, "attack it once that has finished")
     out_dir = Path(out) if out else Path(vae.path) / f"attack-{output_label(vae, split)}"
     with folder_lock(out_dir, "robvae attack"):  # a second attack into this folder would mix its files in
@@ -298,7 +298,7 @@ def margin_cmd(run, out, quiet, download, **kw) -> None:
     loaded, _ = _inputs(run, config.split, config.n, config.device, config.data_dir, download)
     if download and config.data_dir is None and loaded.config.data_dir is None and loaded.config.dataset != "digits":
         config = dataclasses.replace(config, data_dir=str(default_data_dir(loaded.config.dataset)))  # fetched there
-    if not isinstance(loaded, ModelRun):  # e.g. a robvae train extending the run
+    if not from_spec(loaded):  # e.g. a robvae train extending the run
         check_not_held(run, "measure its margins once that has finished")
     out_path = Path(out) if out else Path(loaded.path) / f"margin-{output_label(loaded, config.split)}.csv"
     source = source_meta(loaded, config.split)  # the split, or split null and the --inputs file
