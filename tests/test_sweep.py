@@ -8,6 +8,7 @@ SIGKILLs the worker after the first epoch on the first attempt, "kill" SIGKILLs 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -951,3 +952,29 @@ def test_a_trials_data_root_is_where_its_relative_data_dir_is_read(tmp_path, mon
     worker.run_trial(Trial.from_dict(t.to_dict()).to_dict(), str(tmp_path / "t1"), cwd=str(tmp_path / "elsewhere"))
     worker.run_trial(Trial(train=t.train).to_dict(), str(tmp_path / "t2"), cwd=str(tmp_path / "elsewhere"))
     assert seen == [str(tmp_path / "repo" / "rel/mnist"), str(tmp_path / "elsewhere" / "rel/mnist")]
+
+
+def test_the_brief_table_counts_capped_margins_and_infinite_radii_beside_the_medians(tmp_path):
+    """A capped margin is a lower bound kept as a number and an infinite radius is p = 1, so the
+    medians of results-brief.csv need the counts beside them (before, the brief had the medians
+    only: a median margin at the search's cap looked like a measurement)."""
+    from robvae.fileio import read_csv, write_json
+    from robvae.sweep.results import RESULTS_BRIEF_CSV, collect
+
+    summaries = [{"n": 4, "n_abstain": 0, "n_infinite_radius": 3, "n_margin_capped": 3, "n_margin_unknown": 0,
+                  "n_not_robust_clean": 0, "margin": {"median": 9.5}, "radius": {"median": math.inf},
+                  "p": {"median": 1.0}, "seconds": 1.0},
+                 {"n": 4, "n_abstain": 1, "n_infinite_radius": 0, "n_margin_capped": 0, "n_margin_unknown": 1,
+                  "n_not_robust_clean": 1, "margin": {"median": 0.4}, "radius": {"median": 0.2},
+                  "p": {"median": 0.7}, "seconds": 1.0}]
+    for i, summary in enumerate(summaries):
+        trial = tmp_path / "trials" / f"t{i}"
+        trial.mkdir(parents=True)
+        write_json(trial / "trial.json", {"name": f"t{i}", "train": {"seed": i}, "evaluation": {"n": 4}})
+        write_json(trial / "status.json", {"status": "done", "summary": summary})
+    collect(tmp_path)
+    brief = read_csv(tmp_path / RESULTS_BRIEF_CSV)
+    assert [r["n_margin_capped"] for r in brief] == ["3", "0"]
+    assert [r["n_infinite_radius"] for r in brief] == ["3", "0"]
+    assert [r["n_margin_unknown"] for r in brief] == ["0", "1"] and [r["n"] for r in brief] == ["4", "4"]
+    assert [r["margin.median"] for r in brief] == ["9.5", "0.4"] and "seconds" not in brief[0]

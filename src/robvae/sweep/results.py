@@ -7,8 +7,9 @@ varies across the trials, flattened with dots (evaluation fields as ``evaluation
 ``error, attempts, wall_s``; ``test_elbo`` (held-out ELBO of the trained model, nats per image);
 then the evaluation summary fields (prefixed ``eval.`` only where a name clashes).
 
-``results-brief.csv`` keeps the headline columns (config, status, test_elbo, the medians and the
-bound-vs-margin correlations); :func:`write_study` adds ``study.json`` and ``sweep.png`` so that
+``results-brief.csv`` keeps the headline columns (config, status, test_elbo, the medians, the
+counts of abstentions, infinite radii, capped and unknown margins that say how to read them, and
+the bound-vs-margin correlations); :func:`write_study` adds ``study.json`` and ``sweep.png`` so that
 ``robvae report OUT`` renders a sweep like a study.
 """
 
@@ -30,6 +31,11 @@ RESULTS_BRIEF_CSV = "results-brief.csv"
 STUDY_FILE = "study.json"
 FIGURE_FILE = "sweep.png"
 _BRIEF_METRICS = ("radius", "radius_sound", "margin", "damage", "p", "sigma_mean", "jac_frobenius")
+#: the brief's other columns: with the medians, the counts that say what they are over (a capped
+#: margin is a lower bound kept as a number, an infinite radius is p = 1: margin.median and
+#: radius.median read differently when many inputs are so)
+_BRIEF_FIELDS = ("id", "name", "status", "attempts", "wall_s", "test_elbo", "n", "n_abstain", "n_infinite_radius",
+                 "n_margin_capped", "n_margin_unknown")
 CORE_FIELDS = ("dataset", "objective.name", "objective.beta", "model.tau", "model.arch", "model.latent_dim",
                "epochs", "seed")
 _NOT_CONFIG = ("device",)
@@ -107,7 +113,7 @@ def _cell(v: Any) -> Any:
 
 
 def _is_brief(key: str, config_keys: list[str]) -> bool:
-    if key in ("id", "name", "status", "attempts", "wall_s", "test_elbo", "n_abstain") or key in config_keys:
+    if key in _BRIEF_FIELDS or key in config_keys:
         return True
     if key.startswith("bounds.") and key.endswith((".spearman", ".pearson")):
         return True
