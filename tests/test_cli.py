@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -75,3 +76,20 @@ def test_train_end_to_end(tmp_path, capsys):
 def test_console_script_entry_point():
     proc = subprocess.run([sys.executable, "-m", "robvae.cli", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "0.1.0" in proc.stdout
+
+
+def test_study_table_marks_capped_median_margins_and_explains_infinite_radii(capsys):
+    """`robvae study beta|tau` print medians: a median margin at the search's cap is a lower bound
+    (">="), and an infinite median radius gets a line saying why (before: bare numbers, "inf")."""
+    from robvae.cli.study import _echo_table
+
+    row = {"margin_median": 9.5, "radius_median": math.inf, "damage_median": 0.1, "sigma_mean_median": 0.2,
+           "jac_frobenius_median": 3.0, "p_median": 1.0, "reconstruction_error_median": 1.5}
+    _echo_table([{"beta": 1.0, **row, "margin_median_at_cap": True},
+                 {"beta": 2.0, **row, "radius_median": 0.5, "margin_median": 0.25, "margin_median_at_cap": False}],
+                "beta")
+    out = capsys.readouterr().out.splitlines()
+    assert ">=9.5" in out[1] and ">=" not in out[2] and "0.25" in out[2]
+    assert out[3].startswith("margin >=: at least half") and out[4].startswith("radius inf: at least half")
+    _echo_table([{"beta": 2.0, **row, "radius_median": 0.5, "margin_median_at_cap": False}], "beta")
+    assert len(capsys.readouterr().out.splitlines()) == 2  # nothing to explain: no notes
