@@ -100,3 +100,23 @@ def test_unknown_objective_is_rejected():
         ObjectiveConfig("vqvae")
     with pytest.raises(ValueError, match="beta"):
         ObjectiveConfig("beta-vae", beta=-1)
+
+
+def test_a_batch_of_one_makes_mi_and_tc_constants_and_beta_tcvae_refuses_it():
+    """With B = 1 the minibatch estimator's MI is log N and its TC (d - 1) log N whatever z, mu,
+    sigma (so beta weighs nothing): the closed forms, and TrainConfig refuses batch_size 1."""
+    import math as _math
+
+    from robvae.training import TrainConfig
+
+    g = torch.Generator().manual_seed(3)
+    for d in (1, 3):
+        mu, sigma = torch.randn(1, d, generator=g), torch.rand(1, d, generator=g) + 0.1
+        z = mu + sigma * torch.randn(1, d, generator=g)
+        t = tc_decomposition(z, mu, sigma, 50)
+        torch.testing.assert_close(t["mi"], torch.tensor([_math.log(50)]))
+        torch.testing.assert_close(t["tc"], torch.tensor([(d - 1) * _math.log(50)]))
+    with pytest.raises(ValueError, match="batch_size 1"):
+        TrainConfig(objective=ObjectiveConfig("beta-tcvae", 4.0), batch_size=1)
+    TrainConfig(objective=ObjectiveConfig("beta-vae", 4.0), batch_size=1)  # other objectives: fine
+    TrainConfig(objective=ObjectiveConfig("beta-tcvae", 4.0), batch_size=2)

@@ -111,7 +111,11 @@ def beta_vae(log_px: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, beta: 
 def tc_decomposition(
     z: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, dataset_size: int
 ) -> dict[str, torch.Tensor]:
-    """Minibatch-weighted-sampling estimates of (MI, TC, DWKL), each [B], for samples z [B, d]."""
+    """Minibatch-weighted-sampling estimates of (MI, TC, DWKL), each [B], for samples z [B, d].
+
+    The estimates use the other rows of the batch as samples of the aggregate posterior: with B = 1
+    the MI and TC estimates are constants (log N and (d - 1) log N), so a batch of one input gives
+    no gradient through them (TrainConfig refuses beta-tcvae with batch_size 1)."""
     check_count(dataset_size, 1, "dataset_size")  # the training set's size
     B = z.shape[0]
     # log q(z_b,k | x_c): [B, C, d]

@@ -90,6 +90,9 @@ class TrainConfig(ConfigMixin):
             check_count(getattr(self, name), 1, name)
         if self.n_train is not None:
             check_count(self.n_train, 1, "n_train")
+        if self.objective.name == "beta-tcvae" and self.batch_size < 2:  # the estimator needs a minibatch
+            raise ValueError("beta-tcvae estimates the total correlation across a minibatch: with batch_size 1 its "
+                             "TC term is a constant and beta would weigh nothing; use batch_size >= 2")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):  # any sign: torch takes it
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         check_positive(self.lr, "lr")
