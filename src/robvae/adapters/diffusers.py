@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..models.likelihoods import widened
 
 
 def _config_shape(vae: nn.Module) -> tuple[int, ...] | None:
@@ -113,8 +114,10 @@ class DiffusersAdapter(nn.Module):
         return self.decode(self.encode(x)[0])
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log N(2 x - 1; 2 g(z) - 1, I) summed over pixels -> [B]."""
-        diff = 2.0 * (x.flatten(1) - self.decode(z).flatten(1))
+        """log N(2 x - 1; 2 g(z) - 1, I) summed over pixels -> [B]; float32 for a float16 / bfloat16
+        autoencoder (a sum of hundreds of nats in 8-11 bits)."""
+        g = widened(self.decode(z).flatten(1))
+        diff = 2.0 * (x.flatten(1).to(g.dtype) - g)
         return -0.5 * diff.pow(2).sum(1) - 0.5 * diff.shape[1] * math.log(2 * math.pi)
 
 

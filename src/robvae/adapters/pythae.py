@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..models.likelihoods import widened
 
 #: pythae models whose q(z|x) is N(embedding, diag exp(log_covariance)), whose reconstruction is
 #: decoder(z) and whose likelihood is the 'bce' / 'mse' robvae reads: the ones wrapped (users'
@@ -104,9 +105,10 @@ class PythaeAdapter(nn.Module):
         return self.decode(self.encode(x)[0])
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) summed over pixels -> [B], the likelihood the pythae model was trained with."""
-        g = self.decode(z).flatten(1)
-        xf = x.flatten(1)
+        """log p(x|z) summed over pixels -> [B], the likelihood the pythae model was trained with;
+        float32 for a float16 / bfloat16 model (a sum of hundreds of nats in 8-11 bits)."""
+        g = widened(self.decode(z).flatten(1))
+        xf = x.flatten(1).to(g.dtype)
         if self.reconstruction_loss == "bce":
             # as torch's binary_cross_entropy (which pythae uses): log terms clamped at -100
             return (xf * g.log().clamp_min(-100) + (1 - xf) * (1 - g).log().clamp_min(-100)).sum(1)
