@@ -15,8 +15,7 @@ import pytest
 import torch
 
 import robvae
-import robvae.adapters
-from robvae.adapters import from_diffusers, from_pythae
+from robvae.adapters import PythaeAdapter, from_diffusers, from_pythae
 from robvae.errors import InputError
 from robvae.robustness import certify, empirical_margin, jacobian_norm
 from robvae.robustness import jacobian as jac_mod
@@ -255,7 +254,6 @@ def test_diffusers_unsupported_configs_are_refused():
 
 PYTHAE_EXAMPLE = '''\
 import robvae
-import robvae.adapters
 from pythae.models import AutoModel
 from robvae.adapters import from_pythae
 model = from_pythae(AutoModel.load_from_folder("my_pythae_run/final_model"))
@@ -339,7 +337,7 @@ def test_half_precision_adapters_sum_their_likelihood_in_float32():
             g = model.decode(z).float().flatten(1)
             got = model.log_likelihood(xb, z)
         xf = xb.float().flatten(1)
-        if isinstance(model, robvae.adapters.PythaeAdapter):
+        if isinstance(model, PythaeAdapter):
             want = (xf * g.log().clamp_min(-100) + (1 - xf) * (1 - g).log().clamp_min(-100)).sum(1)
         else:
             want = -0.5 * (2 * (xf - g)).pow(2).sum(1) - 0.5 * 64 * math.log(2 * math.pi)
