@@ -1330,3 +1330,70 @@ def test_robvaes_warnings_are_one_line_on_the_command_line(tmp_path, monkeypatch
     import sys
 
     sys.modules.pop("logit_models", None)
+
+
+# ---- session 14: an edge-case audit of the Python API (h75) ---------------------------------
+
+
+def _lin():
+    return LinearVAE.random(d=4, input_shape=(1, 4, 4), s=0.1), torch.full((3, 1, 4, 4), 0.5, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("chunk", [-3, -1, 0, 2.5, True])
+def test_chunk_sizes_that_are_not_positive_integers_are_refused(chunk):
+    """A negative chunk_size made delta_norms / r_min return uninitialised memory (values like
+    2e-314) with no error; 0 was read as the default, 2.5 failed in range()."""
+    import robvae
+    from robvae.robustness import delta_norms, encoder_jacobian
+
+    m, x = _lin()
+    for call in (lambda: robvae.r_min(m, x, 100, chunk_size=chunk),
+                 lambda: delta_norms(m, x, None, 5, chunk_size=chunk),
+                 lambda: robvae.r_robustness(m, x, 0.2, n_samples=50, chunk_size=chunk),
+                 lambda: robvae.certify(m, x, 0.2, n_samples=50, chunk_size=chunk),
+                 lambda: encoder_jacobian(m, x, chunk_size=chunk)):
+        with pytest.raises(InputError, match=r"chunk_size must be an integer >= 1"):
+            call()
+
+
+def test_certify_refuses_bad_batch_sizes_norm_strings_rigorous_and_early_abstain_values():
+    import robvae
+
+    m, x = _lin()
+    for kw, needle in [({"batch_size": 0}, "batch_size"), ({"batch_size": -3}, "batch_size"),
+                       ({"batch_size": 2.7}, "batch_size"), ({"norms": "frobenius"}, "tuple of names"),
+                       ({"rigorous": "yes"}, "rigorous"), ({"early_abstain": "no"}, "early_abstain")]:
+        with pytest.raises(InputError, match=needle):
+            robvae.certify(m, x, 0.2, n_samples=20, **kw)
+    # the right forms still work: a tuple of one norm, a batch that splits the inputs
+    c = robvae.certify(m, x, 0.2, n_samples=20, norms=("frobenius",), batch_size=2)
+    assert c.p.shape == (3,)
+
+
+def test_inputs_made_under_inference_mode_are_not_taken_for_an_in_place_edit():
+    """A batch built inside torch.inference_mode() was refused by every estimator with "model.encode
+    modifies its input x in place" (a copy of an inference tensor starts at version 1); the same
+    numbers as an ordinary tensor now, and a real in-place edit is still named."""
+    import robvae
+
+    m, x = _lin()
+    with torch.inference_mode():
+        xi = x.clone()
+    a = robvae.certify(m, xi, 0.25, n_samples=100, generator=torch.Generator().manual_seed(0))
+    b = robvae.certify(m, x, 0.25, n_samples=100, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.p, b.p) and torch.equal(a.radius, b.radius)
+    check_model(m, xi).raise_if_failed()
+
+    class Clamps(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.input_shape = m, m.input_shape
+
+        def encode(self, x):
+            return self.inner.encode(x.clamp_(0, 1))  # no value changes: only the version counter tells
+
+        def decode(self, z):
+            return self.inner.decode(z)
+
+    with pytest.raises(InputError, match="modifies its input x in place"):
+        robvae.certify(Clamps(), xi, 0.25, n_samples=10)

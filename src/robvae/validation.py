@@ -61,6 +61,12 @@ def check_count(v, lo: int = 1, name: str = "") -> int:
     return int(v)
 
 
+def check_size(v, name: str) -> int | None:
+    """A chunk or batch size: None (the default, chosen by robvae) or an integer >= 1 (0, negative
+    and fractional sizes were read as the default, as 1 or as no chunk at all)."""
+    return None if v is None else check_count(v, 1, name)
+
+
 def check_positive(v, name: str = "") -> float:
     """``v`` as a float when it is a finite number > 0 (not a bool); else an InputError."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
@@ -246,7 +252,7 @@ def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
         check_mode(model)
     except InputError as e:  # reported, and the outputs still looked at
         rep.problems.append(str(e))
-    x_arg = x.clone()
+    x_arg, x_base = fresh_copy(x)
     with torch.no_grad():
         try:
             out = model.encode(x_arg)
@@ -266,7 +272,7 @@ def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
         rep.problems += _encode_problems(model, x, out)
         if rep.problems:
             return rep
-        z_arg = out[0].clone()
+        z_arg, z_base = fresh_copy(out[0])
         try:
             dec = model.decode(z_arg)
         except Exception as e:  # noqa: BLE001
@@ -280,7 +286,7 @@ def check_model(model: torch.nn.Module, x: torch.Tensor) -> ModelCheck:
                                          x.device)
         if not rep.problems:
             try:  # an argument edited in place, then randomness (sampling, dropout in training mode)
-                check_not_in_place(x_arg, x, z_arg, out[0])
+                check_not_in_place(x_arg, x, z_arg, out[0], (x_base, z_base))
                 check_deterministic(model, x, out, dec)
             except InputError as e:
                 rep.problems.append(str(e))
@@ -323,11 +329,11 @@ def check_model_outputs(model: torch.nn.Module, x: torch.Tensor) -> None:
         for start in range(0, max(1, x.shape[0]), CHECK_BATCH):
             part = x[start:start + CHECK_BATCH]
             if start == 0:  # on copies: an encode / decode that edits its argument is named as such
-                arg = part.clone()
+                arg, arg_base = fresh_copy(part)
                 mu, sigma = checked_encode(model, arg)
-                z = mu.clone()
+                z, z_base = fresh_copy(mu)
                 out = checked_decode(model, z, tuple(x.shape[1:]))
-                check_not_in_place(arg, part, z, mu)
+                check_not_in_place(arg, part, z, mu, (arg_base, z_base))
                 check_deterministic(model, part, (mu, sigma), out)
                 warn_if_out_of_range(model, out)
             else:
@@ -335,15 +341,25 @@ def check_model_outputs(model: torch.nn.Module, x: torch.Tensor) -> None:
                 checked_decode(model, mu, tuple(x.shape[1:]))
 
 
-def check_not_in_place(x_arg: torch.Tensor, x: torch.Tensor, z_arg: torch.Tensor, z: torch.Tensor) -> None:
+def fresh_copy(t: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+    """(a copy of ``t`` to hand to a model method, its version counter now): the copy of a tensor
+    made under inference mode starts at version 1, not 0, so the counter is read, not assumed."""
+    c = t.clone()
+    return c, _version(c)
+
+
+def check_not_in_place(x_arg: torch.Tensor, x: torch.Tensor, z_arg: torch.Tensor, z: torch.Tensor,
+                       versions: tuple[int | None, int | None]) -> None:
     """InputError when encode changed its argument ``x_arg`` (a copy of ``x``) or decode changed
     ``z_arg`` (a copy of ``z``): robvae differentiates with respect to x and reuses the latents
     it decodes (mu(x) is the centre of every draw), so an in-place edit would corrupt both; it
-    was reported as an encoder that is "not deterministic"."""
-    for what, arg, orig, name in (("model.encode", x_arg, x, "x"), ("model.decode", z_arg, z, "z")):
-        # the copies are fresh tensors (version 0): an in-place edit bumps the version even where it
-        # changes no value (z.clamp_(-1, 1) of latents within [-1, 1] passed unseen)
-        if not torch.equal(arg, orig) or _version(arg) not in (0, None):
+    was reported as an encoder that is "not deterministic". ``versions``: the copies' version
+    counters before the calls (:func:`fresh_copy`)."""
+    for what, arg, orig, name, base in (("model.encode", x_arg, x, "x", versions[0]),
+                                        ("model.decode", z_arg, z, "z", versions[1])):
+        # an in-place edit bumps the version even where it changes no value (z.clamp_(-1, 1) of
+        # latents within [-1, 1] passed unseen)
+        if not torch.equal(arg, orig) or _version(arg) != base:
             raise InputError(f"{what} modifies its input {name} in place (e.g. {name}.clamp_()): use the out-of-place "
                              f"form ({name} = {name}.clamp(...))")
 

@@ -640,6 +640,8 @@ def draw_chunks(n_samples: int, chunk_size: int) -> Iterator[int]:
     if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
         raise InputError(f"n_samples must be an integer >= 1, got {n_samples!r}")
     n_samples = int(n_samples)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+        raise InputError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")  # range() would yield nothing
     for start in range(0, n_samples, chunk_size):
         yield min(chunk_size, n_samples - start)
 

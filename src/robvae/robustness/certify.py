@@ -25,7 +25,8 @@ from tqdm import tqdm
 from ..config import ALPHA, N_SAMPLES, ConfigMixin
 from ..models.fast_decode import batches
 from ..stats import median
-from ..validation import as_radius, check_x, host_numpy
+from ..errors import InputError
+from ..validation import as_radius, check_count, check_size, check_x, host_numpy
 from .bf16 import check_precision, r_robustness_bf16
 from .jacobian import KINDS, jacobian_norms
 from .lipschitz import VAELipschitz
@@ -244,9 +245,17 @@ def certify(
     precision: "auto", "float32" or "bfloat16" (see :class:`CertifyConfig`): the same certificates.
     early_abstain: stop drawing for inputs settled p < 1/2 (see :class:`CertifyConfig`).
     """
+    if isinstance(norms, str):  # set("frobenius") is its letters
+        raise InputError(f"norms: a tuple of names, e.g. ({norms!r},); got the string {norms!r}")
     unknown = set(norms) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown norms {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    if not isinstance(rigorous, (bool, VAELipschitz)):
+        raise InputError(f"rigorous: True, False or a VAELipschitz of the model's constants, got {rigorous!r}")
+    if not isinstance(early_abstain, bool):  # "no" would count as True
+        raise InputError(f"early_abstain must be True or False, got {early_abstain!r}")
+    check_count(batch_size, 1, "batch_size")
+    check_size(chunk_size, "chunk_size")
     check_precision(precision)
     check_x(model, x)
     rt = as_radius(r, x.shape[0], x)

@@ -26,7 +26,7 @@ from ..attacks.pgd import unit_rows
 from ..autodiff import jv_function, model_derivatives, reverse_jv
 from ..models.fast_decode import CHUNK_ELEMENTS, batches
 from ..rng import randn
-from ..validation import check_x
+from ..validation import check_size, check_x
 
 KINDS = ("frobenius", "spectral", "whitened")
 METHODS = ("auto", "exact", "hutchinson")
@@ -92,7 +92,7 @@ def encoder_jacobian(model: torch.nn.Module, x: torch.Tensor, *, chunk_size: int
     check_x(model, x)
     B, D = x.shape[0], x[0].numel()
     d = _latent_dim(model, x)
-    size = chunk_size or max(1, CHUNK_ELEMENTS // (d * D))
+    size = check_size(chunk_size, "chunk_size") or max(1, CHUNK_ELEMENTS // (d * D))
     f = _mean_fn(model)
     with torch.inference_mode(False), torch.enable_grad():
         parts = [_jacobian_chunk(f, x[s].clone()).detach() for s in batches(B, size)]

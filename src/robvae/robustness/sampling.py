@@ -28,7 +28,7 @@ from ..config import ALPHA, N_SAMPLES
 from ..models.fast_decode import batches, default_chunk, draw_chunks, flat_decode, row_cap, rows_independent
 from ..rng import randn
 from ..errors import InputError
-from ..validation import as_radius, check_delta, check_level, check_x, checked_encode, rounded
+from ..validation import as_radius, check_delta, check_level, check_size, check_x, checked_encode, rounded
 
 MODES = ("mean", "full")
 
@@ -62,7 +62,8 @@ def draw_setup(
     else:
         mu, sigma_d = checked_encode(model, x + delta)
         sigma = sigma_d if mode == "full" else sigma0
-    chunk = chunk_size or default_chunk(n_samples, x.shape[0], ref.shape[1], x.device, model)
+    chunk = check_size(chunk_size, "chunk_size") or default_chunk(n_samples, x.shape[0], ref.shape[1], x.device,
+                                                                   model)
     return mu, sigma, ref, chunk
 
 
