@@ -193,3 +193,33 @@ def test_a_run_trained_with_a_since_refused_setting_can_still_be_extended(tmp_pa
     assert rc == 0, err
     assert "for 2 epochs" in stdout
 
+
+
+def test_train_fails_when_the_trained_weights_certify_less_than_requested(tmp_path, capsys, monkeypatch):
+    """The printed verdict said "BELOW eps" and the command exited 0 (h74): a run that does not
+    certify what --certify-margin announced is now an error (exit 1) naming both margins."""
+    import dataclasses
+
+    from robvae.cli import train as train_mod
+
+    real = train_mod.verify_margin
+
+    def short(*a, **kw):  # the saved weights' constants giving 90% of the request
+        ver = real(*a, **kw)
+        return dataclasses.replace(ver, barrett_margin=0.9 * ver.eps)
+
+    monkeypatch.setattr(train_mod, "verify_margin", short)
+    rc, out, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "1", "--latent-dim", "4", "--hidden", "32",
+                        "--n-train", "100", "--certify-margin", "0.5", "--r", "2", "--verify-n", "2", "--quiet",
+                        "--out", str(tmp_path / "run"))
+    assert rc == 1 and "BELOW eps" in out
+    assert "certify a Barrett margin of 0.45 only, below the requested 0.5" in err
+
+
+def test_a_tiny_requested_margin_is_certified_by_the_trained_weights(tmp_path, capsys):
+    """The h74 case: --certify-margin 1e-5 --r 2 measured 9.7e-6 (BELOW eps, exit 0); it holds now."""
+    rc, out, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "2", "--latent-dim", "4", "--hidden", "64",
+                        "--certify-margin", "1e-5", "--r", "2", "--verify-n", "3", "--quiet",
+                        "--out", str(tmp_path / "run"))
+    assert rc == 0, err
+    assert "(holds)" in out and "BELOW" not in out

@@ -1397,3 +1397,20 @@ def test_inputs_made_under_inference_mode_are_not_taken_for_an_in_place_edit():
 
     with pytest.raises(InputError, match="modifies its input x in place"):
         robvae.certify(Clamps(), xi, 0.25, n_samples=10)
+
+
+def test_a_bfloat16_margin_search_never_reports_a_budget_above_its_cap():
+    """bfloat16 holds 0.3 as 0.30078 and the box diameter 9.798 as 9.8125 (rounded to nearest): a
+    capped margin was reported above the cap it was searched under; now the cap is rounded down."""
+    import robvae
+
+    torch.manual_seed(0)
+    vb = robvae.VAE(robvae.ModelConfig(input_shape=(1, 8, 12), arch="conv", latent_dim=2, conv_hidden=16,
+                                       conv_channels=(4, 4))).to(torch.bfloat16).eval()
+    xb = torch.rand(1, 1, 8, 12, generator=torch.Generator().manual_seed(1)).bfloat16()
+    for cap in (0.3, None):
+        res = robvae.empirical_margin(vb, xb, 2.0, n_samples=200, tol=0.3, eps_max=cap,
+                                      generator=torch.Generator().manual_seed(0))
+        limit = 0.3 if cap is not None else (8 * 12) ** 0.5
+        assert bool(res.capped.all()) and float(res.margin.max()) <= limit and res.eps_max <= limit
+        assert float(res.margin.max()) > limit * (1 - 2 ** -7)  # the largest bfloat16 below it

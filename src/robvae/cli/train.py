@@ -182,6 +182,11 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
         click.echo(ver.table())
         if ver.contradicted:  # the certificate and the attack disagree: never pass that silently
             raise click.ClickException(f"the certified margin is contradicted: {ver.verdict}")
+        if ver.barrett_margin < certify_margin:  # the saved weights do not certify what was announced
+            raise click.ClickException(
+                f"the trained weights certify a Barrett margin of {ver.barrett_margin:.4g} only, below the requested "
+                f"{certify_margin:g} (their measured Lipschitz constants exceed the plan's); the run in {out} is not "
+                "certified: train again with a slightly larger --certify-margin")
 
 
 @app.command("demo")
