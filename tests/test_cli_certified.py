@@ -223,3 +223,31 @@ def test_a_tiny_requested_margin_is_certified_by_the_trained_weights(tmp_path, c
                         "--out", str(tmp_path / "run"))
     assert rc == 0, err
     assert "(holds)" in out and "BELOW" not in out
+
+
+def test_a_jacobian_penalty_that_is_constant_on_a_lipschitz_mlp_is_refused(tmp_path, capsys):
+    """On a lipschitz-mlp whose widths never grow (64 -> 64 -> 4), J J^T = L^2 I: ||J||_F^2 = d L^2
+    for every input and weight (measured here by autograd), so --jacobian changed nothing and was
+    accepted (h74). Refused in one line before anything is written; a widening net or the whitened
+    penalty still trains."""
+    import torch
+
+    import robvae
+    from robvae.models import ModelConfig
+
+    torch.manual_seed(0)
+    for hidden, constant in (((64,), True), ((32,), True), ((256, 128), False)):
+        m = robvae.VAE(ModelConfig(input_shape=(1, 8, 8), arch="lipschitz-mlp", latent_dim=4, hidden=hidden,
+                                   lipschitz=3.0, sigma_cap=0.1))
+        x = torch.rand(4, 1, 8, 8)
+        J = torch.func.vmap(torch.func.jacrev(lambda xx: m.encode(xx[None])[0][0]))(x).flatten(2)
+        frob = (J ** 2).sum((1, 2))
+        assert bool(torch.allclose(frob, torch.full_like(frob, 36.0), rtol=1e-4)) == constant, (hidden, frob)
+    rc, _, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "1", "--latent-dim", "4", "--hidden", "64",
+                      "--certify-margin", "0.5", "--r", "2", "--jacobian", "1", "--out", str(tmp_path / "run"))
+    assert rc == 2 and "Jacobian penalty is a constant" in err and "64 -> 64 -> 4" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    rc, _, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "1", "--latent-dim", "4", "--hidden", "64",
+                      "--n-train", "100", "--certify-margin", "0.5", "--r", "2", "--jacobian", "1",
+                      "--jacobian-whitened", "--verify-n", "2", "--quiet", "--out", str(tmp_path / "white"))
+    assert rc == 0, err

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .config import ConfigMixin
 from .data import ImageDataset, load_dataset
 from .data.registry import canonical_name
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 from .fileio import load_tensors, read_csv, read_json, remove_stale_temporaries, save_tensors, write_csv, write_json
 from .attacks import MaxDamageAttack
 from .models import VAE, ModelConfig
@@ -121,6 +121,23 @@ class Run:
     config: TrainConfig
     model: VAE
     metrics: list[dict[str, str]]
+
+
+def check_penalty_not_constant(config: TrainConfig) -> None:
+    """InputError for a Jacobian penalty that cannot change anything: a lipschitz-mlp encoder whose
+    widths never grow (D >= h_1 >= ... >= d) has weights with orthonormal rows times L^(1/k) and
+    gradient-norm-preserving GroupSort activations, so J J^T = L^2 I and ||J||_F^2 = d L^2 for every
+    input and every weight (the whitened penalty, ||diag(1/sigma) J||_F^2, still varies)."""
+    m, o = config.model, config.objective
+    if m.arch != "lipschitz-mlp" or not o.jacobian > 0 or o.jacobian_whitened:
+        return
+    widths = [math.prod(m.input_shape), *m.hidden, m.latent_dim]
+    if all(b <= a for a, b in zip(widths, widths[1:])):
+        raise InputError(
+            f"the Jacobian penalty is a constant on this lipschitz-mlp (encoder widths {' -> '.join(map(str, widths))} "
+            f"never grow, so ||J||_F^2 = d L^2 = {m.latent_dim * m.lipschitz ** 2:.4g} for every input and weight): "
+            "it would change nothing; use the whitened penalty (jacobian_whitened, --jacobian-whitened), or a hidden "
+            "width above the input's")
 
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
@@ -283,6 +300,7 @@ def train(
     train_set = train_set.subset(config.n_train)
     if tuple(config.model.input_shape) != tuple(train_set.shape):
         config.model = ModelConfig.from_dict({**config.model.to_dict(), "input_shape": tuple(train_set.shape)})
+    check_penalty_not_constant(config)
 
     extend = (run_dir / CONFIG_FILE).exists() and check_same_config(run_dir, config)
     remove_stale_temporaries(run_dir, (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, WEIGHTS_FILE))  # a killed run's
