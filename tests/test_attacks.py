@@ -300,3 +300,20 @@ def test_ensemble_warm_start_and_validation():
         atk(m, x, 0.1, target="p")  # needs r
     with pytest.raises(InputError):
         atk(m, x * 3, 0.1)
+
+
+def test_the_maximum_damage_attack_refuses_an_infinite_budget():
+    """eps = inf returned delta = 0 and damage 0 (a random start of 0 at an unbounded budget and
+    delta = 0 a stationary point) where eps = 1e3 found damage 4 (h75); refused as the ensemble is."""
+    import math as _math
+
+    from robvae.attacks import MaxDamageAttack, max_damage_attack
+    from robvae.models import LinearVAE
+
+    m = LinearVAE.random(d=2, input_shape=(1, 4, 4), s=0.1)
+    x = torch.full((2, 1, 4, 4), 0.5, dtype=torch.float64)
+    for call in (lambda: max_damage_attack(m, x, _math.inf, steps=2),
+                 lambda: MaxDamageAttack(steps=2)(m, x, torch.tensor([1.0, _math.inf], dtype=torch.float64))):
+        with pytest.raises(ValueError, match="finite budget"):
+            call()
+    assert float(max_damage_attack(m, x, 1.0, steps=5, eta_samples=0).flatten(1).norm(dim=1).min()) > 0.5

@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -1414,3 +1415,98 @@ def test_a_bfloat16_margin_search_never_reports_a_budget_above_its_cap():
         limit = 0.3 if cap is not None else (8 * 12) ** 0.5
         assert bool(res.capped.all()) and float(res.margin.max()) <= limit and res.eps_max <= limit
         assert float(res.margin.max()) > limit * (1 - 2 ** -7)  # the largest bfloat16 below it
+
+
+def test_draw_probe_and_iteration_counts_are_checked():
+    """sequential_robustness(n_max=0) reported p = 0 from no draw; n_iter=0 returned the random
+    start's norm as the spectral norm (2.1 for an exact 3.0) and iters=-1 a random direction;
+    n_probes=0 failed inside torch (h75)."""
+    import robvae
+    from robvae.attacks.starts import top_singular_direction
+    from robvae.robustness import jacobian_norm, sequential_robustness
+    from robvae.robustness.jacobian import jacobian_norms
+
+    m, x = _lin()
+    for call, needle in [(lambda: sequential_robustness(m, x, 0.2, n_max=0), "n_max"),
+                         (lambda: sequential_robustness(m, x, 0.2, n_max=-5), "n_max"),
+                         (lambda: sequential_robustness(m, x, 0.2, n_first=0), "n_first"),
+                         (lambda: jacobian_norm(m, x, "spectral", method="hutchinson", n_iter=0), "n_iter"),
+                         (lambda: jacobian_norm(m, x, "frobenius", method="hutchinson", n_probes=0), "n_probes"),
+                         (lambda: jacobian_norm(m, x, "frobenius", method="hutchinson", n_probes=2.5), "n_probes"),
+                         (lambda: jacobian_norms(m, x, "frobenius"), "tuple of names"),
+                         (lambda: top_singular_direction(m, x, iters=-1), "iters")]:
+        with pytest.raises(InputError, match=needle):
+            call()
+    assert robvae.robustness.sequential_robustness(m, x, 0.2, n_max=100).n_samples.min() >= 1
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.9, 0.999999])
+def test_levels_alpha_of_one_half_or_more_are_refused(alpha, capsys):
+    """At alpha = 0.999999 Clopper-Pearson's lower bound (0.958) passed its upper bound (0.630) and
+    at 0.9 the sound radius exceeded Theorem 1's for every input (h75): a one-sided bound at
+    confidence 1 - alpha <= 1/2 is no bound. Refused by the library, the configs and the CLI."""
+    import robvae
+    from robvae.evaluation import EvalConfig
+    from robvae.robustness import clopper_pearson
+
+    m, x = _lin()
+    for call in (lambda: robvae.certify(m, x, 0.2, n_samples=20, alpha=alpha), lambda: clopper_pearson(3, 10, alpha),
+                 lambda: EvalConfig(alpha=alpha), lambda: robvae.empirical_margin(m, x, 0.2, alpha=alpha)):
+        with pytest.raises(ValueError, match=r"level in \(0, 0\.5\)"):
+            call()
+    assert main(["certify", "--model", "x:y", "--alpha", str(alpha), "--r", "1"]) == 2
+    assert "0<x<0.5" in capsys.readouterr().err.replace(" ", "")
+    lo, hi = clopper_pearson(3, 10, 0.49)
+    assert float(lo) <= 0.3 <= float(hi)
+
+
+def test_remaining_api_edges_of_the_h75_audit():
+    """h75's low findings: r=True was r = 1 and r="0.1" a torch TypeError; alpha >= 1/2 was refused
+    only after every draw; damages refused delta=None (r_robustness reads it as 0); a float16
+    LinearVAE's closed forms failed in torch; empirical_margin ignored norm= beside an attack and
+    steps= beside an attack, and took no preset name; inputs that require grad warned from robvae's
+    own range check; exact_optimum gave a wrong closed form for non-orthogonal columns."""
+    import warnings as _w
+
+    import robvae
+    from robvae.attacks import EnsembleAttack
+    from robvae.metrics import expected_damage, perceptual_damage, reconstruction_damage
+    from robvae.studies import exact_optimum
+
+    m, x = _lin()
+    for bad in (True, "0.1", torch.tensor([True, False, True])):
+        with pytest.raises(InputError, match="r must be a number"):
+            robvae.r_robustness(m, x, bad, n_samples=10)
+    assert robvae.r_robustness(m, x, np.array([0.1, 0.2, 0.3]), n_samples=10).r.tolist() == [0.1, 0.2, 0.3]
+    calls = []
+    m.decode = lambda z, _d=m.decode: calls.append(1) or _d(z)  # counts decoder calls
+    with pytest.raises(InputError, match="alpha"):
+        robvae.r_robustness(m, x, 0.2, n_samples=10, alpha=0.9)
+    assert not calls  # refused before any draw
+    del m.decode
+    zero = torch.zeros_like(x)
+    assert torch.equal(reconstruction_damage(m, x, None), reconstruction_damage(m, x, zero))
+    assert torch.equal(perceptual_damage(m, x, None).ssim, perceptual_damage(m, x, zero).ssim)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(expected_damage(m, x, None, generator=g()), expected_damage(m, x, zero, generator=g()))
+    half = LinearVAE.random(d=2, input_shape=(1, 4, 4), s=0.1, dtype=torch.float16)
+    assert half.exact_margin(0.25) > 0 and half.exact_bound(0.25) > 0
+    with pytest.raises(InputError, match="attacks in 'l2'"):
+        robvae.empirical_margin(m, x[:1], 0.25, attack=EnsembleAttack("cheap"), norm="linf", n_samples=50)
+    with pytest.raises(InputError, match="steps"):
+        robvae.empirical_margin(m, x[:1], 0.25, attack=EnsembleAttack("cheap"), steps=5, n_samples=50)
+    a = robvae.empirical_margin(m, x[:1], 0.25, attack="cheap", norm="linf", n_samples=200, generator=g())
+    b = robvae.empirical_margin(m, x[:1], 0.25, attack=EnsembleAttack("cheap", norm="linf"), n_samples=200,
+                                generator=g())
+    assert torch.equal(a.margin, b.margin)
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        robvae.r_robustness(m, x.clone().requires_grad_(), 0.25, n_samples=10)
+    W = torch.randn(16, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with pytest.raises(InputError, match="orthogonal columns"):
+        exact_optimum(W, 0.5, 1.0)
+    Q = torch.linalg.qr(W).Q * torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
+    for s, beta in ((0.0, 1.0), (0.5, 0.0), (0.5, float("nan"))):
+        with pytest.raises(InputError):
+            exact_optimum(Q, s, beta)
+    assert exact_optimum(Q, 0.5, 1.0)["sigma"].shape == (4,)

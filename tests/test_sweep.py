@@ -82,9 +82,9 @@ def test_grid_values_equal_as_numbers_are_one_trial():
     with pytest.raises(SweepSpecError, match=r"^grid points objective\.beta=1 and objective\.beta=1\.0 give the same "
                                              r"trial \(a duplicate value\?\)$"):
         parse_sweep({"base": BASE, "grid": {"objective.beta": [1, 1.0]}})
-    with pytest.raises(SweepSpecError, match=r"grid points seed=0,evaluation\.alpha=0\.5 and "
-                                             r"seed=0,evaluation\.alpha=0\.5000"):
-        parse_sweep({"base": BASE, "evaluation": {"n": 2}, "grid": {"seed": [0], "evaluation.alpha": [0.5, "0.5000"]}})
+    with pytest.raises(SweepSpecError, match=r"grid points seed=0,evaluation\.alpha=0\.05 and "
+                                             r"seed=0,evaluation\.alpha=0\.0500"):
+        parse_sweep({"base": BASE, "evaluation": {"n": 2}, "grid": {"seed": [0], "evaluation.alpha": [0.05, "0.0500"]}})
     # ids as before: 1 and 1.0 alone are still the trials they were
     assert parse_sweep({"base": BASE, "grid": {"objective.beta": [1, 2.0]}}).trials[0].id == \
         Trial({**BASE, "objective": {"beta": 1}}).id
@@ -109,7 +109,7 @@ def test_float_fields_accept_numeric_strings_as_yaml_reads_1e_3():
 
 @pytest.mark.parametrize("doc, message", [
     ({"base": BASE, "evaluation": {"n": -3}}, "evaluation.n must be >= 1, got -3"),
-    ({"base": BASE, "evaluation": {"alpha": 2}}, "evaluation.alpha must be in (0, 1), got 2"),
+    ({"base": BASE, "evaluation": {"alpha": 2}}, "evaluation.alpha must be a level in (0, 0.5) (confidence 1 - alpha above one half), got 2"),
     ({"base": BASE, "evaluation": {"n": "many"}}, "evaluation field n: expected an integer, got 'many'"),
     ({"base": BASE, "evaluation": {"n": 5}, "grid": {"evaluation.n": [1, -2]}},
      "grid point evaluation.n=-2: evaluation.n must be >= 1, got -2"),

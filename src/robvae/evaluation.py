@@ -82,7 +82,7 @@ from .robustness import certify, empirical_margin, r_min
 from .robustness.lipschitz import VAELipschitz, vae_lipschitz
 from .stats import BoundStats, bound_stats, describe, median, quartiles
 from .training import Run, load
-from .validation import host_numpy, model_dtype
+from .validation import check_level, host_numpy, model_dtype
 
 PER_INPUT_FILE = "per_input.csv"
 SUMMARY_FILE = "summary.json"
@@ -172,8 +172,7 @@ class EvalConfig(ConfigMixin):
             raise ValueError(f"r_relative must be > 0, got {self.r_relative}")
         if self.n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        check_level(self.alpha, "alpha")
         if self.attack_eps is not None and not self.attack_eps > 0:
             raise ValueError(f"attack_eps must be > 0, got {self.attack_eps}")
         if not self.attack_eps_relative > 0:

@@ -40,21 +40,28 @@ def reconstruction_error(model: torch.nn.Module, x: torch.Tensor) -> torch.Tenso
         return (flat_decode(model, model.encode(x)[0]) - x.flatten(1)).norm(dim=1)
 
 
-def reconstruction_damage(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def _as_delta(x: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
+    """The checked perturbation (:func:`robvae.validation.check_delta`); None is delta = 0, as for
+    :func:`robvae.robustness.r_robustness`."""
+    delta = check_delta(x, delta)
+    return torch.zeros_like(x) if delta is None else delta
+
+
+def reconstruction_damage(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
     """||g(mu(x + delta)) - g(mu(x))|| per input: x, delta [B, *shape] -> [B]."""
     check_x(model, x)
-    delta = check_delta(x, delta)
+    delta = _as_delta(x, delta)
     with torch.inference_mode():
         return (flat_decode(model, model.encode(x + delta)[0]) - flat_decode(model, model.encode(x)[0])).norm(dim=1)
 
 
-def expected_damage(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor, n_draws: int = 64, *,
+def expected_damage(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor | None, n_draws: int = 64, *,
                     mode: str = "full", generator: torch.Generator | None = None) -> torch.Tensor:
     """The paper's expected damage (eq. 5), E_eta ||g(mu(x + d) + eta sigma) - g(mu(x))|| per input, the
     mean over ``n_draws`` draws of eta; sigma = sigma(x + d) (mode "full") or sigma(x) ("mean").
     x, delta [B, *shape] -> [B]. (The attack ensemble reports the same quantity for its own delta.)"""
     check_x(model, x)
-    delta = check_delta(x, delta)
+    delta = _as_delta(x, delta)
     if mode not in ("full", "mean"):
         raise ValueError(f"unknown mode {mode!r}; choose 'full' or 'mean'")
     n_draws = check_count(n_draws, 1, "n_draws")  # 0 failed inside torch (a reshape error)
@@ -68,7 +75,7 @@ def expected_damage(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor
         return (flat_decode(model, z).view(B, K, -1) - ref[:, None]).norm(dim=-1).mean(1)
 
 
-def likelihood_degradation(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def likelihood_degradation(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
     """|log p(x|z*) - log p(x|z)| / |log p(x|z)| with z = mu(x), z* = mu(x + delta): -> [B].
 
     Needs ``model.log_likelihood(x, z) -> [B]`` (log p(x|z) summed over pixels); the likelihood
@@ -80,7 +87,7 @@ def likelihood_degradation(model: torch.nn.Module, x: torch.Tensor, delta: torch
             f"{type(model).__name__} has none"
         )
     check_x(model, x)
-    delta = check_delta(x, delta)
+    delta = _as_delta(x, delta)
     with torch.inference_mode():
         z = model.encode(x)[0]
         z_adv = model.encode(x + delta)[0]
@@ -163,11 +170,11 @@ def image_similarity(a: torch.Tensor, b: torch.Tensor) -> PerceptualDamage:
     return PerceptualDamage(ssim.cpu(), ms.cpu(), k, float(sig), scales, note)
 
 
-def perceptual_damage(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor) -> PerceptualDamage:
+def perceptual_damage(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor | None) -> PerceptualDamage:
     """SSIM / MS-SSIM between g(mu(x)) and g(mu(x + delta)) per input (:func:`image_similarity`),
     the perceptual counterpart of :func:`reconstruction_damage`."""
     check_x(model, x)
-    delta = check_delta(x, delta)
+    delta = _as_delta(x, delta)
     with torch.inference_mode():
         g = flat_decode(model, model.encode(x)[0]).reshape(x.shape)
         g_adv = flat_decode(model, model.encode(x + delta)[0]).reshape(x.shape)

@@ -9,6 +9,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -42,8 +43,8 @@ def check_images(
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
         raise InputError(f"{name} holds NaN or inf values (in {bad} of {x.shape[0]} inputs)")
-    if check_range:
-        lo, hi = float(x.min()), float(x.max())
+    if check_range:  # (detached: reading a tensor that requires grad as a number warns)
+        lo, hi = float(x.detach().min()), float(x.detach().max())
         if lo < 0.0 or hi > 1.0:
             raise InputError(f"{name} has values outside [0, 1] (min {lo:.4g}, max {hi:.4g})")
     return x
@@ -74,10 +75,16 @@ def check_positive(v, name: str = "") -> float:
     return float(v)
 
 
+#: the largest level alpha accepted (open): at alpha >= 1/2 a one-sided bound at confidence 1 - alpha
+#: is no bound (Clopper-Pearson's lower end passed its upper end, the sound radius exceeded Theorem 1's)
+MAX_LEVEL = 0.5
+
+
 def check_level(v, name: str = "") -> float:
-    """``v`` as a float when it is a level in (0, 1) (a confidence level alpha); else an InputError."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1:
-        raise InputError(f"{_named(name)}must be a level in (0, 1), got {v!r}")
+    """``v`` as a float when it is a level alpha in (0, 1/2) (confidence 1 - alpha above one half);
+    else an InputError."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < MAX_LEVEL:
+        raise InputError(f"{_named(name)}must be a level in (0, 0.5) (confidence 1 - alpha above one half), got {v!r}")
     return float(v)
 
 
@@ -456,7 +463,7 @@ def check_delta(x: torch.Tensor, delta: torch.Tensor | None, *, tol: float = 1e-
     if delta.shape[0] != x.shape[0]:
         raise InputError(f"delta has batch size {delta.shape[0]}, x has {x.shape[0]}")
     xd = x + delta.to(x)
-    lo, hi = float(xd.min()), float(xd.max())
+    lo, hi = float(xd.detach().min()), float(xd.detach().max())
     if lo < -tol or hi > 1.0 + tol:
         raise InputError(f"x + delta has values outside [0, 1] (min {lo:.4g}, max {hi:.4g})")
     return xd.clamp(0.0, 1.0) - x
@@ -484,6 +491,10 @@ def as_radius(r: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.
     """A radius r (a number or a [B] tensor) as a [B] tensor of ``like``'s device/dtype; r > 0.
     A number that ``like``'s dtype cannot hold is rounded down (bfloat16: 0.3 -> 0.2988), so no
     draw beyond the requested r counts as within it."""
+    if isinstance(r, bool) or not isinstance(r, (numbers.Real, torch.Tensor, np.ndarray)) or (
+            isinstance(r, torch.Tensor) and (r.dtype == torch.bool or r.is_complex())) or (
+            isinstance(r, np.ndarray) and r.dtype.kind not in "iuf"):  # True was r = 1, "0.1" a torch TypeError
+        raise InputError(f"r must be a number or a [B] tensor of numbers, got {r!r}")
     rt = rounded(torch.as_tensor(r, device=like.device, dtype=torch.float64), like.dtype, down=True) \
         if not isinstance(r, torch.Tensor) or r.dtype != like.dtype else r.to(like.device)
     if rt.dim() == 0:

@@ -16,6 +16,7 @@ from torch.func import vjp
 from ..autodiff import jv_function, model_derivatives
 from ..models.fast_decode import flat_decode
 from ..rng import randn
+from ..validation import check_count
 from .pgd import unit_rows
 
 
@@ -28,6 +29,7 @@ def top_singular_direction(
     The start vector is random (``generator``; a fixed seed when None, so the result is
     deterministic). ``counter`` (a RowCounter) counts decoder rows (two per input per iteration).
     """
+    check_count(iters, 1, "iters")  # 0 or negative returned the random start as the top direction
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     with torch.inference_mode(False), torch.enable_grad():

@@ -140,6 +140,9 @@ class MaxDamageAttack(_PGDAttack):
             raise ValueError("the maximum-damage attack needs a budget eps: pass it at the call, "
                              "attack(model, x, eps), or at construction, MaxDamageAttack(eps=...)")
         check_x(model, x)
+        if not bool(torch.isfinite(as_eps(eps, x.shape[0], x)).all()):  # (as the ensemble attack)
+            raise ValueError("the maximum-damage attack needs a finite budget eps (an infinite one starts at "
+                             "delta = 0, a stationary point of the damage, and stays there)")
         g = self.generator if generator is None else generator
         f = max_damage_objective(model, x, eta_samples=self.eta_samples, mode=mode or self.mode, generator=g)
         init = None

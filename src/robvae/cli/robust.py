@@ -81,7 +81,7 @@ def resolve_radius(model, x, r: float | None, r_relative: float | None, n_sample
 @add_options(radius_options)
 @config_option(CertifyConfig, "n_samples", aliases=("--samples",), type=click.IntRange(min=1),
                help="Monte Carlo draws of eta per estimate of p.")
-@config_option(CertifyConfig, "alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True),
+@config_option(CertifyConfig, "alpha", type=FiniteFloat(0, 0.5, min_open=True, max_open=True),
                help="Confidence level 1 - alpha of the sound (Clopper-Pearson) radius.")
 @click.option("--jacobian-norm", "--norm", "jacobian_norm", cls=ConfigOption, aliases=("--norm",),
               type=click.Choice(["frobenius", "spectral", "whitened"]), default="frobenius", show_default=True,
@@ -264,7 +264,7 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
        help="Without --r: r = K times the median r_min(x) over the inputs.")
 @_eval("n_samples", aliases=("--samples",), type=click.IntRange(min=1),
        help="Monte Carlo draws of eta per estimate of p.")
-@_eval("alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True),
+@_eval("alpha", type=FiniteFloat(0, 0.5, min_open=True, max_open=True),
        help="Level alpha: the sound (Clopper-Pearson) radius holds with confidence 1 - alpha, and each "
             "decision of the margin search errs with probability at most alpha.")
 @_eval("margin_mode", aliases=("--mode",),

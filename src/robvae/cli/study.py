@@ -45,7 +45,7 @@ def _common(f):
         _train("lr", type=FiniteFloat(min=0, min_open=True), help="Adam learning rate."),
         _eval("n", type=click.IntRange(min=1), help="Test inputs evaluated per model (the first N of the test split)."),
         _eval("n_samples", type=click.IntRange(min=1), help="Monte Carlo draws per estimate of p_r."),
-        _eval("alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True),
+        _eval("alpha", type=FiniteFloat(0, 0.5, min_open=True, max_open=True),
               help="Level of the Clopper-Pearson bound (sound certificate)."),
         _eval("r", type=FiniteFloat(min=0, min_open=True),
               help="Absolute radius r; replaces --r-relative."),

@@ -82,7 +82,7 @@ class LinearVAE(nn.Module):
         while f(hi) > 0:
             hi *= 2
         lam = optimize.brentq(f, 1e-12, hi, xtol=1e-12)
-        smax = float(torch.linalg.matrix_norm(self.A, ord=2))
+        smax = float(torch.linalg.matrix_norm(self.A.double(), ord=2))
         return self.s * math.sqrt(lam) / smax
 
     def exact_bound(self, r: float) -> float:
@@ -90,4 +90,4 @@ class LinearVAE(nn.Module):
         p = float(self.exact_p(r))
         if p <= 0.5:
             return 0.0
-        return self.s * float(stats.norm.ppf(p)) / float(torch.linalg.matrix_norm(self.A))
+        return self.s * float(stats.norm.ppf(p)) / float(torch.linalg.matrix_norm(self.A.double()))

@@ -26,7 +26,7 @@ from ..config import ALPHA, N_SAMPLES, ConfigMixin
 from ..models.fast_decode import batches
 from ..stats import median
 from ..errors import InputError
-from ..validation import as_radius, check_count, check_size, check_x, host_numpy
+from ..validation import as_radius, check_count, check_level, check_size, check_x, host_numpy
 from .bf16 import check_precision, r_robustness_bf16
 from .jacobian import KINDS, jacobian_norms
 from .lipschitz import VAELipschitz
@@ -256,6 +256,7 @@ def certify(
         raise InputError(f"early_abstain must be True or False, got {early_abstain!r}")
     check_count(batch_size, 1, "batch_size")
     check_size(chunk_size, "chunk_size")
+    check_level(alpha, "alpha")
     check_precision(precision)
     check_x(model, x)
     rt = as_radius(r, x.shape[0], x)

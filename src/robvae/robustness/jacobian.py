@@ -26,7 +26,8 @@ from ..attacks.pgd import unit_rows
 from ..autodiff import jv_function, model_derivatives, reverse_jv
 from ..models.fast_decode import CHUNK_ELEMENTS, batches
 from ..rng import randn
-from ..validation import check_size, check_x
+from ..errors import InputError
+from ..validation import check_count, check_size, check_x
 
 KINDS = ("frobenius", "spectral", "whitened")
 METHODS = ("auto", "exact", "hutchinson")
@@ -204,9 +205,13 @@ def jacobian_norms(
     ``sigma`` [B, d]: sigma(x) for the whitened norm when already at hand. ``probe``, ``chunk_size``:
     as in :func:`jacobian_norm`.
     """
+    if isinstance(norms, str):  # set("frobenius") is its letters
+        raise InputError(f"norms: a tuple of names, e.g. ({norms!r},); got the string {norms!r}")
     unknown = set(norms) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown norms {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    check_count(n_probes, 1, "n_probes")  # 0 failed inside torch; n_iter 0 returned the random start's norm
+    check_count(n_iter, 1, "n_iter")
     check_x(model, x)
     nan = torch.full((x.shape[0],), float("nan"), dtype=x.dtype, device=x.device)
     out = {k: nan for k in KINDS}

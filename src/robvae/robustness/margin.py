@@ -131,7 +131,7 @@ def empirical_margin(
     alpha: float = ALPHA,
     sequential: bool = True,
     max_unsettled: int = 2,
-    norm: str = "l2",
+    norm: str | None = None,
     steps: int | None = None,
     restarts: int | None = None,
     eta_samples: int | None = None,
@@ -168,8 +168,20 @@ def empirical_margin(
     if eps_max is not None:
         check_positive(eps_max, "eps_max")
     check_x(model, x)
+    if isinstance(attack, str):  # a preset's name, as robvae margin --attack-preset takes it
+        if attack not in PRESETS:
+            raise InputError(f"attack={attack!r}: an attack object, or a preset name ({', '.join(PRESETS)})")
+        attack = EnsembleAttack(attack, norm=norm or "l2", mode=mode)
+    given_norm = getattr(attack, "norm", None) if attack is not None else None
+    if norm is not None and given_norm is not None and getattr(given_norm, "name", given_norm) != norm:
+        raise InputError(f"norm={norm!r} but the attack given attacks in {getattr(given_norm, 'name', given_norm)!r}: "
+                         "the budgets are the attack's; give one of the two")
+    norm = norm or "l2"
     legacy = {k: v for k, v in dict(steps=steps, restarts=restarts, eta_samples=eta_samples,
                                     step_size=step_size).items() if v is not None}
+    if legacy and attack is not None:  # they were ignored, with only the deprecation warning
+        raise InputError(f"{', '.join(legacy)}: settings of the deprecated built-in attack; with attack= give them "
+                         "to the attack object")
     if legacy:
         warnings.warn(f"empirical_margin({', '.join(legacy)}=...) is deprecated: pass attack=EnsembleAttack(...)",
                       DeprecationWarning, stacklevel=2)

@@ -28,7 +28,7 @@ from ..config import ALPHA, N_SAMPLES
 from ..models.fast_decode import batches, default_chunk, draw_chunks, flat_decode, row_cap, rows_independent
 from ..rng import randn
 from ..errors import InputError
-from ..validation import as_radius, check_delta, check_level, check_size, check_x, checked_encode, rounded
+from ..validation import as_radius, check_count, check_delta, check_level, check_size, check_x, checked_encode, rounded
 
 MODES = ("mean", "full")
 
@@ -167,8 +167,7 @@ def clopper_pearson(
     so P(p >= lower) >= 1 - alpha and P(p <= upper) >= 1 - alpha. Returns float64 tensors of
     k's shape (on k's device when k is a tensor).
     """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    check_level(alpha, "alpha")
     device = k.device if isinstance(k, torch.Tensor) else None
     kn, nn_ = _as_counts(k, n)
     if (kn < 0).any() or (kn > nn_).any() or (nn_ < 1).any():
@@ -255,6 +254,7 @@ def r_robustness(
     Clopper-Pearson bound computed at a stopping time chosen because the count was low is not
     one (at alpha = 0.05 it fell below p in 12% of inputs at p = 0.47).
     """
+    check_level(alpha, "alpha")  # before the draws
     delta = checked_inputs(model, x, delta, mode)
     rt = as_radius(r, x.shape[0], x)
     with torch.inference_mode():
@@ -404,8 +404,7 @@ def sequential_bernoulli_test(
     and p far from it later. Returns (decision int8: +1 p > p0, -1 p < p0, 0 not yet; log M+;
     log M-), vectorised over k, n (any broadcastable shapes), float64 on CPU.
     """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    check_level(alpha, "alpha")
     if not 0.0 < p0 < 1.0:
         raise ValueError(f"p0 must be in (0, 1), got {p0}")
     if not concentration > 0:
@@ -480,6 +479,8 @@ def sequential_robustness(
     <= alpha per decision is unchanged."""
     if futility is not None and not futility >= 0:
         raise InputError(f"futility must be >= 0 or None, got {futility}")
+    check_count(n_max, 1, "n_max")  # 0 reported p = 0 from no draw at all
+    check_count(n_first, 1, "n_first")
     delta = checked_inputs(model, x, delta, mode)
     B = x.shape[0]
     rt = as_radius(r, B, x)

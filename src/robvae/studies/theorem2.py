@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..fileio import write_csv, write_json
 from ..objectives import gaussian_kl
 from ..report.figures import theorem2_figure
+from ..validation import check_positive
 from ..report.html import write_study_meta
 from .experiments import distinct, fmt_list
 
@@ -66,7 +68,19 @@ def make_decoder(config: Theorem2Config) -> torch.Tensor:
 
 
 def exact_optimum(W: torch.Tensor, noise_scale: float, beta: float) -> dict[str, Any]:
-    """The closed-form beta-VAE optimum for the decoder W: sigma* [d], Jacobian [d, D] and its norm."""
+    """The closed-form beta-VAE optimum for the decoder W: sigma* [d], Jacobian [d, D] and its norm.
+
+    Theorem 2's setting: W [D, d] with orthogonal columns, noise_scale s > 0 and beta > 0 (InputError
+    otherwise: for other columns the formula is not the optimum, and 0 / NaN settings gave 0 / NaN)."""
+    check_positive(noise_scale, "noise_scale")
+    check_positive(beta, "beta")
+    if W.dim() != 2:
+        raise InputError(f"exact_optimum: W must be a matrix [D, d], got shape {tuple(W.shape)}")
+    gram = W.T @ W
+    off = gram - torch.diag(gram.diagonal())
+    if float(off.abs().max()) > 1e-6 * float(gram.diagonal().max()):
+        raise InputError("exact_optimum: Theorem 2's closed form holds for a decoder W [D, d] with orthogonal columns "
+                         f"(W^T W diagonal); the largest off-diagonal entry of W^T W is {float(off.abs().max()):.3g}")
     col2 = (W * W).sum(0)
     var = 1.0 / (1.0 + col2 / (beta * noise_scale**2))
     J = var[:, None] * W.T / (beta * noise_scale**2)
