@@ -251,3 +251,18 @@ def test_a_jacobian_penalty_that_is_constant_on_a_lipschitz_mlp_is_refused(tmp_p
                       "--n-train", "100", "--certify-margin", "0.5", "--r", "2", "--jacobian", "1",
                       "--jacobian-whitened", "--verify-n", "2", "--quiet", "--out", str(tmp_path / "white"))
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--certify-margin", "0.5", "--r", "1e300"], "--r 1e+300 is at least the largest distance between two digits"),
+    (["--certify-margin", "100", "--r", "1"], "--certify-margin 100 exceeds the largest distance"),
+    (["--adversarial-eps", "5", "--adversarial-norm", "linf"], "diameter in linf (1)"),
+    (["--adversarial-eps", "1e9"], "diameter in l2 (8)"),
+])
+def test_budgets_and_radii_beyond_the_pixel_box_are_refused_before_training(tmp_path, capsys, args, needle):
+    """h74: --certify-margin 0.5 --r 1e300 overflowed into "training diverged ... lower the learning
+    rate" with the folder written; --certify-margin 100 --r 1 trained a collapsed model; adversarial
+    budgets past the box's diameter trained. Now one line, exit 2, nothing written."""
+    rc, _, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "1", *args, "--out", str(tmp_path / "run"))
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()

@@ -140,6 +140,18 @@ def check_penalty_not_constant(config: TrainConfig) -> None:
             "width above the input's")
 
 
+def check_adversarial_budget(config: TrainConfig) -> None:
+    """InputError for an adversarial-training budget that reaches every image: at least the pixel
+    box's diameter in its norm (sqrt(D) in L2, 1 in L-inf), the attack is no longer a perturbation."""
+    eps = config.adversarial_eps
+    if not eps > 0:
+        return
+    diameter = 1.0 if config.adversarial_norm == "linf" else math.sqrt(math.prod(config.model.input_shape))
+    if eps >= diameter:
+        raise InputError(f"adversarial_eps {eps:g} is at least the pixel box's diameter in {config.adversarial_norm} "
+                         f"({diameter:.4g}): the attack could replace every image by any other; give a budget below it")
+
+
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
     """A CPU generator (robvae.rng moves its draws), so a seed trains on the same noise on any device."""
     g = torch.Generator()
@@ -301,6 +313,7 @@ def train(
     if tuple(config.model.input_shape) != tuple(train_set.shape):
         config.model = ModelConfig.from_dict({**config.model.to_dict(), "input_shape": tuple(train_set.shape)})
     check_penalty_not_constant(config)
+    check_adversarial_budget(config)
 
     extend = (run_dir / CONFIG_FILE).exists() and check_same_config(run_dir, config)
     remove_stale_temporaries(run_dir, (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, WEIGHTS_FILE))  # a killed run's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -138,6 +139,15 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
                                    f"--arch {arch}")
         if "tau" in given and tau != 0:
             raise click.UsageError("--certify-margin caps the encoder std itself (--sigma-cap); drop --tau")
+        diameter = math.sqrt(math.prod(shape))  # the largest distance between two images (pixels in [0, 1])
+        if certify_r >= diameter:
+            raise click.UsageError(f"--r {certify_r:g} is at least the largest distance between two {dataset} images "
+                                   f"(sqrt(D) = {diameter:.4g}): every pair of reconstructions is within it, so any "
+                                   "margin would be trivial; give a smaller --r")
+        if certify_margin > diameter:
+            raise click.UsageError(f"--certify-margin {certify_margin:g} exceeds the largest distance between two "
+                                   f"{dataset} images (sqrt(D) = {diameter:.4g}): a perturbation that large reaches "
+                                   "every image")
         plan = plan_certified_margin(certify_margin, certify_r, latent_dim, sigma_cap)
         arch, tau = "lipschitz-mlp", 0.0
         even = tuple(h + h % 2 for h in hidden)  # GroupSort pairs
