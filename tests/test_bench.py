@@ -463,7 +463,7 @@ def test_user_models_with_clashing_names_or_slugs_and_edited_models(tmp_path, mo
 
 @pytest.mark.parametrize("ov, msg", [
     ({"protocol_overrides": {"n_samples": "lots"}}, "protocol_overrides.n_samples: must be an integer >= 1"),
-    ({"protocol_overrides": {"alpha": 2}}, "protocol_overrides.alpha: must be a level in (0, 1)"),
+    ({"protocol_overrides": {"alpha": 2}}, "protocol_overrides.alpha: must be a level in (0, 0.5)"),
     ({"protocol_overrides": {"attack": "strongest"}}, "protocol_overrides.attack: must be one of"),
     ({"subset_overrides": {"n": -5}}, "subset_overrides.n: must be an integer >= 1"),
     ({"subset_overrides": {"r": "1"}}, "subset_overrides.r: must be a finite number > 0"),

@@ -1510,3 +1510,41 @@ def test_remaining_api_edges_of_the_h75_audit():
         with pytest.raises(InputError):
             exact_optimum(Q, s, beta)
     assert exact_optimum(Q, 0.5, 1.0)["sigma"].shape == (4,)
+
+
+def test_flag_strings_other_than_true_false_and_empty_similarity_batches_are_refused():
+    """bound_stats read every flag string but exactly "True" as False ("true", "yes"), and
+    image_similarity failed with an IndexError inside torchmetrics on an empty batch (h75)."""
+    from robvae.metrics import image_similarity
+    from robvae.stats import bound_stats
+
+    bound, margin = np.array([0.1, 0.2, 0.3]), np.array([0.2, 0.3, 0.4])
+    for flags in (["true", "False", "False"], np.array(["yes", "no", "no"], dtype=object)):
+        with pytest.raises(ValueError, match="flags must be booleans"):
+            bound_stats(bound, margin, capped=flags)
+    a = bound_stats(bound, margin, capped=["True", "False", "False"])
+    b = bound_stats(bound, margin, capped=np.array(["True", "False", "False"], dtype=object))
+    assert a.n_capped == b.n_capped == 1
+    with pytest.raises(InputError, match="empty batch"):
+        image_similarity(torch.zeros(0, 1, 16, 16), torch.zeros(0, 1, 16, 16))
+
+
+def test_numeric_settings_are_not_truncated():
+    """h75: MaxDamageAttack(steps=2.7) ran 2 steps and took steps="10"; apgd took rho=-1 and
+    momentum=2; EvalConfig(n=2.5) failed deep inside evaluate. (Fractional counts stay accepted by
+    sequential_bernoulli_test: its futility rule tests projected counts.)"""
+    from robvae.attacks import MaxDamageAttack, apgd
+    from robvae.evaluation import EvalConfig
+
+    m, x = _lin()
+    for kw in ({"steps": 2.7}, {"steps": "10"}, {"restarts": 0}):
+        with pytest.raises(InputError):
+            MaxDamageAttack(**kw)
+    f = lambda d: d.flatten(1).pow(2).sum(1)  # noqa: E731
+    for kw in ({"rho": -1.0}, {"momentum": 2.0}, {"momentum": 0.0}, {"steps": 2.5}):
+        with pytest.raises(InputError):
+            apgd(f, x, 0.1, **{"steps": 3, **kw})
+    for kw in ({"n": 2.5}, {"n_samples": 1.5}, {"batch_size": 0}):
+        with pytest.raises(InputError):
+            EvalConfig(**kw)
+    assert EvalConfig(n=np.int64(3)).n == 3

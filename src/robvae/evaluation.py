@@ -82,7 +82,7 @@ from .robustness import certify, empirical_margin, r_min
 from .robustness.lipschitz import VAELipschitz, vae_lipschitz
 from .stats import BoundStats, bound_stats, describe, median, quartiles
 from .training import Run, load
-from .validation import check_level, host_numpy, model_dtype
+from .validation import check_count, check_level, host_numpy, model_dtype
 
 PER_INPUT_FILE = "per_input.csv"
 SUMMARY_FILE = "summary.json"
@@ -164,14 +164,12 @@ class EvalConfig(ConfigMixin):
     _what = "evaluation"
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
+        check_count(self.n, 1, "n")  # (n = 2.5 failed deep inside evaluate)
         if self.r is not None and not (self.r > 0 and math.isfinite(self.r)):
             raise ValueError(f"r must be a finite number > 0, got {self.r}")
         if not self.r_relative > 0:
             raise ValueError(f"r_relative must be > 0, got {self.r_relative}")
-        if self.n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
+        check_count(self.n_samples, 1, "n_samples")
         check_level(self.alpha, "alpha")
         if self.attack_eps is not None and not self.attack_eps > 0:
             raise ValueError(f"attack_eps must be > 0, got {self.attack_eps}")
@@ -183,8 +181,7 @@ class EvalConfig(ConfigMixin):
             raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
         if self.attack_preset not in ("cheap", "strong"):
             raise ValueError(f"attack_preset must be 'cheap' or 'strong', got {self.attack_preset!r}")
-        if int(self.batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_count(self.batch_size, 1, "batch_size")
         # checked by empirical_margin too, but only after the first batch's calibration, certificates
         # and attack had run
         if not (self.margin_tol > 0 and math.isfinite(self.margin_tol)):

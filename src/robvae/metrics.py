@@ -137,6 +137,8 @@ def image_similarity(a: torch.Tensor, b: torch.Tensor) -> PerceptualDamage:
     """
     if a.shape != b.shape:
         raise InputError(f"image_similarity: shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dim() >= 1 and a.shape[0] == 0:
+        raise InputError("image_similarity: an empty batch")
     nan = torch.full((a.shape[0],), float("nan"), dtype=torch.float64)
     if a.dim() != 4:
         return PerceptualDamage(nan, nan.clone(), 0, 0.0, 0, f"SSIM needs images [B, C, H, W], got shape {tuple(a.shape)}")

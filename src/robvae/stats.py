@@ -201,10 +201,10 @@ def _flags(v: ArrayLike | None, n: int, default: bool) -> np.ndarray:
     if v is None:
         return np.full(n, default)
     a = np.asarray(v).ravel()
-    if a.dtype.kind in "US":  # CSV strings "True" / "False"
-        a = a == "True"
-    elif a.dtype.kind in "Of":  # a pandas column of strings ("False" counted as True), or floats
-        if any(not (isinstance(e, (str, bool, np.bool_)) or e in (0, 1)) for e in a):
+    if a.dtype.kind in "USOf":  # CSV strings "True" / "False", a pandas column of strings, or floats
+        # ("false" / "yes" were read as False, "False" in an object column as True)
+        if any(not (e in ("True", "False") if isinstance(e, str) else isinstance(e, (bool, np.bool_)) or e in (0, 1))
+               for e in a):
             raise ValueError(f"flags must be booleans (or 'True' / 'False'), got {a[:5].tolist()}")
         a = np.array([e == "True" if isinstance(e, str) else bool(e) for e in a], dtype=bool)
     if a.shape != (n,):

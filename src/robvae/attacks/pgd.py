@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from ..rng import rand, randn
-from ..validation import rounded
+from ..errors import InputError
+from ..validation import check_count, rounded
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -312,8 +313,10 @@ def apgd(
     kept (the objective must be deterministic, e.g. with fixed draws), and the best row per input
     returned.
     """
-    if steps < 0 or restarts < 0:
-        raise ValueError(f"need steps >= 0 and restarts >= 0, got steps={steps}, restarts={restarts}")
+    check_count(steps, 0, "steps")
+    check_count(restarts, 0, "restarts")
+    if not (0 <= rho <= 1 and 0 < momentum <= 1):  # a share of steps, and a convex weight
+        raise InputError(f"apgd needs 0 <= rho <= 1 and 0 < momentum <= 1, got rho={rho}, momentum={momentum}")
     nrm = get_norm(norm)
     B, shape = x.shape[0], tuple(x.shape[1:])
     eps_b = as_eps(eps, B, x)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ..validation import check_x
+from ..validation import check_count, check_x
 from .objectives import latent_objective, max_damage_objective, output_objective
 from .pgd import PGDResult, _rows, as_eps, get_norm, pgd
 from .starts import top_singular_direction
@@ -54,8 +54,8 @@ class _PGDAttack:
         self.model = model
         self.eps = eps
         self.norm = get_norm(norm)
-        self.steps = int(steps)
-        self.restarts = int(restarts)
+        self.steps = check_count(steps, 0, "steps")  # (2.7 ran 2 steps, "10" was accepted; 0: the starts only)
+        self.restarts = check_count(restarts, 1, "restarts")
         self.step_size = step_size
         self.random_start = random_start
         self.generator = generator
