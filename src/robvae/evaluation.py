@@ -520,7 +520,9 @@ class EvalSummary:
     n_infinite); the margin's over :func:`measured_margins` (``n_margin_unknown`` inputs whose
     margin is an unknown left out). bounds: per :data:`BOUNDS` name present in the rows, its :class:`BoundStats`
     against the margin (the same function ``robvae margin`` and the studies use). The counts are
-    of inputs. The context fields (``dataset`` ... ``seconds``) say what was evaluated; they are
+    of inputs: ``n_not_robust_clean`` those whose certificate's Monte Carlo p_r(x) is <= 1/2 (the
+    point estimate, so it equals ``n_abstain``; the margin search's own settled decision per input
+    is the ``margin_not_robust_clean`` column). The context fields (``dataset`` ... ``seconds``) say what was evaluated; they are
     None when the summary was made from bare rows. ``to_dict()`` is the ``summary.json`` layout;
     ``summary["key"]`` reads that layout too (the former dict interface).
     """
