@@ -108,11 +108,11 @@ def test_float_fields_accept_numeric_strings_as_yaml_reads_1e_3():
 
 
 @pytest.mark.parametrize("doc, message", [
-    ({"base": BASE, "evaluation": {"n": -3}}, "evaluation.n must be >= 1, got -3"),
+    ({"base": BASE, "evaluation": {"n": -3}}, "evaluation.n must be an integer >= 1, got -3"),
     ({"base": BASE, "evaluation": {"alpha": 2}}, "evaluation.alpha must be a level in (0, 0.5) (confidence 1 - alpha above one half), got 2"),
     ({"base": BASE, "evaluation": {"n": "many"}}, "evaluation field n: expected an integer, got 'many'"),
     ({"base": BASE, "evaluation": {"n": 5}, "grid": {"evaluation.n": [1, -2]}},
-     "grid point evaluation.n=-2: evaluation.n must be >= 1, got -2"),
+     "grid point evaluation.n=-2: evaluation.n must be an integer >= 1, got -2"),
     ({"base": BASE, "evaluation": {"device": "tpu"}},
      "evaluation.device: 'tpu' is not a torch device robvae runs on"),
     ({"base": {**BASE, "device": "tpu"}}, "base: device: 'tpu' is not a torch device robvae runs on"),
@@ -978,3 +978,38 @@ def test_the_brief_table_counts_capped_margins_and_infinite_radii_beside_the_med
     assert [r["n_infinite_radius"] for r in brief] == ["3", "0"]
     assert [r["n_margin_unknown"] for r in brief] == ["0", "1"] and [r["n"] for r in brief] == ["4", "4"]
     assert [r["margin.median"] for r in brief] == ["9.5", "0.4"] and "seconds" not in brief[0]
+
+
+def test_model_digest_sees_the_fields_of_a_settings_object_held_by_the_model(tmp_path, monkeypatch):
+    """The digest hashed an attribute of another class (a config object) by its class name only, so
+    a setting changed in it between an interrupted certify --model and its rerun kept the digest
+    (left alone in session 13); its fields are hashed now, nested objects and dataclasses too."""
+    from robvae.sweep.shard import model_digest
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "dig_cfg.py").write_text(
+        "import dataclasses, torch\n"
+        "@dataclasses.dataclass\n"
+        "class Inner:\n"
+        "    clip: float = 1.0\n"
+        "class Cfg:\n"
+        "    def __init__(self):\n"
+        "        self.scale = 2.0\n"
+        "        self.inner = Inner()\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = torch.nn.Linear(2, 2)\n"
+        "        self.cfg = Cfg()\n"
+        "        self.act = torch.relu\n")  # a function: its class, as before
+    import dig_cfg
+
+    torch.manual_seed(0)
+    m = dig_cfg.M()
+    base = model_digest(m)
+    for change, undo in [(lambda: setattr(m.cfg, "scale", 3.0), lambda: setattr(m.cfg, "scale", 2.0)),
+                         (lambda: setattr(m.cfg.inner, "clip", 0.5), lambda: setattr(m.cfg.inner, "clip", 1.0))]:
+        change()
+        assert model_digest(m) != base
+        undo()
+        assert model_digest(m) == base

@@ -33,6 +33,7 @@ import os
 import re
 import sys
 import sysconfig
+import types
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,13 @@ _MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
 _ATTRIBUTE_DEPTH, _ATTRIBUTE_ITEMS = 4, 100_000
 
 
+def _plain_object(v: Any) -> bool:
+    """An instance of a user's class that holds its data in ``__dict__`` (a config, a namespace), not
+    a class, function, module or other callable (whose ``__dict__`` is code or a whole namespace)."""
+    return (hasattr(v, "__dict__") and not isinstance(v, (type, types.ModuleType)) and not callable(v)
+            and not inspect.isroutine(v))
+
+
 def _attribute_data(model: torch.nn.Module) -> tuple[list[tuple[str, Any]], list[str]]:
     """The data a model's modules hold outside their parameters and buffers: (name, tensor or array)
     pairs and ``name=repr`` lines for numbers, strings and the classes of other objects. A plain
@@ -163,6 +171,11 @@ def _attribute_data(model: torch.nn.Module) -> tuple[list[tuple[str, Any]], list
                     break
                 key, val = item if isinstance(v, dict) else (i, item)
                 walk(val, f"{path}[{key!r}]", depth + 1)
+        elif _plain_object(v) and depth < _ATTRIBUTE_DEPTH:  # a settings object (a dataclass, a namespace):
+            # its fields, not only its class (a config changed between a run and its rerun was not seen)
+            text.append(f"{path}: {type(v).__module__}.{type(v).__qualname__}")
+            for k, val in sorted(vars(v).items())[:_ATTRIBUTE_ITEMS]:
+                walk(val, f"{path}.{k}", depth + 1)
         else:
             text.append(f"{path}: {type(v).__module__}.{type(v).__qualname__}")
 
