@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -443,12 +444,12 @@ def test_an_output_that_cannot_be_written_is_one_line_and_status_2(run_dir, tmp_
     guide promises one line and status 2, as for every other environment problem."""
     import errno
 
-    from robvae.cli import robust
+    from robvae import fileio
 
     def full(path, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(robust, "write_csv", full)
+    monkeypatch.setattr(fileio, "write_csv", full)
     rc = main(["certify", str(run_dir), "--n", "3", "--r", "1", "--samples", "50", "--executor", "serial",
                "--no-rigorous", "--out", str(tmp_path / "c.csv"), "--quiet"])
     err = capsys.readouterr().err
@@ -519,3 +520,92 @@ def test_a_run_folder_with_inputs_of_another_shape_or_a_dataset_is_refused(run_d
     assert rc == 0, err
     assert "--n 5" in err and "--data-dir" in err and "not used" in err
     assert len(read_csv(tmp_path / "few.csv")) == 3
+
+
+def _train_copy(run_dir, dest):
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    for f in dest.glob("certify-*"):
+        f.unlink() if f.is_file() else shutil.rmtree(f)
+    return dest
+
+
+def test_a_result_interrupted_between_its_csv_and_json_is_never_a_finished_looking_pair(run_dir, capsys, tmp_path,
+                                                                                        monkeypatch):
+    """Audit h73: certify / margin / attack wrote their CSV, then their JSON; an interrupt between
+    the two left the new CSV beside the previous run's JSON (a CSV of 1,000 draws under a JSON of
+    500), and attack / margin said "nothing was written". Now the old JSON goes first and the new
+    one comes last, carrying the CSV's digest; robvae report names what is not a result."""
+    from robvae import fileio
+
+    run = _train_copy(run_dir, tmp_path / "run")
+    rc, _, err = _run(capsys, "certify", run, "--n", 6, "--r", 1.0, "--samples", 100, "--quiet")
+    assert rc == 0, err
+    first = json.loads((run / "certify-test.json").read_text())
+    assert first["csv_sha256"] == fileio.file_sha256(run / "certify-test.csv") and first["run_digest"]
+    real = fileio.write_json
+
+    def dies_on_results(path, obj):
+        if Path(path).name in ("certify-test.json", "margin-test.json", "attack.json"):
+            raise KeyboardInterrupt
+        return real(path, obj)
+
+    monkeypatch.setattr(fileio, "write_json", dies_on_results)
+    rc, _, err = _run(capsys, "certify", run, "--n", 6, "--r", 1.0, "--samples", 200, "--quiet")
+    assert rc == 130
+    assert (run / "certify-test.csv").is_file() and not (run / "certify-test.json").exists()
+    for args in (["attack", run, "--n", 3, "--eps", 0.5, "--preset", "legacy", "--steps", 2, "--restarts", 1],
+                 ["margin", run, "--n", 3, "--r", 1.0, "--samples", 50]):
+        rc, _, err = _run(capsys, *args, "--quiet")
+        assert rc == 130 and "no complete result was written" in err
+    monkeypatch.setattr(fileio, "write_json", real)
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    for name in ("certify-test.json", "margin-test.json", "attack-test/attack.json"):
+        assert f"Not shown as this run's: {name}" in page and "has no summary beside it" in page
+    # a pair whose CSV was replaced afterwards (by another, interrupted, run) is named too
+    rc, _, err = _run(capsys, "certify", run, "--n", 6, "--r", 1.0, "--samples", 100, "--quiet")
+    assert rc == 0, err
+    (run / "certify-test.csv").write_text((run / "certify-test.csv").read_text().replace("\n", "\n", 1) + "\n")
+    assert main(["report", str(run)]) == 0
+    assert "is not the CSV this summary describes" in (run / "report.html").read_text()
+
+
+def test_results_of_an_earlier_state_of_the_run_are_flagged_and_a_run_changed_underneath_writes_nothing(
+        run_dir, capsys, tmp_path, monkeypatch):
+    """Audit h73: after robvae train extended a run, its old certify / margin / attack results were
+    rendered by robvae report as the run's (median radius 0.48 where the new model gives 0.19);
+    and a train extending the run while attack / margin ran made them save the old model's
+    results into it. Results record the run's digest; a run changed underneath is refused."""
+    from robvae.cli import robust
+    from robvae.fileio import load_tensors, save_tensors
+
+    run = _train_copy(run_dir, tmp_path / "run")
+    rc, _, err = _run(capsys, "certify", run, "--n", 6, "--r", 1.0, "--samples", 100, "--quiet")
+    assert rc == 0, err
+    assert main(["report", str(run)]) == 0
+    assert "Not shown as this run" not in (run / "report.html").read_text()
+
+    def retrain():  # the weights change as an extension would change them
+        tensors, meta = load_tensors(run / "model.safetensors")
+        save_tensors(run / "model.safetensors", {k: v * 1.01 for k, v in tensors.items()}, meta)
+
+    for command, target in (("attack", "attack_report"), ("margin", "margin_report")):
+        real = getattr(robust, target)
+
+        def changing(*a, _real=real, **k):
+            retrain()
+            return _real(*a, **k)
+
+        monkeypatch.setattr(robust, target, changing)
+        args = (["--eps", 0.5, "--preset", "legacy", "--steps", 2, "--restarts", 1] if command == "attack"
+                else ["--r", 1.0, "--samples", 50])
+        rc, _, err = _run(capsys, command, run, "--n", 3, *args, "--quiet")
+        assert rc == 2 and f"changed while robvae {command} ran" in err, err
+        assert not (run / f"{command}-test.csv").exists() and not (run / f"{command}-test").exists()
+        monkeypatch.setattr(robust, target, real)
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "certify-test.json: computed for an earlier state of this run" in page
+    assert "median Theorem 1 radius" not in page  # its numbers are not shown as the run's

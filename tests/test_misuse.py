@@ -401,7 +401,7 @@ def test_sigterm_is_handled_as_ctrl_c_and_commands_that_save_nothing_say_so(caps
                         "--quiet")
     finally:
         sys.modules.pop("quick_models", None)
-    assert cap.err == "robvae: interrupted (nothing was written; rerun the command to start again)\n"
+    assert cap.err == "robvae: interrupted (no complete result was written; rerun the command to start again)\n"
 
 
 @pytest.mark.parametrize("command, target, needle", [

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -71,7 +72,7 @@ from .attacks import EnsembleAttack, max_damage_attack
 from .config import ALPHA, MARGIN_TOL, N_SAMPLES, R_RELATIVE, ConfigMixin
 from .data import load_dataset
 from .errors import CheckpointError, InputError
-from .fileio import read_csv, read_json, result_paths, write_csv, write_json
+from .fileio import read_csv, read_json, result_paths, write_csv, write_json, write_results
 from .metrics import (
     PerceptualDamage, expected_damage, image_similarity, likelihood_degradation, perceptual_damage,
     reconstruction_damage, reconstruction_error,
@@ -680,20 +681,24 @@ def _used(config: EvalConfig) -> dict[str, Any]:
 
 
 def margin_report(run: Any, config: EvalConfig, out: str | Path | None = None, *, progress: bool = True,
-                  meta: dict[str, Any] | None = None) -> MarginReport:
+                  meta: dict[str, Any] | None = None, check: Callable[[], None] | None = None) -> MarginReport:
     """Certify and search the empirical margin of ``config.n`` inputs (:func:`evaluate` without the
     fixed-budget attack), compare them with :func:`rows_bound_stats`, and with ``out`` write the
     per-input CSV (:data:`MARGIN_COLUMNS`) and ``out`` with suffix .json (the config, ``meta`` and
-    the summary)."""
+    the summary; :func:`robvae.fileio.write_results`). ``check``: called after the work and before
+    any file is written, to refuse (by raising) results that should not be saved (the CLI checks
+    that the run folder did not change meanwhile)."""
     config = replace(config, attack=False, margin=True)
     paths = None if out is None else result_paths(out, "margin")  # before any work
     result = evaluate(run, config, progress=progress)
     rig = result.bound_stats(RIGOROUS_FOR_MODE[config.margin_mode]) if config.rigorous else None
     rep = MarginReport(result, result.bound_stats("theorem1"), rigorous=rig)
     if paths is not None:
-        write_csv(paths[0], rep.rows(), fieldnames=list(MARGIN_COLUMNS))
-        write_json(paths[1], jsonable({"command": "margin", **(meta or {}), "n": len(result.rows),
-                                       "evaluation": _used(config), "summary": rep.summary()}))
+        if check is not None:
+            check()
+        write_results(paths[0], rep.rows(), paths[1], jsonable({
+            "command": "margin", **(meta or {}), "n": len(result.rows), "evaluation": _used(config),
+            "summary": rep.summary()}), fieldnames=list(MARGIN_COLUMNS))
         rep.path = paths[0]
     return rep
 
@@ -740,7 +745,7 @@ def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2"
                   preset: Literal["cheap", "strong", "legacy"] = "cheap", steps: int | None = None,
                   restarts: int | None = None, eta_samples: int | None = None, batch_size: int = 25, seed: int = 0,
                   out_dir: str | Path | None = None, progress: bool = True,
-                  meta: dict[str, Any] | None = None) -> AttackReport:
+                  meta: dict[str, Any] | None = None, check: Callable[[], None] | None = None) -> AttackReport:
     """Attack ``x`` at budget ``eps`` (in ``norm``) batch by batch and measure the damage per input.
 
     ``preset`` "cheap" / "strong": :class:`robvae.attacks.EnsembleAttack` (its own expected damage);
@@ -750,8 +755,10 @@ def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2"
     attack's generator is seeded with ``seed`` and shared across batches. Per input: the
     perturbation's size, the deterministic and expected damage (eq. 5), the likelihood degradation
     (NaN for a model without ``log_likelihood``) and the SSIM / MS-SSIM of the attacked against the
-    clean reconstruction. With ``out_dir``: ``attack.csv`` (:data:`ATTACK_COLUMNS`), ``attack.json``
-    (``meta``, the settings and the summary) and ``attack.png`` (the first 10 inputs; images only)."""
+    clean reconstruction. With ``out_dir``: ``attack.csv`` (:data:`ATTACK_COLUMNS`), ``attack.png``
+    (the first 10 inputs; images only) and ``attack.json`` (``meta``, the settings and the summary),
+    written as one result (:func:`robvae.fileio.write_results`: the JSON last). ``check``: as for
+    :func:`margin_report`."""
     pgd = {"steps": steps, "restarts": restarts, "eta_samples": eta_samples}
     if preset != "legacy" and any(v is not None for v in pgd.values()):
         raise InputError(f"{', '.join(k for k, v in pgd.items() if v is not None)} only apply to preset "
@@ -801,17 +808,22 @@ def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2"
     rep = AttackReport(rows, summary, delta, percept)
     if out_dir is not None:
         out = Path(out_dir)
-        write_csv(out / ATTACK_CSV, rows, fieldnames=list(ATTACK_COLUMNS))
-        write_json(out / ATTACK_JSON, jsonable({
+        if check is not None:
+            check()
+        k = min(10, len(x))
+
+        def picture() -> None:
+            if is_image_batch(x):  # 1-D or other non-image data: no picture (it crashed after the attack)
+                image_grid([x[:k], (x + delta)[:k], recon[:k], recon_adv[:k]], out / ATTACK_PNG,
+                           row_titles=["x", "x + delta", "g(mu(x))", "g(mu(x+delta))"])
+            else:
+                (out / ATTACK_PNG).unlink(missing_ok=True)
+
+        write_results(out / ATTACK_CSV, rows, out / ATTACK_JSON, jsonable({
             "command": "attack", **(meta or {}), "eps": eps, "norm": norm, "preset": preset,
             **(pgd if preset == "legacy" else {}), "seed": seed, "summary": summary,
             "perceptual": {"kernel_size": percept.kernel_size, "sigma": percept.sigma,
-                           "ms_ssim_scales": percept.ms_ssim_scales, "note": percept.note}}))
-        k = min(10, len(x))
-        if is_image_batch(x):  # 1-D or other non-image data: no picture (it crashed after the attack)
-            image_grid([x[:k], (x + delta)[:k], recon[:k], recon_adv[:k]], out / ATTACK_PNG,
-                       row_titles=["x", "x + delta", "g(mu(x))", "g(mu(x+delta))"])
-        else:
-            (out / ATTACK_PNG).unlink(missing_ok=True)
+                           "ms_ssim_scales": percept.ms_ssim_scales, "note": percept.note}}),
+            fieldnames=list(ATTACK_COLUMNS), then=[picture])
         rep.out_dir = out
     return rep

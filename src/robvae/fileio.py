@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
@@ -217,6 +218,36 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldn
     for row in rows:
         w.writerow({k: _csv_value(v) for k, v in row.items()})
     return atomic_write_text(path, buf.getvalue())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_digest(run_dir: str | os.PathLike) -> str:
+    """A digest of the files :func:`robvae.load` builds a run's model from (config and weights)."""
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        f = Path(run_dir) / name
+        h.update(name.encode())
+        h.update(f.read_bytes() if f.is_file() else b"<missing>")
+    return h.hexdigest()
+
+
+def write_results(csv_path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], json_path: str | os.PathLike,
+                  doc: Mapping[str, Any], *, fieldnames: Sequence[str] | None = None,
+                  then: Iterable[Any] = ()) -> None:
+    """One command's per-input CSV and its JSON summary as one result: the previous JSON is removed
+    first, the CSV written, then the callables ``then`` (e.g. a figure), and the JSON last, with
+    ``"csv_sha256"``, the digest of the CSV it describes. Each file is atomic, and an interrupt
+    between them leaves a CSV without a JSON (or a JSON whose digest does not match), never a
+    finished-looking pair from two runs (audit h73: the new CSV beside the previous run's JSON)."""
+    Path(json_path).unlink(missing_ok=True)
+    write_csv(csv_path, rows, fieldnames=fieldnames)
+    for step in then:
+        step()
+    write_json(json_path, {**doc, "csv_sha256": file_sha256(csv_path)})
 
 
 def _csv_value(v: Any) -> Any:

@@ -122,8 +122,9 @@ INTERRUPTED = "robvae: interrupted (whatever had finished is saved; rerun the sa
 #: result when it is done) ...
 INTERRUPTED_PARTLY = ("robvae: interrupted (the results finished before it are written; rerun the command to "
                       "make them all)")
-#: ... and for the others (attack, margin), which write their files at the end.
-INTERRUPTED_NOTHING_SAVED = "robvae: interrupted (nothing was written; rerun the command to start again)"
+#: ... and for the others (attack, margin), which write their files at the end (the summary JSON
+#: last: a CSV without it is not a result, and robvae report says so).
+INTERRUPTED_NOTHING_SAVED = "robvae: interrupted (no complete result was written; rerun the command to start again)"
 RESUMABLE = frozenset({"train", "certify", "sweep", "study", "bench", "demo"})  # demo: its run resumes
 WRITES_AS_IT_GOES = frozenset({"report"})
 

@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..evaluation import (
     LEGACY_ATTACK, EvalConfig, attack_report, calibration_r_min, jsonable, margin_report, relative_radius,
 )
-from ..fileio import check_not_held, folder_lock, result_paths, write_csv, write_json
+from ..fileio import check_not_held, folder_lock, result_paths, write_results
 from ..robustness import CertifyConfig
 from ..robustness.rigorous import rigorous_columns
 from ..sweep import BLOCK_SIZE, SHARD_EXECUTORS, certify_sharded, partial_folder, run_digest
@@ -175,10 +175,10 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
         summary = {"lead": lead, **{k: v for item in summary.items()
                                     for k, v in ([item, ("r_from", r_from)] if item[0] == "r" else [item])},
                    "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
-        write_csv(out_path, cert.to_rows())
-        write_json(json_path, jsonable({  # an infinite median radius as "inf", not null ("undefined")
-            "command": "certify", "run": str(run), **source_meta(vae, split), "n": len(x), "r": radius,
-            "r_relative": r_relative,
+        _unchanged(run, digest if not from_spec(vae) else None, "certify")()
+        write_results(out_path, cert.to_rows(), json_path, jsonable({  # an infinite median radius as "inf"
+            "command": "certify", "run": str(run), **source_meta(vae, split), **_digest_meta(vae, digest),
+            "n": len(x), "r": radius, "r_relative": r_relative,
             "calibration_samples": None if r_relative is None else min(n_samples, CALIBRATION_SAMPLES),
             "n_samples": n_samples, "alpha": alpha, "mode": mode, "precision": precision,
             "early_abstain": early_abstain, "rigorous": rigorous, "executor": executor, "seed": seed,
@@ -195,6 +195,24 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
                        f"pixel box (sqrt(D) = {math.sqrt(x[0].numel()):.3g}) or are infinite: they are first-order and "
                        "hold with sigma(x) held fixed (docs/THEORY.md section 3); an attack that also moves sigma(x) "
                        f"can break robustness far inside them.{rig}", err=True)
+
+
+def _digest_meta(loaded, digest: str | None) -> dict[str, str]:
+    """``{"run_digest": ...}`` for a result of a run folder (the digest of its config and weights
+    before they were loaded; ``robvae report`` flags results whose run has changed since), else {}."""
+    return {} if digest is None or from_spec(loaded) else {"run_digest": digest}
+
+
+def _unchanged(run: str | None, digest: str | None, command: str):
+    """A check, run just before a command writes its results, that the run folder still holds the
+    config and weights it had when the command loaded it (``digest``; None: nothing to check): a
+    robvae train extending the run meanwhile made attack and margin save the old model's results
+    into the new model's folder (audit h73)."""
+    def check() -> None:
+        if digest is not None and run_digest(run) != digest:
+            raise InputError(f"the run folder {run} changed while robvae {command} ran (a robvae train extending "
+                             "it?): its results were not written; rerun the command once that has finished")
+    return check
 
 
 #: where attack and margin run and where a run's data is read from
@@ -238,6 +256,7 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
     if preset != "legacy" and any(v is not None for v in pgd.values()):  # before loading anything
         given = ", ".join("--" + k.replace("_", "-") for k, v in pgd.items() if v is not None)
         raise click.UsageError(f"{given} only apply to --preset legacy (the ensemble presets have no step settings)")
+    digest = run_digest(run) if run is not None and Path(run).is_dir() else None  # before loading: see certify
     vae, x = _inputs(run, split, n, device, data_dir, download)
     if not from_spec(vae):  # e.g. a robvae train extending the run
         check_not_held(run, "attack it once that has finished")
@@ -245,7 +264,9 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
     with folder_lock(out_dir, "robvae attack"):  # a second attack into this folder would mix its files in
         rep = attack_report(vae.model, x, eps, norm=norm, preset=preset, batch_size=batch_size, seed=seed,
                             out_dir=out_dir, progress=not quiet,
-                            meta={"run": str(run), **source_meta(vae, split), "n": len(x)}, **pgd)
+                            meta={"run": str(run), **source_meta(vae, split), **_digest_meta(vae, digest),
+                                  "n": len(x)},
+                            check=_unchanged(run, digest if not from_spec(vae) else None, "attack"), **pgd)
     click.echo(format_summary(rep.summary))
     if not callable(getattr(vae.model, "log_likelihood", None)):  # its column is NaN: say why
         click.echo("robvae: note: no likelihood degradation: the model has no log_likelihood(x, z)", err=True)
@@ -295,18 +316,20 @@ def margin_cmd(run, out, quiet, download, **kw) -> None:
     their own columns. The statistics are robvae.stats.bound_stats, as in `robvae study
     bound-vs-margin`."""
     config = EvalConfig(**kw)
+    digest = run_digest(run) if run is not None and Path(run).is_dir() else None  # before loading: see certify
     loaded, _ = _inputs(run, config.split, config.n, config.device, config.data_dir, download)
     if download and config.data_dir is None and loaded.config.data_dir is None and loaded.config.dataset != "digits":
         config = dataclasses.replace(config, data_dir=str(default_data_dir(loaded.config.dataset)))  # fetched there
     if not from_spec(loaded):  # e.g. a robvae train extending the run
         check_not_held(run, "measure its margins once that has finished")
     out_path = Path(out) if out else Path(loaded.path) / f"margin-{output_label(loaded, config.split)}.csv"
-    source = source_meta(loaded, config.split)  # the split, or split null and the --inputs file
+    source = {**source_meta(loaded, config.split), **_digest_meta(loaded, digest)}  # the split, or the --inputs file
     # held as certify holds its output: a second margin into this --out would write its CSV / JSON
     # over the first's (each write atomic, the pair from two runs)
     held = partial_folder(out_path)
     with folder_lock(held, "robvae margin", what=f"output {out_path}"):
-        rep = margin_report(loaded, config, out_path, progress=not quiet, meta={"run": str(run), **source})
+        rep = margin_report(loaded, config, out_path, progress=not quiet, meta={"run": str(run), **source},
+                            check=_unchanged(run, digest if not from_spec(loaded) else None, "margin"))
     with contextlib.suppress(OSError):  # emptied by the lock's release; one a killed margin left is removed too
         held.rmdir()
     click.echo(format_summary(rep.summary()))

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import RobvaeError
-from ..fileio import atomic_write_text, read_csv, read_json, write_json
+from ..fileio import atomic_write_text, file_sha256, read_csv, read_json, run_digest, write_json
 from .figures import pyplot, save_figure
 
 #: what every study folder holds besides its tables and figures (the report reads it):
@@ -202,9 +202,40 @@ def run_files(folder: Path, patterns: Sequence[str]) -> list[str]:
     return [p.relative_to(folder).as_posix() for pat in patterns for p in sorted(folder.glob(pat)) if p.is_file()]
 
 
+def _results_csv(name: str) -> str:
+    """The per-input CSV a results JSON describes: certify-X.json -> certify-X.csv,
+    attack-X/attack.json -> attack-X/attack.csv."""
+    return name.removesuffix(".json") + ".csv"
+
+
+def result_problems(folder: Path, results: dict[str, Any]) -> dict[str, str]:
+    """Why a run folder's results should not be read as the run's (name -> reason): a JSON whose run
+    digest is not the run's config and weights now (computed before robvae train extended or
+    retrained it), a JSON whose CSV digest does not match the CSV beside it (the pair of two runs,
+    one interrupted while writing), and a results CSV without its JSON (interrupted while writing)."""
+    problems: dict[str, str] = {}
+    current = run_digest(folder) if (folder / "config.json").is_file() else None
+    for name, res in results.items():
+        csv_path = folder / _results_csv(name)
+        if current is not None and res.get("run_digest") not in (None, current):
+            problems[name] = ("computed for an earlier state of this run (its config or weights changed since, e.g. "
+                              "robvae train extended it): rerun the command")
+        elif isinstance(res.get("csv_sha256"), str) and csv_path.is_file() and file_sha256(csv_path) != res["csv_sha256"]:
+            problems[name] = (f"{_results_csv(name)} is not the CSV this summary describes (a later run of the command "
+                              "was interrupted while writing): rerun the command")
+    for tab in run_files(folder, RUN_TABLES[1:]):
+        name = tab.removesuffix(".csv") + ".json"
+        if name not in results:
+            problems[name] = (f"{tab} has no summary beside it (the command was interrupted while writing): rerun "
+                              "the command")
+    return problems
+
+
 def _run_meta(folder: Path) -> dict[str, Any]:
     """A study description for a plain run folder (or a ``--model`` output folder, which has no
-    config.json): its config, and the figures, tables and results it has."""
+    config.json): its config, and the figures, tables and results it has, and the results that
+    should not be read as the run's (:func:`result_problems`: shown as warnings, their headline
+    numbers left out)."""
     config = read_json(folder / "config.json", "config") if (folder / "config.json").is_file() else {}
     if (folder / "metrics.csv").is_file():
         _training_curves(folder)
@@ -213,7 +244,8 @@ def _run_meta(folder: Path) -> dict[str, Any]:
     return {"study": "run" if config else "model",
             "command": " / ".join(dict.fromkeys(str(r.get("command", "")) for r in results.values())) or
             "robvae train (see config.json)", "config": config,
-            "figures": run_files(folder, RUN_FIGURES), "tables": run_files(folder, RUN_TABLES), "results": results}
+            "figures": run_files(folder, RUN_FIGURES), "tables": run_files(folder, RUN_TABLES), "results": results,
+            "problems": result_problems(folder, results)}
 
 
 #: what a ``robvae.evaluate`` output folder holds (robvae demo's eval/, an evaluation trial of a sweep)
@@ -247,11 +279,14 @@ def _section(folder: Path, k: int) -> tuple[str, str]:
                           "rerun the study to write it again")
     heads = [(lbl, _get(summary, key, _MISSING)) for key, lbl in _HEADLINES.get(name, [])]
     results = meta.get("results") if isinstance(meta.get("results"), dict) else {}
-    named = [(_results_name(f), res) for f, res in results.items()]
+    problems = meta.get("problems") if isinstance(meta.get("problems"), dict) else {}
+    named = [(_results_name(f), res) for f, res in results.items() if f not in problems]
     heads += [(lbl if label == "test" else f"{lbl} ({label})", _get(res or {}, "summary." + key, _MISSING))
               for command, key, lbl in _RUN_HEADLINES for (c, label), res in named if c == command]
     # a number that is undefined (NaN, stored as null: e.g. a correlation of constant values) is shown as such
     heads = [(lbl, "undefined" if v is None else v) for lbl, v in heads if v is not _MISSING]
+    for name, why in problems.items():  # results that are not this run's: said first, their numbers left out
+        parts.append(f"<p><strong>Not shown as this run's: {html.escape(name)}: {html.escape(why)}</strong></p>")
     if heads:
         parts.append('<h3>Headline numbers</h3><dl class="kv">')
         parts += [f"<dt>{html.escape(lbl)}</dt><dd>{html.escape(_fmt(v))}</dd>" for lbl, v in heads]

@@ -45,7 +45,9 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..errors import CheckpointError, InputError, RobvaeError
-from ..fileio import atomic_write_text, dumps_json, hash_arrays, load_tensors, remove_stale_temporaries, save_tensors
+from ..fileio import (
+    atomic_write_text, dumps_json, hash_arrays, load_tensors, remove_stale_temporaries, run_digest, save_tensors,
+)
 from ..models.fast_decode import structure_key
 from ..robustness import Certificate, CertifyConfig, certify
 from ..training import load
@@ -209,16 +211,6 @@ def _sources(model: torch.nn.Module) -> list[bytes]:
         except (OSError, TypeError):  # no source anywhere: the rest still counts
             continue
     return list(out.values())
-
-
-def run_digest(run_dir: str | os.PathLike) -> str:
-    """A digest of the files :func:`robvae.load` builds a run's model from (config and weights)."""
-    h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        f = Path(run_dir) / name
-        h.update(name.encode())
-        h.update(f.read_bytes() if f.is_file() else b"<missing>")
-    return h.hexdigest()
 
 
 def partial_folder(out: str | os.PathLike) -> Path:
