@@ -266,3 +266,46 @@ def test_budgets_and_radii_beyond_the_pixel_box_are_refused_before_training(tmp_
     rc, _, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "1", *args, "--out", str(tmp_path / "run"))
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_runs_trained_before_the_session_14_refusals_can_still_be_extended(tmp_path, monkeypatch):
+    """Review h76: the new refusals (a constant Jacobian penalty on a lipschitz-mlp, an adversarial
+    budget past the box, beta-TCVAE on batches of one) ran before the stored config was compared,
+    so runs trained with them before could no longer be extended. They apply to new runs only."""
+    from robvae import training
+    from robvae.models import ModelConfig
+    from robvae.objectives import ObjectiveConfig
+    from robvae.training import TrainConfig, train
+
+    configs = {
+        "lip": TrainConfig(model=ModelConfig(arch="lipschitz-mlp", latent_dim=2, hidden=(8,), lipschitz=2.0,
+                                             sigma_cap=0.1), objective=ObjectiveConfig("elbo", jacobian=0.1),
+                           epochs=1, n_train=40),
+        "adv": TrainConfig(model=ModelConfig(latent_dim=2, hidden=(8,)), epochs=1, n_train=40, adversarial_eps=1.0,
+                           adversarial_norm="linf"),
+        "tc": TrainConfig(model=ModelConfig(latent_dim=2, hidden=(8,)), objective=ObjectiveConfig("beta-tcvae", 2.0),
+                          epochs=1, n_train=40, batch_size=1),
+    }
+    real = training.check_new_run
+    for name, cfg in configs.items():
+        with pytest.raises(ValueError):
+            real(dataclasses_replace_shape(cfg), 40)  # refused for a new run
+        monkeypatch.setattr(training, "check_new_run", lambda *a: None)  # as trained before the checks
+        train(cfg, tmp_path / name, progress=False)
+        monkeypatch.setattr(training, "check_new_run", real)
+        run = train(dataclasses_replace_epochs(cfg, 2), tmp_path / name, progress=False)  # extended
+        assert len(run.metrics) == 2
+
+
+def dataclasses_replace_shape(cfg):
+    import dataclasses
+
+    from robvae.models import ModelConfig
+
+    return dataclasses.replace(cfg, model=ModelConfig.from_dict({**cfg.model.to_dict(), "input_shape": (1, 8, 8)}))
+
+
+def dataclasses_replace_epochs(cfg, epochs):
+    import dataclasses
+
+    return dataclasses.replace(cfg, epochs=epochs)

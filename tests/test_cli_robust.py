@@ -500,7 +500,9 @@ def test_a_run_folder_certifies_attacks_and_measures_images_from_an_inputs_file(
     assert rc == 0, err
     margin = read_csv(run_dir / "margin-imgs.csv")
     assert len(margin) == 3 and all(float(r["margin"]) >= 0 for r in margin)
-    assert json.loads((run_dir / "margin-imgs.json").read_text())["inputs"] == str(tmp_path / "imgs.npy")
+    mj = json.loads((run_dir / "margin-imgs.json").read_text())
+    assert mj["inputs"] == str(tmp_path / "imgs.npy") and mj["split"] is None and mj["n"] == 3
+    assert mj["evaluation"]["split"] is None and mj["evaluation"]["n"] == 3  # not the unused --split / --n default
     rc, _, err = _run(capsys, "attack", run_dir, "--inputs", tmp_path / "imgs.npy", "--n", 4, "--eps", 0.5,
                       "--preset", "legacy", "--steps", 2, "--restarts", 1, "--quiet")
     assert rc == 0, err

@@ -1548,3 +1548,21 @@ def test_numeric_settings_are_not_truncated():
         with pytest.raises(InputError):
             EvalConfig(**kw)
     assert EvalConfig(n=np.int64(3)).n == 3
+
+
+def test_argument_types_that_worked_before_the_session_14_checks_still_work():
+    """Review h76: per-input radii as a list, alpha as a 0-d tensor and early_abstain=np.False_ were
+    refused by the new checks; they are the same numbers as before."""
+    import robvae
+
+    m, x = _lin()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a = robvae.certify(m, x, [0.1, 0.2, 0.3], n_samples=50, alpha=torch.tensor(0.01, dtype=torch.float64),
+                       early_abstain=np.False_,
+                       generator=g())
+    b = robvae.certify(m, x, torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), n_samples=50, alpha=0.01,
+                       early_abstain=False, generator=g())
+    assert torch.equal(a.p, b.p) and torch.equal(a.p_lower, b.p_lower)
+    for bad in ([], [True, 1.0, 2.0], ["0.1", 0.2, 0.3]):
+        with pytest.raises(InputError, match="r must be a number"):
+            robvae.certify(m, x, bad, n_samples=10)

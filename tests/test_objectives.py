@@ -116,7 +116,15 @@ def test_a_batch_of_one_makes_mi_and_tc_constants_and_beta_tcvae_refuses_it():
         t = tc_decomposition(z, mu, sigma, 50)
         torch.testing.assert_close(t["mi"], torch.tensor([_math.log(50)]))
         torch.testing.assert_close(t["tc"], torch.tensor([(d - 1) * _math.log(50)]))
+    from robvae.training import check_new_run
+
     with pytest.raises(ValueError, match="batch_size 1"):
-        TrainConfig(objective=ObjectiveConfig("beta-tcvae", 4.0), batch_size=1)
-    TrainConfig(objective=ObjectiveConfig("beta-vae", 4.0), batch_size=1)  # other objectives: fine
-    TrainConfig(objective=ObjectiveConfig("beta-tcvae", 4.0), batch_size=2)
+        check_new_run(TrainConfig(objective=ObjectiveConfig("beta-tcvae", 4.0), batch_size=1), 100)
+    with pytest.raises(ValueError, match="1 training images"):  # n_train 1: a batch of one too
+        check_new_run(TrainConfig(objective=ObjectiveConfig("beta-tcvae", 4.0), batch_size=8), 1)
+    with pytest.warns(UserWarning, match="last batch of one input"):
+        check_new_run(TrainConfig(objective=ObjectiveConfig("beta-tcvae", 4.0), batch_size=8), 17)
+    check_new_run(TrainConfig(objective=ObjectiveConfig("beta-vae", 4.0), batch_size=1), 100)  # other objectives
+    check_new_run(TrainConfig(objective=ObjectiveConfig("beta-tcvae", 4.0), batch_size=2), 100)
+    # a config of a run trained before the check still loads (TrainConfig itself does not refuse it)
+    TrainConfig(objective=ObjectiveConfig("beta-tcvae", 4.0), batch_size=1)

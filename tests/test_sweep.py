@@ -1001,12 +1001,15 @@ def test_model_digest_sees_the_fields_of_a_settings_object_held_by_the_model(tmp
         "        super().__init__()\n"
         "        self.lin = torch.nn.Linear(2, 2)\n"
         "        self.cfg = Cfg()\n"
+        "        self.log = __import__('logging').getLogger('dig_cfg')\n"  # a library's object: its class only
         "        self.act = torch.relu\n")  # a function: its class, as before
     import dig_cfg
 
     torch.manual_seed(0)
     m = dig_cfg.M()
     base = model_digest(m)
+    m.log.isEnabledFor(10)  # fills the logger's cache: the same model, the same digest (review h76)
+    assert model_digest(m) == base
     for change, undo in [(lambda: setattr(m.cfg, "scale", 3.0), lambda: setattr(m.cfg, "scale", 2.0)),
                          (lambda: setattr(m.cfg.inner, "clip", 0.5), lambda: setattr(m.cfg.inner, "clip", 1.0))]:
         change()

@@ -696,8 +696,11 @@ def margin_report(run: Any, config: EvalConfig, out: str | Path | None = None, *
     if paths is not None:
         if check is not None:
             check()
+        used = _used(config)
+        if (meta or {}).get("inputs") is not None:  # images from a file: no split, and the file's count
+            used.update(split=None, n=len(result.rows))
         write_results(paths[0], rep.rows(), paths[1], jsonable({
-            "command": "margin", **(meta or {}), "n": len(result.rows), "evaluation": _used(config),
+            "command": "margin", **(meta or {}), "n": len(result.rows), "evaluation": used,
             "summary": rep.summary()}), fieldnames=list(MARGIN_COLUMNS))
         rep.path = paths[0]
     return rep

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 import numbers
 import time
 from collections.abc import Callable
@@ -90,9 +91,6 @@ class TrainConfig(ConfigMixin):
             check_count(getattr(self, name), 1, name)
         if self.n_train is not None:
             check_count(self.n_train, 1, "n_train")
-        if self.objective.name == "beta-tcvae" and self.batch_size < 2:  # the estimator needs a minibatch
-            raise ValueError("beta-tcvae estimates the total correlation across a minibatch: with batch_size 1 its "
-                             "TC term is a constant and beta would weigh nothing; use batch_size >= 2")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):  # any sign: torch takes it
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         check_positive(self.lr, "lr")
@@ -123,6 +121,24 @@ class Run:
     metrics: list[dict[str, str]]
 
 
+def check_new_run(config: TrainConfig, n_train: int) -> None:
+    """The checks of a new run's settings against its data and model (InputError naming the
+    problem; a warning for a short last batch): :func:`check_penalty_not_constant`,
+    :func:`check_adversarial_budget`, and beta-TCVAE's minibatch (its total-correlation estimate
+    is a constant on a batch of one input, so beta weighs nothing there)."""
+    check_penalty_not_constant(config)
+    check_adversarial_budget(config)
+    if config.objective.name == "beta-tcvae":
+        if min(config.batch_size, n_train) < 2:
+            raise InputError(f"beta-tcvae estimates the total correlation across a minibatch: with batches of one "
+                             f"input (batch_size {config.batch_size}, {n_train} training images) its TC term is a "
+                             "constant and beta would weigh nothing; use batch_size >= 2")
+        if n_train % config.batch_size == 1:
+            warnings.warn(f"beta-tcvae: {n_train} training images in batches of {config.batch_size} leave a last batch "
+                          "of one input each epoch, whose TC term is a constant (beta weighs nothing on it); another "
+                          "batch_size or n_train avoids it", UserWarning, stacklevel=3)
+
+
 def check_penalty_not_constant(config: TrainConfig) -> None:
     """InputError for a Jacobian penalty that cannot change anything: a lipschitz-mlp encoder whose
     widths never grow (D >= h_1 >= ... >= d) has weights with orthonormal rows times L^(1/k) and
@@ -148,7 +164,7 @@ def check_adversarial_budget(config: TrainConfig) -> None:
         return
     diameter = 1.0 if config.adversarial_norm == "linf" else math.sqrt(math.prod(config.model.input_shape))
     if eps >= diameter:
-        raise InputError(f"adversarial_eps {eps:g} is at least the pixel box's diameter in {config.adversarial_norm} "
+        raise InputError(f"adversarial_eps (--adversarial-eps) {eps:g} is at least the pixel box's diameter in {config.adversarial_norm} "
                          f"({diameter:.4g}): the attack could replace every image by any other; give a budget below it")
 
 
@@ -312,8 +328,8 @@ def train(
     train_set = train_set.subset(config.n_train)
     if tuple(config.model.input_shape) != tuple(train_set.shape):
         config.model = ModelConfig.from_dict({**config.model.to_dict(), "input_shape": tuple(train_set.shape)})
-    check_penalty_not_constant(config)
-    check_adversarial_budget(config)
+    if not (run_dir / CONFIG_FILE).exists():  # a new run (one trained before these checks can still be extended)
+        check_new_run(config, len(train_set))
 
     extend = (run_dir / CONFIG_FILE).exists() and check_same_config(run_dir, config)
     remove_stale_temporaries(run_dir, (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, WEIGHTS_FILE))  # a killed run's

@@ -83,6 +83,8 @@ MAX_LEVEL = 0.5
 def check_level(v, name: str = "") -> float:
     """``v`` as a float when it is a level alpha in (0, 1/2) (confidence 1 - alpha above one half);
     else an InputError."""
+    if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim == 0 and v.dtype not in (torch.bool, np.bool_):
+        v = v.item()  # a 0-d tensor or array, as numbers were taken before
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < MAX_LEVEL:
         raise InputError(f"{_named(name)}must be a level in (0, 0.5) (confidence 1 - alpha above one half), got {v!r}")
     return float(v)
@@ -491,6 +493,10 @@ def as_radius(r: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.
     """A radius r (a number or a [B] tensor) as a [B] tensor of ``like``'s device/dtype; r > 0.
     A number that ``like``'s dtype cannot hold is rounded down (bfloat16: 0.3 -> 0.2988), so no
     draw beyond the requested r counts as within it."""
+    if isinstance(r, (list, tuple)):  # per-input radii as a list (as torch.as_tensor takes them)
+        if not r or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in r):
+            raise InputError(f"r must be a number or a [B] tensor of numbers, got {r!r}")
+        r = torch.tensor([float(v) for v in r], dtype=torch.float64)
     if isinstance(r, bool) or not isinstance(r, (numbers.Real, torch.Tensor, np.ndarray)) or (
             isinstance(r, torch.Tensor) and (r.dtype == torch.bool or r.is_complex())) or (
             isinstance(r, np.ndarray) and r.dtype.kind not in "iuf"):  # True was r = 1, "0.1" a torch TypeError

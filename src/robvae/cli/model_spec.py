@@ -206,9 +206,9 @@ model_options = [
                  callback=_remember, help="With --model: the data set of the inputs (default digits)."),
     click.option("--inputs", "model_inputs", type=click.Path(dir_okay=False), default=None, expose_value=False,
                  callback=_remember, help="A .npy / .pt tensor of images [N, C, H, W], float in [0, 1] or uint8 in "
-                                         "[0, 255], instead of a split (with --model, or a RUN folder's model); the "
-                                         "default outputs are named after the file (certify-FILE.csv, "
-                                         "attack-FILE/, margin-FILE.csv)."),
+                                         "[0, 255], instead of a split (with --model; certify, attack and margin take "
+                                         "it with a RUN folder too); the default outputs are named after the file "
+                                         "(certify-FILE.csv, attack-FILE/, margin-FILE.csv)."),
 ]
 
 

@@ -252,8 +252,9 @@ def certify(
         raise ValueError(f"unknown norms {sorted(unknown)}; choose from {', '.join(KINDS)}")
     if not isinstance(rigorous, (bool, VAELipschitz)):
         raise InputError(f"rigorous: True, False or a VAELipschitz of the model's constants, got {rigorous!r}")
-    if not isinstance(early_abstain, bool):  # "no" would count as True
+    if not isinstance(early_abstain, (bool, np.bool_)):  # "no" would count as True
         raise InputError(f"early_abstain must be True or False, got {early_abstain!r}")
+    early_abstain = bool(early_abstain)
     check_count(batch_size, 1, "batch_size")
     check_size(chunk_size, "chunk_size")
     check_level(alpha, "alpha")

@@ -173,8 +173,8 @@ def empirical_margin(
             raise InputError(f"attack={attack!r}: an attack object, or a preset name ({', '.join(PRESETS)})")
         attack = EnsembleAttack(attack, norm=norm or "l2", mode=mode)
     given_norm = getattr(attack, "norm", None) if attack is not None else None
-    if norm is not None and given_norm is not None and getattr(given_norm, "name", given_norm) != norm:
-        raise InputError(f"norm={norm!r} but the attack given attacks in {getattr(given_norm, 'name', given_norm)!r}: "
+    if norm is not None and given_norm is not None and get_norm(given_norm).name != get_norm(norm).name:
+        raise InputError(f"norm={norm!r} but the attack given attacks in {get_norm(given_norm).name!r}: "
                          "the budgets are the attack's; give one of the two")
     norm = norm or "l2"
     legacy = {k: v for k, v in dict(steps=steps, restarts=restarts, eta_samples=eta_samples,

@@ -26,6 +26,8 @@ question skips them and gives the same certificate as an uninterrupted run.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import hashlib
 import inspect
 import math
@@ -143,10 +145,20 @@ _ATTRIBUTE_DEPTH, _ATTRIBUTE_ITEMS = 4, 100_000
 
 
 def _plain_object(v: Any) -> bool:
-    """An instance of a user's class that holds its data in ``__dict__`` (a config, a namespace), not
-    a class, function, module or other callable (whose ``__dict__`` is code or a whole namespace)."""
-    return (hasattr(v, "__dict__") and not isinstance(v, (type, types.ModuleType)) and not callable(v)
-            and not inspect.isroutine(v))
+    """A settings object whose fields are data: a dataclass instance, a namespace, or an instance of
+    a class of the user's own code holding its data in ``__dict__`` (a config). Not a class,
+    function, module or other callable, and not an object of the standard library or of a library
+    (a logging.Logger's state changes with every call: its digest would never be reused)."""
+    if isinstance(v, (type, types.ModuleType)) or callable(v) or inspect.isroutine(v) or not hasattr(v, "__dict__"):
+        return False
+    if dataclasses.is_dataclass(v) or isinstance(v, (types.SimpleNamespace, argparse.Namespace)):
+        return True
+    module = sys.modules.get(type(v).__module__)
+    path = getattr(module, "__file__", None)
+    if path is None:
+        return False
+    resolved = Path(path).resolve()
+    return not (resolved.is_relative_to(_STDLIB) or "site-packages" in resolved.parts or "dist-packages" in resolved.parts)
 
 
 def _attribute_data(model: torch.nn.Module) -> tuple[list[tuple[str, Any]], list[str]]:
