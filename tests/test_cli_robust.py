@@ -611,3 +611,23 @@ def test_results_of_an_earlier_state_of_the_run_are_flagged_and_a_run_changed_un
     page = (run / "report.html").read_text()
     assert "certify-test.json: computed for an earlier state of this run" in page
     assert "median Theorem 1 radius" not in page  # its numbers are not shown as the run's
+
+
+def test_temporaries_a_killed_write_left_are_removed_by_the_next_run(run_dir, capsys, tmp_path):
+    """Audit h73: a SIGKILL between writing a temporary and renaming it left .NAME.XXXX.tmp for good
+    beside certify / margin / attack results; the next run of the command removes them."""
+    run = _train_copy(run_dir, tmp_path / "run")
+    (run / "attack-test").mkdir()
+    left = [run / ".certify-test.csv.abc12345.tmp", run / ".certify-test.json.x1y2z3w4.tmp",
+            run / ".margin-test.json.q1w2e3r4.tmp", run / "attack-test" / ".attack.png.z9y8x7w6.tmp",
+            run / "attack-test" / ".attack.csv.a1b2c3d4.tmp"]
+    for f in left:
+        f.write_text("half")
+    keep = run / ".notes.txt.a1b2c3d4.tmp"  # not a temporary of these results: left alone
+    keep.write_text("mine")
+    for args in (["certify", run, "--n", 3, "--r", 1.0, "--samples", 50],
+                 ["margin", run, "--n", 2, "--r", 1.0, "--samples", 50],
+                 ["attack", run, "--n", 2, "--eps", 0.5, "--preset", "legacy", "--steps", 2, "--restarts", 1]):
+        rc, _, err = _run(capsys, *args, "--quiet")
+        assert rc == 0, err
+    assert not [f for f in left if f.exists()] and keep.exists()

@@ -7,6 +7,7 @@ SIGKILLs the worker after the first epoch on the first attempt, "kill" SIGKILLs 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -1016,3 +1017,45 @@ def test_model_digest_sees_the_fields_of_a_settings_object_held_by_the_model(tmp
         assert model_digest(m) != base
         undo()
         assert model_digest(m) == base
+
+
+def test_a_rerun_does_not_skip_a_trial_whose_run_was_retrained_in_place(tmp_path, capsys):
+    """Audit h73: a trial's run folder extended in place (robvae train --epochs 40 --out .../run)
+    was skipped by the rerun ("1 already done before"), so results.csv kept the 5-epoch row beside
+    a 40-epoch model. A finished trial records its run's digest; a changed run is not "done"."""
+    from robvae.training import TrainConfig, train
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("out: {out}\nbase: {{dataset: digits, epochs: 1, n_train: 60, model: {{latent_dim: 2, hidden: [8]}}}}"
+                    "\ngrid: {{seed: [0]}}\nevaluation: null\n".format(out=tmp_path / "out"))
+    assert main(["sweep", str(spec), "--executor", "serial", "--quiet"]) == 0
+    capsys.readouterr()
+    trial = next((tmp_path / "out" / "trials").iterdir())
+    status = json.loads((trial / "status.json").read_text())
+    assert len(status["run_digest"]) == 64
+    cfg = TrainConfig.from_dict(json.loads((trial / "run" / "config.json").read_text()))
+    train(dataclasses.replace(cfg, epochs=2), trial / "run", progress=False)  # retrained in place
+    assert main(["sweep", str(spec), "--executor", "serial", "--quiet"]) == 1  # not skipped: said
+    out = capsys.readouterr().out
+    assert "0 already done before), 1 failed" in out and "holds a different config" in out
+
+
+def test_the_sweep_writes_its_study_description_under_its_lock(tmp_path, capsys, monkeypatch):
+    """Audit h73: study.json and sweep.png were written after the sweep released its folder lock, so
+    for a moment a second sweep into the folder was not refused. They are written under it now."""
+    from robvae.cli import sweep as sweep_cli
+    from robvae.fileio import live_holder
+
+    seen = []
+    real = sweep_cli.write_study
+
+    def watching(out_dir, **kw):
+        seen.append(live_holder(out_dir))
+        return real(out_dir, **kw)
+
+    monkeypatch.setattr(sweep_cli, "write_study", watching)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("out: {out}\nbase: {{dataset: digits, epochs: 1, n_train: 40, model: {{latent_dim: 2, hidden: [8]}}}}"
+                    "\ngrid: {{seed: [0]}}\nevaluation: null\n".format(out=tmp_path / "out"))
+    assert main(["sweep", str(spec), "--executor", "serial", "--quiet"]) == 0
+    assert seen and seen[0] is not None and seen[0].get("command") == "robvae sweep"

@@ -72,7 +72,7 @@ from .attacks import EnsembleAttack, max_damage_attack
 from .config import ALPHA, MARGIN_TOL, N_SAMPLES, R_RELATIVE, ConfigMixin
 from .data import load_dataset
 from .errors import CheckpointError, InputError
-from .fileio import read_csv, read_json, result_paths, write_csv, write_json, write_results
+from .fileio import read_csv, read_json, remove_stale_temporaries, result_paths, write_csv, write_json, write_results
 from .metrics import (
     PerceptualDamage, expected_damage, image_similarity, likelihood_degradation, perceptual_damage,
     reconstruction_damage, reconstruction_error,
@@ -816,6 +816,7 @@ def attack_report(model: Any, x: torch.Tensor, eps: float, *, norm: Literal["l2"
         k = min(10, len(x))
 
         def picture() -> None:
+            remove_stale_temporaries(out, [ATTACK_PNG])  # of a killed earlier attack into this folder (held)
             if is_image_batch(x):  # 1-D or other non-image data: no picture (it crashed after the attack)
                 image_grid([x[:k], (x + delta)[:k], recon[:k], recon_adv[:k]], out / ATTACK_PNG,
                            row_titles=["x", "x + delta", "g(mu(x))", "g(mu(x+delta))"])

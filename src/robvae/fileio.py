@@ -242,7 +242,11 @@ def write_results(csv_path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]
     first, the CSV written, then the callables ``then`` (e.g. a figure), and the JSON last, with
     ``"csv_sha256"``, the digest of the CSV it describes. Each file is atomic, and an interrupt
     between them leaves a CSV without a JSON (or a JSON whose digest does not match), never a
-    finished-looking pair from two runs (audit h73: the new CSV beside the previous run's JSON)."""
+    finished-looking pair from two runs (audit h73: the new CSV beside the previous run's JSON).
+    The caller holds the output (robvae.fileio.folder_lock): temporaries of the two files that a
+    killed earlier run left are removed."""
+    for f in (Path(csv_path), Path(json_path)):
+        remove_stale_temporaries(f.parent, [f.name])
     Path(json_path).unlink(missing_ok=True)
     write_csv(csv_path, rows, fieldnames=fieldnames)
     for step in then:

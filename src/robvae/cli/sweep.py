@@ -64,14 +64,14 @@ def sweep_cmd(sweep_file, executor, address, workers, out, max_retries, cpus_per
         raise click.UsageError(missing)
     if missing:
         click.echo(f"robvae: note: {missing}; the trials will fail unless the cluster's nodes have it", err=True)
-    with folder_lock(out_dir, "robvae sweep"):
+    command = " ".join(["robvae sweep", shlex.quote(str(sweep_file)), "--executor", executor, "--workers", str(workers)]
+                       + (["--address", address] if address else []) + ["--out", shlex.quote(str(out_dir))])
+    with folder_lock(out_dir, "robvae sweep"):  # the tables and study.json too: a second sweep waits for them
         results = run_trials(spec.trials, out_dir, executor=executor, workers=workers, address=address,
                              progress=not quiet, max_retries=max_retries, cpus_per_trial=cpus_per_trial,
                              gpus_per_trial=gpus_per_trial)
-    command = " ".join(["robvae sweep", shlex.quote(str(sweep_file)), "--executor", executor, "--workers", str(workers)]
-                       + (["--address", address] if address else []) + ["--out", shlex.quote(str(out_dir))])
-    write_study(out_dir, command=command, config=spec.doc, grid=spec.grid)
-    rows = collect(out_dir, write=False)
+        write_study(out_dir, command=command, config=spec.doc, grid=spec.grid)
+        rows = collect(out_dir, write=False)
     n_done = sum(r.status == "done" for r in results)
     n_skip = sum(r.skipped for r in results)
     failed = [r for r in results if r.status != "done"]

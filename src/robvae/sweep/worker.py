@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from ..errors import RobvaeError
 from ..evaluation import evaluate, load_result
-from ..fileio import dumps_json, read_json_dict, write_json
+from ..fileio import dumps_json, read_json_dict, run_digest, write_json
 from ..report.figures import save_reconstructions
 from ..training import RECON_FILE, train
 from .spec import Trial
@@ -54,9 +54,14 @@ def update_status(trial_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]
 
 def outputs_complete(trial_dir: str | os.PathLike, with_eval: bool) -> bool:
     """True when the trial's final outputs exist (weights, and an evaluation that reads back whole
-    if it has one: a damaged evaluation file makes the trial run again, which recomputes it)."""
+    if it has one: a damaged evaluation file makes the trial run again, which recomputes it) and
+    its run folder still holds the model the trial finished with (status.json's ``run_digest``;
+    a run retrained in place made the sweep keep the old model's row, audit h73)."""
     trial_dir = Path(trial_dir)
     if not (trial_dir / RUN_DIR / "model.safetensors").is_file():
+        return False
+    done_with = read_status(trial_dir).get("run_digest")
+    if done_with is not None and done_with != run_digest(trial_dir / RUN_DIR):
         return False
     if not with_eval:
         return True
@@ -147,6 +152,7 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
             summary.update(json.loads(dumps_json(result.summary.to_dict())))
         return update_status(trial_dir_p, status="done", error=None, wall_s=time.time() - t0,
                              train_s=train_s, eval_s=eval_s, summary=summary,
+                             run_digest=run_digest(trial_dir_p / RUN_DIR),  # what the summary describes
                              finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     except Exception as e:  # noqa: BLE001 - a failing trial is recorded, never fatal to the sweep
         first = str(e).splitlines()[0] if str(e) else ""
