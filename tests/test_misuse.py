@@ -1566,3 +1566,30 @@ def test_argument_types_that_worked_before_the_session_14_checks_still_work():
     for bad in ([], [True, 1.0, 2.0], ["0.1", 0.2, 0.3]):
         with pytest.raises(InputError, match="r must be a number"):
             robvae.certify(m, x, bad, n_samples=10)
+
+
+@pytest.mark.parametrize("argv0, cli", [("/venv/bin/robvae", True), ("my_script.py", False)])
+def test_ctrl_c_while_the_command_imports_torch_is_one_line(argv0, cli):
+    """Audit h73: Ctrl-C in the first seconds of a robvae command (while robvae imports torch and
+    scipy) printed a 25-50 line KeyboardInterrupt traceback. The console script now prints the
+    one line and exits 130; a library import keeps Python's KeyboardInterrupt."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        class Interrupts:  # Ctrl-C arriving while robvae.attacks (torch) is imported
+            def find_spec(self, name, path=None, target=None):
+                if name == "robvae.attacks":
+                    raise KeyboardInterrupt
+        sys.meta_path.insert(0, Interrupts())
+        sys.argv = [{argv0!r}, "certify"]
+        import robvae.cli
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if cli:
+        assert res.returncode == 130
+        assert res.stderr == "robvae: interrupted (nothing was written; rerun the command to start again)\n"
+    else:
+        assert res.returncode != 0 and "KeyboardInterrupt" in res.stderr

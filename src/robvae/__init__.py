@@ -6,6 +6,9 @@ equal). Everything else lives in the subpackages, by layer (see docs and tests/t
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
 # first, before anything here loads torch: OpenMP reads its wait policy once, when torch loads
 # (robvae.threads; the robvae command relies on it; an OMP_WAIT_POLICY the user set is kept)
 from .threads import prefer_passive_wait as _prefer_passive_wait
@@ -13,18 +16,25 @@ from .threads import prefer_passive_wait as _prefer_passive_wait
 _prefer_passive_wait()
 
 from ._version import __version__  # noqa: E402
-from .attacks import EnsembleAttack, MaxDamageAttack, latent_attack, max_damage_attack, output_attack
-from .data import ImageDataset, load_dataset
-from .errors import CheckpointError, DataError, InputError, RobvaeError
-from .evaluation import EvalConfig, EvalResult, EvalSummary, evaluate
-from .metrics import likelihood_degradation
-from .models import VAE, LinearVAE, ModelConfig, VAEProtocol
-from .objectives import ObjectiveConfig
-from .robustness import Certificate, CertifyConfig, certify, empirical_margin, jacobian_norm, r_min, r_robustness
-from .robustness.lipschitz import lipschitz_bound
-from .stats import BoundStats, bound_stats
-from .training import TrainConfig, load, train
-from .validation import ModelCheck, check_model
+from .errors import CheckpointError, DataError, InputError, RobvaeError  # noqa: E402
+
+try:  # the imports that load torch and scipy (seconds): Ctrl-C while the robvae command starts is one line
+    from .attacks import EnsembleAttack, MaxDamageAttack, latent_attack, max_damage_attack, output_attack
+    from .data import ImageDataset, load_dataset
+    from .evaluation import EvalConfig, EvalResult, EvalSummary, evaluate
+    from .metrics import likelihood_degradation
+    from .models import VAE, LinearVAE, ModelConfig, VAEProtocol
+    from .objectives import ObjectiveConfig
+    from .robustness import Certificate, CertifyConfig, certify, empirical_margin, jacobian_norm, r_min, r_robustness
+    from .robustness.lipschitz import lipschitz_bound
+    from .stats import BoundStats, bound_stats
+    from .training import TrainConfig, load, train
+    from .validation import ModelCheck, check_model
+except KeyboardInterrupt:
+    if _os.path.basename(_sys.argv[0] if _sys.argv else "") in ("robvae", "robvae.exe"):  # the console script
+        _sys.stderr.write("robvae: interrupted (nothing was written; rerun the command to start again)\n")
+        raise SystemExit(130) from None  # (a library import keeps Python's KeyboardInterrupt)
+    raise
 
 __all__ = [
     # models and data
