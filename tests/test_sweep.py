@@ -1038,6 +1038,8 @@ def test_a_rerun_does_not_skip_a_trial_whose_run_was_retrained_in_place(tmp_path
     assert main(["sweep", str(spec), "--executor", "serial", "--quiet"]) == 1  # not skipped: said
     out = capsys.readouterr().out
     assert "0 already done before), 1 failed" in out and "holds a different config" in out
+    row = json.loads((tmp_path / "out" / "results.json").read_text())[0]
+    assert row["status"] == "failed" and row["test_elbo"] is None  # not the old model's number
 
 
 def test_the_sweep_writes_its_study_description_under_its_lock(tmp_path, capsys, monkeypatch):

@@ -123,7 +123,8 @@ def run_trial(trial_dict: dict[str, Any], trial_dir: str, *, torch_threads: int 
     t0 = time.time()
     update_status(trial_dir_p, id=trial_dict.get("id"), name=trial_dict.get("name", ""), status="running",
                   error=None, attempts=int(prev.get("attempts", 0)) + 1, host=socket.gethostname(),
-                  pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"), finished=None)
+                  pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"), finished=None,
+                  summary=None, run_digest=None)  # a rerun's numbers replace the last run's, or none stay
     try:
         trial = Trial.from_dict(trial_dict)
         if trial._fault == "kill":  # test-only: this worker dies on every attempt, before training
