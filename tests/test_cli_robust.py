@@ -631,3 +631,16 @@ def test_temporaries_a_killed_write_left_are_removed_by_the_next_run(run_dir, ca
         rc, _, err = _run(capsys, *args, "--quiet")
         assert rc == 0, err
     assert not [f for f in left if f.exists()] and keep.exists()
+
+
+def test_margin_counts_the_brackets_left_wider_than_tol(run_dir, capsys, tmp_path):
+    """Left alone in session 13: brackets wider than --tol (undecided budgets) were visible only in
+    margin_upper. The summary counts them, recomputed here from the CSV."""
+    rc, out, err = _run(capsys, "margin", run_dir, "--n", 12, "--r", 1.0, "--samples", 60, "--tol", 0.02,
+                        "--out", tmp_path / "m.csv", "--quiet")
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "m.json").read_text())["summary"]
+    rows = [r for r in read_csv(tmp_path / "m.csv") if r["used"] == "True"]
+    want = sum(float(r["margin_upper"]) - float(r["margin"]) > 0.02 * float(r["margin_upper"]) for r in rows)
+    assert summary["n_wider_than_tol"] == want and f"n_wider_than_tol" in out
+    assert 0 < want <= len(rows)  # at 60 draws some decisions stay unsettled

@@ -664,8 +664,13 @@ class MarginReport:
         for k, v in self.stats.to_dict().items():
             out[k] = v
             if k == "median_margin":  # the bracket's upper end: how coarse the margins are (tol, n_samples)
-                out["median_margin_upper"] = median([row["margin_upper"] for row, used
-                                                     in zip(self.result.rows, self.stats.mask) if used])
+                used_rows = [row for row, used in zip(self.result.rows, self.stats.mask) if used]
+                out["median_margin_upper"] = median([row["margin_upper"] for row in used_rows])
+                # brackets the search left wider than --margin-tol (decisions it could not settle
+                # within n_samples draws): their margins are coarser than the tolerance says
+                tol = c.margin_tol
+                out["n_wider_than_tol"] = sum(row["margin_upper"] - row["margin"] > tol * row["margin_upper"]
+                                              for row in used_rows)
             if k == "n_violations" and self.rigorous is not None:  # beside Theorem 1's: must always be 0
                 out["rigorous_above_margin"] = self.rigorous.n_violations
                 out["rigorous_refuted"] = self.rigorous.n_refuted  # above a budget settled not robust
