@@ -668,8 +668,8 @@ def test_two_takers_of_a_dead_processs_lock_never_both_hold_it(tmp_path, monkeyp
     barrier = threading.Barrier(2, timeout=1.0)
     real = fileio._stale
 
-    def stale_then_wait(path, owner):
-        out = real(path, owner)
+    def stale_then_wait(path, owner, *guarded):
+        out = real(path, owner, *guarded)
         with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait()
         return out
@@ -1593,3 +1593,27 @@ def test_ctrl_c_while_the_command_imports_torch_is_one_line(argv0, cli):
         assert res.stderr == "robvae: interrupted (nothing was written; rerun the command to start again)\n"
     else:
         assert res.returncode != 0 and "KeyboardInterrupt" in res.stderr
+
+
+def test_an_empty_lock_left_by_a_killed_taker_is_taken_over_at_once_under_the_guard(tmp_path, monkeypatch):
+    """Audit h73 (by reading): a SIGKILL between creating the lock file and writing its owner left
+    an empty lock that counted as live for 10 s, so an immediate rerun was refused. Locks are only
+    created under the folder's guard, so an empty one found under it is a dead taker's: taken at
+    once. Without flock (unguarded) the 10-second rule stays."""
+    import errno
+
+    from robvae import fileio
+    from robvae.errors import LockError
+
+    (tmp_path / ".robvae.lock").write_text("")
+    with fileio.folder_lock(tmp_path, "robvae certify") as path:
+        assert json.loads(path.read_text())["command"] == "robvae certify"
+    (tmp_path / ".robvae.lock").write_text("")
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fileio.fcntl, "flock", no_flock)
+    with pytest.raises(LockError):
+        with fileio.folder_lock(tmp_path, "robvae certify"):
+            pass

@@ -294,10 +294,14 @@ def _lock_owner(path: Path) -> dict[str, Any] | None:
     return owner if isinstance(owner, dict) else None
 
 
-def _stale(path: Path, owner: dict[str, Any] | None) -> bool:
+def _stale(path: Path, owner: dict[str, Any] | None, guarded: bool = False) -> bool:
     """A lock left by a process that is gone: same host and its pid is not running (a lock of
-    another host is never taken for stale), or a lock file still empty after 10 seconds."""
+    another host is never taken for stale), or a lock file still empty after 10 seconds; at once
+    when ``guarded`` (the caller holds the folder's guard, under which every lock is created and
+    written: an empty one is a taker killed between the two, audit h73)."""
     if owner is None:
+        if guarded:
+            return True
         try:
             return time.time() - path.stat().st_mtime > 10
         except FileNotFoundError:
@@ -309,7 +313,7 @@ def _stale(path: Path, owner: dict[str, Any] | None) -> bool:
 
 
 @contextlib.contextmanager
-def _guard(folder: Path) -> Iterator[None]:
+def _guard(folder: Path) -> Iterator[bool]:
     """Serialise robvae processes' look-and-take of a folder's lock: an exclusive ``flock`` on
     ``FOLDER/.robvae.lock.guard`` (released by the kernel if the holder dies), removed again when
     the block ends. Without it two processes that both found a dead process's lock could both
@@ -317,9 +321,9 @@ def _guard(folder: Path) -> Iterator[None]:
     of a race had two holders). A guard file replaced while we waited for it is opened again.
     Where the file system refuses ``flock`` (ENOLCK on some NFS mounts) the look-and-take runs
     unguarded (a lock is still taken, only that rare race is open again) and the guard file is
-    removed."""
+    removed. Yields whether the guard is held."""
     if fcntl is None:  # pragma: no cover
-        yield
+        yield False
         return
     path = folder / f"{LOCK_FILE}.guard"
     while True:
@@ -348,10 +352,10 @@ def _guard(folder: Path) -> Iterator[None]:
             break
         os.close(fd)  # its holder removed it while we waited: take the current one
     if fd is None:
-        yield
+        yield False
         return
     try:
-        yield
+        yield True
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -424,13 +428,13 @@ def folder_lock(folder: str | os.PathLike, command: str, what: str | None = None
 def _take(folder: Path, path: Path, me: dict, what: str | None = None) -> None:
     """Write ``me`` into the lock file ``path`` of ``folder`` (taking over a dead process's lock),
     or raise LockError naming the live holder."""
-    with _guard(folder):  # one process at a time looks at the lock and takes it
+    with _guard(folder) as guarded:  # one process at a time looks at the lock and takes it
         for _ in range(3):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = _lock_owner(path)
-                if _stale(path, owner):  # its process is gone: remove it and take the folder
+                if _stale(path, owner, guarded):  # its process is gone: remove it and take the folder
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
                     continue
