@@ -528,8 +528,9 @@ def _train_copy(run_dir, dest):
     import shutil
 
     shutil.copytree(run_dir, dest)
-    for f in dest.glob("certify-*"):
-        f.unlink() if f.is_file() else shutil.rmtree(f)
+    for pattern in ("certify-*", "margin-*", "attack-*"):  # results other tests wrote into the shared run
+        for f in dest.glob(pattern):
+            f.unlink() if f.is_file() else shutil.rmtree(f)
     return dest
 
 
@@ -569,7 +570,12 @@ def test_a_result_interrupted_between_its_csv_and_json_is_never_a_finished_looki
     # a pair whose CSV was replaced afterwards (by another, interrupted, run) is named too
     rc, _, err = _run(capsys, "certify", run, "--n", 6, "--r", 1.0, "--samples", 100, "--quiet")
     assert rc == 0, err
-    (run / "certify-test.csv").write_text((run / "certify-test.csv").read_text().replace("\n", "\n", 1) + "\n")
+    csv_path = run / "certify-test.csv"
+    csv_path.write_bytes(csv_path.read_bytes().replace(b"\r\n", b"\n"))  # line endings (git, a tool): the same
+    assert main(["report", str(run)]) == 0
+    assert "Not shown as this run's: certify-test.json" not in (run / "report.html").read_text()
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([lines[0], "9" + lines[1][1:], *lines[2:]]) + "\n")  # another content
     assert main(["report", str(run)]) == 0
     assert "is not the CSV this summary describes" in (run / "report.html").read_text()
 
@@ -586,6 +592,15 @@ def test_results_of_an_earlier_state_of_the_run_are_flagged_and_a_run_changed_un
     run = _train_copy(run_dir, tmp_path / "run")
     rc, _, err = _run(capsys, "certify", run, "--n", 6, "--r", 1.0, "--samples", 100, "--quiet")
     assert rc == 0, err
+    # the same train rerun on the finished run, on "another" device (review h77: it rewrote config.json
+    # and the weights file, and every result read as stale): the same model, no alarm
+    import dataclasses
+
+    from robvae.training import TrainConfig, train
+
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    train(dataclasses.replace(cfg, device="cpu:0"), run, progress=False)
+    assert json.loads((run / "config.json").read_text())["device"] == "cpu:0"
     assert main(["report", str(run)]) == 0
     assert "Not shown as this run" not in (run / "report.html").read_text()
 
@@ -609,7 +624,7 @@ def test_results_of_an_earlier_state_of_the_run_are_flagged_and_a_run_changed_un
         monkeypatch.setattr(robust, target, real)
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
-    assert "certify-test.json: computed for an earlier state of this run" in page
+    assert "certify-test.json: computed for another model than this run folder holds now" in page
     assert "median Theorem 1 radius" not in page  # its numbers are not shown as the run's
 
 

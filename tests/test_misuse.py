@@ -1568,7 +1568,7 @@ def test_argument_types_that_worked_before_the_session_14_checks_still_work():
             robvae.certify(m, x, bad, n_samples=10)
 
 
-@pytest.mark.parametrize("argv0, cli", [("/venv/bin/robvae", True), ("my_script.py", False)])
+@pytest.mark.parametrize("argv0, cli", [("/venv/bin/robvae", True), ("my_script.py", False), ("-m robvae.cli", True)])
 def test_ctrl_c_while_the_command_imports_torch_is_one_line(argv0, cli):
     """Audit h73: Ctrl-C in the first seconds of a robvae command (while robvae imports torch and
     scipy) printed a 25-50 line KeyboardInterrupt traceback. The console script now prints the
@@ -1587,6 +1587,9 @@ def test_ctrl_c_while_the_command_imports_torch_is_one_line(argv0, cli):
         sys.argv = [{argv0!r}, "certify"]
         import robvae.cli
     """)
+    if argv0.startswith("-m"):  # python -m robvae.cli (as the tests run it): argv[0] is "-m" while it imports
+        code = code.replace(f"sys.argv = [{argv0!r}, \"certify\"]", "sys.orig_argv = [sys.executable, '-m', "
+                                                                         "'robvae.cli', 'certify']; sys.argv = ['-m']")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     if cli:
         assert res.returncode == 130
@@ -1598,17 +1601,23 @@ def test_ctrl_c_while_the_command_imports_torch_is_one_line(argv0, cli):
 def test_an_empty_lock_left_by_a_killed_taker_is_taken_over_at_once_under_the_guard(tmp_path, monkeypatch):
     """Audit h73 (by reading): a SIGKILL between creating the lock file and writing its owner left
     an empty lock that counted as live for 10 s, so an immediate rerun was refused. Locks are only
-    created under the folder's guard, so an empty one found under it is a dead taker's: taken at
-    once. Without flock (unguarded) the 10-second rule stays."""
+    created under the folder's guard, so an empty one found under it is a dead taker's: taken over
+    after 1 s (not 10). Without flock (unguarded) the 10-second rule stays."""
     import errno
 
     from robvae import fileio
     from robvae.errors import LockError
 
-    (tmp_path / ".robvae.lock").write_text("")
+    lock = tmp_path / ".robvae.lock"
+    lock.write_text("")
+    with pytest.raises(LockError):  # being written right now, perhaps by another host (review h77)
+        with fileio.folder_lock(tmp_path, "robvae certify"):
+            pass
+    os.utime(lock, (time.time() - 2, time.time() - 2))  # 2 s later: a dead taker's
     with fileio.folder_lock(tmp_path, "robvae certify") as path:
         assert json.loads(path.read_text())["command"] == "robvae certify"
-    (tmp_path / ".robvae.lock").write_text("")
+    lock.write_text("")
+    os.utime(lock, (time.time() - 2, time.time() - 2))
 
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")

@@ -31,7 +31,9 @@ try:  # the imports that load torch and scipy (seconds): Ctrl-C while the robvae
     from .training import TrainConfig, load, train
     from .validation import ModelCheck, check_model
 except KeyboardInterrupt:
-    if _os.path.basename(_sys.argv[0] if _sys.argv else "") in ("robvae", "robvae.exe"):  # the console script
+    _orig = list(getattr(_sys, "orig_argv", []) or [])
+    if _os.path.basename(_sys.argv[0] if _sys.argv else "") in ("robvae", "robvae.exe") or any(
+            a == "-m" and b in ("robvae", "robvae.cli") for a, b in zip(_orig, _orig[1:])):  # the command
         _sys.stderr.write("robvae: interrupted (nothing was written; rerun the command to start again)\n")
         raise SystemExit(130) from None  # (a library import keeps Python's KeyboardInterrupt)
     raise

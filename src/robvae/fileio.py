@@ -221,17 +221,37 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldn
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes (hex)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The SHA-256 of a text file's content (hex), line endings normalised to LF: the same CSV
+    checked out of git with other line endings, or re-saved by a tool, keeps its digest."""
+    return hashlib.sha256(Path(path).read_bytes().replace(b"\r\n", b"\n")).hexdigest()
+
+
+#: config fields that do not change the model a run folder holds (where it was trained)
+_NOT_MODEL = ("device",)
 
 
 def run_digest(run_dir: str | os.PathLike) -> str:
-    """A digest of the files :func:`robvae.load` builds a run's model from (config and weights)."""
+    """A digest of what :func:`robvae.load` builds a run's model from: its config (parsed; the
+    device it was trained on left out) and its weights' tensors (names, dtypes, shapes, values;
+    not the file's bytes or metadata). A train command rerun on a finished run (another device, a
+    rewritten config.json or weights file with the same content) keeps the digest (review h77);
+    a missing or unreadable file enters as such."""
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        f = Path(run_dir) / name
-        h.update(name.encode())
-        h.update(f.read_bytes() if f.is_file() else b"<missing>")
+    folder = Path(run_dir)
+    h.update(b"config.json")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if isinstance(config, dict):
+            config = {k: v for k, v in config.items() if k not in _NOT_MODEL}
+        h.update(json.dumps(config, sort_keys=True, allow_nan=True).encode())
+    except (OSError, ValueError):
+        h.update(b"<missing or unreadable>")
+    h.update(b"model.safetensors")
+    try:
+        tensors, _ = load_tensors(folder / "model.safetensors")
+        hash_arrays(h, sorted(tensors.items()))
+    except CheckpointError:
+        h.update(b"<missing or unreadable>")
     return h.hexdigest()
 
 
@@ -296,14 +316,13 @@ def _lock_owner(path: Path) -> dict[str, Any] | None:
 
 def _stale(path: Path, owner: dict[str, Any] | None, guarded: bool = False) -> bool:
     """A lock left by a process that is gone: same host and its pid is not running (a lock of
-    another host is never taken for stale), or a lock file still empty after 10 seconds; at once
-    when ``guarded`` (the caller holds the folder's guard, under which every lock is created and
-    written: an empty one is a taker killed between the two, audit h73)."""
+    another host is never taken for stale), or a lock file still empty after 10 seconds; after 1
+    second when ``guarded`` (the caller holds the folder's guard, under which every lock is created
+    and written: an empty one is a taker killed between the two, audit h73)."""
     if owner is None:
-        if guarded:
-            return True
-        try:
-            return time.time() - path.stat().st_mtime > 10
+        try:  # (guarded: a taker writes its lock within microseconds of creating it; 1 s still covers a
+            # guard that does not reach another host, flock on some NFS mounts, review h77)
+            return time.time() - path.stat().st_mtime > (1 if guarded else 10)
         except FileNotFoundError:
             return True
     if owner.get("host") != socket.gethostname():

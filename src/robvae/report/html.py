@@ -218,11 +218,12 @@ def result_problems(folder: Path, results: dict[str, Any]) -> dict[str, str]:
     for name, res in results.items():
         csv_path = folder / _results_csv(name)
         if current is not None and res.get("run_digest") not in (None, current):
-            problems[name] = ("computed for an earlier state of this run (its config or weights changed since, e.g. "
-                              "robvae train extended it): rerun the command")
+            problems[name] = ("computed for another model than this run folder holds now (this run before robvae "
+                              "train changed it, or another run written here with --out): rerun the command")
         elif isinstance(res.get("csv_sha256"), str) and csv_path.is_file() and file_sha256(csv_path) != res["csv_sha256"]:
-            problems[name] = (f"{_results_csv(name)} is not the CSV this summary describes (a later run of the command "
-                              "was interrupted while writing): rerun the command")
+            problems[name] = (f"{_results_csv(name)} is not the CSV this summary describes (changed after it was "
+                              "written: by a later run of the command interrupted while writing, or edited): rerun the "
+                              "command")
     for tab in run_files(folder, RUN_TABLES[1:]):
         name = tab.removesuffix(".csv") + ".json"
         if name not in results:
