@@ -335,3 +335,28 @@ def test_eval_config_checks_the_margin_settings_up_front():
         with pytest.raises(ValueError, match=msg):
             EvalConfig(**kw)
     assert EvalConfig(margin_eps_max=2.0).margin_eps_max == 2.0
+
+
+def test_a_rerun_interrupted_while_writing_leaves_no_finished_marker(tiny_run, monkeypatch, tmp_path):
+    """Review h77: a rerun with another config interrupted after per_input.csv left the new table
+    beside the old summary and the old eval_config.json (the marker of a finished evaluation, with
+    the old identity). The marker is removed before the files are written: the folder reads as
+    unfinished, and the next call computes it again."""
+    import robvae.evaluation as rb
+
+    out = tmp_path / "eval"
+    evaluate(tiny_run, EvalConfig(**FAST), out_dir=out, progress=False)
+    real = rb.write_json
+
+    def dies(path, obj):
+        if str(path).endswith("summary.json"):
+            raise KeyboardInterrupt
+        return real(path, obj)
+
+    monkeypatch.setattr(rb, "write_json", dies)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tiny_run, EvalConfig(**{**FAST, "n": 5}), out_dir=out, progress=False)
+    assert not (out / "eval_config.json").exists()
+    monkeypatch.setattr(rb, "write_json", real)
+    again = evaluate(tiny_run, EvalConfig(**FAST), out_dir=out, progress=False)
+    assert not again.loaded and len(again.rows) == 8

@@ -429,6 +429,9 @@ def evaluate(run: Any, config: EvalConfig | None = None, out_dir: str | Path | N
     result = EvalResult(rows, summary, config, out)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        # the previous evaluation's marker goes first: interrupted between the files below, a rerun
+        # with another config left the new table under the old marker and summary (review h77)
+        (out / EVAL_CONFIG_FILE).unlink(missing_ok=True)
         write_csv(out / PER_INPUT_FILE, rows, fieldnames=list(COLUMNS))
         write_json(out / SUMMARY_FILE, jsonable(summary.to_dict()))
         # written last: its presence with a matching identity marks the evaluation finished
