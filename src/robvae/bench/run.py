@@ -38,12 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_text, hash_arrays, read_json_dict, write_csv, write_json
+from ..fileio import atomic_write_text, hash_arrays, read_json_dict, run_digest, write_csv, write_json
 from ..report.figures import bench_tradeoff_figure
 from ..report.html import render_report, write_study_meta
 
 from ..sweep import run_trials, trial_dir
-from ..sweep.shard import model_digest, run_digest
+from ..sweep.shard import model_digest
 from ..training import load
 from .loader import build_model
 from .protocol import BenchResult, evaluate_protocol, load_subset_data

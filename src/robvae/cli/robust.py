@@ -19,10 +19,10 @@ from ..errors import InputError
 from ..evaluation import (
     LEGACY_ATTACK, EvalConfig, attack_report, calibration_r_min, jsonable, margin_report, relative_radius,
 )
-from ..fileio import check_not_held, folder_lock, result_paths, write_results
+from ..fileio import check_not_held, folder_lock, result_paths, run_digest, write_results
 from ..robustness import CertifyConfig
 from ..robustness.rigorous import rigorous_columns
-from ..sweep import BLOCK_SIZE, SHARD_EXECUTORS, certify_sharded, partial_folder, run_digest
+from ..sweep import BLOCK_SIZE, SHARD_EXECUTORS, certify_sharded, partial_folder
 from ..threads import auto_executor
 from ..training import load
 from . import app
@@ -128,9 +128,11 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
                                "its threads are --threads)")
     # a RUN folder: its workers load it again, so it must not change while certify runs; its digest
     # from before it is loaded here is checked by certify_sharded and by every shard
-    digest = run_digest(run) if run is not None and Path(run).is_dir() else None
+    digest = _folder_digest(run)
     vae, x = _inputs(run, split, n, device, data_dir, download)
-    if not from_spec(vae):  # e.g. a robvae train extending the run
+    if from_spec(vae):  # --model: no run folder to check
+        digest = None
+    else:  # e.g. a robvae train extending the run
         check_not_held(run, "certify it once that has finished")
     default = Path(vae.path) / f"certify-{output_label(vae, split)}.csv"
     out_path, json_path = result_paths(Path(out) if out else default, "certify")
@@ -175,9 +177,9 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
         summary = {"lead": lead, **{k: v for item in summary.items()
                                     for k, v in ([item, ("r_from", r_from)] if item[0] == "r" else [item])},
                    "rigorous": rigorous_note, "seconds": time.perf_counter() - t0}
-        _unchanged(run, digest if not from_spec(vae) else None, "certify")()
+        _unchanged(run, digest, "certify")()
         write_results(out_path, cert.to_rows(), json_path, jsonable({  # an infinite median radius as "inf"
-            "command": "certify", "run": str(run), **source_meta(vae, split), **_digest_meta(vae, digest),
+            "command": "certify", "run": str(run), **source_meta(vae, split), **_digest_meta(digest),
             "n": len(x), "r": radius, "r_relative": r_relative,
             "calibration_samples": None if r_relative is None else min(n_samples, CALIBRATION_SAMPLES),
             "n_samples": n_samples, "alpha": alpha, "mode": mode, "precision": precision,
@@ -197,10 +199,16 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
                        f"can break robustness far inside them.{rig}", err=True)
 
 
-def _digest_meta(loaded, digest: str | None) -> dict[str, str]:
+def _folder_digest(run: str | None) -> str | None:
+    """:func:`run_digest` of a RUN folder, taken before the command loads it (None without one; a
+    ``--model`` command's folder is its output folder and the caller drops it once loaded)."""
+    return run_digest(run) if run is not None and Path(run).is_dir() else None
+
+
+def _digest_meta(digest: str | None) -> dict[str, str]:
     """``{"run_digest": ...}`` for a result of a run folder (the digest of its config and weights
     before they were loaded; ``robvae report`` flags results whose run has changed since), else {}."""
-    return {} if digest is None or from_spec(loaded) else {"run_digest": digest}
+    return {} if digest is None else {"run_digest": digest}
 
 
 def _unchanged(run: str | None, digest: str | None, command: str):
@@ -256,17 +264,18 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
     if preset != "legacy" and any(v is not None for v in pgd.values()):  # before loading anything
         given = ", ".join("--" + k.replace("_", "-") for k, v in pgd.items() if v is not None)
         raise click.UsageError(f"{given} only apply to --preset legacy (the ensemble presets have no step settings)")
-    digest = run_digest(run) if run is not None and Path(run).is_dir() else None  # before loading: see certify
+    digest = _folder_digest(run)
     vae, x = _inputs(run, split, n, device, data_dir, download)
-    if not from_spec(vae):  # e.g. a robvae train extending the run
+    if from_spec(vae):
+        digest = None
+    else:  # e.g. a robvae train extending the run
         check_not_held(run, "attack it once that has finished")
     out_dir = Path(out) if out else Path(vae.path) / f"attack-{output_label(vae, split)}"
     with folder_lock(out_dir, "robvae attack"):  # a second attack into this folder would mix its files in
         rep = attack_report(vae.model, x, eps, norm=norm, preset=preset, batch_size=batch_size, seed=seed,
                             out_dir=out_dir, progress=not quiet,
-                            meta={"run": str(run), **source_meta(vae, split), **_digest_meta(vae, digest),
-                                  "n": len(x)},
-                            check=_unchanged(run, digest if not from_spec(vae) else None, "attack"), **pgd)
+                            meta={"run": str(run), **source_meta(vae, split), **_digest_meta(digest), "n": len(x)},
+                            check=_unchanged(run, digest, "attack"), **pgd)
     click.echo(format_summary(rep.summary))
     if not callable(getattr(vae.model, "log_likelihood", None)):  # its column is NaN: say why
         click.echo("robvae: note: no likelihood degradation: the model has no log_likelihood(x, z)", err=True)
@@ -316,20 +325,22 @@ def margin_cmd(run, out, quiet, download, **kw) -> None:
     their own columns. The statistics are robvae.stats.bound_stats, as in `robvae study
     bound-vs-margin`."""
     config = EvalConfig(**kw)
-    digest = run_digest(run) if run is not None and Path(run).is_dir() else None  # before loading: see certify
+    digest = _folder_digest(run)
     loaded, _ = _inputs(run, config.split, config.n, config.device, config.data_dir, download)
     if download and config.data_dir is None and loaded.config.data_dir is None and loaded.config.dataset != "digits":
         config = dataclasses.replace(config, data_dir=str(default_data_dir(loaded.config.dataset)))  # fetched there
-    if not from_spec(loaded):  # e.g. a robvae train extending the run
+    if from_spec(loaded):
+        digest = None
+    else:  # e.g. a robvae train extending the run
         check_not_held(run, "measure its margins once that has finished")
     out_path = Path(out) if out else Path(loaded.path) / f"margin-{output_label(loaded, config.split)}.csv"
-    source = {**source_meta(loaded, config.split), **_digest_meta(loaded, digest)}  # the split, or the --inputs file
+    source = {**source_meta(loaded, config.split), **_digest_meta(digest)}  # the split, or the --inputs file
     # held as certify holds its output: a second margin into this --out would write its CSV / JSON
     # over the first's (each write atomic, the pair from two runs)
     held = partial_folder(out_path)
     with folder_lock(held, "robvae margin", what=f"output {out_path}"):
         rep = margin_report(loaded, config, out_path, progress=not quiet, meta={"run": str(run), **source},
-                            check=_unchanged(run, digest if not from_spec(loaded) else None, "margin"))
+                            check=_unchanged(run, digest, "margin"))
     with contextlib.suppress(OSError):  # emptied by the lock's release; one a killed margin left is removed too
         held.rmdir()
     click.echo(format_summary(rep.summary()))
