@@ -231,3 +231,25 @@ def test_small_budgets_are_never_exceeded(dtype, norm_name):
         d = feasible(x, torch.randn(64, 1, 28, 28, generator=g).to(dtype), eps, norm)
         assert float(norm.norm(d.double()).max()) <= float(eps.double().max())
         assert float((x.double() + d.double()).min()) >= 0 and float((x.double() + d.double()).max()) <= 1
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_models_get_no_rigorous_radius(dtype):
+    """Found by audit h79: a bfloat16 LinearVAE (one latent, singular value 100, s = 0.05) got a
+    rigorous radius of 1.07e-3, yet a perturbation of 0.9 x that moved its bfloat16 mu by one
+    rounding step (0.25 = 5 sigma) and p fell to 0.007; float16 broke at 0.3 x. Rigorous radii
+    assume exact arithmetic: half models are refused (before any draw), float32 copies work."""
+    from robvae.errors import InputError
+    from robvae.robustness.rigorous import rigorous_certify, rigorous_columns
+
+    vae = LinearVAE.random(d=1, input_shape=(1, 2, 2), s=0.05, singular_values=[100.0], seed=3, dtype=dtype)
+    x = torch.rand(2, 1, 2, 2, generator=torch.Generator().manual_seed(0)).to(dtype)
+    with pytest.raises(InputError, match=f"exact arithmetic.*{str(dtype).removeprefix('torch.')}"):
+        rigorous_certify(vae, x, 0.1, n_samples=200)
+    with pytest.raises(InputError, match="exact arithmetic"):
+        certify(vae, x, 0.1, n_samples=10**9, rigorous=True)  # refused before the draws
+    with pytest.raises(InputError, match="exact arithmetic"):
+        rigorous_columns(vae, torch.full((2,), 0.9), torch.full((2,), 0.05, dtype=dtype))
+    full = vae.float()
+    cert = rigorous_certify(full, x.float(), 0.1, n_samples=200, generator=torch.Generator().manual_seed(1))
+    assert cert.radius_full.shape == (2,)

@@ -425,3 +425,49 @@ def test_overridden_maps_hooks_and_layer_subclasses_are_refused():
     relu.forward = lambda x: 5 * x
     with pytest.raises(InputError, match="unsupported layer ReLU"):
         lipschitz_bound(nn.Sequential(nn.Linear(3, 3), relu))
+
+
+def test_layers_whose_call_skips_their_forward_are_refused():
+    """Found by audit h79: a Linear subclass overriding ``__call__`` (its forward untouched), or an
+    instance given its own ``_call_impl``, computed something else than the layer the bound
+    measured (bounds 0.94 and 0.87 for maps of constant >= 9.3 and 7.8)."""
+    class Called(nn.Linear):
+        def __call__(self, x):
+            return 10 * super().__call__(x)
+
+    with pytest.raises(InputError, match="unsupported layer Called"):
+        lipschitz_bound(nn.Sequential(Called(3, 3), nn.ReLU()))
+    layer = nn.Linear(3, 3)
+    plain = lipschitz_bound(nn.Sequential(layer))
+    for name in ("_call_impl", "_wrapped_call_impl"):
+        odd = nn.Linear(3, 3)
+        setattr(odd, name, lambda x, _m=odd: 10 * nn.functional.linear(x, _m.weight, _m.bias))
+        with pytest.raises(InputError, match="unsupported layer Linear"):
+            lipschitz_bound(nn.Sequential(odd))
+    assert plain == pytest.approx(lipschitz_bound(layer))
+
+
+def test_softplus_below_torchs_threshold_is_refused_and_the_default_is_one_lipschitz():
+    """Found by audit h79: torch's Softplus is the identity above threshold / beta and jumps there
+    by (log(1 + e^t) - t) / beta (0.31 at t = 1: a difference quotient of 1.6e5 across it), yet
+    counted as 1-Lipschitz. At the default t = 20 the jump is 2e-9, below float32's resolution."""
+    sp = nn.Softplus(threshold=1.0)
+    x = torch.tensor([1.0 - 1e-6, 1.0 + 1e-6], dtype=torch.float64)
+    y = sp(x)
+    assert float((y[1] - y[0]) / (x[1] - x[0])) < -1e4  # the jump the old bound of 1 ignored
+    with pytest.raises(InputError, match="threshold >= 20"):
+        lipschitz_bound(nn.Sequential(nn.Linear(2, 2), sp))
+    assert lipschitz_bound(nn.Softplus()) == 1.0 == lipschitz_bound(nn.Softplus(beta=2.0, threshold=30.0))
+    xs = torch.linspace(-30, 30, 600001, dtype=torch.float64)  # steps of 1e-4; the jump at 20 adds 2e-9
+    assert float((torch.diff(nn.Softplus()(xs)) / torch.diff(xs)).abs().max()) <= 1.0 + 1e-4
+
+
+def test_a_negative_tau_set_on_the_model_is_refused():
+    """Found by audit h79: ModelConfig refuses tau < 0, but ``model.tau = -0.09`` set on a model
+    took log sigma's constant as L_s, where d log sigma / ds = sigmoid(s) / (softplus(s) + tau) is
+    unbounded (a full radius broken at half its value)."""
+    model = VAE(ModelConfig(input_shape=(1, 4, 4), latent_dim=2, hidden=(8,), tau=0.1))
+    assert vae_lipschitz(model).log_sigma > 0
+    model.tau = -0.09
+    with pytest.raises(InputError, match="tau = -0.09 < 0"):
+        vae_lipschitz(model)

@@ -81,6 +81,7 @@ from .models.protocol import model_device
 from .report.figures import image_grid, is_image_batch
 from .robustness import certify, empirical_margin, r_min
 from .robustness.lipschitz import VAELipschitz, vae_lipschitz
+from .robustness.rigorous import check_exact_arithmetic
 from .stats import BoundStats, bound_stats, describe, median, quartiles
 from .training import Run, load
 from .validation import check_count, check_level, host_numpy, model_dtype
@@ -445,6 +446,7 @@ def _rigorous_constants(model: Any, config: EvalConfig) -> tuple[VAELipschitz | 
     if not config.rigorous:
         return None, "not computed (rigorous=False)"
     try:
+        check_exact_arithmetic(model)
         return vae_lipschitz(model), "Lipschitz bounds from the weights (robvae.robustness.lipschitz.vae_lipschitz)"
     except InputError as e:  # a user model without known Lipschitz bounds: NaN radii, no crash
         return None, f"not available for this model: {e}"

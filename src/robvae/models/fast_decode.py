@@ -59,7 +59,14 @@ def runs_own_forward(m: torch.nn.Module, cls: type | tuple[type, ...]) -> bool:
     an ``nn.Sequential`` subclass with a forward of its own (a residual block) is not the chain
     of its layers."""
     classes = cls if isinstance(cls, tuple) else (cls,)
-    return any(isinstance(m, c) and type(m).forward is c.forward for c in classes) and "forward" not in vars(m)
+    called = all(getattr(type(m), f) is getattr(torch.nn.Module, f) for f in _CALL_PATH)  # m(x) runs forward
+    return (called and any(isinstance(m, c) and type(m).forward is c.forward for c in classes)
+            and not {"forward", *_CALL_PATH} & vars(m).keys())
+
+
+#: What ``m(x)`` goes through before ``forward``: a class or an instance replacing one of these
+#: computes something else than its forward.
+_CALL_PATH = ("__call__", "_call_impl", "_wrapped_call_impl")
 
 
 #: The layer types robvae's own decoders are built from (exact types: a subclass may compute
@@ -97,7 +104,7 @@ def _has_hooks_or_overrides(model: torch.nn.Module) -> bool:
         sub = getattr(model, name, None)
         if isinstance(sub, torch.nn.Module):
             mods.extend(sub.modules())
-    return any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in mods)
+    return any(m._forward_hooks or m._forward_pre_hooks or {"forward", *_CALL_PATH} & vars(m).keys() for m in mods)
 
 
 #: Derived weights (GEMM layouts of transposed convolutions, row-permuted linear layers), cached

@@ -30,7 +30,7 @@ from ..validation import as_radius, check_count, check_level, check_size, check_
 from .bf16 import check_precision, r_robustness_bf16
 from .jacobian import KINDS, jacobian_norms
 from .lipschitz import VAELipschitz
-from .rigorous import rigorous_columns
+from .rigorous import check_exact_arithmetic, rigorous_columns
 from .sampling import stat_dtype
 
 #: the per-input radii and flags derived from the stored fields (properties of Certificate)
@@ -260,6 +260,8 @@ def certify(
     check_level(alpha, "alpha")
     check_precision(precision)
     check_x(model, x)
+    if rigorous is not False:  # before the draws
+        check_exact_arithmetic(model, x)
     rt = as_radius(r, x.shape[0], x)
     chunks = list(batches(x.shape[0], batch_size))
     parts = [_certify_batch(model, x[s], rt[s], n_samples, alpha, mode, tuple(norms), chunk_size, generator,

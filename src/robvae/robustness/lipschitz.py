@@ -21,10 +21,10 @@ which approaches the spectral norm from below):
   the operator, placed sparse from the kernel); the smallest bound is used, and the result then
   holds for inputs of that shape only.
 - Activations (elementwise, so their l2 constant is the sup of |f'|): ReLU, Identity, Tanh,
-  Softplus, GroupSort (a permutation per pair): 1; LeakyReLU: max(1, |slope|); ELU: max(1, alpha);
+  Softplus (threshold >= 20: below, its switch to the identity is a jump), GroupSort (a permutation per pair): 1; LeakyReLU: max(1, |slope|); ELU: max(1, alpha);
   Sigmoid: 1/4; Flatten / Unflatten: 1; Dropout: 1 in eval mode, 1/(1 - p) in training mode.
 Anything else raises :class:`robvae.errors.InputError` naming the layer, and so does a layer whose
-``forward`` is overridden (a subclass or an instance attribute) or a module with a forward hook
+``forward`` is overridden (a subclass or an instance attribute; so is its ``__call__``) or a module with a forward hook
 (the bound covers the standard layer alone).
 
 For robvae's VAEs, :func:`vae_lipschitz` gives bounds for the encoder mean, the log standard
@@ -57,8 +57,13 @@ from ..models.vae import VAE
 
 ROUNDING = 1.0 + 1e-9  # float64 SVD is backward stable to ~1e-15 relative; this keeps the bound above
 DENSE_LIMIT = 20_000_000  # entries of a dense conv operator measured exactly when input_shape is given
+#: ``nn.Softplus`` switches to the identity where beta x > threshold and jumps there by
+#: (log(1 + e^t) - t) / beta: at torch's default t = 20 that is about 2e-9 / beta, far below float32's
+#: resolution at the switch point (t / beta, relative 1e-10); at a low threshold the layer is not
+#: Lipschitz at all (t = 1: a jump of 0.31 / beta), so such a Softplus is refused.
+SOFTPLUS_MIN_THRESHOLD = 20.0
 
-_ONE = (nn.ReLU, nn.Identity, nn.Tanh, nn.Softplus, GroupSort, nn.Flatten, nn.Unflatten, nn.ReLU6, nn.Hardtanh)
+_ONE = (nn.ReLU, nn.Identity, nn.Tanh, GroupSort, nn.Flatten, nn.Unflatten, nn.ReLU6, nn.Hardtanh)
 
 
 def spectral_norm(matrix: torch.Tensor) -> float:
@@ -290,6 +295,13 @@ def _bound(module: nn.Module, shape: tuple[int, ...] | None) -> tuple[float, tup
         return b, _out_shape(m, shape)
     if _is(m, _ONE):
         return 1.0, _out_shape(m, shape) if isinstance(m, (nn.Flatten, nn.Unflatten)) else shape
+    if _is(m, nn.Softplus):
+        if not float(m.threshold) >= SOFTPLUS_MIN_THRESHOLD:
+            raise InputError(f"lipschitz_bound: {m!r} jumps by (log(1 + e^t) - t) / beta = "
+                             f"{(math.log1p(math.exp(min(float(m.threshold), 700.0))) - float(m.threshold)) / float(m.beta):.3g} "
+                             f"where beta x passes its threshold t, so it has no Lipschitz constant; "
+                             f"use threshold >= {SOFTPLUS_MIN_THRESHOLD:g} (torch's default)")
+        return 1.0, shape
     if _is(m, nn.LeakyReLU):
         return max(1.0, abs(float(m.negative_slope))), shape
     if _is(m, nn.ELU):
@@ -458,4 +470,7 @@ def _vae_lipschitz(model: nn.Module, shape: tuple[int, ...] | None) -> VAELipsch
     mean = body * spectral_norm(last.weight[:d])
     ls = body * spectral_norm(last.weight[d:])
     tau = float(model.tau)
+    if not tau >= 0:  # ModelConfig refuses it; a tau set on the model itself is caught here
+        raise InputError(f"vae_lipschitz: tau = {tau:g} < 0: d log sigma / ds = sigmoid(s) / (softplus(s) + tau) "
+                         "has no bound; the encoder-variance floor tau must be >= 0")
     return VAELipschitz(mean, min(1.0, 1.0 / tau if tau > 0 else 1.0) * ls, ls, decoder)

@@ -47,6 +47,23 @@ P_MARGIN = 1e-7
 #: The full radius's bound must exceed 1/2 by this much: its float64 value is within about 1e-16
 #: of the exact one, so the exact bound is above 1/2 too.
 BOUND_SLACK = 1e-12
+#: Models computing in these dtypes get no rigorous radius: mu moves in rounding steps (bfloat16:
+#: 2^-8 of |mu|) that no Lipschitz constant bounds, and where sigma is about one such step, a
+#: perturbation far inside the ball moves mu by several sigma.
+INEXACT_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_exact_arithmetic(model: torch.nn.Module, *tensors: torch.Tensor) -> None:
+    """Refuse rigorous radii for a model whose parameters, buffers or outputs (``tensors``, e.g.
+    sigma) are float16 / bfloat16: the radii assume the encoder computes its maps exactly, which
+    float32 and float64 do to ~1e-7 and ~1e-16 relative (docs/THEORY.md section 8)."""
+    held = (*model.parameters(), *model.buffers(), *tensors)
+    dtype = next((t.dtype for t in held if t.dtype in INEXACT_DTYPES), None)
+    if dtype is not None:
+        name = str(dtype).removeprefix("torch.")
+        raise InputError(f"rigorous radii need exact arithmetic, and this model computes in {name}: its mu moves "
+                         f"in rounding steps no Lipschitz constant bounds; certify a float32 copy "
+                         f"(model.float(), x.float()), whose radii hold for that copy only, or leave rigorous off")
 
 
 def _t(v) -> torch.Tensor:
@@ -286,6 +303,7 @@ def rigorous_certify(
     linear VAE; pass your own, which must be upper bounds, for any other protocol model).
     """
     check_x(model, x)
+    check_exact_arithmetic(model, x)
     if constants is None:
         constants = vae_lipschitz(model)
     if not (constants.mean >= 0 and constants.log_sigma >= 0):
@@ -478,6 +496,7 @@ def rigorous_columns(model: torch.nn.Module, p_lower: torch.Tensor, sigma_min: t
                      constants: VAELipschitz | None = None) -> dict[str, torch.Tensor]:
     """The rigorous radii as per-input columns for :class:`robvae.robustness.certify.Certificate` extras:
     {"radius_rigorous_mean", "radius_rigorous_full"} from a certificate's p_lower and sigma_min [B]."""
+    check_exact_arithmetic(model, sigma_min)
     L = constants if constants is not None else vae_lipschitz(model)
     # the full radius falls with m: the width encode really gives (a stale latent_dim is refused)
     m = latent_width(model) if getattr(model, "input_shape", None) else getattr(model, "latent_dim", math.inf)
