@@ -23,6 +23,13 @@ def test_help_on_every_command(capsys, cmd):
     assert rc == 0 and "Usage: robvae" in out
 
 
+@pytest.mark.parametrize("cmd", [[], ["study"]])
+def test_a_group_without_its_command_prints_its_help_not_an_error(capsys, cmd):
+    """Found by audit h78: `robvae study` printed its whole help behind "robvae: error: "."""
+    rc, out, err = _run(capsys, *cmd)
+    assert rc == 2 and err.startswith("Usage: robvae") and "Commands:" in err and "error" not in err.split("\n")[0]
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [

@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                    else INTERRUPTED_NOTHING_SAVED, err=True)
         terminated = getattr(e, "terminated", False) or isinstance(e, Terminated) or isinstance(e.__cause__, Terminated)
         return 143 if terminated else 130
+    except click.exceptions.NoArgsIsHelpError as e:  # `robvae` or `robvae study` alone: the help, not an error
+        click.echo(e.format_message(), err=True)
+        return e.exit_code
     except click.ClickException as e:
         click.echo(f"robvae: error: {e.format_message()}", err=True)
         return e.exit_code

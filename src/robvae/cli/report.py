@@ -27,7 +27,7 @@ _MODEL_ONLY = ("model_dataset", "model_inputs", "split", "n", "seed", "device", 
 @click.argument("folders", nargs=-1, type=click.Path(file_okay=False))
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
               help="Output HTML file (default: report.html in the first folder).")
-@click.option("--title", default="robvae studies", show_default=True)
+@click.option("--title", default="robvae studies", show_default=True, help="Title of the HTML page.")
 @add_options(model_options)
 @config_option(EvalConfig, "split", help="With --model: data split of the inputs.")
 @config_option(EvalConfig, "n", type=click.IntRange(min=1), help="With --model: number of inputs (the first N).")

@@ -46,7 +46,8 @@ def _common(f):
         _eval("n", type=click.IntRange(min=1), help="Test inputs evaluated per model (the first N of the test split)."),
         _eval("n_samples", type=click.IntRange(min=1), help="Monte Carlo draws per estimate of p_r."),
         _eval("alpha", type=FiniteFloat(0, 0.5, min_open=True, max_open=True),
-              help="Level of the Clopper-Pearson bound (sound certificate)."),
+              help="Level alpha: the sound (Clopper-Pearson) radius holds with confidence 1 - alpha, and each "
+                   "decision of the margin search errs with probability at most alpha."),
         _eval("r", type=FiniteFloat(min=0, min_open=True),
               help="Absolute radius r; replaces --r-relative."),
         _eval("r_relative", type=FiniteFloat(min=0, min_open=True),
@@ -109,8 +110,10 @@ def bound_vs_margin_cmd(**kw) -> None:
 
 @study.command("beta")
 @_common
-@click.option("--betas", callback=float_list, default="1,2,4,8,16", show_default=True)
-@click.option("--objective", type=click.Choice(["beta-vae", "beta-tcvae"]), default="beta-vae", show_default=True)
+@click.option("--betas", callback=float_list, default="1,2,4,8,16", show_default=True,
+              help="The betas, comma-separated (one model per beta and seed).")
+@click.option("--objective", type=click.Choice(["beta-vae", "beta-tcvae"]), default="beta-vae", show_default=True,
+              help="The objective beta weights.")
 def beta_cmd(**kw) -> None:
     """Margin, attack damage, encoder sigma, Jacobian norm, certified radius against beta."""
     dataset, out, betas = kw["dataset"], kw["out"], kw["betas"]
@@ -125,7 +128,8 @@ def beta_cmd(**kw) -> None:
 
 @study.command("tau")
 @_common
-@click.option("--taus", callback=float_list, default="0,0.05,0.1,0.2,0.5", show_default=True)
+@click.option("--taus", callback=float_list, default="0,0.05,0.1,0.2,0.5", show_default=True,
+              help="The variance floors tau, comma-separated (one model per tau and seed).")
 def tau_cmd(**kw) -> None:
     """The variance-offset study: margin, radius, damage, p_r(x), reconstruction against tau."""
     dataset, out, taus = kw["dataset"], kw["out"], kw["taus"]
@@ -160,14 +164,16 @@ def _echo_table(table, x: str) -> None:
 
 @study.command("theorem2")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Study folder.")
-@click.option("--betas", callback=float_list, default="0.5,1,2,4,8,16", show_default=True)
+@click.option("--betas", callback=float_list, default="0.5,1,2,4,8,16", show_default=True,
+              help="The betas, comma-separated.")
 @click.option("--column-norms", callback=float_list, default="0.5,1,2,4", show_default=True,
               help="Norms |w_i| of the decoder's orthogonal columns (one per latent axis).")
-@click.option("--data-dim", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--data-dim", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Data dimension D of the linear-Gaussian decoder.")
 @click.option("--noise-scale", type=FiniteFloat(min=0, min_open=True), default=0.5, show_default=True,
               help="Decoder noise s: p(x|z) = N(W z, s^2 I).")
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="L-BFGS iterations.")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Random seed.")
 def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -> None:
     """Theorem 2: a beta-VAE encoder trained against a fixed linear-Gaussian decoder vs the closed form."""
     if not betas or any(b <= 0 for b in betas):
@@ -196,9 +202,9 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
               help="Std cap ||sigma(x)|| <= cap of the Lipschitz VAEs.")
 @click.option("--beta", type=FiniteFloat(min=0, min_open=True), default=4.0, show_default=True,
               help="beta of the beta-VAE.")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Training epochs per model.")
 @click.option("--n-train", type=click.IntRange(min=1), default=None, help="Use only the first N training images.")
-@click.option("--latent-dim", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--latent-dim", type=click.IntRange(min=1), default=8, show_default=True, help="Latent dimension d.")
 @click.option("--hidden", callback=int_tuple, default="256,128", show_default=True, help="Hidden widths (even).")
 @click.option("--n", "n_eval", type=click.IntRange(min=1), default=20, show_default=True, help="Test inputs evaluated.")
 @click.option("--n-samples", type=click.IntRange(min=1), default=2000, show_default=True, help="Draws per estimate of p.")
@@ -210,7 +216,7 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
               help="L2 budget of the maximum-damage attack.")
 @click.option("--cert-eps", type=FiniteFloat(min=0, min_open=True), default=0.05, show_default=True,
               help="Budget at which the fraction of rigorously certified inputs is reported.")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Random seed.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @threads_option
 @one_radius

@@ -202,7 +202,8 @@ def train_cmd(dataset, data_dir, download, arch, latent_dim, hidden, objective, 
 @app.command("demo")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True,
               help="Folder for the demo's run and results.")
-@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Training epochs of the demo's VAE.")
 @click.option("--n", "n_eval", type=click.IntRange(min=1), default=50, show_default=True,
               help="Test inputs to certify and attack.")
 @seed_option
