@@ -100,3 +100,30 @@ def test_study_table_marks_capped_median_margins_and_explains_infinite_radii(cap
     assert out[3].startswith("margin >=: at least half") and out[4].startswith("radius inf: at least half")
     _echo_table([{"beta": 2.0, **row, "radius_median": 0.5, "margin_median_at_cap": False}], "beta")
     assert len(capsys.readouterr().out.splitlines()) == 2  # nothing to explain: no notes
+
+
+def test_memory_exhaustion_and_absurd_thread_worker_and_draw_counts_are_one_line(capsys, tmp_path):
+    """Audit h80: `--latent-dim 100000000` died in a torch allocation traceback, `--threads 100000`
+    in an ImportError ("failed to map segment"), and `--n-samples 1e23` was taken and never ended."""
+    rc, out, err = _run(capsys, "train", "--dataset", "digits", "--epochs", "1", "--latent-dim", "100000000",
+                        "--hidden", "8", "--out", str(tmp_path / "big"), "--quiet")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("robvae: error:") and ("out of memory" in err or "latent" in err)
+    for args in (["--threads", "100000"], ["--workers", "100000"], ["--samples", str(10**23)]):
+        rc, out, err = _run(capsys, "certify", str(tmp_path / "nowhere"), *args)
+        assert rc == 2 and args[0] in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_library_caps_on_threads_workers_and_draws():
+    from robvae.errors import InputError
+    from robvae.models.fast_decode import MAX_SAMPLES, draw_chunks
+    from robvae.threads import MAX_THREADS, auto_workers, resolve_threads
+
+    assert resolve_threads(MAX_THREADS) == MAX_THREADS and auto_workers(1, MAX_THREADS) == MAX_THREADS
+    with pytest.raises(ValueError, match="from 1 to 1024"):
+        resolve_threads(MAX_THREADS + 1)
+    with pytest.raises(ValueError, match="from 1 to 1024"):
+        auto_workers(1, MAX_THREADS + 1)
+    assert next(draw_chunks(MAX_SAMPLES, 7)) == 7
+    with pytest.raises(InputError, match="2\\^40"):
+        next(draw_chunks(MAX_SAMPLES + 1, 7))

@@ -524,3 +524,49 @@ def test_attack_says_why_a_model_has_no_likelihood_degradation(user_pkg, capsys)
     rc = main(["attack", "out2", "--model", "my_models:vae", "--n", "3", "--eps", "0.5", "--preset", "legacy",
                "--steps", "1", "--quiet"])
     assert rc == 0 and "no likelihood degradation" not in capsys.readouterr().err
+
+
+def test_a_model_failing_mid_run_is_one_line_naming_its_code_and_robvae_bugs_keep_their_traceback(
+        tmp_path, monkeypatch, capsys):
+    """Audit h80: a user's decode that raised only on batches larger than robvae's check batch
+    ended in a 68-line traceback and status 1. An exception from the user's own code is one line
+    naming it (file, line, function), status 2; one raised inside robvae alone stays a traceback."""
+    source = MODULE + '''
+
+class Picky(torch.nn.Module):
+    input_shape = (1, 8, 8)
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.e, self.d = torch.nn.Linear(64, 8), torch.nn.Linear(4, 64)
+
+    def encode(self, x):
+        h = self.e(x.flatten(1))
+        return h[:, :4], torch.nn.functional.softplus(h[:, 4:]) + 0.05
+
+    def decode(self, z):
+        if z.shape[0] > 50:
+            raise RuntimeError("cannot take more than 50 rows")
+        return torch.sigmoid(self.d(z)).view(-1, 1, 8, 8)
+
+
+def picky():
+    return Picky().eval()
+'''
+    for _ in _module_on_path(tmp_path, monkeypatch, "picky_models", source):
+        rc = main(["certify", "--model", "picky_models:picky", "--dataset", "digits", "--n", "3", "--samples", "200",
+                   "--r", "0.5", "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(_error_lines(err)) == 1, err
+        assert "your code raised RuntimeError: cannot take more than 50 rows (picky_models.py:" in err
+        assert "in decode)" in err and "Traceback" not in err
+        import functools
+        import operator
+
+        import robvae.cli.robust as robust
+
+        monkeypatch.setattr(robust, "certify_blocks", functools.partial(operator.truediv, 1, 0))
+        with pytest.raises(TypeError):  # raised by robvae's own call, no user frame: not hidden
+            main(["certify", "--model", "picky_models:picky", "--dataset", "digits", "--n", "3", "--samples", "20",
+                  "--r", "0.5", "--executor", "serial", "--quiet"])

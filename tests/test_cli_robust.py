@@ -659,3 +659,48 @@ def test_margin_counts_the_brackets_left_wider_than_tol(run_dir, capsys, tmp_pat
     want = sum(float(r["margin_upper"]) - float(r["margin"]) > 0.02 * float(r["margin_upper"]) for r in rows)
     assert summary["n_wider_than_tol"] == want and f"n_wider_than_tol" in out
     assert 0 < want <= len(rows)  # at 60 draws some decisions stay unsettled
+
+
+def test_out_never_replaces_a_csv_that_is_not_an_earlier_result(run_dir, capsys, tmp_path):
+    """Audit h80: `robvae certify RUN --out RUN/metrics.csv` replaced the run's training metrics
+    (the run could no longer be extended). An existing CSV without its summary is replaced only
+    when its header is that command's (an interrupted earlier result)."""
+    run = _train_copy(run_dir, tmp_path / "run")
+    metrics = (run / "metrics.csv").read_bytes()
+    for cmd, extra in (("certify", ["--samples", 20]), ("margin", ["--samples", 20])):
+        rc, _, err = _run(capsys, cmd, run, "--n", 2, "--r", 1.0, *extra, "--out", run / "metrics.csv", "--quiet")
+        assert rc == 2 and "is not an earlier robvae" in err and len(err.strip().splitlines()) == 1
+        assert (run / "metrics.csv").read_bytes() == metrics and not (run / "metrics.json").exists()
+    # an interrupted earlier certify (its CSV, no JSON) is replaced
+    out = tmp_path / "c.csv"
+    rc, _, err = _run(capsys, "certify", run, "--n", 2, "--r", 1.0, "--samples", 20, "--out", out, "--quiet")
+    assert rc == 0, err
+    out.with_suffix(".json").unlink()
+    rc, _, err = _run(capsys, "certify", run, "--n", 3, "--r", 1.0, "--samples", 20, "--out", out, "--quiet")
+    assert rc == 0, err
+    assert len(read_csv(out)) == 3
+
+
+def test_an_interrupt_while_the_figure_is_drawn_keeps_the_previous_result_whole(run_dir, capsys, tmp_path,
+                                                                                monkeypatch):
+    """Audit h80: an attack rerun interrupted while it drew its figure (about a second) had
+    already removed the previous, complete result's JSON. The figure now comes first."""
+    from robvae import fileio
+
+    run = _train_copy(run_dir, tmp_path / "run")
+    args = ["attack", run, "--n", 3, "--eps", 0.5, "--preset", "legacy", "--steps", 2, "--restarts", 1, "--quiet"]
+    rc, _, err = _run(capsys, *args)
+    assert rc == 0, err
+    before = {f: (run / "attack-test" / f).read_bytes() for f in ("attack.csv", "attack.json")}
+    real = fileio.write_results
+
+    def interrupted_figure(csv_path, rows, json_path, doc, *, fieldnames=None, then=()):
+        def dies():
+            raise KeyboardInterrupt
+        return real(csv_path, rows, json_path, doc, fieldnames=fieldnames, then=[dies])
+
+    import robvae.evaluation as evaluation
+    monkeypatch.setattr(evaluation, "write_results", interrupted_figure)
+    rc, _, err = _run(capsys, *args[:-1], "--seed", 1, "--quiet")
+    assert rc == 130
+    assert {f: (run / "attack-test" / f).read_bytes() for f in before} == before

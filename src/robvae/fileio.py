@@ -151,12 +151,30 @@ def result_paths(out: str | os.PathLike, command: str) -> tuple[Path, Path]:
         raise InputError(f"--out {csv_path}: must end in .csv (robvae {command} writes a CSV there and its "
                          "summary beside it as .json)")
     json_path = csv_path.with_suffix(".json")
+    if csv_path.is_dir() or json_path.is_dir():
+        raise InputError(f"--out {csv_path}: {csv_path if csv_path.is_dir() else json_path} is a folder")
     if json_path.exists() and read_json_dict(json_path).get("command") != command:
         raise InputError(f"--out {csv_path} would replace {json_path}, which is not an earlier robvae {command} "
                          "summary; choose another --out")
-    if csv_path.is_dir() or json_path.is_dir():
-        raise InputError(f"--out {csv_path}: {csv_path if csv_path.is_dir() else json_path} is a folder")
+    if csv_path.exists() and not json_path.exists() and not _result_header(csv_path, command):
+        # a CSV without its summary is an interrupted earlier result only if it has that header
+        raise InputError(f"--out {csv_path} exists and is not an earlier robvae {command} result (its header "
+                         f"lacks {', '.join(RESULT_COLUMNS[command])}); choose another --out")
     return csv_path, json_path
+
+
+#: Columns every per-input CSV of these commands has: an existing CSV at ``--out`` without its
+#: JSON summary is replaced only if its header holds them (not a run's metrics.csv, audit h80).
+RESULT_COLUMNS = {"certify": ("index", "p", "p_lower"), "margin": ("index", "bound", "margin")}
+
+
+def _result_header(path: Path, command: str) -> bool:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return set(RESULT_COLUMNS[command]) <= set(header)
 
 
 def read_json_dict(path: str | os.PathLike) -> dict[str, Any]:
@@ -208,22 +226,32 @@ def _safetensors_metadata(raw: bytes) -> dict[str, str]:
     return dict(header.get("__metadata__", {}) or {})
 
 
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> Path:
-    """Write rows (dicts) as CSV, atomically. The columns: ``fieldnames``, or every key of any row
-    in order of first appearance (a row without one gets an empty cell)."""
+def csv_text(rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> str:
+    """Rows (dicts) as CSV text. The columns: ``fieldnames``, or every key of any row in order of
+    first appearance (a row without one gets an empty cell)."""
     buf = io.StringIO()
     names = list(fieldnames) if fieldnames is not None else list(dict.fromkeys(k for row in rows for k in row))
     w = csv.DictWriter(buf, fieldnames=names)
     w.writeheader()
     for row in rows:
         w.writerow({k: _csv_value(v) for k, v in row.items()})
-    return atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> Path:
+    """Write rows (dicts) as CSV (:func:`csv_text`), atomically."""
+    return atomic_write_text(path, csv_text(rows, fieldnames))
+
+
+def text_sha256(data: bytes) -> str:
+    """The SHA-256 (hex) of a text's bytes, line endings normalised to LF (:func:`file_sha256`)."""
+    return hashlib.sha256(data.replace(b"\r\n", b"\n")).hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 of a text file's content (hex), line endings normalised to LF: the same CSV
     checked out of git with other line endings, or re-saved by a tool, keeps its digest."""
-    return hashlib.sha256(Path(path).read_bytes().replace(b"\r\n", b"\n")).hexdigest()
+    return text_sha256(Path(path).read_bytes())
 
 
 #: config fields that do not change the model a run folder holds (where it was trained)
@@ -258,20 +286,22 @@ def run_digest(run_dir: str | os.PathLike) -> str:
 def write_results(csv_path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], json_path: str | os.PathLike,
                   doc: Mapping[str, Any], *, fieldnames: Sequence[str] | None = None,
                   then: Iterable[Any] = ()) -> None:
-    """One command's per-input CSV and its JSON summary as one result: the previous JSON is removed
-    first, the CSV written, then the callables ``then`` (e.g. a figure), and the JSON last, with
-    ``"csv_sha256"``, the digest of the CSV it describes. Each file is atomic, and an interrupt
-    between them leaves a CSV without a JSON (or a JSON whose digest does not match), never a
-    finished-looking pair from two runs (audit h73: the new CSV beside the previous run's JSON).
-    The caller holds the output (robvae.fileio.folder_lock): temporaries of the two files that a
-    killed earlier run left are removed."""
+    """One command's per-input CSV and its JSON summary as one result: the callables ``then``
+    (e.g. a figure) run first, then the previous JSON is removed, the CSV written and the JSON
+    last, with ``"csv_sha256"``, the digest of the CSV it describes. Each file is atomic, and an
+    interrupt between them leaves a CSV without a JSON (or a JSON whose digest does not match),
+    never a finished-looking pair from two runs (audit h73: the new CSV beside the previous run's
+    JSON); an interrupt during the slow part (the figure: about a second) leaves the previous
+    result whole (audit h80). The caller holds the output (robvae.fileio.folder_lock):
+    temporaries of the two files that a killed earlier run left are removed."""
     for f in (Path(csv_path), Path(json_path)):
         remove_stale_temporaries(f.parent, [f.name])
-    Path(json_path).unlink(missing_ok=True)
-    write_csv(csv_path, rows, fieldnames=fieldnames)
+    text = csv_text(rows, fieldnames).encode("utf-8")
     for step in then:
         step()
-    write_json(json_path, {**doc, "csv_sha256": file_sha256(csv_path)})
+    Path(json_path).unlink(missing_ok=True)
+    atomic_write_bytes(csv_path, text)
+    write_json(json_path, {**doc, "csv_sha256": text_sha256(text)})
 
 
 def _csv_value(v: Any) -> Any:

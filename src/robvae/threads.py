@@ -30,6 +30,10 @@ import sys
 
 #: torch threads per process when passive waiting is not in effect (``--threads`` overrides).
 DEFAULT_THREADS = 1
+#: The most torch threads (``--threads``) and worker processes (``--workers``) robvae takes: far
+#: beyond any machine's cores, and below where OpenMP fails to start its threads (100,000 ended
+#: in an ImportError, "failed to map segment"; audit h80).
+MAX_THREADS = 1024
 
 #: Decoder rows (inputs x draws) of Monte Carlo work from which ``auto`` shards the inputs over
 #: one worker process per core. Starting a worker (a fresh Python, torch, the run's weights) costs
@@ -80,8 +84,8 @@ def resolve_threads(threads: int | None) -> int:
         if env.isdigit() and int(env) >= 1:
             return int(env)
         return cores() if passive_in_effect() else DEFAULT_THREADS
-    if isinstance(threads, bool) or int(threads) != threads or int(threads) < 1:
-        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    if isinstance(threads, bool) or int(threads) != threads or not 1 <= int(threads) <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
     return int(threads)
 
 
@@ -102,8 +106,8 @@ def auto_workers(rows: int, workers: int | None = None) -> int:
     :data:`AUTO_WORKERS_MIN_ROWS`, else 1 (this process: starting workers would cost more than
     they save)."""
     if workers is not None:
-        if int(workers) < 1:
-            raise ValueError(f"workers must be >= 1, got {workers!r}")
+        if not 1 <= int(workers) <= MAX_THREADS:
+            raise ValueError(f"workers must be from 1 to {MAX_THREADS}, got {workers!r}")
         return int(workers)
     return cores() if rows >= AUTO_WORKERS_MIN_ROWS else 1
 

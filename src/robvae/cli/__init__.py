@@ -14,8 +14,11 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+import sysconfig
 import threading
+import traceback
 import warnings
+from pathlib import Path
 
 import click
 
@@ -108,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         click.echo(f"robvae: error: {msg}", err=True)
         return 2
+    except Exception as e:  # a user's model failing, or memory: one line; a robvae bug keeps its traceback
+        msg = _outside_error(e)
+        if msg is None:
+            raise
+        click.echo(f"robvae: error: {msg}", err=True)
+        return 2
     finally:
         warnings.showwarning = show
         if in_main:
@@ -115,6 +124,38 @@ def main(argv: list[str] | None = None) -> int:
     # with standalone_mode=False click returns the code of ``ctx.exit(code)`` / ``Exit(code)``
     # (e.g. ``robvae sweep`` with failed trials) instead of raising it
     return rc if isinstance(rc, int) else 0
+
+
+#: Where Python and the installed packages live: frames there are neither robvae's nor a user's.
+_LIBRARY_DIRS = tuple({str(Path(p).resolve()) + "/" for k in ("stdlib", "platstdlib", "purelib", "platlib")
+                       if (p := sysconfig.get_paths().get(k))})
+_ROBVAE_DIR = str(Path(__file__).resolve().parents[1]) + "/"
+
+
+def _user_frame(tb) -> traceback.FrameSummary | None:
+    """The innermost frame of ``tb`` in a file that is neither robvae's nor an installed
+    library's: the user's own code (a ``--model`` module), or None."""
+    found = None
+    for frame in traceback.extract_tb(tb):
+        path = str(Path(frame.filename).resolve()) if not frame.filename.startswith("<") else ""
+        if path and not path.startswith((_ROBVAE_DIR, *_LIBRARY_DIRS)):
+            found = frame
+    return found
+
+
+def _outside_error(e: BaseException) -> str | None:
+    """The one-line message for an error that is not robvae's own bug (audit h80: these ended in a
+    traceback and status 1): memory running out, or an exception raised in the user's own model
+    code; None otherwise (a robvae bug keeps its traceback)."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("can't allocate memory" in first
+                                                                       or "out of memory" in first.lower())):
+        return f"out of memory ({type(e).__name__}: {first[:200]}); use fewer inputs, draws or a smaller model"
+    frame = _user_frame(e.__traceback__)
+    if frame is None:
+        return None
+    return (f"your code raised {type(e).__name__}: {first[:300]} "
+            f"({Path(frame.filename).name}:{frame.lineno}, in {frame.name})")
 
 
 #: What Ctrl-C prints (exit status 130; SIGTERM: 143) for the commands that resume

@@ -8,6 +8,7 @@ import click
 
 from ..fileio import folder_lock
 from ..sweep import EXECUTORS
+from ..threads import MAX_THREADS
 from . import app
 from .options import int_list
 from ..bench import load_zoo, parse_zoo, run_bench
@@ -27,7 +28,7 @@ from ..bench import load_zoo, parse_zoo, run_bench
               help="Train these seeds instead of the zoo's (finished models of other seeds are kept on disk).")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
               help="How the zoo is trained (robvae sweep): worker processes, Ray tasks, or this process.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
               help="Training processes (local) or CPUs of the local Ray instance.")
 @click.option("--address", default=None, help="Ray cluster address (auto or HOST:PORT) for --executor ray.")
 @click.option("--dry-run", is_flag=True, help="Validate the zoo, list the models and the protocol, and exit.")

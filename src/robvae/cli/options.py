@@ -19,7 +19,7 @@ from ..data.download import default_data_dir
 from ..data.idx import FASHION_MNIST_SYSTEM_DIR, find_idx_files
 from ..evaluation import EvalConfig
 from ..objectives import OBJECTIVES
-from ..threads import set_threads
+from ..threads import MAX_THREADS, set_threads
 
 
 class FiniteFloat(click.FloatRange):
@@ -173,13 +173,13 @@ def one_radius(f):
 #: ``--threads N``: torch threads in this process (default: robvae.threads.resolve_threads; see
 #: docs/PERFORMANCE.md). Applied on parsing, so a command needs no code for it.
 threads_option = click.option(
-    "--threads", type=click.IntRange(min=1), default=None, expose_value=False, is_eager=True,
+    "--threads", type=click.IntRange(1, MAX_THREADS), default=None, expose_value=False, is_eager=True,
     callback=lambda ctx, param, value: set_threads(value),
     help="torch threads in this process (default: one per core, with OpenMP threads waiting passively so "
          "they stay fast when other jobs share the cores; 1 where passive waiting could not be set).")
 #: ``--workers N`` for commands that shard inputs over processes (default: one per core for large work).
 auto_workers_option = click.option(
-    "--workers", type=click.IntRange(min=1), default=None,
+    "--workers", type=click.IntRange(1, MAX_THREADS), default=None,
     help="Worker processes (local) or CPUs (Ray). Default: one per core when the work is large, else this process.")
 
 

@@ -20,6 +20,7 @@ from ..evaluation import (
     LEGACY_ATTACK, EvalConfig, attack_report, calibration_r_min, jsonable, margin_report, relative_radius,
 )
 from ..fileio import check_not_held, folder_lock, result_paths, run_digest, write_results
+from ..models.fast_decode import MAX_SAMPLES
 from ..robustness import CertifyConfig
 from ..robustness.rigorous import rigorous_columns
 from ..sweep import BLOCK_SIZE, SHARD_EXECUTORS, certify_sharded, partial_folder
@@ -79,7 +80,7 @@ def resolve_radius(model, x, r: float | None, r_relative: float | None, n_sample
 @split_option
 @n_option
 @add_options(radius_options)
-@config_option(CertifyConfig, "n_samples", aliases=("--samples",), type=click.IntRange(min=1),
+@config_option(CertifyConfig, "n_samples", aliases=("--samples",), type=click.IntRange(1, MAX_SAMPLES),
                help="Monte Carlo draws of eta per estimate of p.")
 @config_option(CertifyConfig, "alpha", type=FiniteFloat(0, 0.5, min_open=True, max_open=True),
                help="Confidence level 1 - alpha of the sound (Clopper-Pearson) radius.")
@@ -292,7 +293,7 @@ def attack_cmd(run, split, n, eps, norm, preset, steps, restarts, eta_samples, o
        help="Radius r of r-robustness (L2 distance between reconstructions); replaces --r-relative.")
 @_eval("r_relative", type=FiniteFloat(min=0, min_open=True),
        help="Without --r: r = K times the median r_min(x) over the inputs.")
-@_eval("n_samples", aliases=("--samples",), type=click.IntRange(min=1),
+@_eval("n_samples", aliases=("--samples",), type=click.IntRange(1, MAX_SAMPLES),
        help="Monte Carlo draws of eta per estimate of p.")
 @_eval("alpha", type=FiniteFloat(0, 0.5, min_open=True, max_open=True),
        help="Level alpha: the sound (Clopper-Pearson) radius holds with confidence 1 - alpha, and each "

@@ -11,10 +11,12 @@ import click
 from ..config import R_RELATIVE
 from ..evaluation import EvalConfig
 from ..fileio import folder_lock
+from ..models.fast_decode import MAX_SAMPLES
 from ..studies import Executor, Theorem2Config, TrainOptions, beta_study, bound_vs_margin, tau_study, theorem2_study
 from ..studies.certified import certified_study, default_models
 from ..studies.experiments import fmt_list
 from ..sweep import EXECUTORS
+from ..threads import MAX_THREADS
 from . import app
 from .options import (
     FiniteFloat,
@@ -44,7 +46,7 @@ def _common(f):
         _train("batch_size", type=click.IntRange(min=1), help="Training batch size."),
         _train("lr", type=FiniteFloat(min=0, min_open=True), help="Adam learning rate."),
         _eval("n", type=click.IntRange(min=1), help="Test inputs evaluated per model (the first N of the test split)."),
-        _eval("n_samples", type=click.IntRange(min=1), help="Monte Carlo draws per estimate of p_r."),
+        _eval("n_samples", type=click.IntRange(1, MAX_SAMPLES), help="Monte Carlo draws per estimate of p_r."),
         _eval("alpha", type=FiniteFloat(0, 0.5, min_open=True, max_open=True),
               help="Level alpha: the sound (Clopper-Pearson) radius holds with confidence 1 - alpha, and each "
                    "decision of the margin search errs with probability at most alpha."),
@@ -64,7 +66,7 @@ def _common(f):
         _eval("seed", flag="--eval-seed", help="Seed of the evaluation's draws."),
         config_option(Executor, "executor", type=click.Choice(EXECUTORS),
                       help="Where the trials run: local processes, a Ray cluster, or this process."),
-        config_option(Executor, "workers", type=click.IntRange(min=1), help="Worker processes (local) or CPUs (Ray)."),
+        config_option(Executor, "workers", type=click.IntRange(1, MAX_THREADS), help="Worker processes (local) or CPUs (Ray)."),
         config_option(Executor, "address", help="Ray cluster address (executor ray)."),
         device_option, threads_option,
         click.option("--quiet", is_flag=True, help="No progress bars."),
@@ -207,7 +209,7 @@ def theorem2_cmd(out, betas, column_norms, data_dim, noise_scale, steps, seed) -
 @click.option("--latent-dim", type=click.IntRange(min=1), default=8, show_default=True, help="Latent dimension d.")
 @click.option("--hidden", callback=int_tuple, default="256,128", show_default=True, help="Hidden widths (even).")
 @click.option("--n", "n_eval", type=click.IntRange(min=1), default=20, show_default=True, help="Test inputs evaluated.")
-@click.option("--n-samples", type=click.IntRange(min=1), default=2000, show_default=True, help="Draws per estimate of p.")
+@click.option("--n-samples", type=click.IntRange(1, MAX_SAMPLES), default=2000, show_default=True, help="Draws per estimate of p.")
 @click.option("--r", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Radius r; replaces --r-relative.")
 @click.option("--r-relative", type=FiniteFloat(min=0, min_open=True), default=R_RELATIVE, show_default=True,

@@ -13,6 +13,7 @@ from . import app
 from .options import FiniteFloat
 from ..sweep import collect, is_done, load_sweep, run_trials
 from ..sweep.results import write_study
+from ..threads import MAX_THREADS
 
 
 @app.command("sweep")
@@ -21,7 +22,7 @@ from ..sweep.results import write_study
               help="local: a pool of worker processes; ray: one Ray task per trial; serial: this process.")
 @click.option("--address", default=None,
               help="Ray cluster to join (auto or HOST:PORT); default: start a local Ray instance.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
               help="Worker processes (local) or CPUs of the local Ray instance.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: the sweep file's out:). Every Ray node must see it at the same path.")
