@@ -704,3 +704,19 @@ def test_an_interrupt_while_the_figure_is_drawn_keeps_the_previous_result_whole(
     rc, _, err = _run(capsys, *args[:-1], "--seed", 1, "--quiet")
     assert rc == 130
     assert {f: (run / "attack-test" / f).read_bytes() for f in before} == before
+
+
+def test_a_write_that_fails_names_the_file(tmp_path, monkeypatch):
+    """Audit h80: a full disk gave a bare "[Errno 28] No space left on device"."""
+    import errno
+    import os
+
+    from robvae import fileio
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fileio.os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device: writing .*x.json") as e:
+        fileio.write_json(tmp_path / "x.json", {"a": 1})
+    assert e.value.errno == errno.ENOSPC and not list(tmp_path.iterdir())

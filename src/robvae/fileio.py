@@ -54,9 +54,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk: "[Errno 28] No space left on device"
+            raise OSError(e.errno, f"{e.strerror or e}: writing {path}") from e  # names the file (audit h80)
         raise
     return path
 
