@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import reprlib
 import types
 import typing
 from dataclasses import asdict, fields
 from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T", bound="ConfigMixin")
+
+#: how :func:`short_repr` shortens a value: a few items of a few levels, strings and numbers cut
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 60, 60, 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 8
+
+
+def short_repr(value: Any, limit: int = 100) -> str:
+    """``repr(value)`` for a message, at most about ``limit`` characters ("..." where cut): a value
+    read from a file (YAML aliases can nest millions of items) must not make an error line huge."""
+    try:
+        text = _SHORT.repr(value)
+    except ValueError:  # an integer too long for str() (Python's limit on int to str conversion)
+        text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else type(value).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ConfigMixin:
@@ -45,7 +61,7 @@ def check_field_types(cls: type, d: dict[str, Any]) -> None:
     for name, value in d.items():
         tp = hints.get(name)
         if tp is not None and not _matches(value, tp):
-            raise ValueError(f"{what} field {name}: expected {_describe(tp)}, got {value!r}")
+            raise ValueError(f"{what} field {name}: expected {_describe(tp)}, got {short_repr(value)}")
 
 
 #: the plain annotations: (the Python types a value of it may have, how an error message names it)

@@ -29,7 +29,7 @@ from typing import Any, Literal, get_args
 import torch
 from tqdm.auto import tqdm
 
-from .config import ConfigMixin
+from .config import ConfigMixin, short_repr
 from .data import ImageDataset, load_dataset
 from .data.registry import canonical_name
 from .errors import CheckpointError, InputError
@@ -46,6 +46,8 @@ METRICS_FILE = "metrics.csv"
 RECON_FILE = "reconstructions.png"
 AdversarialNorm = Literal["l2", "linf"]
 ADVERSARIAL_NORMS: tuple[str, ...] = get_args(AdversarialNorm)
+#: the largest seed (torch's generators take seeds below 2**63; --seed refuses the same)
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -91,8 +93,10 @@ class TrainConfig(ConfigMixin):
             check_count(getattr(self, name), 1, name)
         if self.n_train is not None:
             check_count(self.n_train, 1, "n_train")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):  # any sign: torch takes it
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {short_repr(self.seed)}")
+        if not 0 <= self.seed <= MAX_SEED:  # as --seed (a sweep's -1 trained, its 10**22 failed inside the trial)
+            raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed}")
         check_positive(self.lr, "lr")
         if isinstance(self.adversarial_eps, bool) or not isinstance(self.adversarial_eps, (int, float)) \
                 or not (self.adversarial_eps >= 0 and math.isfinite(self.adversarial_eps)):
@@ -477,13 +481,19 @@ _UNCHECKED_FIELDS = ("device", "data_dir")
 def _check_weights_config(path: Path, meta: dict[str, str], config: TrainConfig) -> None:
     """The weights file carries the config it was trained under (safetensors metadata "config"):
     refuse a config.json that differs from it in any field (naming the field), and a weights file
-    without it (its metadata stripped: config.json could then say anything, e.g. another tau)."""
-    if "config" not in meta:
-        raise CheckpointError(f"weights file {path} carries no training config (written by another tool, or its "
-                              "metadata stripped); retrain the run")
+    without it (its metadata stripped, or a config holding no model such as {} or null: config.json
+    could then say anything, e.g. another tau). Fields a stored config lacks (written before robvae
+    had them) are compared at their defaults, as they were trained."""
     try:
-        stored = json.loads(meta["config"])
+        stored = json.loads(meta["config"]) if "config" in meta else None
     except json.JSONDecodeError:
+        raise CheckpointError(f"weights file {path} holds a corrupt training config in its metadata") from None
+    if not (isinstance(stored, dict) and isinstance(stored.get("model"), dict) and stored["model"]):
+        raise CheckpointError(f"weights file {path} carries no training config (written by another tool, or its "
+                              "metadata stripped or replaced); retrain the run")
+    try:
+        stored = TrainConfig.from_dict(stored).to_dict()
+    except (TypeError, ValueError):
         raise CheckpointError(f"weights file {path} holds a corrupt training config in its metadata") from None
     diff = _stored_differences(stored, config)
     if diff:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..config import short_repr
 from ..errors import RobvaeError
 from ..models.protocol import import_spec
 
@@ -26,7 +27,7 @@ def resolve_spec(spec: str) -> Callable[[], object]:
     """The callable named by ``"package.module:callable"``; ModelSpecError naming the problem
     (:func:`robvae.models.protocol.import_spec`: the current folder is importable, as with ``python -m``)."""
     if not isinstance(spec, str):
-        raise ModelSpecError(f"model spec {spec!r}: expected MODULE:CALLABLE, e.g. my_pkg.models:build")
+        raise ModelSpecError(f"model spec {short_repr(spec)}: expected MODULE:CALLABLE, e.g. my_pkg.models:build")
     obj = import_spec(spec, f"model spec {spec!r}", ModelSpecError)
     if not callable(obj):
         raise ModelSpecError(f"model spec {spec!r}: {spec.partition(':')[2]!r} is not callable")
@@ -36,7 +37,11 @@ def resolve_spec(spec: str) -> Callable[[], object]:
 def build_model(spec: str) -> tuple[torch.nn.Module, str]:
     """Call the spec's callable; it returns (model, name) with a protocol model, or the model
     alone (as for ``robvae certify --model``), which is then named after the callable."""
-    out = resolve_spec(spec)()
+    try:
+        out = resolve_spec(spec)()
+    except SystemExit as e:  # a script's main() behind the callable: it would end the whole benchmark
+        raise ModelSpecError(f"model spec {spec!r}: {spec.partition(':')[2]}() called sys.exit({e.code!r}) instead "
+                             "of returning a model") from e
     if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], str):
         model, name = out
     elif not isinstance(out, tuple):

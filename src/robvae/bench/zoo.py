@@ -35,6 +35,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import short_repr
 from ..errors import InputError, RobvaeError
 from ..fileio import read_yaml
 from ..sweep import Trial
@@ -141,10 +142,10 @@ def _entries_for(item: Any, k: int, base: dict[str, Any], subset_dataset: str, d
     if isinstance(item, str):
         item = {"method": item}
     if not isinstance(item, dict) or "method" not in item:
-        raise ZooError(f"{where}: expected a method name or a mapping with key 'method', got {item!r}")
+        raise ZooError(f"{where}: expected a method name or a mapping with key 'method', got {short_repr(item)}")
     name = item["method"]
     if name not in METHODS:
-        raise ZooError(f"{where}: unknown method {name!r} (known: {', '.join(METHODS)})")
+        raise ZooError(f"{where}: unknown method {short_repr(name)} (known: {', '.join(METHODS)})")
     m = METHODS[name]
     params = {p: v for p, v in item.items() if p not in ("method", "config")}
     for p in params:
@@ -191,13 +192,14 @@ def parse_zoo(doc: Any, source: str = "zoo", *, extra_models: list[str] | None =
     protocol = get_protocol(str(doc.get("protocol", "v1")))
     subset = doc.get("subset", "digits")
     if subset not in protocol.names:
-        raise ZooError(f"subset: unknown test subset {subset!r} (protocol {protocol.version} has {', '.join(protocol.names)})")
+        raise ZooError(f"subset: unknown test subset {short_repr(subset)} (protocol {protocol.version} has {', '.join(protocol.names)})")
     protocol = _overrides(protocol, subset, doc)
     seeds = doc.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ZooError(f"seeds: expected a non-empty list of integers, got {seeds!r}")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           and 0 <= s <= 2**63 - 1 for s in seeds):
+        raise ZooError(f"seeds: expected a non-empty list of integers in [0, 2**63 - 1], got {short_repr(seeds)}")
     if len(set(seeds)) != len(seeds):
-        raise ZooError(f"seeds: duplicate seeds in {seeds}")
+        raise ZooError(f"seeds: duplicate seeds in {short_repr(seeds)}")
     base = doc.get("base") or {}
     if not isinstance(base, dict):
         raise ZooError(f"base: expected a mapping of TrainConfig fields, got {type(base).__name__}")
@@ -233,7 +235,7 @@ def parse_zoo(doc: Any, source: str = "zoo", *, extra_models: list[str] | None =
             seen[key] = e.name
     models = doc.get("models") or []
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise ZooError(f"models: expected a list of 'package.module:callable' strings, got {models!r}")
+        raise ZooError(f"models: expected a list of 'package.module:callable' strings, got {short_repr(models)}")
     models = list(dict.fromkeys(models + list(extra_models or [])))
     for spec in models:
         try:

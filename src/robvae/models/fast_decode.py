@@ -650,7 +650,7 @@ MAX_SAMPLES = 2**40
 def draw_chunks(n_samples: int, chunk_size: int) -> Iterator[int]:
     """Sizes of the successive chunks of ``n_samples`` draws (each <= ``chunk_size``)."""
     if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or not 1 <= n_samples <= MAX_SAMPLES:
-        raise InputError(f"n_samples must be an integer from 1 to 2^40 (MAX_SAMPLES), got {n_samples!r}")
+        raise InputError(f"n_samples must be an integer >= 1 and <= 2^40 (MAX_SAMPLES), got {n_samples!r}")
     n_samples = int(n_samples)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise InputError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")  # range() would yield nothing

@@ -52,6 +52,9 @@ def import_spec(spec: str, label: str, error: type[Exception] = InputError) -> A
     except Exception as e:  # noqa: BLE001 - any import failure is the user's module, said in one line
         msg = str(e).splitlines()[0] if str(e) else ""
         raise error(f"{label}: module {mod_name!r} does not import ({type(e).__name__}: {msg})") from e
+    except SystemExit as e:  # a script's sys.exit() at module level: it ended robvae without a word
+        raise error(f"{label}: module {mod_name!r} does not import (it calls sys.exit({e.code!r}) when "
+                    "imported)") from e
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

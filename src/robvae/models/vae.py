@@ -15,10 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigMixin
+from ..config import ConfigMixin, short_repr
 from .likelihoods import make_likelihood, widened
 from .lipschitz import LipschitzDecoder, LipschitzEncoder
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+
+#: the largest latent dimension and layer width (as --hidden on the command line): a larger one
+#: asked torch for gigabytes and died with a traceback
+MAX_WIDTH = 1 << 20
 
 
 @dataclass
@@ -57,7 +61,7 @@ class ModelConfig(ConfigMixin):
         for name in ("input_shape", "hidden", "conv_channels"):  # integers only: int(8.7) was 8, silently
             vals = tuple(getattr(self, name))
             if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in vals):
-                raise ValueError(f"{name} must be integers, got {list(vals)}")
+                raise ValueError(f"{name} must be integers, got {short_repr(list(vals))}")
             setattr(self, name, tuple(int(v) for v in vals))
         for name in ("latent_dim", "conv_hidden"):  # True trained a 1-d model that load() then refused
             v = getattr(self, name)
@@ -75,16 +79,23 @@ class ModelConfig(ConfigMixin):
             if self.sigma_fixed is not None and not 0 < self.sigma_fixed < math.inf:
                 raise ValueError(f"sigma_fixed must be a finite number > 0, got {self.sigma_fixed}")
             if any(h % 2 for h in self.hidden):
-                raise ValueError(f"arch 'lipschitz-mlp' needs even hidden widths (GroupSort), got {self.hidden}")
+                raise ValueError(f"arch 'lipschitz-mlp' needs even hidden widths (GroupSort), got {short_repr(self.hidden)}")
             if self.tau != 0.0:
                 raise ValueError("arch 'lipschitz-mlp' has no tau floor; use sigma_fixed or sigma_cap")
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if self.latent_dim > MAX_WIDTH:  # 10**8 died in torch's allocator with a traceback (audit h80)
+            raise ValueError(f"latent_dim must be at most {MAX_WIDTH} (1 << 20), got {self.latent_dim}")
         for name in ("hidden", "conv_channels"):  # widths < 1 made a trial fail inside torch (audit h60)
             if any(w < 1 for w in getattr(self, name)):
-                raise ValueError(f"{name} widths must be >= 1, got {list(getattr(self, name))}")
+                raise ValueError(f"{name} widths must be >= 1, got {short_repr(list(getattr(self, name)))}")
+            if any(w > MAX_WIDTH for w in getattr(self, name)):
+                raise ValueError(f"{name} widths must be at most {MAX_WIDTH} (1 << 20), got "
+                                 f"{short_repr(list(getattr(self, name)))}")
         if int(self.conv_hidden) < 1:
             raise ValueError(f"conv_hidden must be >= 1, got {self.conv_hidden}")
+        if self.conv_hidden > MAX_WIDTH:
+            raise ValueError(f"conv_hidden must be at most {MAX_WIDTH} (1 << 20), got {self.conv_hidden}")
         if not (self.tau >= 0.0 and math.isfinite(self.tau)):
             raise ValueError(f"tau must be a finite number >= 0, got {self.tau}")
         if self.gaussian_scale is not None and not (self.gaussian_scale > 0 and math.isfinite(self.gaussian_scale)):

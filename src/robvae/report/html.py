@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..errors import RobvaeError
+from ..errors import CheckpointError, RobvaeError
 from ..fileio import atomic_write_text, file_sha256, read_csv, read_json, run_digest, write_json
 from .figures import pyplot, save_figure
 
@@ -125,8 +125,11 @@ def _fmt(v: Any) -> str:
 
 
 def _table(path: Path, max_rows: int = MAX_TABLE_ROWS) -> str:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error):
+        return f"<p><strong>{html.escape(path.name)} is not a text table (damaged?)</strong></p>"
     if not rows:
         return f"<p>{html.escape(path.name)}: empty</p>"
     head, body = rows[0], rows[1:]
@@ -147,16 +150,23 @@ RUN_FIGURES = ("training_curves.png", "reconstructions.png", "attack-*/attack.pn
 RUN_TABLES = ("metrics.csv", "certify-*.csv", "margin-*.csv", "attack-*/attack.csv")
 
 
-def _training_curves(folder: Path) -> None:
-    """training_curves.png from the run's metrics.csv: train and held-out ELBO per epoch."""
-    rows = read_csv(folder / "metrics.csv")
-    if not rows:
-        return
-    epochs = [int(r["epoch"]) for r in rows]
+def _training_curves(folder: Path) -> str | None:
+    """training_curves.png from the run's metrics.csv: train and held-out ELBO per epoch; or why
+    not (a damaged metrics.csv, named), shown in the report in place of the figure."""
+    try:
+        rows = read_csv(folder / "metrics.csv")
+        if not rows:
+            return None
+        epochs = [int(r["epoch"]) for r in rows]
+        curves = [(label, [float(r[key]) for r in rows])
+                  for key, label in (("train_elbo", "train ELBO"), ("test_elbo", "held-out ELBO")) if key in rows[0]]
+    except (KeyError, TypeError, ValueError, csv.Error) as e:  # (UnicodeDecodeError is a ValueError)
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return (f"metrics.csv is not a metrics table robvae train writes (damaged or edited: {why[:200]}): training "
+                "curves not drawn")
     fig, ax = pyplot().subplots(figsize=(5, 3.2))
-    for key, label in (("train_elbo", "train ELBO"), ("test_elbo", "held-out ELBO")):
-        if key in rows[0]:
-            ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=label)
+    for label, values in curves:
+        ax.plot(epochs, values, marker="o", ms=3, label=label)
     ax.set(xlabel="epoch", ylabel="nats per image")
     ax.legend()
     fig.tight_layout()
@@ -238,15 +248,23 @@ def _run_meta(folder: Path) -> dict[str, Any]:
     should not be read as the run's (:func:`result_problems`: shown as warnings, their headline
     numbers left out)."""
     config = read_json(folder / "config.json", "config") if (folder / "config.json").is_file() else {}
-    if (folder / "metrics.csv").is_file():
-        _training_curves(folder)
-    results = {name: res for name in run_files(folder, RUN_RESULTS)
-               if _is_results(name, res := read_json(folder / name, "results"))}
+    notes = [why] if (folder / "metrics.csv").is_file() and (why := _training_curves(folder)) else []
+    figures = [f for f in run_files(folder, RUN_FIGURES) if not (notes and f == "training_curves.png")]  # not stale
+    results, damaged = {}, {}
+    for name in run_files(folder, RUN_RESULTS):  # a damaged one is said, as a mismatched CSV is, the rest shown
+        try:
+            res = read_json(folder / name, "results")
+        except CheckpointError:
+            damaged[name] = (f"{name} is not valid JSON (damaged: cut short by an interrupted write, or edited): "
+                             "rerun the command")
+            continue
+        if _is_results(name, res):
+            results[name] = res
     return {"study": "run" if config else "model",
             "command": " / ".join(dict.fromkeys(str(r.get("command", "")) for r in results.values())) or
             "robvae train (see config.json)", "config": config,
-            "figures": run_files(folder, RUN_FIGURES), "tables": run_files(folder, RUN_TABLES), "results": results,
-            "problems": result_problems(folder, results)}
+            "figures": figures, "tables": run_files(folder, RUN_TABLES), "results": results,
+            "problems": {**result_problems(folder, results), **damaged}, "notes": notes}
 
 
 #: what a ``robvae.evaluate`` output folder holds (robvae demo's eval/, an evaluation trial of a sweep)
@@ -288,6 +306,8 @@ def _section(folder: Path, k: int) -> tuple[str, str]:
     heads = [(lbl, "undefined" if v is None else v) for lbl, v in heads if v is not _MISSING]
     for name, why in problems.items():  # results that are not this run's: said first, their numbers left out
         parts.append(f"<p><strong>Not shown as this run's: {html.escape(name)}: {html.escape(why)}</strong></p>")
+    for note in meta.get("notes", []) if isinstance(meta.get("notes"), list) else []:
+        parts.append(f"<p><strong>{html.escape(str(note))}</strong></p>")
     if heads:
         parts.append('<h3>Headline numbers</h3><dl class="kv">')
         parts += [f"<dt>{html.escape(lbl)}</dt><dd>{html.escape(_fmt(v))}</dd>" for lbl, v in heads]
