@@ -984,8 +984,8 @@ def test_csv_rows_with_different_columns_are_written_with_all_of_them(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["train", "--lr", "inf"], "'--lr': 'inf' is not a finite number"),
     (["train", "--tau", "inf"], "'--tau': 'inf' is not a finite number"),
-    (["train", "--hidden", "-5"], "'--hidden': expected comma-separated integers >= 1, got '-5'"),
-    (["train", "--hidden", "64,0"], "'--hidden': expected comma-separated integers >= 1"),
+    (["train", "--hidden", "-5"], "'--hidden': expected comma-separated integers from 1 to 1048576, got '-5'"),
+    (["train", "--hidden", "64,0"], "'--hidden': expected comma-separated integers from 1 to 1048576"),
     (["train", "--seed", str(2**70)], "'--seed'"),
     (["margin", "RUN", "--r", "1", "--margin-eps-max", "inf"], "'--margin-eps-max': 'inf' is not a finite number"),
     (["study", "theorem2", "--noise-scale", "inf"], "'--noise-scale': 'inf' is not a finite number"),

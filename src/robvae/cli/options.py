@@ -19,7 +19,9 @@ from ..data.download import default_data_dir
 from ..data.idx import FASHION_MNIST_SYSTEM_DIR, find_idx_files
 from ..evaluation import EvalConfig
 from ..objectives import OBJECTIVES
+from ..models.vae import MAX_WIDTH
 from ..threads import MAX_THREADS, set_threads
+from ..training import MAX_SEED
 
 
 class FiniteFloat(click.FloatRange):
@@ -61,9 +63,9 @@ def _list_parser(kind: type, what: str, into: type = list, ok=lambda v: True):
 #: "1,2,4" -> [1.0, 2.0, 4.0] (finite)
 float_list = _list_parser(float, "finite numbers", ok=math.isfinite)
 #: "0,1,2" -> [0, 1, 2] (seeds: >= 0)
-int_list = _list_parser(int, "integers >= 0", ok=lambda v: 0 <= v < 2**63)
-#: "256,128" -> (256, 128) (layer widths: >= 1)
-int_tuple = _list_parser(int, "integers >= 1", tuple, ok=lambda v: 1 <= v <= 1 << 20)
+int_list = _list_parser(int, "integers from 0 to 2**63 - 1", ok=lambda v: 0 <= v <= MAX_SEED)
+#: "256,128" -> (256, 128) (layer widths: from 1 to robvae.models.vae.MAX_WIDTH)
+int_tuple = _list_parser(int, f"integers from 1 to {MAX_WIDTH}", tuple, ok=lambda v: 1 <= v <= MAX_WIDTH)
 
 
 dataset_option = click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
