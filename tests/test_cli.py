@@ -127,3 +127,41 @@ def test_library_caps_on_threads_workers_and_draws():
     assert next(draw_chunks(MAX_SAMPLES, 7)) == 7
     with pytest.raises(InputError, match="2\\^40"):
         next(draw_chunks(MAX_SAMPLES + 1, 7))
+
+
+def test_outside_errors_are_memory_or_the_users_registered_code_only(tmp_path, monkeypatch):
+    """Review h82: the frames that decide "your code raised" are robvae's and the files of the
+    user's --model code only (click or torch installed outside site-packages were taken for the
+    user's, and a robvae bug under a user's frame was blamed on the user); memory is its own line."""
+    from robvae.cli import _outside_error
+    from robvae.evaluation import EvalConfig
+    from robvae.models.protocol import USER_CODE_FILES, register_user_code
+
+    assert _outside_error(MemoryError()).startswith("out of memory")
+    assert _outside_error(RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate "
+                                       "memory: you tried to allocate 10 bytes")).startswith("out of memory")
+    assert _outside_error(RuntimeError("a robvae bug")) is None  # no traceback: nobody's code
+    (tmp_path / "lib_like.py").write_text("def call(f):\n    return f()\n")
+    (tmp_path / "users.py").write_text("def boom():\n    raise KeyError('x')\n\n\n"
+                                       "def call_robvae(f):\n    return f('x', 1, 'n')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lib_like
+    import users
+
+    def error_of(f):
+        try:
+            f()
+        except Exception as e:  # noqa: BLE001
+            return e
+
+    e = error_of(lambda: lib_like.call(users.boom))
+    assert _outside_error(e) is None  # users.py is not registered yet: not blamed
+    register_user_code(users)
+    assert "your code raised KeyError" in _outside_error(e) and "users.py:2, in boom" in _outside_error(e)
+    from robvae.validation import check_count
+
+    e = error_of(lambda: lib_like.call(lambda: users.boom.__globals__["call_robvae"](check_count)))
+    assert _outside_error(e) is None  # raised inside robvae, below the user's frame: robvae's
+    USER_CODE_FILES.discard(str((tmp_path / "users.py").resolve()))
+    with pytest.raises(ValueError, match="2\\^40"):
+        EvalConfig(n_samples=2**40 + 1)

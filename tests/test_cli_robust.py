@@ -449,7 +449,7 @@ def test_an_output_that_cannot_be_written_is_one_line_and_status_2(run_dir, tmp_
     def full(path, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(fileio, "write_csv", full)
+    monkeypatch.setattr(fileio, "atomic_write_bytes", full)  # every file robvae writes goes through it
     rc = main(["certify", str(run_dir), "--n", "3", "--r", "1", "--samples", "50", "--executor", "serial",
                "--no-rigorous", "--out", str(tmp_path / "c.csv"), "--quiet"])
     err = capsys.readouterr().err

@@ -86,8 +86,11 @@ def test_seeds_outside_0_to_2_63_are_refused_up_front(seed):
     from robvae.sweep.spec import SweepSpecError, parse_sweep
     from robvae.training import TrainConfig
 
+    from robvae.training import check_new_run
+
+    assert TrainConfig(seed=seed).seed == seed  # a run trained so before still loads (review h82)
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63 - 1\]"):
-        TrainConfig(seed=seed)
+        check_new_run(TrainConfig(seed=seed), 100)  # a new one is refused
     with pytest.raises(SweepSpecError, match="seed") as e:
         parse_sweep({"grid": {"seed": [0, seed]}})
     assert "\n" not in str(e.value)

@@ -77,6 +77,7 @@ from .metrics import (
     PerceptualDamage, expected_damage, image_similarity, likelihood_degradation, perceptual_damage,
     reconstruction_damage, reconstruction_error,
 )
+from .models.fast_decode import MAX_SAMPLES
 from .models.protocol import model_device
 from .report.figures import image_grid, is_image_batch
 from .robustness import certify, empirical_margin, r_min
@@ -172,6 +173,8 @@ class EvalConfig(ConfigMixin):
         if not self.r_relative > 0:
             raise ValueError(f"r_relative must be > 0, got {self.r_relative}")
         check_count(self.n_samples, 1, "n_samples")
+        if self.n_samples > MAX_SAMPLES:  # before a sweep trains its trials (review h82)
+            raise ValueError(f"n_samples must be at most 2^40 (MAX_SAMPLES), got {self.n_samples}")
         check_level(self.alpha, "alpha")
         if self.attack_eps is not None and not self.attack_eps > 0:
             raise ValueError(f"attack_eps must be > 0, got {self.attack_eps}")

@@ -93,10 +93,8 @@ class TrainConfig(ConfigMixin):
             check_count(getattr(self, name), 1, name)
         if self.n_train is not None:
             check_count(self.n_train, 1, "n_train")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
-            raise ValueError(f"seed must be an integer, got {short_repr(self.seed)}")
-        if not 0 <= self.seed <= MAX_SEED:  # as --seed (a sweep's -1 trained, its 10**22 failed inside the trial)
-            raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):  # any sign: runs of
+            raise ValueError(f"seed must be an integer, got {short_repr(self.seed)}")  # old load; new: check_seed
         check_positive(self.lr, "lr")
         if isinstance(self.adversarial_eps, bool) or not isinstance(self.adversarial_eps, (int, float)) \
                 or not (self.adversarial_eps >= 0 and math.isfinite(self.adversarial_eps)):
@@ -125,11 +123,19 @@ class Run:
     metrics: list[dict[str, str]]
 
 
+def check_seed(seed: int) -> None:
+    """A new run's seed is in [0, 2^63 - 1], as ``--seed`` takes (a sweep's -1 trained, its 10^22
+    failed inside the trial; audit h80). Runs trained before with another seed still load."""
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be an integer in [0, 2**63 - 1], got {short_repr(seed)}")
+
+
 def check_new_run(config: TrainConfig, n_train: int) -> None:
     """The checks of a new run's settings against its data and model (InputError naming the
     problem; a warning for a short last batch): :func:`check_penalty_not_constant`,
     :func:`check_adversarial_budget`, and beta-TCVAE's minibatch (its total-correlation estimate
     is a constant on a batch of one input, so beta weighs nothing there)."""
+    check_seed(config.seed)
     check_penalty_not_constant(config)
     check_adversarial_budget(config)
     if config.objective.name == "beta-tcvae":

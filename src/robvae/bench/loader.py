@@ -16,7 +16,7 @@ import torch
 
 from ..config import short_repr
 from ..errors import RobvaeError
-from ..models.protocol import import_spec
+from ..models.protocol import import_spec, register_user_code
 
 
 class ModelSpecError(RobvaeError):
@@ -53,4 +53,6 @@ def build_model(spec: str) -> tuple[torch.nn.Module, str]:
         raise ModelSpecError(f"model spec {spec!r}: the model needs encode(x) -> (mu, sigma) and decode(z)")
     if not name.strip():
         raise ModelSpecError(f"model spec {spec!r}: empty model name")
+    if isinstance(model, torch.nn.Module):
+        register_user_code(model)
     return model, name

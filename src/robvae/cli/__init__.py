@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
-import sysconfig
 import threading
 import traceback
 import warnings
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from ..models.protocol import USER_CODE_FILES
 from ..threads import prefer_passive_wait, set_threads
 
 # before any command module loads torch: OpenMP reads its wait policy once, when torch loads
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                    else INTERRUPTED_NOTHING_SAVED, err=True)
         terminated = getattr(e, "terminated", False) or isinstance(e, Terminated) or isinstance(e.__cause__, Terminated)
         return 143 if terminated else 130
-    except click.exceptions.NoArgsIsHelpError as e:  # `robvae` or `robvae study` alone: the help, not an error
+    except _NO_ARGS_IS_HELP as e:  # `robvae` or `robvae study` alone: the help, not an error (click >= 8.2)
         click.echo(e.format_message(), err=True)
         return e.exit_code
     except click.ClickException as e:
@@ -117,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"robvae: error: {msg}", err=True)
         return 2
+    except SystemExit as e:  # sys.exit() inside the user's model while it ran: it ended robvae without a word
+        frame = _user_frame(e.__traceback__)
+        if frame is None:
+            raise
+        click.echo(f"robvae: error: your code called sys.exit({e.code!r}) ({Path(frame.filename).name}:"
+                   f"{frame.lineno}, in {frame.name})", err=True)
+        return 2
     finally:
         warnings.showwarning = show
         if in_main:
@@ -126,21 +133,22 @@ def main(argv: list[str] | None = None) -> int:
     return rc if isinstance(rc, int) else 0
 
 
-#: Where Python and the installed packages live: frames there are neither robvae's nor a user's.
-_LIBRARY_DIRS = tuple({str(Path(p).resolve()) + "/" for k in ("stdlib", "platstdlib", "purelib", "platlib")
-                       if (p := sysconfig.get_paths().get(k))})
 _ROBVAE_DIR = str(Path(__file__).resolve().parents[1]) + "/"
+#: click >= 8.2 raises this for a group called without its command; older click has no such class
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _user_frame(tb) -> traceback.FrameSummary | None:
-    """The innermost frame of ``tb`` in a file that is neither robvae's nor an installed
-    library's: the user's own code (a ``--model`` module), or None."""
-    found = None
+    """The innermost frame of ``tb`` that is robvae's or the user's own code
+    (:data:`robvae.models.protocol.USER_CODE_FILES`: a ``--model`` module and its model's
+    classes), when it is the user's; None otherwise (libraries' frames, wherever they are
+    installed, decide nothing: a robvae bug below a user's frame is robvae's)."""
+    last = None
     for frame in traceback.extract_tb(tb):
         path = str(Path(frame.filename).resolve()) if not frame.filename.startswith("<") else ""
-        if path and not path.startswith((_ROBVAE_DIR, *_LIBRARY_DIRS)):
-            found = frame
-    return found
+        if path.startswith(_ROBVAE_DIR) or path in USER_CODE_FILES:
+            last = (frame, path in USER_CODE_FILES)
+    return last[0] if last and last[1] else None
 
 
 def _outside_error(e: BaseException) -> str | None:

@@ -27,7 +27,7 @@ import torch
 from ..data import load_dataset
 from ..data.registry import SPLITS
 from ..errors import InputError
-from ..models.protocol import import_spec
+from ..models.protocol import import_spec, register_user_code
 from ..sweep.shard import certify_blocks  # re-exported: the CLI certifies --model inputs with it
 from ..training import Run, TrainConfig, load
 from ..validation import check_images, check_model, model_dtype, model_input_shape
@@ -69,6 +69,7 @@ def load_model_spec(spec: str, device: str | torch.device = "cpu") -> torch.nn.M
     if any(t.is_meta for t in (*obj.parameters(), *obj.buffers())):
         raise InputError(f"--model {spec!r}: {attr} returned a model on the 'meta' device (shapes without "
                          "weights); load its weights first (e.g. to_empty() and load_state_dict())")
+    register_user_code(obj)
     try:
         return obj.to(device).eval()
     except (RuntimeError, NotImplementedError) as e:

@@ -18,7 +18,9 @@ which uses N(0, I), is then not reported). Bring your own VAE: nothing else is r
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,6 +36,38 @@ class VAEProtocol(Protocol):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+#: Source files of users' own code: the modules :func:`import_spec` imported and the files defining
+#: the classes of the models they gave (:func:`register_user_code`). The command line names an
+#: exception raised in one of them as the user's, in one line; anything else keeps its traceback.
+USER_CODE_FILES: set[str] = set()
+_NOT_USER = (str(Path(__file__).resolve().parents[1]) + "/",  # robvae itself
+             *{str(Path(p).resolve()) + "/" for k in ("stdlib", "platstdlib") if (p := sysconfig.get_paths().get(k))})
+
+
+def _user_file(path: str | None) -> str | None:
+    """``path`` resolved, when it is a user's source file: not robvae's, the standard library's or
+    an installed package's (site-packages, dist-packages)."""
+    if not path or path.startswith("<"):
+        return None
+    resolved = str(Path(path).resolve())
+    if resolved.startswith(_NOT_USER) or any(p in ("site-packages", "dist-packages") for p in Path(resolved).parts):
+        return None
+    return resolved
+
+
+def register_user_code(obj: Any) -> None:
+    """Record the user's source files behind ``obj`` in :data:`USER_CODE_FILES`: a module's file; for
+    a ``torch.nn.Module``, the files defining the classes (and their bases) of it and of every
+    submodule."""
+    if inspect.ismodule(obj):
+        files = [getattr(obj, "__file__", None)]
+    else:
+        mods = obj.modules() if isinstance(obj, torch.nn.Module) else [obj]
+        classes = {c for m in mods for c in type(m).__mro__}
+        files = [getattr(sys.modules.get(c.__module__), "__file__", None) for c in classes]
+    USER_CODE_FILES.update(f for f in map(_user_file, files) if f)
 
 
 def import_spec(spec: str, label: str, error: type[Exception] = InputError) -> Any:
@@ -55,6 +89,7 @@ def import_spec(spec: str, label: str, error: type[Exception] = InputError) -> A
     except SystemExit as e:  # a script's sys.exit() at module level: it ended robvae without a word
         raise error(f"{label}: module {mod_name!r} does not import (it calls sys.exit({e.code!r}) when "
                     "imported)") from e
+    register_user_code(module)
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

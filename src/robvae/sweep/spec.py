@@ -42,7 +42,7 @@ from ..data import dataset_shape
 from ..evaluation import EvalConfig
 from ..models import ModelConfig
 from ..objectives import ObjectiveConfig
-from ..training import TrainConfig
+from ..training import TrainConfig, check_seed
 
 #: Values of :attr:`Trial._fault` (test-only failure injection, see :class:`Trial`).
 FAULTS = ("raise", "kill-once", "kill")
@@ -170,6 +170,7 @@ def _check_runnable(config: TrainConfig, evaluation: Any) -> None:
     """What the configs leave to the trial, checked up front: the devices (layer widths are
     ModelConfig's own check)."""
     _check_device(config.device, "device")
+    check_seed(config.seed)
     if isinstance(evaluation, EvalConfig):
         _check_device(evaluation.device, "evaluation.device")
 
