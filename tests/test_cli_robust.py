@@ -291,7 +291,7 @@ def test_certify_rigorous_columns(run_dir, capsys, tmp_path):
     cert = certify(model, x, 1.0, n_samples=300, rigorous=True)
     from robvae.robustness.rigorous import rigorous_columns
 
-    ref = rigorous_columns(model, torch.tensor([float(r["p_lower"]) for r in rows], dtype=torch.float64),
+    ref = rigorous_columns(model, x, torch.tensor([float(r["p_lower"]) for r in rows], dtype=torch.float64),
                            torch.tensor([float(r["sigma_min"]) for r in rows], dtype=torch.float64))
     np.testing.assert_allclose(got_mean, ref["radius_rigorous_mean"].numpy(), rtol=1e-6)
     np.testing.assert_allclose(got_full, ref["radius_rigorous_full"].numpy(), rtol=1e-6)

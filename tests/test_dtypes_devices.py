@@ -249,7 +249,7 @@ def test_half_models_get_no_rigorous_radius(dtype):
     with pytest.raises(InputError, match="exact arithmetic"):
         certify(vae, x, 0.1, n_samples=10**9, rigorous=True)  # refused before the draws
     with pytest.raises(InputError, match="exact arithmetic"):
-        rigorous_columns(vae, torch.full((2,), 0.9), torch.full((2,), 0.05, dtype=dtype))
+        rigorous_columns(vae, x, torch.full((2,), 0.9), torch.full((2,), 0.05, dtype=dtype))
     full = vae.float()
     cert = rigorous_certify(full, x.float(), 0.1, n_samples=200, generator=torch.Generator().manual_seed(1))
     assert cert.radius_full.shape == (2,)

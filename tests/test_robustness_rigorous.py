@@ -446,7 +446,7 @@ def test_a_stale_latent_dim_is_refused_not_split_at():
     with pytest.raises(InputError, match=msg):
         certify(model, x, 0.05, n_samples=100, rigorous=True)
     with pytest.raises(InputError, match=msg):  # constants given: the radius's m is still checked
-        rigorous_columns(model, torch.tensor([0.9, 0.9]), torch.tensor([0.05, 0.05]), VAELipschitz(1.0, 1.0, 1.0, 1.0))
+        rigorous_columns(model, x, torch.tensor([0.9, 0.9]), torch.tensor([0.05, 0.05]), VAELipschitz(1.0, 1.0, 1.0, 1.0))
     model.latent_dim = 6
     want = lipschitz_bound(model.encoder.net[:-1]) * spectral_norm(model.encoder.net[-1].weight[:6])
     assert vae_lipschitz(model).mean == pytest.approx(want, rel=1e-6) and want > 50 * 0.0272
@@ -473,14 +473,15 @@ def test_rigorous_columns_use_the_width_encode_gives():
 
     p, smin = torch.tensor([0.9, 0.99], dtype=F64), torch.tensor([0.2, 0.3], dtype=F64)
     L = VAELipschitz(2.0, 0.5, 0.5, 1.0)
-    got = rigorous_columns(User(3), p, smin, L)
+    x = torch.rand(2, 1, 2, 2)
+    got = rigorous_columns(User(3), x, p, smin, L)
     want = rigorous_radii(p, 2.0 / smin, 0.5, 3)
     assert torch.equal(got["radius_rigorous_full"], want[1]) and torch.equal(got["radius_rigorous_mean"], want[0])
     assert not torch.equal(want[1], rigorous_radii(p, 2.0 / smin, 0.5, math.inf)[1])  # m matters here
     stale = User(3)
     stale.latent_dim = 2
     with pytest.raises(InputError, match="User.latent_dim is 2 but its encoder gives 3"):
-        rigorous_columns(stale, p, smin, L)
+        rigorous_columns(stale, x, p, smin, L)
 
 
 def test_a_planned_margin_survives_the_trained_weights_small_excess_over_l():

@@ -167,7 +167,7 @@ def certify_cmd(run, split, n, r, r_relative, n_samples, alpha, jacobian_norm, m
         rigorous_note = "off (--no-rigorous)"
         if rigorous:  # from the certificate's p_lower and sigma_min: the same for every executor
             try:
-                cert.extras.update(rigorous_columns(vae.model, cert.p_lower, cert.sigma_min))
+                cert.extras.update(rigorous_columns(vae.model, x, cert.p_lower, cert.sigma_min))
                 rigorous_note = "Lipschitz bounds from the weights"
             except InputError as e:
                 rigorous_note = f"not available for this model ({e})"

@@ -269,7 +269,7 @@ def certify(
              for s in tqdm(chunks, desc="certify", disable=not progress or len(chunks) < 2)]
     cat = {k: torch.cat([pp[k] for pp in parts]) for k in parts[0]}
     extras = {} if rigorous is False else rigorous_columns(
-        model, cat["p_lower"], cat["sigma_min"], None if rigorous is True else rigorous)
+        model, x, cat["p_lower"], cat["sigma_min"], None if rigorous is True else rigorous)
     return Certificate(**cat, mode=mode, alpha=float(alpha), n_samples=int(n_samples), extras=extras)
 
 

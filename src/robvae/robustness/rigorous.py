@@ -37,6 +37,7 @@ from ..config import ALPHA, N_SAMPLES
 from ..errors import InputError
 from ..validation import check_count, check_positive, check_x
 from .lipschitz import VAELipschitz, latent_width, vae_lipschitz
+from .rounding import encoder_rounding
 from .sampling import r_robustness
 
 _F64 = torch.float64
@@ -55,8 +56,9 @@ INEXACT_DTYPES = (torch.float16, torch.bfloat16)
 
 def check_exact_arithmetic(model: torch.nn.Module, *tensors: torch.Tensor) -> None:
     """Refuse rigorous radii for a model whose parameters, buffers or outputs (``tensors``, e.g.
-    sigma) are float16 / bfloat16: the radii assume the encoder computes its maps exactly, which
-    float32 and float64 do to ~1e-7 and ~1e-16 relative (docs/THEORY.md section 8)."""
+    sigma) are float16 / bfloat16: their rounding steps (2^-11, 2^-8 of the activations) are too
+    coarse; float32 and float64 rounding is counted (:func:`radii_with_rounding`, docs/THEORY.md
+    section 8)."""
     held = (*model.parameters(), *model.buffers(), *tensors)
     dtype = next((t.dtype for t in held if t.dtype in INEXACT_DTYPES), None)
     if dtype is not None:
@@ -232,33 +234,62 @@ def worst_lower_bound(p, D, t, m: int | float = math.inf) -> torch.Tensor:
 
 
 # --- radii --------------------------------------------------------------------------------------
-def rigorous_radii(p_lower, lip_shift, lip_log_sigma, m: int | float = math.inf) -> tuple[torch.Tensor, torch.Tensor]:
-    """(radius_mean, radius_full) [B] from p_lo [B], L_D [B] (D <= L_D eps) and L_ls (||ln rho|| <= L_ls eps).
+def rigorous_radii(p_lower, lip_shift, lip_log_sigma, m: int | float = math.inf, shift0=0.0,
+                   log_sigma0=0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(radius_mean, radius_full) [B] from p_lo [B], L_D [B] (D <= shift0 + L_D eps) and L_ls
+    (||ln rho|| <= log_sigma0 + L_ls eps); the offsets [B] (default 0) carry the rounding of the
+    computed mu and log sigma (:func:`robvae.robustness.rounding.encoder_rounding`, at x and x').
 
-    Mean only: Phi^{-1}(p_lo) / L_D (Neyman-Pearson is tight, so no other bound helps).
-    Full: the largest eps with worst_lower_bound(p_lo, L_D eps, L_ls eps) > 1/2, by bisection on
-    [0, radius_mean] (every full bound is at most the shift bound). Both 0 where p_lo <= 1/2 +
-    :data:`P_MARGIN`. InputError for a negative or non-finite constant.
-    The returned radius is the lower end of the final bracket, so the bound there is > 1/2.
+    Mean only: (Phi^{-1}(p_lo) - shift0) / L_D (Neyman-Pearson is tight, so no other bound helps).
+    Full: the largest eps with worst_lower_bound(p_lo, shift0 + L_D eps, log_sigma0 + L_ls eps) >
+    1/2, by bisection on [0, radius_mean] (every full bound is at most the shift bound). Both 0
+    where p_lo <= 1/2 + :data:`P_MARGIN` or where the offsets alone use up the budget. InputError
+    for a negative or non-finite constant. The returned radius is the lower end of the final
+    bracket, so the bound there is > 1/2.
     """
     p = _t(p_lower)
     p, ld = torch.broadcast_tensors(p, _t(lip_shift).to(p.device))  # constants: CPU numbers
     lls = _t(lip_log_sigma).to(p.device).expand_as(p)
+    d0 = _t(shift0).to(p.device).expand_as(p)
+    l0 = _t(log_sigma0).to(p.device).expand_as(p)
     for name, v in (("the shift constant L_D", ld), ("the log-sigma constant", lls)):
         if bool(((v < 0) | ~torch.isfinite(v)).any()):
             raise InputError(f"rigorous radii: {name} must be finite and >= 0 (an upper bound), got {v.flatten()[:4].tolist()}")
+    for name, v in (("the shift offset", d0), ("the log-sigma offset", l0)):  # +inf: no radius
+        if bool(((v < 0) | torch.isnan(v)).any()):
+            raise InputError(f"rigorous radii: {name} must be >= 0, got {v.flatten()[:4].tolist()}")
     ok = p > 0.5 + P_MARGIN
-    r_mean = torch.where(ok, torch.special.ndtri(p) / ld, torch.zeros_like(p))
-    if bool((lls == 0).all()):
+    r_mean = torch.where(ok, (torch.special.ndtri(p) - d0).clamp(min=0) / ld, torch.zeros_like(p))
+    if bool((lls == 0).all()) and bool((l0 == 0).all()):
         return r_mean, r_mean.clone()
+    ok = ok & (worst_lower_bound(p, d0, l0, m) > 0.5 + BOUND_SLACK)  # the offsets alone may use it up
     lo = torch.zeros_like(p)
     hi = torch.where(torch.isfinite(r_mean), r_mean, torch.full_like(p, 1e6))
     for _ in range(BISECT_STEPS):
         mid = 0.5 * (lo + hi)
-        good = worst_lower_bound(p, ld * mid, lls * mid, m) > 0.5 + BOUND_SLACK
+        good = worst_lower_bound(p, d0 + ld * mid, l0 + lls * mid, m) > 0.5 + BOUND_SLACK
         lo = torch.where(good, mid, lo)
         hi = torch.where(good, hi, mid)
     return r_mean, torch.where(ok, lo, torch.zeros_like(p))
+
+
+def radii_with_rounding(model: torch.nn.Module, x: torch.Tensor, p_lower: torch.Tensor, sigma_min: torch.Tensor,
+                        constants: VAELipschitz, m: int | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rigorous_radii` of the model as it computes: the exact maps' radii first, then again
+    with the rounding of the computed mu and log sigma over that ball counted at x and at x'
+    (:func:`robvae.robustness.rounding.encoder_rounding`; audit h83 broke float32 radii without it).
+    A model robvae cannot walk keeps the first radii: its constants, passed by the user, must
+    cover its rounding too (docs/THEORY.md section 8)."""
+    lls = 0.0 if constants.sigma_constant else constants.log_sigma
+    ld = constants.mean / sigma_min
+    r_mean, r_full = rigorous_radii(p_lower, ld, lls, m)
+    try:
+        e_mu, e_ls = encoder_rounding(model, x, torch.maximum(r_mean, r_full))
+    except InputError:
+        return r_mean, r_full
+    e_ls = torch.zeros_like(e_ls) if constants.sigma_constant else e_ls
+    return rigorous_radii(p_lower, ld, lls, m, shift0=(2 * e_mu / sigma_min).to(p_lower.device),
+                          log_sigma0=(2 * e_ls).to(p_lower.device))
 
 
 @dataclass
@@ -314,8 +345,7 @@ def rigorous_certify(
         sigma = model.encode(x)[1].to(_F64)
     smin = sigma.amin(dim=1)
     p_lo = est.p_lower.to(_F64)
-    ld = constants.mean / smin
-    r_mean, r_full = rigorous_radii(p_lo, ld, 0.0 if constants.sigma_constant else constants.log_sigma, sigma.shape[1])
+    r_mean, r_full = radii_with_rounding(model, x, p_lo, smin, constants, sigma.shape[1])
     return RigorousCertificate(radius_mean=r_mean, radius_full=r_full, p_lower=p_lo, abstain=p_lo <= 0.5,
                                sigma_min=smin, constants=constants, r=est.r, alpha=float(alpha), n_samples=int(n_samples))
 
@@ -492,14 +522,14 @@ def plan_certified_margin(eps: float, r: float, latent_dim: int, sigma_cap: floa
                       r=float(r), latent_dim=m)
 
 
-def rigorous_columns(model: torch.nn.Module, p_lower: torch.Tensor, sigma_min: torch.Tensor,
+def rigorous_columns(model: torch.nn.Module, x: torch.Tensor, p_lower: torch.Tensor, sigma_min: torch.Tensor,
                      constants: VAELipschitz | None = None) -> dict[str, torch.Tensor]:
     """The rigorous radii as per-input columns for :class:`robvae.robustness.certify.Certificate` extras:
-    {"radius_rigorous_mean", "radius_rigorous_full"} from a certificate's p_lower and sigma_min [B]."""
+    {"radius_rigorous_mean", "radius_rigorous_full"} from a certificate's p_lower and sigma_min [B]
+    for the inputs x [B, *shape] (the rounding of their encoder outputs is counted)."""
     check_exact_arithmetic(model, sigma_min)
     L = constants if constants is not None else vae_lipschitz(model)
     # the full radius falls with m: the width encode really gives (a stale latent_dim is refused)
     m = latent_width(model) if getattr(model, "input_shape", None) else getattr(model, "latent_dim", math.inf)
-    rm, rf = rigorous_radii(p_lower.detach().to(_F64).cpu(), L.mean / sigma_min.detach().to(_F64).cpu(),
-                            0.0 if L.sigma_constant else L.log_sigma, m)
+    rm, rf = radii_with_rounding(model, x, p_lower.detach().to(_F64).cpu(), sigma_min.detach().to(_F64).cpu(), L, m)
     return {"radius_rigorous_mean": rm.to(p_lower.device), "radius_rigorous_full": rf.to(p_lower.device)}
