@@ -120,3 +120,40 @@ def test_trained_models_lose_almost_nothing(tmp_path):
     assert ok.any()
     assert (cert.radius_mean[ok] >= 0.98 * exact[0][ok]).all() and (cert.radius_mean <= exact[0]).all()
     assert (cert.radius_full <= exact[1] + 1e-15).all()
+
+
+def test_review_h85_edges(monkeypatch):
+    """Review h85: an encoder whose mean does not move (L_D = 0) got a NaN radius once rounding
+    used up the budget (+inf otherwise, beyond the ball the rounding was bounded over); a float64
+    model's ln sigma bound missed F.softplus's jump at 20 (1.4e-14 against an actual 1.0e-10);
+    products PyTorch may compute in bfloat16, and convolutions without oneDNN (Winograd), were
+    taken as float32 ones."""
+    from robvae.errors import InputError
+    from robvae.robustness.rigorous import ROUNDING_BALL_MAX
+
+    p = torch.tensor([0.99, 0.99], dtype=F64)
+    got = rigorous_radii(p, 0.0, 0.0, 4, shift0=torch.tensor([0.1, 5.0], dtype=F64))
+    assert got[0][0] == math.inf and got[0][1] == 0 and not got[0].isnan().any()
+    m = VAE(ModelConfig(input_shape=(1, 4, 4), latent_dim=2, hidden=(8,))).eval()
+    with torch.no_grad():
+        m.encoder.net[-1].weight[:2].zero_()  # mu does not depend on x: L_mu = 0
+    cert = rigorous_certify(m, torch.rand(3, 1, 4, 4), 2.0, n_samples=200, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(cert.radius_mean).all() and (cert.radius_mean <= ROUNDING_BALL_MAX).all()
+    m64 = _double(m)
+    with torch.no_grad():
+        m64.encoder.net[-1].weight[2:].zero_()
+        m64.encoder.net[-1].bias[2:] = 20.0 + 1e-6  # s just above F.softplus's threshold
+    x = torch.rand(1, 1, 4, 4, dtype=F64)
+    e_ls = encoder_rounding(m64, x, torch.tensor([0.1], dtype=F64))[1]
+    jump = math.log(torch.nn.functional.softplus(torch.tensor(20.0 + 1e-6, dtype=F64)).item()) - math.log(
+        math.log1p(math.exp(20.0 + 1e-6)))
+    assert e_ls.item() >= abs(jump) > 1e-11
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")
+    with pytest.raises(InputError, match="full float32 products"):
+        encoder_rounding(m, torch.rand(1, 1, 4, 4), torch.tensor([0.1]))
+    monkeypatch.undo()
+    conv = _models()["conv"]
+    with torch.backends.mkldnn.flags(enabled=False):
+        with pytest.raises(InputError, match="oneDNN"):
+            encoder_rounding(conv, torch.rand(1, 1, 8, 8), torch.tensor([0.1]))
+        assert encoder_rounding(m, torch.rand(1, 1, 4, 4), torch.tensor([0.1]))[0].shape == (1,)  # no convolution

@@ -52,6 +52,9 @@ BOUND_SLACK = 1e-12
 #: 2^-8 of |mu|) that no Lipschitz constant bounds, and where sigma is about one such step, a
 #: perturbation far inside the ball moves mu by several sigma.
 INEXACT_DTYPES = (torch.float16, torch.bfloat16)
+#: The largest ball the rounding of a model's outputs is bounded over: a radius (of an encoder
+#: whose mean does not move, L_D = 0) is never stated beyond it.
+ROUNDING_BALL_MAX = 1e6
 
 
 def check_exact_arithmetic(model: torch.nn.Module, *tensors: torch.Tensor) -> None:
@@ -259,7 +262,8 @@ def rigorous_radii(p_lower, lip_shift, lip_log_sigma, m: int | float = math.inf,
         if bool(((v < 0) | torch.isnan(v)).any()):
             raise InputError(f"rigorous radii: {name} must be >= 0, got {v.flatten()[:4].tolist()}")
     ok = p > 0.5 + P_MARGIN
-    r_mean = torch.where(ok, (torch.special.ndtri(p) - d0).clamp(min=0) / ld, torch.zeros_like(p))
+    room = (torch.special.ndtri(p) - d0).clamp(min=0)
+    r_mean = torch.where(ok & (room > 0), room / ld, torch.zeros_like(p))  # L_D = 0: inf only with room left
     if bool((lls == 0).all()) and bool((l0 == 0).all()):
         return r_mean, r_mean.clone()
     ok = ok & (worst_lower_bound(p, d0, l0, m) > 0.5 + BOUND_SLACK)  # the offsets alone may use it up
@@ -284,12 +288,15 @@ def radii_with_rounding(model: torch.nn.Module, x: torch.Tensor, p_lower: torch.
     ld = constants.mean / sigma_min
     r_mean, r_full = rigorous_radii(p_lower, ld, lls, m)
     try:
-        e_mu, e_ls = encoder_rounding(model, x, torch.maximum(r_mean, r_full))
+        ball = torch.maximum(r_mean, r_full).nan_to_num(ROUNDING_BALL_MAX).clamp(max=ROUNDING_BALL_MAX)
+        e_mu, e_ls = encoder_rounding(model, x, ball)
     except InputError:
         return r_mean, r_full
     e_ls = torch.zeros_like(e_ls) if constants.sigma_constant else e_ls
-    return rigorous_radii(p_lower, ld, lls, m, shift0=(2 * e_mu / sigma_min).to(p_lower.device),
-                          log_sigma0=(2 * e_ls).to(p_lower.device))
+    r_mean, r_full = rigorous_radii(p_lower, ld, lls, m, shift0=(2 * e_mu / sigma_min).to(p_lower.device),
+                                    log_sigma0=(2 * e_ls).to(p_lower.device))
+    ball = ball.to(p_lower.device)  # the rounding was bounded over this ball only (review h85)
+    return torch.minimum(r_mean, ball), torch.minimum(r_full, ball)
 
 
 @dataclass

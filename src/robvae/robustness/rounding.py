@@ -94,7 +94,7 @@ def _walk(m: nn.Module, h: torch.Tensor, s: torch.Tensor, dl: torch.Tensor, e: t
         if k is None:
             k = max(1.0, abs(float(m.negative_slope if isinstance(m, nn.LeakyReLU) else m.alpha)))
         out = m(h)
-        new = act * (out.abs() + k * dl)  # the function's own rounding, relative to its output
+        new = act * (out.abs() + k * (dl + e))  # the function's own rounding, relative to its output
         if isinstance(m, nn.Softplus):  # threshold >= 20 (lipschitz_bound refuses lower): a jump of e^-t / beta
             new = new + math.exp(-float(m.threshold)) / float(m.beta)
         return out, k * s, k * dl, k * e + new, k * en + new.flatten(1).norm(dim=1)
@@ -110,6 +110,30 @@ def _walk(m: nn.Module, h: torch.Tensor, s: torch.Tensor, dl: torch.Tensor, e: t
     raise InputError(f"rounding bound: unsupported layer {type(m).__name__}")
 
 
+def _tf32_allowed() -> bool:
+    """Whether CUDA may compute float32 products in TensorFloat-32 (unreadable flags: assume so)."""
+    try:
+        return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+    except RuntimeError:  # flags set partly through the newer fp32_precision settings
+        return True
+
+
+def _check_full_float32(cpu_convolutions: bool) -> None:
+    """Refuse float32 products that PyTorch was told it may compute in bfloat16 on the CPU
+    (``torch.set_float32_matmul_precision("medium")``, oneDNN's fp32_precision), and convolutions
+    without oneDNN, which may run as Winograd transforms (NNPACK) beyond the dot-product bound
+    (review h85: 115-55,000x it for 3x3 stride-1 kernels)."""
+    mk = torch.backends.mkldnn
+    lowered = torch.get_float32_matmul_precision() != "highest" or any(
+        getattr(getattr(mk, k, None), "fp32_precision", "none") not in ("none", "ieee") for k in ("matmul", "conv"))
+    if lowered:
+        raise InputError("rigorous radii need full float32 products; PyTorch was allowed lower precision "
+                         "(torch.set_float32_matmul_precision('highest') restores it)")
+    if cpu_convolutions and not (mk.is_available() and mk.enabled):
+        raise InputError("rigorous radii need oneDNN (torch.backends.mkldnn) for convolutions: without it they "
+                         "may run as Winograd transforms, whose rounding the bound does not cover")
+
+
 def encoder_rounding(model: nn.Module, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper bounds ([B], float64) on ||fl(mu(x')) - mu(x')|| and ||ln fl(sigma(x')) - ln sigma(x')||
     for every x' within ``eps`` [B] of the inputs x [B, *shape] (module docstring), for robvae's
@@ -120,8 +144,10 @@ def encoder_rounding(model: nn.Module, x: torch.Tensor, eps: torch.Tensor) -> tu
         raise InputError(f"rounding bound: no unit roundoff known for {dtype}")
     u = UNIT_ROUNDOFF[dtype]
     on_cuda = any(t.is_cuda for t in (*model.parameters(), *model.buffers()))
-    if dtype == torch.float32 and on_cuda and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
-        u = TF32_ROUNDOFF  # TensorFloat-32 products (cuDNN convolutions allow them by default)
+    if dtype == torch.float32:
+        _check_full_float32(any(isinstance(m, nn.Conv2d) for m in model.modules()) and not on_cuda)
+        if on_cuda and _tf32_allowed():
+            u = TF32_ROUNDOFF  # TensorFloat-32 products (cuDNN convolutions allow them by default)
     eps = torch.as_tensor(eps, dtype=_F64).detach().cpu().nan_to_num(1e6).clamp(max=1e6).expand(x.shape[0])
     if not isinstance(model, (LinearVAE, VAE)):
         raise InputError(f"rounding bound: not one of robvae's models ({type(model).__name__})")
@@ -155,9 +181,10 @@ def _block(model: nn.Module, x: torch.Tensor, eps: torch.Tensor, u: float) -> tu
             return e_mu.norm(dim=1), (e_h + 3 * act).norm(dim=1)
         e_all = _walk(enc, h0, eps, d0, e0, zero, u)[3]
         tau = float(model.tau)
-        # ln(softplus(s) + tau): slope <= min(1, 1/tau); softplus and + tau round relative to sigma
+        # ln(softplus(s) + tau): slope <= min(1, 1/tau); softplus and + tau round relative to sigma;
+        # F.softplus jumps by e^-20 at s = 20 (its threshold), where sigma >= 20 (review h85)
         slope = min(1.0, 1.0 / tau) if tau > 0 else 1.0
-        return e_all[:, :d].norm(dim=1), (slope * e_all[:, d:] + 3 * act).norm(dim=1)
+        return e_all[:, :d].norm(dim=1), (slope * e_all[:, d:] + 3 * act + math.exp(-20.0) / 20.0).norm(dim=1)
 
 
 __all__ = ["ACTIVATION_ULPS", "TF32_ROUNDOFF", "UNIT_ROUNDOFF", "encoder_rounding"]
