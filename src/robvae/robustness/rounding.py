@@ -56,16 +56,17 @@ def _gamma(n: int, u: float) -> float:
 
 
 def _walk(m: nn.Module, h: torch.Tensor, s: torch.Tensor, dl: torch.Tensor, e: torch.Tensor, en: torch.Tensor,
-          u: float) -> tuple[torch.Tensor, ...]:
+          u: float, norms: dict[int, float]) -> tuple[torch.Tensor, ...]:
     """(h, s, dl, e, en) after module ``m``: h its output at x (float64); s [B] an upper bound on
     ||h(x') - h(x)||_2 over the ball; dl an elementwise one (|h(x')| <= |h(x)| + dl); e an
     elementwise bound on |fl(h(x')) - h(x')| and en [B] one on its l2 norm (an input's error E
     reaches output i as |w_i . E| <= min(|w_i| . e, ||w_i|| en): errors are not all aligned with
-    every row)."""
+    every row). ``norms``: the layers' operator norms, computed once per :func:`encoder_rounding`
+    call (not once per block of inputs)."""
     act = ACTIVATION_ULPS * u
     if runs_own_forward(m, nn.Sequential):
         for child in m:
-            h, s, dl, e, en = _walk(child, h, s, dl, e, en, u)
+            h, s, dl, e, en = _walk(child, h, s, dl, e, en, u, norms)
         return h, s, dl, e, en
     if runs_own_forward(m, (nn.Linear, OrthoLinear, nn.Conv2d)):
         w64 = m.weight.detach().to(device="cpu", dtype=_F64)
@@ -75,10 +76,13 @@ def _walk(m: nn.Module, h: torch.Tensor, s: torch.Tensor, dl: torch.Tensor, e: t
                 raise InputError(f"rounding bound: unsupported padding_mode {m.padding_mode!r}")
             op = lambda t, w, b: F.conv2d(t, w, b, m.stride, m.padding, m.dilation, m.groups)  # noqa: E731
             n = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-            rows, norm = w64.flatten(1).norm(dim=1)[None, :, None, None], conv_bound(m)  # a patch moves <= s
+            rows = w64.flatten(1).norm(dim=1)[None, :, None, None]  # a patch moves <= s
         else:
             op, n = F.linear, m.in_features
-            rows, norm = w64.norm(dim=1)[None, :], spectral_norm(w64)
+            rows = w64.norm(dim=1)[None, :]
+        if id(m) not in norms:
+            norms[id(m)] = conv_bound(m) if isinstance(m, nn.Conv2d) else spectral_norm(w64)
+        norm = norms[id(m)]
         col = lambda v: v.reshape(-1, *([1] * (h.dim() - 1)))  # noqa: E731
         new = _gamma(n + 1, u) * op(h.abs() + dl + e, w64.abs(), None if b64 is None else b64.abs())
         e = torch.minimum(op(e, w64.abs(), None), rows * col(en)) + new
@@ -103,10 +107,10 @@ def _walk(m: nn.Module, h: torch.Tensor, s: torch.Tensor, dl: torch.Tensor, e: t
             *t.shape[:-1], t.shape[-1] // 2, 2).flatten(-2)
         return m(h), s, pair(dl), pair(e), en  # a sort of pairs: 1-Lipschitz in l2
     if runs_own_forward(m, MLPEncoder):
-        return _walk(m.net, h.flatten(1), s, dl.flatten(1), e.flatten(1), en, u)
+        return _walk(m.net, h.flatten(1), s, dl.flatten(1), e.flatten(1), en, u, norms)
     if runs_own_forward(m, ConvEncoder):
-        h, s, dl, e, en = _walk(m.features, h, s, dl, e, en, u)
-        return _walk(m.head, h.flatten(1), s, dl.flatten(1), e.flatten(1), en, u)
+        h, s, dl, e, en = _walk(m.features, h, s, dl, e, en, u, norms)
+        return _walk(m.head, h.flatten(1), s, dl.flatten(1), e.flatten(1), en, u, norms)
     raise InputError(f"rounding bound: unsupported layer {type(m).__name__}")
 
 
@@ -151,7 +155,8 @@ def encoder_rounding(model: nn.Module, x: torch.Tensor, eps: torch.Tensor) -> tu
     eps = torch.as_tensor(eps, dtype=_F64).detach().cpu().nan_to_num(1e6).clamp(max=1e6).expand(x.shape[0])
     if not isinstance(model, (LinearVAE, VAE)):
         raise InputError(f"rounding bound: not one of robvae's models ({type(model).__name__})")
-    parts = [_block(model, x[i:i + BLOCK], eps[i:i + BLOCK], u) for i in range(0, x.shape[0], BLOCK)]
+    norms: dict[int, float] = {}
+    parts = [_block(model, x[i:i + BLOCK], eps[i:i + BLOCK], u, norms) for i in range(0, x.shape[0], BLOCK)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -159,7 +164,8 @@ def encoder_rounding(model: nn.Module, x: torch.Tensor, eps: torch.Tensor) -> tu
 BLOCK = 256
 
 
-def _block(model: nn.Module, x: torch.Tensor, eps: torch.Tensor, u: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _block(model: nn.Module, x: torch.Tensor, eps: torch.Tensor, u: float,
+           norms: dict[int, float]) -> tuple[torch.Tensor, torch.Tensor]:
     h0 = x.detach().to(device="cpu", dtype=_F64)
     e0 = torch.zeros_like(h0)
     d0 = eps.reshape(-1, *([1] * (h0.dim() - 1))).expand_as(h0)  # |x'_i - x_i| <= ||x' - x||
@@ -173,13 +179,13 @@ def _block(model: nn.Module, x: torch.Tensor, eps: torch.Tensor, u: float) -> tu
         d = model.latent_dim
         enc = model.encoder
         if runs_own_forward(enc, LipschitzEncoder):
-            e_mu = _walk(enc.mean, h0.flatten(1), eps, d0.flatten(1), e0.flatten(1), zero, u)[3]
+            e_mu = _walk(enc.mean, h0.flatten(1), eps, d0.flatten(1), e0.flatten(1), zero, u, norms)[3]
             if enc.std is None:
                 return e_mu.norm(dim=1), torch.zeros_like(eps)
-            e_h = _walk(enc.std, h0.flatten(1), eps, d0.flatten(1), e0.flatten(1), zero, u)[3]
+            e_h = _walk(enc.std, h0.flatten(1), eps, d0.flatten(1), e0.flatten(1), zero, u, norms)[3]
             # ln(scale * sigmoid(h)): slope 1 - sigmoid(h) <= 1; the sigmoid and the scaling round
             return e_mu.norm(dim=1), (e_h + 3 * act).norm(dim=1)
-        e_all = _walk(enc, h0, eps, d0, e0, zero, u)[3]
+        e_all = _walk(enc, h0, eps, d0, e0, zero, u, norms)[3]
         tau = float(model.tau)
         # ln(softplus(s) + tau): slope <= min(1, 1/tau); softplus and + tau round relative to sigma;
         # F.softplus jumps by e^-20 at s = 20 (its threshold), where sigma >= 20 (review h85)
