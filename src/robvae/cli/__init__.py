@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from ..models.protocol import USER_CODE_FILES
+from ..models.protocol import ROBVAE_DIR, USER_CODE_FILES
 from ..threads import prefer_passive_wait, set_threads
 
 # before any command module loads torch: OpenMP reads its wait policy once, when torch loads
@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         frame = _user_frame(e.__traceback__)
         if frame is None:
             raise
-        click.echo(f"robvae: error: your code called sys.exit({e.code!r}) ({Path(frame.filename).name}:"
-                   f"{frame.lineno}, in {frame.name})", err=True)
+        click.echo(f"robvae: error: your code called sys.exit({e.code!r}) ({_where(frame)})", err=True)
         return 2
     finally:
         warnings.showwarning = show
@@ -133,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     return rc if isinstance(rc, int) else 0
 
 
-_ROBVAE_DIR = str(Path(__file__).resolve().parents[1]) + "/"
 #: click >= 8.2 raises this for a group called without its command; older click has no such class
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
@@ -146,7 +144,7 @@ def _user_frame(tb) -> traceback.FrameSummary | None:
     last = None
     for frame in traceback.extract_tb(tb):
         path = str(Path(frame.filename).resolve()) if not frame.filename.startswith("<") else ""
-        if path.startswith(_ROBVAE_DIR) or path in USER_CODE_FILES:
+        if path.startswith(ROBVAE_DIR) or path in USER_CODE_FILES:
             last = (frame, path in USER_CODE_FILES)
     return last[0] if last and last[1] else None
 
@@ -162,8 +160,11 @@ def _outside_error(e: BaseException) -> str | None:
     frame = _user_frame(e.__traceback__)
     if frame is None:
         return None
-    return (f"your code raised {type(e).__name__}: {first[:300]} "
-            f"({Path(frame.filename).name}:{frame.lineno}, in {frame.name})")
+    return f"your code raised {type(e).__name__}: {first[:300]} ({_where(frame)})"
+
+
+def _where(frame: traceback.FrameSummary) -> str:
+    return f"{Path(frame.filename).name}:{frame.lineno}, in {frame.name}"
 
 
 #: What Ctrl-C prints (exit status 130; SIGTERM: 143) for the commands that resume

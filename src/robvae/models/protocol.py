@@ -42,7 +42,9 @@ class VAEProtocol(Protocol):
 #: the classes of the models they gave (:func:`register_user_code`). The command line names an
 #: exception raised in one of them as the user's, in one line; anything else keeps its traceback.
 USER_CODE_FILES: set[str] = set()
-_NOT_USER = (str(Path(__file__).resolve().parents[1]) + "/",  # robvae itself
+#: robvae's own package folder (with its separator): its frames are never the user's
+ROBVAE_DIR = str(Path(__file__).resolve().parents[1]) + "/"
+_NOT_USER = (ROBVAE_DIR,
              *{str(Path(p).resolve()) + "/" for k in ("stdlib", "platstdlib") if (p := sysconfig.get_paths().get(k))})
 
 
